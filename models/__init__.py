@@ -1,0 +1,1 @@
+"""The reference pre-activation ResNet, the adaptive multi-label loss and TF1 checkpoint loading."""

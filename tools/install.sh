@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# One-time setup on a fresh Debian/Ubuntu machine with Python 3.11.
+#
+#   bash tools/install.sh            # CPU TensorFlow, the project, Horovod (Gloo) in ./.venv
+#   bash tools/install.sh --gpu      # CUDA TensorFlow instead of the CPU wheel
+#   bash tools/install.sh --no-horovod
+#
+# Environment:
+#   VENV=PATH            virtual environment to create or reuse (default: ./.venv, or $VIRTUAL_ENV if set)
+#   PYTHON=python3.11    interpreter used to create it (default: python3)
+#   MLIMAGES_CACHE=DIR   where the built Horovod wheel is kept (default: ~/.cache/mlimages)
+#
+# Idempotent: a second run finds a working `import horovod.tensorflow` and does not rebuild; a re-install
+# on a machine that built Horovod before takes the cached wheel in seconds. A failed Horovod build is
+# reported with the log's tail, and the project still works in single-process mode.
+set -euo pipefail
+
+HOROVOD_VERSION=0.28.1
+extra=cpu
+with_horovod=1
+for arg in "$@"; do
+  case "$arg" in
+    --gpu) extra=gpu ;;
+    --cpu) extra=cpu ;;
+    --no-horovod) with_horovod=0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    *) echo "install.sh: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv=${VENV:-${VIRTUAL_ENV:-$root/.venv}}
+cache=${MLIMAGES_CACHE:-$HOME/.cache/mlimages}
+log() { echo "[install] $*"; }
+
+sudo_cmd=()
+[ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+
+# 1. System packages that the Horovod build needs.
+apt_packages=(cmake g++ make libhighwayhash-dev libfarmhash-dev)
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "$with_horovod" = 1 ] && [ "${#missing[@]}" -gt 0 ]; then
+  log "apt-get install ${missing[*]}"
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# 2. The virtual environment and the project with its Python dependencies.
+if [ ! -x "$venv/bin/python" ]; then
+  log "creating virtual environment $venv"
+  "${PYTHON:-python3}" -m venv "$venv"
+fi
+py="$venv/bin/python"
+"$py" -m pip install -q --upgrade pip setuptools wheel
+log "pip install -e .[$extra,dev]"
+"$py" -m pip install -q -e "$root[$extra,dev]"
+
+# 3. Horovod with TensorFlow and Gloo, built from the PyPI sdist against the installed TensorFlow.
+horovod_works() {
+  (cd /tmp && "$py" -c "import horovod.tensorflow as hvd; hvd.init(); assert hvd.size() >= 1") >/dev/null 2>&1
+}
+if [ "$with_horovod" = 0 ]; then
+  log "skipping Horovod (--no-horovod): single-process mode only"
+  exit 0
+fi
+if horovod_works; then
+  log "horovod.tensorflow already works: nothing to build"
+  exit 0
+fi
+
+tf_version=$("$py" -c "import tensorflow as tf; print(tf.__version__)")
+wheel_dir="$cache/horovod-$HOROVOD_VERSION-tf$tf_version-$(uname -m)"
+mkdir -p "$wheel_dir"
+wheel=$(ls "$wheel_dir"/horovod-*.whl 2>/dev/null | head -n 1 || true)
+if [ -z "$wheel" ]; then
+  build=$(mktemp -d)
+  trap 'rm -rf "$build"' EXIT
+  log "building Horovod $HOROVOD_VERSION against TensorFlow $tf_version (about 10 minutes on 2 cores)"
+  "$py" -m pip download -q --no-deps --no-binary :all: "horovod==$HOROVOD_VERSION" -d "$build"
+  tar -xzf "$build/horovod-$HOROVOD_VERSION.tar.gz" -C "$build"
+  src="$build/horovod-$HOROVOD_VERSION"
+  # TensorFlow 2.21 ships XLA's headers under xla/..., no longer under tensorflow/compiler/xla/...
+  sed -i \
+    -e 's#tensorflow/compiler/xla/client/xla_builder.h#xla/hlo/builder/xla_builder.h#' \
+    -e 's#tensorflow/compiler/xla/service/#xla/service/#' \
+    -e 's#tensorflow/compiler/xla/shape.h#xla/shape.h#' \
+    -e 's#tensorflow/compiler/xla/xla_data.pb.h#xla/xla_data.pb.h#' \
+    "$src/horovod/tensorflow/xla_mpi_ops.cc"
+  if ! (cd "$src" && HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_PYTORCH=1 \
+        HOROVOD_WITHOUT_MXNET=1 HOROVOD_CPU_OPERATIONS=gloo MAKEFLAGS="-j$(nproc)" \
+        "$py" -m pip wheel -v --no-deps --no-build-isolation . -w "$wheel_dir" >"$build/build.log" 2>&1); then
+    echo "[install] ERROR: the Horovod build failed; last lines of its log:" >&2
+    tail -n 40 "$build/build.log" >&2
+    echo "[install] The project still works in single-process mode (python train.py ...)." >&2
+    exit 1
+  fi
+  wheel=$(ls "$wheel_dir"/horovod-*.whl | head -n 1)
+fi
+log "installing $wheel"
+"$py" -m pip install -q --no-deps --force-reinstall "$wheel"
+"$py" -m pip install -q cloudpickle psutil pyyaml packaging  # horovod's runtime requirements
+if horovod_works; then
+  log "horovod.tensorflow works: $("$py" -c 'import horovod; print(horovod.__version__)')"
+else
+  echo "[install] ERROR: Horovod installed but 'import horovod.tensorflow' fails; remove $wheel_dir and re-run" >&2
+  exit 1
+fi

@@ -1,0 +1,1 @@
+"""Training machinery shared by train.py, finetune.py and evaluate.py."""
