@@ -1,0 +1,551 @@
+"""Image pre-processing for training, evaluation and the inference tools, as the reference release does it.
+
+Every transform takes ENCODED image bytes (a scalar string tensor) and returns float32[S, S, 3] in [-1, 1],
+so it runs per element inside `tf.data.Dataset.map` (graph mode) and also eagerly in the inference tools.
+
+Training (`train_transform`) reproduces `data_processing/image_preprocessing.py` of the release
+(REFERENCE.md section 6), read from its code where its docstrings disagree:
+
+1. Decode RGB, to float in [0, 1] (x / 255).
+2. Random crop from a sampled distorted bounding box (the whole image as the only box, aspect ratio
+   [0.75, 1.33], area [area_cover, 1], `min_object_covered=object_cover`, 100 attempts; the release uses
+   0.7 / 0.7 for pre-training and 0.05 / 0.0 (area / object) for fine-tuning).
+3. Bilinear resize to S x S with TF1's `resize_images` convention (`align_corners=False` WITHOUT half-pixel
+   centres, i.e. `ResizeBilinear(half_pixel_centers=False)`).
+4. Horizontal flip with probability 1/2.
+5. A uniform draw of a "thread id" in {0, 1, 2} (`tf.random_uniform([], 0, 3)` in the release) selects:
+   - 0: rotation by U(-45, 45) degrees about the centre (nearest neighbour, zero fill: the default of
+     `tf.contrib.image.rotate`), then colour distortion in order 0 (brightness, saturation, hue, contrast);
+   - 1: colour distortion in order 1 (brightness, contrast, saturation, hue), no rotation;
+   - 2: no rotation and no colour distortion.
+   So rotation happens with probability 1/3 (the release's docstring says 1/4: the code draws from three
+   values, not four), colour distortion with probability 2/3 (its docstring says 1/2), and each colour order
+   with probability 1/3. Brightness +-32/255, saturation [0.5, 1.5], hue +-0.2, contrast [0.5, 1.5].
+6. Clip to [0, 1]; x <- (x - 0.5) * 2.
+
+Unlike the release, every random choice is STATELESS and derived from a per-element seed (`_augment_decisions`),
+so a resumed input pipeline reproduces exactly the augmentation of an uninterrupted run.
+
+Evaluation (`eval_transform`) is the release's `eval_image`: central crop of 80 % (the window of
+`tf.image.central_crop`), then the same TF1-convention bilinear resize. The inference demo of the release
+(`image_classification.py`) uses another transform, `demo_transform`: shorter side to 256 with OpenCV's
+bilinear resize into uint8, then a centre crop of 224.
+
+Speed: for JPEG bytes the crop window is computed from the header (`extract_jpeg_shape`) and only that window
+(plus a one-MCU margin, which makes it pixel-identical to decoding everything and slicing) is decoded with
+`decode_and_crop_jpeg`; other formats (PNG, GIF, BMP) fall back to a full decode. The choice is made in the
+graph from the magic bytes. The whole file is still entropy-decoded, so the saving grows as the crop shrinks:
+on one CPU core it cut the fine-tuning transform (crops down to 5 % of the area) by about 10-20 % per image
+and made no measurable difference to the pre-training one (crops of at least 70 %); the colour ops, not the
+decode, dominate a 224 x 224 training transform.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import types
+from collections.abc import Callable, Mapping
+from typing import Final
+
+import tensorflow as tf
+from absl import logging
+
+# Crop sampling of the release's `distort_image`.
+ASPECT_RATIO_RANGE: Final = (0.75, 1.33)
+MAX_ATTEMPTS: Final = 100
+# Colour distortion of the release's `distort_color`.
+BRIGHTNESS_MAX_DELTA: Final = 32.0 / 255.0
+SATURATION_RANGE: Final = (0.5, 1.5)
+HUE_MAX_DELTA: Final = 0.2
+CONTRAST_RANGE: Final = (0.5, 1.5)
+MAX_ROTATION_DEGREES: Final = 45.0
+# `tf.contrib.image.rotate` defaults to nearest-neighbour interpolation and fills with zeros.
+ROTATION_INTERPOLATION: Final = "NEAREST"
+# The "thread id" branches of the release (see the module docstring).
+NUM_BRANCHES: Final = 3
+BRANCH_ROTATE_COLOR_ORDER_0: Final = 0
+BRANCH_COLOR_ORDER_1: Final = 1
+BRANCH_NONE: Final = 2
+
+# Pixels decoded around a JPEG crop window: one MCU of the common 4:2:0 layout (16 x 16).
+_JPEG_CROP_MARGIN: Final = 16
+
+EVAL_CENTRAL_FRACTION: Final = 0.8
+DEMO_CROP_FRACTION: Final = 224.0 / 256.0
+
+EvalTransform = Callable[..., tf.Tensor]
+
+
+# --------------------------------------------------------------------------------------------- decisions
+
+
+def _augment_decisions(seed: tf.Tensor) -> dict[str, tf.Tensor]:
+    """Draws every random choice of `train_transform` from one per-element seed.
+
+    Kept separate and pure so that the probabilities can be tested by counting over many seeds, and so that
+    all randomness visibly comes from `seed` (independent sub-seeds via `stateless_split`).
+
+    Args:
+      seed: int32/int64[2], the element's seed (int32 and int64 of equal value draw the same).
+
+    Returns:
+      A dict of tensors: `crop_seed` (int[2], for the distorted bounding box), `flip` (bool, horizontal flip),
+      `branch` (int32 in {0, 1, 2}, the release's thread id), `rotate` (bool, branch 0), `angle` (float32
+      radians in [-pi/4, pi/4], used only when `rotate`), `color_order` (int32: 0, 1, or -1 for no colour
+      distortion), `color_seeds` (int[4, 2] for brightness, saturation, hue, contrast) and the float32
+      values drawn from them exactly as `tf.image.stateless_random_*` draw them: `brightness_delta`,
+      `saturation_factor`, `hue_delta`, `contrast_factor`.
+    """
+    # Sub-seeds depend on the seed's dtype; fix it so int32 and int64 seeds of equal value agree.
+    seed = tf.cast(seed, tf.int64)
+    subseeds = tf.random.experimental.stateless_split(seed, num=5)
+    flip = tf.random.stateless_uniform([], subseeds[1]) < 0.5
+    branch = tf.random.stateless_uniform([], subseeds[2], minval=0, maxval=NUM_BRANCHES, dtype=tf.int32)
+    max_angle = MAX_ROTATION_DEGREES * math.pi / 180.0
+    angle = tf.random.stateless_uniform([], subseeds[3], minval=-max_angle, maxval=max_angle)
+    color_order = tf.gather(tf.constant([0, 1, -1], tf.int32), branch)
+    color_seeds = tf.random.experimental.stateless_split(subseeds[4], num=4)
+
+    def color_draw(index: int, minval: float, maxval: float) -> tf.Tensor:
+        # The draw of tf.image.stateless_random_{brightness,saturation,hue,contrast} with the same seed.
+        return tf.random.stateless_uniform([], color_seeds[index], minval=minval, maxval=maxval)
+
+    return {
+        "crop_seed": subseeds[0],
+        "flip": flip,
+        "branch": branch,
+        "rotate": tf.equal(branch, BRANCH_ROTATE_COLOR_ORDER_0),
+        "angle": angle,
+        "color_order": color_order,
+        "color_seeds": color_seeds,
+        "brightness_delta": color_draw(0, -BRIGHTNESS_MAX_DELTA, BRIGHTNESS_MAX_DELTA),
+        "saturation_factor": color_draw(1, *SATURATION_RANGE),
+        "hue_delta": color_draw(2, -HUE_MAX_DELTA, HUE_MAX_DELTA),
+        "contrast_factor": color_draw(3, *CONTRAST_RANGE),
+    }
+
+
+# ---------------------------------------------------------------------------------------- decode helpers
+
+
+def _decode_full(image_bytes: tf.Tensor) -> tf.Tensor:
+    """Any format TF reads (JPEG, PNG, GIF first frame, BMP) to uint8[H, W, 3]."""
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def _decode_cropped(image_bytes: tf.Tensor, window_fn: Callable[[tf.Tensor], tf.Tensor]) -> tf.Tensor:
+    """uint8 pixels of the window `window_fn(shape)` of the decoded image, decoding as little as possible.
+
+    `window_fn` maps the int32[3] shape (H, W, 3) to an int32[4] window (top, left, height, width). For JPEG
+    the shape comes from the header and only the window plus a one-MCU margin is decoded (fused
+    decode-and-crop; the result equals a full decode and slice); other formats are decoded once, whole, and
+    sliced.
+    """
+
+    def jpeg() -> tf.Tensor:
+        shape = tf.image.extract_jpeg_shape(image_bytes, output_type=tf.int32)
+        window = window_fn(shape)
+        # A crop edge on an MCU boundary loses the chroma upsampling context of the neighbouring block, so
+        # decode a margin around the window and slice it off: the window's pixels then equal a full decode.
+        start = tf.maximum(window[:2] - _JPEG_CROP_MARGIN, 0)
+        stop = tf.minimum(window[:2] + window[2:] + _JPEG_CROP_MARGIN, shape[:2])
+        padded = tf.image.decode_and_crop_jpeg(image_bytes, tf.concat([start, stop - start], 0), channels=3)
+        offset = window[:2] - start
+        return tf.slice(padded, [offset[0], offset[1], 0], [window[2], window[3], 3])
+
+    def other() -> tf.Tensor:
+        image = _decode_full(image_bytes)
+        window = window_fn(tf.shape(image, out_type=tf.int32))
+        return tf.slice(image, [window[0], window[1], 0], [window[2], window[3], 3])
+
+    image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def _to_unit_float(image: tf.Tensor) -> tf.Tensor:
+    """[0, 255] -> [0, 1] as the release's `convert_image_dtype` (times the float32 reciprocal of 255).
+
+    Applied AFTER the resize: the bilinear resize is linear, so resizing the uint8 pixels and scaling the
+    S x S result equals (to float rounding, < 1e-7) scaling the whole crop first, at a fraction of the work.
+    """
+    return tf.cast(image, tf.float32) * (1.0 / 255.0)
+
+
+def _resize_tf1_bilinear(image: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Bilinear resize with TF1's `resize_images` / `resize_bilinear(align_corners=False)` convention.
+
+    TF1 sampled at `i * scale` (no half-pixel centres); TF2's `tf.image.resize` samples at
+    `(i + 0.5) * scale - 0.5`. The released checkpoints were trained and evaluated with the former.
+    Takes uint8 or float pixels and returns float32 (the kernel interpolates in float32 either way).
+    """
+    resized = tf.raw_ops.ResizeBilinear(
+        images=image[tf.newaxis], size=[image_size, image_size], align_corners=False, half_pixel_centers=False
+    )[0]
+    return tf.ensure_shape(resized, [image_size, image_size, 3])
+
+
+def _to_model_range(image: tf.Tensor, image_size: int) -> tf.Tensor:
+    """[0, 1] -> [-1, 1] with a static [S, S, 3] shape."""
+    image = (image - 0.5) * 2.0
+    return tf.ensure_shape(image, [image_size, image_size, 3])
+
+
+# -------------------------------------------------------------------------------------- train transform
+
+
+def _crop_window(
+    shape: tf.Tensor, crop_seed: tf.Tensor, *, area_cover: float, object_cover: float
+) -> tf.Tensor:
+    """int32[4] (top, left, height, width) sampled as the release does, with a stateless seed."""
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape,
+        bounding_boxes=tf.zeros([1, 0, 4], tf.float32),
+        seed=crop_seed,
+        min_object_covered=object_cover,
+        aspect_ratio_range=ASPECT_RATIO_RANGE,
+        area_range=(area_cover, 1.0),
+        max_attempts=MAX_ATTEMPTS,
+        use_image_if_no_bounding_boxes=True,
+    )
+    return tf.stack([begin[0], begin[1], size[0], size[1]])
+
+
+def _rotation_offsets(height, width, angle: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(cos, sin, -x_offset, -y_offset) of a rotation about the centre (`tf.contrib.image.rotate`).
+
+    The rotation maps OUTPUT (x, y) to the INPUT point (cos x - sin y + x_offset, sin x + cos y + y_offset)
+    it samples, the offsets keeping the centre fixed. Written so that Grappler's algebraic rewrites cannot
+    change the float rounding between eager and graph mode: both products come out of one multiply (for a
+    square image `cos * (w - 1) - sin * (h - 1)` would otherwise have its common factor hoisted), and the
+    offsets are returned negated (`b - a` is exactly `-(a - b)`) so that callers subtract them rather than
+    form an add chain, which Grappler reorders.
+    """
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    products_w = tf.stack([cos, sin]) * (width - 1)
+    products_h = tf.stack([cos, sin]) * (height - 1)
+    neg_x_offset = ((products_w[0] - products_h[1]) - (width - 1)) / 2.0
+    neg_y_offset = ((products_w[1] + products_h[0]) - (height - 1)) / 2.0
+    return cos, sin, neg_x_offset, neg_y_offset
+
+
+def _rotate(image: tf.Tensor, angle: tf.Tensor) -> tf.Tensor:
+    """Counter-clockwise rotation about the centre, as `tf.contrib.image.rotate` (nearest, zero fill).
+
+    This is the reference op (`ImageProjectiveTransformV3`); `train_transform` uses the pixel-identical
+    gather of `_rotation_source_index`, which XLA can fuse, and the tests check one against the other.
+    """
+    shape = tf.shape(image)
+    cos, sin, neg_x_offset, neg_y_offset = _rotation_offsets(
+        tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32), angle
+    )
+    transform = tf.stack([cos, -sin, -neg_x_offset, sin, cos, -neg_y_offset, 0.0, 0.0])
+    rotated = tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[tf.newaxis],
+        transforms=transform[tf.newaxis],
+        output_shape=shape[:2],
+        fill_value=0.0,
+        interpolation=ROTATION_INTERPOLATION,
+        fill_mode="CONSTANT",
+    )[0]
+    return tf.ensure_shape(rotated, image.shape)
+
+
+def _round_half_away_from_zero(x: tf.Tensor) -> tf.Tensor:
+    """int32 `std::round(x)` (tf.round rounds half to even); exact: x - trunc(x) has no rounding error."""
+    truncated = tf.cast(x, tf.int32)
+    fraction = x - tf.cast(truncated, tf.float32)
+    return truncated + tf.cast(fraction >= 0.5, tf.int32) - tf.cast(fraction <= -0.5, tf.int32)
+
+
+def _rotation_source_index(height: int, width: int, angle: tf.Tensor) -> tf.Tensor:
+    """int32[H, W]: the flat input pixel (y * W + x) that `_rotate` copies to each output pixel, H * W for
+    the zero fill.
+
+    The same float32 arithmetic as the kernel (`ProjectiveGenerator`: (a * x + b * y) + c, projection 1,
+    `std::round`, then the bounds check), so the gather equals the op pixel for pixel. Computed outside XLA
+    on purpose: XLA's CPU backend contracts a * x + b into fused multiply-adds, which would move a source
+    pixel whenever a coordinate falls within rounding error of a half.
+    """
+    cos, sin, neg_x_offset, neg_y_offset = _rotation_offsets(float(height), float(width), angle)
+    out_x = tf.range(width, dtype=tf.float32)[tf.newaxis, :]
+    out_y = tf.range(height, dtype=tf.float32)[:, tf.newaxis]
+    # The kernel's (a * x + b * y) + c with a = cos, b = -sin, c = x_offset: b * y is exactly -(sin * y).
+    in_x = _round_half_away_from_zero((cos * out_x - sin * out_y) - neg_x_offset)
+    in_y = _round_half_away_from_zero((sin * out_x + cos * out_y) - neg_y_offset)
+    inside = (in_x >= 0) & (in_x < width) & (in_y >= 0) & (in_y < height)
+    return tf.where(inside, in_y * width + in_x, height * width)
+
+
+# Colour distortion after the resize. The release applies tf.image's brightness, saturation, hue and contrast
+# ops one after the other; saturation is followed by hue in both of its orders, and each of the two is an
+# RGB -> HSV -> RGB round trip, so here they share ONE round trip (scale S, shift H), and each branch runs
+# as one XLA computation (a few fused loops over the S x S image instead of a dozen kernel passes). Against
+# the tf.image ops (tests/test_preprocessing.py checks both orders): max abs difference ~1e-6, float rounding.
+# The quirks of the kernels are kept: a pixel whose channels are all <= 0 has saturation 0 (it becomes grey
+# at its maximum), values outside [0, 1] (after the brightness shift; nothing clips before the end) go
+# through the same formulas, and a hue that rounds up to exactly 1.0 becomes grey at the new minimum (the
+# `default:` case of the AdjustSaturation kernel).
+
+
+def _saturation_and_hue(image: tf.Tensor, saturation_factor: tf.Tensor, hue_delta: tf.Tensor) -> tf.Tensor:
+    """`tf.image.adjust_hue(tf.image.adjust_saturation(image, saturation_factor), hue_delta)`, one trip."""
+    h, s, v = tf.unstack(tf.image.rgb_to_hsv(image), axis=-1)
+    saturation_default_case = tf.equal(h, 1.0)
+    s = tf.clip_by_value(s * saturation_factor, 0.0, 1.0)
+    h = h + hue_delta
+    h = h - tf.floor(h)  # the hue kernel's wrap into [0, 1) (it works in [0, 6))
+    rgb = tf.image.hsv_to_rgb(tf.stack([h, s, v], axis=-1))
+    return tf.where(saturation_default_case[..., tf.newaxis], (v - s * v)[..., tf.newaxis], rgb)
+
+
+def _adjust_contrast(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+    """`tf.image.adjust_contrast`: mean + factor * (x - mean), the mean per channel over the image.
+
+    The kernel sums pairwise, which is nearly exact; a plain float32 reduction here drifts by up to 2e-5 on
+    a 224 x 224 image, so rows are summed first and the row sums accumulated in float64.
+    """
+    shape = tf.shape(image)
+    rows = tf.reduce_sum(image, axis=-2, keepdims=True)
+    total = tf.cast(tf.reduce_sum(tf.cast(rows, tf.float64), axis=-3, keepdims=True), tf.float32)
+    mean = total * (1.0 / tf.cast(shape[-3] * shape[-2], tf.float32))  # the kernel's `1.0f / image_size`
+    return mean + factor * (image - mean)
+
+
+def _to_model_range_unclipped(image: tf.Tensor) -> tf.Tensor:
+    # The random colour ops do not clamp; the release clips once at the end.
+    return (tf.clip_by_value(image, 0.0, 1.0) - 0.5) * 2.0
+
+
+def _unit_and_flip(resized: tf.Tensor, flip: tf.Tensor) -> tf.Tensor:
+    image = resized * (1.0 / 255.0)  # `convert_image_dtype`: times the float32 reciprocal of 255
+    return tf.where(flip, tf.reverse(image, axis=[1]), image)
+
+
+@tf.function(jit_compile=True, reduce_retracing=True)
+def _rotate_and_color_order_0(
+    resized: tf.Tensor, flip: tf.Tensor, source_index: tf.Tensor, color: tf.Tensor
+) -> tf.Tensor:
+    """Branch 0 after the resize: flip, rotation (gather of `_rotation_source_index`), colour order 0."""
+    image = _unit_and_flip(resized, flip)
+    padded = tf.concat([tf.reshape(image, [-1, 3]), tf.zeros([1, 3])], axis=0)  # the zero fill
+    image = tf.reshape(tf.gather(padded, tf.reshape(source_index, [-1])), tf.shape(image))
+    brightness, saturation, hue, contrast = tf.unstack(color)
+    image = _saturation_and_hue(image + brightness, saturation, hue)
+    return _to_model_range_unclipped(_adjust_contrast(image, contrast))
+
+
+@tf.function(jit_compile=True, reduce_retracing=True)
+def _color_order_1(resized: tf.Tensor, flip: tf.Tensor, color: tf.Tensor) -> tf.Tensor:
+    """Branch 1 after the resize: flip, colour order 1 (brightness, contrast, saturation, hue)."""
+    image = _unit_and_flip(resized, flip)
+    brightness, saturation, hue, contrast = tf.unstack(color)
+    image = _adjust_contrast(image + brightness, contrast)
+    return _to_model_range_unclipped(_saturation_and_hue(image, saturation, hue))
+
+
+def _augment_resized(resized: tf.Tensor, decisions: Mapping[str, tf.Tensor], image_size: int) -> tf.Tensor:
+    """Everything after the resize (flip, the release's thread-id branch, clip, [-1, 1]).
+
+    Args:
+      resized: float32[S, S, 3], the resized crop in [0, 255] (resizing the uint8 pixels and scaling after
+        equals scaling first: the resize is linear).
+      decisions: from `_augment_decisions`.
+      image_size: S.
+
+    Returns:
+      float32[S, S, 3] in [-1, 1].
+    """
+    color = tf.stack(
+        [
+            decisions["brightness_delta"],
+            decisions["saturation_factor"],
+            decisions["hue_delta"],
+            decisions["contrast_factor"],
+        ]
+    )
+    flip = decisions["flip"]
+    branches = {
+        BRANCH_ROTATE_COLOR_ORDER_0: lambda: _rotate_and_color_order_0(
+            resized, flip, _rotation_source_index(image_size, image_size, decisions["angle"]), color
+        ),
+        BRANCH_COLOR_ORDER_1: lambda: _color_order_1(resized, flip, color),
+        BRANCH_NONE: lambda: _to_model_range_unclipped(_unit_and_flip(resized, flip)),
+    }
+    out = tf.switch_case(decisions["branch"], [branches[i] for i in range(NUM_BRANCHES)])
+    return tf.ensure_shape(out, [image_size, image_size, 3])
+
+
+def train_transform(
+    image_bytes: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    image_size: int,
+    area_cover: float,
+    object_cover: float,
+) -> tf.Tensor:
+    """The reference training augmentation of one encoded image, fully determined by `seed`.
+
+    See the module docstring for the exact recipe and where it departs from the release's own docstrings
+    (rotation with probability 1/3, not 1/4; colour distortion 2/3, not 1/2).
+
+    Args:
+      image_bytes: Scalar string tensor, encoded JPEG (fast fused path), PNG, GIF or BMP.
+      seed: int32/int64[2], this element's seed; the same seed gives bit-identical output.
+      image_size: Output side S.
+      area_cover: Lower bound of the crop's area fraction (pre-training 0.7, fine-tuning 0.05).
+      object_cover: `min_object_covered` of the crop (pre-training 0.7, fine-tuning 0.0).
+
+    Returns:
+      float32[S, S, 3] in [-1, 1].
+    """
+    image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
+    decisions = _augment_decisions(seed)
+    image = _decode_cropped(
+        image_bytes,
+        lambda shape: _crop_window(
+            shape, decisions["crop_seed"], area_cover=area_cover, object_cover=object_cover
+        ),
+    )
+    resized = _resize_tf1_bilinear(image, image_size)  # uint8 in, float32 in [0, 255] out
+    return _augment_resized(resized, decisions, image_size)
+
+
+# --------------------------------------------------------------------------------- evaluation transforms
+
+
+def _central_crop_window(shape: tf.Tensor, central_fraction: float) -> tf.Tensor:
+    """int32[4] (top, left, height, width): exactly the window `tf.image.central_crop` slices."""
+    hw = tf.cast(shape[:2], tf.float64)
+    start = tf.cast((hw - hw * central_fraction) / 2.0, tf.int32)  # truncation, as central_crop
+    size = shape[:2] - 2 * start
+    return tf.concat([start, size], axis=0)
+
+
+def eval_transform(
+    image_bytes: tf.Tensor, *, image_size: int, central_fraction: float = EVAL_CENTRAL_FRACTION
+) -> tf.Tensor:
+    """The release's evaluation transform: central crop of `central_fraction`, bilinear resize to S x S.
+
+    For JPEG only the central window is decoded; the result equals decode + `tf.image.central_crop` +
+    TF1-convention bilinear resize.
+
+    Args:
+      image_bytes: Scalar string tensor, encoded image.
+      image_size: Output side S.
+      central_fraction: Fraction of each side kept (the release: 0.8).
+
+    Returns:
+      float32[S, S, 3] in [-1, 1].
+    """
+    if not 0.0 < central_fraction <= 1.0:
+        raise ValueError(f"central_fraction must be in (0, 1], got {central_fraction}")
+    image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
+    image = _decode_cropped(image_bytes, lambda shape: _central_crop_window(shape, central_fraction))
+    image = _to_unit_float(_resize_tf1_bilinear(image, image_size))
+    return _to_model_range(image, image_size)
+
+
+def demo_transform(
+    image_bytes: tf.Tensor, *, image_size: int = 224, resize_side: int | None = None
+) -> tf.Tensor:
+    """The release's demo (`image_classification.py`) transform: shorter side to 256, centre crop 224.
+
+    Reproduces its OpenCV code: the new long side is `int(long / short * resize_side)` (truncated), the
+    resize is bilinear with half-pixel centres (`cv.resize` INTER_LINEAR = TF2 `tf.image.resize` without
+    antialiasing) and rounds to uint8, the crop offset is `int((new - crop) / 2)`.
+
+    Args:
+      image_bytes: Scalar string tensor, encoded image.
+      image_size: Crop side S (the release: 224).
+      resize_side: Length of the shorter side before cropping; None keeps the release's 256 / 224 ratio
+        (256 at 224, 342 at 299).
+
+    Returns:
+      float32[S, S, 3] in [-1, 1].
+    """
+    if resize_side is None:
+        resize_side = int(round(image_size / DEMO_CROP_FRACTION))
+    if resize_side < image_size:
+        raise ValueError(f"resize_side {resize_side} is smaller than image_size {image_size}")
+    image = _decode_full(tf.convert_to_tensor(image_bytes, tf.string))
+    hw = tf.cast(tf.shape(image)[:2], tf.float64)
+    short = tf.reduce_min(hw)
+    new_hw = tf.where(hw <= short, tf.constant(resize_side, tf.float64), hw / short * resize_side)
+    new_hw = tf.cast(new_hw, tf.int32)  # truncation, as int() in the release
+    resized = tf.image.resize(image, new_hw, method="bilinear", antialias=False)
+    resized = tf.clip_by_value(tf.round(resized), 0.0, 255.0) / 255.0
+    offset = (new_hw - image_size) // 2
+    crop = tf.slice(resized, [offset[0], offset[1], 0], [image_size, image_size, 3])
+    return _to_model_range(crop, image_size)
+
+
+TRANSFORMS: Final[Mapping[str, EvalTransform]] = types.MappingProxyType(
+    {"reference": eval_transform, "demo": demo_transform}
+)
+
+
+def get_transform(name: str) -> EvalTransform:
+    """The evaluation transform called `name` (`evaluate.py --transform`): `fn(image_bytes, *, image_size)`.
+
+    Raises:
+      ValueError: for an unknown name (the message lists the known ones).
+    """
+    try:
+        return TRANSFORMS[name]
+    except KeyError:
+        raise ValueError(f"unknown transform {name!r}; choose one of {sorted(TRANSFORMS)}") from None
+
+
+# ------------------------------------------------------------------------------------------ file loading
+
+# Passed to TF unchanged: JPEG in grey or RGB, and any PNG. CMYK/YCCK JPEGs are converted with Pillow so that
+# their colours do not depend on TF's CMYK support; other formats (WebP, TIFF, ...) TF cannot read at all.
+_TF_READABLE_MODES: Final = types.MappingProxyType(
+    {
+        "JPEG": frozenset({"L", "RGB"}),
+        "PNG": frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "I;16", "I"}),
+    }
+)
+
+
+def load_image_bytes(path: str | os.PathLike[str]) -> bytes:
+    """Encoded bytes of an image file that every transform here can decode.
+
+    JPEG (grey/RGB) and PNG files are returned unchanged; anything else Pillow can read (CMYK JPEG, WebP,
+    TIFF, BMP, GIF, ...) is converted to RGB and re-encoded losslessly as PNG (transparency is dropped, as
+    TF's `channels=3` decode does). The file is fully decoded
+    once by Pillow so that a truncated or corrupt file fails here with a clear message rather than inside a
+    batch of the inference tool. EXIF orientation is ignored, as in training (TF's decoders ignore it).
+
+    Args:
+      path: Image file.
+
+    Returns:
+      Encoded image bytes.
+
+    Raises:
+      ValueError: when the file is missing, empty, not an image or corrupt.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ValueError(f"cannot read image file {os.fspath(path)!r}: {e}") from e
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            if image.mode in _TF_READABLE_MODES.get(image.format or "", ()):
+                return data
+            logging.info("re-encoding %s (%s, mode %s) as RGB PNG", os.fspath(path), image.format, image.mode)
+            out = io.BytesIO()
+            image.convert("RGB").save(out, format="PNG")
+            return out.getvalue()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"{os.fspath(path)!r} is not a readable image: {e}") from e

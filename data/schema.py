@@ -1,0 +1,376 @@
+"""The one definition of the ML-Images TFRecord schema, its label codecs and the dataset manifest.
+
+One ``tf.train.Example`` per image (REFERENCE.md section 1):
+
+| key | type | content |
+|---|---|---|
+| ``image`` | bytes | the encoded JPEG |
+| ``height``, ``width`` | int64 | original size in pixels |
+| ``name`` | bytes | the image's path as written in the image list |
+| ``label`` (``dense``) | bytes | little-endian float32[num_classes]: the reference layout, 44,664 bytes at 11,166 classes |
+| ``label/indices``, ``label/confidences`` (``sparse``) | int64 list, float list | this project's compact layout |
+| ``label`` (``int64``) | int64 | the class index, single-label (ImageNet fine-tuning) |
+
+``dense`` is byte-compatible with the original writer (its records parse here and ours parse there), but
+stores ~9 tags in 44.6 KB, three times the JPEG. ``sparse`` stores the same tags in about 60 bytes and
+`parse_records` decodes both into the identical float32 tensor, so nothing downstream knows which was used.
+
+A dataset written by ``data/tfrecord.py`` is a folder of ``{prefix}-{i:05d}-of-{n:05d}.tfrecord`` shards next to
+``{prefix}-manifest.json``; `read_manifest` is how readers find the shards and the label format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import re
+from collections.abc import Mapping
+
+import numpy as np
+import tensorflow as tf
+
+IMAGE_KEY = "image"
+HEIGHT_KEY = "height"
+WIDTH_KEY = "width"
+NAME_KEY = "name"
+LABEL_KEY = "label"
+LABEL_INDICES_KEY = "label/indices"
+LABEL_CONFIDENCES_KEY = "label/confidences"
+
+LABEL_FORMATS: tuple[str, ...] = ("dense", "sparse", "int64")
+MULTI_LABEL_FORMATS: tuple[str, ...] = ("dense", "sparse")
+
+# Bumped whenever the manifest's JSON layout changes incompatibly.
+MANIFEST_VERSION = 1
+RECORD_SUFFIX = ".tfrecord"
+_SHARD_RE = re.compile(r"-(\d{5})-of-(\d{5})\.tfrecord$")
+
+
+def check_label_format(label_format: str) -> None:
+    """Raises ValueError unless `label_format` is one of `LABEL_FORMATS`."""
+    if label_format not in LABEL_FORMATS:
+        raise ValueError(f"label_format must be one of {LABEL_FORMATS}, got {label_format!r}")
+
+
+def shard_filename(prefix: str, index: int, num_shards: int) -> str:
+    """``{prefix}-{index:05d}-of-{num_shards:05d}.tfrecord``, the name of one shard."""
+    if not 0 <= index < num_shards:
+        raise ValueError(f"shard index {index} is outside [0, {num_shards})")
+    return f"{prefix}-{index:05d}-of-{num_shards:05d}{RECORD_SUFFIX}"
+
+
+def manifest_filename(prefix: str) -> str:
+    """``{prefix}-manifest.json``, the manifest of one split."""
+    return f"{prefix}-manifest.json"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Encoding (writer side; plain numpy + protobuf, no TensorFlow ops).
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _tag_arrays(label: Mapping[int, float], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted class indices and their float32 confidences, range-checked."""
+    indices = np.fromiter(label.keys(), dtype=np.int64, count=len(label))
+    confidences = np.fromiter(label.values(), dtype=np.float32, count=len(label))
+    if indices.size and (indices.min() < 0 or indices.max() >= num_classes):
+        raise ValueError(f"class indices must be in [0, {num_classes}), got {sorted(label)}")
+    order = np.argsort(indices, kind="stable")
+    return indices[order], confidences[order]
+
+
+def dense_label_bytes(label: Mapping[int, float], *, num_classes: int) -> bytes:
+    """The reference ``label`` field: float32[num_classes] little-endian, confidence at each tag, else 0."""
+    indices, confidences = _tag_arrays(label, num_classes)
+    dense = np.zeros(num_classes, dtype="<f4")
+    dense[indices] = confidences
+    return dense.tobytes()
+
+
+def _bytes_feature(value: bytes) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int64_feature(values) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+
+
+def encode_example(
+    *,
+    image: bytes,
+    name: str,
+    height: int,
+    width: int,
+    label: Mapping[int, float] | int,
+    label_format: str,
+    num_classes: int,
+) -> bytes:
+    """Serializes one image as a ``tf.train.Example``.
+
+    Serialization is deterministic (map keys sorted), so the same inputs always give the same bytes: the
+    writer relies on that for reproducible shards.
+
+    Args:
+      image: The encoded JPEG, stored as is.
+      name: The image's path in the list.
+      height: Original height in pixels.
+      width: Original width in pixels.
+      label: ``{class_index: confidence}`` for ``dense``/``sparse``; the class index for ``int64``.
+      label_format: One of `LABEL_FORMATS`.
+      num_classes: Number of classes (11,166 for ML-Images); sets the dense length and bounds indices.
+
+    Returns:
+      The serialized Example.
+
+    Raises:
+      ValueError: Unknown format, a label of the wrong kind or a class index outside [0, num_classes).
+    """
+    check_label_format(label_format)
+    feature = {
+        IMAGE_KEY: _bytes_feature(image),
+        NAME_KEY: _bytes_feature(name.encode("utf-8")),
+        HEIGHT_KEY: _int64_feature([height]),
+        WIDTH_KEY: _int64_feature([width]),
+    }
+    if label_format == "int64":
+        if isinstance(label, Mapping) or not 0 <= int(label) < num_classes:
+            raise ValueError(f"int64 labels must be an int in [0, {num_classes}), got {label!r}")
+        feature[LABEL_KEY] = _int64_feature([int(label)])
+    else:
+        if not isinstance(label, Mapping):
+            raise ValueError(f"{label_format} labels must be a {{index: confidence}} mapping, got {label!r}")
+        if label_format == "dense":
+            feature[LABEL_KEY] = _bytes_feature(dense_label_bytes(label, num_classes=num_classes))
+        else:
+            indices, confidences = _tag_arrays(label, num_classes)
+            feature[LABEL_INDICES_KEY] = _int64_feature(indices.tolist())
+            feature[LABEL_CONFIDENCES_KEY] = tf.train.Feature(
+                float_list=tf.train.FloatList(value=confidences.tolist())
+            )
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    return example.SerializeToString(deterministic=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parsing (reader side; vectorised TensorFlow ops, usable inside tf.data).
+# ---------------------------------------------------------------------------------------------------------
+
+
+def feature_spec(label_format: str) -> dict[str, tf.io.FixedLenFeature | tf.io.VarLenFeature]:
+    """The ``tf.io.parse_example`` spec of one label format."""
+    check_label_format(label_format)
+    spec = {
+        IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
+        NAME_KEY: tf.io.FixedLenFeature([], tf.string),
+        HEIGHT_KEY: tf.io.FixedLenFeature([], tf.int64),
+        WIDTH_KEY: tf.io.FixedLenFeature([], tf.int64),
+    }
+    if label_format == "dense":
+        spec[LABEL_KEY] = tf.io.FixedLenFeature([], tf.string)
+    elif label_format == "int64":
+        spec[LABEL_KEY] = tf.io.FixedLenFeature([], tf.int64)
+    else:
+        spec[LABEL_INDICES_KEY] = tf.io.VarLenFeature(tf.int64)
+        spec[LABEL_CONFIDENCES_KEY] = tf.io.VarLenFeature(tf.float32)
+    return spec
+
+
+def _decode_dense(raw: tf.Tensor, num_classes: int) -> tf.Tensor:
+    """[B] strings of float32[num_classes] bytes -> float32[B, num_classes], length checked first."""
+    expected = 4 * num_classes
+    check = tf.debugging.assert_equal(
+        tf.strings.length(raw),
+        tf.constant(expected, tf.int32),
+        message=(
+            f"dense label field must be {expected} bytes (float32[{num_classes}]); "
+            "wrong --num_classes, or the records use another label_format"
+        ),
+    )
+    with tf.control_dependencies([check]):
+        raw = tf.identity(raw)
+    return tf.reshape(tf.io.decode_raw(raw, tf.float32, little_endian=True), [-1, num_classes])
+
+
+def _decode_sparse(indices: tf.SparseTensor, confidences: tf.SparseTensor, num_classes: int) -> tf.Tensor:
+    """Ragged per-example (index, confidence) lists -> float32[B, num_classes], by one scatter."""
+    batch = tf.cast(indices.dense_shape[0], tf.int32)
+    rows = tf.cast(indices.indices[:, 0], tf.int32)
+    checks = [
+        tf.debugging.assert_equal(
+            tf.math.bincount(rows, minlength=batch, maxlength=batch),
+            tf.math.bincount(tf.cast(confidences.indices[:, 0], tf.int32), minlength=batch, maxlength=batch),
+            message=f"{LABEL_INDICES_KEY} and {LABEL_CONFIDENCES_KEY} differ in length",
+        ),
+        tf.debugging.assert_non_negative(indices.values, message="negative class index in a sparse label"),
+        tf.debugging.assert_less(
+            indices.values,
+            tf.constant(num_classes, tf.int64),
+            message=f"class index >= num_classes ({num_classes}) in a sparse label",
+        ),
+    ]
+    with tf.control_dependencies(checks):
+        scatter_at = tf.stack([rows, tf.cast(indices.values, tf.int32)], axis=1)
+    # max, not add, so that a (malformed) repeated index cannot sum above its confidence.
+    return tf.tensor_scatter_nd_max(
+        tf.zeros([batch, num_classes], tf.float32), scatter_at, confidences.values
+    )
+
+
+def parse_records(serialized: tf.Tensor, *, label_format: str, num_classes: int) -> dict[str, tf.Tensor]:
+    """Parses serialized Examples of any label format into one common set of tensors.
+
+    Works on a scalar string (``dataset.map`` before batching) or a 1-D batch (``dataset.batch(...).map``,
+    the faster order); everything is vectorised (one ``parse_example``, one ``decode_raw`` or one scatter).
+
+    Args:
+      serialized: string tensor of shape [] or [B].
+      label_format: How the labels were written: ``dense`` (reference), ``sparse`` or ``int64``.
+      num_classes: Number of classes; for ``dense`` the label field must be exactly 4 * num_classes bytes.
+
+    Returns:
+      ``image`` (string, the JPEG), ``label`` (float32[..., num_classes] for ``dense`` and ``sparse``,
+      identical for the same tags; int64[...] for ``int64``), ``name`` (string), ``height``, ``width``
+      (int64), each with the leading shape of `serialized`.
+
+    Raises:
+      tf.errors.InvalidArgumentError: At run time, for a dense label of the wrong byte length or a sparse
+        label with mismatched lists or out-of-range indices.
+    """
+    check_label_format(label_format)
+    serialized = tf.convert_to_tensor(serialized, tf.string)
+    if serialized.shape.rank not in (0, 1):
+        raise ValueError(f"serialized must be a scalar or a 1-D batch, got shape {serialized.shape}")
+    is_scalar = serialized.shape.rank == 0
+    batch = tf.reshape(serialized, [-1])
+    parsed = tf.io.parse_example(batch, feature_spec(label_format))
+    if label_format == "dense":
+        label = _decode_dense(parsed[LABEL_KEY], num_classes)
+    elif label_format == "sparse":
+        label = _decode_sparse(parsed[LABEL_INDICES_KEY], parsed[LABEL_CONFIDENCES_KEY], num_classes)
+    else:
+        label = parsed[LABEL_KEY]
+    out = {
+        IMAGE_KEY: parsed[IMAGE_KEY],
+        LABEL_KEY: label,
+        NAME_KEY: parsed[NAME_KEY],
+        HEIGHT_KEY: parsed[HEIGHT_KEY],
+        WIDTH_KEY: parsed[WIDTH_KEY],
+    }
+    if is_scalar:
+        out = {key: value[0] for key, value in out.items()}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The manifest.
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """What a reader needs to know about a written split.
+
+    Attributes:
+      label_format: One of `LABEL_FORMATS`.
+      num_classes: Number of classes the labels were written with.
+      files: Absolute paths of the shards, in shard order.
+      counts: Records per shard, aligned with `files`.
+      num_records: Total records (the sum of `counts`).
+      num_skipped: Images of the list that were not written (bad line or bad image).
+    """
+
+    label_format: str
+    num_classes: int
+    files: tuple[str, ...]
+    counts: tuple[int, ...]
+    num_records: int
+    num_skipped: int = 0
+
+
+def read_manifest(data_dir: str | os.PathLike, prefix: str = "train") -> Manifest:
+    """Reads ``{prefix}-manifest.json`` and checks that it describes a complete split.
+
+    Args:
+      data_dir: The writer's output folder.
+      prefix: The split's prefix (``train``, ``val``...).
+
+    Returns:
+      The `Manifest`, with absolute shard paths.
+
+    Raises:
+      FileNotFoundError: No manifest, or a shard it lists is missing.
+      ValueError: The manifest is incomplete or inconsistent (unknown format, counts that do not add up).
+    """
+    data_dir = os.path.abspath(os.fspath(data_dir))
+    path = os.path.join(data_dir, manifest_filename(prefix))
+    if not os.path.exists(path):
+        partial = glob.glob(
+            os.path.join(glob.escape(data_dir), f"{glob.escape(prefix)}-manifest.task-*.json")
+        )
+        hint = (
+            " Per-task manifests exist: run the merge step (python data/tfrecord.py --merge ...)."
+            if partial
+            else " Was data/tfrecord.py run to completion with this --output_dir and --prefix?"
+        )
+        raise FileNotFoundError(f"no manifest {path}.{hint}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            raw = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"manifest {path} is not valid JSON: {e}") from e
+    try:
+        if raw.get("format_version") != MANIFEST_VERSION:
+            raise ValueError(f"format_version {raw.get('format_version')!r} != {MANIFEST_VERSION}")
+        if not raw.get("complete", False):
+            raise ValueError("the manifest is marked incomplete")
+        label_format = raw["label_format"]
+        check_label_format(label_format)
+        shards = raw["shards"]
+        files = tuple(os.path.join(data_dir, shard["file"]) for shard in shards)
+        counts = tuple(int(shard["num_records"]) for shard in shards)
+        manifest = Manifest(
+            label_format=label_format,
+            num_classes=int(raw["num_classes"]),
+            files=files,
+            counts=counts,
+            num_records=int(raw["num_records"]),
+            num_skipped=int(raw.get("num_skipped", 0)),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"manifest {path} is incomplete or malformed: {e!r}") from e
+    if sum(manifest.counts) != manifest.num_records:
+        raise ValueError(f"manifest {path}: shard counts sum to {sum(counts)}, not {manifest.num_records}")
+    missing = [file for file in files if not os.path.exists(file)]
+    if missing:
+        raise FileNotFoundError(f"manifest {path} lists {len(missing)} missing shard(s), e.g. {missing[0]}")
+    return manifest
+
+
+def list_record_files(data_dir: str | os.PathLike, prefix: str = "train") -> list[str]:
+    """The shards ``{prefix}-?????-of-?????.tfrecord`` of a folder without a manifest, checked complete.
+
+    A fallback for folders written by other tools with our naming; prefer `read_manifest`, which also
+    gives the label format.
+
+    Raises:
+      FileNotFoundError: No shard with that prefix.
+      ValueError: Shards of different totals, or some of the n shards are missing.
+    """
+    data_dir = os.path.abspath(os.fspath(data_dir))
+    pattern = os.path.join(glob.escape(data_dir), f"{glob.escape(prefix)}-?????-of-?????{RECORD_SUFFIX}")
+    files = sorted(glob.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"no files match {pattern}")
+    matches = [_SHARD_RE.search(file) for file in files]
+    indices = [int(m.group(1)) for m in matches]
+    totals = [int(m.group(2)) for m in matches]
+    if len(set(totals)) != 1:
+        raise ValueError(f"shards in {data_dir} disagree on the number of shards: {sorted(set(totals))}")
+    if sorted(indices) != list(range(totals[0])):
+        missing = sorted(set(range(totals[0])) - set(indices))
+        raise ValueError(
+            f"{len(missing)} of {totals[0]} shards missing in {data_dir}, e.g. index {missing[0]}"
+        )
+    return files

@@ -1,0 +1,696 @@
+"""Tests for data/tfrecord.py, the writer: layouts, shard assignment, bad inputs, kill -9, tasks, TFDS, CLI."""
+
+import collections
+import glob
+import io
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from data import schema, tfrecord
+
+NUM_CLASSES = 50
+SIZE = (24, 16)  # (width, height) of the test images.
+# tqdm's "[elapsed<remaining, rate]"; below 1 image/s (a loaded machine) the rate reads "1.52s/img".
+PROGRESS_RATE_ETA = r"\[\d\d:\d\d<\d\d:\d\d, +[\d.]+(img/s|s/img)\]"
+
+
+def _image_bytes(seed: int, fmt: str = "JPEG", mode: str = "RGB", size: tuple[int, int] = SIZE) -> bytes:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    if mode != "RGB":
+        image = image.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _tags(i: int) -> dict[int, float]:
+    return {i % NUM_CLASSES: 1.0, (3 * i + 1) % NUM_CLASSES: 0.9} if i % 7 else {}
+
+
+def _make_corpus(root: pathlib.Path, num_images: int, *, label_format: str = "sparse") -> pathlib.Path:
+    """`num_images` small RGB JPEGs and the list that names them; returns the list."""
+    root.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(num_images):
+        name = f"im_{i:04d}.jpg"
+        (root / name).write_bytes(_image_bytes(i))
+        if label_format == "int64":
+            lines.append(f"{name} {i % NUM_CLASSES}")
+        else:
+            lines.append("\t".join([name] + [f"{k}:{v:g}" for k, v in _tags(i).items()]))
+    image_list = root.parent / f"{root.name}_list.txt"
+    image_list.write_text("\n".join(lines) + "\n")
+    return image_list
+
+
+def _write(image_list, output_dir, **kwargs) -> dict:
+    args = dict(
+        image_list=str(image_list),
+        image_root=str(pathlib.Path(image_list).parent / "img"),  # Every test keeps its images there.
+        output_dir=str(output_dir),
+        label_format="sparse",
+        num_classes=NUM_CLASSES,
+        shards=3,
+        workers=1,
+        progress=False,
+    )
+    args.update(kwargs)
+    return tfrecord.write_dataset(**args)
+
+
+def _examples(files) -> list[tf.train.Example]:
+    return [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset([str(f) for f in files])]
+
+
+def _name(example: tf.train.Example) -> str:
+    return example.features.feature["name"].bytes_list.value[0].decode()
+
+
+def _image(example: tf.train.Example) -> bytes:
+    return example.features.feature["image"].bytes_list.value[0]
+
+
+def _record_multiset(output_dir, prefix: str = "train") -> collections.Counter:
+    """(name, serialized record) of every record of a finished split: labels, image bytes and sizes."""
+    files = schema.read_manifest(output_dir, prefix).files
+    return collections.Counter(
+        (_name(example), example.SerializeToString(deterministic=True)) for example in _examples(files)
+    )
+
+
+def _temp_files(output_dir) -> list[str]:
+    return sorted(p.name for p in pathlib.Path(output_dir).iterdir() if ".tmp-" in p.name)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Shard assignment.
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "num_lines, num_shards, trailing_newline",
+    [
+        (10, 3, True),
+        (10, 3, False),
+        (7, 7, True),
+        (3, 5, True),
+        (3, 5, False),
+        (1, 4, True),
+        (0, 3, True),
+        (25, 1, True),
+    ],
+)
+def test_index_list_splits_lines_into_contiguous_blocks(tmp_path, num_lines, num_shards, trailing_newline):
+    # Blank lines keep their line numbers (never the last line: without a newline it would not be one).
+    lines = [f"im_{i}.jpg {i}" if i % 4 != 2 or i == num_lines - 1 else "" for i in range(num_lines)]
+    text = "\n".join(lines) + ("\n" if trailing_newline and lines else "")
+    path = tmp_path / "list.txt"
+    path.write_text(text)
+    index = tfrecord.index_list(str(path), num_shards)
+    assert index.num_lines == num_lines and index.num_bytes == len(text)
+    assert len(index.offsets) == len(index.first_lines) == num_shards + 1
+    data = text.encode()
+    for s in range(num_shards):
+        first, end = s * num_lines // num_shards, (s + 1) * num_lines // num_shards
+        assert (index.first_lines[s], index.first_lines[s + 1]) == (first, end)
+        block = data[index.offsets[s] : index.offsets[s + 1]].decode()
+        assert block.splitlines() == lines[first:end], s
+
+
+def test_shards_are_named_and_filled_deterministically(tmp_path):
+    image_list = _make_corpus(tmp_path / "img", 11)
+    manifest = _write(image_list, tmp_path / "out", shards=4, prefix="val")
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == sorted(
+        [f"val-{i:05d}-of-00004.tfrecord" for i in range(4)]
+        + [f"val-{i:05d}-of-00004.done.json" for i in range(4)]
+        + ["val-manifest.json"]
+    )
+    assert [s["num_records"] for s in manifest["shards"]] == [2, 3, 3, 3]
+    for s, shard in enumerate(manifest["shards"]):
+        first, end = s * 11 // 4, (s + 1) * 11 // 4
+        assert shard["file"] == schema.shard_filename("val", s, 4)
+        assert (shard["first_line"], shard["end_line"]) == (first + 1, end)
+        assert [_name(e) for e in _examples([tmp_path / "out" / shard["file"]])] == [
+            f"im_{i:04d}.jpg" for i in range(first, end)
+        ]
+    on_disk = json.loads((tmp_path / "out" / "val-manifest.json").read_text())
+    assert on_disk == manifest
+    assert (on_disk["label_format"], on_disk["num_classes"], on_disk["num_records"]) == (
+        "sparse",
+        NUM_CLASSES,
+        11,
+    )
+    assert on_disk["complete"] and on_disk["skipped"] == [] and on_disk["num_skipped"] == 0
+    read = schema.read_manifest(tmp_path / "out", "val")
+    assert read.counts == (2, 3, 3, 3) and read.num_records == 11
+    # The same list always gives the same files.
+    _write(image_list, tmp_path / "again", shards=4, prefix="val")
+    for shard in manifest["shards"]:
+        assert (tmp_path / "out" / shard["file"]).read_bytes() == (
+            tmp_path / "again" / shard["file"]
+        ).read_bytes()
+
+
+def test_more_shards_than_lines(tmp_path):
+    image_list = _make_corpus(tmp_path / "img", 3)
+    manifest = _write(image_list, tmp_path / "out", shards=5)
+    assert [s["num_records"] for s in manifest["shards"]] == [0, 1, 0, 1, 1]
+    # Line numbers in the manifest name the lines the shard really holds.
+    for shard in manifest["shards"]:
+        names = [_name(e) for e in _examples([tmp_path / "out" / shard["file"]])]
+        expected = [f"im_{line - 1:04d}.jpg" for line in range(shard["first_line"], shard["end_line"] + 1)]
+        assert names == expected
+    assert schema.read_manifest(tmp_path / "out").num_records == 3
+
+
+@pytest.mark.parametrize("label_format", schema.LABEL_FORMATS)
+def test_label_formats_round_trip_through_parse_records(tmp_path, label_format):
+    image_list = _make_corpus(tmp_path / "img", 9, label_format=label_format)
+    _write(image_list, tmp_path / "out", label_format=label_format, shards=2)
+    manifest = schema.read_manifest(tmp_path / "out")
+    assert (manifest.label_format, manifest.num_classes) == (label_format, NUM_CLASSES)
+    serialized = [r.numpy() for r in tf.data.TFRecordDataset(list(manifest.files))]
+    parsed = schema.parse_records(tf.constant(serialized), label_format=label_format, num_classes=NUM_CLASSES)
+    assert [n.decode() for n in parsed["name"].numpy()] == [f"im_{i:04d}.jpg" for i in range(9)]
+    for i in range(9):
+        if label_format == "int64":
+            assert int(parsed["label"][i]) == i % NUM_CLASSES
+        else:
+            expected = np.zeros(NUM_CLASSES, np.float32)
+            for k, v in _tags(i).items():
+                expected[k] = v
+            np.testing.assert_array_equal(parsed["label"][i].numpy(), expected)
+        assert parsed["image"][i].numpy() == (tmp_path / "img" / f"im_{i:04d}.jpg").read_bytes()
+        assert (int(parsed["height"][i]), int(parsed["width"][i])) == (SIZE[1], SIZE[0])
+    keys = set(tf.train.Example.FromString(serialized[1]).features.feature)
+    label_keys = {"label/indices", "label/confidences"} if label_format == "sparse" else {"label"}
+    assert keys == {"image", "name", "height", "width"} | label_keys
+    if label_format == "dense":
+        raw = tf.train.Example.FromString(serialized[1]).features.feature["label"].bytes_list.value[0]
+        assert len(raw) == 4 * NUM_CLASSES
+
+
+def test_num_classes_bounds_the_labels(tmp_path):
+    image_list = _make_corpus(tmp_path / "img", 4)  # Tags up to index 10.
+    manifest = _write(image_list, tmp_path / "out", num_classes=5, shards=1)
+    assert manifest["num_records"] + manifest["num_skipped"] == 4
+    assert all(">= num_classes 5" in s["reason"] for s in manifest["skipped"]) and manifest["num_skipped"] > 0
+
+
+def test_workers_1_and_2_write_identical_shards(tmp_path):
+    image_list = _make_corpus(tmp_path / "img", 12)
+    one = _write(image_list, tmp_path / "one", shards=3, workers=1)
+    two = _write(image_list, tmp_path / "two", shards=3, workers=2)
+    assert one["shards"] == two["shards"]
+    for shard in one["shards"]:
+        assert (tmp_path / "one" / shard["file"]).read_bytes() == (
+            tmp_path / "two" / shard["file"]
+        ).read_bytes()
+    assert _temp_files(tmp_path / "two") == []
+
+
+def test_each_shard_is_written_to_a_temp_name_then_renamed(tmp_path, monkeypatch):
+    image_list = _make_corpus(tmp_path / "img", 6)
+    renames = []
+    real_replace = os.replace
+
+    def recording_replace(src, dst):
+        renames.append((os.fspath(src), os.fspath(dst), os.path.exists(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(tfrecord.os, "replace", recording_replace)
+    _write(image_list, tmp_path / "out", shards=3)
+    out = str(tmp_path / "out")
+    shard_renames = [(src, dst, existed) for src, dst, existed in renames if dst.endswith(".tfrecord")]
+    assert [dst for _, dst, _ in shard_renames] == [
+        os.path.join(out, schema.shard_filename("train", s, 3)) for s in range(3)
+    ]
+    for src, dst, existed in shard_renames:
+        assert src == f"{dst}.tmp-{os.getpid()}" and not existed
+    # Sidecars and the manifest are renamed into place too.
+    assert {os.path.basename(dst) for _, dst, _ in renames} >= {
+        "train-00000-of-00003.done.json",
+        "train-manifest.json",
+    }
+    assert _temp_files(out) == []
+
+
+def test_rerun_reuses_finished_shards_and_removes_leftovers(tmp_path):
+    image_list = _make_corpus(tmp_path / "img", 9)
+    out = tmp_path / "out"
+    first = _write(image_list, out, shards=3)
+    before = _record_multiset(out)
+    inodes = {s["file"]: os.stat(out / s["file"]).st_ino for s in first["shards"]}
+    # What a killed run leaves: temp files, a shard without sidecar and a shard that does not match its sidecar.
+    for leftover in (
+        "train-00001-of-00003.tfrecord.tmp-99999",
+        "train-00001-of-00003.done.json.tmp-99999",
+        "train-manifest.json.tmp-99999",
+    ):
+        (out / leftover).write_bytes(b"partial")
+    os.remove(out / "train-00000-of-00003.done.json")
+    with open(out / "train-00002-of-00003.tfrecord", "ab") as f:
+        f.write(b"torn")
+    second = _write(image_list, out, shards=3)
+    assert second == first
+    assert _temp_files(out) == []
+    assert os.stat(out / "train-00001-of-00003.tfrecord").st_ino == inodes["train-00001-of-00003.tfrecord"]
+    assert os.stat(out / "train-00000-of-00003.tfrecord").st_ino != inodes["train-00000-of-00003.tfrecord"]
+    assert _record_multiset(out) == before
+    # A re-run with other settings must not mix its shards with these.
+    with pytest.raises(ValueError, match="other settings"):
+        _write(image_list, out, shards=3, label_format="dense")
+
+
+def test_bad_arguments(tmp_path):
+    image_list = _make_corpus(tmp_path / "img", 2)
+    for kwargs in (
+        {"label_format": "png"},
+        {"on_error": "ignore"},
+        {"shards": 0},
+        {"workers": 0},
+        {"task_index": 2, "num_tasks": 2},
+        {"verify": "none"},
+        {"jpeg_quality": 0},
+    ):
+        with pytest.raises(ValueError):
+            _write(image_list, tmp_path / "out", **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bad inputs.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _bad_corpus(root: pathlib.Path) -> tuple[pathlib.Path, dict]:
+    """A folder of good and bad files and a list with bad lines; returns the list and the expected reasons."""
+    root.mkdir()
+    good = {"good_0.jpg": _image_bytes(0), "good_1.jpg": _image_bytes(1)}
+    converted = {
+        "photo.png": _image_bytes(2, "PNG"),
+        "alpha.png": _image_bytes(3, "PNG", "RGBA"),
+        "cmyk.jpg": _image_bytes(4, "JPEG", "CMYK"),
+        "gray.jpg": _image_bytes(5, "JPEG", "L"),
+        "anim.gif": _image_bytes(6, "GIF", "P"),
+    }
+    whole = _image_bytes(7, size=(48, 48))
+    bad_files = {
+        "truncated.jpg": whole[: len(whole) * 2 // 3],
+        "text.jpg": b"<html>404 not found</html>\n",
+        "empty.jpg": b"",
+    }
+    for name, data in {**good, **converted, **bad_files}.items():
+        (root / name).write_bytes(data)
+    (root / "folder.jpg").mkdir()
+    reasons = {
+        "truncated.jpg": "truncated",
+        "text.jpg": "not an image",
+        "empty.jpg": "empty file",
+        "missing.jpg": "missing file",
+        "folder.jpg": "is a directory",
+        "bad_index.jpg": "bad line: class index 50 >= num_classes 50",
+        "bad_conf.jpg": "bad line: confidence 1.5 of class 3 is outside [0, 1]",
+        "bad_token.jpg": "bad line: class index 'x' is not an integer",
+    }
+    lines = [
+        "good_0.jpg 1:1 2:0.9",
+        "truncated.jpg 1",
+        "photo.png 2",
+        "bad_index.jpg 50:1",
+        "",
+        "text.jpg 3",
+        "cmyk.jpg 4:0.8",
+        "missing.jpg 5",
+        "gray.jpg 6",
+        "bad_conf.jpg 3:1.5",
+        "anim.gif\t7",
+        "empty.jpg 8",
+        "folder.jpg 8",
+        "bad_token.jpg x:1",
+        "alpha.png 9",
+        "good_1.jpg 10 11:0.8",
+    ]
+    image_list = root.parent / "bad_list.txt"
+    image_list.write_text("\n".join(lines) + "\n")
+    return image_list, {"good": good, "converted": converted, "reasons": reasons, "lines": lines}
+
+
+@pytest.mark.parametrize("verify", tfrecord.VERIFY_MODES)
+def test_bad_input_corpus(tmp_path, verify):
+    image_list, expected = _bad_corpus(tmp_path / "img")
+    manifest = _write(image_list, tmp_path / "out", shards=3, verify=verify)
+    examples = _examples(schema.read_manifest(tmp_path / "out").files)
+    names = [_name(e) for e in examples]
+    assert sorted(names) == sorted([*expected["good"], *expected["converted"]])  # Each exactly once.
+    by_name = {_name(e): e for e in examples}
+    for name, data in expected["good"].items():
+        assert _image(by_name[name]) == data  # Kept byte for byte.
+    for name, data in expected["converted"].items():
+        stored = _image(by_name[name])
+        assert stored != data
+        with Image.open(io.BytesIO(stored)) as image:
+            assert (image.format, image.mode, image.size) == ("JPEG", "RGB", SIZE)
+        assert tf.io.decode_jpeg(stored).shape == (SIZE[1], SIZE[0], 3)
+        feature = by_name[name].features.feature
+        assert (feature["height"].int64_list.value[0], feature["width"].int64_list.value[0]) == (
+            SIZE[1],
+            SIZE[0],
+        )
+    assert manifest["converted"] == {"GIF": 1, "JPEG/CMYK": 1, "JPEG/L": 1, "PNG": 2}
+    assert manifest["num_records"] == 7 and manifest["num_skipped"] == len(expected["reasons"])
+    skipped = {item["path"]: item for item in manifest["skipped"]}
+    assert set(skipped) == set(expected["reasons"])
+    for path, reason in expected["reasons"].items():
+        assert reason in skipped[path]["reason"], (path, skipped[path])
+        assert expected["lines"][skipped[path]["line"] - 1].split()[0] == path  # 1-based line numbers.
+    assert (
+        json.loads((tmp_path / "out" / "train-manifest.json").read_text())["skipped"] == manifest["skipped"]
+    )
+    assert schema.read_manifest(tmp_path / "out").num_skipped == len(expected["reasons"])
+
+
+def test_on_error_fail_stops_at_the_first_bad_line_or_image(tmp_path):
+    image_list, _ = _bad_corpus(tmp_path / "img")
+    with pytest.raises(ValueError, match=re.escape(f"{image_list}:2: truncated.jpg: corrupt or truncated")):
+        _write(image_list, tmp_path / "out", shards=1, on_error="fail")
+    assert not (tmp_path / "out" / "train-manifest.json").exists()
+    assert _temp_files(tmp_path / "out") == []
+    good = tmp_path / "good_list.txt"
+    good.write_text("good_0.jpg 1\nbad_index.jpg 50:1\n")
+    with pytest.raises(ValueError, match=re.escape(f"{good}:2: bad_index.jpg: bad line: class index 50")):
+        _write(good, tmp_path / "out2", shards=1, on_error="fail")
+
+
+def test_on_error_fail_with_workers_stops_the_pool(tmp_path):
+    image_list, _ = _bad_corpus(tmp_path / "img")
+    with pytest.raises(ValueError, match="truncated.jpg"):
+        _write(image_list, tmp_path / "out", shards=2, workers=2, on_error="fail")
+    assert not (tmp_path / "out" / "train-manifest.json").exists()
+    assert _temp_files(tmp_path / "out") == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Several tasks and the merge step.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_two_tasks_then_merge_equal_a_single_task_run(tmp_path):
+    image_list = _make_corpus(tmp_path / "img", 10)
+    single = _write(image_list, tmp_path / "single", shards=5)
+    shared = tmp_path / "shared"
+    parts = [_write(image_list, shared, shards=5, task_index=t, num_tasks=2) for t in (1, 0)]
+    assert [[s["index"] for s in p["shards"]] for p in parts] == [[1, 3], [0, 2, 4]]
+    assert not any(p["complete"] for p in parts)
+    with pytest.raises(FileNotFoundError, match="--merge"):
+        schema.read_manifest(shared)
+    merged = tfrecord.merge_manifests(str(shared), "train")
+    assert merged["complete"] and merged["num_records"] == 10
+    assert merged["shards"] == single["shards"] and merged["skipped"] == single["skipped"]
+    merged_read, single_read = schema.read_manifest(shared), schema.read_manifest(tmp_path / "single")
+    assert [os.path.basename(f) for f in merged_read.files] == [
+        os.path.basename(f) for f in single_read.files
+    ]
+    assert (merged_read.counts, merged_read.num_records, merged_read.label_format) == (
+        single_read.counts,
+        single_read.num_records,
+        single_read.label_format,
+    )
+    assert _record_multiset(shared) == _record_multiset(tmp_path / "single")
+    for shard in single["shards"]:
+        assert (shared / shard["file"]).read_bytes() == (tmp_path / "single" / shard["file"]).read_bytes()
+
+
+def test_merge_errors(tmp_path):
+    image_list = _make_corpus(tmp_path / "img", 6)
+    out = tmp_path / "out"
+    with pytest.raises(FileNotFoundError, match="no task manifests"):
+        tfrecord.merge_manifests(str(out))
+    _write(image_list, out, shards=3, task_index=0, num_tasks=2)
+    with pytest.raises(FileNotFoundError, match=r"missing for tasks \[1\] of 2"):
+        tfrecord.merge_manifests(str(out))
+    _write(image_list, out, shards=3, task_index=1, num_tasks=2)
+    tfrecord.merge_manifests(str(out))
+    # A shard that changed after its task finished.
+    with open(out / "train-00001-of-00003.tfrecord", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(ValueError, match="train-00001-of-00003.tfrecord: size or record count"):
+        tfrecord.merge_manifests(str(out))
+    os.remove(out / "train-00001-of-00003.tfrecord")
+    with pytest.raises(FileNotFoundError, match="train-00001-of-00003.tfrecord"):
+        tfrecord.merge_manifests(str(out))
+    # Tasks that used different settings.
+    other = tmp_path / "other"
+    _write(image_list, other, shards=3, task_index=0, num_tasks=2)
+    _write(image_list, other, shards=3, task_index=1, num_tasks=2, jpeg_quality=80)
+    with pytest.raises(ValueError, match="other settings"):
+        tfrecord.merge_manifests(str(other))
+
+
+def test_merge_accepts_the_list_at_another_path_on_another_machine(tmp_path):
+    image_list = _make_corpus(tmp_path / "img", 6)
+    copy = tmp_path / "mounted_elsewhere.txt"
+    copy.write_bytes(image_list.read_bytes())
+    out = tmp_path / "out"
+    _write(image_list, out, shards=2, task_index=0, num_tasks=2)
+    _write(copy, out, shards=2, task_index=1, num_tasks=2)
+    assert tfrecord.merge_manifests(str(out))["num_records"] == 6
+    # But not a different list.
+    changed = tmp_path / "changed.txt"
+    changed.write_text(image_list.read_text().replace("im_0005.jpg", "im_0004.jpg"))
+    out2 = tmp_path / "out2"
+    _write(image_list, out2, shards=2, task_index=0, num_tasks=2)
+    _write(changed, out2, shards=2, task_index=1, num_tasks=2)
+    with pytest.raises(ValueError, match="other settings"):
+        tfrecord.merge_manifests(str(out2))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# TFDS.
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("label_format", schema.LABEL_FORMATS)
+def test_tfds_builder_from_directory_reads_the_records(tmp_path, label_format):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    train_list = _make_corpus(tmp_path / "img", 7, label_format=label_format)
+    out = tmp_path / "out"
+    _write(train_list, out, label_format=label_format, shards=2)
+    val_list = tmp_path / "val_list.txt"
+    val_list.write_text("".join(train_list.read_text().splitlines(keepends=True)[:3]))
+    _write(val_list, out, label_format=label_format, shards=1, prefix="val", tfds_metadata=True)
+
+    builder = tfds.builder_from_directory(str(out))
+    assert {name: split.num_examples for name, split in builder.info.splits.items()} == {"train": 7, "val": 3}
+    records = list(builder.as_dataset(split="train", shuffle_files=False).as_numpy_iterator())
+    assert len(records) == 7
+    assert sorted(r["name"].decode() for r in records) == [f"im_{i:04d}.jpg" for i in range(7)]
+    for record in records:
+        i = int(record["name"].decode()[3:7])
+        assert record["image"].shape == (SIZE[1], SIZE[0], 3)
+        assert (record["height"], record["width"]) == (SIZE[1], SIZE[0])
+        if label_format == "int64":
+            assert record["label"] == i % NUM_CLASSES
+        elif label_format == "dense":
+            expected = np.zeros(NUM_CLASSES, np.float32)
+            for k, v in _tags(i).items():
+                expected[k] = v
+            np.testing.assert_array_equal(record["label"], expected)
+        else:
+            tags = dict(
+                zip(record["label"]["indices"].tolist(), record["label"]["confidences"].tolist(), strict=True)
+            )
+            assert tags == pytest.approx(_tags(i))
+    assert len(list(builder.as_dataset(split="val"))) == 3
+
+
+def test_tfds_metadata_after_merge(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    image_list = _make_corpus(tmp_path / "img", 5)
+    out = tmp_path / "out"
+    for t in range(2):
+        _write(image_list, out, shards=2, task_index=t, num_tasks=2, tfds_metadata=True)
+    assert not (out / "dataset_info.json").exists()  # Only the merge knows the whole split.
+    tfrecord.merge_manifests(str(out), tfds_metadata=True)
+    assert len(list(tfds.builder_from_directory(str(out)).as_dataset(split="train"))) == 5
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The CLI: --help, progress, kill -9 and resume.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _cli(repo_root, *args) -> list[str]:
+    return [sys.executable, str(repo_root / "data" / "tfrecord.py"), *args]
+
+
+def _cli_env(repo_root) -> dict:
+    return {**os.environ, "PYTHONPATH": str(repo_root), "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def test_cli_help_lists_the_flags(repo_root):
+    result = subprocess.run(
+        _cli(repo_root, "--help"),
+        capture_output=True,
+        text=True,
+        env=_cli_env(repo_root),
+        timeout=120,
+        cwd=repo_root,
+    )
+    # absl prints the help and exits with status 1 (its convention for --help).
+    assert result.returncode in (0, 1) and "data/tfrecord.py:" in result.stdout, result.stderr
+    for flag in (
+        "image_list",
+        "image_root",
+        "output_dir",
+        "label_format",
+        "num_classes",
+        "shards",
+        "workers",
+        "on_error",
+        "prefix",
+        "task_index",
+        "num_tasks",
+        "merge",
+        "tfds_metadata",
+        "progress",
+        "verify",
+        "jpeg_quality",
+    ):
+        assert f"--{flag}" in result.stdout or f"--[no]{flag}" in result.stdout, flag
+    assert "<dense|sparse|int64>" in result.stdout and "<skip|fail>" in result.stdout
+
+
+def test_cli_merge(tmp_path, repo_root):
+    image_list = _make_corpus(tmp_path / "img", 6, label_format="int64")
+    out = tmp_path / "out"
+    for t in range(2):
+        _write(image_list, out, label_format="int64", shards=3, task_index=t, num_tasks=2)
+    merge = subprocess.run(
+        _cli(repo_root, f"--output_dir={out}", "--prefix=train", "--merge"),
+        capture_output=True,
+        text=True,
+        env=_cli_env(repo_root),
+        timeout=120,
+        cwd=repo_root,
+    )
+    assert merge.returncode == 0, merge.stderr
+    assert "merged 2 task manifests: 6 records in 3 shards" in merge.stderr
+    manifest = schema.read_manifest(out)
+    assert (manifest.label_format, manifest.num_records, manifest.counts) == ("int64", 6, (2, 2, 2))
+
+
+def test_progress_bar_shows_rate_and_eta(tmp_path, capsys):
+    image_list = _make_corpus(tmp_path / "img", 40)
+    _write(image_list, tmp_path / "out", shards=2, progress=True)
+    err = capsys.readouterr().err
+    assert re.search(rf"writing: 100%.*40/40 {PROGRESS_RATE_ETA}", err), err
+
+
+def _process_states(pgid: int) -> list[str]:
+    """States of the live (non-zombie) processes of a process group, from /proc."""
+    states = []
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            fields = pathlib.Path(stat).read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            states.append(fields[0])
+    return states
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.isdir("/proc"), reason="needs mkfifo and /proc")
+@pytest.mark.parametrize("workers, kill, label_format", [(1, "group", "dense"), (2, "main", "sparse")])
+def test_kill_9_mid_run_then_rerun_gives_the_same_records(tmp_path, repo_root, workers, kill, label_format):
+    """The run blocks on a named pipe in shard 2 of 4 (a deterministic "mid-run"), is killed, and re-run.
+
+    ``kill="main"`` kills only the main process: its pool workers must notice and exit by themselves,
+    rather than go on writing shards that the re-run writes too.
+    """
+    image_list = _make_corpus(tmp_path / "img", 24)
+    blocker = tmp_path / "img" / "im_0013.jpg"  # Line 14 of 24: in shard 2 of 4 (lines 13-18).
+    blocker_bytes = blocker.read_bytes()
+    os.remove(blocker)
+    os.mkfifo(blocker)
+    out = tmp_path / "out"
+    command = _cli(
+        repo_root,
+        f"--image_list={image_list}",
+        f"--image_root={tmp_path / 'img'}",
+        f"--output_dir={out}",
+        f"--label_format={label_format}",
+        f"--num_classes={NUM_CLASSES}",
+        "--shards=4",
+        f"--workers={workers}",
+        "--on_error=skip",
+    )
+    finished = ["train-00000-of-00004", "train-00001-of-00004"] + (
+        ["train-00003-of-00004"] if workers == 2 else []
+    )
+    with open(tmp_path / "killed.log", "wb") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=log, env=_cli_env(repo_root), cwd=repo_root, start_new_session=True
+        )
+    try:
+        _wait_for(
+            lambda: (
+                all((out / f"{s}.done.json").exists() for s in finished)
+                and glob.glob(str(out / "train-00002-of-00004.tfrecord.tmp-*"))
+            ),
+            timeout=120,
+            what="the writer to block in shard 2",
+        )
+        time.sleep(0.3)
+        if kill == "group":
+            os.killpg(process.pid, signal.SIGKILL)
+        else:
+            os.kill(process.pid, signal.SIGKILL)
+        assert process.wait(timeout=30) == -signal.SIGKILL
+        _wait_for(lambda: not _process_states(process.pid), timeout=30, what="the orphaned workers to exit")
+    finally:
+        if _process_states(process.pid):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert not (out / "train-manifest.json").exists()
+    assert glob.glob(str(out / "train-00002-of-00004.tfrecord.tmp-*"))  # Killed mid-shard.
+    inodes = {s: os.stat(out / f"{s}.tfrecord").st_ino for s in finished}
+
+    os.remove(blocker)
+    blocker.write_bytes(blocker_bytes)
+    rerun = subprocess.run(
+        command, capture_output=True, text=True, env=_cli_env(repo_root), cwd=repo_root, timeout=300
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert {s: os.stat(out / f"{s}.tfrecord").st_ino for s in finished} == inodes  # Not rewritten.
+    assert f"{len(finished)} of this task's 4 shards already finished" in rerun.stderr
+    # Progress: the bar (rate and ETA) and the per-shard log lines go to stderr.
+    assert re.search(PROGRESS_RATE_ETA, rerun.stderr), rerun.stderr
+    assert re.search(r"shard train-00002-of-00004\.tfrecord: 6 records, 0 skipped .* lines/s", rerun.stderr)
+    assert _temp_files(out) == []
+
+    _write(image_list, tmp_path / "uninterrupted", shards=4, label_format=label_format)
+    records = _record_multiset(out)
+    assert records == _record_multiset(tmp_path / "uninterrupted")
+    assert sum(records.values()) == len(records) == 24  # None lost, none doubled.
