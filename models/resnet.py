@@ -1,0 +1,221 @@
+"""The reference ResNet of Tencent ML-Images as a functional Keras 3 model.
+
+The architecture is the release's modified pre-activation ResNet (REFERENCE section 2), not the Keras
+`applications` one:
+
+- stem `init/init_conv`: 7x7 conv, stride 2, with NO BN/ReLU after it and NO max-pool;
+- four stages of bottleneck blocks; the FIRST block of EVERY stage (stage 0 included) has stride 2 (on its
+  3x3 conv and on the projection shortcut), so the total stride is 2 * 2^4 = 32;
+- a block is BN-ReLU-conv1x1 / BN-ReLU-conv3x3 / BN-ReLU-conv1x1 (pre-activation); the first block of a
+  stage projects the shortcut through its OWN BN-ReLU-conv1x1, the other blocks add the raw input;
+  nothing follows the sum;
+- strided convs pad symmetrically first (pad_beg = (k-1)//2, pad_end = k-1-pad_beg) and use VALID, stride
+  1 convs use SAME (the release does this to match Caffe's padding);
+- head: BN-ReLU-global average pool (the 2048-d feature, layer `global_pool`), then a dense `logits` with
+  bias.
+
+Every layer has an explicit name from which its TF1 variable scope follows (`tf1_variable_name`), so the
+released checkpoints map one-to-one onto the model (see `models/tf1_checkpoint.py`). Keras 3 layer names
+cannot contain '/', so a TF1 scope `stages_0_block_0/conv1_b2` becomes the layer `stages_0_block_0_conv1_b2`.
+"""
+
+from __future__ import annotations
+
+import re
+
+import keras
+
+# Blocks per stage. 14 is a test-only variant (one block per stage) that keeps every code path.
+BLOCKS_PER_STAGE: dict[int, tuple[int, int, int, int]] = {
+    14: (1, 1, 1, 1),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
+
+STEM_LAYER = "init_conv"
+HEAD_BN_LAYER = "global_pool_bn"
+FEATURE_LAYER = "global_pool"
+LOGITS_LAYER = "logits"
+
+# (Keras layer-name pattern, TF1 scope template) for every layer that owns weights. The TF1 scope is
+# followed by the variable's own name (kernel, bias, gamma, beta, moving_mean, moving_variance).
+_BLOCK = r"stages_\d+_block_\d+"
+_LAYER_TO_TF1 = (
+    (re.compile(r"init_conv"), "init/init_conv/conv2d"),
+    (re.compile(rf"({_BLOCK})_(conv[123]_b[12])"), r"\1/\2/conv2d"),
+    (re.compile(rf"({_BLOCK})_(conv[123]_b[12]_bn)"), r"\1/\2/batch_normalization"),
+    (re.compile(r"global_pool_bn"), "global_pool/bn/batch_normalization"),
+    (re.compile(r"logits"), "logits/dense"),
+)
+_TF1_TO_LAYER = (
+    (re.compile(r"init/init_conv/conv2d"), "init_conv"),
+    (re.compile(rf"({_BLOCK})/(conv[123]_b[12])/conv2d"), r"\1_\2"),
+    (re.compile(rf"({_BLOCK})/(conv[123]_b[12]_bn)/batch_normalization"), r"\1_\2"),
+    (re.compile(r"global_pool/bn/batch_normalization"), "global_pool_bn"),
+    (re.compile(r"logits/dense"), "logits"),
+)
+_WEIGHT_NAMES = frozenset({"kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance"})
+
+
+def tf1_variable_name(layer_name: str, weight_name: str) -> str:
+    """The TF1 checkpoint name of weight `weight_name` of our layer `layer_name`.
+
+    For example (`stages_2_block_7_conv2_b2_bn`, `moving_mean`) ->
+    `stages_2_block_7/conv2_b2_bn/batch_normalization/moving_mean`.
+
+    Raises:
+      ValueError: for a layer or weight name that has no TF1 counterpart.
+    """
+    if weight_name not in _WEIGHT_NAMES:
+        raise ValueError(f"weight {weight_name!r} of layer {layer_name!r} has no TF1 counterpart")
+    for pattern, template in _LAYER_TO_TF1:
+        if pattern.fullmatch(layer_name):
+            return f"{pattern.sub(template, layer_name)}/{weight_name}"
+    raise ValueError(f"layer {layer_name!r} has no TF1 counterpart")
+
+
+def keras_weight_name(tf1_name: str) -> tuple[str, str]:
+    """The inverse of `tf1_variable_name`: a TF1 variable name -> (our layer name, weight name).
+
+    Raises:
+      ValueError: for a name that is not a model variable of the reference ResNet.
+    """
+    scope, _, weight_name = tf1_name.rpartition("/")
+    if weight_name in _WEIGHT_NAMES:
+        for pattern, template in _TF1_TO_LAYER:
+            if pattern.fullmatch(scope):
+                return pattern.sub(template, scope), weight_name
+    raise ValueError(f"{tf1_name!r} is not a variable of the reference ResNet")
+
+
+def build_resnet(
+    depth: int,
+    num_classes: int,
+    *,
+    base_width: int = 64,
+    data_format: str = "channels_last",
+    bn_momentum: float = 0.997,
+    bn_epsilon: float = 1e-5,
+    input_shape: tuple[int | None, int | None, int] = (None, None, 3),
+    name: str | None = None,
+) -> keras.Model:
+    """Builds the reference ResNet mapping NHWC images in [-1, 1] to float32 logits [N, num_classes].
+
+    Args:
+      depth: 50, 101 or 152 (the reference sizes), or 14 (one block per stage, for tests only).
+      num_classes: size of the dense head (11,166 for ML-Images pre-training, 1000 for ImageNet).
+      base_width: stem filters; stage i outputs 4 * base_width * 2^i channels with bottleneck width
+        base_width * 2^i. 64 is the reference; tests use small values to stay fast.
+      data_format: internal layout. The input is always NHWC (as the release's); with "channels_first"
+        the model transposes it once, as the release does for NCHW. Weights are layout independent.
+      bn_momentum: BatchNorm moving-average decay (the reference 0.997).
+      bn_epsilon: BatchNorm epsilon (the reference 1e-5).
+      input_shape: NHWC input shape without the batch dimension.
+      name: model name (default `resnet{depth}`).
+
+    Returns:
+      A functional model whose layer `global_pool` outputs the pooled feature and `logits` the logits.
+      The logits (and the pooled feature) are float32 under a mixed-precision policy.
+    """
+    if depth not in BLOCKS_PER_STAGE:
+        raise ValueError(f"depth must be one of {sorted(BLOCKS_PER_STAGE)}, got {depth}")
+    if data_format not in ("channels_last", "channels_first"):
+        raise ValueError(f"data_format must be channels_last or channels_first, got {data_format!r}")
+    ops = _Ops(data_format=data_format, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon)
+
+    images = keras.Input(shape=input_shape, name="images")
+    x = images
+    if data_format == "channels_first":
+        x = keras.layers.Permute((3, 1, 2), name="to_channels_first")(x)
+    x = ops.conv(x, filters=base_width, kernel_size=7, strides=2, name=STEM_LAYER)
+    for stage, num_blocks in enumerate(BLOCKS_PER_STAGE[depth]):
+        width = base_width * 2**stage
+        for block in range(num_blocks):
+            x = _bottleneck_block(
+                ops,
+                x,
+                width=width,
+                out_channels=4 * width,
+                first=block == 0,
+                name=f"stages_{stage}_block_{block}",
+            )
+    x = ops.bn_relu(x, name=HEAD_BN_LAYER)
+    # float32 from here on: the mean over the spatial positions and the head run in full precision.
+    features = keras.layers.GlobalAveragePooling2D(
+        data_format=data_format, name=FEATURE_LAYER, dtype="float32"
+    )(x)
+    logits = keras.layers.Dense(num_classes, name=LOGITS_LAYER, dtype="float32")(features)
+    return keras.Model(images, logits, name=name or f"resnet{depth}")
+
+
+def with_features(model: keras.Model) -> keras.Model:
+    """A view of `model` returning {"features": pooled feature [N, C], "logits": [N, num_classes]}.
+
+    The returned model shares `model`'s layers and weights (no second definition), so feature extraction
+    and classification always use the same parameters.
+    """
+    return keras.Model(
+        model.input,
+        {"features": model.get_layer(FEATURE_LAYER).output, "logits": model.get_layer(LOGITS_LAYER).output},
+        name=f"{model.name}_with_features",
+    )
+
+
+class _Ops:
+    """The reference's conv / BN-ReLU building blocks for one data format."""
+
+    def __init__(self, *, data_format: str, bn_momentum: float, bn_epsilon: float) -> None:
+        self.data_format = data_format
+        self.bn_momentum = bn_momentum
+        self.bn_epsilon = bn_epsilon
+
+    def conv(self, x, *, filters: int, kernel_size: int, strides: int, name: str):
+        """Conv without bias; strided convs pre-pad symmetrically and use VALID, others use SAME."""
+        if strides > 1 and kernel_size > 1:  # a 1x1 kernel needs no padding (pad_beg = pad_end = 0).
+            pad_beg = (kernel_size - 1) // 2
+            pad_end = kernel_size - 1 - pad_beg
+            x = keras.layers.ZeroPadding2D(
+                ((pad_beg, pad_end), (pad_beg, pad_end)), data_format=self.data_format, name=f"{name}_pad"
+            )(x)
+        return keras.layers.Conv2D(
+            filters,
+            kernel_size,
+            strides=strides,
+            padding="same" if strides == 1 else "valid",
+            data_format=self.data_format,
+            use_bias=False,
+            # tf.variance_scaling_initializer() of TF1: scale 1, fan_in, truncated normal.
+            kernel_initializer=keras.initializers.VarianceScaling(
+                scale=1.0, mode="fan_in", distribution="truncated_normal"
+            ),
+            name=name,
+        )(x)
+
+    def bn_relu(self, x, *, name: str):
+        """BatchNorm (center and scale) followed by ReLU; the ReLU is named `{name}_relu`."""
+        x = keras.layers.BatchNormalization(
+            axis=-1 if self.data_format == "channels_last" else 1,
+            momentum=self.bn_momentum,
+            epsilon=self.bn_epsilon,
+            name=name,
+        )(x)
+        return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+def _bottleneck_block(ops: _Ops, x, *, width: int, out_channels: int, first: bool, name: str):
+    """One pre-activation bottleneck block; the first block of a stage has stride 2 and a projection."""
+    strides = 2 if first else 1
+    shortcut = x
+    if first:
+        shortcut = ops.bn_relu(x, name=f"{name}_conv1_b1_bn")
+        shortcut = ops.conv(
+            shortcut, filters=out_channels, kernel_size=1, strides=strides, name=f"{name}_conv1_b1"
+        )
+    x = ops.bn_relu(x, name=f"{name}_conv1_b2_bn")
+    x = ops.conv(x, filters=width, kernel_size=1, strides=1, name=f"{name}_conv1_b2")
+    x = ops.bn_relu(x, name=f"{name}_conv2_b2_bn")
+    x = ops.conv(x, filters=width, kernel_size=3, strides=strides, name=f"{name}_conv2_b2")
+    x = ops.bn_relu(x, name=f"{name}_conv3_b2_bn")
+    x = ops.conv(x, filters=out_channels, kernel_size=1, strides=1, name=f"{name}_conv3_b2")
+    return keras.layers.Add(name=f"{name}_add")([x, shortcut])
