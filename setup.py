@@ -26,6 +26,7 @@ setup(
         "pillow>=10",
         "absl-py>=2.1",
         "tqdm>=4.66",
+        "tensorboard>=2.19",  # tf.summary needs it; TensorFlow 2.21 no longer installs it
     ],
     extras_require={
         "cpu": [f"tensorflow-cpu=={TF_VERSION}"],

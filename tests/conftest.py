@@ -10,7 +10,9 @@ import pathlib
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-REFERENCE_DIR = pathlib.Path(os.environ.get("MLIMAGES_REFERENCE_DIR", REPO_ROOT.parent / "shared" / "reference"))
+REFERENCE_DIR = pathlib.Path(
+    os.environ.get("MLIMAGES_REFERENCE_DIR", REPO_ROOT.parent / "shared" / "reference")
+)
 
 # Tests run on 2 cores: keep TensorFlow's logging and thread pools small.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

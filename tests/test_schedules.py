@@ -1,0 +1,173 @@
+"""Learning-rate schedules against (step, lr) tables, recipes, scaling, and the entry scripts' --dry_run."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+
+from training import config as config_lib
+from training import recipes
+
+# REFERENCE section 4; warm-up values are 0.01 x 1.297^floor(step / 4400).
+PRETRAIN_TABLE = [
+    (0, 0.01),
+    (4399, 0.01),
+    (4400, 0.01297),
+    (8800, 0.01 * 1.297**2),
+    (35199, 0.01 * 1.297**7),
+    (35200, 0.08),
+    (110000, 0.08),
+    (110001, 0.008),
+    (220000, 0.008),
+    (220001, 0.0008),
+    (330001, 8e-5),
+    (440000, 8e-5),
+    (440001, 8e-6),
+]
+STAIRCASE_TABLE = [(0, 0.1), (149999, 0.1), (150000, 0.01), (299999, 0.01), (300000, 0.001), (599999, 1e-4)]
+COSINE_TABLE = [(0, 0.0), (2500, 0.05), (5000, 0.1), (302500, 0.05), (600000, 0.0)]
+
+
+def _check(schedule, table):
+    for step, lr in table:
+        assert schedule(step) == pytest.approx(lr, rel=1e-9, abs=1e-12), step
+        # The tensor path (used inside the train step) gives the same value.
+        assert float(schedule(tf.constant(step, tf.int64))) == pytest.approx(lr, rel=1e-9, abs=1e-12), step
+
+
+def test_reference_pretrain_schedule():
+    _check(recipes.PRETRAIN.schedule, PRETRAIN_TABLE)
+    assert 0.0617 < recipes.PRETRAIN.schedule(35199) < 0.0618  # the ~0.06174 before the jump
+
+
+@pytest.mark.parametrize("name", ["ckpt2", "ckpt3", "ckpt4", "ckpt1"])
+def test_released_finetune_schedule(name):
+    _check(recipes.get(name).schedule, STAIRCASE_TABLE)
+
+
+def test_ckpt5_warmup_cosine():
+    _check(recipes.get("ckpt5").schedule, COSINE_TABLE)
+
+
+def test_demo_schedule_is_the_reference_shape_compressed():
+    s = recipes.DEMO.schedule
+    assert (s.warmup_every, s.warmup_steps, s.boundaries) == (12, 96, (300, 600, 900, 1200))
+    _check(s, [(0, 0.01), (12, 0.01297), (95, 0.01 * 1.297**7), (96, 0.08), (300, 0.08), (301, 0.008)])
+
+
+@pytest.mark.parametrize(
+    ("name", "table"),
+    [
+        ("ckpt2", [(0, 224), (599999, 224)]),
+        ("ckpt3", [(0, 224), (299999, 224), (300000, 299), (599999, 299)]),
+        ("ckpt4", [(0, 299)]),
+        ("ckpt5", [(0, 224), (399999, 224), (400000, 299)]),
+    ],
+)
+def test_image_size_switch(name, table):
+    config = recipes.get(name)
+    for step, size in table:
+        assert config.image_size_at(step) == size
+
+
+def test_provenance_says_what_is_reconstructed():
+    for name in ("ckpt1", "ckpt3", "ckpt4", "ckpt5"):
+        assert "RECONSTRUCTED" in recipes.get(name).provenance, name
+    assert recipes.get("ckpt2").provenance.startswith("Published")
+    assert recipes.PRETRAIN.provenance.startswith("Published")
+    with pytest.raises(ValueError, match="known: ckpt1"):
+        recipes.get("ckpt9")
+
+
+def test_resolve_keeps_the_reference_at_its_batch_and_scales_linearly_otherwise():
+    at_ref = config_lib.resolve(recipes.PRETRAIN, num_ranks=128)
+    assert at_ref.schedule == recipes.PRETRAIN.schedule and at_ref.train_steps == 440000
+    on8 = config_lib.resolve(recipes.PRETRAIN, num_ranks=8)  # global 256 = reference / 16
+    assert on8.global_batch == 256
+    assert on8.train_steps == 440000 * 16 and on8.checkpoint_every == 4400 * 16
+    assert on8.schedule(0) == pytest.approx(0.01 / 16)
+    assert on8.schedule(35200 * 16) == pytest.approx(0.08 / 16)
+    assert on8.schedule(110000 * 16) == pytest.approx(0.08 / 16)
+    assert on8.schedule(110000 * 16 + 1) == pytest.approx(0.008 / 16)
+    ckpt3 = config_lib.resolve(recipes.get("ckpt3"), num_ranks=8)  # 512 = 2 x the reference 256
+    assert ckpt3.image_sizes == ((0, 224), (150000, 299)) and ckpt3.schedule(75000) == pytest.approx(0.02)
+    with pytest.raises(ValueError):
+        config_lib.resolve(recipes.PRETRAIN, num_ranks=0)
+
+
+def test_validate_names_the_problem():
+    import dataclasses
+
+    bad = dataclasses.replace(recipes.PRETRAIN, per_rank_batch=30, accum_steps=4, precision="fp8")
+    with pytest.raises(ValueError, match="precision.*accum_steps|accum_steps.*precision"):
+        config_lib.validate(bad)
+
+
+def _dry_run(repo_root, script, *args):
+    proc = subprocess.run(
+        [sys.executable, str(repo_root / script), "--dry_run", *args],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)  # exactly one JSON object on stdout
+
+
+def test_train_dry_run_prints_the_reference_values(repo_root):
+    report = _dry_run(
+        repo_root,
+        "train.py",
+        "--simulate_workers=128",
+        "--lr_probe_steps=0,4399,4400,35199,35200,110000,110001",
+    )
+    assert report["lr"] == {
+        "0": 0.01,
+        "4399": 0.01,
+        "4400": 0.01297,
+        "35199": 0.0617418776198,
+        "35200": 0.08,
+        "110000": 0.08,
+        "110001": 0.008,
+    }
+    assert report["global_batch"] == 4096 and report["num_ranks"] == 128
+    assert (report["model"]["depth"], report["model"]["num_classes"]) == (101, 11166)
+    assert (report["mask_thres"], report["neg_select"], report["checkpoint_every"]) == (0.7, 0.1, 4400)
+    assert report["image_sizes"] == [[0, 224]] and report["per_rank_batch"] == 32
+    # The probed value is the float32 the optimizer receives.
+    assert math.isclose(report["lr"]["35199"], 0.01 * 1.297**7, rel_tol=1e-11)
+
+
+def test_finetune_dry_run_probes_lr_and_image_size(repo_root):
+    report = _dry_run(
+        repo_root, "finetune.py", "--ckpt=ckpt3", "--simulate_workers=4", "--lr_probe_steps=0,150000,300000"
+    )
+    assert report["recipe"] == "ckpt3" and report["global_batch"] == 256 and report["frozen_stages"] == 2
+    assert report["lr"] == {"0": 0.1, "150000": 0.01, "300000": 0.001}
+    assert report["image_size"] == {"0": 224, "150000": 224, "300000": 299}
+    assert "RECONSTRUCTED" in report["provenance"]
+
+
+def test_dry_run_overrides_and_bad_flags(repo_root):
+    report = _dry_run(
+        repo_root,
+        "train.py",
+        "--per_rank_batch=8",
+        "--noscale_schedule",
+        "--train_steps=7",
+        "--image_sizes=32,48@4",
+    )
+    assert report["train_steps"] == 7 and report["image_sizes"] == [[0, 32], [4, 48]]
+    assert report["schedule"]["values"][0] == 0.08  # not rescaled to the batch of 8
+    proc = subprocess.run(
+        [sys.executable, str(repo_root / "train.py"), "--dry_run", "--no_such_flag=1"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0 and "no_such_flag" in proc.stderr

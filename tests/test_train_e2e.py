@@ -1,0 +1,252 @@
+"""train.py and finetune.py end to end on tiny data: runs, resume after kill -9, the NaN stop, init checkpoints."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from models import resnet
+from tests import datasets
+from training import checkpoints, loop, recipes, schedules, train_step
+from training import config as config_lib
+
+TINY = ["--depth=14", "--base_width=4", "--per_rank_batch=8", "--log_every=1", "--shuffle_buffer=16"]
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", OMP_NUM_THREADS="1")
+
+
+@pytest.fixture(scope="module")
+def multilabel_data(tmp_path_factory):
+    return datasets.multilabel(tmp_path_factory.mktemp("multilabel"))
+
+
+@pytest.fixture(scope="module")
+def single_label_data(tmp_path_factory):
+    return datasets.single_label(tmp_path_factory.mktemp("single"))
+
+
+def _cmd(repo_root, script, *args):
+    return [sys.executable, str(repo_root / script), *args]
+
+
+def _run(repo_root, script, *args, timeout=600):
+    proc = subprocess.run(
+        _cmd(repo_root, script, *args),
+        cwd=repo_root,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def _train_args(data, model_dir, *extra):
+    return [
+        f"--data_dir={data.data_dir}",
+        f"--num_classes={data.num_classes}",
+        f"--model_dir={model_dir}",
+        "--image_sizes=32",
+        "--noscale_schedule",
+        *TINY,
+        *extra,
+    ]
+
+
+def _state(prefix):
+    """Every variable of a run checkpoint (model, optimizer slots, loss counters, step), by name."""
+    reader = tf.train.load_checkpoint(str(prefix))
+    names = [n for n, _ in tf.train.list_variables(str(prefix)) if not n.startswith("save_counter")]
+    return {n: reader.get_tensor(n) for n in names if n != "_CHECKPOINTABLE_OBJECT_GRAPH"}
+
+
+def _assert_same_state(a, b, *, exact=True):
+    assert a.keys() == b.keys()
+    for name in a:
+        if exact:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+        else:
+            np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_train_py_runs_logs_checkpoints_and_finishes(repo_root, tmp_path, multilabel_data):
+    model_dir = tmp_path / "run"
+    proc = _run(
+        repo_root,
+        "train.py",
+        *_train_args(
+            multilabel_data,
+            model_dir,
+            "--train_steps=4",
+            "--checkpoint_every=2",
+            "--eval_every=4",
+            "--eval_steps=1",
+        ),
+    )
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["recipe"] == "pretrain_mlimages" and config["model"]["num_classes"] == 30
+    lines = [json.loads(x) for x in (model_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [x for x in lines if x["kind"] == "train"]
+    assert [x["step"] for x in train] == [1, 2, 3, 4]
+    assert all(np.isfinite(x["loss"]) and x["images_per_s"] > 0 for x in train)
+    assert train[0]["lr"] == pytest.approx(0.01)
+    evals = [x for x in lines if x["kind"] == "eval"]
+    assert len(evals) == 1 and 0.0 <= evals[0]["f1@5"] <= 1.0
+    assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-4")
+    assert (model_dir / "input" / "rank-0" / "ckpt-4.index").exists()
+    assert any(p.name.startswith("events") for p in (model_dir / "train").iterdir())
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["final"]["step"] == 4
+    # Running it again finds it finished, on the same state.
+    again = _run(repo_root, "train.py", *_train_args(multilabel_data, model_dir, "--train_steps=4"))
+    assert "already finished" in again.stderr
+    assert json.loads(again.stdout.strip().splitlines()[-1])["final"]["step"] == 4
+
+
+def test_num_classes_mismatch_is_a_clear_error(repo_root, tmp_path, multilabel_data):
+    args = _train_args(multilabel_data, tmp_path / "run", "--train_steps=1")
+    args[1] = "--num_classes=31"
+    proc = subprocess.run(
+        _cmd(repo_root, "train.py", *args),
+        cwd=repo_root,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0 and "30 classes but the model has 31" in proc.stderr
+
+
+def _kill_and_resume(repo_root, script, args, model_dir, *, kill_after_step):
+    """Starts the run, kill -9s it once ckpt-`kill_after_step` exists (mid-run), then re-runs it to the end."""
+    proc = subprocess.Popen(
+        _cmd(repo_root, script, *args),
+        cwd=repo_root,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    marker = model_dir / f"ckpt-{kill_after_step}.index"
+    deadline = time.time() + 300
+    while not marker.exists():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    latest = tf.train.latest_checkpoint(str(model_dir))
+    assert latest is not None and not latest.endswith(f"ckpt-{args_steps(args)}"), "killed too late"
+    _run(repo_root, script, *args)
+
+
+def args_steps(args):
+    return next(int(a.split("=")[1]) for a in args if a.startswith("--train_steps="))
+
+
+@pytest.mark.slow
+def test_kill9_resume_equals_an_uninterrupted_run(repo_root, tmp_path, multilabel_data):
+    common = ["--train_steps=120", "--checkpoint_every=20", "--log_every=20"]
+    _run(repo_root, "train.py", *_train_args(multilabel_data, tmp_path / "straight", *common))
+    args = _train_args(multilabel_data, tmp_path / "killed", *common)
+    _kill_and_resume(repo_root, "train.py", args, tmp_path / "killed", kill_after_step=20)
+    straight, resumed = _state(tmp_path / "straight" / "ckpt-120"), _state(tmp_path / "killed" / "ckpt-120")
+    assert any("pos_count" in n for n in straight) and any("momentum" in n for n in straight)
+    _assert_same_state(straight, resumed)
+
+
+@pytest.mark.slow
+def test_ckpt3_kill9_resume_across_the_size_switch(repo_root, tmp_path, single_label_data):
+    common = [
+        f"--data_dir={single_label_data}",
+        "--num_classes=10",
+        "--image_sizes=32,40@60",
+        "--train_steps=100",
+        "--checkpoint_every=20",
+        "--init_checkpoint=",
+        "--noscale_schedule",
+        *TINY,
+        "--log_every=20",
+    ]
+    _run(repo_root, "finetune.py", "--ckpt=ckpt3", f"--model_dir={tmp_path / 'straight'}", *common)
+    args = ["--ckpt=ckpt3", f"--model_dir={tmp_path / 'killed'}", *common]
+    _kill_and_resume(repo_root, "finetune.py", args, tmp_path / "killed", kill_after_step=40)
+    _assert_same_state(_state(tmp_path / "straight" / "ckpt-100"), _state(tmp_path / "killed" / "ckpt-100"))
+    # Resuming exactly at the switch (ckpt-60) also lands on the same state.
+    for f in (tmp_path / "straight").glob("ckpt-[89]0.*"):
+        f.unlink()
+    for f in (tmp_path / "straight").glob("ckpt-100.*"):
+        f.unlink()
+    (tmp_path / "straight" / "checkpoint").write_text('model_checkpoint_path: "ckpt-60"\n')
+    _run(repo_root, "finetune.py", "--ckpt=ckpt3", f"--model_dir={tmp_path / 'straight'}", *common)
+    _assert_same_state(_state(tmp_path / "straight" / "ckpt-100"), _state(tmp_path / "killed" / "ckpt-100"))
+
+
+def test_finetune_from_a_pretraining_run_with_a_new_head(
+    repo_root, tmp_path, multilabel_data, single_label_data
+):
+    pre = tmp_path / "pre"
+    _run(repo_root, "train.py", *_train_args(multilabel_data, pre, "--train_steps=2"))
+    ft = tmp_path / "ft"
+    proc = _run(
+        repo_root,
+        "finetune.py",
+        "--ckpt=ckpt3",
+        f"--init_checkpoint={pre}",
+        f"--data_dir={single_label_data}",
+        "--num_classes=10",
+        f"--model_dir={ft}",
+        "--image_sizes=32,40@2",
+        "--train_steps=3",
+        "--eval_every=3",
+        "--eval_steps=2",
+        "--noscale_schedule",
+        *TINY,
+    )
+    assert "loaded" in proc.stderr and "head skipped" in proc.stderr
+    config = json.loads((ft / "config.json").read_text())
+    assert (config["recipe"], config["frozen_stages"], config["task"]) == ("ckpt3", 2, "softmax")
+    pre_model, ft_model = resnet.build_resnet(14, 30, base_width=4), resnet.build_resnet(14, 10, base_width=4)
+    checkpoints.load_model_weights(pre_model, str(pre))
+    checkpoints.load_model_weights(ft_model, str(ft))
+    for layer in ("init_conv", "stages_1_block_0_conv2_b2"):  # loaded, then frozen (FixBlock2)
+        np.testing.assert_array_equal(pre_model.get_layer(layer).kernel, ft_model.get_layer(layer).kernel)
+    # Trained after loading: stage 2 moved away from the pre-trained weights.
+    name = "stages_2_block_0_conv2_b2"
+    assert not np.array_equal(pre_model.get_layer(name).kernel, ft_model.get_layer(name).kernel)
+    evals = [json.loads(x) for x in (ft / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
+    assert 0.0 <= evals[-1]["top1"] <= 1.0
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, multilabel_data):
+    config = dataclasses.replace(
+        recipes.PRETRAIN,
+        model=config_lib.ModelConfig(depth=14, base_width=4, num_classes=multilabel_data.num_classes),
+        data=dataclasses.replace(recipes.PRETRAIN.data, data_dir=multilabel_data.data_dir, shuffle_buffer=16),
+        # 0.01 for steps 0-3; step 4 applies an infinite rate, so the loss of step 5 is NaN.
+        schedule=schedules.ReferencePretrainSchedule(
+            warmup_steps=0, boundaries=(3,), values=(0.01, float("inf"))
+        ),
+        train_steps=50,
+        per_rank_batch=8,
+        reference_global_batch=8,
+        image_sizes=((0, 32),),
+        checkpoint_every=2,
+        log_every=1,
+        model_dir=str(tmp_path / "run"),
+    )
+    with pytest.raises(train_step.NonFiniteLossError, match="last good checkpoint is .*ckpt-4"):
+        loop.train(config)
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(config.model_dir))
+    assert tf.train.latest_checkpoint(config.model_dir).endswith("ckpt-4")
+    for name, _ in tf.train.list_variables(tf.train.latest_checkpoint(config.model_dir)):
+        if name != "_CHECKPOINTABLE_OBJECT_GRAPH":
+            value = reader.get_tensor(name)
+            if np.issubdtype(np.asarray(value).dtype, np.floating):
+                assert np.all(np.isfinite(value)), name

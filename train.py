@@ -1,0 +1,30 @@
+"""Pre-trains the multi-label ResNet on ML-Images (or the built-in demo set), on one process or under Horovod.
+
+    horovodrun -np 128 python train.py --data_dir=/data/ml-images --model_dir=runs/pretrain
+    python train.py --recipe=demo --model_dir=demo_run          # the built-in demo: data, training, metrics
+    python train.py --dry_run --simulate_workers=128 --lr_probe_steps=0,4400,35200,110001
+
+The defaults are the reference run (training/recipes.py: pretrain_mlimages): ResNet-101, 11,166 classes,
+224, 32 images per rank (4096 on 128 ranks), the released warm-up + piecewise schedule, mask_thres 0.7,
+neg_select 0.1, a snapshot every 4,400 steps. On another number of ranks the schedule is scaled linearly
+(see --scale_schedule). Every flag: `python train.py --help`.
+"""
+
+from absl import app, flags
+
+from training import cli, recipes
+
+FLAGS = flags.FLAGS
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.main(FLAGS, recipe_name=FLAGS.recipe, finetune=False)
+
+
+if __name__ == "__main__":
+    cli.define_flags(
+        default_recipe="pretrain_mlimages", recipe_names=recipes.PRETRAIN_RECIPES, finetune=False
+    )
+    app.run(main)

@@ -1,0 +1,127 @@
+"""Checkpoints: the run state (rank 0, atomic, last K kept), per-rank input positions, and model weights.
+
+A run directory holds:
+  ckpt-N.*, checkpoint       model, optimizer slots, loss counters, step (written by rank 0 only)
+  input/rank-R/ckpt-N.*       each rank's input-pipeline position at step N (every rank writes its own)
+  config.json                 the resolved configuration (written before step 0)
+
+TensorFlow writes a checkpoint's data files first and then renames the `checkpoint` index into place, so a
+crash mid-write leaves the previous checkpoint as the latest. On resume every rank restores the same state
+from the chief's files (never only rank 0), and its own input position for that step.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from models import resnet, tf1_checkpoint
+
+
+def latest_step(model_dir: str) -> int | None:
+    """Step of the newest complete run checkpoint in `model_dir`, or None."""
+    path = tf.train.latest_checkpoint(model_dir)
+    return int(re.search(r"ckpt-(\d+)$", path).group(1)) if path else None
+
+
+def input_checkpoint_prefix(model_dir: str, rank: int) -> str:
+    return os.path.join(model_dir, "input", f"rank-{rank}", "ckpt")
+
+
+def save_input_position(iterator, *, model_dir: str, rank: int, step: int, keep: int) -> None:
+    """Writes this rank's iterator state for `step` and removes all but the newest `keep`."""
+    directory = os.path.dirname(input_checkpoint_prefix(model_dir, rank))
+    tf.io.gfile.makedirs(directory)
+    tf.train.Checkpoint(iterator=iterator).write(os.path.join(directory, f"ckpt-{step}"))
+    steps = sorted(
+        int(m.group(1)) for f in tf.io.gfile.listdir(directory) if (m := re.match(r"ckpt-(\d+)\.index$", f))
+    )
+    for old in steps[:-keep]:
+        for f in tf.io.gfile.glob(os.path.join(directory, f"ckpt-{old}.*")):
+            tf.io.gfile.remove(f)
+
+
+def restore_input_position(iterator, *, model_dir: str, rank: int, step: int) -> bool:
+    """Restores this rank's iterator to `step`; False (and a warning) when no position was saved for it."""
+    path = os.path.join(os.path.dirname(input_checkpoint_prefix(model_dir, rank)), f"ckpt-{step}")
+    if not tf.io.gfile.exists(path + ".index"):
+        logging.warning("no saved input position for rank %d at step %d: the input restarts", rank, step)
+        return False
+    tf.train.Checkpoint(iterator=iterator).read(path).assert_consumed()
+    return True
+
+
+def infer_model_config(ckpt_path: str) -> dict[str, int]:
+    """Depth, base width and head size of the ResNet stored in one of our checkpoints, from shapes alone.
+
+    The stem kernel is the only 7x7 kernel ([7, 7, 3, base_width]); the head kernel is the only 2-D
+    variable ([features, num_classes]); a ResNet with B blocks has 3 B + 5 conv kernels (stem, three per
+    block, one projection per stage), and depth = 3 B + 2.
+    """
+    shapes = {name: shape for name, shape in tf.train.list_variables(ckpt_path)}
+    model_vars = {
+        n: s for n, s in shapes.items() if n.startswith(("model/", "optimizer/_trainable_variables/"))
+    }
+    kernels4 = [s for n, s in model_vars.items() if len(s) == 4 and "optimizer/_variables" not in n]
+    stems = [s for s in kernels4 if s[:3] == [7, 7, 3]]
+    heads = [s for s in model_vars.values() if len(s) == 2]
+    if len(stems) != 1 or not heads:
+        raise ValueError(f"{ckpt_path} does not hold one of our ResNet checkpoints (no unique stem/head)")
+    blocks = (len(kernels4) - 5) // 3
+    return {"depth": 3 * blocks + 2, "base_width": stems[0][3], "num_classes": heads[0][1]}
+
+
+def is_tf1_checkpoint(ckpt_path: str) -> bool:
+    """True for the released TF1 checkpoints (variables named like `init/init_conv/conv2d/kernel`)."""
+    return any(name.startswith("init/init_conv/") for name, _ in tf.train.list_variables(ckpt_path))
+
+
+def resolve_checkpoint_path(path: str) -> str:
+    """A checkpoint prefix from a prefix or a directory (its latest checkpoint)."""
+    if tf.io.gfile.isdir(path):
+        latest = tf.train.latest_checkpoint(path)
+        if latest is None:
+            raise FileNotFoundError(f"no checkpoint in directory {path}")
+        return latest
+    if not tf.io.gfile.exists(path + ".index"):
+        raise FileNotFoundError(f"checkpoint {path} not found (no {path}.index)")
+    return path
+
+
+def load_model_weights(model: keras.Model, path: str, *, skip_head: bool = False) -> None:
+    """Loads model weights from ours (a run or converted checkpoint) or a released TF1 checkpoint.
+
+    Strict: any difference in architecture raises; the head (`logits`) is left as it is only when
+    `skip_head` (fine-tuning a new head).
+    """
+    path = resolve_checkpoint_path(path)
+    if is_tf1_checkpoint(path):
+        tf1_checkpoint.load_tf1_checkpoint(model, path, skip_head=skip_head)
+        logging.info("loaded TF1 checkpoint %s (head %s)", path, "skipped" if skip_head else "loaded")
+        return
+    found = infer_model_config(path)
+    source = resnet.build_resnet(found["depth"], found["num_classes"], base_width=found["base_width"])
+    tf.train.Checkpoint(model=source).read(path).expect_partial().assert_existing_objects_matched()
+    source_layers = {layer.name: layer for layer in source.layers if layer.weights}
+    target_layers = {layer.name: layer for layer in model.layers if layer.weights}
+    if set(source_layers) != set(target_layers):
+        raise ValueError(
+            f"{path} holds a different architecture ({found}); layers only there: "
+            f"{sorted(set(source_layers) - set(target_layers))[:5]}, only in the model: "
+            f"{sorted(set(target_layers) - set(source_layers))[:5]}"
+        )
+    for name, layer in target_layers.items():
+        if skip_head and name == "logits":
+            continue
+        values = source_layers[name].get_weights()
+        for target, value in zip(layer.weights, values, strict=True):
+            if tuple(target.shape) != value.shape:
+                raise ValueError(
+                    f"{path}: {target.path} has shape {value.shape}, the model {tuple(target.shape)}"
+                )
+        layer.set_weights(values)
+    logging.info("loaded %s (%s; head %s)", path, found, "skipped" if skip_head else "loaded")

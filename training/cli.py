@@ -1,0 +1,246 @@
+"""The command line shared by train.py and finetune.py: flag definitions and flags -> resolved config.
+
+Nothing here runs at import: `define_flags` is called by an entry script before `absl.app.run`, and
+`resolve_config` reads an explicit `FlagValues`. Flags that override the recipe default to None (shown as
+"default: the recipe's"), so only what the user types changes the published run.
+
+Step counts: the recipe's schedule, steps and size switches are defined at its reference global batch and
+scaled by `config.resolve` (linear LR scaling, step counts kept in epochs). The step flags below
+(--train_steps, --checkpoint_every, --eval_every, --image_sizes switches) are in steps AS RUN, applied
+after that scaling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from typing import Any
+
+from absl import flags
+
+from training import config as config_lib
+from training import recipes
+
+_POSITIVE = {"lower_bound": 1}
+
+
+def define_flags(*, default_recipe: str, recipe_names: list[str], finetune: bool) -> None:
+    """Defines the flags of train.py (finetune=False) or finetune.py (finetune=True)."""
+    f = flags
+    if finetune:
+        f.DEFINE_enum(
+            "ckpt",
+            default_recipe,
+            recipe_names,
+            "The fine-tuning recipe (training/recipes.py, with provenance).",
+        )
+    else:
+        f.DEFINE_enum(
+            "recipe", default_recipe, recipe_names, "The pre-training recipe (training/recipes.py)."
+        )
+    f.DEFINE_string("model_dir", None, "Run directory: config.json, checkpoints, TensorBoard, metrics.jsonl.")
+    f.DEFINE_string("data_dir", None, "Folder of our TFRecords and their manifests (data/tfrecord.py).")
+    f.DEFINE_string(
+        "train_prefix", None, "Prefix of the training split's files (default: the recipe's, train)."
+    )
+    f.DEFINE_string(
+        "eval_prefix", None, "Prefix of the validation split's files (default: the recipe's, val)."
+    )
+    if finetune:
+        f.DEFINE_string("tfds_name", None, "Read through tensorflow-datasets instead, e.g. imagenet2012.")
+        f.DEFINE_string("tfds_data_dir", None, "tensorflow-datasets data_dir (prepared datasets).")
+        f.DEFINE_string("tfds_manual_dir", None, "Folder with the manually downloaded ImageNet archives.")
+        f.DEFINE_string(
+            "init_checkpoint",
+            None,
+            "Checkpoint to start from: ours (a run directory or prefix) or a released TF1 checkpoint "
+            "(ckpt-resnet101-mlimages). Default: the recipe's (none for ckpt1).",
+        )
+        f.DEFINE_bool(
+            "skip_head", None, "Do not load the logits layer from --init_checkpoint (default: recipe)."
+        )
+        f.DEFINE_integer(
+            "frozen_stages", None, "Freeze the stem and stages below this (FixBlock2 = 2; -1 none)."
+        )
+    else:
+        f.DEFINE_float("mask_thres", None, "A label >= this makes its class positive in a batch (0.7).")
+        f.DEFINE_float("neg_select", None, "Probability that a negative class counts in a step (0.1).")
+        f.DEFINE_string(
+            "init_checkpoint",
+            None,
+            "Start from these weights (ours or TF1); the run's own "
+            "checkpoints in --model_dir take precedence (resume).",
+        )
+    f.DEFINE_integer("depth", None, "ResNet depth: 50, 101, 152 (14: test-only). Default: the recipe's.")
+    f.DEFINE_integer(
+        "base_width", None, "Stem width (64 in the reference; small values for tests).", **_POSITIVE
+    )
+    f.DEFINE_integer(
+        "num_classes", None, "Head size; must match the data (default: the recipe's).", **_POSITIVE
+    )
+    f.DEFINE_integer(
+        "per_rank_batch",
+        None,
+        "Images per rank per step (all micro-batches); the global batch is this x ranks (default: recipe's).",
+        **_POSITIVE,
+    )
+    f.DEFINE_integer(
+        "accum_steps",
+        None,
+        "Micro-batches per step (gradient accumulation): e.g. 8 GPUs x --per_rank_batch=512 "
+        "--accum_steps=16 run the reference global batch 4096 with micro-batches of 32.",
+        **_POSITIVE,
+    )
+    f.DEFINE_bool(
+        "scale_schedule",
+        True,
+        "Scale the recipe to this global batch (lr x global/reference, step counts kept in epochs); "
+        "--noscale_schedule runs the recipe's numbers at any batch.",
+    )
+    f.DEFINE_integer(
+        "train_steps", None, "Steps to run (as run, after scaling; default: the recipe's).", **_POSITIVE
+    )
+    f.DEFINE_list(
+        "image_sizes",
+        None,
+        "Training image sizes as SIZE or SIZE@STEP (steps as run), e.g. 224,299@300000: 224 from step 0, "
+        "299 from step 300000. Default: the recipe's.",
+    )
+    f.DEFINE_enum("precision", None, sorted(config_lib.PRECISIONS), "fp32, bf16 or fp16 (loss scaling).")
+    f.DEFINE_bool("xla", None, "XLA-compile the forward/backward (default: the recipe's, off).")
+    f.DEFINE_integer("seed", None, "Seed of the initialisation, input order and augmentation.")
+    f.DEFINE_integer(
+        "shuffle_buffer", None, "Per-rank shuffle buffer of records (part of the input position)."
+    )
+    f.DEFINE_integer("log_every", None, "Log loss, lr, images/s and ETA every N steps.", **_POSITIVE)
+    f.DEFINE_integer("checkpoint_every", None, "Save a checkpoint every N steps (as run).", **_POSITIVE)
+    f.DEFINE_integer("keep_checkpoints", None, "Keep the newest K checkpoints.", **_POSITIVE)
+    f.DEFINE_integer(
+        "eval_every", None, "Evaluate the validation split every N steps (0: never).", lower_bound=0
+    )
+    f.DEFINE_integer(
+        "eval_steps", None, "Batches per rank per evaluation (0: the whole split).", lower_bound=0
+    )
+    f.DEFINE_list("topk", None, "k values of the multi-label validation metrics (default 5,10).")
+    f.DEFINE_bool("dry_run", False, "Print the resolved config as one JSON object and exit (reads no data).")
+    f.DEFINE_list(
+        "lr_probe_steps", [], "With --dry_run: add the learning rate (and image size) at these steps."
+    )
+    f.DEFINE_integer(
+        "simulate_workers", None, "With --dry_run: resolve the config as on this many ranks.", **_POSITIVE
+    )
+
+
+_MODEL_FIELDS = ("depth", "base_width", "num_classes")
+_DATA_FIELDS = (
+    "data_dir",
+    "train_prefix",
+    "eval_prefix",
+    "tfds_name",
+    "tfds_data_dir",
+    "tfds_manual_dir",
+    "shuffle_buffer",
+)
+_RUN_FIELDS = (
+    "model_dir",
+    "per_rank_batch",
+    "accum_steps",
+    "precision",
+    "xla",
+    "seed",
+    "init_checkpoint",
+    "skip_head",
+    "frozen_stages",
+    "mask_thres",
+    "neg_select",
+    "keep_checkpoints",
+    "log_every",
+    "eval_steps",
+)
+_STEP_FIELDS = ("train_steps", "checkpoint_every", "eval_every")  # as run: applied after scaling
+
+
+def _given(flag_values: flags.FlagValues, names) -> dict[str, Any]:
+    return {n: flag_values[n].value for n in names if n in flag_values and flag_values[n].value is not None}
+
+
+def parse_image_sizes(values: list[str]) -> tuple[tuple[int, int], ...]:
+    """["224", "299@300000"] -> ((0, 224), (300000, 299)); the first must start at step 0."""
+    sizes = []
+    for value in values:
+        size, _, start = value.partition("@")
+        try:
+            sizes.append((int(start) if start else 0, int(size)))
+        except ValueError:
+            raise flags.ValidationError(f"--image_sizes: {value!r} is not SIZE or SIZE@STEP") from None
+    starts = [s for s, _ in sizes]
+    if not sizes or starts[0] != 0 or starts != sorted(set(starts)) or any(size < 8 for _, size in sizes):
+        raise flags.ValidationError(
+            f"--image_sizes {values}: the first size starts at step 0, steps increase"
+        )
+    return tuple(sizes)
+
+
+def resolve_config(
+    flag_values: flags.FlagValues, *, recipe_name: str, num_ranks: int
+) -> config_lib.TrainConfig:
+    """The recipe with the given flags applied, resolved for `num_ranks` ranks."""
+    config = recipes.get(recipe_name)
+    config = dataclasses.replace(
+        config,
+        model=dataclasses.replace(config.model, **_given(flag_values, _MODEL_FIELDS)),
+        data=dataclasses.replace(config.data, **_given(flag_values, _DATA_FIELDS)),
+        **_given(flag_values, _RUN_FIELDS),
+    )
+    if flag_values["topk"].value:
+        config = dataclasses.replace(config, topk=tuple(int(k) for k in flag_values["topk"].value))
+    if not flag_values["scale_schedule"].value:
+        config = dataclasses.replace(config, reference_global_batch=config.per_rank_batch * num_ranks)
+    config = config_lib.resolve(config, num_ranks=num_ranks)
+    config = dataclasses.replace(config, **_given(flag_values, _STEP_FIELDS))
+    if flag_values["image_sizes"].value:
+        config = dataclasses.replace(config, image_sizes=parse_image_sizes(flag_values["image_sizes"].value))
+    config_lib.validate(config)
+    return config
+
+
+def dry_run_report(config: config_lib.TrainConfig, probe_steps: list[str], *, with_image_size: bool) -> str:
+    """The resolved config as one JSON object, with the probed learning rates (and image sizes)."""
+    report = config_lib.to_dict(config)
+    steps = [int(s) for s in probe_steps]
+    if steps:
+        # 12 significant digits: the same float32 learning rate the optimizer receives, without float64 noise
+        # (0.01 x 1.297 prints as 0.01297, not 0.012969999999999999).
+        report["lr"] = {str(s): float(f"{config.schedule(s):.12g}") for s in steps}
+        if with_image_size:
+            report["image_size"] = {str(s): config.image_size_at(s) for s in steps}
+    return json.dumps(report, sort_keys=True)
+
+
+def main(flag_values: flags.FlagValues, *, recipe_name: str, finetune: bool) -> None:
+    """Runs the entry script: --dry_run prints the config; otherwise trains on this process's ranks."""
+    if flag_values.simulate_workers and not flag_values.dry_run:
+        raise flags.ValidationError("--simulate_workers only applies with --dry_run")
+    bad = [s for s in flag_values.lr_probe_steps if not s.strip().isdigit()]
+    if bad:
+        raise flags.ValidationError(f"--lr_probe_steps must be non-negative integers, got {bad}")
+    if flag_values.dry_run:
+        config = resolve_config(
+            flag_values, recipe_name=recipe_name, num_ranks=flag_values.simulate_workers or 1
+        )
+        print(dry_run_report(config, flag_values.lr_probe_steps, with_image_size=finetune))
+        return
+    from training import demo, distributed, loop  # not needed by --dry_run: no data, no model
+
+    dist = distributed.init()
+    config = resolve_config(flag_values, recipe_name=recipe_name, num_ranks=dist.size)
+    try:
+        if config.recipe == "demo":
+            result = demo.run(config, dist=dist)
+        else:
+            result = loop.train(config, dist=dist)
+    except (ValueError, FileNotFoundError, loop.train_step.NonFiniteLossError) as e:
+        sys.exit(f"error: {e}")
+    if dist.is_chief:
+        print(json.dumps({"final": result}, sort_keys=True, default=float))

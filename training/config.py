@@ -1,0 +1,148 @@
+"""Run configuration: frozen dataclasses, resolved for a number of ranks, written as JSON before step 0.
+
+The named published runs live in `training/recipes.py`; variants are made with `dataclasses.replace`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from training import schedules
+
+TASKS = ("multilabel", "softmax")
+PRECISIONS = ("bf16", "fp16", "fp32")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    depth: int = 101
+    base_width: int = 64
+    num_classes: int = 11166
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the records come from: our TFRecords (`data_dir`) or tensorflow-datasets (`tfds_name`)."""
+
+    data_dir: str = ""
+    train_prefix: str = "train"
+    eval_prefix: str = "val"
+    tfds_name: str = ""  # e.g. "imagenet2012": read through tensorflow-datasets instead of data_dir
+    tfds_data_dir: str = ""
+    tfds_manual_dir: str = ""
+    shuffle_buffer: int = 1024  # per rank; its contents are part of the saved input position
+    area_cover: float = 0.7  # lower bound of the crop's area fraction
+    object_cover: float = 0.7  # min_object_covered of the sampled crop
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run needs. Step counts are in steps at `reference_global_batch` until `resolve`."""
+
+    recipe: str
+    task: str  # "multilabel" (adaptive sigmoid loss) or "softmax" (single-label cross-entropy)
+    provenance: str
+    model: ModelConfig
+    data: DataConfig
+    schedule: schedules.Schedule
+    train_steps: int
+    image_sizes: tuple[tuple[int, int], ...] = ((0, 224),)  # (first step, size): the size switch
+    reference_global_batch: int = 4096
+    per_rank_batch: int = 32
+    num_ranks: int = 1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    bn_weight_decay_scale: float = 0.0  # fine-tuning: 0.1 x weight_decay on BN gamma/beta
+    mask_thres: float = 0.7
+    neg_select: float = 0.1
+    pos_weight: float = 12.0
+    frozen_stages: int = -1  # FixBlock2 = 2: stem and stages 0-1 frozen (their BN statistics still update)
+    init_checkpoint: str = ""  # ours or a released TF1 checkpoint; the head is skipped when skip_head
+    skip_head: bool = False
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 with dynamic loss scaling)
+    xla: bool = False
+    accum_steps: int = 1  # micro-batches per step: k ranks' worth of batches on one (training/train_step.py)
+    seed: int = 0
+    log_every: int = 100
+    checkpoint_every: int = 4400
+    keep_checkpoints: int = 5
+    eval_every: int = 0  # 0 = no periodic validation
+    eval_steps: int = 0  # 0 = the whole validation set
+    topk: tuple[int, ...] = (5, 10)
+    model_dir: str = "runs/default"
+
+    @property
+    def global_batch(self) -> int:
+        return self.per_rank_batch * self.num_ranks
+
+    def image_size_at(self, step: int) -> int:
+        """The training image size at `step` (the last switch at or before it)."""
+        return [size for start, size in self.image_sizes if start <= step][-1]
+
+    def phase_at(self, step: int) -> int:
+        """Index of the image-size phase that contains `step`."""
+        return sum(start <= step for start, _ in self.image_sizes) - 1
+
+    def to_json(self) -> str:
+        return json.dumps(to_dict(self), indent=2, sort_keys=True)
+
+
+def to_dict(config: TrainConfig) -> dict[str, Any]:
+    d = dataclasses.asdict(config)
+    d["schedule"] = {"kind": type(config.schedule).__name__, **d["schedule"]}
+    d["global_batch"] = config.global_batch
+    return d
+
+
+def resolve(config: TrainConfig, *, num_ranks: int) -> TrainConfig:
+    """The recipe as it runs on `num_ranks` ranks of `per_rank_batch` images.
+
+    A recipe is defined at its reference global batch. On another global batch the learning rates scale
+    linearly (lr x global / reference) and every step count scales inversely, so the run covers the same
+    number of epochs with the same schedule shape: train_steps, the schedule's boundaries, the image-size
+    switches and the snapshot interval. At the reference global batch nothing changes.
+    """
+    if num_ranks < 1:
+        raise ValueError(f"num_ranks must be >= 1, got {num_ranks}")
+    global_batch = config.per_rank_batch * num_ranks
+    lr_factor = global_batch / config.reference_global_batch
+    step_factor = config.reference_global_batch / global_batch
+
+    def steps(n: int) -> int:
+        return n if step_factor == 1.0 else max(1, round(n * step_factor))
+
+    return dataclasses.replace(
+        config,
+        num_ranks=num_ranks,
+        schedule=schedules.scale(config.schedule, lr_factor=lr_factor, step_factor=step_factor),
+        train_steps=steps(config.train_steps),
+        image_sizes=tuple((0 if start == 0 else steps(start), size) for start, size in config.image_sizes),
+        checkpoint_every=steps(config.checkpoint_every),
+        reference_global_batch=global_batch,
+    )
+
+
+def validate(config: TrainConfig) -> None:
+    """Raises ValueError naming the field for a configuration that cannot run."""
+    problems = []
+    if config.task not in TASKS:
+        problems.append(f"task must be one of {TASKS}, got {config.task!r}")
+    if config.precision not in PRECISIONS:
+        problems.append(f"precision must be one of {PRECISIONS}, got {config.precision!r}")
+    if config.per_rank_batch % config.accum_steps:
+        problems.append(
+            f"per_rank_batch {config.per_rank_batch} is not a multiple of accum_steps {config.accum_steps}"
+        )
+    if config.image_sizes[0][0] != 0:
+        problems.append(f"the first image size must start at step 0, got {config.image_sizes}")
+    if not 0.0 <= config.neg_select <= 1.0 or not 0.0 < config.mask_thres <= 1.0:
+        problems.append("neg_select must be in [0, 1] and mask_thres in (0, 1]")
+    if not -1 <= config.frozen_stages <= 4:
+        problems.append(f"frozen_stages must be in [-1, 4], got {config.frozen_stages}")
+    for name in ("train_steps", "checkpoint_every", "log_every", "keep_checkpoints", "per_rank_batch"):
+        if getattr(config, name) < 1:
+            problems.append(f"{name} must be >= 1, got {getattr(config, name)}")
+    if problems:
+        raise ValueError("invalid configuration: " + "; ".join(problems))

@@ -1,0 +1,200 @@
+"""The input pipeline: file-level sharding by rank, interleaved reads, seeded augmentation, batching.
+
+Sources are our TFRecords (any label format of `data/schema.py`, described by the writer's manifest) or
+ImageNet through tensorflow-datasets. Both become a stream of `(jpeg_bytes, label)` where `label` is a dense
+float32[num_classes] vector (multi-label) or an int64 class index (single-label).
+
+Determinism and resume: every random choice is reproducible. File order and the shuffle buffer use fixed
+seeds, and each element's augmentation is drawn with stateless ops from (run seed, rank, phase, element
+index), so restoring the iterator with `tf.train.Checkpoint(iterator=...)` continues with exactly the next
+batch and exactly the same augmentation as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+from data import preprocessing, schema
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Where the records of one split come from."""
+
+    num_classes: int
+    label_format: str  # "dense" | "sparse" | "int64" | "tfds"
+    files: tuple[str, ...] = ()
+    tfds_name: str = ""
+    tfds_split: str = ""
+    tfds_data_dir: str = ""
+    tfds_manual_dir: str = ""
+    num_records: int | None = None
+
+    @property
+    def single_label(self) -> bool:
+        return self.label_format in ("int64", "tfds")
+
+
+def tfrecord_source(data_dir: str, prefix: str, *, num_classes: int) -> Source:
+    """Our TFRecords from the writer's manifest; raises when the dataset's classes differ from the model's."""
+    manifest = schema.read_manifest(data_dir, prefix)
+    if manifest.num_classes != num_classes:
+        raise ValueError(
+            f"{data_dir} ({prefix}) has {manifest.num_classes} classes but the model has {num_classes}: "
+            "pass the matching --num_classes (or a dataset written for this model)"
+        )
+    return Source(
+        num_classes=num_classes,
+        label_format=manifest.label_format,
+        files=tuple(manifest.files),
+        num_records=manifest.num_records,
+    )
+
+
+def tfds_source(
+    name: str, split: str, *, num_classes: int, data_dir: str = "", manual_dir: str = ""
+) -> Source:
+    """A single-label TFDS dataset (e.g. `imagenet2012` prepared from its manual-download folder)."""
+    return Source(
+        num_classes=num_classes,
+        label_format="tfds",
+        tfds_name=name,
+        tfds_split=split,
+        tfds_data_dir=data_dir,
+        tfds_manual_dir=manual_dir,
+    )
+
+
+def _records(
+    source: Source, *, num_shards: int, shard_index: int, training: bool, seed: int
+) -> tf.data.Dataset:
+    """This rank's records as `(encoded, label)` before decoding: disjoint files per rank."""
+    if source.label_format == "tfds":
+        import tensorflow_datasets as tfds
+
+        download_config = tfds.download.DownloadConfig(manual_dir=source.tfds_manual_dir or None)
+        read_config = tfds.ReadConfig(
+            input_context=tf.distribute.InputContext(
+                num_input_pipelines=num_shards, input_pipeline_id=shard_index
+            ),
+            shuffle_seed=seed,
+            interleave_cycle_length=8,
+        )
+        ds = tfds.load(
+            source.tfds_name,
+            split=source.tfds_split,
+            data_dir=source.tfds_data_dir or None,
+            shuffle_files=training,
+            read_config=read_config,
+            decoders={"image": tfds.decode.SkipDecoding()},
+            download_and_prepare_kwargs={"download_config": download_config},
+        )
+        ds = ds.map(lambda x: (x["image"], x["label"]), num_parallel_calls=AUTOTUNE)
+        return ds.repeat() if training else ds
+
+    files = source.files[shard_index::num_shards]
+    record_shard = False
+    if not files and not training:
+        # Evaluation must see every record once: with fewer files than ranks, shard the records instead.
+        files, record_shard = source.files, True
+    if not files:
+        raise ValueError(
+            f"{len(source.files)} record files cannot be shared by {num_shards} ranks: write at least as many "
+            "shards as ranks (data/tfrecord.py --shards)"
+        )
+    ds = tf.data.Dataset.from_tensor_slices(list(files))
+    if training:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(8, len(files)),
+        block_length=1,
+        num_parallel_calls=AUTOTUNE if len(files) > 1 else None,
+        deterministic=True,
+    )
+    if record_shard:
+        ds = ds.shard(num_shards, shard_index)
+    return ds.map(lambda r: (r, tf.constant(0, tf.int64)))  # parsed after the shuffle buffer
+
+
+def _decode_fn(source: Source):
+    """(record, label) -> (jpeg_bytes, label) for the source's format."""
+    if source.label_format == "tfds":
+        return lambda image, label: (image, tf.cast(label, tf.int64))
+
+    def decode(record, unused_label):
+        parsed = schema.parse_records(
+            record, label_format=source.label_format, num_classes=source.num_classes
+        )
+        return parsed["image"], parsed["label"]
+
+    return decode
+
+
+def train_dataset(
+    source: Source,
+    *,
+    batch_size: int,
+    image_size: int,
+    seed: int,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    phase: int = 0,
+    area_cover: float = 0.7,
+    object_cover: float = 0.7,
+    shuffle_buffer: int = 1024,
+) -> tf.data.Dataset:
+    """Endless training batches `(images[B, S, S, 3] in [-1, 1], labels)` for one rank.
+
+    `phase` (the index of the image-size phase) and `shard_index` enter the augmentation seeds, so phases
+    and ranks draw different augmentations while each stays reproducible.
+    """
+    decode = _decode_fn(source)
+    ds = _records(source, num_shards=num_shards, shard_index=shard_index, training=True, seed=seed + phase)
+    if shuffle_buffer > 1:
+        ds = ds.shuffle(shuffle_buffer, seed=seed + 7919 * (phase + 1), reshuffle_each_iteration=True)
+    stream = tf.constant([seed, shard_index * 1000 + phase], tf.int64)
+
+    def transform(index, element):
+        image_bytes, label = decode(*element)
+        element_seed = tf.random.experimental.stateless_fold_in(stream, index)
+        image = preprocessing.train_transform(
+            image_bytes,
+            element_seed,
+            image_size=image_size,
+            area_cover=area_cover,
+            object_cover=object_cover,
+        )
+        return image, label
+
+    ds = ds.enumerate().map(transform, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+def eval_dataset(
+    source: Source,
+    *,
+    batch_size: int,
+    image_size: int,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    transform: str = "reference",
+    max_batches: int = 0,
+) -> tf.data.Dataset:
+    """One pass over this rank's share of an evaluation split: `(images, labels)`, last batch partial."""
+    decode = _decode_fn(source)
+    eval_fn = preprocessing.get_transform(transform)
+    ds = _records(source, num_shards=num_shards, shard_index=shard_index, training=False, seed=0)
+
+    def apply(*element):
+        image_bytes, label = decode(*element)
+        return eval_fn(image_bytes, image_size=image_size), label
+
+    ds = ds.map(apply, num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch_size)
+    if max_batches:
+        ds = ds.take(max_batches)
+    return ds.prefetch(AUTOTUNE)

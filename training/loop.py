@@ -1,0 +1,311 @@
+"""The training orchestration shared by train.py and finetune.py: state, resume, phases, logs, checkpoints.
+
+`train(config, dist=...)` runs a resolved `TrainConfig` to `config.train_steps`:
+
+1. the chief writes the resolved config as `config.json` before step 0;
+2. the model, optimizer, loss state and step are created, then restored — on EVERY rank, from the chief's
+   latest checkpoint, whose step the chief announces to all ranks so no rank can disagree about it — or
+   initialised (`init_checkpoint`: ours or a released TF1 checkpoint, head skipped when asked), and
+   finally broadcast from rank 0 so all ranks start identical;
+3. the steps run phase by phase (one phase per training image size); each phase builds its own input
+   pipeline, and a resumed run restores this rank's iterator to the exact next batch;
+4. every `log_every` steps the chief logs loss, lr, global images/s and ETA, to absl logging, to
+   TensorBoard (`train/`) and to `metrics.jsonl`; every `checkpoint_every` steps each rank saves its input
+   position and then the chief saves the run state (atomic: TensorFlow renames the index into place
+   last; the last `keep_checkpoints` are kept); every `eval_every` steps the validation split is evaluated,
+   sharded across ranks and all-reduced (TensorBoard `eval/`, `metrics.jsonl`);
+5. a NaN/Inf loss stops the run with `NonFiniteLossError`; nothing is saved after it, so the last good
+   checkpoint stays the latest.
+
+A run that is already finished returns at once on every rank (the step is agreed on first), instead of
+leaving the other ranks waiting for a rank that exited.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from models import losses, resnet
+from training import checkpoints, distributed, evaluation, input_pipeline, train_step
+from training.config import TrainConfig
+
+
+@dataclasses.dataclass
+class _Run:
+    """What one training run holds."""
+
+    config: TrainConfig
+    dist: distributed.Distributed
+    model: keras.Model
+    step: train_step.TrainStep
+    checkpoint: tf.train.Checkpoint
+    manager: tf.train.CheckpointManager | None  # chief only
+    train_source: input_pipeline.Source
+    eval_source: input_pipeline.Source | None
+    summaries: dict[str, Any]  # chief only: TensorBoard writers
+
+    @property
+    def global_step(self) -> int:
+        return int(self.step.global_step.numpy())
+
+
+def _sources(config: TrainConfig) -> tuple[input_pipeline.Source, input_pipeline.Source | None]:
+    """The training source and (with periodic validation) the validation source."""
+    data, num_classes = config.data, config.model.num_classes
+    want_eval = config.eval_every > 0
+    if data.tfds_name:
+        kwargs = dict(num_classes=num_classes, data_dir=data.tfds_data_dir, manual_dir=data.tfds_manual_dir)
+        train = input_pipeline.tfds_source(data.tfds_name, "train", **kwargs)
+        val = input_pipeline.tfds_source(data.tfds_name, "validation", **kwargs) if want_eval else None
+    else:
+        if not data.data_dir:
+            raise ValueError("no training data: give --data_dir (our TFRecords) or --tfds_name")
+        train = input_pipeline.tfrecord_source(data.data_dir, data.train_prefix, num_classes=num_classes)
+        val = None
+        if want_eval:
+            val = input_pipeline.tfrecord_source(data.data_dir, data.eval_prefix, num_classes=num_classes)
+    for source in (train, val):
+        if source is not None and source.single_label != (config.task == "softmax"):
+            kind = "single-label" if source.single_label else "multi-label"
+            raise ValueError(f"the {config.task} task cannot train on {kind} data ({source.label_format})")
+    return train, val
+
+
+def _build(config: TrainConfig, dist: distributed.Distributed) -> _Run:
+    train_step.set_precision(config.precision)
+    model = resnet.build_resnet(
+        config.model.depth, config.model.num_classes, base_width=config.model.base_width
+    )
+    optimizer = train_step.make_optimizer(momentum=config.momentum, precision=config.precision)
+    loss = None
+    if config.task == "multilabel":
+        loss = losses.AdaptiveMultiLabelLoss(
+            config.model.num_classes,
+            mask_thres=config.mask_thres,
+            neg_select=config.neg_select,
+            pos_weight=config.pos_weight,
+            seed=config.seed,  # Horovod: the same seed on every rank, so the same negative draw.
+        )
+    step = train_step.TrainStep(
+        model,
+        optimizer,
+        task=config.task,
+        schedule=config.schedule,
+        dist=dist,
+        loss=loss,
+        weight_decay=config.weight_decay,
+        bn_weight_decay_scale=config.bn_weight_decay_scale,
+        frozen_stages=config.frozen_stages,
+        xla=config.xla,
+        accum_steps=config.accum_steps,
+    )
+    state = {"model": model, "optimizer": optimizer, "global_step": step.global_step}
+    if loss is not None:
+        state["loss"] = loss
+    checkpoint = tf.train.Checkpoint(**state)
+    manager = None
+    summaries: dict[str, Any] = {}
+    if dist.is_chief:
+        manager = tf.train.CheckpointManager(
+            checkpoint, config.model_dir, max_to_keep=config.keep_checkpoints, checkpoint_name="ckpt"
+        )
+        summaries = {
+            name: tf.summary.create_file_writer(os.path.join(config.model_dir, name))
+            for name in ("train", "eval")
+        }
+    train_source, eval_source = _sources(config)
+    return _Run(config, dist, model, step, checkpoint, manager, train_source, eval_source, summaries)
+
+
+def _agreed_resume_step(run: _Run) -> int:
+    """The chief's latest checkpoint step (-1: none), announced to every rank."""
+    mine = 0
+    if run.dist.is_chief:
+        latest = checkpoints.latest_step(run.config.model_dir)
+        mine = -1 if latest is None else latest
+    # Horovod: the other ranks contribute 0, so the sum is the chief's value.
+    return int(run.dist.allreduce_sum(tf.constant(mine, tf.int64)).numpy())
+
+
+def _initialise(run: _Run) -> int:
+    """Restores or initialises the state on every rank; returns the step to continue from."""
+    config, dist = run.config, run.dist
+    resume = _agreed_resume_step(run)
+    if resume >= 0:
+        path = os.path.join(config.model_dir, f"ckpt-{resume}")
+        if not tf.io.gfile.exists(path + ".index"):
+            raise FileNotFoundError(
+                f"rank {dist.rank} cannot read the chief's checkpoint {path}: the model_dir must be on "
+                "storage that every rank sees"
+            )
+        run.checkpoint.read(path).assert_existing_objects_matched()
+        logging.info("rank %d resumed from %s", dist.rank, path)
+    elif config.init_checkpoint:
+        checkpoints.load_model_weights(run.model, config.init_checkpoint, skip_head=config.skip_head)
+    # Horovod: every rank starts from rank 0's state (identical after a restore; rank 0's random init else).
+    dist.broadcast_variables(run.step.state_variables(), root_rank=0)
+    return run.global_step
+
+
+def _write(run: _Run, writer: str, step: int, values: dict[str, float]) -> None:
+    """Chief only: scalars to TensorBoard and a JSON line to metrics.jsonl."""
+    with run.summaries[writer].as_default(step=step):
+        for name, value in values.items():
+            if value is not None:
+                tf.summary.scalar(name, value)
+    with open(os.path.join(run.config.model_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
+        f.write(json.dumps({"kind": writer, "step": step, **values}) + "\n")
+
+
+def _save(run: _Run, iterator, step: int) -> None:
+    """Each rank's input position first, then (chief) the run state that makes `step` the latest."""
+    checkpoints.save_input_position(
+        iterator,
+        model_dir=run.config.model_dir,
+        rank=run.dist.rank,
+        step=step,
+        keep=run.config.keep_checkpoints + 1,
+    )
+    run.dist.barrier()  # Horovod: every position is on disk before the state points at it.
+    if run.manager is not None:
+        path = run.manager.save(checkpoint_number=step)
+        logging.info("saved %s", path)
+
+
+def evaluate(run: _Run, step: int) -> dict[str, float]:
+    """The validation metrics at the current training image size (all ranks; the chief writes them)."""
+    config = run.config
+    size = config.image_size_at(max(step - 1, 0))
+    dataset = input_pipeline.eval_dataset(
+        run.eval_source,
+        batch_size=config.per_rank_batch,
+        image_size=size,
+        num_shards=run.dist.size,
+        shard_index=run.dist.rank,
+        max_batches=config.eval_steps,
+    )
+    task = evaluation.SINGLE_LABEL if run.eval_source.single_label else evaluation.MULTILABEL
+    results = evaluation.evaluate_model(
+        run.model,
+        dataset,
+        task=task,
+        num_classes=config.model.num_classes,
+        settings=evaluation.EvalSettings(topk=config.topk),
+        dist=run.dist,
+        show_progress=False,
+    )
+    if run.dist.is_chief:
+        logging.info("eval at step %d (size %d): %s", step, size, json.dumps(results, sort_keys=True))
+        _write(run, "eval", step, {k: v for k, v in results.items() if isinstance(v, int | float)})
+    return results
+
+
+def _phase_dataset(run: _Run, phase: int) -> tf.data.Dataset:
+    config = run.config
+    start, size = config.image_sizes[phase]
+    return input_pipeline.train_dataset(
+        run.train_source,
+        batch_size=config.per_rank_batch,
+        image_size=size,
+        seed=config.seed,
+        num_shards=run.dist.size,
+        shard_index=run.dist.rank,
+        phase=phase,
+        area_cover=config.data.area_cover,
+        object_cover=config.data.object_cover,
+        shuffle_buffer=config.data.shuffle_buffer,
+    )
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def train(config: TrainConfig, *, dist: distributed.Distributed | None = None) -> dict[str, Any]:
+    """Runs (or resumes) `config` to its last step; returns the last logged values and evaluation."""
+    dist = dist or distributed.Distributed()
+    if dist.is_chief:
+        tf.io.gfile.makedirs(config.model_dir)
+        with open(os.path.join(config.model_dir, "config.json"), "w", encoding="utf-8") as f:
+            f.write(config.to_json())
+    run = _build(config, dist)
+    step = _initialise(run)
+    result: dict[str, Any] = {"step": step}
+    if step >= config.train_steps:
+        logging.info("training already finished at step %d (train_steps %d)", step, config.train_steps)
+        if run.eval_source is not None:
+            result["eval"] = evaluate(run, step)
+        return result
+    logging.info(
+        "training %s from step %d to %d on %d rank(s), global batch %d",
+        config.recipe,
+        step,
+        config.train_steps,
+        dist.size,
+        config.global_batch,
+    )
+    iterator = None
+    last_log_time, last_log_step = time.perf_counter(), step
+    while step < config.train_steps:
+        phase = config.phase_at(step)
+        phase_start = config.image_sizes[phase][0]
+        phase_end = (
+            config.image_sizes[phase + 1][0] if phase + 1 < len(config.image_sizes) else config.train_steps
+        )
+        iterator = iter(_phase_dataset(run, phase))
+        if step > phase_start:  # resuming inside this phase: continue its input exactly
+            checkpoints.restore_input_position(
+                iterator, model_dir=config.model_dir, rank=dist.rank, step=step
+            )
+        logging.info(
+            "phase %d: image size %d, steps %d-%d", phase, config.image_sizes[phase][1], step, phase_end
+        )
+        while step < min(phase_end, config.train_steps):
+            images, labels = next(iterator)
+            try:
+                logs = run.step(images, labels)
+            except train_step.NonFiniteLossError as e:
+                latest = checkpoints.latest_step(config.model_dir)
+                raise train_step.NonFiniteLossError(
+                    f"{e} The last good checkpoint is "
+                    + (
+                        f"{config.model_dir}/ckpt-{latest}."
+                        if latest is not None
+                        else "none (no step saved)."
+                    )
+                ) from None
+            step += 1
+            if step % config.log_every == 0 or step == config.train_steps:
+                now = time.perf_counter()
+                rate = config.global_batch * (step - last_log_step) / max(now - last_log_time, 1e-9)
+                values = {k: float(v) for k, v in logs.items()}
+                values["images_per_s"] = rate
+                result.update(values, step=step)
+                if dist.is_chief:
+                    logging.info(
+                        "step %d/%d loss %.4f lr %.6g %.1f images/s eta %s",
+                        step,
+                        config.train_steps,
+                        values["loss"],
+                        values["lr"],
+                        rate,
+                        _format_eta((config.train_steps - step) * config.global_batch / rate),
+                    )
+                    _write(run, "train", step, values)
+                last_log_time, last_log_step = now, step
+            paused = time.perf_counter()  # saving and evaluating do not count against images/s
+            if step % config.checkpoint_every == 0 or step == config.train_steps:
+                _save(run, iterator, step)
+            if run.eval_source is not None and (step % config.eval_every == 0 or step == config.train_steps):
+                result["eval"] = evaluate(run, step)
+            last_log_time += time.perf_counter() - paused
+    return result

@@ -1,0 +1,281 @@
+"""One training step: forward/backward (optionally XLA), cross-rank averaging, SGD momentum, NaN guard.
+
+The step is split in two because Horovod ops cannot be XLA-compiled:
+
+- `_gradients` (jit-compilable): forward in training mode (BatchNorm uses and updates batch statistics),
+  the loss (adaptive multi-label or softmax cross-entropy) plus weight decay, and its gradients;
+- `_step` (a plain `tf.function` around it): the multi-label class weights (the counters and the
+  negative draw, with the class status of the GLOBAL batch), one fused all-reduce of the gradients, the
+  BatchNorm moving statistics and the logged losses through `training/distributed.py`, the learning rate
+  of this step, and the update — applied only when the global loss is finite; otherwise the weights,
+  optimizer slots, moving statistics and step stay as they were (only the loss counters have advanced) and
+  `TrainStep.__call__` raises, so the run stops with its last good checkpoint intact.
+
+Equivalence: with `accum_steps = k` one process splits its batch into k micro-batches, each normalised by
+its own batch statistics, and averages their gradients; this is exactly what k ranks with the same
+micro-batches compute. The moving statistics follow the same rule: every micro-batch (or rank) starts from
+the same moving statistics and the results are averaged (the moving averages are linear, so this is the
+moving average of the mean batch statistics). Hence all ranks hold identical weights, optimizer slots,
+moving statistics and loss counters at every step, and a 2-rank run equals one process with
+`accum_steps=2` on the concatenated batch. Gradient accumulation also lets fewer GPUs reproduce the
+reference global batch of 4096 without rescaling the schedule.
+"""
+
+from __future__ import annotations
+
+import re
+
+import keras
+import tensorflow as tf
+
+from models import losses, resnet
+from training import distributed
+from training.config import TASKS
+
+_POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The global loss of a step was NaN or Inf; the step was not applied."""
+
+
+class TF1Momentum(keras.optimizers.Optimizer):
+    """SGD with momentum exactly as TF1's `tf.train.MomentumOptimizer` (the release's optimizer).
+
+    accum <- momentum * accum + gradient; variable <- variable - lr * accum. Keras' SGD instead folds the
+    learning rate into the velocity (v <- momentum * v - lr * g), which differs from the release for a few
+    dozen steps after every learning-rate change (the warm-up's x1.297 steps, the x0.1 decays).
+    """
+
+    def __init__(
+        self, learning_rate: float = 0.01, momentum: float = 0.9, name: str = "tf1_momentum", **kwargs
+    ):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        self.momentum = momentum
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self.momentums = self.add_optimizer_variables(variables, "momentum")
+
+    def update_step(self, gradient, variable, learning_rate):
+        learning_rate = tf.cast(learning_rate, variable.dtype)
+        accum = self.momentums[self._get_variable_index(variable)]
+        self.assign(accum, accum * tf.cast(self.momentum, variable.dtype) + tf.cast(gradient, variable.dtype))
+        self.assign_sub(variable, learning_rate * accum)
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum}
+
+
+def make_optimizer(*, momentum: float = 0.9, precision: str = "fp32") -> keras.optimizers.Optimizer:
+    """The release's SGD momentum; for fp16, wrapped in dynamic loss scaling."""
+    optimizer = TF1Momentum(learning_rate=0.0, momentum=momentum)
+    if precision == "fp16":
+        return keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def set_precision(precision: str) -> None:
+    """Sets Keras' dtype policy; call before building the model (the logits stay float32)."""
+    if precision not in _POLICIES:
+        raise ValueError(f"precision must be one of {sorted(_POLICIES)}, got {precision!r}")
+    keras.mixed_precision.set_global_policy(_POLICIES[precision])
+
+
+def frozen_layers(model: keras.Model, frozen_stages: int) -> list[keras.Layer]:
+    """The stem and stages 0 .. frozen_stages-1 of our ResNet (FixBlock2 = 2), chosen by layer name.
+
+    Our layer names are structured (`init_conv`, `stages_{i}_block_{j}_...`), so this is a parse of the
+    architecture, not a substring match on variable names.
+    """
+    if frozen_stages < 0:
+        return []
+    pattern = re.compile(r"stages_(\d+)_block_\d+_.+")
+    chosen = []
+    for layer in model.layers:
+        match = pattern.fullmatch(layer.name)
+        if layer.name == resnet.STEM_LAYER or (match and int(match.group(1)) < frozen_stages):
+            chosen.append(layer)
+    return chosen
+
+
+def batch_norm_statistics(model: keras.Model) -> list[keras.Variable]:
+    """The moving mean and variance of every BatchNormalization layer (descending into nested models)."""
+    stats = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            stats += [layer.moving_mean, layer.moving_variance]
+    return stats
+
+
+class TrainStep:
+    """A callable training step `step(images, labels) -> dict of scalar tensors`.
+
+    Owns the step counter (`global_step`); the model, optimizer and loss state are the caller's and are
+    what a checkpoint saves together with `global_step`.
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        optimizer: keras.optimizers.Optimizer,
+        *,
+        task: str,
+        schedule,
+        dist: distributed.Distributed | None = None,
+        loss: losses.AdaptiveMultiLabelLoss | None = None,
+        weight_decay: float = 1e-4,
+        bn_weight_decay_scale: float = 0.0,
+        frozen_stages: int = -1,
+        xla: bool = False,
+        accum_steps: int = 1,
+    ) -> None:
+        """Builds the step.
+
+        Args:
+          model: a Keras model mapping images to float32 logits.
+          optimizer: from `make_optimizer` (a LossScaleOptimizer enables loss scaling).
+          task: "multilabel" (the adaptive sigmoid loss, `loss` required) or "softmax" (cross-entropy on
+            int labels).
+          schedule: a pure function step -> learning rate (training/schedules.py).
+          dist: the data-parallel context (None: one process).
+          loss: the stateful adaptive loss for "multilabel".
+          weight_decay: the L2 factor on conv/dense weights (0.5 ||w||^2 each).
+          bn_weight_decay_scale: BatchNorm gamma/beta get this x weight_decay (fine-tuning: 0.1).
+          frozen_stages: the stem and stages below this are not trained (their BN statistics still update,
+            as in the release's FixBlock2); -1 trains everything.
+          xla: compile the forward/backward with XLA.
+          accum_steps: micro-batches per step (the batch must divide evenly); see the module docstring.
+        """
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        if task == "multilabel" and loss is None:
+            raise ValueError("the multilabel task needs its AdaptiveMultiLabelLoss")
+        if accum_steps < 1:
+            raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
+        self.model = model
+        self.optimizer = optimizer
+        self.task = task
+        self.schedule = schedule
+        self.dist = dist or distributed.Distributed()
+        self.loss = loss
+        self.weight_decay = weight_decay
+        self.bn_weight_decay_scale = bn_weight_decay_scale
+        self.accum_steps = accum_steps
+        self.loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        frozen = {id(v) for layer in frozen_layers(model, frozen_stages) for v in layer.trainable_weights}
+        self.train_variables = [v for v in model.trainable_variables if id(v) not in frozen]
+        self.bn_statistics = batch_norm_statistics(model)
+        self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        optimizer.build(self.train_variables)  # slots exist before a restore or a broadcast
+        self._compiled_gradients = tf.function(self._gradients, jit_compile=xla, reduce_retracing=True)
+        self._compiled_step = tf.function(self._step, reduce_retracing=True)
+
+    # ------------------------------------------------------------------------------------------- pieces
+
+    def _gradients(self, images, labels, class_weights):
+        with tf.GradientTape() as tape:
+            logits = self.model(images, training=True)
+            if self.task == "multilabel":
+                ce = self.loss(labels, logits, class_weights)
+            else:
+                ce = tf.reduce_mean(
+                    tf.nn.sparse_softmax_cross_entropy_with_logits(
+                        labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32)
+                    )
+                )
+            wd = losses.weight_decay_loss(
+                self.model,
+                weight_decay=self.weight_decay,
+                bn_scale=self.bn_weight_decay_scale,
+                variables=self.train_variables,
+            )
+            total = ce + wd
+            scaled = self.optimizer.scale_loss(total) if self.loss_scaling else total
+        gradients = tape.gradient(scaled, self.train_variables)
+        return gradients, tf.stack([total, ce, wd])
+
+    def _micro_batches(self, images, labels, class_weights, start_statistics):
+        """Gradients, losses and moving statistics averaged over the micro-batches of this rank."""
+        if self.accum_steps == 1:
+            gradients, logged = self._compiled_gradients(images, labels, class_weights)
+            return list(gradients), logged, [tf.convert_to_tensor(v) for v in self.bn_statistics]
+        total_grads = total_logged = total_stats = None
+        for images_k, labels_k in zip(
+            tf.split(images, self.accum_steps), tf.split(labels, self.accum_steps), strict=True
+        ):
+            self._assign(self.bn_statistics, start_statistics)
+            gradients, logged = self._compiled_gradients(images_k, labels_k, class_weights)
+            stats = [tf.convert_to_tensor(v) for v in self.bn_statistics]
+            if total_grads is None:
+                total_grads, total_logged, total_stats = list(gradients), logged, stats
+            else:
+                total_grads = [a + b for a, b in zip(total_grads, gradients, strict=True)]
+                total_logged += logged
+                total_stats = [a + b for a, b in zip(total_stats, stats, strict=True)]
+        k = float(self.accum_steps)
+        return [g / k for g in total_grads], total_logged / k, [s / k for s in total_stats]
+
+    @staticmethod
+    def _assign(variables, values) -> None:
+        for variable, value in zip(variables, values, strict=True):
+            variable.assign(value)
+
+    def _step(self, images, labels):
+        start_statistics = [tf.identity(v) for v in self.bn_statistics]
+        class_weights = tf.zeros([0])
+        if self.task == "multilabel":
+            # Horovod: the class status is that of the global batch (per-class positives summed over ranks).
+            class_weights = self.loss.class_weights(labels, sum_across_ranks=self.dist.allreduce_sum)
+        gradients, logged, stats = self._micro_batches(images, labels, class_weights, start_statistics)
+        # Horovod: one fused all-reduce for gradients, moving statistics and the logged losses.
+        n_grads, n_stats = len(gradients), len(stats)
+        reduced = self.dist.average_gradients([*gradients, *stats, logged])
+        gradients, stats, logged = reduced[:n_grads], reduced[n_grads : n_grads + n_stats], reduced[-1]
+        lr = tf.cast(self.schedule(self.global_step), tf.float32)
+        # The global loss is the same on every rank, so every rank takes the same branch.
+        finite = tf.reduce_all(tf.math.is_finite(logged))
+
+        def apply():
+            self._assign(self.bn_statistics, stats)
+            self.optimizer.learning_rate.assign(lr)
+            self.optimizer.apply(gradients, self.train_variables)
+            self.global_step.assign_add(1)
+            return tf.constant(True)
+
+        def discard():
+            self._assign(self.bn_statistics, start_statistics)  # undo the forward's moving-average update
+            return tf.constant(False)
+
+        applied = tf.cond(finite, apply, discard)
+        return {
+            "loss": logged[0],
+            "cross_entropy": logged[1],
+            "weight_decay": logged[2],
+            "lr": lr,
+            "applied": applied,
+        }
+
+    # ----------------------------------------------------------------------------------------------- API
+
+    def __call__(self, images, labels) -> dict[str, tf.Tensor]:
+        """Runs one step on this rank's batch; raises NonFiniteLossError (update discarded) on NaN/Inf."""
+        logs = self._compiled_step(images, labels)
+        if not bool(logs.pop("applied")):
+            raise NonFiniteLossError(
+                f"the loss became NaN or Inf at step {int(self.global_step.numpy())} "
+                f"(loss {float(logs['loss'])}); the step was not applied and the model is unchanged. "
+                "Lower the learning rate, check the data, or use --precision fp32."
+            )
+        return logs
+
+    def state_variables(self) -> list:
+        """Every variable that must be equal on all ranks (broadcast at start and after a restore)."""
+        state = [*self.model.variables, *self.optimizer.variables, self.global_step]
+        if self.loss is not None:
+            state += [self.loss.pos_count, self.loss.neg_count, self.loss.generator.state]
+        return state
