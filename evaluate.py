@@ -1,0 +1,204 @@
+"""Evaluates a model checkpoint on a validation split, or saved scores: multi-label top-k precision/recall/F1
+and mAP, or single-label top-1/top-5 accuracy.
+
+A checkpoint (ours: a run directory or prefix; or a released TF1 checkpoint) on our TFRecords, at two sizes:
+
+    python evaluate.py --checkpoint runs/pretrain --data_dir records/ --split_prefix val \\
+        --image_size 224,299 --topk 5,10 --output_json results.json
+
+ImageNet through TFDS (the single-label fine-tuned checkpoints), on several GPUs:
+
+    horovodrun -np 4 python evaluate.py --checkpoint ckpt-resnet101-mlimages-imagenet/model.ckpt \\
+        --tfds_name imagenet2012 --tfds_manual_dir ~/imagenet --image_size 224,299
+
+Saved predictions (arrays `scores` [N, C] and `labels`: [N, C] float confidences for multi-label data or
+[N] int class indices for single-label data, optionally a 0-d int `image_size`), e.g. from
+`--save_predictions`:
+
+    python evaluate.py --predictions val_scores.npz --topk 5,10 --output_json results.json
+
+Prints a table (percent) on stdout and writes the JSON report (fractions in [0, 1]); see
+training/evaluation.py for its layout and training/metrics.py for the metric definitions. Under horovodrun
+every rank evaluates its own shard and only the chief prints and writes the report.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from training import distributed, evaluation, metrics
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_string(
+        "predictions",
+        None,
+        "A .npz of saved scores to evaluate without a model: `scores` float[N, C]; `labels` float[N, C] "
+        "(multi-label confidences) or int[N] (single-label class indices); optional 0-d int `image_size` "
+        "names the results entry. Streamed in chunks, never loaded whole. Excludes --checkpoint.",
+    )
+    flags.DEFINE_string(
+        "checkpoint",
+        None,
+        "The model to evaluate: a run directory (its latest checkpoint) or a checkpoint prefix, either ours "
+        "(tf.train.Checkpoint(model=...), depth/width/classes read from it) or a released TF1 checkpoint "
+        "(e.g. ckpt-resnet101-mlimages/model.ckpt). Needs --data_dir or --tfds_name.",
+    )
+    flags.DEFINE_integer(
+        "depth",
+        None,
+        "Expected ResNet depth (50, 101, 152); default: whatever the checkpoint holds (found from its "
+        "variables, for ours and TF1 ones alike). A different depth is an error.",
+    )
+    flags.DEFINE_string(
+        "data_dir",
+        None,
+        "Folder of our TFRecords (data/tfrecord.py output) with `{split_prefix}-manifest.json`; any label "
+        "format (dense/sparse: multi-label metrics; int64: top-1/top-5).",
+    )
+    flags.DEFINE_string("split_prefix", "val", "Split of --data_dir to evaluate (the writer's --prefix).")
+    flags.DEFINE_string(
+        "tfds_name",
+        None,
+        "A single-label TFDS dataset instead of --data_dir, e.g. imagenet2012 (prepared from "
+        "--tfds_manual_dir on first use).",
+    )
+    flags.DEFINE_string("tfds_split", "validation", "TFDS split to evaluate.")
+    flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir (default: ~/tensorflow_datasets).")
+    flags.DEFINE_string(
+        "tfds_manual_dir",
+        None,
+        "Folder holding the manually downloaded archives (ILSVRC2012_img_val.tar ...) for preparing it.",
+    )
+    flags.DEFINE_list(
+        "image_size",
+        ["224"],
+        "Comma-separated evaluation image sizes; each is a results entry (the paper reports 224 and 299).",
+    )
+    flags.DEFINE_enum(
+        "transform",
+        "reference",
+        ["reference", "demo"],
+        "Evaluation pre-processing: `reference` = the release's eval transform (central 80% crop, bilinear "
+        "resize to S); `demo` = its demo scripts' (shorter side to 256/224 x S, centre crop S).",
+    )
+    flags.DEFINE_integer("batch_size", 64, "Images per batch (per rank).")
+    flags.DEFINE_integer(
+        "max_batches", 0, "Evaluate only this many batches per rank and size (0: all), for quick checks."
+    )
+    flags.DEFINE_string(
+        "save_predictions",
+        None,
+        "Also save the scores (sigmoid or softmax) and labels as FILE.npz for --predictions; `.SIZE` is "
+        "inserted with several --image_size values and `.rankR` under horovodrun (each rank saves its own "
+        "shard). Holds N x C float32 in memory: for moderate sets.",
+    )
+    flags.DEFINE_list(
+        "topk",
+        ["5", "10"],
+        "Comma-separated k values for the multi-label precision@k, recall@k, F1@k (the reference reports "
+        "5 and 10). Single-label data always reports top-1 and top-5 accuracy.",
+    )
+    flags.DEFINE_float(
+        "label_threshold",
+        0.5,
+        "Multi-label: class j is a ground-truth positive of an image when its label >= this value "
+        "(the released lists hold confidences 1, 0.9 and 0.8).",
+    )
+    flags.DEFINE_string(
+        "output_json",
+        None,
+        "Also write the report here as JSON: task, num_images, results per image size, settings.",
+    )
+    flags.DEFINE_bool(
+        "apply_sigmoid",
+        False,
+        "--predictions, multi-label: the saved scores are logits; apply a sigmoid before evaluating (mAP "
+        "needs probabilities in [0, 1]; top-k metrics are unchanged by it).",
+    )
+    flags.DEFINE_integer(
+        "num_bins",
+        metrics.DEFAULT_NUM_BINS,
+        "Multi-label: bins over [0, 1] of the per-class score histograms from which mAP is computed "
+        "(memory: num_classes x num_bins x 16 bytes; more bins, closer to the exact AP).",
+    )
+    flags.DEFINE_integer(
+        "chunk_size", 1024, "Rows of the predictions file read and evaluated at a time (memory vs speed)."
+    )
+    flags.register_validator(
+        "topk",
+        _positive_ints,
+        message="--topk must be a comma-separated list of positive integers, e.g. 5,10",
+    )
+    flags.register_validator(
+        "image_size",
+        _positive_ints,
+        message="--image_size must be comma-separated positive integers, e.g. 224,299",
+    )
+    flags.register_validator(
+        "label_threshold", lambda v: 0.0 < v <= 1.0, message="--label_threshold must be in (0, 1]"
+    )
+    flags.register_validator("chunk_size", lambda v: v > 0, message="--chunk_size must be positive")
+    flags.register_validator("num_bins", lambda v: v > 0, message="--num_bins must be positive")
+    flags.register_validator("batch_size", lambda v: v > 0, message="--batch_size must be positive")
+    flags.register_validator("max_batches", lambda v: v >= 0, message="--max_batches must be >= 0")
+
+
+def _positive_ints(values: list[str]) -> bool:
+    return bool(values) and all(v.strip().isdigit() and int(v) > 0 for v in values)
+
+
+def _unique_ints(values: list[str]) -> tuple[int, ...]:
+    return tuple(dict.fromkeys(int(v) for v in values))  # keeps the order, drops repeats
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if bool(FLAGS.predictions) == bool(FLAGS.checkpoint):
+        raise app.UsageError(
+            "give either --checkpoint (with --data_dir or --tfds_name) or --predictions FILE.npz"
+        )
+    settings = evaluation.EvalSettings(
+        topk=_unique_ints(FLAGS.topk),
+        label_threshold=FLAGS.label_threshold,
+        num_bins=FLAGS.num_bins,
+        apply_sigmoid=FLAGS.apply_sigmoid,
+        chunk_size=FLAGS.chunk_size,
+    )
+    dist = distributed.init()
+    try:
+        if FLAGS.predictions:
+            report = evaluation.evaluate_predictions(FLAGS.predictions, settings, show_progress=dist.is_chief)
+        else:
+            config = evaluation.ModelEvalConfig(
+                checkpoint=FLAGS.checkpoint,
+                data_dir=FLAGS.data_dir or "",
+                split_prefix=FLAGS.split_prefix,
+                tfds_name=FLAGS.tfds_name or "",
+                tfds_split=FLAGS.tfds_split,
+                tfds_data_dir=FLAGS.tfds_data_dir or "",
+                tfds_manual_dir=FLAGS.tfds_manual_dir or "",
+                image_sizes=_unique_ints(FLAGS.image_size),
+                transform=FLAGS.transform,
+                batch_size=FLAGS.batch_size,
+                max_batches=FLAGS.max_batches,
+                depth=FLAGS.depth,
+                save_predictions=FLAGS.save_predictions or "",
+            )
+            report = evaluation.evaluate_checkpoint(config, settings, dist=dist)
+    except evaluation.EvaluationInputError as e:
+        sys.exit(f"evaluate.py: error: {e}")
+    if dist.is_chief:  # Horovod: every rank holds the global report; only the chief prints and writes it.
+        print(evaluation.format_table(report))
+        if FLAGS.output_json:
+            evaluation.write_json(report, FLAGS.output_json)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

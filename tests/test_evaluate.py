@@ -1,0 +1,641 @@
+"""evaluate.py end to end (--predictions; --checkpoint on our TFRecords, a TF1 checkpoint, mocked TFDS ImageNet)
+and the checks of training/evaluation.py."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO_ROOT
+from tests.test_metrics import random_multilabel, reference_multilabel, reference_single_label
+from training import evaluation
+
+SETTINGS = evaluation.EvalSettings(topk=(1, 3), num_bins=32, chunk_size=16)
+
+
+def run_cli(repo_root, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(repo_root / "evaluate.py"), *args],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def multilabel_npz(tmp_path):
+    scores, labels = random_multilabel(np.random.default_rng(0), 101, 7, num_bins=32)
+    path = tmp_path / "multilabel.npz"
+    np.savez(path, scores=scores, labels=labels)
+    return path, scores, labels
+
+
+@pytest.fixture
+def single_label_npz(tmp_path):
+    rng = np.random.default_rng(1)
+    scores = rng.normal(size=(75, 8)).astype(np.float16)
+    labels = rng.integers(0, 8, size=75)
+    path = tmp_path / "single.npz"
+    np.savez_compressed(path, scores=scores, labels=labels, image_size=np.array(224))
+    return path, scores, labels
+
+
+def test_cli_multilabel_json_matches_direct_computation(repo_root, tmp_path, multilabel_npz):
+    path, scores, labels = multilabel_npz
+    out = tmp_path / "out" / "report.json"
+    proc = run_cli(
+        repo_root,
+        f"--predictions={path}",
+        "--topk=1,3,7",
+        "--num_bins=32",
+        "--chunk_size=10",
+        f"--output_json={out}",
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    expected = reference_multilabel(scores, labels, ks=(1, 3, 7))
+    assert report["task"] == "multilabel"
+    assert report["num_images"] == expected.pop("num_images") == 101
+    result = report["results"]["predictions"]
+    assert set(result) == set(expected)
+    for name, value in expected.items():
+        assert result[name] == pytest.approx(value, rel=1e-9), name
+    assert report["settings"]["topk"] == [1, 3, 7]
+    assert report["settings"]["label_threshold"] == 0.5
+    assert report["settings"]["num_classes"] == 7
+    assert f"{100 * expected['precision@3']:.2f}" in proc.stdout  # the table
+    assert "100%" in proc.stderr  # tqdm finished
+
+
+def test_cli_single_label_json_matches_direct_computation(repo_root, tmp_path, single_label_npz):
+    path, scores, labels = single_label_npz
+    out = tmp_path / "report.json"
+    proc = run_cli(repo_root, f"--predictions={path}", f"--output_json={out}", "--chunk_size=20")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    expected = reference_single_label(scores.astype(np.float32), labels)
+    assert report["task"] == "single_label" and report["num_images"] == 75
+    assert set(report["results"]) == {"224"}  # named by the file's image_size
+    assert report["results"]["224"]["top1"] == pytest.approx(expected["top1"])
+    assert report["results"]["224"]["top5"] == pytest.approx(expected["top5"])
+    assert f"{100 * expected['top5']:.2f}" in proc.stdout
+
+
+def test_cli_reports_bad_input_without_traceback(repo_root, tmp_path):
+    path = tmp_path / "no_labels.npz"
+    np.savez(path, scores=np.zeros((3, 4), np.float32))
+    proc = run_cli(repo_root, f"--predictions={path}")
+    assert proc.returncode == 1
+    assert "lacks array(s) ['labels']" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow  # two more interpreter starts with a TensorFlow import (~10 s on 2 cores)
+def test_cli_help_explains_every_flag_and_rejects_bad_topk(repo_root):
+    proc = run_cli(repo_root, "--help")
+    for flag in (
+        "predictions",
+        "topk",
+        "label_threshold",
+        "output_json",
+        "apply_sigmoid",
+        "num_bins",
+        "chunk_size",
+        "checkpoint",
+        "depth",
+        "data_dir",
+        "split_prefix",
+        "tfds_name",
+        "tfds_split",
+        "tfds_data_dir",
+        "tfds_manual_dir",
+        "image_size",
+        "transform",
+        "batch_size",
+        "max_batches",
+        "save_predictions",
+    ):
+        assert f"--{flag}" in proc.stdout or f"--[no]{flag}" in proc.stdout, flag
+    proc = run_cli(repo_root, "--predictions=x.npz", "--topk=5,ten")
+    assert proc.returncode != 0 and "comma-separated list of positive integers" in proc.stderr
+
+
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_chunks_stream_every_row_in_order(tmp_path, save):
+    scores = np.arange(23 * 3, dtype=np.float32).reshape(23, 3)
+    labels = np.arange(23)
+    save(tmp_path / "p.npz", scores=scores, labels=labels)
+    predictions = evaluation.PredictionsFile.open(str(tmp_path / "p.npz"))
+    assert (predictions.task, predictions.num_images, predictions.num_classes) == ("single_label", 23, 3)
+    chunks = list(predictions.chunks(10))
+    assert [len(s) for s, _ in chunks] == [10, 10, 3]
+    np.testing.assert_array_equal(np.concatenate([s for s, _ in chunks]), scores)
+    np.testing.assert_array_equal(np.concatenate([lab for _, lab in chunks]), labels)
+
+
+def test_fortran_ordered_arrays_are_read_correctly(tmp_path, multilabel_npz):
+    _, scores, labels = multilabel_npz
+    np.savez(tmp_path / "f.npz", scores=np.asfortranarray(scores), labels=np.asfortranarray(labels))
+    report = evaluation.evaluate_predictions(str(tmp_path / "f.npz"), SETTINGS, show_progress=False)
+    expected = reference_multilabel(scores, labels, ks=(1, 3))
+    assert report["results"]["predictions"]["recall@3"] == pytest.approx(expected["recall@3"])
+
+
+def test_apply_sigmoid_evaluates_logits(tmp_path, multilabel_npz):
+    _, scores, labels = multilabel_npz
+    logits = np.log(scores / (1 - scores))
+    np.savez(tmp_path / "logits.npz", scores=logits, labels=labels)
+    with pytest.raises(evaluation.EvaluationInputError, match="--apply_sigmoid"):
+        evaluation.evaluate_predictions(str(tmp_path / "logits.npz"), SETTINGS, show_progress=False)
+    settings = evaluation.EvalSettings(topk=(1, 3), num_bins=32, apply_sigmoid=True)
+    report = evaluation.evaluate_predictions(str(tmp_path / "logits.npz"), settings, show_progress=False)
+    expected = reference_multilabel(scores, labels, ks=(1, 3))
+    assert report["results"]["predictions"]["mAP"] == pytest.approx(expected["mAP"], rel=1e-6)
+    assert report["settings"]["apply_sigmoid"] is True
+
+
+@pytest.mark.parametrize(
+    "arrays, match",
+    [
+        ({"labels": np.zeros(3, np.int64)}, r"lacks array\(s\) \['scores'\]"),
+        ({"scores": np.zeros((3, 4)), "labels": np.zeros((3, 5))}, "does not match"),
+        ({"scores": np.zeros((3, 4)), "labels": np.zeros(4, np.int64)}, "does not match"),
+        ({"scores": np.zeros((3, 4)), "labels": np.zeros(3, np.float32)}, "int\\[3\\] \\(single-label\\)"),
+        ({"scores": np.zeros(3), "labels": np.zeros(3, np.int64)}, "must be \\[N, C\\]"),
+        ({"scores": np.zeros((3, 6)), "labels": np.array([0, 1, 6])}, r"class indices in \[0, 6\)"),
+        ({"scores": np.zeros((3, 2)), "labels": np.zeros((3, 2))}, "k=\\[3\\]"),
+        ({"scores": np.zeros((3, 4)), "labels": np.zeros(3, np.int64)}, "top-1 and top-5"),
+        ({"scores": np.full((3, 6), np.nan), "labels": np.zeros(3, np.int64)}, "NaN"),
+        ({"scores": np.zeros((3, 6)), "labels": np.zeros(3, np.int64), "image_size": np.array([224])}, "0-d"),
+    ],
+)
+def test_bad_predictions_raise_clear_errors(tmp_path, arrays, match):
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(evaluation.EvaluationInputError, match=match):
+        evaluation.evaluate_predictions(str(tmp_path / "bad.npz"), SETTINGS, show_progress=False)
+
+
+def test_missing_and_non_npz_files_raise_clear_errors(tmp_path):
+    with pytest.raises(evaluation.EvaluationInputError, match="not found"):
+        evaluation.PredictionsFile.open(str(tmp_path / "absent.npz"))
+    (tmp_path / "text.npz").write_text("not a zip")
+    with pytest.raises(evaluation.EvaluationInputError, match="not an .npz"):
+        evaluation.PredictionsFile.open(str(tmp_path / "text.npz"))
+
+
+def test_report_json_and_table(tmp_path):
+    results = {
+        "224": {"top1": 0.75, "top5": 0.9, "num_images": 8},
+        "299": {"top1": math.nan, "top5": 1.0, "num_images": 8},
+    }
+    report = evaluation.make_report(results, task="single_label", settings={"topk": (5,)})
+    assert report == {
+        "task": "single_label",
+        "num_images": 8,
+        "results": {"224": {"top1": 0.75, "top5": 0.9}, "299": {"top1": None, "top5": 1.0}},
+        "settings": {"topk": [5]},
+    }
+    evaluation.write_json(report, str(tmp_path / "r.json"))
+    assert json.loads((tmp_path / "r.json").read_text()) == report
+    table = evaluation.format_table(report)
+    assert "75.00" in table and "90.00" in table and "n/a" in table
+    with pytest.raises(ValueError, match="different numbers of images"):
+        evaluation.make_report({"224": {"num_images": 1}, "299": {"num_images": 2}}, task="x", settings={})
+
+
+# ------------------------------------------------------------------------------ evaluating a checkpoint
+
+NUM_CLASSES = 12
+BASE_WIDTH = 4
+NUM_BINS = 50
+IMAGE_SIZES = (32, 48)
+TOPK = (1, 3)
+MODEL_SETTINGS = evaluation.EvalSettings(topk=TOPK, num_bins=NUM_BINS)
+
+
+def tiny_model(num_classes, *, seed=0):
+    """A depth-14 ResNet with randomised BN statistics and head, so that its scores differ per image."""
+    import keras
+
+    from models import resnet
+
+    keras.utils.set_random_seed(seed)
+    model = resnet.build_resnet(14, num_classes, base_width=BASE_WIDTH)
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_mean.assign(rng.normal(0, 0.1, layer.moving_mean.shape))
+            layer.moving_variance.assign(rng.uniform(0.5, 1.5, layer.moving_variance.shape))
+    head = model.get_layer("logits")
+    head.kernel.assign(rng.normal(0, 1.0, head.kernel.shape) / np.sqrt(head.kernel.shape[0]))
+    return model
+
+
+def write_jpegs(folder, count, *, seed=0):
+    """Smooth random colour images of varied sizes (JPEG artefacts stay small); returns the file names."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    names = []
+    for i in range(count):
+        height, width = int(rng.integers(36, 80)), int(rng.integers(36, 80))
+        coarse = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+        image = Image.fromarray(coarse).resize((width, height), Image.BILINEAR)
+        name = f"im_{i}.jpg"
+        image.save(folder / name, format="JPEG", quality=90)
+        names.append(name)
+    return names
+
+
+def standardise_head(model, images):
+    """Rescales the head so that the logits of these images vary across images (a random network's pooled
+    features barely do): logits = ((features - mean) / std) @ kernel."""
+    from models import resnet
+
+    features = resnet.with_features(model)(images, training=False)["features"].numpy()
+    mean, std = features.mean(0), features.std(0) + 1e-6
+    head = model.get_layer("logits")
+    kernel = head.kernel.numpy() / std[:, None]
+    head.kernel.assign(kernel)
+    head.bias.assign(-mean @ kernel)
+
+
+def write_records(root, model, *, num_images=10, num_classes=NUM_CLASSES, seed=0):
+    """A multi-label `val` split written by the project's writer (sparse labels, 2 shards) whose labels
+    partly agree with `model`'s predictions at 32 px (after `standardise_head`), so that the top-k metrics
+    are neither all 0 nor all 1."""
+    import tensorflow as tf
+
+    from data import preprocessing, tfrecord
+
+    names = write_jpegs(root / "images", num_images, seed=seed)
+    images = np.stack(
+        [
+            preprocessing.eval_transform(tf.constant((root / "images" / n).read_bytes()), image_size=32)
+            for n in names
+        ]
+    )
+    standardise_head(model, images)
+    ranked = np.argsort(-model(images, training=False).numpy(), axis=1)
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i, name in enumerate(names):
+        tags = {
+            int(ranked[i, 2]): 0.9,
+            int(rng.integers(num_classes)): 0.4,
+            int(rng.integers(num_classes)): 1.0,
+        }
+        if i % 2 == 0:
+            tags[int(ranked[i, 0])] = 1.0
+        if i == num_images - 1:
+            tags = {c: 0.4 for c in tags}  # an image without positives
+        lines.append(name + " " + " ".join(f"{c}:{conf}" for c, conf in tags.items()))
+    (root / "val_list.txt").write_text("\n".join(lines) + "\n")
+    tfrecord.write_dataset(
+        image_list=str(root / "val_list.txt"),
+        image_root=str(root / "images"),
+        output_dir=str(root / "records"),
+        label_format="sparse",
+        num_classes=num_classes,
+        shards=2,
+        prefix="val",
+        progress=False,
+    )
+    return root / "records"
+
+
+def direct_scores(model, source, image_size, *, task):
+    """The model run eagerly over the split (the same input pipeline), scores and labels stacked."""
+    import tensorflow as tf
+
+    from training import input_pipeline
+
+    scores, labels = [], []
+    for images, batch_labels in input_pipeline.eval_dataset(source, batch_size=3, image_size=image_size):
+        logits = model(images, training=False)
+        scores.append((tf.sigmoid(logits) if task == "multilabel" else tf.nn.softmax(logits)).numpy())
+        labels.append(batch_labels.numpy())
+    return np.concatenate(scores), np.concatenate(labels)
+
+
+def expected_multilabel(scores, labels):
+    """Top-k metrics on the raw scores; mAP on the scores quantised to the histogram bins, where the
+    streaming AP is exact (training/metrics.py)."""
+    with np.errstate(invalid="ignore"):  # F1 of precision = recall = 0
+        expected = reference_multilabel(scores, labels, ks=TOPK)
+    quantised = np.clip(np.floor(scores * np.float32(NUM_BINS)), 0, NUM_BINS - 1)
+    with np.errstate(invalid="ignore"):
+        expected["mAP"] = reference_multilabel(quantised, labels, ks=TOPK)["mAP"]
+    for k in TOPK:  # precision = recall = 0: F1 0 (training/metrics.py), where the formula gives 0/0
+        if math.isnan(expected[f"f1@{k}"]):
+            expected[f"f1@{k}"] = 0.0
+    return expected
+
+
+def assert_result_matches(result, expected):
+    expected = {k: v for k, v in expected.items() if k != "num_images"}
+    assert set(result) == set(expected)
+    for name, value in expected.items():
+        assert result[name] == pytest.approx(value, rel=1e-6, abs=1e-9), name
+
+
+@pytest.fixture(scope="module")
+def multilabel_setup(tmp_path_factory):
+    """A 12-way model saved as our checkpoint, a 10-image multi-label split, and the direct results."""
+    import tensorflow as tf
+
+    from training import input_pipeline
+
+    root = tmp_path_factory.mktemp("eval")
+    model = tiny_model(NUM_CLASSES)
+    records = write_records(root, model)
+    prefix = tf.train.Checkpoint(model=model).write(str(root / "ckpt" / "model"))
+    source = input_pipeline.tfrecord_source(str(records), "val", num_classes=NUM_CLASSES)
+    expected = {}
+    for size in IMAGE_SIZES:
+        scores, labels = direct_scores(model, source, size, task="multilabel")
+        expected[str(size)] = expected_multilabel(scores, labels)
+        assert 0 < expected[str(size)]["precision@1"] < 1 and 0 < expected[str(size)]["recall@3"] < 1
+    return {"root": root, "model": model, "prefix": prefix, "records": records, "expected": expected}
+
+
+@pytest.fixture(scope="module")
+def cli_report(multilabel_setup):
+    """evaluate.py --checkpoint run once on the split at two sizes, saving the predictions."""
+    root = multilabel_setup["root"]
+    out = root / "report.json"
+    proc = run_cli(
+        REPO_ROOT,
+        f"--checkpoint={multilabel_setup['prefix']}",
+        f"--data_dir={multilabel_setup['records']}",
+        "--image_size=32,48",
+        "--topk=1,3",
+        f"--num_bins={NUM_BINS}",
+        "--batch_size=4",
+        f"--save_predictions={root / 'preds.npz'}",
+        f"--output_json={out}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text()), proc
+
+
+def test_cli_checkpoint_report_matches_direct_computation(cli_report, multilabel_setup):
+    report, proc = cli_report
+    assert report["task"] == "multilabel" and report["num_images"] == 10
+    assert set(report["results"]) == {"32", "48"}
+    for size, expected in multilabel_setup["expected"].items():
+        assert_result_matches(report["results"][size], expected)
+    settings = report["settings"]
+    assert settings["checkpoint_kind"] == "ours" and settings["checkpoint"] == multilabel_setup["prefix"]
+    assert (settings["depth"], settings["base_width"], settings["num_classes"]) == (
+        14,
+        BASE_WIDTH,
+        NUM_CLASSES,
+    )
+    assert settings["image_sizes"] == [32, 48] and settings["topk"] == [1, 3]
+    assert settings["label_format"] == "sparse" and settings["transform"] == "reference"
+    assert settings["num_ranks"] == 1
+    assert f"{100 * report['results']['48']['precision@3']:.2f}" in proc.stdout  # the table
+    assert "evaluate @48" in proc.stderr and "10/10" in proc.stderr  # the progress bar knew the total
+
+
+def test_saved_predictions_round_trip(cli_report, multilabel_setup):
+    report, _ = cli_report
+    root = multilabel_setup["root"]
+    assert report["settings"]["predictions_files"] == [str(root / "preds.32.npz"), str(root / "preds.48.npz")]
+    for size in ("32", "48"):
+        again = evaluation.evaluate_predictions(
+            str(root / f"preds.{size}.npz"), MODEL_SETTINGS, show_progress=False
+        )
+        assert set(again["results"]) == {size}  # named by the saved image_size
+        assert again["num_images"] == 10
+        assert_result_matches(again["results"][size], report["results"][size])
+
+
+def test_tf1_checkpoint_gives_the_same_numbers(cli_report, multilabel_setup):
+    from models import tf1_checkpoint
+    from tests.test_tf1_checkpoint import write_tf1_checkpoint
+
+    report, _ = cli_report
+    values = {
+        name: v.numpy() for name, v in tf1_checkpoint.tf1_variable_map(multilabel_setup["model"]).items()
+    }
+    folder = multilabel_setup["root"] / "tf1"
+    write_tf1_checkpoint(folder / "model.ckpt", values)
+    config = evaluation.ModelEvalConfig(
+        checkpoint=str(folder),  # a directory: its latest checkpoint
+        data_dir=str(multilabel_setup["records"]),
+        image_sizes=IMAGE_SIZES,
+        batch_size=4,
+    )
+    tf1_report = evaluation.evaluate_checkpoint(config, MODEL_SETTINGS, show_progress=False)
+    assert tf1_report["settings"]["checkpoint_kind"] == "tf1"
+    assert (tf1_report["settings"]["depth"], tf1_report["settings"]["base_width"]) == (14, BASE_WIDTH)
+    for size in ("32", "48"):
+        assert_result_matches(tf1_report["results"][size], report["results"][size])
+
+
+def test_evaluate_model_all_reduces_once_at_the_end(multilabel_setup):
+    """A stand-in for 2 ranks holding identical shards: every sum is all-reduced once, after the loop."""
+    from training import distributed, input_pipeline
+
+    class TwoIdenticalRanks(distributed.Distributed):
+        size, rank = 2, 0
+        calls = 0
+
+        def allreduce_sum(self, tensor):
+            TwoIdenticalRanks.calls += 1
+            return 2 * tensor
+
+    source = input_pipeline.tfrecord_source(str(multilabel_setup["records"]), "val", num_classes=NUM_CLASSES)
+    dataset = input_pipeline.eval_dataset(source, batch_size=3, image_size=32)  # 4 batches
+    result = evaluation.evaluate_model(
+        multilabel_setup["model"],
+        dataset,
+        task=evaluation.MULTILABEL,
+        num_classes=NUM_CLASSES,
+        settings=MODEL_SETTINGS,
+        dist=TwoIdenticalRanks(),
+        show_progress=False,
+    )
+    assert TwoIdenticalRanks.calls == 6  # the 6 sums of MultiLabelMetrics, not 6 per batch
+    assert result["num_images"] == 20
+    assert_result_matches(
+        {k: v for k, v in result.items() if not k.startswith("num_")},
+        {k: v for k, v in multilabel_setup["expected"]["32"].items() if not k.startswith("num_")},
+    )
+
+
+def test_evaluate_model_max_batches_and_writer(multilabel_setup):
+    from training import input_pipeline
+
+    source = input_pipeline.tfrecord_source(str(multilabel_setup["records"]), "val", num_classes=NUM_CLASSES)
+    writer = evaluation.PredictionsWriter()
+    result = evaluation.evaluate_model(
+        multilabel_setup["model"],
+        input_pipeline.eval_dataset(source, batch_size=3, image_size=32),
+        task=evaluation.MULTILABEL,
+        num_classes=NUM_CLASSES,
+        settings=MODEL_SETTINGS,
+        max_batches=2,
+        show_progress=False,
+        predictions_writer=writer,
+    )
+    assert result["num_images"] == writer.num_images == 6
+
+
+def test_evaluate_model_rejects_mismatched_shapes(multilabel_setup):
+    import tensorflow as tf
+
+    labels = tf.data.Dataset.from_tensors((tf.zeros([2, 32, 32, 3]), tf.zeros([2, 7])))
+    with pytest.raises(evaluation.EvaluationInputError, match=r"labels \[batch, 12\]"):
+        evaluation.evaluate_model(
+            multilabel_setup["model"], labels, task="multilabel", num_classes=12, settings=MODEL_SETTINGS
+        )
+    with pytest.raises(evaluation.EvaluationInputError, match="12 logits but num_classes is 5"):
+        evaluation.evaluate_model(
+            multilabel_setup["model"], labels, task="multilabel", num_classes=5, settings=MODEL_SETTINGS
+        )
+
+
+@pytest.mark.parametrize(
+    "several_sizes, num_ranks, expected",
+    [
+        (False, 1, "out/p.npz"),
+        (True, 1, "out/p.224.npz"),
+        (False, 2, "out/p.rank1.npz"),
+        (True, 2, "out/p.224.rank1.npz"),
+        (True, 1, "out/p.224"),  # no .npz: the name is kept whole
+    ],
+)
+def test_predictions_path(several_sizes, num_ranks, expected):
+    path = "out/p.npz" if expected.endswith(".npz") else "out/p"
+    got = evaluation.predictions_path(
+        path, image_size=224, several_sizes=several_sizes, rank=1, num_ranks=num_ranks
+    )
+    assert got == expected
+
+
+def test_checkpoint_and_source_errors(multilabel_setup, tmp_path):
+    with pytest.raises(evaluation.EvaluationInputError, match="not found"):
+        evaluation.load_model(str(tmp_path / "absent" / "model"))
+    with pytest.raises(evaluation.EvaluationInputError, match="no checkpoint in directory"):
+        evaluation.load_model(str(tmp_path))
+    with pytest.raises(evaluation.EvaluationInputError, match="holds a ResNet-14"):
+        evaluation.inspect_checkpoint(multilabel_setup["prefix"], depth=101)
+    with pytest.raises(evaluation.EvaluationInputError, match="no manifest"):
+        evaluation.eval_source(num_classes=NUM_CLASSES, data_dir=str(tmp_path))
+    with pytest.raises(
+        evaluation.EvaluationInputError, match="has 12 classes but the checkpoint's head has 7"
+    ):
+        evaluation.eval_source(num_classes=7, data_dir=str(multilabel_setup["records"]))
+    with pytest.raises(evaluation.EvaluationInputError, match="exactly one evaluation source"):
+        evaluation.eval_source(num_classes=7)
+
+
+@pytest.mark.parametrize("case", ["missing_checkpoint", "class_mismatch", "no_manifest"])
+def test_cli_errors_are_one_line(case, multilabel_setup, repo_root, tmp_path):
+    import tensorflow as tf
+
+    checkpoint, data_dir = multilabel_setup["prefix"], multilabel_setup["records"]
+    if case == "missing_checkpoint":
+        checkpoint, match = str(tmp_path / "absent"), "not found"
+    elif case == "class_mismatch":
+        checkpoint = tf.train.Checkpoint(model=tiny_model(7)).write(str(tmp_path / "seven"))
+        match = "has 12 classes but the checkpoint's head has 7"
+    else:
+        data_dir, match = tmp_path, "no manifest"
+    proc = run_cli(repo_root, f"--checkpoint={checkpoint}", f"--data_dir={data_dir}", "--image_size=32")
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("evaluate.py: error:")]
+    assert len(errors) == 1 and match in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+def test_tfds_imagenet_mock(repo_root, tmp_path):
+    """ImageNet through TFDS, offline: `tfds.testing.mock_data` makes tfds.load('imagenet2012') yield
+    random JPEGs (5-50 px sides, labels in [0, 1000)). The mock lives in one process, so evaluate.py runs
+    inside it through runpy (the real --tfds_name flag path), in a subprocess started with the mock."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow as tf
+
+    from training import input_pipeline
+
+    num_examples = 7
+    model = tiny_model(1000, seed=1)
+    with tfds.testing.mock_data(num_examples=num_examples):
+        source = input_pipeline.tfds_source("imagenet2012", "validation", num_classes=1000)
+        labels = np.concatenate(
+            [y.numpy() for _, y in input_pipeline.eval_dataset(source, batch_size=4, image_size=32)]
+        )
+        bias = np.zeros(1000, np.float32)
+        bias[labels[0]], bias[labels[1]] = 12.0, 11.0  # so that top-1 / top-5 are not all zero
+        model.get_layer("logits").bias.assign(bias)
+        scores, direct_labels = direct_scores(model, source, 32, task="single_label")
+    expected = reference_single_label(scores, direct_labels)
+    assert expected["top1"] > 0
+    prefix = tf.train.Checkpoint(model=model).write(str(tmp_path / "imagenet"))
+    out = tmp_path / "report.json"
+    launcher = (
+        "import runpy, sys\n"
+        "import tensorflow_datasets as tfds\n"
+        f"with tfds.testing.mock_data(num_examples={num_examples}):\n"
+        "    sys.argv = ['evaluate.py', *sys.argv[1:]]\n"
+        "    runpy.run_path('evaluate.py', run_name='__main__')\n"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            launcher,
+            f"--checkpoint={prefix}",
+            "--tfds_name=imagenet2012",
+            "--image_size=32",
+            "--batch_size=4",
+            f"--output_json={out}",
+        ],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["task"] == "single_label" and report["num_images"] == num_examples
+    assert report["settings"]["tfds_name"] == "imagenet2012" and report["settings"]["topk"] == [1, 5]
+    assert report["results"]["32"]["top1"] == pytest.approx(expected["top1"])
+    assert report["results"]["32"]["top5"] == pytest.approx(expected["top5"])
+
+
+@pytest.mark.slow
+@pytest.mark.horovod
+def test_two_horovod_ranks_match_one_process(cli_report, multilabel_setup, repo_root):
+    from tests.hvd import run_two_ranks
+
+    report, _ = cli_report
+    root = multilabel_setup["root"]
+    out = root / "hvd.json"
+    run_two_ranks(
+        [
+            "evaluate.py",
+            f"--checkpoint={multilabel_setup['prefix']}",
+            f"--data_dir={multilabel_setup['records']}",
+            "--image_size=32",
+            "--topk=1,3",
+            f"--num_bins={NUM_BINS}",
+            "--batch_size=2",
+            f"--save_predictions={root / 'hvd.npz'}",
+            f"--output_json={out}",
+        ],
+        cwd=repo_root,
+    )
+    hvd_report = json.loads(out.read_text())
+    assert hvd_report["num_images"] == 10 and hvd_report["settings"]["num_ranks"] == 2
+    assert_result_matches(hvd_report["results"]["32"], report["results"]["32"])
+    rows = [evaluation.PredictionsFile.open(str(root / f"hvd.rank{r}.npz")).num_images for r in (0, 1)]
+    assert sum(rows) == 10 and min(rows) > 0  # each rank saved its own shard

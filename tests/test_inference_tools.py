@@ -1,0 +1,255 @@
+"""tools/image_classification.py and tools/extract_feature.py: direct computations, bad files, the CLIs."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from data import preprocessing
+from models import resnet, tf1_checkpoint
+from tests.test_evaluate import BASE_WIDTH, tiny_model, write_jpegs
+from tests.test_tf1_checkpoint import write_tf1_checkpoint
+from tools import extract_feature, image_classification
+from training import evaluation
+
+SIZE = 32  # crops of 32 px: the demo transform resizes the shorter side to round(32 / 0.875) = 37
+
+
+def run_tool(repo_root, tool, *args):
+    return subprocess.run(
+        [sys.executable, str(repo_root / "tools" / tool), *args],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def imagenet_model(tmp_path_factory):
+    """A 1000-way tiny model (the ImageNet head size: softmax under --head=auto) and its checkpoint."""
+    model = tiny_model(1000, seed=2)
+    prefix = tf.train.Checkpoint(model=model).write(str(tmp_path_factory.mktemp("ckpt") / "imagenet"))
+    return model, prefix
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    """A text file named .jpg, a truncated JPEG and a missing path."""
+    write_jpegs(tmp_path / "good", 1)
+    text = tmp_path / "text.jpg"
+    text.write_text("not an image\n")
+    data = (tmp_path / "good" / "im_0.jpg").read_bytes()
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(data[: len(data) // 2])
+    return [str(text), str(truncated), str(tmp_path / "missing.jpg")]
+
+
+def direct_logits(model, path, transform=preprocessing.demo_transform):
+    image = transform(tf.constant(open(path, "rb").read()), image_size=SIZE)
+    return model(image[tf.newaxis], training=False).numpy()[0]
+
+
+def test_resolve_head_rule():
+    assert image_classification.resolve_head("auto", 1000) == "softmax"
+    assert image_classification.resolve_head("auto", 11166) == "sigmoid"
+    assert image_classification.resolve_head("auto", 7) == "sigmoid"
+    assert image_classification.resolve_head("sigmoid", 1000) == "sigmoid"
+    assert image_classification.resolve_head("softmax", 11166) == "softmax"
+    with pytest.raises(ValueError, match="head must be one of"):
+        image_classification.resolve_head("relu", 5)
+
+
+def test_class_names_from_both_dictionaries(reference_dir):
+    names = image_classification.load_class_names(
+        imagenet_dictionary=str(reference_dir / "imagenet2012_dictionary.txt"), num_classes=1000
+    )
+    assert names[0] == "tench Tinca tinca" and names[1] == "goldfish Carassius auratus"
+    names = image_classification.load_class_names(
+        hierarchy=str(reference_dir / "dictionary_and_semantic_hierarchy.txt"), num_classes=11166
+    )
+    assert len(names) == 11166 and names[0] == "thing"
+    with pytest.raises(ValueError, match="names 1000 classes but the checkpoint's head has 11166"):
+        image_classification.load_class_names(
+            imagenet_dictionary=str(reference_dir / "imagenet2012_dictionary.txt"), num_classes=11166
+        )
+    assert image_classification.load_class_names(num_classes=3) == ["0", "1", "2"]
+
+
+def test_classify_matches_direct_softmax_and_skips_bad_files(imagenet_model, reference_dir, bad_files):
+    model, _ = imagenet_model
+    good = sorted(str(p) for p in (reference_dir / "images").glob("*.jpg"))
+    paths = [good[0], *bad_files, *good[1:]]
+    predictions, skipped = image_classification.classify(
+        model, paths, head="softmax", topk=5, image_size=SIZE, batch_size=3
+    )
+    assert [p.path for p in predictions] == good  # in input order, bad files left out
+    assert [s.path for s in skipped] == bad_files
+    assert all(s.reason for s in skipped)
+    for prediction in predictions:
+        probabilities = tf.nn.softmax(direct_logits(model, prediction.path)).numpy()
+        want = np.argsort(-probabilities, kind="stable")[:5]
+        assert list(prediction.indices) == list(want)
+        np.testing.assert_allclose(prediction.scores, probabilities[want], rtol=1e-5)
+
+
+def test_classify_sigmoid_head_from_a_tf1_checkpoint(tmp_path, reference_dir):
+    """A multi-label (7-way) head from a TF1 checkpoint: sigmoid scores, same as our checkpoint's."""
+    model = tiny_model(7, seed=3)
+    values = {name: v.numpy() for name, v in tf1_checkpoint.tf1_variable_map(model).items()}
+    write_tf1_checkpoint(tmp_path / "tf1" / "model.ckpt", values)
+    loaded, info = evaluation.load_model(str(tmp_path / "tf1"))
+    assert (info.kind, info.depth, info.base_width, info.num_classes) == ("tf1", 14, BASE_WIDTH, 7)
+    path = str(reference_dir / "images" / "im_0.jpg")
+    (prediction,), skipped = image_classification.classify(
+        loaded, [path], head=image_classification.resolve_head("auto", 7), topk=3, image_size=SIZE
+    )
+    assert not skipped
+    probabilities = tf.sigmoid(direct_logits(model, path)).numpy()
+    want = np.argsort(-probabilities, kind="stable")[:3]
+    assert list(prediction.indices) == list(want)
+    np.testing.assert_allclose(prediction.scores, probabilities[want], rtol=1e-5)
+
+
+def test_image_classification_cli(imagenet_model, reference_dir, bad_files, tmp_path, repo_root):
+    _, prefix = imagenet_model
+    (tmp_path / "list.txt").write_text("im_0.jpg\n\nim_1.jpg 3:1\n")  # the first field of each line
+    out = tmp_path / "predictions.json"
+    proc = run_tool(
+        repo_root,
+        "image_classification.py",
+        f"--checkpoint={prefix}",
+        f"--imagenet_dictionary={reference_dir / 'imagenet2012_dictionary.txt'}",
+        f"--image_list={tmp_path / 'list.txt'}",
+        f"--image_root={reference_dir / 'images'}",
+        f"--image_size={SIZE}",
+        "--topk=3",
+        f"--output_json={out}",
+        *bad_files,
+        str(reference_dir / "images" / "im_2.jpg"),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [entry["image"] for entry in report["images"]] == [
+        str(reference_dir / "images" / name) for name in ("im_2.jpg", "im_0.jpg", "im_1.jpg")
+    ]
+    assert [entry["image"] for entry in report["skipped"]] == bad_files
+    assert report["settings"]["head"] == "softmax"
+    first = report["images"][0]["predictions"]
+    assert len(first) == 3 and first[0]["score"] >= first[1]["score"] >= first[2]["score"]
+    assert f"[{first[0]['index']}] {first[0]['name']}" in proc.stdout
+    for path in bad_files:
+        assert f"skipping {path}: " in proc.stderr
+    assert "skipped 3 of 6 images" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_center_features_match_with_features(imagenet_model, reference_dir):
+    model, _ = imagenet_model
+    paths = sorted(str(p) for p in (reference_dir / "images").glob("*.jpg"))
+    for transform in ("demo", "reference"):
+        names, features, skipped = extract_feature.extract_features(
+            model, paths, transform=transform, image_size=SIZE, batch_size=3
+        )
+        assert names == paths and not skipped
+        assert features.shape == (4, 32 * BASE_WIDTH) and features.dtype == np.float32
+        view = resnet.with_features(model)
+        transform_fn = preprocessing.get_transform(transform)
+        for name, row in zip(names, features, strict=True):
+            image = transform_fn(tf.constant(open(name, "rb").read()), image_size=SIZE)
+            np.testing.assert_allclose(
+                row, view(image[tf.newaxis])["features"].numpy()[0], rtol=1e-5, atol=1e-6
+            )
+
+
+def test_ten_crop_features_are_the_mean_of_ten_independent_crops(imagenet_model, reference_dir, bad_files):
+    model, _ = imagenet_model
+    path = str(reference_dir / "images" / "im_1.jpg")
+    names, features, skipped = extract_feature.extract_features(
+        model, [*bad_files, path], crop="ten_crop", image_size=SIZE
+    )
+    assert names == [path] and len(skipped) == 3
+
+    # The crops, computed here: shorter side to 37 (bilinear, half-pixel centres, rounded to uint8), then
+    # 32 x 32 windows at the 4 corners and the centre, and their mirror images.
+    image = tf.io.decode_jpeg(open(path, "rb").read(), channels=3)
+    height, width = image.shape[:2]
+    side = round(SIZE / 0.875)
+    new = (side, int(width / height * side)) if height <= width else (int(height / width * side), side)
+    resized = np.clip(np.round(tf.image.resize(image, new, antialias=False).numpy()), 0, 255) / 255.0
+    bottom, right = new[0] - SIZE, new[1] - SIZE
+    crops = [
+        resized[top : top + SIZE, left : left + SIZE]
+        for top, left in ((0, 0), (0, right), (bottom, 0), (bottom, right), (bottom // 2, right // 2))
+    ]
+    crops += [crop[:, ::-1] for crop in crops]
+    view = resnet.with_features(model)
+    each = [view(((c - 0.5) * 2.0)[np.newaxis].astype(np.float32))["features"].numpy()[0] for c in crops]
+    np.testing.assert_allclose(features[0], np.mean(each, axis=0), rtol=1e-4, atol=1e-5)
+
+    ten = extract_feature.ten_crop_transform(tf.constant(open(path, "rb").read()), image_size=SIZE).numpy()
+    centre = preprocessing.demo_transform(tf.constant(open(path, "rb").read()), image_size=SIZE).numpy()
+    np.testing.assert_array_equal(ten[4], centre)  # the same geometry as the demo transform
+    with pytest.raises(ValueError, match="transform=demo"):
+        extract_feature.extract_features(model, [path], crop="ten_crop", transform="reference")
+
+
+@pytest.mark.parametrize("fmt", extract_feature.FORMATS)
+def test_save_features_formats(tmp_path, fmt):
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(3, 5)).astype(np.float32)
+    names = ["a.jpg", "dir/b.jpg", "c d.png"]
+    path = tmp_path / f"features.{fmt}"
+    extract_feature.save_features(str(path), names, features, fmt=fmt)
+    if fmt == "npy":
+        np.testing.assert_array_equal(np.load(path), features)
+    elif fmt == "npz":
+        with np.load(path) as npz:
+            np.testing.assert_array_equal(npz["features"], features)
+            assert list(npz["names"]) == names
+    else:
+        lines = path.read_text().splitlines()
+        assert [line.split("\t")[0] for line in lines] == names
+        parsed = np.array([[float(v) for v in line.split("\t")[1].split(" ")] for line in lines], np.float32)
+        np.testing.assert_array_equal(parsed, features)  # %.9g round-trips float32
+
+
+def test_extract_feature_cli_txt(imagenet_model, reference_dir, bad_files, tmp_path, repo_root):
+    _, prefix = imagenet_model
+    good = sorted(str(p) for p in (reference_dir / "images").glob("*.jpg"))
+    out = tmp_path / "features.txt"
+    proc = run_tool(
+        repo_root,
+        "extract_feature.py",
+        f"--checkpoint={prefix}",
+        f"--output={out}",
+        "--format=txt",
+        f"--image_size={SIZE}",
+        *good,
+        *bad_files,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = out.read_text().splitlines()
+    assert [line.split("\t")[0] for line in lines] == good
+    assert all(len(line.split("\t")[1].split(" ")) == 32 * BASE_WIDTH for line in lines)
+    for path in bad_files:
+        assert f"skipping {path}: " in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_tools_report_a_missing_checkpoint(repo_root, tmp_path, reference_dir):
+    proc = run_tool(
+        repo_root,
+        "image_classification.py",
+        f"--checkpoint={tmp_path / 'absent'}",
+        str(reference_dir / "images" / "im_0.jpg"),
+    )
+    assert (
+        proc.returncode == 1
+        and "image_classification.py: error:" in proc.stderr
+        and "not found" in proc.stderr
+    )
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,227 @@
+r"""Pooled ResNet features of image files, the release's `extract_feature.py` done again.
+
+    python tools/extract_feature.py --checkpoint ckpt-resnet101-mlimages/model.ckpt \
+        --image_list images.txt --output features.npz
+    python tools/extract_feature.py --checkpoint runs/pretrain --crop ten_crop --format txt \
+        --output features.txt photo1.jpg photo2.jpg
+
+The feature is the output of the `global_pool` layer (BN-ReLU-global average pool, 2048-d for the reference
+ResNets, `32 x base_width` in general), read through `models.resnet.with_features`, so the classifier and
+the extractor share one model definition. The checkpoint is ours or a released TF1 one; images come as
+arguments and/or `--image_list`; unreadable files are reported on stderr and skipped (their rows are
+simply absent: use the names saved with `npz` / `txt` to align rows with files).
+
+Crops (`--crop`):
+- `center`: one view per image through `--transform` (`demo`, the default: the release's shorter side to
+  256 and centre crop 224; or `reference`: central 80 % crop and resize).
+- `ten_crop`: the demo geometry's shorter-side resize, then the four corner crops and the centre crop
+  and the horizontal flip of each; the feature is the mean of the 10 crops' pooled features. (The
+  release's `10crop` branch, which its script never enables, would have averaged the numbers of the
+  first crop's feature instead: `np.mean(np.squeeze(feats[0]), axis=0)`.) It needs `--transform=demo`.
+
+Output formats (`--format`):
+- `npz` (default): `features` float32[N, D] and `names` (the image paths as given), row-aligned.
+- `npy`: the float32[N, D] array only.
+- `txt`: the release's text layout as we read it: one line per image, the file name, a TAB, then the D
+  values separated by single spaces (`%.9g`, which round-trips float32). The release wrote
+  `path<TAB>second field of the list line<TAB>values`; that middle field (a label in its lists) does not
+  exist for plain file lists, so it is left out.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app, flags, logging
+
+from data import preprocessing
+from models import resnet
+from training import evaluation
+
+CROPS = ("center", "ten_crop")
+FORMATS = ("npz", "npy", "txt")
+NUM_TEN_CROPS = 10
+
+
+def ten_crop_transform(
+    image_bytes: tf.Tensor, *, image_size: int = 224, resize_side: int | None = None
+) -> tf.Tensor:
+    """The 10 crops of one encoded image: 4 corners and the centre, then the horizontal flip of each.
+
+    The resize is exactly `data.preprocessing.demo_transform`'s (shorter side to `resize_side`, by default
+    the release's 256 / 224 ratio, bilinear with half-pixel centres, rounded to uint8), so crop 4 (the
+    centre) equals `demo_transform`'s output; a test checks that.
+
+    Returns:
+      float32[10, S, S, 3] in [-1, 1], in the order top-left, top-right, bottom-left, bottom-right, centre,
+      then the same five flipped left-right.
+    """
+    if resize_side is None:
+        resize_side = int(round(image_size / preprocessing.DEMO_CROP_FRACTION))
+    if resize_side < image_size:
+        raise ValueError(f"resize_side {resize_side} is smaller than image_size {image_size}")
+    image = tf.io.decode_image(
+        tf.convert_to_tensor(image_bytes, tf.string), channels=3, expand_animations=False
+    )
+    hw = tf.cast(tf.shape(image)[:2], tf.float64)
+    new_hw = tf.where(
+        hw <= tf.reduce_min(hw), tf.constant(resize_side, tf.float64), hw / tf.reduce_min(hw) * resize_side
+    )
+    new_hw = tf.cast(new_hw, tf.int32)  # truncation, as the release's int()
+    resized = tf.image.resize(image, new_hw, method="bilinear", antialias=False)
+    resized = tf.clip_by_value(tf.round(resized), 0.0, 255.0) / 255.0
+    bottom, right = new_hw[0] - image_size, new_hw[1] - image_size
+    offsets = [(0, 0), (0, right), (bottom, 0), (bottom, right), (bottom // 2, right // 2)]
+    crops = tf.stack(
+        [tf.slice(resized, [top, left, 0], [image_size, image_size, 3]) for top, left in offsets]
+    )
+    crops = tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0)
+    return tf.ensure_shape((crops - 0.5) * 2.0, [NUM_TEN_CROPS, image_size, image_size, 3])
+
+
+def extract_features(
+    model: keras.Model,
+    paths: Sequence[str],
+    *,
+    crop: str = "center",
+    transform: str = "demo",
+    image_size: int = 224,
+    batch_size: int = 32,
+) -> tuple[list[str], np.ndarray, list[evaluation.SkippedImage]]:
+    """The pooled feature of every readable image, in input order.
+
+    Args:
+      model: a model from `build_resnet` (e.g. `evaluation.load_model`); its `global_pool` is read.
+      paths: image files.
+      crop: `center` or `ten_crop` (see the module docstring).
+      transform: `demo` or `reference`, for `center` (`ten_crop` uses the demo geometry).
+      image_size: crop side.
+      batch_size: images per forward pass (times 10 crops for `ten_crop`).
+
+    Returns:
+      (names of the readable images, float32[N, D] features, the skipped files with the reason).
+    """
+    if crop not in CROPS:
+        raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
+    if crop == "ten_crop" and transform != "demo":
+        raise ValueError("ten_crop uses the demo transform's resize (--transform=demo)")
+    features_model = resnet.with_features(model)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32)])
+    def pooled(images):
+        return features_model(images, training=False)["features"]
+
+    if crop == "center":
+        preprocess = functools.partial(preprocessing.get_transform(transform), image_size=image_size)
+    else:
+        preprocess = functools.partial(ten_crop_transform, image_size=image_size)
+    names: list[str] = []
+    rows: list[np.ndarray] = []
+    skipped: list[evaluation.SkippedImage] = []
+    for batch_paths, images in evaluation.iter_image_batches(
+        paths, preprocess=preprocess, batch_size=batch_size, skipped=skipped
+    ):
+        features = pooled(images.reshape(-1, image_size, image_size, 3)).numpy()
+        if crop == "ten_crop":  # [B * 10, D] -> the mean over each image's 10 crops
+            features = features.reshape(len(batch_paths), NUM_TEN_CROPS, -1).mean(axis=1, dtype=np.float64)
+        names += batch_paths
+        rows.append(features.astype(np.float32))
+    dim = model.get_layer(resnet.FEATURE_LAYER).output.shape[-1]
+    return names, np.concatenate(rows) if rows else np.zeros((0, dim), np.float32), skipped
+
+
+def save_features(path: str, names: Sequence[str], features: np.ndarray, *, fmt: str) -> None:
+    """Writes the features as `npz` (with names), `npy` or `txt` (see the module docstring), atomically."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    partial = f"{path}.tmp-{os.getpid()}"
+    if fmt == "txt":
+        with open(partial, "w", encoding="utf-8") as f:
+            for name, row in zip(names, features, strict=True):
+                f.write(name + "\t" + " ".join(f"{v:.9g}" for v in row) + "\n")
+    else:
+        with open(partial, "wb") as f:  # a file object: numpy would otherwise append its own extension
+            if fmt == "npy":
+                np.save(f, features)
+            else:
+                np.savez(f, features=features, names=np.array(list(names), dtype=str))
+    os.replace(partial, path)
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_string(
+        "checkpoint",
+        None,
+        "Model: a run directory or checkpoint prefix, ours or a released TF1 checkpoint (depth, width and "
+        "head size are read from it).",
+    )
+    flags.DEFINE_integer("depth", None, "Expected ResNet depth; default: what the checkpoint holds.")
+    flags.DEFINE_string(
+        "image_list", None, "A file listing images, one per line (first field), in addition to the arguments."
+    )
+    flags.DEFINE_string("image_root", "", "Folder that relative names in --image_list are relative to.")
+    flags.DEFINE_string("output", None, "Where the features go (see --format).")
+    flags.DEFINE_enum(
+        "format",
+        "npz",
+        list(FORMATS),
+        "npz: `features` [N, D] and `names`; npy: the [N, D] array only; txt: the release's text layout, "
+        "`name<TAB>v1 v2 ... vD` per line.",
+    )
+    flags.DEFINE_enum(
+        "crop",
+        "center",
+        list(CROPS),
+        "center: one view through --transform; ten_crop: 4 corners + centre and their horizontal flips "
+        "(demo resize), the 10 features averaged.",
+    )
+    flags.DEFINE_enum(
+        "transform",
+        "demo",
+        ["demo", "reference"],
+        "Pre-processing for --crop=center: demo = the release's demo (shorter side 256, centre crop 224); "
+        "reference = its evaluation transform (central 80% crop, resize).",
+    )
+    flags.DEFINE_integer("image_size", 224, "Crop side (the model input).", lower_bound=1)
+    flags.DEFINE_integer("batch_size", 32, "Images per forward pass.", lower_bound=1)
+    flags.mark_flags_as_required(["checkpoint", "output"])
+
+
+def main(argv: list[str]) -> None:
+    try:
+        paths = evaluation.collect_image_paths(
+            argv[1:], image_list=FLAGS.image_list, image_root=FLAGS.image_root
+        )
+        model, _ = evaluation.load_model(FLAGS.checkpoint, depth=FLAGS.depth)
+        names, features, skipped = extract_features(
+            model,
+            paths,
+            crop=FLAGS.crop,
+            transform=FLAGS.transform,
+            image_size=FLAGS.image_size,
+            batch_size=FLAGS.batch_size,
+        )
+    except (ValueError, OSError) as e:  # EvaluationInputError is a ValueError
+        sys.exit(f"extract_feature.py: error: {e}")
+    if skipped:  # each was logged as a warning when it was read
+        print(f"skipped {len(skipped)} of {len(paths)} images (unreadable)", file=sys.stderr)
+    if not names:
+        sys.exit(f"extract_feature.py: error: none of the {len(paths)} images could be read; nothing written")
+    save_features(FLAGS.output, names, features, fmt=FLAGS.format)
+    logging.info("wrote %d x %d features to %s (skipped %d)", *features.shape, FLAGS.output, len(skipped))
+    print(f"{len(names)} images x {features.shape[1]} features -> {FLAGS.output} ({len(skipped)} skipped)")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

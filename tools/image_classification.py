@@ -1,0 +1,282 @@
+r"""Top-k classes of image files from a checkpoint, the release's `image_classification.py` done again.
+
+    python tools/image_classification.py --checkpoint ckpt-resnet101-mlimages-imagenet/model.ckpt \
+        --imagenet_dictionary data/imagenet2012_dictionary.txt --image_list im_list_for_classification.txt
+    python tools/image_classification.py --checkpoint runs/pretrain \
+        --hierarchy data/dictionary_and_semantic_hierarchy.txt --topk 10 photo1.jpg photo2.png
+
+Images come as arguments and/or `--image_list` (one file per line, the first field; see
+`training.evaluation.read_image_list`); unreadable files (missing, truncated, not an image) are reported on
+stderr and in the JSON and skipped. The checkpoint is ours or a released TF1 one (`evaluation.load_model`).
+
+Scores (`--head`): `sigmoid` gives independent per-class probabilities (the multi-label ML-Images head),
+`softmax` a distribution over the classes (the single-label ImageNet head). `auto` picks softmax exactly
+when the head has 1000 classes (ImageNet-1k, as the release's demo does for its fine-tuned checkpoint) and
+sigmoid for any other size (11,166 ML-Images classes or another multi-label head).
+
+Class names: `--imagenet_dictionary` reads the release's `imagenet2012_dictionary.txt` (`index<TAB>words`;
+in the released file the synonyms' words are all TAB separated, so the name shown is every field after
+the index joined by spaces; the release printed only the first field, e.g. "great" for class 2);
+`--hierarchy` reads the ML-Images `dictionary_and_semantic_hierarchy.txt` (`data.hierarchy`). Without
+either, classes are shown as their indices. The name count must equal the head size.
+
+Pre-processing (`--transform`): `demo` (default) is the release's demo transform (shorter side to 256,
+centre crop 224); `reference` its evaluation transform (central 80 % crop, resize).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+import keras
+import tensorflow as tf
+from absl import app, flags, logging
+
+from data import hierarchy as hierarchy_lib
+from data import preprocessing
+from training import evaluation
+
+HEADS = ("auto", "sigmoid", "softmax")
+IMAGENET_CLASSES = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """One image's top-k classes, best first."""
+
+    path: str
+    indices: tuple[int, ...]
+    scores: tuple[float, ...]
+
+
+def resolve_head(head: str, num_classes: int) -> str:
+    """`sigmoid` or `softmax`; `auto` is softmax exactly for a 1000-class (ImageNet) head."""
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+    if head != "auto":
+        return head
+    return "softmax" if num_classes == IMAGENET_CLASSES else "sigmoid"
+
+
+def load_imagenet_dictionary(path: str) -> list[str]:
+    """Names by class index from `imagenet2012_dictionary.txt` (`index<TAB>name fields...`).
+
+    Raises:
+      ValueError: a line without an integer index, or indices that are not exactly 0..N-1.
+    """
+    names: dict[int, str] = {}
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            fields = line.rstrip("\r\n").split("\t")
+            if not line.strip():
+                continue
+            try:
+                index = int(fields[0])
+            except ValueError:
+                raise ValueError(
+                    f"{path}:{line_no}: expected `index<TAB>name`, got {line.strip()!r}"
+                ) from None
+            if index in names:
+                raise ValueError(f"{path}:{line_no}: class {index} listed twice")
+            names[index] = " ".join(field.strip() for field in fields[1:] if field.strip())
+    if sorted(names) != list(range(len(names))):
+        raise ValueError(f"{path}: class indices are not 0..{len(names) - 1}")
+    return [names[i] for i in range(len(names))]
+
+
+def load_class_names(*, imagenet_dictionary: str = "", hierarchy: str = "", num_classes: int) -> list[str]:
+    """Class names from one of the two dictionaries (or the indices), checked against the head size.
+
+    Raises:
+      ValueError: both dictionaries, an unreadable one, or a name count other than `num_classes`.
+    """
+    if imagenet_dictionary and hierarchy:
+        raise ValueError("give --imagenet_dictionary or --hierarchy, not both")
+    if imagenet_dictionary:
+        names, source = load_imagenet_dictionary(imagenet_dictionary), imagenet_dictionary
+    elif hierarchy:
+        names, source = list(hierarchy_lib.load_hierarchy(hierarchy).names), hierarchy
+    else:
+        return [str(i) for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise ValueError(f"{source} names {len(names)} classes but the checkpoint's head has {num_classes}")
+    return names
+
+
+def classify(
+    model: keras.Model,
+    paths: Sequence[str],
+    *,
+    head: str,
+    topk: int,
+    transform: str = "demo",
+    image_size: int = 224,
+    batch_size: int = 32,
+) -> tuple[list[Prediction], list[evaluation.SkippedImage]]:
+    """The top-k classes and scores of every readable image, in input order.
+
+    Args:
+      model: a logits model (`evaluation.load_model`).
+      paths: image files.
+      head: `sigmoid` or `softmax` (see `resolve_head`).
+      topk: classes per image (at most the head size).
+      transform: `demo` or `reference` (data/preprocessing.py).
+      image_size: the model's input side.
+      batch_size: images per forward pass.
+
+    Returns:
+      (predictions of the readable images, the skipped files with the reason).
+    """
+    num_classes = model.outputs[0].shape[-1]
+    if not 1 <= topk <= num_classes:
+        raise ValueError(f"topk must be in [1, {num_classes}], got {topk}")
+    activation = tf.sigmoid if resolve_head(head, num_classes) == "sigmoid" else tf.nn.softmax
+
+    @tf.function(input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32)])
+    def top(images):
+        scores = activation(tf.cast(model(images, training=False), tf.float32))
+        return tf.math.top_k(scores, k=topk)  # ties: lower class index first
+
+    preprocess = functools.partial(preprocessing.get_transform(transform), image_size=image_size)
+    predictions: list[Prediction] = []
+    skipped: list[evaluation.SkippedImage] = []
+    for batch_paths, images in evaluation.iter_image_batches(
+        paths, preprocess=preprocess, batch_size=batch_size, skipped=skipped
+    ):
+        scores, indices = (t.numpy() for t in top(images))
+        for path, idx, score in zip(batch_paths, indices, scores, strict=True):
+            predictions.append(Prediction(path, tuple(int(i) for i in idx), tuple(float(s) for s in score)))
+    return predictions, skipped
+
+
+def format_predictions(predictions: Sequence[Prediction], names: Sequence[str]) -> str:
+    """Readable text: the file, then one `rank. score  [index] name` line per class."""
+    lines = []
+    for prediction in predictions:
+        lines.append(prediction.path)
+        for rank, (index, score) in enumerate(zip(prediction.indices, prediction.scores, strict=True), 1):
+            lines.append(f"  {rank:>2}. {score:.4f}  [{index}] {names[index]}")
+    return "\n".join(lines)
+
+
+def predictions_json(
+    predictions: Sequence[Prediction],
+    skipped: Sequence[evaluation.SkippedImage],
+    names: Sequence[str],
+    **settings,
+) -> dict:
+    """The JSON report: per image its top-k (index, name, score), the skipped files, the settings."""
+    return {
+        "images": [
+            {
+                "image": p.path,
+                "predictions": [
+                    {"index": i, "name": names[i], "score": s}
+                    for i, s in zip(p.indices, p.scores, strict=True)
+                ],
+            }
+            for p in predictions
+        ],
+        "skipped": [{"image": s.path, "reason": s.reason} for s in skipped],
+        "settings": settings,
+    }
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_string(
+        "checkpoint",
+        None,
+        "Model: a run directory or checkpoint prefix, ours or a released TF1 checkpoint (depth, width and "
+        "head size are read from it).",
+    )
+    flags.DEFINE_integer("depth", None, "Expected ResNet depth; default: what the checkpoint holds.")
+    flags.DEFINE_string(
+        "image_list", None, "A file listing images, one per line (first field), in addition to the arguments."
+    )
+    flags.DEFINE_string("image_root", "", "Folder that relative names in --image_list are relative to.")
+    flags.DEFINE_string(
+        "imagenet_dictionary", None, "Class names: the release's imagenet2012_dictionary.txt (1000 classes)."
+    )
+    flags.DEFINE_string(
+        "hierarchy",
+        None,
+        "Class names: the ML-Images dictionary_and_semantic_hierarchy.txt (11,166 classes).",
+    )
+    flags.DEFINE_enum(
+        "head",
+        "auto",
+        list(HEADS),
+        "Scores: sigmoid (multi-label head), softmax (single-label head), or auto = softmax exactly when "
+        "the head has 1000 classes (ImageNet), sigmoid otherwise.",
+    )
+    flags.DEFINE_integer("topk", 5, "Classes shown per image.", lower_bound=1)
+    flags.DEFINE_enum(
+        "transform",
+        "demo",
+        ["demo", "reference"],
+        "Pre-processing: demo = the release's demo (shorter side 256, centre crop 224); reference = its "
+        "evaluation transform (central 80% crop, resize).",
+    )
+    flags.DEFINE_integer("image_size", 224, "Model input side.", lower_bound=1)
+    flags.DEFINE_integer("batch_size", 32, "Images per forward pass.", lower_bound=1)
+    flags.DEFINE_string("output_json", None, "Also write the predictions and the skipped files here as JSON.")
+    flags.mark_flag_as_required("checkpoint")
+
+
+def main(argv: list[str]) -> None:
+    try:
+        paths = evaluation.collect_image_paths(
+            argv[1:], image_list=FLAGS.image_list, image_root=FLAGS.image_root
+        )
+        model, info = evaluation.load_model(FLAGS.checkpoint, depth=FLAGS.depth)
+        names = load_class_names(
+            imagenet_dictionary=FLAGS.imagenet_dictionary or "",
+            hierarchy=FLAGS.hierarchy or "",
+            num_classes=info.num_classes,
+        )
+        head = resolve_head(FLAGS.head, info.num_classes)
+        predictions, skipped = classify(
+            model,
+            paths,
+            head=head,
+            topk=min(FLAGS.topk, info.num_classes),
+            transform=FLAGS.transform,
+            image_size=FLAGS.image_size,
+            batch_size=FLAGS.batch_size,
+        )
+    except (ValueError, OSError) as e:  # EvaluationInputError is a ValueError
+        sys.exit(f"image_classification.py: error: {e}")
+    print(format_predictions(predictions, names))
+    if skipped:  # each was logged as a warning when it was read
+        print(f"skipped {len(skipped)} of {len(paths)} images (unreadable)", file=sys.stderr)
+    logging.info("classified %d images, skipped %d (head %s)", len(predictions), len(skipped), head)
+    if FLAGS.output_json:
+        report = predictions_json(
+            predictions,
+            skipped,
+            names,
+            checkpoint=info.path,
+            head=head,
+            topk=FLAGS.topk,
+            transform=FLAGS.transform,
+            image_size=FLAGS.image_size,
+        )
+        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output_json)), exist_ok=True)
+        with open(FLAGS.output_json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+            f.write("\n")
+    if not predictions:
+        sys.exit(f"image_classification.py: error: none of the {len(paths)} images could be read")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
