@@ -1,0 +1,104 @@
+"""Every command line in README.md names a script that exists and only flags that script defines.
+
+The train.py / finetune.py lines are also run with --dry_run (without horovodrun), so their flag values
+must parse and resolve too. The Quickstart has exactly two commands.
+"""
+
+import functools
+import json
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+README = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def _code_lines(text: str) -> list[str]:
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                lines.extend(part.strip() for part in line.split("&&"))
+    return lines
+
+
+def _python_commands(lines: list[str]) -> list[tuple[str, list[str]]]:
+    """(script, args) of every `python script.py ...` (also after horovodrun or .venv/bin/python)."""
+    commands = []
+    for line in lines:
+        tokens = shlex.split(line)
+        for i, token in enumerate(tokens):
+            if token.endswith(".py") and i > 0 and tokens[i - 1].endswith("python"):
+                commands.append((token, tokens[i + 1 :]))
+                break
+    return commands
+
+
+COMMANDS = _python_commands(_code_lines(README))
+
+
+@functools.cache
+def defined_flags(script: str) -> frozenset[str]:
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / script), "--helpfull"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    names = re.findall(r"^\s+--(?:\[no\])?([A-Za-z0-9_]+)", proc.stdout, flags=re.M)
+    assert names, f"{script} --helpfull printed no flags:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    return frozenset(names)
+
+
+def _flag_names(args: list[str]) -> list[str]:
+    return [a[2:].split("=", 1)[0] for a in args if a.startswith("--")]
+
+
+def test_readme_has_the_user_commands():
+    scripts = [s for s, _ in COMMANDS]
+    for script in ("train.py", "finetune.py", "evaluate.py"):
+        assert script in scripts
+    assert any(line.startswith("horovodrun -np 128 python train.py") for line in _code_lines(README))
+    assert any(a[:2] == ["--ckpt", "ckpt3"] for s, a in COMMANDS if s == "finetune.py")
+    assert any(a[:2] == ["--topk", "5,10"] for s, a in COMMANDS if s == "evaluate.py")
+
+
+def test_quickstart_has_exactly_two_commands():
+    quickstart = README.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    assert len(_code_lines(quickstart)) == 3  # the first command is install && demo
+    blocks = re.findall(r"```bash\n(.*?)```", quickstart, flags=re.S)
+    assert len(blocks) == 1 and len([x for x in blocks[0].splitlines() if x.strip()]) == 2
+    assert "DEMO_" not in README, "the demo's figures are not filled in"
+
+
+@pytest.mark.parametrize(("script", "args"), COMMANDS, ids=[f"{s} {' '.join(a)[:60]}" for s, a in COMMANDS])
+def test_every_flag_exists(script, args):
+    assert (REPO_ROOT / script).is_file(), script
+    known = defined_flags(script)
+    for name in _flag_names(args):
+        bare = name[2:] if name.startswith("no") and name[2:] in known else name
+        assert bare in known, f"{script} has no flag --{name}"
+
+
+DRY_RUNNABLE = [(s, a) for s, a in COMMANDS if s in ("train.py", "finetune.py")]
+
+
+@pytest.mark.parametrize(("script", "args"), DRY_RUNNABLE, ids=[" ".join(a)[:60] for _, a in DRY_RUNNABLE])
+def test_training_commands_resolve_with_dry_run(script, args):
+    args = [a for a in args if a != "--dry_run"]
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / script), *args, "--dry_run"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert isinstance(json.loads(proc.stdout), dict)
