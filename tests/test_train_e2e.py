@@ -141,8 +141,9 @@ def _kill_and_resume(repo_root, script, args, model_dir, *, kill_after_step):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    latest = tf.train.latest_checkpoint(str(model_dir))
-    assert latest is not None and not latest.endswith(f"ckpt-{args_steps(args)}"), "killed too late"
+    # Killed at any point after ckpt-N's data appeared (possibly before its index was renamed into place),
+    # but before the end.
+    assert not (model_dir / f"ckpt-{args_steps(args)}.index").exists(), "killed too late"
     _run(repo_root, script, *args)
 
 
@@ -152,12 +153,14 @@ def args_steps(args):
 
 @pytest.mark.slow
 def test_kill9_resume_equals_an_uninterrupted_run(repo_root, tmp_path, multilabel_data):
-    common = ["--train_steps=120", "--checkpoint_every=20", "--log_every=20"]
+    common = ["--train_steps=120", "--checkpoint_every=20", "--log_every=20", "--deterministic"]
     _run(repo_root, "train.py", *_train_args(multilabel_data, tmp_path / "straight", *common))
     args = _train_args(multilabel_data, tmp_path / "killed", *common)
     _kill_and_resume(repo_root, "train.py", args, tmp_path / "killed", kill_after_step=20)
     straight, resumed = _state(tmp_path / "straight" / "ckpt-120"), _state(tmp_path / "killed" / "ckpt-120")
-    assert any("pos_count" in n for n in straight) and any("momentum" in n for n in straight)
+    assert any("pos_count" in n for n in straight) and any(
+        n.startswith("optimizer/_variables/") for n in straight
+    )
     _assert_same_state(straight, resumed)
 
 
@@ -169,6 +172,7 @@ def test_ckpt3_kill9_resume_across_the_size_switch(repo_root, tmp_path, single_l
         "--image_sizes=32,40@60",
         "--train_steps=100",
         "--checkpoint_every=20",
+        "--deterministic",
         "--init_checkpoint=",
         "--noscale_schedule",
         *TINY,
@@ -250,3 +254,45 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, multilabel_
             value = reader.get_tensor(name)
             if np.issubdtype(np.asarray(value).dtype, np.floating):
                 assert np.all(np.isfinite(value)), name
+
+
+def test_finetune_py_on_imagenet_through_tfds(repo_root, tmp_path):
+    """finetune.py --tfds_name=imagenet2012 inside `tfds.testing.mock_data` (offline random JPEGs): the mock
+    lives in one process, so the real script runs in it through runpy."""
+    pytest.importorskip("tensorflow_datasets")
+    launcher = (
+        "import runpy, sys\n"
+        "import tensorflow_datasets as tfds\n"
+        "with tfds.testing.mock_data(num_examples=24):\n"
+        "    sys.argv = ['finetune.py', *sys.argv[1:]]\n"
+        "    runpy.run_path('finetune.py', run_name='__main__')\n"
+    )
+    model_dir = tmp_path / "ft"
+    args = [
+        "--ckpt=ckpt2",
+        "--tfds_name=imagenet2012",
+        "--init_checkpoint=",
+        "--train_steps=2",
+        "--eval_every=2",
+        "--eval_steps=1",
+        "--image_sizes=32",
+        "--noscale_schedule",
+        f"--model_dir={model_dir}",
+        *TINY,
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", launcher, *args],
+        cwd=repo_root,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["data"]["tfds_name"] == "imagenet2012" and config["model"]["num_classes"] == 1000
+    lines = [json.loads(x) for x in (model_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if x["kind"] == "train"] == [1, 2]
+    assert 0.0 <= next(x for x in lines if x["kind"] == "eval")["top5"] <= 1.0
+    # The mock's Python generator cannot be serialized: the run says so and goes on.
+    assert "input position cannot be saved" in proc.stderr

@@ -32,17 +32,30 @@ def input_checkpoint_prefix(model_dir: str, rank: int) -> str:
     return os.path.join(model_dir, "input", f"rank-{rank}", "ckpt")
 
 
-def save_input_position(iterator, *, model_dir: str, rank: int, step: int, keep: int) -> None:
-    """Writes this rank's iterator state for `step` and removes all but the newest `keep`."""
+def save_input_position(iterator, *, model_dir: str, rank: int, step: int, keep: int) -> bool:
+    """Writes this rank's iterator state for `step` and removes all but the newest `keep`.
+
+    Returns False (with a warning) for a pipeline that tf.data cannot serialize (one fed by a Python
+    generator, such as TFDS's mock data): the run goes on, and a resume restarts that rank's input.
+    """
     directory = os.path.dirname(input_checkpoint_prefix(model_dir, rank))
     tf.io.gfile.makedirs(directory)
-    tf.train.Checkpoint(iterator=iterator).write(os.path.join(directory, f"ckpt-{step}"))
+    try:
+        tf.train.Checkpoint(iterator=iterator).write(os.path.join(directory, f"ckpt-{step}"))
+    except tf.errors.FailedPreconditionError as e:
+        logging.warning(
+            "rank %d: the input position cannot be saved (%s); a resume restarts the input",
+            rank,
+            e.message.splitlines()[-1][:200],
+        )
+        return False
     steps = sorted(
         int(m.group(1)) for f in tf.io.gfile.listdir(directory) if (m := re.match(r"ckpt-(\d+)\.index$", f))
     )
     for old in steps[:-keep]:
         for f in tf.io.gfile.glob(os.path.join(directory, f"ckpt-{old}.*")):
             tf.io.gfile.remove(f)
+    return True
 
 
 def restore_input_position(iterator, *, model_dir: str, rank: int, step: int) -> bool:

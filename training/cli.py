@@ -109,6 +109,12 @@ def define_flags(*, default_recipe: str, recipe_names: list[str], finetune: bool
     )
     f.DEFINE_enum("precision", None, sorted(config_lib.PRECISIONS), "fp32, bf16 or fp16 (loss scaling).")
     f.DEFINE_bool("xla", None, "XLA-compile the forward/backward (default: the recipe's, off).")
+    f.DEFINE_bool(
+        "deterministic",
+        None,
+        "Deterministic TensorFlow ops: a rerun, or a resume after kill -9, reproduces the run bit for bit "
+        "on CPU (costs speed on GPU). Default: the recipe's, off.",
+    )
     f.DEFINE_integer("seed", None, "Seed of the initialisation, input order and augmentation.")
     f.DEFINE_integer(
         "shuffle_buffer", None, "Per-rank shuffle buffer of records (part of the input position)."
@@ -144,6 +150,7 @@ _DATA_FIELDS = (
 )
 _RUN_FIELDS = (
     "model_dir",
+    "deterministic",
     "per_rank_batch",
     "accum_steps",
     "precision",

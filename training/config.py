@@ -20,6 +20,7 @@ class ModelConfig:
     depth: int = 101
     base_width: int = 64
     num_classes: int = 11166
+    bn_momentum: float = 0.997  # the reference's BatchNorm decay
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +64,7 @@ class TrainConfig:
     skip_head: bool = False
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 with dynamic loss scaling)
     xla: bool = False
+    deterministic: bool = False  # TF op determinism: bit-exact reruns on CPU (slower on GPU)
     accum_steps: int = 1  # micro-batches per step: k ranks' worth of batches on one (training/train_step.py)
     seed: int = 0
     log_every: int = 100

@@ -80,7 +80,8 @@ def make_metrics(
     """
     if task not in (MULTILABEL, SINGLE_LABEL):
         raise EvaluationInputError(f"unknown task {task!r}; expected {MULTILABEL!r} or {SINGLE_LABEL!r}")
-    ks = settings.topk if task == MULTILABEL else SINGLE_LABEL_KS
+    # Single-label top-k with k >= the number of classes is 1 by definition: such k are left out.
+    ks = settings.topk if task == MULTILABEL else tuple(k for k in SINGLE_LABEL_KS if k < num_classes) or (1,)
     too_large = [k for k in ks if k > num_classes]
     if too_large:
         raise EvaluationInputError(
@@ -268,7 +269,7 @@ def format_table(report: Mapping[str, Any]) -> str:
         names = [f"top{k}" for k in SINGLE_LABEL_KS]
         lines.append(f"{'results':<12}" + "".join(f"{name + ' %':>10}" for name in names))
         for key, result in report["results"].items():
-            lines.append(f"{key:<12}" + "".join(f"{_percent(result[name]):>10}" for name in names))
+            lines.append(f"{key:<12}" + "".join(f"{_percent(result.get(name)):>10}" for name in names))
     return "\n".join(lines)
 
 

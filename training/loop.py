@@ -81,8 +81,14 @@ def _sources(config: TrainConfig) -> tuple[input_pipeline.Source, input_pipeline
 
 def _build(config: TrainConfig, dist: distributed.Distributed) -> _Run:
     train_step.set_precision(config.precision)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()  # bit-exact reruns (and resumes) on CPU
+    keras.utils.set_random_seed(config.seed)  # the initial weights (rank 0's are broadcast)
     model = resnet.build_resnet(
-        config.model.depth, config.model.num_classes, base_width=config.model.base_width
+        config.model.depth,
+        config.model.num_classes,
+        base_width=config.model.base_width,
+        bn_momentum=config.model.bn_momentum,
     )
     optimizer = train_step.make_optimizer(momentum=config.momentum, precision=config.precision)
     loss = None

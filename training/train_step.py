@@ -172,8 +172,10 @@ class TrainStep:
         self.bn_statistics = batch_norm_statistics(model)
         self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         optimizer.build(self.train_variables)  # slots exist before a restore or a broadcast
-        self._compiled_gradients = tf.function(self._gradients, jit_compile=xla, reduce_retracing=True)
-        self._compiled_step = tf.function(self._step, reduce_retracing=True)
+        # One trace per batch shape (one per image-size phase): a resumed run builds exactly the graph of
+        # an uninterrupted one (a shape-relaxed retrace would differ in the last bits).
+        self._compiled_gradients = tf.function(self._gradients, jit_compile=xla)
+        self._compiled_step = tf.function(self._step)
 
     # ------------------------------------------------------------------------------------------- pieces
 
