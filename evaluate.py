@@ -82,9 +82,10 @@ def define_flags() -> None:
     flags.DEFINE_enum(
         "transform",
         "reference",
-        ["reference", "demo"],
+        ["reference", "demo", "full"],
         "Evaluation pre-processing: `reference` = the release's eval transform (central 80% crop, bilinear "
-        "resize to S); `demo` = its demo scripts' (shorter side to 256/224 x S, centre crop S).",
+        "resize to S); `demo` = its demo scripts' (shorter side to 256/224 x S, centre crop S); `full` = the "
+        "whole image resized to S (what the built-in demo recipe evaluates with).",
     )
     flags.DEFINE_integer("batch_size", 64, "Images per batch (per rank).")
     flags.DEFINE_integer(

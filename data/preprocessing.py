@@ -31,13 +31,14 @@ Evaluation (`eval_transform`) is the release's `eval_image`: central crop of 80 
 (`image_classification.py`) uses another transform, `demo_transform`: shorter side to 256 with OpenCV's
 bilinear resize into uint8, then a centre crop of 224.
 
-Speed: for JPEG bytes the crop window is computed from the header (`extract_jpeg_shape`) and only that window
-(plus a one-MCU margin, which makes it pixel-identical to decoding everything and slicing) is decoded with
-`decode_and_crop_jpeg`; other formats (PNG, GIF, BMP) fall back to a full decode. The choice is made in the
-graph from the magic bytes. The whole file is still entropy-decoded, so the saving grows as the crop shrinks:
-on one CPU core it cut the fine-tuning transform (crops down to 5 % of the area) by about 10-20 % per image
-and made no measurable difference to the pre-training one (crops of at least 70 %); the colour ops, not the
-decode, dominate a 224 x 224 training transform.
+Speed (docs/BENCHMARKS.md has the figures): the training transform runs in two stages, `train_crop` per
+image and `train_augment` per batch (one XLA computation for the colour distortion of the whole batch), which
+the input pipeline separates by its batching; `train_transform` is the two stages on a batch of one. Pixels
+only move or are interpolated by the same ops as the release's; the colour ops are the composition of the
+tf.image kernels' formulas (equal to float rounding, ~1e-6), and the uint8 crop is resized before it is
+scaled to [0, 1] (the resize is linear). For fine-tuning crops (area down to 5 %) only the crop window of a
+JPEG is decoded (`decode_and_crop_jpeg` plus a one-MCU margin, pixel-identical to decoding everything and
+slicing); for the large pre-training crops a full decode and a slice are cheaper.
 """
 
 from __future__ import annotations
@@ -71,6 +72,10 @@ BRANCH_NONE: Final = 2
 
 # Pixels decoded around a JPEG crop window: one MCU of the common 4:2:0 layout (16 x 16).
 _JPEG_CROP_MARGIN: Final = 16
+# `train_crop` decodes only the crop window (fused decode-and-crop) when crops can be this small: for the
+# large crops of pre-training (area >= 0.7) a full decode and a slice are cheaper (the whole file is entropy
+# decoded either way, and the fused path parses the header twice); fine-tuning crops go down to 5 %.
+_FUSED_CROP_BELOW_AREA: Final = 0.5
 
 EVAL_CENTRAL_FRACTION: Final = 0.8
 DEMO_CROP_FRACTION: Final = 224.0 / 256.0
@@ -196,6 +201,19 @@ def _to_model_range(image: tf.Tensor, image_size: int) -> tf.Tensor:
 
 
 # -------------------------------------------------------------------------------------- train transform
+#
+# The transform runs in two stages so that the input pipeline can batch between them:
+#
+# - `train_crop` (per image, inside `Dataset.map`): the draws, the decode, crop and resize, and the rotation
+#   (with the flip before it): the steps whose work depends on the image's size or only moves pixels;
+# - `train_augment` (per batch): the other flips, colour distortion, clip and scaling of the S x S crops as
+#   ONE XLA computation with per-image parameters, i.e. a few fused loops over the batch instead of a dozen
+#   kernel passes (each a full read and write of the image) per image.
+#
+# `train_transform(x)` is `train_augment` of a batch of one `train_crop(x)`, so both paths give the same
+# pixels. Against the release's op-by-op chain (tests/test_preprocessing.py checks each branch against the
+# tf.image ops and the rotation op) the colours agree to float rounding (~1e-6) and the rotation picks the
+# same pixels.
 
 
 def _crop_window(
@@ -236,8 +254,8 @@ def _rotation_offsets(height, width, angle: tf.Tensor) -> tuple[tf.Tensor, tf.Te
 def _rotate(image: tf.Tensor, angle: tf.Tensor) -> tf.Tensor:
     """Counter-clockwise rotation about the centre, as `tf.contrib.image.rotate` (nearest, zero fill).
 
-    This is the reference op (`ImageProjectiveTransformV3`); `train_transform` uses the pixel-identical
-    gather of `_rotation_source_index`, which XLA can fuse, and the tests check one against the other.
+    `ImageProjectiveTransformV3`, the op behind `tf.contrib.image.rotate`. The offsets come from
+    `_rotation_offsets`, so eager and graph mode pick the same source pixels.
     """
     shape = tf.shape(image)
     cos, sin, neg_x_offset, neg_y_offset = _rotation_offsets(
@@ -255,129 +273,141 @@ def _rotate(image: tf.Tensor, angle: tf.Tensor) -> tf.Tensor:
     return tf.ensure_shape(rotated, image.shape)
 
 
-def _round_half_away_from_zero(x: tf.Tensor) -> tf.Tensor:
-    """int32 `std::round(x)` (tf.round rounds half to even); exact: x - trunc(x) has no rounding error."""
-    truncated = tf.cast(x, tf.int32)
-    fraction = x - tf.cast(truncated, tf.float32)
-    return truncated + tf.cast(fraction >= 0.5, tf.int32) - tf.cast(fraction <= -0.5, tf.int32)
+# Colour distortion. The release applies tf.image's brightness, saturation, hue and contrast ops one after
+# the other; saturation is followed by hue in both of its orders, and each of the two is an RGB -> HSV ->
+# RGB round trip, so here they are ONE step in RGB: the value V and hue H of a pixel stay, the chroma
+# becomes min(k * (max - min), V) (= the new saturation clip(k S, 0, 1) times V) and the hue turns by
+# delta, which is the composition of the two kernels' formulas (compared with the tf.image ops:
+# ~1e-6, float rounding). The work is done on planes ([B, 3, S, S], channels first): XLA then emits
+# contiguous, vectorised loops, 2-3x faster than over interleaved RGB triples. The quirks of the
+# kernels are kept: a pixel whose channels are all <= 0 has saturation 0 (it becomes grey at its maximum),
+# values outside [0, 1] (after the brightness shift; nothing clips before the end) go through the same
+# formulas, and a hue that the AdjustSaturation kernel rounds up to exactly 1.0 (a red pixel whose green is
+# below its blue by less than 2^-25 of its chroma * 6) becomes grey at the new minimum (its `default:`).
 
 
-def _rotation_source_index(height: int, width: int, angle: tf.Tensor) -> tf.Tensor:
-    """int32[H, W]: the flat input pixel (y * W + x) that `_rotate` copies to each output pixel, H * W for
-    the zero fill.
+def _saturation_and_hue(planes: tf.Tensor, saturation_factor: tf.Tensor, hue_delta: tf.Tensor) -> tf.Tensor:
+    """`tf.image.adjust_hue(tf.image.adjust_saturation(image, k), delta)` on planes [..., 3, H, W].
 
-    The same float32 arithmetic as the kernel (`ProjectiveGenerator`: (a * x + b * y) + c, projection 1,
-    `std::round`, then the bounds check), so the gather equals the op pixel for pixel. Computed outside XLA
-    on purpose: XLA's CPU backend contracts a * x + b into fused multiply-adds, which would move a source
-    pixel whenever a coordinate falls within rounding error of a half.
+    `saturation_factor` and `hue_delta` broadcast against one plane (per-image values of a batch).
     """
-    cos, sin, neg_x_offset, neg_y_offset = _rotation_offsets(float(height), float(width), angle)
-    out_x = tf.range(width, dtype=tf.float32)[tf.newaxis, :]
-    out_y = tf.range(height, dtype=tf.float32)[:, tf.newaxis]
-    # The kernel's (a * x + b * y) + c with a = cos, b = -sin, c = x_offset: b * y is exactly -(sin * y).
-    in_x = _round_half_away_from_zero((cos * out_x - sin * out_y) - neg_x_offset)
-    in_y = _round_half_away_from_zero((sin * out_x + cos * out_y) - neg_y_offset)
-    inside = (in_x >= 0) & (in_x < width) & (in_y >= 0) & (in_y < height)
-    return tf.where(inside, in_y * width + in_x, height * width)
+    r, g, b = tf.unstack(planes, axis=-3)
+    v = tf.maximum(r, tf.maximum(g, b))
+    chroma = v - tf.minimum(r, tf.minimum(g, b))
+    inverse = 1.0 / chroma
+    red_max, green_max = tf.equal(r, v), tf.equal(g, v)
+    ratio = tf.where(red_max, (g - b) * inverse, tf.where(green_max, (b - r) * inverse, (r - g) * inverse))
+    # Hue in [0, 6): the kernel's sectors (red, green, blue maximum), 0 for greys.
+    hue = tf.where(chroma > 0, ratio + tf.where(red_max, 0.0, tf.where(green_max, 2.0, 4.0)), 0.0)
+    saturation_default_case = red_max & (ratio < 0) & (ratio >= -6.0 * 2.0**-25)
+    new_chroma = tf.where(v > 0, tf.minimum(saturation_factor * chroma, v), 0.0)
+    hue = hue + hue_delta * 6.0
+    hue = hue - 6.0 * tf.floor(hue * (1.0 / 6.0))  # the hue kernel's wrap into [0, 6)
+
+    def channel(offset: float) -> tf.Tensor:
+        # The HSV -> RGB hexcone: V - C * clip(min(k, 4 - k), 0, 1) with k = (offset + H) mod 6.
+        k = offset + hue
+        k = tf.where(k >= 6.0, k - 6.0, k)
+        value = v - new_chroma * tf.clip_by_value(tf.minimum(k, 4.0 - k), 0.0, 1.0)
+        return tf.where(saturation_default_case, v - new_chroma, value)
+
+    return tf.stack([channel(5.0), channel(3.0), channel(1.0)], axis=-3)
 
 
-# Colour distortion after the resize. The release applies tf.image's brightness, saturation, hue and contrast
-# ops one after the other; saturation is followed by hue in both of its orders, and each of the two is an
-# RGB -> HSV -> RGB round trip, so here they share ONE round trip (scale S, shift H), and each branch runs
-# as one XLA computation (a few fused loops over the S x S image instead of a dozen kernel passes). Against
-# the tf.image ops (tests/test_preprocessing.py checks both orders): max abs difference ~1e-6, float rounding.
-# The quirks of the kernels are kept: a pixel whose channels are all <= 0 has saturation 0 (it becomes grey
-# at its maximum), values outside [0, 1] (after the brightness shift; nothing clips before the end) go
-# through the same formulas, and a hue that rounds up to exactly 1.0 becomes grey at the new minimum (the
-# `default:` case of the AdjustSaturation kernel).
-
-
-def _saturation_and_hue(image: tf.Tensor, saturation_factor: tf.Tensor, hue_delta: tf.Tensor) -> tf.Tensor:
-    """`tf.image.adjust_hue(tf.image.adjust_saturation(image, saturation_factor), hue_delta)`, one trip."""
-    h, s, v = tf.unstack(tf.image.rgb_to_hsv(image), axis=-1)
-    saturation_default_case = tf.equal(h, 1.0)
-    s = tf.clip_by_value(s * saturation_factor, 0.0, 1.0)
-    h = h + hue_delta
-    h = h - tf.floor(h)  # the hue kernel's wrap into [0, 1) (it works in [0, 6))
-    rgb = tf.image.hsv_to_rgb(tf.stack([h, s, v], axis=-1))
-    return tf.where(saturation_default_case[..., tf.newaxis], (v - s * v)[..., tf.newaxis], rgb)
-
-
-def _adjust_contrast(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
-    """`tf.image.adjust_contrast`: mean + factor * (x - mean), the mean per channel over the image.
+def _adjust_contrast(planes: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+    """`tf.image.adjust_contrast` on planes [..., H, W]: mean + factor * (x - mean), the mean per plane.
 
     The kernel sums pairwise, which is nearly exact; a plain float32 reduction here drifts by up to 2e-5 on
     a 224 x 224 image, so rows are summed first and the row sums accumulated in float64.
     """
-    shape = tf.shape(image)
-    rows = tf.reduce_sum(image, axis=-2, keepdims=True)
-    total = tf.cast(tf.reduce_sum(tf.cast(rows, tf.float64), axis=-3, keepdims=True), tf.float32)
-    mean = total * (1.0 / tf.cast(shape[-3] * shape[-2], tf.float32))  # the kernel's `1.0f / image_size`
-    return mean + factor * (image - mean)
+    shape = tf.shape(planes)
+    rows = tf.reduce_sum(planes, axis=-1, keepdims=True)
+    total = tf.cast(tf.reduce_sum(tf.cast(rows, tf.float64), axis=-2, keepdims=True), tf.float32)
+    mean = total * (1.0 / tf.cast(shape[-2] * shape[-1], tf.float32))  # the kernel's `1.0f / image_size`
+    return mean + factor * (planes - mean)
 
 
-def _to_model_range_unclipped(image: tf.Tensor) -> tf.Tensor:
+@tf.function(jit_compile=True, reduce_retracing=True)
+def _augment_crops(crops: tf.Tensor, flip: tf.Tensor, branch: tf.Tensor, color: tf.Tensor) -> tf.Tensor:
+    """The XLA computation of `train_augment` (arguments: the fields of `train_crop`, batched)."""
+    image = crops * (1.0 / 255.0)  # `convert_image_dtype`: times the float32 reciprocal of 255
+    image = tf.where(flip[:, tf.newaxis, tf.newaxis, tf.newaxis], tf.reverse(image, axis=[2]), image)
+    planes = tf.transpose(image, [0, 3, 1, 2])
+    per_image = lambda x: x[:, tf.newaxis, tf.newaxis, tf.newaxis]  # noqa: E731
+    brightness, saturation, hue, contrast = (per_image(color[:, i]) for i in range(4))
+    # Order 0: brightness, saturation, hue, contrast; order 1: brightness, contrast, saturation, hue.
+    order_0 = per_image(tf.equal(branch, BRANCH_ROTATE_COLOR_ORDER_0))
+    order_1 = per_image(tf.equal(branch, BRANCH_COLOR_ORDER_1))
+    x = planes + brightness
+    x = tf.where(order_1, _adjust_contrast(x, contrast), x)
+    x = _saturation_and_hue(x, saturation[:, 0], hue[:, 0])
+    x = tf.where(order_0, _adjust_contrast(x, contrast), x)
+    x = tf.where(per_image(tf.equal(branch, BRANCH_NONE)), planes, x)
     # The random colour ops do not clamp; the release clips once at the end.
-    return (tf.clip_by_value(image, 0.0, 1.0) - 0.5) * 2.0
+    return tf.transpose((tf.clip_by_value(x, 0.0, 1.0) - 0.5) * 2.0, [0, 2, 3, 1])
 
 
-def _unit_and_flip(resized: tf.Tensor, flip: tf.Tensor) -> tf.Tensor:
-    image = resized * (1.0 / 255.0)  # `convert_image_dtype`: times the float32 reciprocal of 255
-    return tf.where(flip, tf.reverse(image, axis=[1]), image)
-
-
-@tf.function(jit_compile=True, reduce_retracing=True)
-def _rotate_and_color_order_0(
-    resized: tf.Tensor, flip: tf.Tensor, source_index: tf.Tensor, color: tf.Tensor
-) -> tf.Tensor:
-    """Branch 0 after the resize: flip, rotation (gather of `_rotation_source_index`), colour order 0."""
-    image = _unit_and_flip(resized, flip)
-    padded = tf.concat([tf.reshape(image, [-1, 3]), tf.zeros([1, 3])], axis=0)  # the zero fill
-    image = tf.reshape(tf.gather(padded, tf.reshape(source_index, [-1])), tf.shape(image))
-    brightness, saturation, hue, contrast = tf.unstack(color)
-    image = _saturation_and_hue(image + brightness, saturation, hue)
-    return _to_model_range_unclipped(_adjust_contrast(image, contrast))
-
-
-@tf.function(jit_compile=True, reduce_retracing=True)
-def _color_order_1(resized: tf.Tensor, flip: tf.Tensor, color: tf.Tensor) -> tf.Tensor:
-    """Branch 1 after the resize: flip, colour order 1 (brightness, contrast, saturation, hue)."""
-    image = _unit_and_flip(resized, flip)
-    brightness, saturation, hue, contrast = tf.unstack(color)
-    image = _adjust_contrast(image + brightness, contrast)
-    return _to_model_range_unclipped(_saturation_and_hue(image, saturation, hue))
-
-
-def _augment_resized(resized: tf.Tensor, decisions: Mapping[str, tf.Tensor], image_size: int) -> tf.Tensor:
-    """Everything after the resize (flip, the release's thread-id branch, clip, [-1, 1]).
+def train_crop(
+    image_bytes: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    image_size: int,
+    area_cover: float,
+    object_cover: float,
+    distort: bool = True,
+) -> dict[str, tf.Tensor]:
+    """The per-image stage of `train_transform`: the draws, crop, resize and rotation (with its flip).
 
     Args:
-      resized: float32[S, S, 3], the resized crop in [0, 255] (resizing the uint8 pixels and scaling after
-        equals scaling first: the resize is linear).
-      decisions: from `_augment_decisions`.
-      image_size: S.
+      image_bytes, seed, image_size, area_cover, object_cover: as in `train_transform`.
+      distort: False keeps only the crop and the flip (no rotation, no colour distortion), for data whose
+        labels ARE colours or positions, such as the built-in demo's; True is the reference.
 
     Returns:
-      float32[S, S, 3] in [-1, 1].
+      A dict of tensors that `Dataset.batch` stacks and `train_augment` consumes: `crop` (float32[S, S, 3]
+      in [0, 255], resized, and flipped and rotated when rotated: resizing the uint8 pixels and scaling
+      after equals scaling first, the resize being linear, and flips and nearest-neighbour rotations only
+      move pixels), `flip` (the flip still to do), `branch` and `color` (float32[4]: brightness delta,
+      saturation factor, hue delta, contrast factor).
     """
-    color = tf.stack(
-        [
-            decisions["brightness_delta"],
-            decisions["saturation_factor"],
-            decisions["hue_delta"],
-            decisions["contrast_factor"],
-        ]
-    )
-    flip = decisions["flip"]
-    branches = {
-        BRANCH_ROTATE_COLOR_ORDER_0: lambda: _rotate_and_color_order_0(
-            resized, flip, _rotation_source_index(image_size, image_size, decisions["angle"]), color
-        ),
-        BRANCH_COLOR_ORDER_1: lambda: _color_order_1(resized, flip, color),
-        BRANCH_NONE: lambda: _to_model_range_unclipped(_unit_and_flip(resized, flip)),
+    image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
+    decisions = _augment_decisions(seed)
+    if not distort:
+        decisions |= {"branch": tf.constant(BRANCH_NONE, tf.int32), "rotate": tf.constant(False)}
+
+    def window(shape: tf.Tensor) -> tf.Tensor:
+        return _crop_window(shape, decisions["crop_seed"], area_cover=area_cover, object_cover=object_cover)
+
+    if area_cover < _FUSED_CROP_BELOW_AREA:
+        image = _decode_cropped(image_bytes, window)
+    else:
+        image = _decode_full(image_bytes)
+        box = window(tf.shape(image, out_type=tf.int32))
+        image = tf.slice(image, [box[0], box[1], 0], [box[2], box[3], 3])
+    image = _resize_tf1_bilinear(image, image_size)  # uint8 in, float32 in [0, 255] out
+
+    def flip_and_rotate() -> tf.Tensor:
+        flipped = tf.cond(decisions["flip"], lambda: tf.reverse(image, axis=[1]), lambda: image)
+        return _rotate(flipped, decisions["angle"])
+
+    image = tf.cond(decisions["rotate"], flip_and_rotate, lambda: image)
+    color = [decisions[k] for k in ("brightness_delta", "saturation_factor", "hue_delta", "contrast_factor")]
+    return {
+        "crop": tf.ensure_shape(image, [image_size, image_size, 3]),
+        # The flip of the images that are not rotated is left to `train_augment` (free inside XLA).
+        "flip": decisions["flip"] & ~decisions["rotate"],
+        "branch": decisions["branch"],
+        "color": tf.stack(color),
     }
-    out = tf.switch_case(decisions["branch"], [branches[i] for i in range(NUM_BRANCHES)])
-    return tf.ensure_shape(out, [image_size, image_size, 3])
+
+
+def train_augment(crops: Mapping[str, tf.Tensor]) -> tf.Tensor:
+    """The batched stage of `train_transform`: a batch of `train_crop` outputs -> float32[B, S, S, 3].
+
+    The flip of the images that are not rotated, colour distortion (branches 0 and 1), clip to [0, 1] and
+    x <- (x - 0.5) * 2, each image with its own drawn parameters, compiled by XLA.
+    """
+    return _augment_crops(crops["crop"], crops["flip"], crops["branch"], crops["color"])
 
 
 def train_transform(
@@ -391,7 +421,8 @@ def train_transform(
     """The reference training augmentation of one encoded image, fully determined by `seed`.
 
     See the module docstring for the exact recipe and where it departs from the release's own docstrings
-    (rotation with probability 1/3, not 1/4; colour distortion 2/3, not 1/2).
+    (rotation with probability 1/3, not 1/4; colour distortion 2/3, not 1/2). The input pipeline runs the
+    same two stages with a batch in between (`train_crop`, `train_augment`).
 
     Args:
       image_bytes: Scalar string tensor, encoded JPEG (fast fused path), PNG, GIF or BMP.
@@ -403,16 +434,11 @@ def train_transform(
     Returns:
       float32[S, S, 3] in [-1, 1].
     """
-    image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
-    decisions = _augment_decisions(seed)
-    image = _decode_cropped(
-        image_bytes,
-        lambda shape: _crop_window(
-            shape, decisions["crop_seed"], area_cover=area_cover, object_cover=object_cover
-        ),
+    crops = train_crop(
+        image_bytes, seed, image_size=image_size, area_cover=area_cover, object_cover=object_cover
     )
-    resized = _resize_tf1_bilinear(image, image_size)  # uint8 in, float32 in [0, 255] out
-    return _augment_resized(resized, decisions, image_size)
+    image = train_augment({key: value[tf.newaxis] for key, value in crops.items()})[0]
+    return tf.ensure_shape(image, [image_size, image_size, 3])
 
 
 # --------------------------------------------------------------------------------- evaluation transforms
@@ -484,8 +510,13 @@ def demo_transform(
     return _to_model_range(crop, image_size)
 
 
+def full_transform(image_bytes: tf.Tensor, *, image_size: int) -> tf.Tensor:
+    """The whole image resized to S x S (no central crop), for data whose labels reach the borders."""
+    return eval_transform(image_bytes, image_size=image_size, central_fraction=1.0)
+
+
 TRANSFORMS: Final[Mapping[str, EvalTransform]] = types.MappingProxyType(
-    {"reference": eval_transform, "demo": demo_transform}
+    {"reference": eval_transform, "demo": demo_transform, "full": full_transform}
 )
 
 

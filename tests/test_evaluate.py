@@ -168,7 +168,6 @@ def test_apply_sigmoid_evaluates_logits(tmp_path, multilabel_npz):
         ({"scores": np.zeros(3), "labels": np.zeros(3, np.int64)}, "must be \\[N, C\\]"),
         ({"scores": np.zeros((3, 6)), "labels": np.array([0, 1, 6])}, r"class indices in \[0, 6\)"),
         ({"scores": np.zeros((3, 2)), "labels": np.zeros((3, 2))}, "k=\\[3\\]"),
-        ({"scores": np.zeros((3, 4)), "labels": np.zeros(3, np.int64)}, "top-1 and top-5"),
         ({"scores": np.full((3, 6), np.nan), "labels": np.zeros(3, np.int64)}, "NaN"),
         ({"scores": np.zeros((3, 6)), "labels": np.zeros(3, np.int64), "image_size": np.array([224])}, "0-d"),
     ],
@@ -639,3 +638,13 @@ def test_two_horovod_ranks_match_one_process(cli_report, multilabel_setup, repo_
     assert_result_matches(hvd_report["results"]["32"], report["results"]["32"])
     rows = [evaluation.PredictionsFile.open(str(root / f"hvd.rank{r}.npz")).num_images for r in (0, 1)]
     assert sum(rows) == 10 and min(rows) > 0  # each rank saved its own shard
+
+
+def test_single_label_with_fewer_than_5_classes_reports_top1_only(tmp_path):
+    """top-5 of 4 classes is 1 by definition: it is left out rather than failing the evaluation."""
+    scores = np.array([[0.1, 0.7, 0.1, 0.1], [0.6, 0.2, 0.1, 0.1], [0.1, 0.1, 0.1, 0.7]], np.float32)
+    np.savez(tmp_path / "four.npz", scores=scores, labels=np.array([1, 2, 3]))
+    report = evaluation.evaluate_predictions(str(tmp_path / "four.npz"), SETTINGS, show_progress=False)
+    result = report["results"][evaluation.PREDICTIONS_KEY]
+    assert result["top1"] == pytest.approx(2 / 3) and "top5" not in result
+    assert "n/a" in evaluation.format_table(report)

@@ -54,8 +54,8 @@ def test_ckpt5_warmup_cosine():
 
 def test_demo_schedule_is_the_reference_shape_compressed():
     s = recipes.DEMO.schedule
-    assert (s.warmup_every, s.warmup_steps, s.boundaries) == (12, 96, (300, 600, 900, 1200))
-    _check(s, [(0, 0.01), (12, 0.01297), (95, 0.01 * 1.297**7), (96, 0.08), (300, 0.08), (301, 0.008)])
+    assert (s.warmup_every, s.warmup_steps, s.boundaries) == (30, 240, (750, 1500, 2250, 3000))
+    _check(s, [(0, 0.01), (30, 0.01297), (239, 0.01 * 1.297**7), (240, 0.08), (750, 0.08), (751, 0.008)])
 
 
 @pytest.mark.parametrize(

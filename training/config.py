@@ -36,6 +36,8 @@ class DataConfig:
     shuffle_buffer: int = 1024  # per rank; its contents are part of the saved input position
     area_cover: float = 0.7  # lower bound of the crop's area fraction
     object_cover: float = 0.7  # min_object_covered of the sampled crop
+    distort: bool = True  # the reference's rotation and colour distortion (False: crop and flip only)
+    eval_transform: str = "reference"  # data/preprocessing.py TRANSFORMS: reference (80 % centre), full, demo
 
 
 @dataclasses.dataclass(frozen=True)

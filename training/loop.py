@@ -196,6 +196,7 @@ def evaluate(run: _Run, step: int) -> dict[str, float]:
         image_size=size,
         num_shards=run.dist.size,
         shard_index=run.dist.rank,
+        transform=config.data.eval_transform,
         max_batches=config.eval_steps,
     )
     task = evaluation.SINGLE_LABEL if run.eval_source.single_label else evaluation.MULTILABEL
@@ -228,6 +229,7 @@ def _phase_dataset(run: _Run, phase: int) -> tf.data.Dataset:
         area_cover=config.data.area_cover,
         object_cover=config.data.object_cover,
         shuffle_buffer=config.data.shuffle_buffer,
+        distort=config.data.distort,
     )
 
 
