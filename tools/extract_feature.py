@@ -42,7 +42,7 @@ from absl import app, flags, logging
 
 from data import preprocessing
 from models import resnet
-from training import evaluation
+from training import cli, evaluation
 
 CROPS = ("center", "ten_crop")
 FORMATS = ("npz", "npy", "txt")
@@ -159,17 +159,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    flags.DEFINE_string(
-        "checkpoint",
-        None,
-        "Model: a run directory or checkpoint prefix, ours or a released TF1 checkpoint (depth, width and "
-        "head size are read from it).",
-    )
-    flags.DEFINE_integer("depth", None, "Expected ResNet depth; default: what the checkpoint holds.")
-    flags.DEFINE_string(
-        "image_list", None, "A file listing images, one per line (first field), in addition to the arguments."
-    )
-    flags.DEFINE_string("image_root", "", "Folder that relative names in --image_list are relative to.")
+    cli.define_inference_flags()
     flags.DEFINE_string("output", None, "Where the features go (see --format).")
     flags.DEFINE_enum(
         "format",

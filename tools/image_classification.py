@@ -39,7 +39,7 @@ from absl import app, flags, logging
 
 from data import hierarchy as hierarchy_lib
 from data import preprocessing
-from training import evaluation
+from training import cli, evaluation
 
 HEADS = ("auto", "sigmoid", "softmax")
 IMAGENET_CLASSES = 1000
@@ -191,17 +191,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    flags.DEFINE_string(
-        "checkpoint",
-        None,
-        "Model: a run directory or checkpoint prefix, ours or a released TF1 checkpoint (depth, width and "
-        "head size are read from it).",
-    )
-    flags.DEFINE_integer("depth", None, "Expected ResNet depth; default: what the checkpoint holds.")
-    flags.DEFINE_string(
-        "image_list", None, "A file listing images, one per line (first field), in addition to the arguments."
-    )
-    flags.DEFINE_string("image_root", "", "Folder that relative names in --image_list are relative to.")
+    cli.define_inference_flags()
     flags.DEFINE_string(
         "imagenet_dictionary", None, "Class names: the release's imagenet2012_dictionary.txt (1000 classes)."
     )

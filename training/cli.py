@@ -138,6 +138,21 @@ def define_flags(*, default_recipe: str, recipe_names: list[str], finetune: bool
     )
 
 
+def define_inference_flags() -> None:
+    """The model and image-list flags of tools/image_classification.py and tools/extract_feature.py."""
+    flags.DEFINE_string(
+        "checkpoint",
+        None,
+        "Model: a run directory or checkpoint prefix, ours or a released TF1 checkpoint (depth, width and "
+        "head size are read from it).",
+    )
+    flags.DEFINE_integer("depth", None, "Expected ResNet depth; default: what the checkpoint holds.")
+    flags.DEFINE_string(
+        "image_list", None, "A file listing images, one per line (first field), in addition to the arguments."
+    )
+    flags.DEFINE_string("image_root", "", "Folder that relative names in --image_list are relative to.")
+
+
 _MODEL_FIELDS = ("depth", "base_width", "num_classes")
 _DATA_FIELDS = (
     "data_dir",

@@ -1,0 +1,292 @@
+"""Tests of tools/benchmark.py: every subcommand runs at toy sizes and prints parseable JSON lines with the
+expected keys (no timing assertions), and the speed work behind the `pipeline` figures keeps the outputs:
+the fused colour ops equal the tf.image kernels at full size, and the two-stage batched pipeline equals the
+per-image transform and still resumes exactly."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests import hvd
+
+BENCHMARK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "benchmark.py")
+TINY_IMAGES = ["--num_images=8", "--image_width=64", "--image_height=48", "--num_classes=50", "--tags=3"]
+TINY_MODEL = ["--depth=14", "--base_width=8", "--num_classes=10", "--image_size=32", "--batch_size=2"]
+
+
+def _run(*args: str, timeout: int = 600) -> list[dict]:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, BENCHMARK, *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return _json_lines(proc.stdout)
+
+
+def _json_lines(text: str) -> list[dict]:
+    """The JSON lines of an output (horovodrun prefixes each line with its rank, e.g. `[0]<stdout>:`)."""
+    lines = [line[line.index("{") :] for line in text.splitlines() if "{" in line]
+    return [json.loads(line) for line in lines]
+
+
+def _by_name(lines: list[dict]) -> dict[str, dict]:
+    return {line["benchmark"]: line for line in lines}
+
+
+def _check_machine(lines: list[dict], name: str) -> None:
+    machine = _by_name(lines)[f"{name}/machine"]
+    assert {"nproc", "cpu", "tensorflow", "python"} <= machine.keys()
+
+
+def test_usage_error_lists_the_subcommands():
+    proc = subprocess.run([sys.executable, BENCHMARK, "nope"], capture_output=True, text=True)
+    assert proc.returncode != 0
+    for name in ("writer", "pipeline", "step", "loss", "allreduce", "memory"):
+        assert name in proc.stderr
+
+
+def test_writer(tmp_path):
+    lines = _run(
+        "writer", *TINY_IMAGES, "--workers=1", "--shards=2", "--compare", f"--image_cache={tmp_path}"
+    )
+    _check_machine(lines, "writer")
+    named = _by_name(lines)
+    sizes = {
+        line["label_format"]: line["bytes"]
+        for line in lines
+        if line["benchmark"] == "writer/label_field_bytes"
+    }
+    assert sizes["dense"] >= 4 * 50 > sizes["sparse"]
+    for key in ("ours_dense_w1_full_cold", "ours_sparse_w1_fast_warm", "naive_tf_decode_dense"):
+        assert {"images_per_s", "input_mb_per_s", "seconds", "output_mb"} <= named[f"writer/{key}"].keys()
+    assert all(key.endswith("_vs_naive") for key in named["writer/speedup"] if key != "benchmark")
+
+
+def test_pipeline(tmp_path):
+    lines = _run(
+        "pipeline",
+        *TINY_IMAGES,
+        "--image_size=32",
+        "--batch_size=4",
+        "--steps=2",
+        "--warmup=1",
+        "--shards=2",
+        "--workers=1",
+        "--shuffle_buffer=8",
+        "--compare",
+        f"--image_cache={tmp_path}",
+    )
+    _check_machine(lines, "pipeline")
+    named = _by_name(lines)
+    for name in ("ours_sparse", "ours_dense", "original_dense", "decode_only"):
+        assert {"images_per_s", "cpu_ms_per_image", "images"} <= named[f"pipeline/{name}"].keys()
+        assert named[f"pipeline/{name}"]["images"] == 8
+    assert {"ours_vs_original", "ours_fraction_of_decode_only"} <= named["pipeline/speedup"].keys()
+
+
+def test_step():
+    lines = _run("step", *TINY_MODEL, "--steps=1", "--warmup=1")
+    _check_machine(lines, "step")
+    ours = _by_name(lines)["step/ours"]
+    assert ours["model"] == "resnet14" and ours["depth"] == 14 and ours["precision"] == "fp32"
+    assert {"images_per_s", "ms_per_step", "cpu_ms_per_step", "first_step_s", "params"} <= ours.keys()
+
+
+@pytest.mark.slow
+def test_step_compare_runs_the_keras_reference_in_the_same_step():
+    lines = _run("step", *TINY_MODEL, "--steps=1", "--warmup=1", "--compare", "--reference_model=resnet50v2")
+    named = _by_name(lines)
+    assert named["step/keras_reference"]["model"] == "resnet50v2"
+    assert named["step/ratio"]["ours_vs_keras_reference"] > 0
+
+
+def test_loss():
+    lines = _run("loss", *TINY_MODEL, "--num_classes=50", "--steps=1", "--warmup=1")
+    _check_machine(lines, "loss")
+    named = _by_name(lines)
+    for name in ("adaptive", "plain_sigmoid"):
+        assert named[f"loss/{name}"]["ms"] > 0 and named[f"loss/{name}"]["num_classes"] == 50
+    fraction = named["loss/fraction_of_step"]
+    assert fraction["step_ms"] > 0 and "measured" in fraction["step_source"]
+    assert {"adaptive_fraction", "extra_over_plain_fraction"} <= fraction.keys()
+    given = _by_name(_run("loss", "--num_classes=50", "--batch_size=2", "--steps=1", "--step_ms=100"))
+    assert given["loss/fraction_of_step"]["step_source"] == "--step_ms"
+
+
+@pytest.mark.slow
+@pytest.mark.horovod
+def test_allreduce_on_two_ranks():
+    proc = hvd.run_two_ranks(
+        [
+            BENCHMARK,
+            "allreduce",
+            "--depth=14",
+            "--base_width=8",
+            "--num_classes=10",
+            "--steps=2",
+            "--warmup=1",
+            "--step_ms=100",
+            "--allreduce_dtypes=float32,float16",
+        ]  # fmt: skip
+    )
+    lines = [line for line in _json_lines(proc.stdout) if line["benchmark"] == "allreduce/gradients"]
+    assert [line["dtype"] for line in lines] == ["float32", "float16"]  # printed by rank 0 only
+    for line in lines:
+        assert line["ranks"] == 2 and line["tensors"] > 0 and line["ms"] > 0
+        assert {"bus_gb_per_s", "algorithm_gb_per_s", "overhead_fraction"} <= line.keys()
+    assert lines[1]["mb"] < lines[0]["mb"]
+
+
+def test_allreduce_single_process_without_horovodrun():
+    lines = _run("allreduce", "--depth=14", "--base_width=8", "--num_classes=10", "--steps=1", "--warmup=0")
+    gradients = _by_name(lines)["allreduce/gradients"]
+    assert gradients["ranks"] == 1 and gradients["elements"] > 0 and "overhead_fraction" not in gradients
+
+
+def test_memory_list_tools(tmp_path):
+    lines = _run(
+        "memory",
+        "--memory_lines=30,300",
+        "--memory_tools=baseline,subset,dataset_stats",
+        f"--memory_dir={tmp_path}",
+    )
+    _check_machine(lines, "memory")
+    for tool in ("baseline", "subset", "dataset_stats"):
+        runs = [line for line in lines if line["benchmark"] == f"memory/{tool}"]
+        assert [run["num_lines"] for run in runs] == [30, 300]
+        for run in runs:
+            assert run["peak_rss_mb"] >= run["rss_after_imports_mb"] > 0
+    ratio = _by_name(lines)["memory/ratio"]
+    assert ratio["lines_ratio"] == 10 and set(ratio) >= {"subset", "dataset_stats"}
+
+
+@pytest.mark.slow
+def test_memory_writer_tools(tmp_path):
+    lines = _run(
+        "memory",
+        "--memory_lines=40",
+        "--memory_tools=writer_index,writer_missing_images",
+        f"--memory_dir={tmp_path}",
+    )
+    named = _by_name(lines)
+    assert named["memory/writer_index"]["lines_indexed"] == 40
+    assert named["memory/writer_missing_images"]["num_skipped"] == 40
+
+
+def test_synthetic_image_list_reads_back(tmp_path):
+    sys.path.insert(0, os.path.dirname(BENCHMARK))
+    import benchmark
+
+    from data import annotations
+
+    path = benchmark.synthetic_image_list(str(tmp_path / "list.txt"), num_lines=500, num_classes=100, tags=9)
+    entries = list(annotations.iter_entries(path, num_classes=100, on_error="fail"))
+    assert len(entries) == 500
+    tags = [len(entry.labels) for entry in entries]
+    assert min(tags) >= 1 and 8 < np.mean(tags) < 10
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The pipeline's speed-ups keep its outputs (data/preprocessing.py and training/input_pipeline.py).
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_fused_colour_ops_equal_the_tf_image_kernels_at_full_size():
+    tf = pytest.importorskip("tensorflow")
+    from data import preprocessing
+
+    rng = np.random.default_rng(0)
+    # In range, out of range (after a brightness shift nothing is clipped) and greys (ties, zero chroma).
+    images = np.concatenate(
+        [
+            rng.uniform(0.0, 1.0, (1, 224, 224, 3)),
+            rng.uniform(-0.2, 1.2, (1, 224, 224, 3)),
+            np.repeat(rng.integers(0, 4, (1, 224, 224, 1)) / 3, 3, axis=-1),
+        ]
+    ).astype(np.float32)
+    planes = tf.transpose(images, [0, 3, 1, 2])
+    for factor, delta in ((0.5, -0.2), (1.37, 0.13), (1.5, 0.2)):
+        fused = tf.function(preprocessing._saturation_and_hue, jit_compile=True)(planes, factor, delta)
+        for image, out in zip(images, tf.transpose(fused, [0, 2, 3, 1]).numpy(), strict=True):
+            expected = tf.image.adjust_hue(tf.image.adjust_saturation(image, factor), delta).numpy()
+            np.testing.assert_allclose(out, expected, atol=1e-5)
+        contrast = tf.function(preprocessing._adjust_contrast, jit_compile=True)(planes, factor)
+        for image, out in zip(images, tf.transpose(contrast, [0, 2, 3, 1]).numpy(), strict=True):
+            np.testing.assert_allclose(out, tf.image.adjust_contrast(image, factor).numpy(), atol=1e-6)
+
+
+@pytest.fixture
+def tiny_records(tmp_path):
+    pytest.importorskip("tensorflow")
+    from PIL import Image
+
+    from data import annotations, tfrecord
+
+    rng = np.random.default_rng(0)
+    entries = []
+    for i in range(24):
+        Image.fromarray(rng.integers(0, 256, (40 + i, 56, 3), dtype=np.uint8)).save(tmp_path / f"{i}.jpg")
+        entries.append(annotations.Entry(f"{i}.jpg", ((i % 7, 1.0), (7 + i % 5, 0.9)), i + 1))
+    annotations.write_entries(tmp_path / "list.txt", entries)
+    tfrecord.write_dataset(
+        image_list=str(tmp_path / "list.txt"),
+        image_root=str(tmp_path),
+        output_dir=str(tmp_path / "records"),
+        label_format="sparse",
+        num_classes=12,
+        shards=3,
+        progress=False,
+    )
+    return tmp_path / "records"
+
+
+def test_batched_pipeline_equals_the_per_image_transform_and_resumes_exactly(tiny_records, tmp_path):
+    import tensorflow as tf
+
+    from data import preprocessing
+    from training import input_pipeline
+
+    source = input_pipeline.tfrecord_source(str(tiny_records), "train", num_classes=12)
+
+    def make():
+        return input_pipeline.train_dataset(source, batch_size=4, image_size=32, seed=5, shuffle_buffer=8)
+
+    # The same records in the same order, transformed one by one in graph mode with the same seeds.
+    records = input_pipeline._records(source, num_shards=1, shard_index=0, training=True, seed=5)
+    records = records.shuffle(8, seed=5 + 7919, reshuffle_each_iteration=True)
+    stream = tf.constant([5, 0], tf.int64)
+    one_by_one = (
+        input_pipeline._parse_in_batches(records, source)
+        .enumerate()
+        .map(
+            lambda i, element: (
+                preprocessing.train_transform(
+                    element[0],
+                    tf.random.experimental.stateless_fold_in(stream, i),
+                    image_size=32,
+                    area_cover=0.7,
+                    object_cover=0.7,
+                ),
+                element[1],
+            )
+        )
+    )
+    expected = list(one_by_one.batch(4).take(3).as_numpy_iterator())
+    iterator = iter(make())
+    for want in expected:
+        images, labels = next(iterator)
+        np.testing.assert_allclose(images.numpy(), want[0], atol=1e-6)
+        np.testing.assert_array_equal(labels.numpy(), want[1])
+
+    path = tf.train.Checkpoint(iterator=iterator).save(str(tmp_path / "ckpt" / "it"))
+    after = [next(iterator) for _ in range(3)]
+    restored = iter(make())
+    tf.train.Checkpoint(iterator=restored).restore(path)
+    for want in after:
+        images, labels = next(restored)
+        np.testing.assert_array_equal(images.numpy(), want[0].numpy())
+        np.testing.assert_array_equal(labels.numpy(), want[1].numpy())
