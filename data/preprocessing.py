@@ -476,6 +476,28 @@ def eval_transform(
     return _to_model_range(image, image_size)
 
 
+def demo_resize(
+    image_bytes: tf.Tensor, *, image_size: int, resize_side: int | None = None
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """The resize of the release's demo scripts, before their crop(s): (float32[H', W', 3] in [0, 1], [H', W']).
+
+    The shorter side becomes `resize_side` (None: the release's 256 / 224 ratio to `image_size`), the long
+    side `int(long / short * resize_side)` (truncated); bilinear with half-pixel centres (`cv.resize`
+    INTER_LINEAR = TF2 `tf.image.resize` without antialiasing), rounded to uint8 values.
+    """
+    if resize_side is None:
+        resize_side = int(round(image_size / DEMO_CROP_FRACTION))
+    if resize_side < image_size:
+        raise ValueError(f"resize_side {resize_side} is smaller than image_size {image_size}")
+    image = _decode_full(tf.convert_to_tensor(image_bytes, tf.string))
+    hw = tf.cast(tf.shape(image)[:2], tf.float64)
+    short = tf.reduce_min(hw)
+    new_hw = tf.where(hw <= short, tf.constant(resize_side, tf.float64), hw / short * resize_side)
+    new_hw = tf.cast(new_hw, tf.int32)  # truncation, as int() in the release
+    resized = tf.image.resize(image, new_hw, method="bilinear", antialias=False)
+    return tf.clip_by_value(tf.round(resized), 0.0, 255.0) / 255.0, new_hw
+
+
 def demo_transform(
     image_bytes: tf.Tensor, *, image_size: int = 224, resize_side: int | None = None
 ) -> tf.Tensor:
@@ -494,17 +516,7 @@ def demo_transform(
     Returns:
       float32[S, S, 3] in [-1, 1].
     """
-    if resize_side is None:
-        resize_side = int(round(image_size / DEMO_CROP_FRACTION))
-    if resize_side < image_size:
-        raise ValueError(f"resize_side {resize_side} is smaller than image_size {image_size}")
-    image = _decode_full(tf.convert_to_tensor(image_bytes, tf.string))
-    hw = tf.cast(tf.shape(image)[:2], tf.float64)
-    short = tf.reduce_min(hw)
-    new_hw = tf.where(hw <= short, tf.constant(resize_side, tf.float64), hw / short * resize_side)
-    new_hw = tf.cast(new_hw, tf.int32)  # truncation, as int() in the release
-    resized = tf.image.resize(image, new_hw, method="bilinear", antialias=False)
-    resized = tf.clip_by_value(tf.round(resized), 0.0, 255.0) / 255.0
+    resized, new_hw = demo_resize(image_bytes, image_size=image_size, resize_side=resize_side)
     offset = (new_hw - image_size) // 2
     crop = tf.slice(resized, [offset[0], offset[1], 0], [image_size, image_size, 3])
     return _to_model_range(crop, image_size)

@@ -54,28 +54,14 @@ def ten_crop_transform(
 ) -> tf.Tensor:
     """The 10 crops of one encoded image: 4 corners and the centre, then the horizontal flip of each.
 
-    The resize is exactly `data.preprocessing.demo_transform`'s (shorter side to `resize_side`, by default
-    the release's 256 / 224 ratio, bilinear with half-pixel centres, rounded to uint8), so crop 4 (the
-    centre) equals `demo_transform`'s output; a test checks that.
+    The resize is `data.preprocessing.demo_resize`, the one `demo_transform` uses, so crop 4 (the centre)
+    equals `demo_transform`'s output; a test checks that.
 
     Returns:
       float32[10, S, S, 3] in [-1, 1], in the order top-left, top-right, bottom-left, bottom-right, centre,
       then the same five flipped left-right.
     """
-    if resize_side is None:
-        resize_side = int(round(image_size / preprocessing.DEMO_CROP_FRACTION))
-    if resize_side < image_size:
-        raise ValueError(f"resize_side {resize_side} is smaller than image_size {image_size}")
-    image = tf.io.decode_image(
-        tf.convert_to_tensor(image_bytes, tf.string), channels=3, expand_animations=False
-    )
-    hw = tf.cast(tf.shape(image)[:2], tf.float64)
-    new_hw = tf.where(
-        hw <= tf.reduce_min(hw), tf.constant(resize_side, tf.float64), hw / tf.reduce_min(hw) * resize_side
-    )
-    new_hw = tf.cast(new_hw, tf.int32)  # truncation, as the release's int()
-    resized = tf.image.resize(image, new_hw, method="bilinear", antialias=False)
-    resized = tf.clip_by_value(tf.round(resized), 0.0, 255.0) / 255.0
+    resized, new_hw = preprocessing.demo_resize(image_bytes, image_size=image_size, resize_side=resize_side)
     bottom, right = new_hw[0] - image_size, new_hw[1] - image_size
     offsets = [(0, 0), (0, right), (bottom, 0), (bottom, right), (bottom // 2, right // 2)]
     crops = tf.stack(
