@@ -275,6 +275,20 @@ def _folder_bytes(path: str, suffix: str) -> int:
     return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if f.endswith(suffix))
 
 
+def _benchmark_images() -> tuple[str, list[str]]:
+    """The flags' benchmark JPEGs (generated once into --image_cache): their list's path and file names."""
+    list_path = _ensure_images(
+        FLAGS.image_cache,
+        num_images=FLAGS.num_images,
+        width=FLAGS.image_width,
+        height=FLAGS.image_height,
+        num_classes=FLAGS.num_classes,
+        tags=FLAGS.tags,
+    )
+    with open(list_path, encoding="utf-8") as f:
+        return list_path, [line.split("\t", 1)[0] for line in f]
+
+
 def benchmark_writer() -> None:
     """Images/s and MB/s of our writer (cold and warm) and, with --compare, of the naive writer."""
     from data import tfrecord
@@ -290,16 +304,7 @@ def benchmark_writer() -> None:
         )
 
     started = time.perf_counter()
-    list_path = _ensure_images(
-        FLAGS.image_cache,
-        num_images=FLAGS.num_images,
-        width=FLAGS.image_width,
-        height=FLAGS.image_height,
-        num_classes=FLAGS.num_classes,
-        tags=FLAGS.tags,
-    )
-    with open(list_path, encoding="utf-8") as f:
-        names = [line.split("\t", 1)[0] for line in f]
+    list_path, names = _benchmark_images()
     input_bytes = sum(os.path.getsize(os.path.join(FLAGS.image_cache, n)) for n in names)
     emit(
         "writer/images",
@@ -522,16 +527,7 @@ def benchmark_pipeline() -> None:
     from training import input_pipeline
 
     emit_machine("pipeline")
-    list_path = _ensure_images(
-        FLAGS.image_cache,
-        num_images=FLAGS.num_images,
-        width=FLAGS.image_width,
-        height=FLAGS.image_height,
-        num_classes=FLAGS.num_classes,
-        tags=FLAGS.tags,
-    )
-    with open(list_path, encoding="utf-8") as f:
-        names = [line.split("\t", 1)[0] for line in f]
+    list_path, names = _benchmark_images()
     jpegs = []
     for name in names:
         with open(os.path.join(FLAGS.image_cache, name), "rb") as f:
