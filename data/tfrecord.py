@@ -21,7 +21,9 @@ How it stays correct on a 17.6M-image run:
 - Images never crash the run. A JPEG that Pillow fully decodes is kept byte for byte (no re-encode);
   PNG, GIF, BMP, WebP, TIFF, and CMYK or grayscale JPEGs are converted to RGB JPEG (``--jpeg_quality``,
   95 by default; the original converted PNGs at quality 100); truncated, corrupt, empty, missing and
-  non-image files are skipped and listed in the manifest with the reason (``--on_error=fail`` stops instead).
+  non-image files are skipped with the reason (``--on_error=fail`` stops instead): each shard's sidecar
+  lists all of its own, the manifest their count and the first ``MANIFEST_SKIPPED_EXAMPLES``, so memory and
+  the manifest stay bounded when millions of downloads failed.
 
 ``--tfds_metadata`` also writes ``dataset_info.json`` and ``features.json`` so that
 ``tfds.builder_from_directory(output_dir).as_dataset(split=prefix)`` reads the same files (TFDS is told
@@ -250,6 +252,16 @@ def _sidecar_path(shard_path: str) -> str:
     return shard_path.removesuffix(schema.RECORD_SUFFIX) + ".done.json"
 
 
+# The manifest lists the first skipped images as examples; every shard's sidecar lists all of its own. So the
+# writer's memory and the manifest stay bounded however many images of a 17.6M-line list fail.
+MANIFEST_SKIPPED_EXAMPLES = 1000
+
+
+def _compact(sidecar: dict) -> dict:
+    """`sidecar` without its skipped list (which stays in its file), with the count instead."""
+    return {**sidecar, "skipped": None, "num_skipped": len(sidecar["skipped"])}
+
+
 def _fsync_file(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -464,13 +476,13 @@ def _run_tasks(tasks: Sequence[_ShardTask], *, workers: int, total_lines: int, p
     started = time.monotonic()
 
     def log_shard(sidecar: dict) -> None:
-        results.append(sidecar)
+        results.append(_compact(sidecar))
         lines = sum(s["end_line"] - s["first_line"] + 1 for s in results)
         logging.info(
             "shard %s: %d records, %d skipped (%d/%d shards, %.0f lines/s)",
             sidecar["file"],
             sidecar["num_records"],
-            len(sidecar["skipped"]),
+            results[-1]["num_skipped"],
             len(results),
             len(tasks),
             lines / max(time.monotonic() - started, 1e-9),
@@ -513,13 +525,27 @@ def _task_manifest_filename(prefix: str, task_index: int, num_tasks: int) -> str
 
 
 def _build_manifest(
-    sidecars: Sequence[dict], *, header: dict, complete: bool, task_index: int, num_tasks: int
+    sidecars: Sequence[dict],
+    *,
+    output_dir: str,
+    header: dict,
+    complete: bool,
+    task_index: int,
+    num_tasks: int,
 ) -> dict:
+    """The manifest of `_compact` sidecars; the skipped examples are read from the sidecar files."""
     sidecars = sorted(sidecars, key=lambda s: s["index"])
     converted: collections.Counter[str] = collections.Counter()
     for sidecar in sidecars:
         converted.update(sidecar["converted"])
-    skipped = [item for sidecar in sidecars for item in sidecar["skipped"]]
+    num_skipped = sum(sidecar["num_skipped"] for sidecar in sidecars)
+    skipped: list[dict] = []
+    for sidecar in sidecars:
+        if len(skipped) >= MANIFEST_SKIPPED_EXAMPLES:
+            break
+        if sidecar["num_skipped"]:
+            with open(_sidecar_path(os.path.join(output_dir, sidecar["file"])), encoding="utf-8") as f:
+                skipped += json.load(f)["skipped"][: MANIFEST_SKIPPED_EXAMPLES - len(skipped)]
     return {
         "format_version": schema.MANIFEST_VERSION,
         "complete": complete,
@@ -527,13 +553,15 @@ def _build_manifest(
         "task_index": task_index,
         "num_tasks": num_tasks,
         "num_records": sum(s["num_records"] for s in sidecars),
-        "num_skipped": len(skipped),
+        "num_skipped": num_skipped,
         "converted": dict(sorted(converted.items())),
         "shards": [
             {key: s[key] for key in ("file", "index", "num_records", "bytes", "first_line", "end_line")}
             for s in sidecars
         ],
+        # The first MANIFEST_SKIPPED_EXAMPLES; each shard's `.done.json` sidecar lists all of its own.
         "skipped": skipped,
+        "skipped_complete": len(skipped) == num_skipped,
     }
 
 
@@ -568,7 +596,8 @@ def write_dataset(
       shards: Total number of shards of the split (across all tasks).
       workers: Processes writing shards at once on this machine.
       prefix: Split name used in file names (``train``, ``val``).
-      on_error: ``skip`` bad lines and images (listed in the manifest) or ``fail`` on the first one.
+      on_error: ``skip`` bad lines and images (listed in the shards' sidecars, counted and exemplified in
+        the manifest) or ``fail`` on the first one.
       task_index: This machine's task, in [0, num_tasks).
       num_tasks: Machines writing this split; with more than one, run `merge_manifests` at the end.
       jpeg_quality: Quality of JPEGs written for converted (non-JPEG, CMYK, grayscale) images.
@@ -649,7 +678,7 @@ def write_dataset(
         if sidecar is None:
             pending.append(task)
         else:
-            sidecars.append(sidecar)
+            sidecars.append(_compact(sidecar))
     if sidecars:
         logging.info(
             "%d of this task's %d shards already finished; writing %d",
@@ -676,7 +705,12 @@ def write_dataset(
         },
     }
     manifest = _build_manifest(
-        sidecars, header=header, complete=complete, task_index=task_index, num_tasks=num_tasks
+        sidecars,
+        output_dir=output_dir,
+        header=header,
+        complete=complete,
+        task_index=task_index,
+        num_tasks=num_tasks,
     )
     _atomic_write_json(manifest_path, manifest)
     logging.info(
@@ -764,11 +798,13 @@ def merge_manifests(output_dir: str, prefix: str = "train", *, tfds_metadata: bo
                 raise ValueError(
                     f"shard {path}: size or record count differs from its task manifest or sidecar"
                 )
-            sidecars.append(sidecar)
+            sidecars.append(_compact(sidecar))
     indices = sorted(s["index"] for s in sidecars)
     if indices != list(range(header["num_shards"])):
         raise ValueError(f"tasks cover shards {indices}, expected each of 0..{header['num_shards'] - 1} once")
-    manifest = _build_manifest(sidecars, header=header, complete=True, task_index=0, num_tasks=num_tasks)
+    manifest = _build_manifest(
+        sidecars, output_dir=output_dir, header=header, complete=True, task_index=0, num_tasks=num_tasks
+    )
     _atomic_write_json(os.path.join(output_dir, schema.manifest_filename(prefix)), manifest)
     logging.info(
         "merged %d task manifests: %d records in %d shards", num_tasks, manifest["num_records"], len(indices)
@@ -885,7 +921,8 @@ def _define_flags() -> None:
         "on_error",
         "skip",
         annotations.ON_ERROR,
-        "skip: bad lines/images are listed in the manifest with their reason; fail: stop at the first one.",
+        "skip: bad lines/images are skipped with their reason (all in the shards' .done.json sidecars, the "
+        "count and the first 1000 in the manifest); fail: stop at the first one.",
     )
     flags.DEFINE_string(
         "prefix",

@@ -211,6 +211,28 @@ def test_num_classes_bounds_the_labels(tmp_path):
     assert all(">= num_classes 5" in s["reason"] for s in manifest["skipped"]) and manifest["num_skipped"] > 0
 
 
+def test_manifest_keeps_a_bounded_sample_of_skipped_images_and_sidecars_keep_all(tmp_path, monkeypatch):
+    """Millions of failed downloads must not grow the writer's memory or the manifest: the manifest counts
+    them and lists the first MANIFEST_SKIPPED_EXAMPLES, the shards' sidecars list every one."""
+    monkeypatch.setattr(tfrecord, "MANIFEST_SKIPPED_EXAMPLES", 3)
+    image_list = _make_corpus(tmp_path / "img", 6)
+    with open(image_list, "a") as f:  # 7 missing images, spread over the shards
+        f.writelines(f"missing_{i}.jpg\t1:1\n" for i in range(7))
+    manifest = _write(image_list, tmp_path / "out", shards=4)
+    assert (manifest["num_records"], manifest["num_skipped"]) == (6, 7)
+    assert [s["path"] for s in manifest["skipped"]] == ["missing_0.jpg", "missing_1.jpg", "missing_2.jpg"]
+    assert manifest["skipped_complete"] is False
+    everything = []
+    for sidecar in sorted((tmp_path / "out").glob("train-*.done.json")):
+        everything += json.loads(sidecar.read_text())["skipped"]
+    assert sorted(s["path"] for s in everything) == [f"missing_{i}.jpg" for i in range(7)]
+    # A re-run (all shards finished) and the same with fewer than the cap agree.
+    assert _write(image_list, tmp_path / "out", shards=4) == manifest
+    monkeypatch.setattr(tfrecord, "MANIFEST_SKIPPED_EXAMPLES", 1000)
+    full = _write(image_list, tmp_path / "out", shards=4)
+    assert full["skipped_complete"] is True and len(full["skipped"]) == 7
+
+
 def test_workers_1_and_2_write_identical_shards(tmp_path):
     image_list = _make_corpus(tmp_path / "img", 12)
     one = _write(image_list, tmp_path / "one", shards=3, workers=1)
