@@ -171,3 +171,22 @@ def test_dry_run_overrides_and_bad_flags(repo_root):
         timeout=120,
     )
     assert proc.returncode != 0 and "no_such_flag" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--image_sizes=224,299@0"], "first size starts at step 0"),
+        (["--per_rank_batch=30", "--accum_steps=4"], "not a multiple of accum_steps"),
+        (["--lr_probe_steps=1,x"], "non-negative integers"),
+    ],
+)
+def test_bad_flag_values_are_one_line_usage_errors(repo_root, args, message):
+    proc = subprocess.run(
+        [sys.executable, str(repo_root / "train.py"), "--dry_run", *args],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr

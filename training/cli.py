@@ -17,7 +17,7 @@ import json
 import sys
 from typing import Any
 
-from absl import flags
+from absl import app, flags
 
 from training import config as config_lib
 from training import recipes
@@ -195,12 +195,10 @@ def parse_image_sizes(values: list[str]) -> tuple[tuple[int, int], ...]:
         try:
             sizes.append((int(start) if start else 0, int(size)))
         except ValueError:
-            raise flags.ValidationError(f"--image_sizes: {value!r} is not SIZE or SIZE@STEP") from None
+            raise app.UsageError(f"--image_sizes: {value!r} is not SIZE or SIZE@STEP") from None
     starts = [s for s, _ in sizes]
     if not sizes or starts[0] != 0 or starts != sorted(set(starts)) or any(size < 8 for _, size in sizes):
-        raise flags.ValidationError(
-            f"--image_sizes {values}: the first size starts at step 0, steps increase"
-        )
+        raise app.UsageError(f"--image_sizes {values}: the first size starts at step 0, steps increase")
     return tuple(sizes)
 
 
@@ -240,23 +238,28 @@ def dry_run_report(config: config_lib.TrainConfig, probe_steps: list[str], *, wi
     return json.dumps(report, sort_keys=True)
 
 
+def _resolve_or_usage_error(flag_values: flags.FlagValues, recipe_name: str, num_ranks: int):
+    try:
+        return resolve_config(flag_values, recipe_name=recipe_name, num_ranks=num_ranks)
+    except ValueError as e:  # an invalid combination of flags: a usage error, not a traceback
+        raise app.UsageError(str(e)) from None
+
+
 def main(flag_values: flags.FlagValues, *, recipe_name: str, finetune: bool) -> None:
     """Runs the entry script: --dry_run prints the config; otherwise trains on this process's ranks."""
     if flag_values.simulate_workers and not flag_values.dry_run:
-        raise flags.ValidationError("--simulate_workers only applies with --dry_run")
+        raise app.UsageError("--simulate_workers only applies with --dry_run")
     bad = [s for s in flag_values.lr_probe_steps if not s.strip().isdigit()]
     if bad:
-        raise flags.ValidationError(f"--lr_probe_steps must be non-negative integers, got {bad}")
+        raise app.UsageError(f"--lr_probe_steps must be non-negative integers, got {bad}")
     if flag_values.dry_run:
-        config = resolve_config(
-            flag_values, recipe_name=recipe_name, num_ranks=flag_values.simulate_workers or 1
-        )
+        config = _resolve_or_usage_error(flag_values, recipe_name, flag_values.simulate_workers or 1)
         print(dry_run_report(config, flag_values.lr_probe_steps, with_image_size=finetune))
         return
     from training import demo, distributed, loop  # not needed by --dry_run: no data, no model
 
     dist = distributed.init()
-    config = resolve_config(flag_values, recipe_name=recipe_name, num_ranks=dist.size)
+    config = _resolve_or_usage_error(flag_values, recipe_name, dist.size)
     try:
         if config.recipe == "demo":
             result = demo.run(config, dist=dist)
