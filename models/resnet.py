@@ -162,6 +162,45 @@ def with_features(model: keras.Model) -> keras.Model:
     )
 
 
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """Keras' BatchNormalization whose float32 NHWC training pass is TensorFlow's fused kernel.
+
+    TF1's `tf.layers.batch_normalization` (the release's) picks this same kernel by default (`fused=None`),
+    so training also matches the release in one detail Keras does not: the moving variance is updated with
+    the UNBIASED batch variance (x n / (n - 1), n = N x H x W), as TF1's fused kernel does. The batch
+    normalisation itself, the moving mean and inference are the same as Keras'. On 2 CPU cores the fused
+    forward and backward of a 32 x 112 x 112 x 64 BN-ReLU take a third of Keras' time. Other cases
+    (inference, NCHW, half precision, a frozen layer) are Keras' own code path.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        if not (
+            training is True
+            and self.trainable
+            and self.axis in (-1, 3)
+            and len(inputs.shape) == 4
+            and inputs.dtype == "float32"
+            and self.center
+            and self.scale
+        ):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf  # the fused kernel is TensorFlow's; Keras' backend is TensorFlow here
+
+        outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            inputs,
+            tf.convert_to_tensor(self.gamma),
+            tf.convert_to_tensor(self.beta),
+            mean=tf.convert_to_tensor(self.moving_mean),
+            variance=tf.convert_to_tensor(self.moving_variance),
+            epsilon=self.epsilon,
+            is_training=True,
+            exponential_avg_factor=1.0 - self.momentum,
+        )
+        self.moving_mean.assign(mean)
+        self.moving_variance.assign(variance)
+        return outputs
+
+
 class _Ops:
     """The reference's conv / BN-ReLU building blocks for one data format."""
 
@@ -194,7 +233,7 @@ class _Ops:
 
     def bn_relu(self, x, *, name: str):
         """BatchNorm (center and scale) followed by ReLU; the ReLU is named `{name}_relu`."""
-        x = keras.layers.BatchNormalization(
+        x = FusedBatchNormalization(
             axis=-1 if self.data_format == "channels_last" else 1,
             momentum=self.bn_momentum,
             epsilon=self.bn_epsilon,

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from models import resnet
 
@@ -132,7 +133,8 @@ def test_tf1_name_examples():
 
 def test_every_weighted_layer_is_a_conv_bn_or_dense(resnet101):
     kinds = {type(layer) for layer in resnet101.layers if layer.weights}
-    assert kinds == {keras.layers.Conv2D, keras.layers.BatchNormalization, keras.layers.Dense}
+    assert kinds == {keras.layers.Conv2D, resnet.FusedBatchNormalization, keras.layers.Dense}
+    assert issubclass(resnet.FusedBatchNormalization, keras.layers.BatchNormalization)
     assert not any(isinstance(layer, keras.layers.MaxPooling2D) for layer in resnet101.layers)
     for layer in resnet101.layers:
         if isinstance(layer, keras.layers.Conv2D):
@@ -230,3 +232,32 @@ def test_rejects_unknown_depth_and_format():
         resnet.build_resnet(34, 10)
     with pytest.raises(ValueError, match="data_format"):
         resnet.build_resnet(14, 10, data_format="NCHW")
+
+
+def test_fused_batch_norm_trains_like_keras_with_the_release_moving_variance():
+    """The fused training pass: Keras' outputs, gradients and moving mean; TF1's unbiased moving variance."""
+    x = tf.random.stateless_normal([8, 10, 10, 6], [0, 1]) * 3.0 + 1.0
+    plain = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
+    fused = resnet.FusedBatchNormalization(momentum=0.9, epsilon=1e-5)
+    for layer in (plain, fused):
+        layer.build(x.shape)
+        layer.gamma.assign(tf.random.stateless_uniform([6], [1, 2], 0.5, 1.5))
+        layer.beta.assign(tf.random.stateless_normal([6], [3, 4]))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        outputs = [layer(x, training=True) for layer in (plain, fused)]
+        losses = [tf.reduce_sum(tf.sin(y)) for y in outputs]
+    np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-5)
+    for layer_grads in zip(
+        *(
+            tape.gradient(loss, [x, layer.gamma, layer.beta])
+            for loss, layer in zip(losses, (plain, fused), strict=True)
+        ),
+        strict=True,
+    ):
+        np.testing.assert_allclose(layer_grads[1], layer_grads[0], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(fused.moving_mean, plain.moving_mean, atol=1e-6)
+    n = 8 * 10 * 10
+    batch_var = tf.math.reduce_variance(x, axis=[0, 1, 2]).numpy()
+    np.testing.assert_allclose(fused.moving_variance, 0.9 + 0.1 * batch_var * n / (n - 1), rtol=1e-5)
+    np.testing.assert_allclose(plain.moving_variance, 0.9 + 0.1 * batch_var, rtol=1e-5)
