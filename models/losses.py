@@ -165,13 +165,13 @@ class AdaptiveMultiLabelLoss(tf.Module):
         return weighted_sigmoid_loss(labels, logits, weights, pos_weight=self.pos_weight)
 
 
-def _all_layers(model: keras.Layer) -> list[keras.Layer]:
+def all_layers(model: keras.Layer) -> list[keras.Layer]:
     """`model`'s layers, descending into nested models (a backbone inside a classifier)."""
     layers = []
     for layer in getattr(model, "layers", []):
         layers.append(layer)
         if isinstance(layer, keras.Model):
-            layers.extend(_all_layers(layer))
+            layers.extend(all_layers(layer))
     return layers
 
 
@@ -188,7 +188,7 @@ def weight_decay_variables(model: keras.Model, *, batch_norm: bool = False) -> l
       The variables, each once; variables of frozen (non-trainable) layers are excluded.
     """
     selected, seen = [], set()
-    for layer in _all_layers(model):
+    for layer in all_layers(model):
         if batch_norm:
             candidates = (
                 [layer.gamma, layer.beta] if isinstance(layer, keras.layers.BatchNormalization) else []

@@ -106,7 +106,7 @@ def frozen_layers(model: keras.Model, frozen_stages: int) -> list[keras.Layer]:
 def batch_norm_statistics(model: keras.Model) -> list[keras.Variable]:
     """The moving mean and variance of every BatchNormalization layer (descending into nested models)."""
     stats = []
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in losses.all_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             stats += [layer.moving_mean, layer.moving_variance]
     return stats
