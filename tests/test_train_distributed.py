@@ -37,13 +37,13 @@ def test_two_ranks_equal_one_process_on_the_global_batch(tmp_path, repo_root):
     assert r0.keys() == r1.keys() == one.keys()
     for name in r0:  # every variable, bit for bit equal on both ranks
         np.testing.assert_array_equal(r0[name], r1[name], err_msg=name)
-    # And equal, up to fp32 summation order, to one process with two micro-batches. After one step the
-    # largest gap is ~2e-6 of a tensor's scale (gradients of BN over 4 images); every further step of
-    # momentum and tiny-batch BN amplifies it. A semantic difference (local class status, unaveraged
-    # moving statistics or gradients) shows at the 1e-2 level.
+    # And equal, up to fp32 summation order, to one process with two micro-batches. Measured (fused BN over
+    # 4 images): the largest gap is 8e-6 of a tensor's scale after one step and 1.2e-4 after two (momentum
+    # and tiny-batch BN amplify it). A semantic difference fails by far: one process normalising over all 8
+    # images (no micro-batches) put 133 state tensors beyond 1e-3 of their scale, the worst 4x off.
     for name in r0:
         scale = max(1.0, float(np.abs(one[name]).max()))
-        np.testing.assert_allclose(r0[name], one[name], rtol=0, atol=1e-4 * scale, err_msg=name)
+        np.testing.assert_allclose(r0[name], one[name], rtol=0, atol=1e-3 * scale, err_msg=name)
     assert int(r0["step"]) == 2
     for name in ("pos_count", "neg_count"):  # run lengths: small integers, exactly equal
         np.testing.assert_array_equal(r0[name], one[name])
