@@ -45,7 +45,7 @@ import tensorflow as tf
 import tqdm
 from absl import logging
 
-from data import preprocessing, schema
+from data import preprocessing
 from models import resnet, tf1_checkpoint
 from training import checkpoints, distributed, input_pipeline, metrics
 
@@ -541,15 +541,15 @@ def eval_source(
         raise EvaluationInputError("give exactly one evaluation source: --data_dir or --tfds_name")
     if data_dir:
         try:
-            manifest = schema.read_manifest(data_dir, split_prefix)
+            return input_pipeline.tfrecord_source(
+                data_dir,
+                split_prefix,
+                num_classes=num_classes,
+                head="the checkpoint's head",
+                hint="evaluate a checkpoint trained for these labels",
+            )
         except (FileNotFoundError, ValueError) as e:
             raise EvaluationInputError(str(e)) from None
-        if manifest.num_classes != num_classes:
-            raise EvaluationInputError(
-                f"{data_dir} ({split_prefix}) has {manifest.num_classes} classes but the checkpoint's head has "
-                f"{num_classes}: evaluate a checkpoint trained for these labels"
-            )
-        return input_pipeline.tfrecord_source(data_dir, split_prefix, num_classes=num_classes)
     dataset_classes, num_records = _tfds_split_info(tfds_name, tfds_split, tfds_data_dir)
     if dataset_classes != num_classes:
         raise EvaluationInputError(

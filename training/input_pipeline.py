@@ -40,13 +40,22 @@ class Source:
         return self.label_format in ("int64", "tfds")
 
 
-def tfrecord_source(data_dir: str, prefix: str, *, num_classes: int) -> Source:
-    """Our TFRecords from the writer's manifest; raises when the dataset's classes differ from the model's."""
+def tfrecord_source(
+    data_dir: str,
+    prefix: str,
+    *,
+    num_classes: int,
+    head: str = "the model",
+    hint: str = "pass the matching --num_classes (or a dataset written for this model)",
+) -> Source:
+    """Our TFRecords from the writer's manifest; raises when the dataset's classes differ from the model's.
+
+    `head` names what has `num_classes` classes and `hint` says what to do, in the mismatch error.
+    """
     manifest = schema.read_manifest(data_dir, prefix)
     if manifest.num_classes != num_classes:
         raise ValueError(
-            f"{data_dir} ({prefix}) has {manifest.num_classes} classes but the model has {num_classes}: "
-            "pass the matching --num_classes (or a dataset written for this model)"
+            f"{data_dir} ({prefix}) has {manifest.num_classes} classes but {head} has {num_classes}: {hint}"
         )
     return Source(
         num_classes=num_classes,
