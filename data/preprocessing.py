@@ -31,14 +31,15 @@ Evaluation (`eval_transform`) is the release's `eval_image`: central crop of 80 
 (`image_classification.py`) uses another transform, `demo_transform`: shorter side to 256 with OpenCV's
 bilinear resize into uint8, then a centre crop of 224.
 
-Speed (docs/BENCHMARKS.md has the figures): the training transform runs in two stages, `train_crop` per
-image and `train_augment` per batch (one XLA computation for the colour distortion of the whole batch), which
-the input pipeline separates by its batching; `train_transform` is the two stages on a batch of one. Pixels
-only move or are interpolated by the same ops as the release's; the colour ops are the composition of the
-tf.image kernels' formulas (equal to float rounding, ~1e-6), and the uint8 crop is resized before it is
-scaled to [0, 1] (the resize is linear). For fine-tuning crops (area down to 5 %) only the crop window of a
-JPEG is decoded (`decode_and_crop_jpeg` plus a one-MCU margin, pixel-identical to decoding everything and
-slicing); for the large pre-training crops a full decode and a slice are cheaper.
+Speed (docs/BENCHMARKS.md has the figures): after the decode, crop and resize, each training image goes
+through the small XLA computation of its own branch (rotation and colour order 0, colour order 1, or
+neither), so it pays only for what was drawn. Pixels only move or are interpolated as the release's ops
+move and interpolate them: the rotation picks exactly the pixels of `tf.contrib.image.rotate`'s op, the
+colour ops are the composition of the tf.image kernels' formulas (equal to float rounding, ~1e-6), and the
+uint8 crop is resized before it is scaled to [0, 1] (the resize is linear). For fine-tuning crops (area
+down to 5 %) only the crop window of a JPEG is decoded (`decode_and_crop_jpeg` plus a one-MCU margin,
+pixel-identical to decoding everything and slicing); for the large pre-training crops a full decode and a
+slice are cheaper.
 """
 
 from __future__ import annotations
@@ -62,8 +63,6 @@ SATURATION_RANGE: Final = (0.5, 1.5)
 HUE_MAX_DELTA: Final = 0.2
 CONTRAST_RANGE: Final = (0.5, 1.5)
 MAX_ROTATION_DEGREES: Final = 45.0
-# `tf.contrib.image.rotate` defaults to nearest-neighbour interpolation and fills with zeros.
-ROTATION_INTERPOLATION: Final = "NEAREST"
 # The "thread id" branches of the release (see the module docstring).
 NUM_BRANCHES: Final = 3
 BRANCH_ROTATE_COLOR_ORDER_0: Final = 0
@@ -72,7 +71,7 @@ BRANCH_NONE: Final = 2
 
 # Pixels decoded around a JPEG crop window: one MCU of the common 4:2:0 layout (16 x 16).
 _JPEG_CROP_MARGIN: Final = 16
-# `train_crop` decodes only the crop window (fused decode-and-crop) when crops can be this small: for the
+# `train_transform` decodes only the crop window (fused decode-and-crop) when crops can be this small: for the
 # large crops of pre-training (area >= 0.7) a full decode and a slice are cheaper (the whole file is entropy
 # decoded either way, and the fused path parses the header twice); fine-tuning crops go down to 5 %.
 _FUSED_CROP_BELOW_AREA: Final = 0.5
@@ -202,18 +201,17 @@ def _to_model_range(image: tf.Tensor, image_size: int) -> tf.Tensor:
 
 # -------------------------------------------------------------------------------------- train transform
 #
-# The transform runs in two stages so that the input pipeline can batch between them:
+# Per image, in two parts:
 #
-# - `train_crop` (per image, inside `Dataset.map`): the draws, the decode, crop and resize, and the rotation
-#   (with the flip before it): the steps whose work depends on the image's size or only moves pixels;
-# - `train_augment` (per batch): the other flips, colour distortion, clip and scaling of the S x S crops as
-#   ONE XLA computation with per-image parameters, i.e. a few fused loops over the batch instead of a dozen
-#   kernel passes (each a full read and write of the image) per image.
+# - TF ops (inside `Dataset.map`): the draws, the decode, crop and resize, and the rotation's parameters;
+# - one of three small XLA computations on the S x S crop, chosen by the drawn branch
+#   (`tf.switch_case`): flip, rotation, colour distortion in order 0, clip and scaling (branch 0); flip,
+#   colour distortion in order 1, clip and scaling (branch 1); flip and scaling (branch 2). An image
+#   only pays for its own branch, and its ~600 KB stay in the core's cache across the fused loops.
 #
-# `train_transform(x)` is `train_augment` of a batch of one `train_crop(x)`, so both paths give the same
-# pixels. Against the release's op-by-op chain (tests/test_preprocessing.py checks each branch against the
-# tf.image ops and the rotation op) the colours agree to float rounding (~1e-6) and the rotation picks the
-# same pixels.
+# Against the release's op-by-op chain, the rotation picks exactly the pixels of its op
+# (`ImageProjectiveTransformV3`, nearest, zero fill; see `_rotation_source`) and the colours agree to
+# float rounding (~1e-6; tests/test_preprocessing.py checks each branch against the tf.image ops).
 
 
 def _crop_window(
@@ -233,44 +231,53 @@ def _crop_window(
     return tf.stack([begin[0], begin[1], size[0], size[1]])
 
 
-def _rotation_offsets(height, width, angle: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
-    """(cos, sin, -x_offset, -y_offset) of a rotation about the centre (`tf.contrib.image.rotate`).
+def _rotation_transform(image_size: int, angle: tf.Tensor) -> tf.Tensor:
+    """float32[8]: the projective transform of `tf.contrib.image.rotate` for an S x S image (TF ops).
 
-    The rotation maps OUTPUT (x, y) to the INPUT point (cos x - sin y + x_offset, sin x + cos y + y_offset)
-    it samples, the offsets keeping the centre fixed. Written so that Grappler's algebraic rewrites cannot
-    change the float rounding between eager and graph mode: both products come out of one multiply (for a
-    square image `cos * (w - 1) - sin * (h - 1)` would otherwise have its common factor hoisted), and the
-    offsets are returned negated (`b - a` is exactly `-(a - b)`) so that callers subtract them rather than
-    form an add chain, which Grappler reorders.
+    The transform maps OUTPUT (x, y) to the INPUT point (cos x - sin y + x_offset, sin x + cos y +
+    y_offset) it samples; the offsets keep the centre fixed, as the release's
+    `angles_to_projective_transforms` computes them; the perspective part (the last two entries) is 0.
+    Written so that Grappler's algebraic rewrites cannot change the float rounding between eager and graph
+    mode: both products come out of one multiply (`cos * side - sin * side` would otherwise have its common
+    factor hoisted), and each offset is formed negated and then negated (`b - a` is exactly `-(a - b)`),
+    so that no add chain is left for Grappler to reorder.
     """
+    side = float(image_size - 1)
     cos, sin = tf.cos(angle), tf.sin(angle)
-    products_w = tf.stack([cos, sin]) * (width - 1)
-    products_h = tf.stack([cos, sin]) * (height - 1)
-    neg_x_offset = ((products_w[0] - products_h[1]) - (width - 1)) / 2.0
-    neg_y_offset = ((products_w[1] + products_h[0]) - (height - 1)) / 2.0
-    return cos, sin, neg_x_offset, neg_y_offset
+    products = tf.stack([cos, sin]) * side
+    neg_x_offset = ((products[0] - products[1]) - side) / 2.0
+    neg_y_offset = ((products[1] + products[0]) - side) / 2.0
+    return tf.stack([cos, -sin, -neg_x_offset, sin, cos, -neg_y_offset, 0.0, 0.0])
 
 
-def _rotate(image: tf.Tensor, angle: tf.Tensor) -> tf.Tensor:
-    """Counter-clockwise rotation about the centre, as `tf.contrib.image.rotate` (nearest, zero fill).
+def _round_half_away_from_zero(x: tf.Tensor) -> tf.Tensor:
+    """`std::round` (`tf.round` rounds halves to even), exactly: `x - trunc(x)` is exact in float32."""
+    whole = tf.where(x < 0, tf.math.ceil(x), tf.math.floor(x))
+    return whole + tf.where(tf.abs(x - whole) >= 0.5, tf.sign(x), 0.0)
 
-    `ImageProjectiveTransformV3`, the op behind `tf.contrib.image.rotate`. The offsets come from
-    `_rotation_offsets`, so eager and graph mode pick the same source pixels.
+
+def _rotation_source(transform: tf.Tensor, height: int, width: int) -> tf.Tensor:
+    """int32[H, W]: the flat index (row * W + column) of the pixel each output pixel copies, H * W for fill.
+
+    Exactly the choice of `ImageProjectiveTransformV3` (nearest, constant fill) for a transform without a
+    perspective part: it computes `(t0 * x + t1 * y) + t2` in float32 (its division by the projection
+    `0 * x + 0 * y + 1` is exact), rounds with `std::round` and fills what falls outside [0, H) x [0, W).
+    Each float32 product is formed exactly, as the float64 product of two float32 values (exact) rounded
+    once, so that the compiler cannot fuse a product and a sum into one FMA, which rounds only once.
     """
-    shape = tf.shape(image)
-    cos, sin, neg_x_offset, neg_y_offset = _rotation_offsets(
-        tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32), angle
+
+    def product(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+        return tf.cast(tf.cast(a, tf.float64) * tf.cast(b, tf.float64), tf.float32)
+
+    xs = tf.range(width, dtype=tf.float32)[tf.newaxis, :]
+    ys = tf.range(height, dtype=tf.float32)[:, tf.newaxis]
+    column = _round_half_away_from_zero(
+        (product(transform[0], xs) + product(transform[1], ys)) + transform[2]
     )
-    transform = tf.stack([cos, -sin, -neg_x_offset, sin, cos, -neg_y_offset, 0.0, 0.0])
-    rotated = tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[tf.newaxis],
-        transforms=transform[tf.newaxis],
-        output_shape=shape[:2],
-        fill_value=0.0,
-        interpolation=ROTATION_INTERPOLATION,
-        fill_mode="CONSTANT",
-    )[0]
-    return tf.ensure_shape(rotated, image.shape)
+    row = _round_half_away_from_zero((product(transform[3], xs) + product(transform[4], ys)) + transform[5])
+    column, row = tf.cast(column, tf.int32), tf.cast(row, tf.int32)
+    inside = (column >= 0) & (column < width) & (row >= 0) & (row < height)
+    return tf.where(inside, row * width + column, height * width)
 
 
 # Colour distortion. The release applies tf.image's brightness, saturation, hue and contrast ops one after
@@ -278,7 +285,7 @@ def _rotate(image: tf.Tensor, angle: tf.Tensor) -> tf.Tensor:
 # RGB round trip, so here they are ONE step in RGB: the value V and hue H of a pixel stay, the chroma
 # becomes min(k * (max - min), V) (= the new saturation clip(k S, 0, 1) times V) and the hue turns by
 # delta, which is the composition of the two kernels' formulas (compared with the tf.image ops:
-# ~1e-6, float rounding). The work is done on planes ([B, 3, S, S], channels first): XLA then emits
+# ~1e-6, float rounding). The work is done on planes ([3, S, S], channels first): XLA then emits
 # contiguous, vectorised loops, 2-3x faster than over interleaved RGB triples. The quirks of the
 # kernels are kept: a pixel whose channels are all <= 0 has saturation 0 (it becomes grey at its maximum),
 # values outside [0, 1] (after the brightness shift; nothing clips before the end) go through the same
@@ -327,53 +334,67 @@ def _adjust_contrast(planes: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
     return mean + factor * (planes - mean)
 
 
-@tf.function(jit_compile=True, reduce_retracing=True)
-def _augment_crops(crops: tf.Tensor, flip: tf.Tensor, branch: tf.Tensor, color: tf.Tensor) -> tf.Tensor:
-    """The XLA computation of `train_augment` (arguments: the fields of `train_crop`, batched)."""
-    image = crops * (1.0 / 255.0)  # `convert_image_dtype`: times the float32 reciprocal of 255
-    image = tf.where(flip[:, tf.newaxis, tf.newaxis, tf.newaxis], tf.reverse(image, axis=[2]), image)
-    planes = tf.transpose(image, [0, 3, 1, 2])
-    per_image = lambda x: x[:, tf.newaxis, tf.newaxis, tf.newaxis]  # noqa: E731
-    brightness, saturation, hue, contrast = (per_image(color[:, i]) for i in range(4))
-    # Order 0: brightness, saturation, hue, contrast; order 1: brightness, contrast, saturation, hue.
-    order_0 = per_image(tf.equal(branch, BRANCH_ROTATE_COLOR_ORDER_0))
-    order_1 = per_image(tf.equal(branch, BRANCH_COLOR_ORDER_1))
-    x = planes + brightness
-    x = tf.where(order_1, _adjust_contrast(x, contrast), x)
-    x = _saturation_and_hue(x, saturation[:, 0], hue[:, 0])
-    x = tf.where(order_0, _adjust_contrast(x, contrast), x)
-    x = tf.where(per_image(tf.equal(branch, BRANCH_NONE)), planes, x)
-    # The random colour ops do not clamp; the release clips once at the end.
-    return tf.transpose((tf.clip_by_value(x, 0.0, 1.0) - 0.5) * 2.0, [0, 2, 3, 1])
+def _start(crop: tf.Tensor, flip: tf.Tensor) -> tf.Tensor:
+    """A [0, 255] crop to [0, 1] (`convert_image_dtype`: times the float32 reciprocal of 255), flipped if drawn."""
+    image = crop * (1.0 / 255.0)
+    return tf.where(flip, tf.reverse(image, axis=[1]), image)
 
 
-def train_crop(
+def _finish(image: tf.Tensor) -> tf.Tensor:
+    """Clip to [0, 1] (the random colour ops do not clamp; the release clips once, at the end), to [-1, 1]."""
+    return (tf.clip_by_value(image, 0.0, 1.0) - 0.5) * 2.0
+
+
+def _planes(image: tf.Tensor) -> tf.Tensor:
+    return tf.transpose(image, [2, 0, 1])
+
+
+def _pixels(planes: tf.Tensor) -> tf.Tensor:
+    return tf.transpose(planes, [1, 2, 0])
+
+
+# The three branches' XLA computations (one compilation per image size). The rotation's source indices are
+# a computation of their own: as one computation with the gather, the rotation measured about 3x slower.
+_rotation_source_xla = tf.function(_rotation_source, jit_compile=True)
+
+
+@tf.function(jit_compile=True)
+def _augment_branch_0(crop: tf.Tensor, flip: tf.Tensor, source: tf.Tensor, color: tf.Tensor) -> tf.Tensor:
+    """Flip, rotation (`_rotation_source`), colour order 0: brightness, saturation, hue, contrast."""
+    image = _start(crop, flip)
+    pixels = tf.concat([tf.reshape(image, [-1, 3]), tf.zeros([1, 3])], axis=0)  # the last one is the fill
+    planes = _planes(tf.gather(pixels, source)) + color[0]
+    planes = _saturation_and_hue(planes, color[1], color[2])
+    return _finish(_pixels(_adjust_contrast(planes, color[3])))
+
+
+@tf.function(jit_compile=True)
+def _augment_branch_1(crop: tf.Tensor, flip: tf.Tensor, color: tf.Tensor) -> tf.Tensor:
+    """Flip, colour order 1: brightness, contrast, saturation, hue."""
+    planes = _adjust_contrast(_planes(_start(crop, flip)) + color[0], color[3])
+    return _finish(_pixels(_saturation_and_hue(planes, color[1], color[2])))
+
+
+@tf.function(jit_compile=True)
+def _augment_branch_2(crop: tf.Tensor, flip: tf.Tensor) -> tf.Tensor:
+    """Flip only."""
+    return _finish(_start(crop, flip))
+
+
+def _train_crop(
     image_bytes: tf.Tensor,
-    seed: tf.Tensor,
+    decisions: Mapping[str, tf.Tensor],
     *,
     image_size: int,
     area_cover: float,
     object_cover: float,
-    distort: bool = True,
-) -> dict[str, tf.Tensor]:
-    """The per-image stage of `train_transform`: the draws, crop, resize and rotation (with its flip).
+) -> tf.Tensor:
+    """The drawn crop of the decoded image, resized to float32[S, S, 3] in [0, 255].
 
-    Args:
-      image_bytes, seed, image_size, area_cover, object_cover: as in `train_transform`.
-      distort: False keeps only the crop and the flip (no rotation, no colour distortion), for data whose
-        labels ARE colours or positions, such as the built-in demo's; True is the reference.
-
-    Returns:
-      A dict of tensors that `Dataset.batch` stacks and `train_augment` consumes: `crop` (float32[S, S, 3]
-      in [0, 255], resized, and flipped and rotated when rotated: resizing the uint8 pixels and scaling
-      after equals scaling first, the resize being linear, and flips and nearest-neighbour rotations only
-      move pixels), `flip` (the flip still to do), `branch` and `color` (float32[4]: brightness delta,
-      saturation factor, hue delta, contrast factor).
+    Resizing the uint8 pixels and scaling the S x S result (`_start`) equals scaling the crop first, the
+    resize being linear, and flips and nearest-neighbour rotations only move pixels.
     """
     image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
-    decisions = _augment_decisions(seed)
-    if not distort:
-        decisions |= {"branch": tf.constant(BRANCH_NONE, tf.int32), "rotate": tf.constant(False)}
 
     def window(shape: tf.Tensor) -> tf.Tensor:
         return _crop_window(shape, decisions["crop_seed"], area_cover=area_cover, object_cover=object_cover)
@@ -384,30 +405,7 @@ def train_crop(
         image = _decode_full(image_bytes)
         box = window(tf.shape(image, out_type=tf.int32))
         image = tf.slice(image, [box[0], box[1], 0], [box[2], box[3], 3])
-    image = _resize_tf1_bilinear(image, image_size)  # uint8 in, float32 in [0, 255] out
-
-    def flip_and_rotate() -> tf.Tensor:
-        flipped = tf.cond(decisions["flip"], lambda: tf.reverse(image, axis=[1]), lambda: image)
-        return _rotate(flipped, decisions["angle"])
-
-    image = tf.cond(decisions["rotate"], flip_and_rotate, lambda: image)
-    color = [decisions[k] for k in ("brightness_delta", "saturation_factor", "hue_delta", "contrast_factor")]
-    return {
-        "crop": tf.ensure_shape(image, [image_size, image_size, 3]),
-        # The flip of the images that are not rotated is left to `train_augment` (free inside XLA).
-        "flip": decisions["flip"] & ~decisions["rotate"],
-        "branch": decisions["branch"],
-        "color": tf.stack(color),
-    }
-
-
-def train_augment(crops: Mapping[str, tf.Tensor]) -> tf.Tensor:
-    """The batched stage of `train_transform`: a batch of `train_crop` outputs -> float32[B, S, S, 3].
-
-    The flip of the images that are not rotated, colour distortion (branches 0 and 1), clip to [0, 1] and
-    x <- (x - 0.5) * 2, each image with its own drawn parameters, compiled by XLA.
-    """
-    return _augment_crops(crops["crop"], crops["flip"], crops["branch"], crops["color"])
+    return _resize_tf1_bilinear(image, image_size)
 
 
 def train_transform(
@@ -417,12 +415,12 @@ def train_transform(
     image_size: int,
     area_cover: float,
     object_cover: float,
+    distort: bool = True,
 ) -> tf.Tensor:
     """The reference training augmentation of one encoded image, fully determined by `seed`.
 
     See the module docstring for the exact recipe and where it departs from the release's own docstrings
-    (rotation with probability 1/3, not 1/4; colour distortion 2/3, not 1/2). The input pipeline runs the
-    same two stages with a batch in between (`train_crop`, `train_augment`).
+    (rotation with probability 1/3, not 1/4; colour distortion 2/3, not 1/2).
 
     Args:
       image_bytes: Scalar string tensor, encoded JPEG (fast fused path), PNG, GIF or BMP.
@@ -430,14 +428,30 @@ def train_transform(
       image_size: Output side S.
       area_cover: Lower bound of the crop's area fraction (pre-training 0.7, fine-tuning 0.05).
       object_cover: `min_object_covered` of the crop (pre-training 0.7, fine-tuning 0.0).
+      distort: False keeps only the crop and the flip (no rotation, no colour distortion), for data whose
+        labels ARE colours or positions, such as the built-in demo's; True is the reference.
 
     Returns:
       float32[S, S, 3] in [-1, 1].
     """
-    crops = train_crop(
-        image_bytes, seed, image_size=image_size, area_cover=area_cover, object_cover=object_cover
+    decisions = _augment_decisions(seed)
+    crop = _train_crop(
+        image_bytes, decisions, image_size=image_size, area_cover=area_cover, object_cover=object_cover
     )
-    image = train_augment({key: value[tf.newaxis] for key, value in crops.items()})[0]
+    flip = decisions["flip"]
+    if not distort:
+        return _augment_branch_2(crop, flip)
+    color = tf.stack(
+        [decisions[k] for k in ("brightness_delta", "saturation_factor", "hue_delta", "contrast_factor")]
+    )
+
+    def rotated() -> tf.Tensor:
+        transform = _rotation_transform(image_size, decisions["angle"])
+        source = _rotation_source_xla(transform, image_size, image_size)
+        return _augment_branch_0(crop, flip, source, color)
+
+    branches = [rotated, lambda: _augment_branch_1(crop, flip, color), lambda: _augment_branch_2(crop, flip)]
+    image = tf.switch_case(decisions["branch"], branches)
     return tf.ensure_shape(image, [image_size, image_size, 3])
 
 

@@ -78,11 +78,13 @@ def test_pipeline(tmp_path):
         "--workers=1",
         "--shuffle_buffer=8",
         "--compare",
+        "--stages",
         f"--image_cache={tmp_path}",
     )
     _check_machine(lines, "pipeline")
     named = _by_name(lines)
-    for name in ("ours_sparse", "ours_dense", "original_dense", "decode_only"):
+    stages = [f"stage_{s}" for s in ("parse", "draws", "decode", "crop", "flip_only")]
+    for name in ("ours_sparse", "ours_dense", "original_dense", "decode_only", *stages):
         assert {"images_per_s", "cpu_ms_per_image", "images"} <= named[f"pipeline/{name}"].keys()
         assert named[f"pipeline/{name}"]["images"] == 8
     assert {"ours_vs_original", "ours_fraction_of_decode_only"} <= named["pipeline/speedup"].keys()
@@ -244,7 +246,7 @@ def tiny_records(tmp_path):
     return tmp_path / "records"
 
 
-def test_batched_pipeline_equals_the_per_image_transform_and_resumes_exactly(tiny_records, tmp_path):
+def test_pipeline_equals_the_per_image_transform_and_resumes_exactly(tiny_records, tmp_path):
     import tensorflow as tf
 
     from data import preprocessing

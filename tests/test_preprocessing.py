@@ -55,6 +55,25 @@ def _decisions(num: int, stream: int = 12345) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in ds.batch(num).get_single_element().items()}
 
 
+def _release_rotate(image: tf.Tensor, transform: tf.Tensor) -> np.ndarray:
+    """The op behind the release's `tf.contrib.image.rotate` (nearest neighbour, zero fill)."""
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[tf.newaxis],
+        transforms=transform[tf.newaxis],
+        output_shape=tf.shape(image)[:2],
+        fill_value=0.0,
+        interpolation="NEAREST",
+        fill_mode="CONSTANT",
+    )[0].numpy()
+
+
+def _our_rotate(image: np.ndarray, transform: tf.Tensor) -> np.ndarray:
+    """`preprocessing`'s rotation: the pixels at `_rotation_source`'s indices, the last index the fill."""
+    height, width, _ = image.shape
+    source = preprocessing._rotation_source_xla(transform, height, width).numpy()
+    return np.concatenate([image.reshape(-1, 3), np.zeros([1, 3], image.dtype)])[source]
+
+
 def _tf1_reference_eval(image_bytes: bytes, size: int) -> np.ndarray:
     """The release's eval path: full decode, float, tf.image.central_crop(0.8), TF1 bilinear resize."""
     image = tf.image.convert_image_dtype(tf.io.decode_image(image_bytes, channels=3), tf.float32)
@@ -254,7 +273,7 @@ def test_colour_branches_apply_the_release_orders_with_the_drawn_seeds():
         if d["flip"][i]:
             x = x[:, ::-1]
         if branch == 0:
-            x = preprocessing._rotate(x, tf.constant(d["angle"][i]))
+            x = _release_rotate(x, preprocessing._rotation_transform(SIZE, tf.constant(d["angle"][i])))
             x = contrast(hue(saturation(brightness(x, seeds[0]), seeds[1]), seeds[2]), seeds[3])
         else:
             x = hue(saturation(contrast(brightness(x, seeds[0]), seeds[3]), seeds[1]), seeds[2])
@@ -264,13 +283,40 @@ def test_colour_branches_apply_the_release_orders_with_the_drawn_seeds():
 
 
 def test_rotation_is_counter_clockwise_about_the_centre():
-    image = tf.constant(_noise_image(9, 9).astype(np.float32) / 255)
-    np.testing.assert_allclose(
-        preprocessing._rotate(image, tf.constant(math.pi / 2)), np.rot90(image), atol=1e-6
-    )
-    rotated = preprocessing._rotate(image, tf.constant(math.pi / 4)).numpy()
+    image = _noise_image(9, 9).astype(np.float32) / 255
+
+    def rotate(angle: float) -> np.ndarray:
+        return _our_rotate(image, preprocessing._rotation_transform(9, tf.constant(angle)))
+
+    np.testing.assert_allclose(rotate(math.pi / 2), np.rot90(image), atol=1e-6)
+    rotated = rotate(math.pi / 4)
     assert (rotated[0, 0] == 0).all() and (rotated[-1, -1] == 0).all()  # zero fill
     np.testing.assert_array_equal(rotated[4, 4], image[4, 4])  # the centre stays
+
+
+@pytest.mark.parametrize("size", [224, 223, 32, 9])
+def test_rotation_picks_exactly_the_pixels_of_the_release_op(size):
+    """Over many angles (and the special ones: 0, +-45, 90 degrees, where coordinates land on halves),
+    every output pixel is the one ImageProjectiveTransformV3 picks, including the zero-filled ones."""
+    image = np.random.default_rng(size).uniform(1.0, 255.0, (size, size, 3)).astype(np.float32)
+    angles = np.random.default_rng(0).uniform(-math.pi / 4, math.pi / 4, 100).astype(np.float32)
+    angles = np.concatenate([angles, np.float32([0.0, math.pi / 4, -math.pi / 4, math.pi / 8, math.pi / 2])])
+    for angle in angles:
+        transform = preprocessing._rotation_transform(size, tf.constant(angle))
+        np.testing.assert_array_equal(_our_rotate(image, transform), _release_rotate(image, transform))
+
+
+def test_rotation_transform_is_the_releases():
+    """`angles_to_projective_transforms` of tf.contrib.image, with the image side as a float tensor."""
+    for size in (9, 224, 299):
+        side = tf.constant(float(size))
+        for angle in np.float32([-0.7, -0.1, 0.0, 0.3, math.pi / 4]):
+            angle = tf.constant(angle)
+            cos, sin = tf.cos(angle), tf.sin(angle)
+            x_offset = ((side - 1) - (cos * (side - 1) - sin * (side - 1))) / 2.0
+            y_offset = ((side - 1) - (sin * (side - 1) + cos * (side - 1))) / 2.0
+            expected = tf.stack([cos, -sin, x_offset, sin, cos, y_offset, 0.0, 0.0])
+            np.testing.assert_allclose(preprocessing._rotation_transform(size, angle), expected, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------- crops

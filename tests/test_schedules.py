@@ -104,6 +104,8 @@ def test_validate_names_the_problem():
     bad = dataclasses.replace(recipes.PRETRAIN, per_rank_batch=30, accum_steps=4, precision="fp8")
     with pytest.raises(ValueError, match="precision.*accum_steps|accum_steps.*precision"):
         config_lib.validate(bad)
+    with pytest.raises(ValueError, match="intra_op_threads must be >= 0, got -1"):
+        config_lib.validate(dataclasses.replace(recipes.PRETRAIN, intra_op_threads=-1))
 
 
 def _dry_run(repo_root, script, *args):

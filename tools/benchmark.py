@@ -45,6 +45,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from typing import Final
 
 import numpy as np
 from absl import app, flags
@@ -85,6 +86,18 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_enum("label_format", "sparse", ["dense", "sparse"], "pipeline: label layout of our records.")
 flags.DEFINE_integer("shuffle_buffer", 256, "pipeline: shuffle buffer of both pipelines.", lower_bound=1)
+flags.DEFINE_bool(
+    "stages",
+    False,
+    "pipeline: also time our pipeline cut after each stage (parse, draws, decode, crop and resize, flip "
+    "only), to show where its time goes.",
+)
+flags.DEFINE_integer(
+    "intra_op_threads",
+    0,
+    "TensorFlow's intra-op thread pool size for the whole process (0: TensorFlow's default, one per core).",
+    lower_bound=0,
+)
 flags.DEFINE_enum(
     "depth", "101", ["14", "50", "101", "152"], "step, loss, allreduce: ResNet depth (14: tests)."
 )
@@ -159,6 +172,7 @@ def emit_machine(benchmark: str, *, load_tensorflow: bool = True, **extra) -> No
         import tensorflow as tf
 
         machine["gpus"] = len(tf.config.list_physical_devices("GPU"))
+        machine["intra_op_threads"] = tf.config.threading.get_intra_op_parallelism_threads()  # 0: default
     emit(f"{benchmark}/machine", **machine, **extra)
 
 
@@ -505,6 +519,40 @@ def decode_only(jpegs: Sequence[bytes], *, batch_size: int):
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+PIPELINE_STAGES: Final = ("parse", "draws", "decode", "crop")
+
+
+def _pipeline_prefix(source, stage: str):
+    """Our training pipeline (`input_pipeline.train_dataset`'s records, shuffle, parse, element seeds and
+    batching) with the per-image work cut after `stage`: "parse" (nothing per image), "draws" (+ the
+    augmentation draws), "decode" (+ the JPEG decode) or "crop" (+ the draws, crop and resize)."""
+    import tensorflow as tf
+
+    from data import preprocessing
+    from training import input_pipeline
+
+    ds = input_pipeline._records(source, num_shards=1, shard_index=0, training=True, seed=0)
+    ds = input_pipeline._parse_in_batches(ds.shuffle(FLAGS.shuffle_buffer, seed=1), source)
+    stream = tf.constant([0, 0], tf.int64)
+    pretraining = {"area_cover": 0.7, "object_cover": 0.7}
+
+    def per_image(index, element):
+        image_bytes = element[0]
+        if stage == "parse":
+            return tf.strings.length(image_bytes)
+        if stage == "decode":
+            return tf.shape(preprocessing._decode_full(image_bytes))
+        decisions = preprocessing._augment_decisions(tf.random.experimental.stateless_fold_in(stream, index))
+        if stage == "draws":  # every draw feeds the output, so that none is pruned
+            draws = [tf.reduce_sum(tf.cast(value, tf.float32)) for value in decisions.values()]
+            return tf.strings.length(image_bytes) + tf.cast(tf.add_n(draws), tf.int32)
+        return preprocessing._train_crop(image_bytes, decisions, image_size=FLAGS.image_size, **pretraining)
+
+    ds = ds.enumerate().map(per_image, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(FLAGS.batch_size, drop_remainder=True)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(input_pipeline._pipeline_options())
+
+
 def _time_batches(dataset, *, batch_size: int, warmup: int, steps: int) -> dict:
     """Images/s (wall) and CPU ms per image of `steps` batches after `warmup` batches."""
     iterator = iter(dataset)
@@ -552,6 +600,15 @@ def benchmark_pipeline() -> None:
     variants: dict[str, Callable[[], object]] = {
         f"ours_{FLAGS.label_format}": lambda: ours(FLAGS.label_format)
     }
+    if FLAGS.stages:
+        stage_source = input_pipeline.tfrecord_source(
+            _cached_records(list_path, FLAGS.label_format), "train", num_classes=FLAGS.num_classes
+        )
+        for stage in PIPELINE_STAGES:
+            variants[f"stage_{stage}"] = lambda stage=stage: _pipeline_prefix(stage_source, stage)
+        variants["stage_flip_only"] = lambda: input_pipeline.train_dataset(
+            stage_source, seed=0, shuffle_buffer=FLAGS.shuffle_buffer, distort=False, **common
+        )
     if FLAGS.compare:
         other = "dense" if FLAGS.label_format == "sparse" else "sparse"
         variants[f"ours_{other}"] = lambda: ours(other)
@@ -1012,6 +1069,10 @@ SUBCOMMANDS: dict[str, Callable[[], None]] = {
 def main(argv: Sequence[str]) -> None:
     if len(argv) != 2 or argv[1] not in SUBCOMMANDS:
         raise app.UsageError(f"usage: benchmark.py {{{'|'.join(SUBCOMMANDS)}}} [--flags]")
+    if FLAGS.intra_op_threads:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads)
     if argv[1] == "memory" and FLAGS.memory_child:
         tool, _, path = FLAGS.memory_child.partition(":")
         _memory_child(tool, path)

@@ -115,6 +115,14 @@ def define_flags(*, default_recipe: str, recipe_names: list[str], finetune: bool
         "Deterministic TensorFlow ops: a rerun, or a resume after kill -9, reproduces the run bit for bit "
         "on CPU (costs speed on GPU). Default: the recipe's, off.",
     )
+    f.DEFINE_integer(
+        "intra_op_threads",
+        None,
+        "TensorFlow's intra-op thread pool (0: one thread per core). 1 keeps the input pipeline's XLA "
+        "augmentation on its own thread (about 12% less CPU per image, docs/BENCHMARKS.md) but gives the "
+        "step's CPU kernels one thread: for GPU hosts, not CPU training. Default: the recipe's, 0.",
+        lower_bound=0,
+    )
     f.DEFINE_integer("seed", None, "Seed of the initialisation, input order and augmentation.")
     f.DEFINE_integer(
         "shuffle_buffer", None, "Per-rank shuffle buffer of records (part of the input position)."
@@ -166,6 +174,7 @@ _DATA_FIELDS = (
 _RUN_FIELDS = (
     "model_dir",
     "deterministic",
+    "intra_op_threads",
     "per_rank_batch",
     "accum_steps",
     "precision",

@@ -67,6 +67,10 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 with dynamic loss scaling)
     xla: bool = False
     deterministic: bool = False  # TF op determinism: bit-exact reruns on CPU (slower on GPU)
+    # TF's intra-op thread pool (0: TF's default, one thread per core). 1 runs the input pipeline's XLA
+    # augmentation on its own thread instead of handing it to the pool (docs/BENCHMARKS.md); it also gives
+    # the train step's CPU kernels one thread, so it suits GPU hosts, not CPU training.
+    intra_op_threads: int = 0
     accum_steps: int = 1  # micro-batches per step: k ranks' worth of batches on one (training/train_step.py)
     seed: int = 0
     log_every: int = 100
@@ -143,6 +147,8 @@ def validate(config: TrainConfig) -> None:
         problems.append(f"the first image size must start at step 0, got {config.image_sizes}")
     if not 0.0 <= config.neg_select <= 1.0 or not 0.0 < config.mask_thres <= 1.0:
         problems.append("neg_select must be in [0, 1] and mask_thres in (0, 1]")
+    if config.intra_op_threads < 0:
+        problems.append(f"intra_op_threads must be >= 0, got {config.intra_op_threads}")
     if not -1 <= config.frozen_stages <= 4:
         problems.append(f"frozen_stages must be in [-1, 4], got {config.frozen_stages}")
     for name in ("train_steps", "checkpoint_every", "log_every", "keep_checkpoints", "per_rank_batch"):

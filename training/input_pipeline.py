@@ -161,7 +161,7 @@ def train_dataset(
 ) -> tf.data.Dataset:
     """Endless training batches `(images[B, S, S, 3] in [-1, 1], labels)` for one rank.
 
-    `distort=False` trains with the crop and the flip only (`preprocessing.train_crop`).
+    `distort=False` trains with the crop and the flip only (see `preprocessing.train_transform`).
 
     `phase` (the index of the image-size phase) and `shard_index` enter the augmentation seeds, so phases
     and ranks draw different augmentations while each stays reproducible.
@@ -172,9 +172,9 @@ def train_dataset(
     ds = _parse_in_batches(ds, source)
     stream = tf.constant([seed, shard_index * 1000 + phase], tf.int64)
 
-    def crop(index, image_bytes, label):
+    def transform(index, image_bytes, label):
         element_seed = tf.random.experimental.stateless_fold_in(stream, index)
-        crops = preprocessing.train_crop(
+        image = preprocessing.train_transform(
             image_bytes,
             element_seed,
             image_size=image_size,
@@ -182,19 +182,12 @@ def train_dataset(
             object_cover=object_cover,
             distort=distort,
         )
-        return crops, label
+        return image, label
 
-    # The per-image stage (decode, crop, resize) runs in parallel over elements; the rest of the
-    # augmentation (`train_augment`, one XLA computation) over whole batches.
     ds = ds.enumerate().map(
-        lambda index, element: crop(index, *element), num_parallel_calls=AUTOTUNE, deterministic=True
+        lambda index, element: transform(index, *element), num_parallel_calls=AUTOTUNE, deterministic=True
     )
     ds = ds.batch(batch_size, drop_remainder=True)
-    ds = ds.map(
-        lambda crops, labels: (preprocessing.train_augment(crops), labels),
-        num_parallel_calls=AUTOTUNE,
-        deterministic=True,
-    )
     return ds.prefetch(AUTOTUNE).with_options(_pipeline_options())
 
 

@@ -238,9 +238,22 @@ def _format_eta(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def _set_intra_op_threads(num_threads: int) -> None:
+    """Sizes TF's intra-op pool; possible only before this process runs its first TF op."""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(num_threads)
+    except RuntimeError as e:
+        raise ValueError(
+            f"intra_op_threads={num_threads} cannot be applied: TensorFlow already started ({e})"
+        ) from None
+    logging.info("TensorFlow intra-op threads: %d", num_threads)
+
+
 def train(config: TrainConfig, *, dist: distributed.Distributed | None = None) -> dict[str, Any]:
     """Runs (or resumes) `config` to its last step; returns the last logged values and evaluation."""
     dist = dist or distributed.Distributed()
+    if config.intra_op_threads:
+        _set_intra_op_threads(config.intra_op_threads)
     if dist.is_chief:
         tf.io.gfile.makedirs(config.model_dir)
         with open(os.path.join(config.model_dir, "config.json"), "w", encoding="utf-8") as f:
