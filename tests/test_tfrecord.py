@@ -371,6 +371,38 @@ def _bad_corpus(root: pathlib.Path) -> tuple[pathlib.Path, dict]:
     return image_list, {"good": good, "converted": converted, "reasons": reasons, "lines": lines}
 
 
+def test_full_verify_rejects_exactly_what_a_full_decode_rejects():
+    """`verify="full"` decodes kept JPEGs at 1/8 scale: truncations and corrupted bytes anywhere in the
+    file are rejected exactly when Pillow's full-size decode fails on them."""
+
+    def full_decode_fails(data: bytes) -> bool:
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+        except Exception:  # noqa: BLE001  (any decode failure)
+            return True
+        return False
+
+    def rejected(data: bytes) -> bool:
+        try:
+            tfrecord.prepare_image(data, verify="full")
+        except tfrecord.BadImage:
+            return True
+        return False
+
+    rng = np.random.default_rng(0)
+    photo = _image_bytes(11, size=(120, 90))
+    samples = [photo[: int(len(photo) * f)] for f in np.linspace(0.05, 0.999, 25)]
+    for _ in range(200):  # 1 - 8 random bytes overwritten past the headers
+        corrupt = np.frombuffer(photo, np.uint8).copy()
+        at = rng.integers(len(photo) // 4, len(photo) - 2, rng.integers(1, 9))
+        corrupt[at] = rng.integers(0, 256, at.size)
+        samples.append(corrupt.tobytes())
+    verdicts = [(full_decode_fails(d), rejected(d)) for d in samples]
+    assert [full for full, _ in verdicts] == [ours for _, ours in verdicts]
+    assert sum(full for full, _ in verdicts) >= 25  # every truncation, and some corruptions, fail
+
+
 @pytest.mark.parametrize("verify", tfrecord.VERIFY_MODES)
 def test_bad_input_corpus(tmp_path, verify):
     image_list, expected = _bad_corpus(tmp_path / "img")
