@@ -305,8 +305,6 @@ def _benchmark_images() -> tuple[str, list[str]]:
 
 def benchmark_writer() -> None:
     """Images/s and MB/s of our writer (cold and warm) and, with --compare, of the naive writer."""
-    from data import tfrecord
-
     emit_machine("writer")
     for label_format in ("dense", "sparse"):
         emit(
@@ -356,16 +354,8 @@ def benchmark_writer() -> None:
             out_dir = os.path.join(output_root, f"ours-{label_format}-{workers}-{verify}-{run}")
             shutil.rmtree(out_dir, ignore_errors=True)
             t0 = time.perf_counter()
-            manifest = tfrecord.write_dataset(
-                image_list=list_path,
-                image_root=FLAGS.image_cache,
-                output_dir=out_dir,
-                label_format=label_format,
-                num_classes=FLAGS.num_classes,
-                shards=FLAGS.shards,
-                workers=workers,
-                verify=verify,
-                progress=False,
+            manifest = _our_writer(
+                list_path, out_dir, label_format=label_format, workers=workers, verify=verify
             )
             seconds = time.perf_counter() - t0
             assert manifest["num_records"] == len(names), manifest["num_records"]
@@ -405,23 +395,28 @@ def benchmark_writer() -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _cached_records(list_path: str, label_format: str) -> str:
-    """Our writer's records of the benchmark images (written once into the image cache; resumable)."""
+def _our_writer(list_path: str, out_dir: str, *, label_format: str, workers: int, verify: str) -> dict:
+    """`data.tfrecord.write_dataset` of the benchmark images into `out_dir` (resumes what is there)."""
     from data import tfrecord
 
-    name = os.path.basename(list_path).removeprefix("list-").removesuffix(".txt")
-    out_dir = os.path.join(FLAGS.image_cache, f"records-{name}-{label_format}-{FLAGS.shards}")
-    tfrecord.write_dataset(
+    return tfrecord.write_dataset(
         image_list=list_path,
         image_root=FLAGS.image_cache,
         output_dir=out_dir,
         label_format=label_format,
         num_classes=FLAGS.num_classes,
         shards=FLAGS.shards,
-        workers=FLAGS.workers,
-        verify="fast",
+        workers=workers,
+        verify=verify,
         progress=False,
     )
+
+
+def _cached_records(list_path: str, label_format: str) -> str:
+    """Our writer's records of the benchmark images (written once into the image cache; resumable)."""
+    name = os.path.basename(list_path).removeprefix("list-").removesuffix(".txt")
+    out_dir = os.path.join(FLAGS.image_cache, f"records-{name}-{label_format}-{FLAGS.shards}")
+    _our_writer(list_path, out_dir, label_format=label_format, workers=FLAGS.workers, verify="fast")
     return out_dir
 
 

@@ -161,15 +161,6 @@ def define_flags() -> None:
         "center: one view through --transform; ten_crop: 4 corners + centre and their horizontal flips "
         "(demo resize), the 10 features averaged.",
     )
-    flags.DEFINE_enum(
-        "transform",
-        "demo",
-        ["demo", "reference"],
-        "Pre-processing for --crop=center: demo = the release's demo (shorter side 256, centre crop 224); "
-        "reference = its evaluation transform (central 80% crop, resize).",
-    )
-    flags.DEFINE_integer("image_size", 224, "Crop side (the model input).", lower_bound=1)
-    flags.DEFINE_integer("batch_size", 32, "Images per forward pass.", lower_bound=1)
     flags.mark_flags_as_required(["checkpoint", "output"])
 
 

@@ -208,15 +208,6 @@ def define_flags() -> None:
         "the head has 1000 classes (ImageNet), sigmoid otherwise.",
     )
     flags.DEFINE_integer("topk", 5, "Classes shown per image.", lower_bound=1)
-    flags.DEFINE_enum(
-        "transform",
-        "demo",
-        ["demo", "reference"],
-        "Pre-processing: demo = the release's demo (shorter side 256, centre crop 224); reference = its "
-        "evaluation transform (central 80% crop, resize).",
-    )
-    flags.DEFINE_integer("image_size", 224, "Model input side.", lower_bound=1)
-    flags.DEFINE_integer("batch_size", 32, "Images per forward pass.", lower_bound=1)
     flags.DEFINE_string("output_json", None, "Also write the predictions and the skipped files here as JSON.")
     flags.mark_flag_as_required("checkpoint")
 

@@ -147,7 +147,8 @@ def define_flags(*, default_recipe: str, recipe_names: list[str], finetune: bool
 
 
 def define_inference_flags() -> None:
-    """The model and image-list flags of tools/image_classification.py and tools/extract_feature.py."""
+    """The model, image-list and pre-processing flags of tools/image_classification.py and
+    tools/extract_feature.py."""
     flags.DEFINE_string(
         "checkpoint",
         None,
@@ -159,6 +160,15 @@ def define_inference_flags() -> None:
         "image_list", None, "A file listing images, one per line (first field), in addition to the arguments."
     )
     flags.DEFINE_string("image_root", "", "Folder that relative names in --image_list are relative to.")
+    flags.DEFINE_enum(
+        "transform",
+        "demo",
+        ["demo", "reference"],
+        "Pre-processing (extract_feature.py: of --crop=center): demo = the release's demo (shorter side 256, "
+        "centre crop 224); reference = its evaluation transform (central 80% crop, resize).",
+    )
+    flags.DEFINE_integer("image_size", 224, "Model input side (the crop side).", lower_bound=1)
+    flags.DEFINE_integer("batch_size", 32, "Images per forward pass.", lower_bound=1)
 
 
 _MODEL_FIELDS = ("depth", "base_width", "num_classes")
