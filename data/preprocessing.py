@@ -354,7 +354,7 @@ def _pixels(planes: tf.Tensor) -> tf.Tensor:
 
 
 # The three branches' XLA computations (one compilation per image size). The rotation's source indices are
-# a computation of their own: as one computation with the gather, the rotation measured about 3x slower.
+# a computation of their own: as one computation with the gather, the rotation was slower (measured once).
 _rotation_source_xla = tf.function(_rotation_source, jit_compile=True)
 
 

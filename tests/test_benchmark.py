@@ -1,7 +1,7 @@
 """Tests of tools/benchmark.py: every subcommand runs at toy sizes and prints parseable JSON lines with the
 expected keys (no timing assertions), and the speed work behind the `pipeline` figures keeps the outputs:
-the fused colour ops equal the tf.image kernels at full size, and the two-stage batched pipeline equals the
-per-image transform and still resumes exactly."""
+the fused colour ops equal the tf.image kernels at full size, and the pipeline equals the per-image
+transform and still resumes exactly."""
 
 import json
 import os
@@ -45,7 +45,7 @@ def _check_machine(lines: list[dict], name: str) -> None:
 def test_usage_error_lists_the_subcommands():
     proc = subprocess.run([sys.executable, BENCHMARK, "nope"], capture_output=True, text=True)
     assert proc.returncode != 0
-    for name in ("writer", "pipeline", "step", "loss", "allreduce", "memory"):
+    for name in ("writer", "pipeline", "augment", "step", "loss", "allreduce", "memory"):
         assert name in proc.stderr
 
 
@@ -64,6 +64,17 @@ def test_writer(tmp_path):
     for key in ("ours_dense_w1_full_cold", "ours_sparse_w1_fast_warm", "naive_tf_decode_dense"):
         assert {"images_per_s", "input_mb_per_s", "seconds", "output_mb"} <= named[f"writer/{key}"].keys()
     assert all(key.endswith("_vs_naive") for key in named["writer/speedup"] if key != "benchmark")
+    cost = named["writer/verify_cost"]
+    assert cost["images"] == 8 and cost["verify_full_ms"] > 0 and cost["full_size_decode_ms"] > 0
+
+
+def test_augment():
+    lines = _run("augment", "--image_size=32", "--batch_size=2", "--steps=1", "--warmup=1")
+    _check_machine(lines, "augment")
+    named = _by_name(lines)
+    assert named["augment/machine"]["intra_op_threads"] == 1
+    for name in ("branch_0", "branch_1", "branch_2", "rotation_ours", "rotation_release_op"):
+        assert named[f"augment/{name}"]["cpu_ms_per_image"] > 0
 
 
 def test_pipeline(tmp_path):

@@ -2,6 +2,7 @@ r"""Benchmarks, one subcommand each; every measurement is printed as one JSON li
 
     python tools/benchmark.py writer --num_images=3000 --workers=2 --compare
     python tools/benchmark.py pipeline --num_images=3000 --compare --rounds=3
+    python tools/benchmark.py augment --steps=20
     python tools/benchmark.py step --depth=101 --batch_size=32 --compare
     python tools/benchmark.py step --depth=101 --batch_size=128 --precision=bf16 --xla --compare  # on a GPU
     python tools/benchmark.py loss
@@ -16,10 +17,13 @@ records the figures with the commands that produced them.
 - ``writer``: generates (once, cached in ``--image_cache``) real-size JPEGs with photo-like file sizes, then
   times ``data/tfrecord.py``'s writer and, with ``--compare``, a naive single-process writer that decodes
   every image with TensorFlow and writes the dense reference layout (what the original writer does). It also
-  reports the size of the label field for ``dense`` vs ``sparse`` at ``--num_classes`` with ``--tags`` tags.
+  reports the size of the label field for ``dense`` vs ``sparse`` at ``--num_classes`` with ``--tags`` tags,
+  and the cost per JPEG of ``verify=full`` against a full-size decode.
 - ``pipeline``: training images/s of `training.input_pipeline.train_dataset` on records written by our
   writer from the same JPEGs; ``--compare`` adds a port of the original input pipeline and the decode-only
   limit (parallel ``decode_jpeg`` of the same bytes and nothing else).
+- ``augment``: single-threaded CPU ms per image of each augmentation branch after the crop, and of the
+  rotation alone, ours vs the release's op.
 - ``step``: images/s of `training.train_step.TrainStep` (the project's training step) on synthetic inputs
   for our ResNet; ``--compare`` runs the same step on ``keras.applications`` ResNet-V2 of the same depth.
 - ``loss``: the adaptive 11,166-class loss (forward and backward w.r.t. the logits) vs plain sigmoid
@@ -325,6 +329,8 @@ def benchmark_writer() -> None:
         ready_s=round(time.perf_counter() - started, 2),
     )
 
+    _verify_cost(names[:500])
+
     output_root = FLAGS.output_dir or tempfile.mkdtemp(prefix="mlimages_benchmark_")
     try:
 
@@ -393,6 +399,34 @@ def benchmark_writer() -> None:
 # ---------------------------------------------------------------------------------------------------------
 # pipeline
 # ---------------------------------------------------------------------------------------------------------
+
+
+def _verify_cost(names: Sequence[str]) -> None:
+    """The `writer/verify_cost` line: CPU ms per JPEG of `verify=full` (`prepare_image`, a 1/8-scale decode
+    of a kept JPEG) and of a full-size Pillow decode, the check it replaced."""
+    from PIL import Image
+
+    from data import tfrecord
+
+    jpegs = []
+    for name in names:
+        with open(os.path.join(FLAGS.image_cache, name), "rb") as f:
+            jpegs.append(f.read())
+
+    def full_size_decode(data: bytes) -> None:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+
+    cost = {}
+    for key, check in (
+        ("verify_full_ms", lambda data: tfrecord.prepare_image(data, verify="full")),
+        ("full_size_decode_ms", full_size_decode),
+    ):
+        with _Timer() as t:
+            for data in jpegs:
+                check(data)
+        cost[key] = round(t.cpu / len(jpegs) * 1e3, 3)
+    emit("writer/verify_cost", images=len(jpegs), **cost)
 
 
 def _our_writer(list_path: str, out_dir: str, *, label_format: str, workers: int, verify: str) -> dict:
@@ -636,6 +670,79 @@ def benchmark_pipeline() -> None:
             cpu_ms_per_image=cpu,
             targets={"ours_vs_original": 1.5, "ours_fraction_of_decode_only": 0.7},
         )
+
+
+def benchmark_augment() -> None:
+    """CPU ms per image of each augmentation branch of `preprocessing.train_transform` after the crop, and
+    of the rotation alone, ours (the XLA gather) vs the release's op (ImageProjectiveTransformV3); one
+    thread, --batch_size random --image_size crops per timed call, --steps calls after --warmup."""
+    import tensorflow as tf
+
+    from data import preprocessing as pre
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    emit_machine("augment")
+    size, batch = FLAGS.image_size, FLAGS.batch_size
+    rng = np.random.default_rng(0)
+    crops = tf.constant(rng.uniform(0, 255, (batch, size, size, 3)).astype(np.float32))
+    flips = tf.constant(rng.uniform(size=batch) < 0.5)
+    colors = tf.constant(
+        np.stack(
+            [
+                rng.uniform(-pre.BRIGHTNESS_MAX_DELTA, pre.BRIGHTNESS_MAX_DELTA, batch),
+                rng.uniform(*pre.SATURATION_RANGE, batch),
+                rng.uniform(-pre.HUE_MAX_DELTA, pre.HUE_MAX_DELTA, batch),
+                rng.uniform(*pre.CONTRAST_RANGE, batch),
+            ],
+            axis=1,
+        ).astype(np.float32)
+    )
+    angle_max = pre.MAX_ROTATION_DEGREES * np.pi / 180
+    transforms = tf.stack(
+        [
+            pre._rotation_transform(size, tf.constant(a, tf.float32))
+            for a in rng.uniform(-1, 1, batch) * angle_max
+        ]
+    )
+
+    @tf.function(jit_compile=True)
+    def gather(image, source):  # as `_augment_branch_0` does, inside XLA
+        return tf.gather(tf.concat([tf.reshape(image, [-1, 3]), tf.zeros([1, 3])], axis=0), source)
+
+    def our_rotation(i):
+        return gather(crops[i], pre._rotation_source_xla(transforms[i], size, size))
+
+    def release_rotation(i):
+        return tf.raw_ops.ImageProjectiveTransformV3(
+            images=crops[i][tf.newaxis],
+            transforms=transforms[i][tf.newaxis],
+            output_shape=[size, size],
+            fill_value=0.0,
+            interpolation="NEAREST",
+            fill_mode="CONSTANT",
+        )[0]
+
+    def branch_0(i):
+        source = pre._rotation_source_xla(transforms[i], size, size)
+        return pre._augment_branch_0(crops[i], flips[i], source, colors[i])
+
+    variants = {
+        "branch_0": branch_0,
+        "branch_1": lambda i: pre._augment_branch_1(crops[i], flips[i], colors[i]),
+        "branch_2": lambda i: pre._augment_branch_2(crops[i], flips[i]),
+        "rotation_ours": our_rotation,
+        "rotation_release_op": release_rotation,
+    }
+    for name, one in variants.items():
+        # The images' sums feed the output, so that no image's work is pruned.
+        run = tf.function(lambda one=one: tf.add_n([tf.reduce_sum(one(i)) for i in range(batch)]))
+        for _ in range(FLAGS.warmup):
+            run().numpy()
+        with _Timer() as t:
+            for _ in range(FLAGS.steps):
+                run().numpy()
+        emit(f"augment/{name}", cpu_ms_per_image=round(t.cpu / (FLAGS.steps * batch) * 1e3, 3))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1054,6 +1161,7 @@ def benchmark_memory() -> None:
 SUBCOMMANDS: dict[str, Callable[[], None]] = {
     "writer": benchmark_writer,
     "pipeline": benchmark_pipeline,
+    "augment": benchmark_augment,
     "step": benchmark_step,
     "loss": benchmark_loss,
     "allreduce": benchmark_allreduce,
