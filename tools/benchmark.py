@@ -454,6 +454,20 @@ def _cached_records(list_path: str, label_format: str) -> str:
     return out_dir
 
 
+def release_rotate(image, transform):
+    """`tf.contrib.image.rotate`'s op on one [H, W, C] image: nearest neighbour, zero fill, same size."""
+    import tensorflow as tf
+
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[tf.newaxis],
+        transforms=transform[tf.newaxis],
+        output_shape=tf.shape(image)[:2],
+        fill_value=0.0,
+        interpolation="NEAREST",
+        fill_mode="CONSTANT",
+    )[0]
+
+
 def original_pipeline(
     files: Sequence[str], *, batch_size: int, image_size: int, num_classes: int, shuffle_buffer: int
 ):
@@ -483,15 +497,7 @@ def original_pipeline(
         cos, sin = tf.cos(angle), tf.sin(angle)
         x_offset = ((width - 1) - (cos * (width - 1) - sin * (height - 1))) / 2.0
         y_offset = ((height - 1) - (sin * (width - 1) + cos * (height - 1))) / 2.0
-        transform = tf.stack([cos, -sin, x_offset, sin, cos, y_offset, 0.0, 0.0])[tf.newaxis]
-        return tf.raw_ops.ImageProjectiveTransformV3(
-            images=image[tf.newaxis],
-            transforms=transform,
-            output_shape=[image_size, image_size],
-            fill_value=0.0,
-            interpolation="NEAREST",
-            fill_mode="CONSTANT",
-        )[0]
+        return release_rotate(image, tf.stack([cos, -sin, x_offset, sin, cos, y_offset, 0.0, 0.0]))
 
     def color_ordering_0(image):
         image = tf.image.random_brightness(image, max_delta=32.0 / 255.0)
@@ -714,14 +720,7 @@ def benchmark_augment() -> None:
         return gather(crops[i], pre._rotation_source_xla(transforms[i], size, size))
 
     def release_rotation(i):
-        return tf.raw_ops.ImageProjectiveTransformV3(
-            images=crops[i][tf.newaxis],
-            transforms=transforms[i][tf.newaxis],
-            output_shape=[size, size],
-            fill_value=0.0,
-            interpolation="NEAREST",
-            fill_mode="CONSTANT",
-        )[0]
+        return release_rotate(crops[i], transforms[i])
 
     def branch_0(i):
         source = pre._rotation_source_xla(transforms[i], size, size)
