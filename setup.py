@@ -32,6 +32,13 @@ setup(
         "cpu": [f"tensorflow-cpu=={TF_VERSION}"],
         "gpu": [f"tensorflow[and-cuda]=={TF_VERSION}"],
         "plots": ["matplotlib>=3.8"],
-        "dev": ["pytest>=8", "ruff==0.17.*", "matplotlib>=3.8", "psutil>=5.9"],
+        "dev": [
+            "pytest>=8",
+            "ruff==0.17.*",
+            "matplotlib>=3.8",
+            "psutil>=5.9",
+            "tf-keras==2.21.*",  # tests: TF1 graph code (tf.compat.v1.layers) writes a release-style checkpoint
+            "opencv-python-headless>=4.9",  # tests: the release tools' cv.imread/cv.resize as the reference
+        ],
     },
 )

@@ -1,0 +1,162 @@
+"""Image-file validation: the one check used by the downloader, the TFRecord writer and the inference tools.
+
+Every path that accepts an image file from the outside world goes through `open_image` (header only: format,
+mode, size, and the pixel limit, before a single pixel is decoded), then `verify_decodes` (the whole
+entropy-coded stream, which is where truncation and corruption show) and, where pixels are needed in
+8-bit RGB, `to_rgb8`. Problems are `BadImage` with a short `reason` meant for a manifest or a skip list,
+never a Python object's repr.
+
+Pixel conventions follow what the release's tools see through OpenCV's `cv.imread(path, IMREAD_COLOR)`:
+- 16-bit images (PNG/TIFF, grey or colour) are scaled to 8 bits by keeping the high byte (v >> 8, as
+  libpng's strip-16 does), not clipped: 65535 -> 255, 32768 -> 128, 255 -> 0.
+- Alpha is dropped: a transparent pixel keeps its stored colour (no compositing on a background), and a
+  palette image is expanded through its palette (its transparency entry dropped likewise).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import numpy as np
+from PIL import Image
+
+# One limit for every tool (--max_pixels): 100 MP is a 10,000 x 10,000 image, far above any photo in the
+# lists, and about 300 MB as 8-bit RGB; beyond it a single image could exhaust a worker's memory.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+# Pillow refuses images over 2 x MAX_IMAGE_PIXELS on open with its own error; our limit is checked first
+# from the header, so Pillow's global is not changed here.
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+class BadImage(ValueError):
+    """An image that cannot be used; `reason` says why in a few words (for manifests and skip lists)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageHeader:
+    """What the header says, before any pixel is decoded."""
+
+    format: str
+    mode: str
+    width: int
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def read_file(path: str) -> bytes:
+    """The file's bytes, or `BadImage` with the reason when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise BadImage("missing file") from None
+    except IsADirectoryError:
+        raise BadImage("is a directory") from None
+    except OSError as e:
+        raise BadImage(f"unreadable: {e.strerror or type(e).__name__}") from None
+
+
+def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Parses the header of an encoded image and enforces the pixel limit; decodes no pixels.
+
+    Args:
+      data: The encoded file.
+      max_pixels: Largest width x height accepted (0 or negative: no limit).
+
+    Returns:
+      The opened (lazy) Pillow image.
+
+    Raises:
+      BadImage: empty, not an image, or over `max_pixels` ("too many pixels: 30000x30000 = 900.0 MP > 100.0 MP").
+    """
+    if not data:
+        raise BadImage("empty file")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.UnidentifiedImageError:
+        raise BadImage("not an image (unidentified format)") from None
+    except Image.DecompressionBombError:
+        raise BadImage("too many pixels (over Pillow's decompression-bomb limit)") from None
+    except Exception as e:  # noqa: BLE001 -- a malformed header raises many types; it is a reason, not a crash
+        raise BadImage(f"corrupt header ({type(e).__name__})") from None
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise BadImage(f"empty image ({width}x{height})")
+    if max_pixels > 0 and width * height > max_pixels:
+        raise BadImage(
+            f"too many pixels: {width}x{height} = {width * height / 1e6:.1f} MP > {max_pixels / 1e6:.1f} MP "
+            "(--max_pixels)"
+        )
+    return image
+
+
+def header(image: Image.Image) -> ImageHeader:
+    return ImageHeader(format=image.format or "", mode=image.mode, width=image.size[0], height=image.size[1])
+
+
+def verify_decodes(image: Image.Image, *, reduced: bool = True) -> None:
+    """Decodes the whole image once so that truncated and corrupt files fail here.
+
+    Args:
+      image: From `open_image` (not yet loaded).
+      reduced: For JPEG, decode at 1/8 scale (`draft`): libjpeg still reads the whole entropy-coded stream,
+        where every decode error arises, and skips the inverse DCT and colour conversion, which cannot fail.
+
+    Raises:
+      BadImage: corrupt or truncated.
+    """
+    try:
+        if reduced and image.format in ("JPEG", "MPO"):
+            width, height = image.size
+            image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
+        image.load()
+    except Image.DecompressionBombError:
+        raise BadImage("too many pixels (over Pillow's decompression-bomb limit)") from None
+    # Pillow's decoders raise many types on corrupt data (OSError, SyntaxError, ValueError, struct.error,
+    # EOFError, ...); one bad file among millions must become a reason, not a crash.
+    except Exception as e:  # noqa: BLE001
+        raise BadImage(f"corrupt or truncated ({type(e).__name__}: {_short(e)})") from None
+
+
+def to_rgb8(image: Image.Image) -> Image.Image:
+    """An 8-bit RGB image with the pixels OpenCV's `imread(IMREAD_COLOR)` would give (module docstring).
+
+    Raises:
+      BadImage: corrupt or truncated (the image is decoded here if it was not yet).
+    """
+    try:
+        image.load()
+        mode = image.mode
+        if mode in _SIXTEEN_BIT_MODES:
+            values = np.asarray(image, dtype=np.int64)
+            grey = (np.clip(values, 0, 65535) >> 8).astype(np.uint8)
+            return Image.fromarray(grey, mode="L").convert("RGB")
+        if mode == "F":
+            grey = np.clip(np.asarray(image, dtype=np.float64), 0, 255).round().astype(np.uint8)
+            return Image.fromarray(grey, mode="L").convert("RGB")
+        if mode == "RGB":
+            return image
+        return image.convert("RGB")  # P/PA via the palette, RGBA/LA by dropping alpha, CMYK, YCbCr, 1, L
+    except BadImage:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise BadImage(f"corrupt or truncated ({type(e).__name__}: {_short(e)})") from None
+
+
+def decode_rgb8(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """uint8[H, W, 3] pixels of an encoded image, checked and converted as above."""
+    return np.asarray(to_rgb8(open_image(data, max_pixels=max_pixels)))
+
+
+def _short(error: Exception, limit: int = 120) -> str:
+    text = str(error).splitlines()[0] if str(error) else ""
+    return text[:limit]
