@@ -19,7 +19,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from models import resnet, tf1_checkpoint
+from models import pretrained, resnet, tf1_checkpoint
 
 
 def latest_step(model_dir: str) -> int | None:
@@ -69,28 +69,14 @@ def restore_input_position(iterator, *, model_dir: str, rank: int, step: int) ->
 
 
 def infer_model_config(ckpt_path: str) -> dict[str, int]:
-    """Depth, base width and head size of the ResNet stored in one of our checkpoints, from shapes alone.
-
-    The stem kernel is the only 7x7 kernel ([7, 7, 3, base_width]); the head kernel is the only 2-D
-    variable ([features, num_classes]); a ResNet with B blocks has 3 B + 5 conv kernels (stem, three per
-    block, one projection per stage), and depth = 3 B + 2.
-    """
-    shapes = {name: shape for name, shape in tf.train.list_variables(ckpt_path)}
-    model_vars = {
-        n: s for n, s in shapes.items() if n.startswith(("model/", "optimizer/_trainable_variables/"))
-    }
-    kernels4 = [s for n, s in model_vars.items() if len(s) == 4 and "optimizer/_variables" not in n]
-    stems = [s for s in kernels4 if s[:3] == [7, 7, 3]]
-    heads = [s for s in model_vars.values() if len(s) == 2]
-    if len(stems) != 1 or not heads:
-        raise ValueError(f"{ckpt_path} does not hold one of our ResNet checkpoints (no unique stem/head)")
-    blocks = (len(kernels4) - 5) // 3
-    return {"depth": 3 * blocks + 2, "base_width": stems[0][3], "num_classes": heads[0][1]}
+    """Depth, base width and head size of the ResNet in a checkpoint of either kind (`models.pretrained`)."""
+    found = pretrained.checkpoint_architecture(ckpt_path)
+    return {key: int(found[key]) for key in ("depth", "base_width", "num_classes")}
 
 
 def is_tf1_checkpoint(ckpt_path: str) -> bool:
-    """True for the released TF1 checkpoints (variables named like `init/init_conv/conv2d/kernel`)."""
-    return any(name.startswith("init/init_conv/") for name, _ in tf.train.list_variables(ckpt_path))
+    """True for the released TF1 checkpoints (`models.pretrained.is_tf1_checkpoint`)."""
+    return pretrained.is_tf1_checkpoint(ckpt_path)
 
 
 def resolve_checkpoint_path(path: str) -> str:

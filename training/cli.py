@@ -19,6 +19,7 @@ from typing import Any
 
 from absl import app, flags
 
+from data import images
 from training import config as config_lib
 from training import recipes
 
@@ -164,11 +165,19 @@ def define_inference_flags() -> None:
         "transform",
         "demo",
         ["demo", "reference"],
-        "Pre-processing (extract_feature.py: of --crop=center): demo = the release's demo (shorter side 256, "
-        "centre crop 224); reference = its evaluation transform (central 80% crop, resize).",
+        "Pre-processing (extract_feature.py: of --crop=center): demo = the release's tools' (OpenCV decode "
+        "with the EXIF orientation, shorter side 256, centre crop 224); reference = its evaluation transform "
+        "(central 80% crop, resize).",
     )
     flags.DEFINE_integer("image_size", 224, "Model input side (the crop side).", lower_bound=1)
     flags.DEFINE_integer("batch_size", 32, "Images per forward pass.", lower_bound=1)
+    flags.DEFINE_integer(
+        "max_pixels",
+        images.DEFAULT_MAX_PIXELS,
+        "Largest image (width x height) read; a larger one is skipped with the reason in the skip list, "
+        "checked from its header before any pixel is decoded (0: no limit).",
+        lower_bound=0,
+    )
 
 
 _MODEL_FIELDS = ("depth", "base_width", "num_classes")

@@ -23,8 +23,6 @@ reference global batch of 4096 without rescaling the schedule.
 
 from __future__ import annotations
 
-import re
-
 import keras
 import tensorflow as tf
 
@@ -94,11 +92,10 @@ def frozen_layers(model: keras.Model, frozen_stages: int) -> list[keras.Layer]:
     """
     if frozen_stages < 0:
         return []
-    pattern = re.compile(r"stages_(\d+)_block_\d+_.+")
     chosen = []
     for layer in model.layers:
-        match = pattern.fullmatch(layer.name)
-        if layer.name == resnet.STEM_LAYER or (match and int(match.group(1)) < frozen_stages):
+        block = resnet.parse_layer_name(layer.name)
+        if layer.name == resnet.STEM_LAYER or (block is not None and block.stage < frozen_stages):
             chosen.append(layer)
     return chosen
 
