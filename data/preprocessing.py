@@ -27,9 +27,11 @@ Unlike the release, every random choice is STATELESS and derived from a per-elem
 so a resumed input pipeline reproduces exactly the augmentation of an uninterrupted run.
 
 Evaluation (`eval_transform`) is the release's `eval_image`: central crop of 80 % (the window of
-`tf.image.central_crop`), then the same TF1-convention bilinear resize. The inference demo of the release
-(`image_classification.py`) uses another transform, `demo_transform`: shorter side to 256 with OpenCV's
-bilinear resize into uint8, then a centre crop of 224.
+`tf.image.central_crop`), then the same TF1-convention bilinear resize. The inference tools of the release
+(`image_classification.py`, `extract_feature.py`) use another transform, `demo_transform`: the image read
+as `cv.imread` reads it (accurate integer IDCT, EXIF orientation applied), shorter side to 256 with OpenCV's
+bilinear resize into uint8, then a centre crop of 224 (within one grey level of OpenCV's own pixels).
+`load_image_file` reads an image file for the tools through data/images.py (header check, --max_pixels).
 
 Speed (docs/BENCHMARKS.md has the figures): after the decode, crop and resize, each training image goes
 through the small XLA computation of its own branch (rotation and colour order 0, colour order 1, or
