@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import re
 
 import numpy as np
 from PIL import Image
@@ -25,8 +26,9 @@ from PIL import Image
 # lists, and about 300 MB as 8-bit RGB; beyond it a single image could exhaust a worker's memory.
 DEFAULT_MAX_PIXELS = 100_000_000
 
-# Pillow refuses images over 2 x MAX_IMAGE_PIXELS on open with its own error; our limit is checked first
-# from the header, so Pillow's global is not changed here.
+# Pillow refuses images over 2 x Image.MAX_IMAGE_PIXELS (about 179 MP) on open with its own error, which is
+# reported with the same reason; Pillow's global is not changed here, so a --max_pixels above that stays
+# capped by Pillow.
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
 
@@ -84,8 +86,11 @@ def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
         image = Image.open(io.BytesIO(data))
     except Image.UnidentifiedImageError:
         raise BadImage("not an image (unidentified format)") from None
-    except Image.DecompressionBombError:
-        raise BadImage("too many pixels (over Pillow's decompression-bomb limit)") from None
+    except Image.DecompressionBombError as e:
+        # Pillow refuses images over twice its own limit (about 179 MP) before returning the size.
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(found.group(1)) / 1e6:.1f} MP" if found else "over Pillow's decompression-bomb limit"
+        raise BadImage(f"too many pixels: {size} > {max_pixels / 1e6:.1f} MP (--max_pixels)") from None
     except Exception as e:  # noqa: BLE001 -- a malformed header raises many types; it is a reason, not a crash
         raise BadImage(f"corrupt header ({type(e).__name__})") from None
     width, height = image.size
