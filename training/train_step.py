@@ -39,6 +39,7 @@ class NonFiniteLossError(FloatingPointError):
     """The global loss of a step was NaN or Inf; the step was not applied."""
 
 
+@keras.saving.register_keras_serializable(package="mlimages")
 class TF1Momentum(keras.optimizers.Optimizer):
     """SGD with momentum exactly as TF1's `tf.train.MomentumOptimizer` (the release's optimizer).
 
