@@ -65,9 +65,9 @@ INTERRUPTED: Final = "interrupted"
 # HTTP codes worth another attempt: request timeout, rate limiting and server-side errors.
 _RETRYABLE_HTTP: Final = frozenset({408, 425, 429, 500, 502, 503, 504})
 _CHUNK: Final = 1 << 16
-# The resumability check reads this much of an existing file: enough for any real header (JPEG EXIF, ICC
-# and XMP segments included) without reading every byte of millions of files on a re-run.
-_HEADER_BYTES: Final = 1 << 20
+# The resumability check reads this much of an existing file first: enough for the header of almost any
+# photo (the whole file when its EXIF/ICC segments are larger).
+_HEADER_BYTES: Final = 1 << 16
 # How often the thread that orders the results looks at the stop flag while it waits for a download.
 _POLL_S: Final = 0.05
 
@@ -187,13 +187,22 @@ def _is_complete_image(path: pathlib.Path, *, max_pixels: int) -> bool:
 
     Files only reach their final name after full validation, so a valid header means a previous run
     completed the file; an empty or foreign file (e.g. from another tool), or one over a lowered
-    `max_pixels`, fails this and is fetched (and checked) again.
+    `max_pixels`, fails this and is fetched (and checked) again. Only the first `_HEADER_BYTES` are read,
+    unless the header does not fit in them (large EXIF/ICC segments): a re-run over millions of files
+    should not read every byte of them.
     """
     try:
         with open(path, "rb") as f:
-            head = f.read(_HEADER_BYTES)
-        with images.open_image(head, max_pixels=max_pixels):
-            return True
+            data = f.read(_HEADER_BYTES)
+            try:
+                with images.open_image(data, max_pixels=max_pixels):
+                    return True
+            except images.BadImage:
+                rest = f.read()
+                if not rest:
+                    return False
+            with images.open_image(data + rest, max_pixels=max_pixels):
+                return True
     except (OSError, images.BadImage):
         return False
 

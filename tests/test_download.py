@@ -58,6 +58,16 @@ GOOD_JPEG = _image_bytes("JPEG", 0)
 GOOD_PNG = _image_bytes("PNG", 1)
 
 
+def _jpeg_with_big_header() -> bytes:
+    """A valid JPEG whose frame header comes after 200 KB of ICC segments (Pillow splits them)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (10, 200, 30)).save(buffer, format="JPEG", icc_profile=b"\x01" * 200_000)
+    return buffer.getvalue()
+
+
+BIG_HEADER_JPEG = _jpeg_with_big_header()
+
+
 class _Server:
     """Routes by path; counts requests per path so that tests can see retries."""
 
@@ -106,6 +116,8 @@ class _Server:
                     self._send(200, GOOD_PNG)
                 elif name.startswith("good"):
                     self._send(200, _image_bytes("JPEG", hash(name) % 1000))
+                elif name == "big_header.jpg":
+                    self._send(200, BIG_HEADER_JPEG)
                 elif name == "missing.jpg":
                     self._send(404, b"not found")
                 elif name == "forbidden.jpg":
@@ -198,6 +210,32 @@ def silent_port(no_proxy):
     thread.join(timeout=5)
     for sock in [*accepted, listener]:
         sock.close()
+
+
+@pytest.fixture
+def hung_connect_port(no_proxy):
+    """A port on 127.0.0.1 whose connect() hangs: its accept queue is full, so the kernel drops SYNs."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    held = []
+    try:
+        for _ in range(4):  # Fill the queue until a connect times out (bounded).
+            probe = socket.socket()
+            probe.settimeout(0.2)
+            try:
+                probe.connect(("127.0.0.1", port))
+            except TimeoutError:
+                probe.close()
+                break
+            held.append(probe)
+        else:
+            pytest.skip("this kernel does not let a connect hang on a full accept queue")
+        yield port
+    finally:
+        for sock in [*held, listener]:
+            sock.close()
 
 
 def _no_temporary_files(directory: pathlib.Path) -> bool:
@@ -308,6 +346,22 @@ def test_deadline_bounds_a_silent_server(silent_port, tmp_path, scheme):
     assert 0.9 < elapsed < 1.5, elapsed
 
 
+def test_deadline_and_stop_bound_a_connect_that_hangs(hung_connect_port, tmp_path):
+    url = f"http://127.0.0.1:{hung_connect_port}/x.jpg"
+    config = dataclasses.replace(FAST, timeout_s=10.0, deadline_s=1.0)
+    start = time.monotonic()
+    result = download.fetch(url, tmp_path, config)
+    assert result.reason.startswith("deadline of 1s exceeded") and time.monotonic() - start < 1.5, result
+    # Ctrl-C's path: the stop aborts the connect itself, long before its 10 s timeout or 30 s deadline.
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    start = time.monotonic()
+    config = dataclasses.replace(config, deadline_s=30.0)
+    out = list(download.fetch_all([url], tmp_path, config, stop=stop))
+    assert [(r.status, r.reason) for _, r in out] == [("interrupted", "interrupted")]
+    assert time.monotonic() - start < 1.0
+
+
 def test_fetch_refuses_other_schemes(tmp_path):
     secret = tmp_path / "secret.jpg"
     secret.write_bytes(GOOD_JPEG)
@@ -323,6 +377,13 @@ def test_fetch_resumes_and_replaces_invalid_existing_file(server, tmp_path):
     (tmp_path / download.filename_for_url(url)).write_bytes(b"")  # e.g. left by another tool
     assert download.fetch(url, tmp_path, FAST).status == "downloaded"
     assert server.hits["/img/good3.jpg"] == 2
+
+
+def test_resume_recognises_a_file_whose_header_is_past_the_first_read(server, tmp_path):
+    url = server.url("big_header.jpg")
+    assert download.fetch(url, tmp_path, FAST).status == "downloaded"
+    assert download.fetch(url, tmp_path, FAST).status == "existing"
+    assert server.hits["/img/big_header.jpg"] == 1
 
 
 def test_fetch_all_keeps_input_order(server, tmp_path):
