@@ -343,8 +343,8 @@ class _WatchedConnection:
 
     def __init__(self, *args, deadline: _Deadline, **kwargs):
         super().__init__(*args, **kwargs)
-        # http.client's documented-in-source hook for opening the TCP connection; HTTPSConnection wraps
-        # the socket it returns, so one hook covers HTTP, HTTPS and proxy tunnels.
+        # http.client's (private, but stable since Python 3.0) hook for opening the TCP connection;
+        # HTTPSConnection wraps the socket it returns, so one hook covers HTTP, HTTPS and proxy tunnels.
         self._create_connection = deadline.open_socket
 
 
@@ -536,7 +536,7 @@ class Fetcher:
                     if wait >= deadline.remaining():
                         return self._failed(
                             filename,
-                            f"{reason} (after {attempt - 1} attempts, deadline reached)",
+                            f"{reason} (after {_attempts(attempt - 1)}, deadline reached)",
                             attempt - 1,
                         )
                     if self._stop.wait(wait):
@@ -546,7 +546,7 @@ class Fetcher:
                 except _Interrupted:
                     return FetchResult(INTERRUPTED, filename, reason=INTERRUPTED, attempts=attempt)
                 except _DeadlineExceeded:
-                    detail = f" (after {attempt} attempts; last: {reason})" if reason else ""
+                    detail = f" (after {_attempts(attempt)}; last: {reason})" if reason else ""
                     return self._failed(
                         filename, f"deadline of {config.deadline_s:g}s exceeded{detail}", attempt
                     )
@@ -563,11 +563,15 @@ class Fetcher:
                     return self._failed(filename, e.reason, attempt)
                 fileio.write_bytes(dest, data)
                 return FetchResult("downloaded", filename, attempts=attempt, num_bytes=len(data))
-        return self._failed(filename, f"{reason} (after {config.retries + 1} attempts)", config.retries + 1)
+        return self._failed(filename, f"{reason} (after {_attempts(config.retries + 1)})", config.retries + 1)
 
     @staticmethod
     def _failed(filename: str, reason: str, attempts: int) -> FetchResult:
         return FetchResult("failed", filename, reason=reason, attempts=attempts)
+
+
+def _attempts(n: int) -> str:
+    return f"{n} attempt" if n == 1 else f"{n} attempts"
 
 
 def fetch(url: str, output_dir: str | os.PathLike[str], config: DownloadConfig) -> FetchResult:
