@@ -24,6 +24,7 @@ import dataclasses
 import glob
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -530,17 +531,20 @@ def main(argv: Sequence[str], *, baseline: Callable[..., dict]) -> None:
     del argv
     f = flags.FLAGS
     started = time.monotonic()
-    dataset = make_demo_dataset(
-        f.output_dir,
-        num_train=f.num_train,
-        num_val=f.num_val,
-        image_size=f.image_size,
-        seed=f.seed,
-        shards=f.shards,
-        workers=f.workers,
-        label_format=f.label_format,
-        overwrite=f.overwrite,
-    )
+    try:
+        dataset = make_demo_dataset(
+            f.output_dir,
+            num_train=f.num_train,
+            num_val=f.num_val,
+            image_size=f.image_size,
+            seed=f.seed,
+            shards=f.shards,
+            workers=f.workers,
+            label_format=f.label_format,
+            overwrite=f.overwrite,
+        )
+    except ValueError as e:  # a refused folder or bad parameters: one line, not a traceback
+        sys.exit(f"error: {e}")
     metrics = baseline(dataset.data_dir, topk=BASELINE_KS)
     summary = summarize(dataset, metrics, wall_seconds=time.monotonic() - started)
     fileio.write_json(f.summary_json or os.path.join(dataset.data_dir, SUMMARY_FILENAME), summary)

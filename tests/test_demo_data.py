@@ -262,6 +262,22 @@ def test_cli_writes_the_summary_and_help_lists_the_flags(tmp_path, repo_root):
     assert summary["num_classes"] == demo_scenes.NUM_CLASSES and summary["max_depth"] == demo_scenes.MAX_DEPTH
     assert 0.0 < summary["most_frequent_baseline"]["f1@5"] <= 1.0
 
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("x")
+    refused = subprocess.run(
+        [sys.executable, script, f"--output_dir={foreign}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=repo_root,
+    )
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert (
+        refused.stderr.strip().splitlines()[-1].startswith("error: ") and "not a demo set" in refused.stderr
+    )
+    assert os.listdir(foreign) == ["mine.txt"]
+
     help_text = subprocess.run(
         [sys.executable, script, "--help"], capture_output=True, text=True, env=env, cwd=repo_root
     ).stdout
