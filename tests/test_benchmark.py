@@ -191,12 +191,10 @@ def test_memory_writer_tools(tmp_path):
 
 
 def test_synthetic_image_list_reads_back(tmp_path):
-    sys.path.insert(0, os.path.dirname(BENCHMARK))
-    import benchmark
-
     from data import annotations
+    from tools.benchmarks import memory
 
-    path = benchmark.synthetic_image_list(str(tmp_path / "list.txt"), num_lines=500, num_classes=100, tags=9)
+    path = memory.synthetic_image_list(str(tmp_path / "list.txt"), num_lines=500, num_classes=100, tags=9)
     entries = list(annotations.iter_entries(path, num_classes=100, on_error="fail"))
     assert len(entries) == 500
     tags = [len(entry.labels) for entry in entries]
