@@ -165,8 +165,8 @@ def _write_split(
                 seed=params["seed"], prefix=prefix, index=index, image_size=params["image_size"]
             )
             name = f"{prefix}/{index:06d}.jpg"
-            with open(os.path.join(image_root, name), "wb") as f:
-                f.write(jpeg)
+            # Never a truncated JPEG after a crash; no fsync: a rerun redraws the split's images anyway.
+            fileio.write_bytes(os.path.join(image_root, name), jpeg, fsync=False)
             labels = hierarchy.propagate(tags)
             class_counts[[i for i, c in labels.items() if c >= 0.5]] += 1
             yield annotations.Entry(name, tuple(labels.items()), index + 1)
