@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from data import demo as demo_data
+from data import demo_scenes
 from training import demo, distributed, recipes
 
 
@@ -54,7 +54,7 @@ def test_the_default_folder_and_the_matching_num_classes_are_accepted(tmp_path):
     assert demo.check_config(_config(tmp_path)) == str(tmp_path / "run" / "data")
     empty = tmp_path / "empty"
     empty.mkdir()
-    config = _config(tmp_path, data_dir=empty, num_classes=demo_data.NUM_CLASSES)
+    config = _config(tmp_path, data_dir=empty, num_classes=demo_scenes.NUM_CLASSES)
     assert demo.check_config(config) == str(empty)
 
 

@@ -24,7 +24,7 @@ import tensorflow as tf
 from absl import logging
 
 from data import demo as demo_data
-from data import fileio, schema
+from data import demo_scenes, fileio, schema
 from training import distributed, loop
 from training.config import TrainConfig
 from training.metrics import MultiLabelMetrics
@@ -115,10 +115,10 @@ def check_config(config: TrainConfig) -> str:
     Raises:
       ValueError: The explicit number of classes disagrees with the demo's, or the folder is not the demo's.
     """
-    if config.model.num_classes not in (0, demo_data.NUM_CLASSES):  # 0: the recipe's "from the data"
+    if config.model.num_classes not in (0, demo_scenes.NUM_CLASSES):  # 0: the recipe's "from the data"
         raise ValueError(
             f"--num_classes={config.model.num_classes} disagrees with the demo data, which has "
-            f"{demo_data.NUM_CLASSES} classes; leave --num_classes out for the demo recipe"
+            f"{demo_scenes.NUM_CLASSES} classes; leave --num_classes out for the demo recipe"
         )
     data_dir = config.data.data_dir or os.path.join(config.model_dir, "data")
     demo_data.check_output_dir(data_dir)
