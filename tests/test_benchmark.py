@@ -1,5 +1,6 @@
-"""Tests of tools/benchmark.py: every subcommand runs at toy sizes and prints parseable JSON lines with the
-expected keys (no timing assertions), and the speed work behind the `pipeline` figures keeps the outputs:
+"""Tests of tools/benchmark.py (and its modules in tools/benchmarks/): every subcommand runs at toy sizes and
+prints parseable JSON lines with the expected keys (no timing assertions), each subcommand takes only its own
+flags and every documented command parses, and the speed work behind the `pipeline` figures keeps the outputs:
 the fused colour ops equal the tf.image kernels at full size, and the pipeline equals the per-image
 transform and still resumes exactly."""
 
