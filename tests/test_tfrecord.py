@@ -1,23 +1,28 @@
 """Tests for data/tfrecord.py, the writer: layouts, shard assignment, bad inputs, kill -9, tasks, TFDS, CLI."""
 
 import collections
+import functools
 import glob
 import io
+import itertools
 import json
 import os
 import pathlib
 import re
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
-from data import schema, tfrecord
+from data import images, schema, tfrecord
+from data import manifest as manifest_files
 
 NUM_CLASSES = 50
 SIZE = (24, 16)  # (width, height) of the test images.
@@ -34,6 +39,40 @@ def _image_bytes(seed: int, fmt: str = "JPEG", mode: str = "RGB", size: tuple[in
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+def _png(width: int, height: int, *, bit_depth: int, color_type: int, rows, chunks: tuple = ()) -> bytes:
+    """A PNG written chunk by chunk, for what Pillow cannot write (16-bit RGB, a lying header).
+
+    `rows` yields each row's raw bytes (without the filter byte); `chunks` are extra (type, data) chunks
+    placed before IDAT (PLTE, tRNS).
+    """
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    compressor = zlib.compressobj()
+    idat = b"".join(compressor.compress(b"\x00" + row) for row in rows) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + b"".join(chunk(kind, data) for kind, data in chunks)
+        + chunk(b"IDAT", idat)
+        + chunk(b"IEND", b"")
+    )
+
+
+@functools.cache
+def _bomb_png(width: int, height: int) -> bytes:
+    """A valid 1-bit PNG of zeros: some 100 KB on disk, width x height bytes once Pillow decodes it."""
+    return _png(width, height, bit_depth=1, color_type=0, rows=itertools.repeat(bytes((width + 7) // 8), height))
+
+
+def _without_adobe_marker(jpeg: bytes) -> bytes:
+    at = jpeg.index(b"\xff\xee")  # The APP14 "Adobe" segment Pillow writes into CMYK JPEGs.
+    (length,) = struct.unpack(">H", jpeg[at + 2 : at + 4])
+    return jpeg[:at] + jpeg[at + 2 + length :]
 
 
 def _tags(i: int) -> dict[int, float]:
@@ -92,42 +131,13 @@ def _record_multiset(output_dir, prefix: str = "train") -> collections.Counter:
 
 
 def _temp_files(output_dir) -> list[str]:
-    return sorted(p.name for p in pathlib.Path(output_dir).iterdir() if ".tmp-" in p.name)
+    """Temporary files of `fileio.atomic_write` (``.<name>.<random>.tmp``) left in `output_dir`."""
+    return sorted(p.name for p in pathlib.Path(output_dir).iterdir() if p.name.endswith(".tmp"))
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Shard assignment.
 # ---------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "num_lines, num_shards, trailing_newline",
-    [
-        (10, 3, True),
-        (10, 3, False),
-        (7, 7, True),
-        (3, 5, True),
-        (3, 5, False),
-        (1, 4, True),
-        (0, 3, True),
-        (25, 1, True),
-    ],
-)
-def test_index_list_splits_lines_into_contiguous_blocks(tmp_path, num_lines, num_shards, trailing_newline):
-    # Blank lines keep their line numbers (never the last line: without a newline it would not be one).
-    lines = [f"im_{i}.jpg {i}" if i % 4 != 2 or i == num_lines - 1 else "" for i in range(num_lines)]
-    text = "\n".join(lines) + ("\n" if trailing_newline and lines else "")
-    path = tmp_path / "list.txt"
-    path.write_text(text)
-    index = tfrecord.index_list(str(path), num_shards)
-    assert index.num_lines == num_lines and index.num_bytes == len(text)
-    assert len(index.offsets) == len(index.first_lines) == num_shards + 1
-    data = text.encode()
-    for s in range(num_shards):
-        first, end = s * num_lines // num_shards, (s + 1) * num_lines // num_shards
-        assert (index.first_lines[s], index.first_lines[s + 1]) == (first, end)
-        block = data[index.offsets[s] : index.offsets[s + 1]].decode()
-        assert block.splitlines() == lines[first:end], s
 
 
 def test_shards_are_named_and_filled_deterministically(tmp_path):
@@ -143,6 +153,8 @@ def test_shards_are_named_and_filled_deterministically(tmp_path):
     for s, shard in enumerate(manifest["shards"]):
         first, end = s * 11 // 4, (s + 1) * 11 // 4
         assert shard["file"] == schema.shard_filename("val", s, 4)
+        # Each shard's size, so that a reader can tell a truncated copy before training.
+        assert shard["bytes"] == os.path.getsize(tmp_path / "out" / shard["file"]) > 0
         assert (shard["first_line"], shard["end_line"]) == (first + 1, end)
         assert [_name(e) for e in _examples([tmp_path / "out" / shard["file"]])] == [
             f"im_{i:04d}.jpg" for i in range(first, end)
@@ -214,7 +226,7 @@ def test_num_classes_bounds_the_labels(tmp_path):
 def test_manifest_keeps_a_bounded_sample_of_skipped_images_and_sidecars_keep_all(tmp_path, monkeypatch):
     """Millions of failed downloads must not grow the writer's memory or the manifest: the manifest counts
     them and lists the first MANIFEST_SKIPPED_EXAMPLES, the shards' sidecars list every one."""
-    monkeypatch.setattr(tfrecord, "MANIFEST_SKIPPED_EXAMPLES", 3)
+    monkeypatch.setattr(manifest_files, "MANIFEST_SKIPPED_EXAMPLES", 3)
     image_list = _make_corpus(tmp_path / "img", 6)
     with open(image_list, "a") as f:  # 7 missing images, spread over the shards
         f.writelines(f"missing_{i}.jpg\t1:1\n" for i in range(7))
@@ -228,7 +240,7 @@ def test_manifest_keeps_a_bounded_sample_of_skipped_images_and_sidecars_keep_all
     assert sorted(s["path"] for s in everything) == [f"missing_{i}.jpg" for i in range(7)]
     # A re-run (all shards finished) and the same with fewer than the cap agree.
     assert _write(image_list, tmp_path / "out", shards=4) == manifest
-    monkeypatch.setattr(tfrecord, "MANIFEST_SKIPPED_EXAMPLES", 1000)
+    monkeypatch.setattr(manifest_files, "MANIFEST_SKIPPED_EXAMPLES", 1000)
     full = _write(image_list, tmp_path / "out", shards=4)
     assert full["skipped_complete"] is True and len(full["skipped"]) == 7
 
@@ -254,7 +266,7 @@ def test_each_shard_is_written_to_a_temp_name_then_renamed(tmp_path, monkeypatch
         renames.append((os.fspath(src), os.fspath(dst), os.path.exists(dst)))
         real_replace(src, dst)
 
-    monkeypatch.setattr(tfrecord.os, "replace", recording_replace)
+    monkeypatch.setattr(os, "replace", recording_replace)
     _write(image_list, tmp_path / "out", shards=3)
     out = str(tmp_path / "out")
     shard_renames = [(src, dst, existed) for src, dst, existed in renames if dst.endswith(".tfrecord")]
@@ -262,7 +274,9 @@ def test_each_shard_is_written_to_a_temp_name_then_renamed(tmp_path, monkeypatch
         os.path.join(out, schema.shard_filename("train", s, 3)) for s in range(3)
     ]
     for src, dst, existed in shard_renames:
-        assert src == f"{dst}.tmp-{os.getpid()}" and not existed
+        folder, name = os.path.split(dst)  # fileio.atomic_write's hidden temp name in the same folder
+        assert os.path.dirname(src) == folder and not existed
+        assert os.path.basename(src).startswith(f".{name}.") and src.endswith(".tmp")
     # Sidecars and the manifest are renamed into place too.
     assert {os.path.basename(dst) for _, dst, _ in renames} >= {
         "train-00000-of-00003.done.json",
@@ -271,19 +285,28 @@ def test_each_shard_is_written_to_a_temp_name_then_renamed(tmp_path, monkeypatch
     assert _temp_files(out) == []
 
 
-def test_rerun_reuses_finished_shards_and_removes_leftovers(tmp_path):
+def _leave_temp_file(repo_root, final_path) -> None:
+    """What `kill -9` inside `fileio.atomic_write(final_path)` leaves: its temp file, really written by it."""
+    code = (
+        "import os, sys\n"
+        "from data import fileio\n"
+        "with fileio.atomic_write(sys.argv[1], 'wb') as f:\n"
+        "    f.write(b'partial'); f.flush(); os._exit(9)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(final_path)], env=_cli_env(repo_root), timeout=60)
+    assert result.returncode == 9
+
+
+def test_rerun_reuses_finished_shards_and_removes_leftovers(tmp_path, repo_root):
     image_list = _make_corpus(tmp_path / "img", 9)
     out = tmp_path / "out"
     first = _write(image_list, out, shards=3)
     before = _record_multiset(out)
     inodes = {s["file"]: os.stat(out / s["file"]).st_ino for s in first["shards"]}
     # What a killed run leaves: temp files, a shard without sidecar and a shard that does not match its sidecar.
-    for leftover in (
-        "train-00001-of-00003.tfrecord.tmp-99999",
-        "train-00001-of-00003.done.json.tmp-99999",
-        "train-manifest.json.tmp-99999",
-    ):
-        (out / leftover).write_bytes(b"partial")
+    for final in ("train-00001-of-00003.tfrecord", "train-00001-of-00003.done.json", "train-manifest.json"):
+        _leave_temp_file(repo_root, out / final)
+    assert len(_temp_files(out)) == 3
     os.remove(out / "train-00000-of-00003.done.json")
     with open(out / "train-00002-of-00003.tfrecord", "ab") as f:
         f.write(b"torn")
@@ -321,12 +344,18 @@ def test_bad_arguments(tmp_path):
 def _bad_corpus(root: pathlib.Path) -> tuple[pathlib.Path, dict]:
     """A folder of good and bad files and a list with bad lines; returns the list and the expected reasons."""
     root.mkdir()
-    good = {"good_0.jpg": _image_bytes(0), "good_1.jpg": _image_bytes(1)}
+    # JPEGs that TensorFlow decodes as they are, greyscale and Adobe CMYK included, are kept (the release
+    # kept every JPEG); a CMYK JPEG without Adobe marker decodes to black in TensorFlow and is converted.
+    good = {
+        "good_0.jpg": _image_bytes(0),
+        "good_1.jpg": _image_bytes(1),
+        "gray.jpg": _image_bytes(5, "JPEG", "L"),
+        "cmyk.jpg": _image_bytes(4, "JPEG", "CMYK"),
+    }
     converted = {
         "photo.png": _image_bytes(2, "PNG"),
         "alpha.png": _image_bytes(3, "PNG", "RGBA"),
-        "cmyk.jpg": _image_bytes(4, "JPEG", "CMYK"),
-        "gray.jpg": _image_bytes(5, "JPEG", "L"),
+        "cmyk_no_adobe.jpg": _without_adobe_marker(_image_bytes(12, "JPEG", "CMYK")),
         "anim.gif": _image_bytes(6, "GIF", "P"),
     }
     whole = _image_bytes(7, size=(48, 48))
@@ -334,10 +363,12 @@ def _bad_corpus(root: pathlib.Path) -> tuple[pathlib.Path, dict]:
         "truncated.jpg": whole[: len(whole) * 2 // 3],
         "text.jpg": b"<html>404 not found</html>\n",
         "empty.jpg": b"",
+        "bomb.png": _bomb_png(30000, 30000),
     }
     for name, data in {**good, **converted, **bad_files}.items():
         (root / name).write_bytes(data)
     (root / "folder.jpg").mkdir()
+    (root.parent / "outside.jpg").write_bytes(_image_bytes(13))  # Readable, but not through the list.
     reasons = {
         "truncated.jpg": "truncated",
         "text.jpg": "not an image",
@@ -347,6 +378,8 @@ def _bad_corpus(root: pathlib.Path) -> tuple[pathlib.Path, dict]:
         "bad_index.jpg": "bad line: class index 50 >= num_classes 50",
         "bad_conf.jpg": "bad line: confidence 1.5 of class 3 is outside [0, 1]",
         "bad_token.jpg": "bad line: class index 'x' is not an integer",
+        "bomb.png": "too many pixels",
+        "../outside.jpg": "outside image_root",
     }
     lines = [
         "good_0.jpg 1:1 2:0.9",
@@ -365,6 +398,9 @@ def _bad_corpus(root: pathlib.Path) -> tuple[pathlib.Path, dict]:
         "bad_token.jpg x:1",
         "alpha.png 9",
         "good_1.jpg 10 11:0.8",
+        "cmyk_no_adobe.jpg 4",
+        "bomb.png 1",
+        "../outside.jpg 1",
     ]
     image_list = root.parent / "bad_list.txt"
     image_list.write_text("\n".join(lines) + "\n")
@@ -385,8 +421,8 @@ def test_full_verify_rejects_exactly_what_a_full_decode_rejects():
 
     def rejected(data: bytes) -> bool:
         try:
-            tfrecord.prepare_image(data, verify="full")
-        except tfrecord.BadImage:
+            images.prepare_image(data, verify="full")
+        except images.BadImage:
             return True
         return False
 
@@ -424,8 +460,8 @@ def test_bad_input_corpus(tmp_path, verify):
             SIZE[1],
             SIZE[0],
         )
-    assert manifest["converted"] == {"GIF": 1, "JPEG/CMYK": 1, "JPEG/L": 1, "PNG": 2}
-    assert manifest["num_records"] == 7 and manifest["num_skipped"] == len(expected["reasons"])
+    assert manifest["converted"] == {"GIF": 1, "JPEG/CMYK": 1, "PNG": 2}
+    assert manifest["num_records"] == 8 and manifest["num_skipped"] == len(expected["reasons"])
     skipped = {item["path"]: item for item in manifest["skipped"]}
     assert set(skipped) == set(expected["reasons"])
     for path, reason in expected["reasons"].items():
@@ -714,7 +750,7 @@ def test_kill_9_mid_run_then_rerun_gives_the_same_records(tmp_path, repo_root, w
         _wait_for(
             lambda: (
                 all((out / f"{s}.done.json").exists() for s in finished)
-                and glob.glob(str(out / "train-00002-of-00004.tfrecord.tmp-*"))
+                and glob.glob(str(out / ".train-00002-of-00004.tfrecord.*.tmp"))
             ),
             timeout=120,
             what="the writer to block in shard 2",
@@ -730,7 +766,7 @@ def test_kill_9_mid_run_then_rerun_gives_the_same_records(tmp_path, repo_root, w
         if _process_states(process.pid):
             os.killpg(process.pid, signal.SIGKILL)
     assert not (out / "train-manifest.json").exists()
-    assert glob.glob(str(out / "train-00002-of-00004.tfrecord.tmp-*"))  # Killed mid-shard.
+    assert glob.glob(str(out / ".train-00002-of-00004.tfrecord.*.tmp"))  # Killed mid-shard.
     inodes = {s: os.stat(out / f"{s}.tfrecord").st_ino for s in finished}
 
     os.remove(blocker)
