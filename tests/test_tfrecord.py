@@ -19,7 +19,7 @@ import zlib
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
+from PIL import Image, ImageFile
 
 from data import images, schema, tfrecord
 from data import manifest as manifest_files
@@ -66,7 +66,9 @@ def _png(width: int, height: int, *, bit_depth: int, color_type: int, rows, chun
 @functools.cache
 def _bomb_png(width: int, height: int) -> bytes:
     """A valid 1-bit PNG of zeros: some 100 KB on disk, width x height bytes once Pillow decodes it."""
-    return _png(width, height, bit_depth=1, color_type=0, rows=itertools.repeat(bytes((width + 7) // 8), height))
+    return _png(
+        width, height, bit_depth=1, color_type=0, rows=itertools.repeat(bytes((width + 7) // 8), height)
+    )
 
 
 def _without_adobe_marker(jpeg: bytes) -> bytes:
@@ -293,7 +295,9 @@ def _leave_temp_file(repo_root, final_path) -> None:
         "with fileio.atomic_write(sys.argv[1], 'wb') as f:\n"
         "    f.write(b'partial'); f.flush(); os._exit(9)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code, str(final_path)], env=_cli_env(repo_root), timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(final_path)], env=_cli_env(repo_root), timeout=60
+    )
     assert result.returncode == 9
 
 
@@ -496,6 +500,223 @@ def test_on_error_fail_with_workers_stops_the_pool(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# What is stored: original JPEG bytes, or pixels as the release's tools see them (issues #11 and #12).
+# ---------------------------------------------------------------------------------------------------------
+
+BLOCK = 16  # Flat 16x16 blocks: whole JPEG MCUs, so a high-quality JPEG keeps their values within 1-2.
+
+
+def _blocks(values, dtype=np.uint8) -> np.ndarray:
+    """A 16-pixel-high row of flat 16x16 blocks, one per value (a scalar or a per-channel tuple)."""
+    return np.concatenate([np.full((BLOCK, BLOCK, *np.shape(v)), v, dtype) for v in values], axis=1)
+
+
+def _rows(pixels: np.ndarray):
+    """Big-endian PNG rows of an array of uint8 or uint16 samples."""
+    big_endian = pixels.astype(pixels.dtype.newbyteorder(">"))
+    return (row.tobytes() for row in big_endian.reshape(pixels.shape[0], -1))
+
+
+def _encode(pixels: np.ndarray | Image.Image, fmt: str) -> bytes:
+    """An encoded file of an image or of an array (uint16 2-D: I;16; 4 channels: RGBA)."""
+    buffer = io.BytesIO()
+    (pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _stored_pixels(output_dir) -> dict[str, np.ndarray]:
+    """name -> uint8[H, W, 3] of every record, parsed with data/schema and decoded as the input pipeline does."""
+    files = schema.read_manifest(output_dir).files
+    serialized = tf.constant([r.numpy() for r in tf.data.TFRecordDataset(list(files))])
+    parsed = schema.parse_records(serialized, label_format="sparse", num_classes=NUM_CLASSES)
+    return {
+        name.decode(): tf.io.decode_jpeg(image, channels=3, dct_method="INTEGER_ACCURATE").numpy()
+        for name, image in zip(parsed["name"].numpy(), parsed["image"], strict=True)
+    }
+
+
+def _write_files(tmp_path, files: dict[str, bytes], **kwargs) -> dict:
+    root = tmp_path / "img"
+    root.mkdir()
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    image_list = tmp_path / "list.txt"
+    image_list.write_text("".join(f"{name} 1\n" for name in files))
+    return _write(image_list, tmp_path / "out", shards=1, **kwargs)
+
+
+# name -> (file bytes, the RGB value of each 16x16 block that cv.imread(IMREAD_COLOR) gives).
+_CONVERTED_CASES = {
+    # 16-bit grey: the high byte (v >> 8), not clipped to white.
+    "grey16.png": (
+        _encode(_blocks([32768, 65535, 255, 4660], np.uint16), "PNG"),
+        [(128,) * 3, (255,) * 3, (0,) * 3, (18,) * 3],
+    ),
+    "grey16.tif": (_encode(_blocks([32768, 65535], np.uint16), "TIFF"), [(128,) * 3, (255,) * 3]),
+    "rgb16.png": (
+        _png(
+            2 * BLOCK,
+            BLOCK,
+            bit_depth=16,
+            color_type=2,
+            rows=_rows(_blocks([(65535, 32768, 4096), (1000, 2000, 60000)], np.uint16)),
+        ),
+        [(255, 128, 16), (3, 7, 234)],
+    ),
+    # Alpha dropped: a transparent pixel keeps its stored colour.
+    "rgba.png": (
+        _encode(_blocks([(10, 20, 30, 0), (200, 150, 100, 128), (90, 180, 45, 255)]), "PNG"),
+        [(10, 20, 30), (200, 150, 100), (90, 180, 45)],
+    ),
+    # Palette expanded; entry 0 is fully transparent through tRNS and still red.
+    "palette.png": (
+        _png(
+            2 * BLOCK,
+            BLOCK,
+            bit_depth=8,
+            color_type=3,
+            rows=_rows(_blocks([0, 1])),
+            chunks=((b"PLTE", bytes([255, 0, 0, 0, 255, 0])), (b"tRNS", b"\x00")),
+        ),
+        [(255, 0, 0), (0, 255, 0)],
+    ),
+}
+
+
+def _block_values(pixels: np.ndarray) -> list[tuple[int, ...]]:
+    """The mean RGB of the central 8x8 pixels of each 16x16 block, rounded (chroma upsampling blends the
+    colours of neighbouring blocks near their edges)."""
+    centres = pixels.reshape(BLOCK, -1, BLOCK, 3)[4:12, :, 4:12]
+    return [tuple(int(round(c)) for c in block) for block in centres.mean(axis=(0, 2))]
+
+
+def test_converted_images_are_stored_with_the_pixels_the_release_tools_see(tmp_path):
+    files = {name: data for name, (data, _) in _CONVERTED_CASES.items()}
+    manifest = _write_files(tmp_path, files, jpeg_quality=100)
+    assert manifest["num_records"] == len(files) and manifest["num_skipped"] == 0
+    assert manifest["converted"] == {"PNG": 4, "TIFF": 1}
+    stored = _stored_pixels(tmp_path / "out")
+    for name, (_, expected) in _CONVERTED_CASES.items():
+        pixels = stored[name]
+        assert pixels.shape == (BLOCK, BLOCK * len(expected), 3), name
+        np.testing.assert_allclose(_block_values(pixels), expected, atol=2, err_msg=name)
+
+
+def test_the_expected_values_are_what_opencv_imread_gives(tmp_path):
+    """The table above is OpenCV's `imread(IMREAD_COLOR)` of each file, as the release's demo tools read them."""
+    cv2 = pytest.importorskip("cv2")
+    for name, (data, expected) in _CONVERTED_CASES.items():
+        (tmp_path / name).write_bytes(data)
+        bgr = cv2.imread(str(tmp_path / name), cv2.IMREAD_COLOR)
+        assert _block_values(bgr[..., ::-1]) == [tuple(v) for v in expected], name
+
+
+def test_jpegs_that_tensorflow_decodes_are_stored_byte_for_byte(tmp_path):
+    """Greyscale and Adobe CMYK JPEGs are kept as the release kept them, and decode to the same RGB through
+    the record parser and TensorFlow as through Pillow; only a CMYK JPEG without the Adobe marker (black in
+    TensorFlow) is converted."""
+    y, x = np.mgrid[0:32, 0:48]
+    smooth = np.stack([4 * x, 6 * y, 200 - 2 * x - y], axis=-1).astype(np.uint8)
+    photo = Image.fromarray(smooth)
+    kept = {
+        "grey.jpg": _encode(photo.convert("L"), "JPEG"),
+        "cmyk.jpg": _encode(photo.convert("CMYK"), "JPEG"),
+        "rgb.jpg": _encode(smooth, "JPEG"),
+    }
+    no_adobe = _without_adobe_marker(kept["cmyk.jpg"])
+    # The reason for converting it: TensorFlow decodes it to black.
+    assert tf.io.decode_jpeg(no_adobe, channels=3).numpy().max() == 0
+    manifest = _write_files(tmp_path, {**kept, "cmyk_no_adobe.jpg": no_adobe})
+    assert manifest["converted"] == {"JPEG/CMYK": 1} and manifest["num_records"] == 4
+    records = {_name(e): _image(e) for e in _examples(schema.read_manifest(tmp_path / "out").files)}
+    for name, data in kept.items():
+        assert records[name] == data, name
+    stored = _stored_pixels(tmp_path / "out")
+    for name, data in kept.items():
+        with Image.open(io.BytesIO(data)) as image:
+            np.testing.assert_array_equal(stored[name], np.asarray(image.convert("RGB")), err_msg=name)
+    assert stored["grey.jpg"].shape == (32, 48, 3)
+    with Image.open(io.BytesIO(no_adobe)) as image:
+        expected = np.asarray(image.convert("RGB")).astype(int)
+    assert np.abs(stored["cmyk_no_adobe.jpg"].astype(int) - expected).mean() < 3
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --max_pixels and --image_root (issue #12).
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_images_over_max_pixels_are_skipped_without_being_decoded(tmp_path, monkeypatch):
+    """Bombs whose headers claim 900 MP (over Pillow's own limit) and 120 MP (under it, over ours): each is
+    skipped with the reason, and no image over the limit is ever decoded (so no gigabytes of pixels)."""
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+
+    def recording_load(image):
+        decoded.append(image.size)
+        return real_load(image)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", recording_load)
+    files = {
+        "bomb_900mp.png": _bomb_png(30000, 30000),
+        "bomb_120mp.png": _bomb_png(12000, 10000),
+        "photo.jpg": _image_bytes(0),
+        "grey.png": _encode(np.full((16, 24), 7, np.uint8), "PNG"),
+    }
+    assert len(files["bomb_900mp.png"]) < 200_000
+    manifest = _write_files(tmp_path, files)
+    assert manifest["max_pixels"] == images.DEFAULT_MAX_PIXELS == 100_000_000
+    reasons = {s["path"]: s["reason"] for s in manifest["skipped"]}
+    assert set(reasons) == {"bomb_900mp.png", "bomb_120mp.png"}
+    assert all(reason.startswith("too many pixels") for reason in reasons.values())
+    assert reasons["bomb_120mp.png"] == "too many pixels: 12000x10000 = 120.0 MP > 100.0 MP (--max_pixels)"
+    assert manifest["num_records"] == 2
+    assert decoded and max(w * h for w, h in decoded) <= 24 * 16  # Only the two small images.
+
+
+@pytest.mark.parametrize("max_pixels, written", [(383, 0), (384, 1), (0, 1)])
+def test_max_pixels_is_the_limit(tmp_path, max_pixels, written):
+    manifest = _write_files(tmp_path, {"photo.jpg": _image_bytes(0)}, max_pixels=max_pixels)  # 24 x 16
+    assert manifest["num_records"] == written and manifest["max_pixels"] == max_pixels
+
+
+def test_names_outside_image_root_are_skipped_unless_allowed(tmp_path):
+    root = tmp_path / "img"
+    root.mkdir()
+    outside = tmp_path / "secret.jpg"
+    outside.write_bytes(_image_bytes(1))
+    (root / "inside.jpg").write_bytes(_image_bytes(2))
+    (root / "link.jpg").symlink_to(outside)  # Put there by the folder's owner: followed.
+    names = {
+        "inside.jpg": True,
+        "sub/../inside.jpg": True,  # Stays inside once normalised.
+        "link.jpg": True,
+        "../secret.jpg": False,
+        "sub/../../secret.jpg": False,
+        str(outside): False,  # Absolute.
+        str(root / "inside.jpg"): False,  # Absolute, even into the root: names are relative to it.
+    }
+    image_list = tmp_path / "list.txt"
+    image_list.write_text("".join(f"{name}\t1\n" for name in names))
+    manifest = _write(image_list, tmp_path / "out", shards=1)
+    assert manifest["allow_outside_root"] is False
+    assert {s["path"]: s["reason"] for s in manifest["skipped"]} == {
+        name: "outside image_root" for name, inside in names.items() if not inside
+    }
+    written = {_name(e): _image(e) for e in _examples(schema.read_manifest(tmp_path / "out").files)}
+    assert set(written) == {name for name, inside in names.items() if inside}
+    assert written["sub/../inside.jpg"] == (root / "inside.jpg").read_bytes()
+
+    allowed = _write(image_list, tmp_path / "allowed", shards=1, allow_outside_root=True)
+    assert allowed["num_records"] == len(names) and allowed["allow_outside_root"] is True
+    written = {_name(e): _image(e) for e in _examples(schema.read_manifest(tmp_path / "allowed").files)}
+    assert written["../secret.jpg"] == written[str(outside)] == outside.read_bytes()
+
+    with pytest.raises(ValueError, match=re.escape(f"{image_list}:4: ../secret.jpg: outside image_root")):
+        _write(image_list, tmp_path / "fail", shards=1, on_error="fail")
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Several tasks and the merge step.
 # ---------------------------------------------------------------------------------------------------------
 
@@ -661,6 +882,8 @@ def test_cli_help_lists_the_flags(repo_root):
         "progress",
         "verify",
         "jpeg_quality",
+        "max_pixels",
+        "allow_outside_root",
     ):
         assert f"--{flag}" in result.stdout or f"--[no]{flag}" in result.stdout, flag
     assert "<dense|sparse|int64>" in result.stdout and "<skip|fail>" in result.stdout
