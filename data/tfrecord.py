@@ -39,24 +39,14 @@ from collections.abc import Sequence
 from absl import app, flags, logging
 
 from data import annotations, fileio, images, manifest, schema, shard_writer, worker_pool
-from data.images import DEFAULT_JPEG_QUALITY, VERIFY_MODES, BadImage, prepare_image
+from data.images import DEFAULT_JPEG_QUALITY, VERIFY_MODES, prepare_image
 from data.list_index import ListIndex, index_list
-from data.manifest import MANIFEST_SKIPPED_EXAMPLES, merge_manifests
+from data.manifest import merge_manifests
 from data.tfds_metadata import write_tfds_metadata
 
-# Callers use these through this module (`tfrecord.write_dataset`, `tfrecord.merge_manifests`, ...).
-__all__ = [
-    "DEFAULT_JPEG_QUALITY",
-    "MANIFEST_SKIPPED_EXAMPLES",
-    "VERIFY_MODES",
-    "BadImage",
-    "ListIndex",
-    "index_list",
-    "merge_manifests",
-    "prepare_image",
-    "write_dataset",
-    "write_tfds_metadata",
-]
+# The writer's API: other code calls `tfrecord.write_dataset` and `tfrecord.merge_manifests`;
+# tools/benchmark.py times `tfrecord.prepare_image` and `tfrecord.index_list` as parts of the writer.
+__all__ = ["index_list", "merge_manifests", "prepare_image", "write_dataset"]
 
 
 def write_dataset(
