@@ -9,6 +9,7 @@ KeyboardInterrupt and a full disk) the temporary file is removed and the old des
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import secrets
@@ -43,6 +44,22 @@ def _create_temp(directory: str, name: str) -> str:
         except FileExistsError:
             continue
         return tmp
+
+
+def remove_temp_files(path: str | os.PathLike[str]) -> int:
+    """Removes the temporary files that processes killed while writing `path` left beside it.
+
+    Call it only where no live process can be writing `path` (a re-run of the job that owns the file).
+
+    Returns:
+      The number of files removed.
+    """
+    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    leftovers = glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*.tmp"))
+    for leftover in leftovers:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(leftover)
+    return len(leftovers)
 
 
 @contextlib.contextmanager

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import glob
 import os
 from collections.abc import Callable
 
@@ -108,16 +107,6 @@ def image_path(image_root: str, name: str, *, allow_outside_root: bool) -> str:
     ):
         raise images.BadImage(OUTSIDE_ROOT)
     return path
-
-
-def remove_leftovers(final_path: str) -> None:
-    """Removes the temporary files a killed run left for `final_path`.
-
-    `fileio.atomic_path` names them ``.<basename>.<random>.tmp`` in the same folder.
-    """
-    folder, base = os.path.split(final_path)
-    for leftover in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(base)}.*.tmp")):
-        os.remove(leftover)
 
 
 def write_shard(task: ShardTask, report: Callable[[int], None] | None = None) -> dict:

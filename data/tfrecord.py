@@ -167,7 +167,7 @@ def write_dataset(
     for final in [manifest_path] + [
         p for task in tasks for p in (task.path, manifest.sidecar_path(task.path))
     ]:
-        shard_writer.remove_leftovers(final)
+        fileio.remove_temp_files(final)
     sidecars, pending = [], []
     for task in tasks:
         sidecar = shard_writer.finished_sidecar(task)

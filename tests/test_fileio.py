@@ -2,6 +2,8 @@
 
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 import tensorflow as tf
@@ -54,3 +56,24 @@ def test_files_get_the_umasks_permissions_not_privates(tmp_path):
         name: stat.S_IMODE(os.stat(tmp_path / name).st_mode) for name in ("a.json", "b.tfrecord", "c.bin")
     }
     assert modes == {"a.json": 0o644, "b.tfrecord": 0o644, "c.bin": 0o600}
+
+
+def test_remove_temp_files_removes_what_a_killed_writer_left(tmp_path, repo_root):
+    final = tmp_path / "shard.tfrecord"
+    code = (
+        "import os, sys\n"
+        "from data import fileio\n"
+        "with fileio.atomic_path(sys.argv[1]) as temp:\n"
+        "    open(temp, 'wb').write(b'partial'); os._exit(9)\n"
+    )
+    for _ in range(2):
+        killed = subprocess.run(
+            [sys.executable, "-c", code, str(final)],
+            env={**os.environ, "PYTHONPATH": str(repo_root)},
+            timeout=60,
+        )
+        assert killed.returncode == 9
+    (tmp_path / ".other.tfrecord.abc.tmp").write_bytes(b"another file's")
+    assert len(_temp_files(tmp_path)) == 3 and not final.exists()
+    assert fileio.remove_temp_files(final) == 2
+    assert _temp_files(tmp_path) == [".other.tfrecord.abc.tmp"]
