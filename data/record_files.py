@@ -149,4 +149,6 @@ def find_damaged_file(paths: Iterable[str], offset: int | None = None) -> str | 
         except DamagedRecordFile as e:
             if offset is None or f"(at byte {offset})" in str(e):
                 return str(e)
+        except OSError:  # gone or unreadable: not what a DataLossError is about
+            continue
     return None

@@ -170,8 +170,10 @@ def _records(
 
     files = source.files[shard_index::num_shards]
     record_shard = False
-    if not files and not training:
-        # Evaluation must see every record once: with fewer files than ranks, shard the records instead.
+    if len(source.files) < num_shards and not training:
+        # Evaluation must see every record once: with fewer files than ranks, EVERY rank reads all files
+        # and keeps every num_shards-th record (if only the ranks left without a file did, the records of
+        # the other ranks' files would be counted twice).
         files, record_shard = source.files, True
     if not files:
         raise ValueError(
@@ -189,7 +191,7 @@ def _records(
         cycle_length=min(8, len(files)),
         block_length=1,
         num_parallel_calls=AUTOTUNE if len(files) > 1 else None,
-        deterministic=True,
+        deterministic=True if len(files) > 1 else None,
     )
     if record_shard:
         ds = ds.shard(num_shards, shard_index)
