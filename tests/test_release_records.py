@@ -390,11 +390,12 @@ def test_train_py_then_evaluate_py_on_a_release_folder(repo_root, tmp_path, rele
         "--train_steps=2",
         "--eval_every=2",
         "--eval_steps=1",
+        "--topk=1,3",
         *TINY,
     )
     lines = [json.loads(x) for x in (model_dir / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if x["kind"] == "train"] == [1, 2]
-    assert 0.0 <= next(x for x in lines if x["kind"] == "eval")["f1@5"] <= 1.0
+    assert 0.0 <= next(x for x in lines if x["kind"] == "eval")["f1@3"] <= 1.0
     report_path = tmp_path / "report.json"
     _run(
         repo_root,
