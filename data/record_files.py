@@ -62,7 +62,7 @@ def _valid_header(header: bytes) -> int | None:
 def count_records(path: str | os.PathLike) -> int:
     """Number of records in `path`, by walking the headers (the data is skipped, not read).
 
-    Cost: one 12-byte read and one seek per record. Every header's CRC is checked and the last record must
+    Cost: one 12-byte ``pread`` per record. Every header's CRC is checked and the last record must
     end exactly at the end of the file.
 
     Raises:
@@ -71,10 +71,10 @@ def count_records(path: str | os.PathLike) -> int:
     path = os.fspath(path)
     size = os.path.getsize(path)
     count = offset = 0
-    with open(path, "rb", buffering=0) as f:
+    fd = os.open(path, os.O_RDONLY)
+    try:
         while offset < size:
-            f.seek(offset)
-            header = f.read(_HEADER)
+            header = os.pread(fd, _HEADER, offset)
             length = _valid_header(header) if len(header) == _HEADER else None
             if length is None or offset + _FRAMING + length > size:
                 what = (
@@ -86,6 +86,8 @@ def count_records(path: str | os.PathLike) -> int:
                 )
             offset += _FRAMING + length
             count += 1
+    finally:
+        os.close(fd)
     return count
 
 
@@ -121,18 +123,19 @@ def read_last_record(path: str | os.PathLike) -> bytes | None:
 
 
 def _last_record_start(tail: bytes) -> int | None:
-    """Offset in `tail` of a valid header whose record ends exactly at the end of `tail`, or None."""
+    """Offset in `tail` of a valid header whose record ends exactly at the end of `tail`, or None.
+
+    The header at offset p must hold the length ``len(tail) - 16 - p``: one vectorised comparison of the
+    low byte keeps ~1/256 of the offsets, and only those are checked in full (length, then CRC).
+    """
     n = len(tail) - _FRAMING + 1  # candidate header offsets
     if n <= 0:
         return None
-    buffer = np.frombuffer(tail, np.uint8)
-    # The little-endian uint64 at every offset, compared with the length that would end the record at the end.
-    lengths = np.zeros(n, np.uint64)
-    for i in range(8):
-        lengths |= buffer[i : i + n].astype(np.uint64) << np.uint64(8 * i)
-    wanted = np.arange(len(tail) - _FRAMING, len(tail) - _FRAMING - n, -1, dtype=np.int64)
-    for start in np.flatnonzero(lengths == wanted.astype(np.uint64))[::-1]:
-        if _valid_header(tail[start : start + _HEADER]) is not None:
+    wanted = (len(tail) - _FRAMING) - np.arange(n, dtype=np.int64)
+    low_bytes = np.frombuffer(tail, np.uint8, count=n)
+    for start in np.flatnonzero(low_bytes == (wanted & 0xFF).astype(np.uint8))[::-1]:
+        header = tail[start : start + _HEADER]
+        if int.from_bytes(header[:8], "little") == wanted[start] and _valid_header(header) is not None:
             return int(start)
     return None
 
