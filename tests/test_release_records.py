@@ -222,6 +222,9 @@ def test_release_source_detects_classes_and_counts_on_request(release_dir):
     )
     with pytest.raises(FileNotFoundError, match="no manifest .* Nor is it a folder in the release's layout"):
         input_pipeline.tfrecord_source(str(release_dir), "test", num_classes=NUM_CLASSES)
+    # The split folder itself given as --data_dir: the error says to give its parent.
+    with pytest.raises(FileNotFoundError, match="train itself holds \\*.tfrecords: give its parent folder"):
+        input_pipeline.tfrecord_source(str(release_dir / "train"), "train", num_classes=NUM_CLASSES)
 
 
 def test_release_labels_and_images_reach_the_batches(release_dir):

@@ -20,6 +20,7 @@ batch and exactly the same augmentation as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -84,9 +85,14 @@ def tfrecord_source(
         except FileNotFoundError as e:
             if os.path.exists(manifest_path):
                 raise
+            hint = ""
+            if schema.list_release_files(
+                os.path.dirname(os.path.abspath(data_dir)), os.path.basename(data_dir)
+            ):
+                hint = f" ({data_dir} itself holds *{schema.RELEASE_SUFFIX}: give its parent folder as --data_dir)"
             raise FileNotFoundError(
                 f"{e} Nor is it a folder in the release's layout: no "
-                f"{os.path.join(data_dir, prefix, '*' + schema.RELEASE_SUFFIX)}"
+                f"{os.path.join(data_dir, prefix, '*' + schema.RELEASE_SUFFIX)}{hint}"
             ) from None
         if manifest.num_classes != num_classes:
             raise ValueError(
@@ -371,12 +377,22 @@ def record_error_line(error: tf.errors.OpError, files: tuple[str, ...] = ()) -> 
     return None
 
 
-def next_batch(iterator, source: Source):
-    """`next(iterator)`, with a bad record or a damaged file raised as a one-line `BadRecordError`."""
+@contextlib.contextmanager
+def record_errors(source: Source):
+    """Raises a bad record or a damaged file met inside the block as a one-line `BadRecordError`.
+
+    For code that iterates a pipeline of `source` (e.g. an evaluation loop); other errors pass unchanged.
+    """
     try:
-        return next(iterator)
+        yield
     except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
         line = record_error_line(e, source.files)
         if line is None:
             raise
         raise BadRecordError(line) from None
+
+
+def next_batch(iterator, source: Source):
+    """`next(iterator)` of a pipeline of `source`, with a bad record raised as a one-line `BadRecordError`."""
+    with record_errors(source):
+        return next(iterator)
