@@ -85,14 +85,14 @@ def tfrecord_source(
         except FileNotFoundError as e:
             if os.path.exists(manifest_path):
                 raise
-            hint = ""
+            parent = ""
             if schema.list_release_files(
                 os.path.dirname(os.path.abspath(data_dir)), os.path.basename(data_dir)
             ):
-                hint = f" ({data_dir} itself holds *{schema.RELEASE_SUFFIX}: give its parent folder as --data_dir)"
+                parent = f" ({data_dir} itself holds *{schema.RELEASE_SUFFIX}: give its parent folder as --data_dir)"
             raise FileNotFoundError(
                 f"{e} Nor is it a folder in the release's layout: no "
-                f"{os.path.join(data_dir, prefix, '*' + schema.RELEASE_SUFFIX)}{hint}"
+                f"{os.path.join(data_dir, prefix, '*' + schema.RELEASE_SUFFIX)}{parent}"
             ) from None
         if manifest.num_classes != num_classes:
             raise ValueError(
@@ -127,8 +127,8 @@ def tfrecord_source(
 def count_release_records(source: Source) -> int:
     """Records in `source.files`, by walking the record headers of every file (no manifest to ask).
 
-    Cost: one 12-byte read and one seek per record (`record_files.count_records`), so it grows with the
-    number of records, not bytes; see docs/BENCHMARKS.md for the measured rate. Training never needs it.
+    Cost: one 12-byte ``pread`` per record (`record_files.count_records`), so it grows with the number of
+    records, not bytes; see docs/BENCHMARKS.md for the measured rate. Training never needs it.
     """
     return sum(record_files.count_records(file) for file in source.files)
 
@@ -188,8 +188,8 @@ def _records(
         )
     # Each record travels with its origin (file index * _ORIGIN_STRIDE + index in the file) in the label slot,
     # so that a bad record can be named (see `_describe_fn`); it is replaced by the parsed label later.
-    ids = [source.files.index(file) for file in files]
-    ds = tf.data.Dataset.from_tensor_slices((list(files), tf.constant(ids, tf.int64)))
+    ids = range(len(source.files)) if record_shard else range(len(source.files))[shard_index::num_shards]
+    ds = tf.data.Dataset.from_tensor_slices((list(files), tf.constant(list(ids), tf.int64)))
     if training:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.interleave(
