@@ -200,6 +200,17 @@ def test_release_split_with_mixed_label_layouts_is_one_error(tmp_path):
         schema.read_release_split(tmp_path, "train")
     with pytest.raises(ValueError, match="no 'label' feature"):
         schema.label_layout(tf.train.Example().SerializeToString())
+    with pytest.raises(ValueError, match="the dense label is 6 bytes, not a float32 vector"):
+        schema.label_layout(release_example("a", {}, label_bytes=b"\0" * 6))
+    ours = dict(image=b"x", name="a", height=1, width=1, num_classes=NUM_CLASSES)
+    assert schema.label_layout(schema.encode_example(label={1: 1.0}, label_format="sparse", **ours)) == (
+        "sparse",
+        None,
+    )
+    assert schema.label_layout(schema.encode_example(label={1: 1.0}, label_format="dense", **ours)) == (
+        "dense",
+        NUM_CLASSES,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
