@@ -40,12 +40,24 @@ def define_flags(*, default_recipe: str, recipe_names: list[str], finetune: bool
             "recipe", default_recipe, recipe_names, "The pre-training recipe (training/recipes.py)."
         )
     f.DEFINE_string("model_dir", None, "Run directory: config.json, checkpoints, TensorBoard, metrics.jsonl.")
-    f.DEFINE_string("data_dir", None, "Folder of our TFRecords and their manifests (data/tfrecord.py).")
     f.DEFINE_string(
-        "train_prefix", None, "Prefix of the training split's files (default: the recipe's, train)."
+        "data_dir",
+        None,
+        "Folder of our TFRecords and their manifests (data/tfrecord.py), or a folder written by the original "
+        "release: {data_dir}/train/*.tfrecords and {data_dir}/val/*.tfrecords (label format and class count "
+        "read from the records).",
     )
     f.DEFINE_string(
-        "eval_prefix", None, "Prefix of the validation split's files (default: the recipe's, val)."
+        "train_prefix",
+        None,
+        "Prefix of the training split's files, or its sub-folder in the release's layout (default: the "
+        "recipe's, train).",
+    )
+    f.DEFINE_string(
+        "eval_prefix",
+        None,
+        "Prefix of the validation split's files, or its sub-folder in the release's layout (default: the "
+        "recipe's, val).",
     )
     if finetune:
         f.DEFINE_string("tfds_name", None, "Read through tensorflow-datasets instead, e.g. imagenet2012.")

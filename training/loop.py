@@ -291,7 +291,7 @@ def train(config: TrainConfig, *, dist: distributed.Distributed | None = None) -
             "phase %d: image size %d, steps %d-%d", phase, config.image_sizes[phase][1], step, phase_end
         )
         while step < min(phase_end, config.train_steps):
-            images, labels = next(iterator)
+            images, labels = input_pipeline.next_batch(iterator, run.train_source)  # bad record: one line
             try:
                 logs = run.step(images, labels)
             except train_step.NonFiniteLossError as e:
