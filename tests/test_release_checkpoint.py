@@ -114,6 +114,7 @@ def test_convert_tool(release, tmp_path):
         output=str(tmp_path / "ours"),
         base_width=meta["base_width"],
     )
+    assert "Momentum slots" in summary["source"] and "loss counters" in summary["source"]
     model, info = evaluation.load_model(summary["path"])  # ours now: what evaluate.py reads back
     assert info.kind == "ours"
     _assert_outputs_match(model, _eval(release, "pretrain"))
@@ -273,6 +274,7 @@ def test_train_init_with_optimizer_state_continues_the_release_run(release, demo
     assert max(worst.values()) <= 1e-4, sorted(worst.items(), key=lambda kv: -kv[1])[:5]
 
 
+@pytest.mark.slow
 def test_train_py_continues_from_the_release_step(release, demo_data, tmp_path, caplog):
     config = _config(release, demo_data, tmp_path, init_optimizer_state=True)
     with caplog.at_level(logging.INFO):

@@ -160,7 +160,9 @@ def _init_from_checkpoint(run: _Run) -> None:
         return
     taken = [f"weights ({len(contents.model)} variables, head {'skipped' if config.skip_head else 'loaded'})"]
     state: dict[str, Any] = {}
-    if run.step.loss is not None and not config.skip_head:
+    if run.step.loss is not None and config.skip_head:
+        taken.append("loss counters NOT taken: the head is new (skip_head)")
+    elif run.step.loss is not None:
         state.update(pos_count=run.step.loss.pos_count, neg_count=run.step.loss.neg_count)
     if config.init_optimizer_state:
         names = {id(v): n for n, v in tf1_checkpoint.tf1_variable_map(run.model).items()}

@@ -291,9 +291,9 @@ class TrainStep:
         """Every variable that must be equal on all ranks (broadcast at start and after a restore)."""
         state = [*self.model.variables, *self.optimizer.variables, self.global_step]
         if self.loss is not None:
-            state.append(self.loss.generator.state)  # the same negative draw on every rank
             if not self.rank_local_variables():
                 state += [self.loss.pos_count, self.loss.neg_count]
+            state.append(self.loss.generator.state)  # the same negative draw on every rank
         return state
 
     def rank_local_variables(self) -> list:
