@@ -103,6 +103,11 @@ def test_load_tf1_checkpoint_reproduces_the_graph_and_sorts_the_entries(release,
     reports = [r.getMessage() for r in caplog.records if "loaded TF1 checkpoint" in r.getMessage()]
     assert len(reports) == 1 and f"{len(model.trainable_weights)} Momentum slots" in reports[0]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    # Counters of another head size are other classes: left alone, and said so.
+    pos, neg = tf.Variable(tf.ones([5])), tf.Variable(tf.ones([5]))
+    taken = tf1_checkpoint.restore_release_state(contents, pos_count=pos, neg_count=neg)
+    assert taken == [f"loss counters NOT taken: shape [{meta['num_classes']}] in the checkpoint, [5] here"]
+    assert pos.numpy().tolist() == [1.0] * 5
 
 
 def test_convert_tool(release, tmp_path):
