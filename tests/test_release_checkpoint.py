@@ -329,3 +329,18 @@ def test_init_optimizer_state_needs_a_tf1_checkpoint(release, demo_data, tmp_pat
     )
     with pytest.raises(ValueError, match="use its --model_dir"):
         _initialised(config)
+
+
+def test_momentum_variables_under_loss_scaling():
+    # fp16 wraps TF1Momentum in a LossScaleOptimizer: the slots are the inner optimizer's accumulators.
+    model = resnet.build_resnet(14, 3, base_width=4)
+    optimizer = train_step.make_optimizer(precision="fp16")
+    step = train_step.TrainStep(
+        model, optimizer, task="softmax", schedule=schedules.StaircaseSchedule(), frozen_stages=2
+    )
+    slots = step.momentum_variables()
+    assert len(slots) == len(step.train_variables) < len(model.trainable_weights)
+    inner = {id(v) for v in optimizer.inner_optimizer.momentums}
+    assert all(id(s) in inner for s in slots)
+    for variable, slot in zip(step.train_variables, slots, strict=True):
+        assert tuple(slot.shape) == tuple(variable.shape)
