@@ -57,10 +57,15 @@ def define_flags() -> None:
     flags.DEFINE_string(
         "data_dir",
         None,
-        "Folder of our TFRecords (data/tfrecord.py output) with `{split_prefix}-manifest.json`; any label "
-        "format (dense/sparse: multi-label metrics; int64: top-1/top-5).",
+        "Folder of our TFRecords (data/tfrecord.py output) with `{split_prefix}-manifest.json`, or written by "
+        "the original release with `{split_prefix}/*.tfrecords`; any label format (dense/sparse: multi-label "
+        "metrics; int64: top-1/top-5).",
     )
-    flags.DEFINE_string("split_prefix", "val", "Split of --data_dir to evaluate (the writer's --prefix).")
+    flags.DEFINE_string(
+        "split_prefix",
+        "val",
+        "Split of --data_dir to evaluate (the writer's --prefix; the release's sub-folder).",
+    )
     flags.DEFINE_string(
         "tfds_name",
         None,

@@ -5,7 +5,10 @@ TensorFlow comes through an extra so that CPU and GPU machines each get the righ
     pip install -e .[cpu,dev]     # CPU wheel (tensorflow-cpu), test tools
     pip install -e .[gpu]         # CUDA build (tensorflow[and-cuda])
 
-Horovod is built by tools/install.sh (it needs a source build against the installed TensorFlow).
+Horovod is built by tools/install.sh (it needs a source build against the installed TensorFlow). The tests
+also need `tf-keras` (TF1 graph code writes a release-style checkpoint); install.sh adds it with --no-deps,
+because its dependency on the `tensorflow` distribution would install a second TensorFlow over
+tensorflow-cpu.
 """
 
 from setuptools import setup
@@ -37,7 +40,6 @@ setup(
             "ruff==0.17.*",
             "matplotlib>=3.8",
             "psutil>=5.9",
-            "tf-keras==2.21.*",  # tests: TF1 graph code (tf.compat.v1.layers) writes a release-style checkpoint
             "opencv-python-headless>=4.9",  # tests: the release tools' cv.imread/cv.resize as the reference
         ],
     },

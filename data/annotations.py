@@ -18,6 +18,7 @@ report file when it has one). Lists ending in ``.gz`` are read and written throu
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import math
@@ -27,6 +28,8 @@ from collections.abc import Iterable, Iterator
 from typing import IO, Literal
 
 from absl import logging
+
+from data import fileio
 
 Kind = Literal["multi", "single"]
 OnError = Literal["skip", "fail"]
@@ -266,15 +269,12 @@ def write_entries(path: str | os.PathLike, entries: Iterable[Entry], *, kind: Ki
     """
     _check_choice("kind", kind, KINDS)
     path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
     count = 0
-    try:
-        with _open_binary(tmp, "wb", compressed=path.endswith(".gz")) as f:
+    with fileio.atomic_write(path, "wb") as raw:
+        # mtime=0: the same entries give the same .gz bytes. GzipFile leaves `raw` open for atomic_write.
+        compressed = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if path.endswith(".gz") else None
+        with compressed or contextlib.nullcontext(raw) as f:
             for entry in entries:
                 f.write((format_entry(entry.path, entry.labels, kind=kind) + "\n").encode("utf-8"))
                 count += 1
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return count

@@ -1,140 +1,52 @@
-r"""A procedural multi-label image set with its own semantic hierarchy: the data the README's demo trains on.
+r"""The demo's data set: the README's demo trains on it; written like the real data, reused when present.
 
     python data/demo.py --output_dir=/tmp/mlimages_demo            # 2,000 train + 500 val images, 64 px
 
-Each image (RGB JPEG, 64 x 64 by default) shows 1-4 shapes on a textured, noisy, low-saturation
-background. The image is split into a 2 x 2 grid and every shape sits inside its own cell, so shapes never
-overlap and every tag is visible in the pixels:
-
-- shape kind: ``circle``, ``square``, ``triangle``, ``diamond``, ``ring``, ``star`` (a hexagram);
-- colour: ``red``, ``blue``, ``green``, ``yellow``, ``orange``, ``purple`` (saturated palette colours that the
-  grey-ish background never comes close to);
-- four "colour shape" pairs (``red circle``, ``blue square``, ``green triangle``, ``yellow star``), children of
-  their shape, from frequent to rare;
-- the count: ``one object`` or ``two``/``three``/``four objects`` (children of ``several objects``), and
-  ``multicoloured`` when the shapes have two or more colours.
-
-Like ML-Images the 30 classes form a forest (roots ``thing``, ``colour``, ``one object``, ``several objects``)
-and every tag implies its ancestors (`Hierarchy.propagate`), e.g. ``blue square`` -> ``square`` ->
-``quadrilateral`` -> ``polygon`` -> ``shape`` -> ``thing`` (depth 5). Kinds, colours and counts are drawn
-from skewed distributions, so class frequencies are long-tailed (``thing`` on every image, ``yellow star``
-on under 2%) without being degenerate. The release's lists also hold soft tags (confidence 0.9 or 0.8);
-here the tags of a small shape are soft, which is also fully determined by the drawing: a shape of radius
-below 0.09 of the image gets its kind, colour and pair tags at 0.8, below 0.10 at 0.9, else 1.0 (an
-ancestor takes the largest confidence that implies it).
-
-Everything is written with the project's own machinery, exactly as for the real data: the hierarchy with
-`data.hierarchy.write_hierarchy` (the release's TSV, read back by `load_hierarchy`), the image lists
-(``filename idx:conf ...``) with `data.annotations.write_entries`, the TFRecords of both splits with
-`data.tfrecord.write_dataset` into one folder (prefixes ``train`` and ``val``, each with its manifest for
+The pictures and their 30 classes (a forest of depth 5, long-tailed, soft tags for small shapes) are
+data/demo_scenes.py's. Everything is written with the project's own machinery, exactly as for the real data:
+the hierarchy with `data.hierarchy.write_hierarchy` (the release's TSV, read back by `load_hierarchy`), the
+image lists (``filename idx:conf ...``) with `data.annotations.write_entries`, the TFRecords of both splits
+with `data.tfrecord.write_dataset` into one folder (prefixes ``train`` and ``val``, each with its manifest for
 `data.schema.read_manifest`). The JPEGs stay in ``images/`` so the lists can be re-written by hand.
 
-Every image is drawn from its own generator seeded by ``(seed, split, index)``, so a seed gives the same
-bytes on every run (and image i does not depend on how many images the split has), and a finished folder
-with the same parameters (recorded in ``demo.json``) is returned as it is.
+A seed gives the same bytes on every run, and a finished folder with the same parameters (recorded in
+``demo.json``, the first file a demo run writes) is returned as it is. The demo writes only into a new or
+empty folder or one holding its own ``demo.json``: never into a folder of someone else's files.
 
-`most_frequent_baseline` scores the validation set as if a model always predicted the training class
-frequencies, evaluated by `training.metrics.MultiLabelMetrics` like a real model: the floor that the
-demo model's F1@k must beat.
+Run as a script it also prints the most-frequent-classes baseline (training/demo.py's
+`most_frequent_baseline`): the script is an entry script, so it may use the training layer; the module,
+which the library imports, does not (data/ never imports training/).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import glob
-import io
-import json
-import math
 import os
 import shutil
+import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
-import tensorflow as tf
 from absl import logging
-from PIL import Image
 
-from data import annotations, schema, tfrecord
-from data.hierarchy import Hierarchy, load_hierarchy, write_hierarchy
-from training.metrics import MultiLabelMetrics
-
-# ---------------------------------------------------------------------------------------------------------
-# The classes and what is drawn.
-# ---------------------------------------------------------------------------------------------------------
-
-# (class name, parent name or None for a root); the row is the class index.
-CLASS_TABLE: tuple[tuple[str, str | None], ...] = (
-    ("thing", None),
-    ("shape", "thing"),
-    ("round shape", "shape"),
-    ("circle", "round shape"),
-    ("ring", "round shape"),
-    ("polygon", "shape"),
-    ("quadrilateral", "polygon"),
-    ("square", "quadrilateral"),
-    ("diamond", "quadrilateral"),
-    ("triangle", "polygon"),
-    ("star", "polygon"),
-    ("red circle", "circle"),
-    ("blue square", "square"),
-    ("green triangle", "triangle"),
-    ("yellow star", "star"),
-    ("colour", None),
-    ("warm colour", "colour"),
-    ("red", "warm colour"),
-    ("orange", "warm colour"),
-    ("yellow", "warm colour"),
-    ("cool colour", "colour"),
-    ("green", "cool colour"),
-    ("blue", "cool colour"),
-    ("purple", "cool colour"),
-    ("multicoloured", "colour"),
-    ("one object", None),
-    ("several objects", None),
-    ("two objects", "several objects"),
-    ("three objects", "several objects"),
-    ("four objects", "several objects"),
+from data import annotations, fileio, schema, tfrecord
+from data.demo_scenes import (
+    CLASS_INDEX,
+    CLASS_NAMES,
+    COUNT_TAGS,
+    NUM_CLASSES,
+    SPLITS,
+    demo_hierarchy,
+    make_example,
 )
-CLASS_NAMES: tuple[str, ...] = tuple(name for name, _ in CLASS_TABLE)
-NUM_CLASSES = len(CLASS_TABLE)
-CLASS_INDEX: dict[str, int] = {name: i for i, name in enumerate(CLASS_NAMES)}
-# Longest root-to-leaf path (edges): thing -> shape -> polygon -> quadrilateral -> square -> blue square.
-MAX_DEPTH = 5
+from data.hierarchy import Hierarchy, load_hierarchy, write_hierarchy
 
-# Shape kinds and colours with their probabilities per shape (skewed: the source of the long tail).
-SHAPE_KINDS: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "ring", "star")
-SHAPE_PROBS: tuple[float, ...] = (0.32, 0.24, 0.18, 0.12, 0.08, 0.06)
-PALETTE: dict[str, tuple[int, int, int]] = {
-    "red": (215, 35, 35),
-    "blue": (35, 75, 215),
-    "green": (35, 160, 60),
-    "yellow": (235, 210, 30),
-    "orange": (240, 130, 20),
-    "purple": (140, 45, 175),
-}
-COLOUR_NAMES: tuple[str, ...] = tuple(PALETTE)
-COLOUR_PROBS: tuple[float, ...] = (0.30, 0.24, 0.18, 0.13, 0.09, 0.06)
-COUNT_PROBS: tuple[float, ...] = (0.4, 0.3, 0.2, 0.1)  # 1, 2, 3, 4 shapes
-COUNT_TAGS: tuple[str, ...] = ("one object", "two objects", "three objects", "four objects")
-
-# Geometry in fractions of the image side. A shape's "radius" r sets its size; every kind fits in a disc
-# of radius 1.25 r, which with R_MAX stays inside its quarter of the image (no overlaps, no clipping).
-R_MIN, R_MAX = 0.08, 0.18
-_EXTENT = 1.25
-_CELL_MARGIN = 0.01
-# Soft tags: below these radii a shape's own tags get confidence 0.8, resp. 0.9.
-SOFT_RADII: tuple[tuple[float, float], ...] = ((0.09, 0.8), (0.10, 0.9))
-
-COLOUR_JITTER = 12.0  # +- per channel and shape
-PIXEL_NOISE = 4.0  # std of the per-pixel noise over the whole image
-JPEG_QUALITY = 95  # 4:4:4 chroma, so that colours survive at small sizes
-_SUPERSAMPLE = 2  # anti-aliasing: coverage is the mean over 2 x 2 sub-pixels
-
-SPLITS: dict[str, int] = {"train": 0, "val": 1}  # prefix -> the split's seed component
 DEMO_LABEL_FORMATS: tuple[str, ...] = schema.MULTI_LABEL_FORMATS
 HIERARCHY_FILENAME = "dictionary_and_semantic_hierarchy.txt"
 PARAMS_FILENAME = "demo.json"
+SUMMARY_FILENAME = "summary.json"
 IMAGE_DIR = "images"
 _PARAMS_VERSION = 1
 
@@ -142,178 +54,6 @@ _PARAMS_VERSION = 1
 def list_filename(prefix: str) -> str:
     """``{prefix}_im_list.txt``, the image list of a split (the release's naming)."""
     return f"{prefix}_im_list.txt"
-
-
-def demo_hierarchy() -> Hierarchy:
-    """The demo's class forest (`CLASS_TABLE`), with ids ``d00000000``, ``d00000001``, ..."""
-    parents = [CLASS_INDEX[parent] if parent is not None else -1 for _, parent in CLASS_TABLE]
-    return Hierarchy.from_parents(
-        parents, names=CLASS_NAMES, wnids=[f"d{i:08d}" for i in range(NUM_CLASSES)], source="demo"
-    )
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Drawing one image.
-# ---------------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class DrawnShape:
-    """One shape of a scene; positions and sizes in fractions of the image side.
-
-    Attributes:
-      kind: One of `SHAPE_KINDS`.
-      colour: One of `COLOUR_NAMES`.
-      cx: Centre, x (left to right).
-      cy: Centre, y (top to bottom).
-      radius: Size; see `R_MIN`, `R_MAX`.
-      angle: Rotation of triangles and stars, radians.
-      rgb: The palette colour plus this shape's jitter.
-    """
-
-    kind: str
-    colour: str
-    cx: float
-    cy: float
-    radius: float
-    angle: float
-    rgb: tuple[float, float, float]
-
-    @property
-    def confidence(self) -> float:
-        """The confidence of this shape's own tags: soft for small shapes (`SOFT_RADII`)."""
-        for limit, confidence in SOFT_RADII:
-            if self.radius < limit:
-                return confidence
-        return 1.0
-
-
-def _rng(seed: int, prefix: str, index: int) -> np.random.Generator:
-    return np.random.default_rng([seed, SPLITS[prefix], index])
-
-
-def draw_scene(rng: np.random.Generator) -> tuple[DrawnShape, ...]:
-    """Draws the shapes of one image: how many, which cells, kinds, colours, sizes, positions."""
-    count = 1 + int(rng.choice(len(COUNT_PROBS), p=COUNT_PROBS))
-    cells = rng.permutation(4)[:count]
-    shapes = []
-    for cell in cells.tolist():
-        kind = SHAPE_KINDS[int(rng.choice(len(SHAPE_KINDS), p=SHAPE_PROBS))]
-        colour = COLOUR_NAMES[int(rng.choice(len(COLOUR_NAMES), p=COLOUR_PROBS))]
-        radius = float(rng.uniform(R_MIN, R_MAX))
-        slack = 0.25 - _EXTENT * radius - _CELL_MARGIN
-        cx, cy = (np.array([cell % 2, cell // 2]) + 0.5) / 2 + rng.uniform(-slack, slack, size=2)
-        angle = float(rng.uniform(0.0, 2.0 * math.pi))
-        rgb = np.asarray(PALETTE[colour], np.float64) + rng.uniform(-COLOUR_JITTER, COLOUR_JITTER, size=3)
-        shapes.append(DrawnShape(kind, colour, float(cx), float(cy), radius, angle, tuple(rgb.tolist())))
-    return tuple(shapes)
-
-
-def scene_tags(shapes: Sequence[DrawnShape]) -> dict[int, float]:
-    """The tags the drawing implies, before propagation to ancestors."""
-    tags: dict[int, float] = {}
-
-    def add(name: str, confidence: float) -> None:
-        index = CLASS_INDEX[name]
-        tags[index] = max(tags.get(index, 0.0), confidence)
-
-    for shape in shapes:
-        add(shape.kind, shape.confidence)
-        add(shape.colour, shape.confidence)
-        pair = f"{shape.colour} {shape.kind}"
-        if pair in CLASS_INDEX:
-            add(pair, shape.confidence)
-    add(COUNT_TAGS[len(shapes) - 1], 1.0)
-    if len({shape.colour for shape in shapes}) > 1:
-        add("multicoloured", 1.0)
-    return tags
-
-
-def _interpolation_matrix(size: int, knots: int) -> np.ndarray:
-    """[size, knots] weights of linear interpolation from `knots` evenly spaced values to `size` pixels."""
-    position = (np.arange(size) + 0.5) / size * (knots - 1)
-    left = np.minimum(np.floor(position).astype(np.int64), knots - 2)
-    frac = position - left
-    weights = np.zeros((size, knots))
-    weights[np.arange(size), left] = 1.0 - frac
-    weights[np.arange(size), left + 1] = frac
-    return weights
-
-
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """float[size, size, 3]: grey level + blotches + stripes + gradient, slightly tinted (low saturation)."""
-    y, x = (np.mgrid[0:size, 0:size] + 0.5) / size
-    base = rng.uniform(70.0, 180.0)
-    tint = rng.uniform(-10.0, 10.0, size=3)
-    weights = _interpolation_matrix(size, 5)
-    blotches = weights @ rng.normal(0.0, 14.0, size=(5, 5)) @ weights.T
-    theta, frequency, phase = rng.uniform(0, math.pi), rng.uniform(2.0, 6.0), rng.uniform(0, 2 * math.pi)
-    stripes = rng.uniform(0.0, 10.0) * np.sin(
-        2 * math.pi * frequency * (x * math.cos(theta) + y * math.sin(theta)) + phase
-    )
-    gx, gy = rng.uniform(-20.0, 20.0, size=2)
-    luminance = base + blotches + stripes + gx * (x - 0.5) + gy * (y - 0.5)
-    return luminance[..., None] + tint
-
-
-def _triangle(u: np.ndarray, v: np.ndarray, circumradius: float, angle: float) -> np.ndarray:
-    """Inside an equilateral triangle centred at 0 with a vertex at `angle`: three half-planes."""
-    inside = np.ones(u.shape, dtype=bool)
-    for k in range(3):
-        normal = angle + math.pi / 3 + 2 * math.pi * k / 3  # towards the midpoint of edge k
-        inside &= u * math.cos(normal) + v * math.sin(normal) <= circumradius / 2
-    return inside
-
-
-def _shape_mask(shape: DrawnShape, u: np.ndarray, v: np.ndarray, size: int) -> np.ndarray:
-    """bool mask on the sub-pixel grid; u, v are sub-pixel centres minus the shape's centre, in pixels."""
-    r = shape.radius * size
-    if shape.kind == "circle":
-        return u * u + v * v <= r * r
-    if shape.kind == "ring":
-        d2 = u * u + v * v
-        return (d2 <= r * r) & (d2 >= (0.55 * r) ** 2)
-    if shape.kind == "square":
-        return np.maximum(np.abs(u), np.abs(v)) <= 0.85 * r
-    if shape.kind == "diamond":
-        return np.abs(u) + np.abs(v) <= 1.2 * r
-    if shape.kind == "triangle":
-        return _triangle(u, v, _EXTENT * r, shape.angle)
-    if shape.kind == "star":  # hexagram: two triangles
-        return _triangle(u, v, _EXTENT * r, shape.angle) | _triangle(
-            u, v, _EXTENT * r, shape.angle + math.pi / 3
-        )
-    raise ValueError(f"unknown shape kind {shape.kind!r}")
-
-
-def render(shapes: Sequence[DrawnShape], rng: np.random.Generator, size: int) -> np.ndarray:
-    """uint8[size, size, 3]: the background from `rng`, the anti-aliased shapes, then pixel noise."""
-    image = _background(rng, size)
-    sub = (np.arange(size * _SUPERSAMPLE) + 0.5) / _SUPERSAMPLE  # sub-pixel centres, in pixels
-    for shape in shapes:
-        u = sub[None, :] - shape.cx * size
-        v = sub[:, None] - shape.cy * size
-        mask = _shape_mask(shape, *np.broadcast_arrays(u, v), size)
-        alpha = mask.reshape(size, _SUPERSAMPLE, size, _SUPERSAMPLE).mean(axis=(1, 3))[..., None]
-        image = image * (1.0 - alpha) + np.asarray(shape.rgb) * alpha
-    image += rng.normal(0.0, PIXEL_NOISE, size=image.shape)
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
-
-
-def encode_jpeg(pixels: np.ndarray) -> bytes:
-    """The demo's JPEG encoding (quality 95, no chroma subsampling); deterministic."""
-    out = io.BytesIO()
-    Image.fromarray(pixels, mode="RGB").save(out, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
-    return out.getvalue()
-
-
-def make_example(
-    *, seed: int, prefix: str, index: int, image_size: int
-) -> tuple[bytes, tuple[DrawnShape, ...], dict[int, float]]:
-    """Image `index` of split `prefix`: its JPEG, its shapes and its tags (before propagation)."""
-    rng = _rng(seed, prefix, index)
-    shapes = draw_scene(rng)
-    return encode_jpeg(render(shapes, rng, image_size)), shapes, scene_tags(shapes)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -358,21 +98,6 @@ class DemoDataset:
     reused: bool = dataclasses.field(default=False, compare=False)
 
 
-def _atomic_write_json(path: str, content: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(content, f, indent=1)
-    os.replace(tmp, path)
-
-
-def _read_json(path: str) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
 def _dataset_from_record(output_dir: str, record: dict, *, reused: bool) -> DemoDataset:
     params = record["params"]
     return DemoDataset(
@@ -411,7 +136,7 @@ def _is_complete(output_dir: str, record: dict | None, params: dict) -> bool:
 
 def _remove_demo_files(output_dir: str) -> None:
     """Deletes what a demo run writes (and nothing else) so that a set with other parameters can be written."""
-    patterns = [PARAMS_FILENAME, HIERARCHY_FILENAME, "summary.json"]
+    patterns = [PARAMS_FILENAME, HIERARCHY_FILENAME, SUMMARY_FILENAME]
     for prefix in SPLITS:
         patterns += [
             list_filename(prefix),
@@ -440,8 +165,8 @@ def _write_split(
                 seed=params["seed"], prefix=prefix, index=index, image_size=params["image_size"]
             )
             name = f"{prefix}/{index:06d}.jpg"
-            with open(os.path.join(image_root, name), "wb") as f:
-                f.write(jpeg)
+            # Never a truncated JPEG after a crash; no fsync: a rerun redraws the split's images anyway.
+            fileio.write_bytes(os.path.join(image_root, name), jpeg, fsync=False)
             labels = hierarchy.propagate(tags)
             class_counts[[i for i, c in labels.items() if c >= 0.5]] += 1
             yield annotations.Entry(name, tuple(labels.items()), index + 1)
@@ -461,6 +186,91 @@ def _write_split(
         progress=False,
     )
     return class_counts
+
+
+def _params(
+    *, num_train: int, num_val: int, image_size: int, seed: int, shards: int, workers: int, label_format: str
+) -> dict:
+    """The parameters that determine a set's content (recorded in ``demo.json``), after checking them."""
+    if label_format not in DEMO_LABEL_FORMATS:
+        raise ValueError(f"label_format must be one of {DEMO_LABEL_FORMATS}, got {label_format!r}")
+    if num_train < 1 or num_val < 1 or shards < 1 or workers < 1:
+        raise ValueError(
+            f"num_train, num_val, shards and workers must be >= 1, got {num_train}, {num_val}, {shards}, {workers}"
+        )
+    if image_size < 16:
+        raise ValueError(f"image_size must be >= 16 pixels, got {image_size}")
+    # `workers` is not a parameter of the content, so it is not recorded or compared.
+    return {
+        "num_train": num_train,
+        "num_val": num_val,
+        "image_size": image_size,
+        "seed": seed,
+        "shards": shards,
+        "label_format": label_format,
+    }
+
+
+def _read_record(output_dir: str) -> dict | None:
+    """The folder's ``demo.json`` when it is one a demo run wrote (an object with ``params``), else None."""
+    record = fileio.read_json(os.path.join(output_dir, PARAMS_FILENAME))
+    return record if isinstance(record, dict) and isinstance(record.get("params"), dict) else None
+
+
+def _check_writable(output_dir: str, record: dict | None, params: dict, *, overwrite: bool) -> None:
+    """Raises unless the demo may write `params` into `output_dir`: a new or empty folder, or the demo's own.
+
+    A folder without the demo's record is someone else's (a user's `--data_dir`, a real data set): the demo
+    never mixes its shards into it, nor deletes anything there.
+    """
+    if record is not None:
+        if record["params"] != params and not overwrite:
+            raise ValueError(
+                f"{output_dir} holds a demo set with other parameters ({record['params']} != {params}); "
+                "use another output_dir or overwrite=True"
+            )
+        return
+    if glob.glob(os.path.join(glob.escape(output_dir), "*-manifest*.json")):
+        raise ValueError(f"{output_dir} holds records that are not a demo set ({PARAMS_FILENAME} missing)")
+    if os.path.isdir(output_dir) and os.listdir(output_dir):
+        raise ValueError(
+            f"{output_dir} is not empty and is not a demo set ({PARAMS_FILENAME} missing): the demo writes only "
+            "into a new or empty folder or into its own; give another folder"
+        )
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"{output_dir} is a file, not a folder")
+
+
+def check_output_dir(
+    output_dir: str | os.PathLike,
+    *,
+    num_train: int = 2000,
+    num_val: int = 500,
+    image_size: int = 64,
+    seed: int = 0,
+    shards: int = 4,
+    workers: int = 1,
+    label_format: str = "sparse",
+    overwrite: bool = False,
+) -> None:
+    """Raises the `ValueError` that `make_demo_dataset` with these arguments would raise, writing nothing.
+
+    For callers that must fail together: under Horovod every rank checks before the chief writes, so that
+    a refused folder stops all ranks instead of leaving the others waiting at a barrier.
+    """
+    output_dir = os.path.abspath(os.fspath(output_dir))
+    params = _params(
+        num_train=num_train,
+        num_val=num_val,
+        image_size=image_size,
+        seed=seed,
+        shards=shards,
+        workers=workers,
+        label_format=label_format,
+    )
+    record = _read_record(output_dir)
+    if not _is_complete(output_dir, record, params):
+        _check_writable(output_dir, record, params, overwrite=overwrite)
 
 
 def make_demo_dataset(
@@ -496,41 +306,27 @@ def make_demo_dataset(
       The `DemoDataset`.
 
     Raises:
-      ValueError: Bad arguments; `output_dir` holds a demo set with other parameters (and not
-        `overwrite`), or records that are not a demo set.
+      ValueError: Bad arguments; `output_dir` is not empty and holds no demo set (``demo.json``), or holds a
+        demo set with other parameters (and not `overwrite`).
     """
-    if label_format not in DEMO_LABEL_FORMATS:
-        raise ValueError(f"label_format must be one of {DEMO_LABEL_FORMATS}, got {label_format!r}")
-    if num_train < 1 or num_val < 1 or shards < 1 or workers < 1:
-        raise ValueError(
-            f"num_train, num_val, shards and workers must be >= 1, got {num_train}, {num_val}, {shards}, {workers}"
-        )
-    if image_size < 16:
-        raise ValueError(f"image_size must be >= 16 pixels, got {image_size}")
     output_dir = os.path.abspath(os.fspath(output_dir))
-    # `workers` is not a parameter of the content, so it is not compared.
-    params = {
-        "num_train": num_train,
-        "num_val": num_val,
-        "image_size": image_size,
-        "seed": seed,
-        "shards": shards,
-        "label_format": label_format,
-    }
+    params = _params(
+        num_train=num_train,
+        num_val=num_val,
+        image_size=image_size,
+        seed=seed,
+        shards=shards,
+        workers=workers,
+        label_format=label_format,
+    )
     record_path = os.path.join(output_dir, PARAMS_FILENAME)
-    record = _read_json(record_path)
+    record = _read_record(output_dir)
     if _is_complete(output_dir, record, params):
         logging.info("demo set in %s is complete with these parameters; reusing it", output_dir)
         return _dataset_from_record(output_dir, record, reused=True)
-    if record is not None and record.get("params") != params:
-        if not overwrite:
-            raise ValueError(
-                f"{output_dir} holds a demo set with other parameters ({record.get('params')} != {params}); "
-                "use another output_dir or overwrite=True"
-            )
+    _check_writable(output_dir, record, params, overwrite=overwrite)
+    if record is not None and record["params"] != params:  # `overwrite`, checked above
         _remove_demo_files(output_dir)
-    elif record is None and glob.glob(os.path.join(glob.escape(output_dir), "*-manifest*.json")):
-        raise ValueError(f"{output_dir} holds records that are not a demo set ({PARAMS_FILENAME} missing)")
 
     os.makedirs(output_dir, exist_ok=True)
     started = time.monotonic()
@@ -540,7 +336,7 @@ def make_demo_dataset(
         "complete": False,
         "class_names": list(CLASS_NAMES),
     }
-    _atomic_write_json(record_path, record)
+    fileio.write_json(record_path, record)
     hierarchy = demo_hierarchy()
     write_hierarchy(os.path.join(output_dir, HIERARCHY_FILENAME), hierarchy)
     counts = {
@@ -555,7 +351,7 @@ def make_demo_dataset(
         "val_class_counts": counts["val"].tolist(),
         "generation_seconds": round(time.monotonic() - started, 2),
     }
-    _atomic_write_json(record_path, record)
+    fileio.write_json(record_path, record)
     logging.info(
         "wrote the demo set (%d + %d images, %d classes) to %s in %.1fs",
         num_train,
@@ -571,7 +367,7 @@ def make_demo_dataset(
 # A single-label view, for trying finetune.py on the demo images.
 # ---------------------------------------------------------------------------------------------------------
 
-COUNT_CLASSES = ("one object", "two objects", "three objects", "four objects")
+COUNT_CLASSES: tuple[str, ...] = COUNT_TAGS  # class i of the single-label view: i + 1 objects
 
 
 def make_single_label_view(dataset: DemoDataset, output_dir: str | os.PathLike, *, shards: int = 4) -> str:
@@ -612,85 +408,16 @@ def make_single_label_view(dataset: DemoDataset, output_dir: str | os.PathLike, 
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The most-frequent-classes baseline.
-# ---------------------------------------------------------------------------------------------------------
-
-
-def label_batches(data_dir: str | os.PathLike, prefix: str, *, batch_size: int = 256) -> tf.data.Dataset:
-    """The split's labels, float32[B, num_classes] batches parsed from its records (vectorised)."""
-    manifest = schema.read_manifest(data_dir, prefix)
-
-    def parse(serialized: tf.Tensor) -> tf.Tensor:
-        return schema.parse_records(
-            serialized, label_format=manifest.label_format, num_classes=manifest.num_classes
-        )[schema.LABEL_KEY]
-
-    return tf.data.TFRecordDataset(list(manifest.files)).batch(batch_size).map(parse)
-
-
-def class_frequencies(
-    data_dir: str | os.PathLike, prefix: str = "train", *, label_threshold: float = 0.5
-) -> np.ndarray:
-    """float64[num_classes]: the fraction of the split's images where each class is a positive."""
-    num_classes = schema.read_manifest(data_dir, prefix).num_classes
-    positives = np.zeros(num_classes, np.float64)
-    num_images = 0
-    for labels in label_batches(data_dir, prefix):
-        positives += np.sum(labels.numpy() >= label_threshold, axis=0)
-        num_images += labels.shape[0]
-    if num_images == 0:
-        raise ValueError(f"{data_dir} ({prefix}) has no records")
-    return positives / num_images
-
-
-def most_frequent_baseline(
-    data_dir: str | os.PathLike,
-    *,
-    topk: Sequence[int] = (1, 3, 5),
-    label_threshold: float = 0.5,
-    train_prefix: str = "train",
-    eval_prefix: str = "val",
-) -> dict:
-    """Metrics on `eval_prefix` of a "model" that scores every image with the training class frequencies.
-
-    It always predicts the k most frequent training classes (ties: lower class index, as for a model), and
-    is evaluated by `MultiLabelMetrics` on the records, exactly like a model's sigmoid scores: the floor
-    for the demo model's F1@k. (Its mAP is each class's prevalence: constant scores rank nothing.)
-
-    Args:
-      data_dir: A folder with both splits' records, e.g. `DemoDataset.data_dir`.
-      topk: The k of the top-k metrics.
-      label_threshold: Labels at or above it are positives (for the frequencies and the metrics).
-      train_prefix: Split whose class frequencies are the scores.
-      eval_prefix: Split that is evaluated.
-
-    Returns:
-      `MultiLabelMetrics.result()`: ``precision@k``, ``recall@k``, ``f1@k``, ``instance_f1@k``, ``mAP`` and counts.
-    """
-    scores = tf.constant(
-        class_frequencies(data_dir, train_prefix, label_threshold=label_threshold), tf.float32
-    )
-    num_classes = int(scores.shape[0])
-    metrics = MultiLabelMetrics(num_classes, ks=topk, label_threshold=label_threshold)
-    for labels in label_batches(data_dir, eval_prefix):
-        if labels.shape[1] != num_classes:
-            raise ValueError(f"{eval_prefix} has {labels.shape[1]} classes, {train_prefix} {num_classes}")
-        metrics.update(tf.broadcast_to(scores, tf.shape(labels)), labels)
-    return metrics.result()
-
-
-# ---------------------------------------------------------------------------------------------------------
 # CLI.
 # ---------------------------------------------------------------------------------------------------------
 
-SUMMARY_FILENAME = "summary.json"
 BASELINE_KS = (1, 3, 5)
 
 
 def summarize(dataset: DemoDataset, baseline: dict, *, wall_seconds: float) -> dict:
     """The CLI's summary: parameters, class table, split sizes and the baseline."""
     hierarchy = load_hierarchy(dataset.hierarchy_path)
-    record = _read_json(os.path.join(dataset.data_dir, PARAMS_FILENAME)) or {}
+    record = fileio.read_json(os.path.join(dataset.data_dir, PARAMS_FILENAME)) or {}
     counts = np.asarray(dataset.train_class_counts)
     ranked = np.argsort(-counts, kind="stable")
     return {
@@ -791,26 +518,36 @@ def _define_flags() -> None:
     )
 
 
-def main(argv: Sequence[str]) -> None:
+def main(argv: Sequence[str], *, baseline: Callable[..., dict]) -> None:
+    """The script: writes (or reuses) the set, scores `baseline` on it, writes and prints the summary.
+
+    Args:
+      argv: Left-over command line (none expected).
+      baseline: ``baseline(data_dir, topk=...) -> metrics``, training/demo.py's `most_frequent_baseline`,
+        passed in by the script so that this module does not import the training layer.
+    """
     from absl import flags
 
     del argv
     f = flags.FLAGS
     started = time.monotonic()
-    dataset = make_demo_dataset(
-        f.output_dir,
-        num_train=f.num_train,
-        num_val=f.num_val,
-        image_size=f.image_size,
-        seed=f.seed,
-        shards=f.shards,
-        workers=f.workers,
-        label_format=f.label_format,
-        overwrite=f.overwrite,
-    )
-    baseline = most_frequent_baseline(dataset.data_dir, topk=BASELINE_KS)
-    summary = summarize(dataset, baseline, wall_seconds=time.monotonic() - started)
-    _atomic_write_json(f.summary_json or os.path.join(dataset.data_dir, SUMMARY_FILENAME), summary)
+    try:
+        dataset = make_demo_dataset(
+            f.output_dir,
+            num_train=f.num_train,
+            num_val=f.num_val,
+            image_size=f.image_size,
+            seed=f.seed,
+            shards=f.shards,
+            workers=f.workers,
+            label_format=f.label_format,
+            overwrite=f.overwrite,
+        )
+    except ValueError as e:  # a refused folder or bad parameters: one line, not a traceback
+        sys.exit(f"error: {e}")
+    metrics = baseline(dataset.data_dir, topk=BASELINE_KS)
+    summary = summarize(dataset, metrics, wall_seconds=time.monotonic() - started)
+    fileio.write_json(f.summary_json or os.path.join(dataset.data_dir, SUMMARY_FILENAME), summary)
     _print_summary(summary)
     if f.single_label_dir:
         print(
@@ -819,7 +556,13 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+    import functools
+
     from absl import app
 
+    # This file run as a script is an entry script, which may use the training layer (the metrics of the
+    # baseline); imported as `data.demo` it never does.
+    from training.demo import most_frequent_baseline
+
     _define_flags()
-    app.run(main)
+    app.run(functools.partial(main, baseline=most_frequent_baseline))

@@ -9,9 +9,10 @@ KeyboardInterrupt and a full disk) the temporary file is removed and the old des
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -30,6 +31,73 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def _create_temp(directory: str, name: str) -> str:
+    """Creates an empty, new ``.<name>.<random>.tmp`` in `directory` with the umask's permissions.
+
+    Not `tempfile.mkstemp`, whose files are private (0600): a dataset or a checkpoint written by one user is
+    read by others (training jobs, other machines), as any file created with `open` would be.
+    """
+    while True:
+        tmp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+
+
+def remove_temp_files(path: str | os.PathLike[str]) -> int:
+    """Removes the temporary files that processes killed while writing `path` left beside it.
+
+    Call it only where no live process can be writing `path` (a re-run of the job that owns the file).
+
+    Returns:
+      The number of files removed.
+    """
+    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    leftovers = glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*.tmp"))
+    for leftover in leftovers:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(leftover)
+    return len(leftovers)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], *, fsync: bool = True) -> Iterator[str]:
+    """Yields a temporary file name that replaces `path` when the `with` block ends without an exception.
+
+    For writers that open a file by name themselves (`tf.io.TFRecordWriter`); they must have closed it
+    when the block ends. The temporary file is ``.<basename>.<random>.tmp`` beside `path`, so a process
+    killed inside the block leaves only such a hidden file, which no reader globs for.
+
+    Args:
+      path: The destination; its directory is created when missing.
+      fsync: Flush the file and the directory entry to disk before returning.
+
+    Yields:
+      The temporary file's name (the file exists, empty).
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = _create_temp(directory, os.path.basename(path))
+    try:
+        yield tmp
+        if fsync:
+            fd = os.open(tmp, os.O_RDONLY)  # fsync flushes the file's data whichever descriptor wrote it.
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    if fsync:
+        fsync_dir(directory)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "w", *, fsync: bool = True) -> Iterator[IO[Any]]:
     """Opens a temporary file that replaces `path` when the `with` block ends without an exception.
@@ -45,23 +113,9 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", *, fsync: bool =
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write mode must be 'w' or 'wb', got {mode!r}")
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
+    with atomic_path(path, fsync=fsync) as tmp:
+        with open(tmp, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
             yield f
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-    if fsync:
-        fsync_dir(directory)
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = True) -> None:

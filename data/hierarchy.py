@@ -23,6 +23,8 @@ from typing import Final
 
 import numpy as np
 
+from data import fileio
+
 HEADER: Final = ("category_index", "category_id", "index_of_parent_category", "category name")
 ROOT_PARENT: Final = -1
 
@@ -376,10 +378,7 @@ def load_hierarchy(path: str | os.PathLike[str]) -> Hierarchy:
 
 def write_hierarchy(path: str | os.PathLike[str], hierarchy: Hierarchy) -> None:
     """Writes a hierarchy in the release's TSV format (readable by `load_hierarchy`), atomically."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with fileio.atomic_write(path, "w") as f:
         f.write("\t".join(HEADER) + "\n")
         for i in range(hierarchy.num_classes):
             f.write(f"{i}\t{hierarchy.wnids[i]}\t{int(hierarchy.parents[i])}\t{hierarchy.names[i]}\n")
-    os.replace(tmp, path)

@@ -11,12 +11,16 @@ Pixel conventions follow what the release's tools see through OpenCV's `cv.imrea
   libpng's strip-16 does), not clipped: 65535 -> 255, 32768 -> 128, 255 -> 0.
 - Alpha is dropped: a transparent pixel keeps its stored colour (no compositing on a background), and a
   palette image is expanded through its palette (its transparency entry dropped likewise).
+
+`prepare_image` is what the TFRecord writer stores for a file: the original bytes of a JPEG that
+TensorFlow decodes to the right RGB (as the release kept every JPEG), otherwise an RGB JPEG of `to_rgb8`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import re
 
 import numpy as np
 from PIL import Image
@@ -25,8 +29,18 @@ from PIL import Image
 # lists, and about 300 MB as 8-bit RGB; beyond it a single image could exhaust a worker's memory.
 DEFAULT_MAX_PIXELS = 100_000_000
 
-# Pillow refuses images over 2 x MAX_IMAGE_PIXELS on open with its own error; our limit is checked first
-# from the header, so Pillow's global is not changed here.
+# Quality of the JPEG written for an image that cannot be stored as it is (the release used 100 for PNGs).
+DEFAULT_JPEG_QUALITY = 95
+# How a JPEG stored as it is gets checked (`prepare_image`).
+VERIFY_MODES: tuple[str, ...] = ("full", "fast")
+# Formats whose bytes are stored as they are when TensorFlow decodes them. MPO is the multi-picture JPEG some
+# cameras write; its first frame is a baseline JPEG that TensorFlow decodes.
+_JPEG_FORMATS = ("JPEG", "MPO")
+_JPEG_END = b"\xff\xd9"
+
+# Pillow refuses images over 2 x Image.MAX_IMAGE_PIXELS (about 179 MP) on open with its own error, which is
+# reported with the same reason; Pillow's global is not changed here, so a --max_pixels above that stays
+# capped by Pillow.
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
 
@@ -84,8 +98,11 @@ def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
         image = Image.open(io.BytesIO(data))
     except Image.UnidentifiedImageError:
         raise BadImage("not an image (unidentified format)") from None
-    except Image.DecompressionBombError:
-        raise BadImage("too many pixels (over Pillow's decompression-bomb limit)") from None
+    except Image.DecompressionBombError as e:
+        # Pillow refuses images over twice its own limit (about 179 MP) before returning the size.
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(found.group(1)) / 1e6:.1f} MP" if found else "over Pillow's decompression-bomb limit"
+        raise BadImage(f"too many pixels: {size} > {max_pixels / 1e6:.1f} MP (--max_pixels)") from None
     except Exception as e:  # noqa: BLE001 -- a malformed header raises many types; it is a reason, not a crash
         raise BadImage(f"corrupt header ({type(e).__name__})") from None
     width, height = image.size
@@ -155,6 +172,89 @@ def to_rgb8(image: Image.Image) -> Image.Image:
 def decode_rgb8(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """uint8[H, W, 3] pixels of an encoded image, checked and converted as above."""
     return np.asarray(to_rgb8(open_image(data, max_pixels=max_pixels)))
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedImage:
+    """What goes into a record for one image.
+
+    Attributes:
+      jpeg: The JPEG bytes to store (the original file when TensorFlow decodes it as it is).
+      height: Original height in pixels.
+      width: Original width in pixels.
+      converted_from: None when the bytes are the original file, else what was converted
+        (``"PNG"``, ``"JPEG/CMYK"``, ...).
+    """
+
+    jpeg: bytes
+    height: int
+    width: int
+    converted_from: str | None
+
+
+def tensorflow_decodes_as_is(image: Image.Image) -> bool:
+    """Whether `tf.io.decode_jpeg(data, channels=3)` gives this file's RGB pixels, so its bytes can be kept.
+
+    True for RGB (YCbCr) and greyscale JPEGs, and for CMYK/YCCK JPEGs with an Adobe marker: TensorFlow
+    converts those to RGB itself, equal to Pillow's and OpenCV's pixels (the release kept all of them
+    byte for byte). A CMYK JPEG without the Adobe marker decodes to black in TensorFlow, so it is
+    converted, as is every other format.
+    """
+    if image.format not in _JPEG_FORMATS:
+        return False
+    return image.mode in ("RGB", "L") or (image.mode == "CMYK" and "adobe" in image.info)
+
+
+def prepare_image(
+    data: bytes,
+    *,
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+    verify: str = "full",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> PreparedImage:
+    """Checks one image file and returns the JPEG to store in a record.
+
+    Keeping a JPEG's original bytes avoids a lossy and slow re-encode and keeps what the release kept.
+    Everything else (PNG, GIF, BMP, WebP, TIFF, 16-bit, CMYK without Adobe marker) becomes an RGB JPEG
+    of `to_rgb8`'s pixels at `jpeg_quality`. How a kept JPEG is checked:
+
+    - ``verify="full"``: `verify_decodes` at 1/8 scale, which reads the whole entropy-coded stream and so
+      catches every truncated and corrupt file (0.9 instead of 1.6 ms for a 500x375 photo,
+      docs/BENCHMARKS.md).
+    - ``verify="fast"``: the header is parsed and the file must end with the JPEG end-of-image marker
+      (FF D9), which a truncated download lacks; a file that does not end so gets the full check.
+      Mid-stream corruption with an intact end is not caught (libjpeg, and so TensorFlow, decode most of
+      it with a warning anyway).
+
+    Args:
+      data: The file's bytes.
+      jpeg_quality: Quality of the JPEG written for converted images.
+      verify: ``full`` or ``fast``, see above.
+      max_pixels: Largest width x height accepted, checked on the header before any pixel is decoded
+        (0: no limit).
+
+    Returns:
+      A `PreparedImage`.
+
+    Raises:
+      BadImage: Empty, not an image, too many pixels, truncated or corrupt.
+    """
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
+    image = open_image(data, max_pixels=max_pixels)
+    width, height = image.size
+    if tensorflow_decodes_as_is(image):
+        if not (verify == "fast" and data.endswith(_JPEG_END)):
+            verify_decodes(image)
+        return PreparedImage(data, height, width, None)
+    source = f"JPEG/{image.mode}" if image.format in _JPEG_FORMATS else (image.format or "unknown")
+    rgb = to_rgb8(image)
+    out = io.BytesIO()
+    try:
+        rgb.save(out, format="JPEG", quality=jpeg_quality)
+    except Exception as e:  # noqa: BLE001 -- a lazily decoded frame can still fail here
+        raise BadImage(f"corrupt or truncated ({type(e).__name__}: {_short(e)})") from None
+    return PreparedImage(out.getvalue(), height, width, source)
 
 
 def _short(error: Exception, limit: int = 120) -> str:

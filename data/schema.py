@@ -17,6 +17,10 @@ stores ~9 tags in 44.6 KB, three times the JPEG. ``sparse`` stores the same tags
 
 A dataset written by ``data/tfrecord.py`` is a folder of ``{prefix}-{i:05d}-of-{n:05d}.tfrecord`` shards next to
 ``{prefix}-manifest.json``; `read_manifest` is how readers find the shards and the label format.
+
+A folder written by the original release has no manifest: ``{data_dir}/{prefix}/0.tfrecords``,
+``1.tfrecords``... with dense (or int64) labels. `read_release_split` finds its files and reads the label
+format and (dense) class count from the records themselves.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from collections.abc import Mapping
 
 import numpy as np
 import tensorflow as tf
+
+from data import record_files
 
 IMAGE_KEY = "image"
 HEIGHT_KEY = "height"
@@ -45,6 +51,7 @@ MULTI_LABEL_FORMATS: tuple[str, ...] = ("dense", "sparse")
 # Bumped whenever the manifest's JSON layout changes incompatibly.
 MANIFEST_VERSION = 1
 RECORD_SUFFIX = ".tfrecord"
+RELEASE_SUFFIX = ".tfrecords"  # the original release's `<N>.tfrecords` files
 _SHARD_RE = re.compile(r"-(\d{5})-of-(\d{5})\.tfrecord$")
 
 
@@ -177,20 +184,63 @@ def feature_spec(label_format: str) -> dict[str, tf.io.FixedLenFeature | tf.io.V
     return spec
 
 
-def _decode_dense(raw: tf.Tensor, num_classes: int) -> tf.Tensor:
+# Run-time record errors carry this mark, so that the input pipeline can tell them from other failures
+# and report them as one line (training/input_pipeline.py).
+RECORD_ERROR_MARK = "bad record: "
+
+
+def _check_records(bad: tf.Tensor, describe, problem) -> tf.Tensor:
+    """An op that fails naming the first record where `bad` [B] is true; the message is built only then.
+
+    `describe(i)` is a scalar string naming record i of the batch (its file and index in the file);
+    `problem(i)` a scalar string saying what is wrong with it.
+    """
+
+    def fail():
+        first = tf.argmax(tf.cast(bad, tf.int32), output_type=tf.int32)
+        message = tf.strings.join([RECORD_ERROR_MARK, describe(first), ": ", problem(first)])
+        with tf.control_dependencies([tf.debugging.Assert(False, [message])]):
+            return tf.constant(False)
+
+    return tf.cond(tf.reduce_any(bad), fail, lambda: tf.constant(True))
+
+
+def _default_describe(index: tf.Tensor) -> tf.Tensor:
+    return tf.strings.join(["record ", tf.strings.as_string(index), " of the batch"])
+
+
+def _decode_dense(raw: tf.Tensor, num_classes: int, describe) -> tf.Tensor:
     """[B] strings of float32[num_classes] bytes -> float32[B, num_classes], length checked first."""
     expected = 4 * num_classes
-    check = tf.debugging.assert_equal(
-        tf.strings.length(raw),
-        tf.constant(expected, tf.int32),
-        message=(
-            f"dense label field must be {expected} bytes (float32[{num_classes}]); "
-            "wrong --num_classes, or the records use another label_format"
+    lengths = tf.strings.length(raw)
+    check = _check_records(
+        tf.not_equal(lengths, expected),
+        describe,
+        lambda i: tf.strings.join(
+            [
+                "the dense label is ",
+                tf.strings.as_string(lengths[i]),
+                f" bytes, not {expected} (float32[{num_classes}]): wrong --num_classes, "
+                "or a record of another dataset",
+            ]
         ),
     )
     with tf.control_dependencies([check]):
         raw = tf.identity(raw)
     return tf.reshape(tf.io.decode_raw(raw, tf.float32, little_endian=True), [-1, num_classes])
+
+
+def _check_int64(labels: tf.Tensor, num_classes: int, describe) -> tf.Tensor:
+    """int64 class indices, checked to lie in [0, num_classes)."""
+    check = _check_records(
+        tf.logical_or(labels < 0, labels >= num_classes),
+        describe,
+        lambda i: tf.strings.join(
+            ["class index ", tf.strings.as_string(labels[i]), f" is outside [0, {num_classes})"]
+        ),
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(labels)
 
 
 def _decode_sparse(indices: tf.SparseTensor, confidences: tf.SparseTensor, num_classes: int) -> tf.Tensor:
@@ -218,7 +268,9 @@ def _decode_sparse(indices: tf.SparseTensor, confidences: tf.SparseTensor, num_c
     )
 
 
-def parse_records(serialized: tf.Tensor, *, label_format: str, num_classes: int) -> dict[str, tf.Tensor]:
+def parse_records(
+    serialized: tf.Tensor, *, label_format: str, num_classes: int, describe=None
+) -> dict[str, tf.Tensor]:
     """Parses serialized Examples of any label format into one common set of tensors.
 
     Works on a scalar string (``dataset.map`` before batching) or a 1-D batch (``dataset.batch(...).map``,
@@ -227,7 +279,10 @@ def parse_records(serialized: tf.Tensor, *, label_format: str, num_classes: int)
     Args:
       serialized: string tensor of shape [] or [B].
       label_format: How the labels were written: ``dense`` (reference), ``sparse`` or ``int64``.
-      num_classes: Number of classes; for ``dense`` the label field must be exactly 4 * num_classes bytes.
+      num_classes: Number of classes; for ``dense`` the label field must be exactly 4 * num_classes bytes,
+        ``int64`` labels must lie in [0, num_classes).
+      describe: ``describe(i)`` -> scalar string naming record ``i`` of the batch in an error (e.g. its file
+        and index there; the input pipeline passes one); called only when a record is bad.
 
     Returns:
       ``image`` (string, the JPEG), ``label`` (float32[..., num_classes] for ``dense`` and ``sparse``,
@@ -235,10 +290,12 @@ def parse_records(serialized: tf.Tensor, *, label_format: str, num_classes: int)
       (int64), each with the leading shape of `serialized`.
 
     Raises:
-      tf.errors.InvalidArgumentError: At run time, for a dense label of the wrong byte length or a sparse
-        label with mismatched lists or out-of-range indices.
+      tf.errors.InvalidArgumentError: At run time, for a dense label of the wrong byte length, an int64
+        label out of range (both messages name the record after `RECORD_ERROR_MARK`) or a sparse label
+        with mismatched lists or out-of-range indices.
     """
     check_label_format(label_format)
+    describe = describe or _default_describe
     serialized = tf.convert_to_tensor(serialized, tf.string)
     if serialized.shape.rank not in (0, 1):
         raise ValueError(f"serialized must be a scalar or a 1-D batch, got shape {serialized.shape}")
@@ -246,11 +303,11 @@ def parse_records(serialized: tf.Tensor, *, label_format: str, num_classes: int)
     batch = tf.reshape(serialized, [-1])
     parsed = tf.io.parse_example(batch, feature_spec(label_format))
     if label_format == "dense":
-        label = _decode_dense(parsed[LABEL_KEY], num_classes)
+        label = _decode_dense(parsed[LABEL_KEY], num_classes, describe)
     elif label_format == "sparse":
         label = _decode_sparse(parsed[LABEL_INDICES_KEY], parsed[LABEL_CONFIDENCES_KEY], num_classes)
     else:
-        label = parsed[LABEL_KEY]
+        label = _check_int64(parsed[LABEL_KEY], num_classes, describe)
     out = {
         IMAGE_KEY: parsed[IMAGE_KEY],
         LABEL_KEY: label,
@@ -279,6 +336,8 @@ class Manifest:
       counts: Records per shard, aligned with `files`.
       num_records: Total records (the sum of `counts`).
       num_skipped: Images of the list that were not written (bad line or bad image).
+      sizes: Bytes per shard as written, aligned with `files` (empty for a manifest that does not record
+        them); `read_manifest` checks the files against them.
     """
 
     label_format: str
@@ -287,10 +346,15 @@ class Manifest:
     counts: tuple[int, ...]
     num_records: int
     num_skipped: int = 0
+    sizes: tuple[int, ...] = ()
 
 
 def read_manifest(data_dir: str | os.PathLike, prefix: str = "train") -> Manifest:
     """Reads ``{prefix}-manifest.json`` and checks that it describes a complete split.
+
+    Every shard must exist with the size the manifest records (one ``stat`` per shard), so a shard cut
+    short by an interrupted copy is named here, before training starts, instead of failing mid-run as a
+    ``DataLossError`` that names no file.
 
     Args:
       data_dir: The writer's output folder.
@@ -301,7 +365,8 @@ def read_manifest(data_dir: str | os.PathLike, prefix: str = "train") -> Manifes
 
     Raises:
       FileNotFoundError: No manifest, or a shard it lists is missing.
-      ValueError: The manifest is incomplete or inconsistent (unknown format, counts that do not add up).
+      ValueError: The manifest is incomplete or inconsistent (unknown format, counts that do not add up),
+        or a shard's size differs from the recorded one (truncated or rewritten).
     """
     data_dir = os.path.abspath(os.fspath(data_dir))
     path = os.path.join(data_dir, manifest_filename(prefix))
@@ -330,6 +395,7 @@ def read_manifest(data_dir: str | os.PathLike, prefix: str = "train") -> Manifes
         shards = raw["shards"]
         files = tuple(os.path.join(data_dir, shard["file"]) for shard in shards)
         counts = tuple(int(shard["num_records"]) for shard in shards)
+        sizes = tuple(int(shard["bytes"]) for shard in shards) if all("bytes" in x for x in shards) else ()
         manifest = Manifest(
             label_format=label_format,
             num_classes=int(raw["num_classes"]),
@@ -337,6 +403,7 @@ def read_manifest(data_dir: str | os.PathLike, prefix: str = "train") -> Manifes
             counts=counts,
             num_records=int(raw["num_records"]),
             num_skipped=int(raw.get("num_skipped", 0)),
+            sizes=sizes,
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"manifest {path} is incomplete or malformed: {e!r}") from e
@@ -345,6 +412,13 @@ def read_manifest(data_dir: str | os.PathLike, prefix: str = "train") -> Manifes
     missing = [file for file in files if not os.path.exists(file)]
     if missing:
         raise FileNotFoundError(f"manifest {path} lists {len(missing)} missing shard(s), e.g. {missing[0]}")
+    for file, size in zip(files, manifest.sizes, strict=False):  # no sizes: nothing to check
+        actual = os.path.getsize(file)
+        if actual != size:
+            raise ValueError(
+                f"{file} is {actual} bytes but its manifest recorded {size}: the shard is "
+                f"{'truncated' if actual < size else 'not the one written'}; copy it again or rewrite it"
+            )
     return manifest
 
 
@@ -374,3 +448,102 @@ def list_record_files(data_dir: str | os.PathLike, prefix: str = "train") -> lis
             f"{len(missing)} of {totals[0]} shards missing in {data_dir}, e.g. index {missing[0]}"
         )
     return files
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Folders written by the original release (no manifest).
+# ---------------------------------------------------------------------------------------------------------
+
+
+def label_layout(serialized: bytes, *, where: str = "the record") -> tuple[str, int | None]:
+    """(label format, class count or None) of one serialized Example, read from its ``label`` field.
+
+    A dense label's byte length gives the class count; an int64 or sparse label does not say it.
+
+    Raises:
+      ValueError: not an Example, no label, or a dense label whose length is not a multiple of 4.
+    """
+    try:
+        example = tf.train.Example.FromString(serialized)
+    except Exception as e:  # protobuf's DecodeError
+        raise ValueError(f"{where} is not a tf.train.Example: {e}") from None
+    feature = example.features.feature
+    if LABEL_INDICES_KEY in feature:
+        return "sparse", None
+    if LABEL_KEY not in feature:
+        raise ValueError(f"{where} has no {LABEL_KEY!r} feature (keys: {sorted(feature)})")
+    kind = feature[LABEL_KEY].WhichOneof("kind")
+    if kind == "int64_list":
+        return "int64", None
+    if kind == "bytes_list" and len(feature[LABEL_KEY].bytes_list.value) == 1:
+        length = len(feature[LABEL_KEY].bytes_list.value[0])
+        if length % 4 == 0 and length:
+            return "dense", length // 4
+        raise ValueError(f"{where}: the dense label is {length} bytes, not a float32 vector")
+    raise ValueError(f"{where}: the {LABEL_KEY!r} feature is a {kind}, not dense bytes or an int64")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReleaseSplit:
+    """A split in the original release's layout: ``{data_dir}/{prefix}/*.tfrecords``, no manifest.
+
+    Attributes:
+      label_format: ``dense`` or ``int64`` (``sparse`` if our own records were copied there).
+      num_classes: The class count of dense labels (their byte length / 4); None for the other formats.
+      files: Absolute paths, in numeric order of their names (0, 1, 2, ..., 10, ...).
+    """
+
+    label_format: str
+    num_classes: int | None
+    files: tuple[str, ...]
+
+
+def list_release_files(data_dir: str | os.PathLike, prefix: str = "train") -> list[str]:
+    """The ``*.tfrecords`` files of ``{data_dir}/{prefix}``, numbered names in numeric order (empty: none)."""
+    folder = os.path.join(os.path.abspath(os.fspath(data_dir)), prefix)
+    files = glob.glob(os.path.join(glob.escape(folder), f"*{RELEASE_SUFFIX}"))
+
+    def order(path: str) -> tuple[int, int, str]:
+        stem = os.path.basename(path).removesuffix(RELEASE_SUFFIX)
+        return (0, int(stem), "") if stem.isdigit() else (1, 0, stem)
+
+    return sorted((f for f in files if os.path.isfile(f)), key=order)
+
+
+def read_release_split(data_dir: str | os.PathLike, prefix: str = "train") -> ReleaseSplit:
+    """Finds a release-layout split and reads its label format and class count from its records.
+
+    Reads the LAST record of every file (`record_files.read_last_record`: about one record per file, from
+    its end): that checks that no file is cut short — before the first step instead of as a mid-run
+    ``DataLossError`` that names no file — and that every file has the same label format and length.
+
+    Raises:
+      FileNotFoundError: no ``*.tfrecords`` in ``{data_dir}/{prefix}``, or every file is empty.
+      ValueError: a truncated file, an unreadable record, or files with different label layouts (one line
+        naming the file).
+    """
+    files = list_release_files(data_dir, prefix)
+    if not files:
+        raise FileNotFoundError(f"no *{RELEASE_SUFFIX} files in {os.path.join(os.fspath(data_dir), prefix)}")
+    layouts: dict[tuple[str, int | None], str] = {}
+    for file in files:
+        record = record_files.read_last_record(file)
+        if record is not None:
+            layout = label_layout(record, where=f"{file}: the last record")
+            layouts.setdefault(layout, file)
+    if not layouts:
+        raise FileNotFoundError(
+            f"every *{RELEASE_SUFFIX} file in {os.path.join(os.fspath(data_dir), prefix)} is empty"
+        )
+    if len(layouts) > 1:
+        (a, file_a), (b, file_b) = list(layouts.items())[:2]
+        raise ValueError(
+            f"{file_a} has {_describe_layout(*a)} labels but {file_b} has {_describe_layout(*b)}: "
+            "one split must use one label layout"
+        )
+    ((label_format, num_classes),) = layouts
+    return ReleaseSplit(label_format=label_format, num_classes=num_classes, files=tuple(files))
+
+
+def _describe_layout(label_format: str, num_classes: int | None) -> str:
+    return f"dense float32[{num_classes}]" if label_format == "dense" else label_format

@@ -188,8 +188,12 @@ def with_features(model: keras.Model) -> keras.Model:
     )
 
 
+@keras.saving.register_keras_serializable(package="mlimages")
 class FusedBatchNormalization(keras.layers.BatchNormalization):
     """Keras' BatchNormalization whose float32 NHWC training pass is TensorFlow's fused kernel.
+
+    It adds no constructor argument, so `BatchNormalization.get_config` is its complete config; it is
+    registered so that `keras.saving.load_model` reads `.keras` files of our models.
 
     TF1's `tf.layers.batch_normalization` (the release's) picks this same kernel by default (`fused=None`),
     so training also matches the release in one detail Keras does not: the moving variance is updated with

@@ -1,5 +1,6 @@
-"""Tests of tools/benchmark.py: every subcommand runs at toy sizes and prints parseable JSON lines with the
-expected keys (no timing assertions), and the speed work behind the `pipeline` figures keeps the outputs:
+"""Tests of tools/benchmark.py (and its modules in tools/benchmarks/): every subcommand runs at toy sizes and
+prints parseable JSON lines with the expected keys (no timing assertions), each subcommand takes only its own
+flags and every documented command parses, and the speed work behind the `pipeline` figures keeps the outputs:
 the fused colour ops equal the tf.image kernels at full size, and the pipeline equals the per-image
 transform and still resumes exactly."""
 
@@ -191,12 +192,10 @@ def test_memory_writer_tools(tmp_path):
 
 
 def test_synthetic_image_list_reads_back(tmp_path):
-    sys.path.insert(0, os.path.dirname(BENCHMARK))
-    import benchmark
-
     from data import annotations
+    from tools.benchmarks import memory
 
-    path = benchmark.synthetic_image_list(str(tmp_path / "list.txt"), num_lines=500, num_classes=100, tags=9)
+    path = memory.synthetic_image_list(str(tmp_path / "list.txt"), num_lines=500, num_classes=100, tags=9)
     entries = list(annotations.iter_entries(path, num_classes=100, on_error="fail"))
     assert len(entries) == 500
     tags = [len(entry.labels) for entry in entries]
@@ -303,3 +302,64 @@ def test_pipeline_equals_the_per_image_transform_and_resumes_exactly(tiny_record
         images, labels = next(restored)
         np.testing.assert_array_equal(images.numpy(), want[0].numpy())
         np.testing.assert_array_equal(labels.numpy(), want[1].numpy())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The command line: each subcommand defines only the flags it reads; the documented commands parse.
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _parse(argv: list[str]):
+    from absl import flags
+
+    from tools import benchmark
+
+    flag_values = flags.FlagValues()
+    benchmark.define_flags(benchmark.chosen_subcommand(argv), flag_values)
+    flag_values(argv)
+    return flag_values
+
+
+def _documented_commands(repo_root) -> list[list[str]]:
+    """Every `tools/benchmark.py <subcommand> ...` command of docs/BENCHMARKS.md, continuation lines joined."""
+    text = (repo_root / "docs" / "BENCHMARKS.md").read_text(encoding="utf-8").replace("\\\n", " ")
+    commands = []
+    for line in text.splitlines():
+        words = line.split()
+        if "tools/benchmark.py" in words:
+            commands.append(words[words.index("tools/benchmark.py") :])
+    return commands
+
+
+def test_every_documented_command_parses_with_its_subcommands_flags(repo_root):
+    from tools import benchmark
+
+    commands = _documented_commands(repo_root)
+    assert {command[1] for command in commands} == set(benchmark.SUBCOMMANDS)  # every one is documented
+    for command in commands:
+        parsed = _parse(command)
+        given = {word[2:].split("=", 1)[0] for word in command[2:] if word.startswith("--")}
+        assert given <= set(parsed), command
+
+
+def test_a_flag_the_subcommand_does_not_read_is_an_error():
+    from absl import flags
+
+    assert _parse(["benchmark.py", "step", "--depth=14"]).depth == "14"
+    with pytest.raises(flags.UnrecognizedFlagError):
+        _parse(["benchmark.py", "augment", "--depth=14"])  # augment has no model
+    with pytest.raises(flags.UnrecognizedFlagError):
+        _parse(["benchmark.py", "memory", "--compare"])
+
+
+def test_every_flag_belongs_to_a_subcommand_and_help_without_one_lists_all():
+    from tools import benchmark
+    from tools.benchmarks import common
+
+    used = set(common.GLOBAL_FLAGS)
+    for name in benchmark.SUBCOMMANDS:
+        module = benchmark.subcommand_module(name)
+        assert set(module.FLAGS_USED) <= common.FLAG_DEFINITIONS.keys(), name
+        used |= set(module.FLAGS_USED)
+    assert used == common.FLAG_DEFINITIONS.keys()
+    assert set(_parse(["benchmark.py"])) >= common.FLAG_DEFINITIONS.keys()  # no subcommand: all flags

@@ -1,4 +1,5 @@
-"""Tests for data/demo.py: hierarchy, closed label sets, records vs lists, determinism, reuse, baseline, CLI."""
+"""Tests for data/demo.py and data/demo_scenes.py (and the baseline in training/demo.py): hierarchy, closed
+label sets, records vs lists, determinism, reuse, refusing foreign folders, baseline, CLI."""
 
 import json
 import os
@@ -9,8 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data import annotations, demo, schema
+from data import annotations, demo, demo_scenes, schema
 from data.hierarchy import load_hierarchy
+from training import demo as demo_training
 
 SMALL = dict(num_train=60, num_val=20, image_size=32, shards=2)
 
@@ -21,7 +23,7 @@ def dataset(tmp_path_factory) -> demo.DemoDataset:
 
 
 def _record_files(data_dir) -> list[str]:
-    return [file for prefix in demo.SPLITS for file in schema.read_manifest(data_dir, prefix).files]
+    return [file for prefix in demo_scenes.SPLITS for file in schema.read_manifest(data_dir, prefix).files]
 
 
 def _read_bytes(files) -> list[bytes]:
@@ -34,8 +36,8 @@ def _read_bytes(files) -> list[bytes]:
 
 def _list_labels(path) -> tuple[list[str], np.ndarray]:
     """Names and the dense [N, C] confidences of an image list."""
-    entries = list(annotations.iter_entries(path, num_classes=demo.NUM_CLASSES, on_error="fail"))
-    dense = np.zeros((len(entries), demo.NUM_CLASSES), np.float32)
+    entries = list(annotations.iter_entries(path, num_classes=demo_scenes.NUM_CLASSES, on_error="fail"))
+    dense = np.zeros((len(entries), demo_scenes.NUM_CLASSES), np.float32)
     for row, entry in enumerate(entries):
         for index, confidence in entry.labels:
             dense[row, index] = confidence
@@ -51,17 +53,17 @@ def _parse_split(data_dir, prefix) -> dict[str, np.ndarray]:
 
 def test_hierarchy_file_loads_with_the_designed_depth(dataset):
     hierarchy = load_hierarchy(dataset.hierarchy_path)
-    assert hierarchy.names == demo.CLASS_NAMES == dataset.class_names
+    assert hierarchy.names == demo_scenes.CLASS_NAMES == dataset.class_names
     assert 20 <= hierarchy.num_classes == dataset.num_classes <= 40
-    assert int(hierarchy.depth.max()) == demo.MAX_DEPTH >= 3
-    np.testing.assert_array_equal(hierarchy.parents, demo.demo_hierarchy().parents)
+    assert int(hierarchy.depth.max()) == demo_scenes.MAX_DEPTH >= 3
+    np.testing.assert_array_equal(hierarchy.parents, demo_scenes.demo_hierarchy().parents)
     assert [hierarchy.names[i] for i in hierarchy.roots] == [
         "thing",
         "colour",
         "one object",
         "several objects",
     ]
-    blue_square = demo.CLASS_INDEX["blue square"]
+    blue_square = demo_scenes.CLASS_INDEX["blue square"]
     assert [hierarchy.names[i] for i in hierarchy.ancestors(blue_square)] == [
         "square",
         "quadrilateral",
@@ -93,7 +95,7 @@ def test_records_decode_to_images_and_labels_of_the_lists(dataset):
         assert (manifest.num_records, manifest.label_format, manifest.num_classes) == (
             count,
             "sparse",
-            demo.NUM_CLASSES,
+            demo_scenes.NUM_CLASSES,
         )
         assert len(manifest.files) == SMALL["shards"]
         parsed = _parse_split(dataset.data_dir, prefix)
@@ -104,13 +106,13 @@ def test_records_decode_to_images_and_labels_of_the_lists(dataset):
         for jpeg in parsed["image"][:5]:
             assert tf.io.decode_jpeg(jpeg).shape == (dataset.image_size, dataset.image_size, 3)
         # The list is what the drawing implies: regenerate two images from their seeds.
-        hierarchy = demo.demo_hierarchy()
+        hierarchy = demo_scenes.demo_hierarchy()
         for index in (0, count - 1):
-            jpeg, _, tags = demo.make_example(
+            jpeg, _, tags = demo_scenes.make_example(
                 seed=dataset.seed, prefix=prefix, index=index, image_size=dataset.image_size
             )
             assert jpeg == parsed["image"][index]
-            expected = np.zeros(demo.NUM_CLASSES, np.float32)
+            expected = np.zeros(demo_scenes.NUM_CLASSES, np.float32)
             for tag, confidence in hierarchy.propagate(tags).items():
                 expected[tag] = confidence
             np.testing.assert_array_equal(labels[index], expected)
@@ -185,11 +187,11 @@ def test_refuses_a_folder_of_other_records_and_bad_arguments(tmp_path):
 
 def test_most_frequent_baseline_equals_a_direct_numpy_computation(dataset):
     ks = (1, 3, 5, 7)
-    got = demo.most_frequent_baseline(dataset.data_dir, topk=ks)
+    got = demo_training.most_frequent_baseline(dataset.data_dir, topk=ks)
     _, train = _list_labels(dataset.train_list)
     _, val = _list_labels(dataset.val_list)
     frequency = np.mean(train >= 0.5, axis=0)
-    np.testing.assert_allclose(demo.class_frequencies(dataset.data_dir, "train"), frequency)
+    np.testing.assert_allclose(demo_training.class_frequencies(dataset.data_dir, "train"), frequency)
     ranking = np.argsort(-frequency, kind="stable")  # ties: lower class index first, as tf.math.top_k
     positive = val >= 0.5
     for k in ks:
@@ -205,15 +207,15 @@ def test_most_frequent_baseline_equals_a_direct_numpy_computation(dataset):
 
 def test_colour_tags_are_the_colours_in_the_pixels(dataset):
     """Learnable in principle: a confidence-1 colour tag covers pixels; an absent colour has none."""
-    palette = np.asarray([demo.PALETTE[name] for name in demo.COLOUR_NAMES], np.float64)
+    palette = np.asarray([demo_scenes.PALETTE[name] for name in demo_scenes.COLOUR_NAMES], np.float64)
     parsed = _parse_split(dataset.data_dir, "val")
     for jpeg, labels in zip(parsed["image"], parsed["label"], strict=True):
         pixels = tf.io.decode_jpeg(jpeg).numpy().reshape(-1, 3).astype(np.float64)
         distance = np.linalg.norm(pixels[:, None, :] - palette[None], axis=-1)
         nearest = np.where(distance.min(axis=1) < 45.0, distance.argmin(axis=1), -1)
-        for c, name in enumerate(demo.COLOUR_NAMES):
+        for c, name in enumerate(demo_scenes.COLOUR_NAMES):
             covered = np.mean(nearest == c)
-            confidence = labels[demo.CLASS_INDEX[name]]
+            confidence = labels[demo_scenes.CLASS_INDEX[name]]
             if confidence == 1.0:
                 assert covered >= 0.005, (name, covered)
             elif confidence == 0.0:
@@ -221,12 +223,12 @@ def test_colour_tags_are_the_colours_in_the_pixels(dataset):
 
 
 def test_class_frequencies_are_long_tailed_but_not_degenerate():
-    hierarchy = demo.demo_hierarchy()
-    counts = np.zeros(demo.NUM_CLASSES)
+    hierarchy = demo_scenes.demo_hierarchy()
+    counts = np.zeros(demo_scenes.NUM_CLASSES)
     num = 2000
     for index in range(num):
-        shapes = demo.draw_scene(np.random.default_rng([0, 0, index]))
-        counts[list(hierarchy.propagate(demo.scene_tags(shapes)))] += 1
+        shapes = demo_scenes.draw_scene(np.random.default_rng([0, 0, index]))
+        counts[list(hierarchy.propagate(demo_scenes.scene_tags(shapes)))] += 1
     frequency = counts / num
     assert np.sum(frequency == 1.0) == 3  # thing, shape, colour
     assert frequency.min() >= 0.005  # the rarest class (yellow star, ~1.7%) is still there
@@ -257,8 +259,24 @@ def test_cli_writes_the_summary_and_help_lists_the_flags(tmp_path, repo_root):
     assert "most-frequent baseline" in run.stdout and "k=5: F1" in run.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"] == {"train": 12, "val": 6}
-    assert summary["num_classes"] == demo.NUM_CLASSES and summary["max_depth"] == demo.MAX_DEPTH
+    assert summary["num_classes"] == demo_scenes.NUM_CLASSES and summary["max_depth"] == demo_scenes.MAX_DEPTH
     assert 0.0 < summary["most_frequent_baseline"]["f1@5"] <= 1.0
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("x")
+    refused = subprocess.run(
+        [sys.executable, script, f"--output_dir={foreign}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=repo_root,
+    )
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert (
+        refused.stderr.strip().splitlines()[-1].startswith("error: ") and "not a demo set" in refused.stderr
+    )
+    assert os.listdir(foreign) == ["mine.txt"]
 
     help_text = subprocess.run(
         [sys.executable, script, "--help"], capture_output=True, text=True, env=env, cwd=repo_root
@@ -274,3 +292,36 @@ def test_cli_writes_the_summary_and_help_lists_the_flags(tmp_path, repo_root):
         "label_format",
     ):
         assert f"--{flag}" in help_text
+
+
+def test_refuses_a_non_empty_folder_without_its_record_and_writes_nothing_there(tmp_path):
+    mine = tmp_path / "my_photos"
+    mine.mkdir()
+    (mine / "holiday.jpg").write_bytes(b"not the demo's")
+    with pytest.raises(ValueError, match="not empty and is not a demo set"):
+        demo.make_demo_dataset(mine, num_train=2, num_val=2, image_size=16, shards=1)
+    with pytest.raises(ValueError, match="not empty and is not a demo set"):
+        demo.check_output_dir(mine, num_train=2, num_val=2, image_size=16, shards=1)
+    assert sorted(os.listdir(mine)) == ["holiday.jpg"]
+    assert (mine / "holiday.jpg").read_bytes() == b"not the demo's"
+
+
+def test_writes_into_a_new_or_empty_folder_and_reuses_its_own(tmp_path, dataset):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    demo.check_output_dir(empty, num_train=2, num_val=2, image_size=16, shards=1)
+    demo.check_output_dir(tmp_path / "new" / "deeper", num_train=2, num_val=2, image_size=16, shards=1)
+    written = demo.make_demo_dataset(empty, num_train=2, num_val=2, image_size=16, shards=1)
+    assert (empty / demo.PARAMS_FILENAME).is_file() and written.num_train == 2
+    # The demo's own folder: same parameters are reused, other ones need `overwrite` (checked without writing).
+    demo.check_output_dir(dataset.data_dir, seed=0, **SMALL)
+    with pytest.raises(ValueError, match="other parameters"):
+        demo.check_output_dir(dataset.data_dir, seed=1, **SMALL)
+    demo.check_output_dir(dataset.data_dir, seed=1, overwrite=True, **SMALL)
+    assert demo.make_demo_dataset(dataset.data_dir, seed=0, **SMALL).reused
+
+
+def test_a_json_that_is_not_the_demos_record_is_no_marker(tmp_path):
+    (tmp_path / demo.PARAMS_FILENAME).write_text('["someone else\'s demo.json"]')
+    with pytest.raises(ValueError, match="not empty and is not a demo set"):
+        demo.make_demo_dataset(tmp_path, num_train=2, num_val=2, image_size=16, shards=1)

@@ -150,8 +150,22 @@ def test_reference_records_reencode_byte_identically(reference_dir, file):
 
 def test_reference_records_with_wrong_num_classes_fail_clearly(reference_dir):
     (raw, _) = _reference_serialized(reference_dir, "0.tfrecords")
-    with pytest.raises(tf.errors.InvalidArgumentError, match="44660 bytes|must be 44660 bytes"):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=r"bad record: record 0 of the batch: the dense label is 44664 bytes, not 44660 \(float32\[11165\]\)",
+    ):
         schema.parse_records(tf.constant(raw), label_format="dense", num_classes=REFERENCE_CLASSES - 1)
+    # int64 labels are range-checked too, naming the record.
+    int64 = schema.encode_example(
+        image=b"x", name="a", height=1, width=1, label=9, label_format="int64", num_classes=10
+    )
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match="bad record: record 0 of the batch: class index 9 is outside"
+    ):
+        schema.parse_records(tf.constant([int64]), label_format="int64", num_classes=9)
+    assert schema.parse_records(tf.constant([int64]), label_format="int64", num_classes=10)[
+        "label"
+    ].numpy() == [9]
     # The dense records are not sparse ones: no label/indices, so the sparse label comes out empty rather
     # than wrong, and the int64 spec refuses the bytes field.
     sparse = schema.parse_records(tf.constant(raw), label_format="sparse", num_classes=REFERENCE_CLASSES)
@@ -312,9 +326,20 @@ def test_parse_rejects_malformed_sparse_labels():
 
 
 def test_parse_rejects_dense_label_of_wrong_length_and_bad_arguments():
-    with pytest.raises(tf.errors.InvalidArgumentError, match="must be 40 bytes"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"44 bytes, not 40 \(float32\[10\]\)"):
         schema.parse_records(
             tf.constant(_example({1: 1.0}, num_classes=11)), label_format="dense", num_classes=10
+        )
+    # `describe` names the FIRST bad record of a batch (here the second of three).
+    batch = tf.constant([_example({1: 1.0}, num_classes=10), _example({}, num_classes=11), _example({})])
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match="bad record: item 1 of mine: the dense label is 44"
+    ):
+        schema.parse_records(
+            batch,
+            label_format="dense",
+            num_classes=10,
+            describe=lambda i: tf.strings.join(["item ", tf.strings.as_string(i), " of mine"]),
         )
     with pytest.raises(ValueError, match="scalar or a 1-D batch"):
         schema.parse_records(tf.constant([[_example({})]]), label_format="dense", num_classes=NUM_CLASSES)
@@ -410,6 +435,25 @@ def test_read_manifest_missing_key_or_bad_json(tmp_path):
         schema.read_manifest(tmp_path)
     path.write_text('{"format_version": 1, "comp')  # A torn write.
     with pytest.raises(ValueError, match="not valid JSON"):
+        schema.read_manifest(tmp_path)
+
+
+def test_read_manifest_checks_recorded_shard_sizes(tmp_path):
+    path = _write_split(tmp_path, counts=(1, 1))
+    for i in range(2):
+        (tmp_path / schema.shard_filename("train", i, 2)).write_bytes(b"x" * 100)
+    raw = json.loads(path.read_text())
+    for shard in raw["shards"]:
+        shard["bytes"] = 100
+    path.write_text(json.dumps(raw))
+    assert schema.read_manifest(tmp_path).sizes == (100, 100)
+    (tmp_path / schema.shard_filename("train", 1, 2)).write_bytes(b"x" * 97)  # cut short by 3 bytes
+    with pytest.raises(
+        ValueError, match=r"train-00001-of-00002.tfrecord is 97 bytes but its manifest recorded 100"
+    ):
+        schema.read_manifest(tmp_path)
+    (tmp_path / schema.shard_filename("train", 1, 2)).write_bytes(b"x" * 101)
+    with pytest.raises(ValueError, match="not the one written"):
         schema.read_manifest(tmp_path)
 
 

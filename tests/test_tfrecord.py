@@ -1,23 +1,28 @@
 """Tests for data/tfrecord.py, the writer: layouts, shard assignment, bad inputs, kill -9, tasks, TFDS, CLI."""
 
 import collections
+import functools
 import glob
 import io
+import itertools
 import json
 import os
 import pathlib
 import re
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
+from PIL import Image, ImageFile
 
-from data import schema, tfrecord
+from data import images, schema, tfrecord
+from data import manifest as manifest_files
 
 NUM_CLASSES = 50
 SIZE = (24, 16)  # (width, height) of the test images.
@@ -34,6 +39,42 @@ def _image_bytes(seed: int, fmt: str = "JPEG", mode: str = "RGB", size: tuple[in
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+def _png(width: int, height: int, *, bit_depth: int, color_type: int, rows, chunks: tuple = ()) -> bytes:
+    """A PNG written chunk by chunk, for what Pillow cannot write (16-bit RGB, a lying header).
+
+    `rows` yields each row's raw bytes (without the filter byte); `chunks` are extra (type, data) chunks
+    placed before IDAT (PLTE, tRNS).
+    """
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    compressor = zlib.compressobj()
+    idat = b"".join(compressor.compress(b"\x00" + row) for row in rows) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + b"".join(chunk(kind, data) for kind, data in chunks)
+        + chunk(b"IDAT", idat)
+        + chunk(b"IEND", b"")
+    )
+
+
+@functools.cache
+def _bomb_png(width: int, height: int) -> bytes:
+    """A valid 1-bit PNG of zeros: some 100 KB on disk, width x height bytes once Pillow decodes it."""
+    return _png(
+        width, height, bit_depth=1, color_type=0, rows=itertools.repeat(bytes((width + 7) // 8), height)
+    )
+
+
+def _without_adobe_marker(jpeg: bytes) -> bytes:
+    at = jpeg.index(b"\xff\xee")  # The APP14 "Adobe" segment Pillow writes into CMYK JPEGs.
+    (length,) = struct.unpack(">H", jpeg[at + 2 : at + 4])
+    return jpeg[:at] + jpeg[at + 2 + length :]
 
 
 def _tags(i: int) -> dict[int, float]:
@@ -92,42 +133,13 @@ def _record_multiset(output_dir, prefix: str = "train") -> collections.Counter:
 
 
 def _temp_files(output_dir) -> list[str]:
-    return sorted(p.name for p in pathlib.Path(output_dir).iterdir() if ".tmp-" in p.name)
+    """Temporary files of `fileio.atomic_write` (``.<name>.<random>.tmp``) left in `output_dir`."""
+    return sorted(p.name for p in pathlib.Path(output_dir).iterdir() if p.name.endswith(".tmp"))
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Shard assignment.
 # ---------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "num_lines, num_shards, trailing_newline",
-    [
-        (10, 3, True),
-        (10, 3, False),
-        (7, 7, True),
-        (3, 5, True),
-        (3, 5, False),
-        (1, 4, True),
-        (0, 3, True),
-        (25, 1, True),
-    ],
-)
-def test_index_list_splits_lines_into_contiguous_blocks(tmp_path, num_lines, num_shards, trailing_newline):
-    # Blank lines keep their line numbers (never the last line: without a newline it would not be one).
-    lines = [f"im_{i}.jpg {i}" if i % 4 != 2 or i == num_lines - 1 else "" for i in range(num_lines)]
-    text = "\n".join(lines) + ("\n" if trailing_newline and lines else "")
-    path = tmp_path / "list.txt"
-    path.write_text(text)
-    index = tfrecord.index_list(str(path), num_shards)
-    assert index.num_lines == num_lines and index.num_bytes == len(text)
-    assert len(index.offsets) == len(index.first_lines) == num_shards + 1
-    data = text.encode()
-    for s in range(num_shards):
-        first, end = s * num_lines // num_shards, (s + 1) * num_lines // num_shards
-        assert (index.first_lines[s], index.first_lines[s + 1]) == (first, end)
-        block = data[index.offsets[s] : index.offsets[s + 1]].decode()
-        assert block.splitlines() == lines[first:end], s
 
 
 def test_shards_are_named_and_filled_deterministically(tmp_path):
@@ -143,6 +155,8 @@ def test_shards_are_named_and_filled_deterministically(tmp_path):
     for s, shard in enumerate(manifest["shards"]):
         first, end = s * 11 // 4, (s + 1) * 11 // 4
         assert shard["file"] == schema.shard_filename("val", s, 4)
+        # Each shard's size, so that a reader can tell a truncated copy before training.
+        assert shard["bytes"] == os.path.getsize(tmp_path / "out" / shard["file"]) > 0
         assert (shard["first_line"], shard["end_line"]) == (first + 1, end)
         assert [_name(e) for e in _examples([tmp_path / "out" / shard["file"]])] == [
             f"im_{i:04d}.jpg" for i in range(first, end)
@@ -214,7 +228,7 @@ def test_num_classes_bounds_the_labels(tmp_path):
 def test_manifest_keeps_a_bounded_sample_of_skipped_images_and_sidecars_keep_all(tmp_path, monkeypatch):
     """Millions of failed downloads must not grow the writer's memory or the manifest: the manifest counts
     them and lists the first MANIFEST_SKIPPED_EXAMPLES, the shards' sidecars list every one."""
-    monkeypatch.setattr(tfrecord, "MANIFEST_SKIPPED_EXAMPLES", 3)
+    monkeypatch.setattr(manifest_files, "MANIFEST_SKIPPED_EXAMPLES", 3)
     image_list = _make_corpus(tmp_path / "img", 6)
     with open(image_list, "a") as f:  # 7 missing images, spread over the shards
         f.writelines(f"missing_{i}.jpg\t1:1\n" for i in range(7))
@@ -228,7 +242,7 @@ def test_manifest_keeps_a_bounded_sample_of_skipped_images_and_sidecars_keep_all
     assert sorted(s["path"] for s in everything) == [f"missing_{i}.jpg" for i in range(7)]
     # A re-run (all shards finished) and the same with fewer than the cap agree.
     assert _write(image_list, tmp_path / "out", shards=4) == manifest
-    monkeypatch.setattr(tfrecord, "MANIFEST_SKIPPED_EXAMPLES", 1000)
+    monkeypatch.setattr(manifest_files, "MANIFEST_SKIPPED_EXAMPLES", 1000)
     full = _write(image_list, tmp_path / "out", shards=4)
     assert full["skipped_complete"] is True and len(full["skipped"]) == 7
 
@@ -254,7 +268,7 @@ def test_each_shard_is_written_to_a_temp_name_then_renamed(tmp_path, monkeypatch
         renames.append((os.fspath(src), os.fspath(dst), os.path.exists(dst)))
         real_replace(src, dst)
 
-    monkeypatch.setattr(tfrecord.os, "replace", recording_replace)
+    monkeypatch.setattr(os, "replace", recording_replace)
     _write(image_list, tmp_path / "out", shards=3)
     out = str(tmp_path / "out")
     shard_renames = [(src, dst, existed) for src, dst, existed in renames if dst.endswith(".tfrecord")]
@@ -262,7 +276,9 @@ def test_each_shard_is_written_to_a_temp_name_then_renamed(tmp_path, monkeypatch
         os.path.join(out, schema.shard_filename("train", s, 3)) for s in range(3)
     ]
     for src, dst, existed in shard_renames:
-        assert src == f"{dst}.tmp-{os.getpid()}" and not existed
+        folder, name = os.path.split(dst)  # fileio.atomic_write's hidden temp name in the same folder
+        assert os.path.dirname(src) == folder and not existed
+        assert os.path.basename(src).startswith(f".{name}.") and src.endswith(".tmp")
     # Sidecars and the manifest are renamed into place too.
     assert {os.path.basename(dst) for _, dst, _ in renames} >= {
         "train-00000-of-00003.done.json",
@@ -271,19 +287,30 @@ def test_each_shard_is_written_to_a_temp_name_then_renamed(tmp_path, monkeypatch
     assert _temp_files(out) == []
 
 
-def test_rerun_reuses_finished_shards_and_removes_leftovers(tmp_path):
+def _leave_temp_file(repo_root, final_path) -> None:
+    """What `kill -9` inside `fileio.atomic_write(final_path)` leaves: its temp file, really written by it."""
+    code = (
+        "import os, sys\n"
+        "from data import fileio\n"
+        "with fileio.atomic_write(sys.argv[1], 'wb') as f:\n"
+        "    f.write(b'partial'); f.flush(); os._exit(9)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(final_path)], env=_cli_env(repo_root), timeout=60
+    )
+    assert result.returncode == 9
+
+
+def test_rerun_reuses_finished_shards_and_removes_leftovers(tmp_path, repo_root):
     image_list = _make_corpus(tmp_path / "img", 9)
     out = tmp_path / "out"
     first = _write(image_list, out, shards=3)
     before = _record_multiset(out)
     inodes = {s["file"]: os.stat(out / s["file"]).st_ino for s in first["shards"]}
     # What a killed run leaves: temp files, a shard without sidecar and a shard that does not match its sidecar.
-    for leftover in (
-        "train-00001-of-00003.tfrecord.tmp-99999",
-        "train-00001-of-00003.done.json.tmp-99999",
-        "train-manifest.json.tmp-99999",
-    ):
-        (out / leftover).write_bytes(b"partial")
+    for final in ("train-00001-of-00003.tfrecord", "train-00001-of-00003.done.json", "train-manifest.json"):
+        _leave_temp_file(repo_root, out / final)
+    assert len(_temp_files(out)) == 3
     os.remove(out / "train-00000-of-00003.done.json")
     with open(out / "train-00002-of-00003.tfrecord", "ab") as f:
         f.write(b"torn")
@@ -321,12 +348,18 @@ def test_bad_arguments(tmp_path):
 def _bad_corpus(root: pathlib.Path) -> tuple[pathlib.Path, dict]:
     """A folder of good and bad files and a list with bad lines; returns the list and the expected reasons."""
     root.mkdir()
-    good = {"good_0.jpg": _image_bytes(0), "good_1.jpg": _image_bytes(1)}
+    # JPEGs that TensorFlow decodes as they are, greyscale and Adobe CMYK included, are kept (the release
+    # kept every JPEG); a CMYK JPEG without Adobe marker decodes to black in TensorFlow and is converted.
+    good = {
+        "good_0.jpg": _image_bytes(0),
+        "good_1.jpg": _image_bytes(1),
+        "gray.jpg": _image_bytes(5, "JPEG", "L"),
+        "cmyk.jpg": _image_bytes(4, "JPEG", "CMYK"),
+    }
     converted = {
         "photo.png": _image_bytes(2, "PNG"),
         "alpha.png": _image_bytes(3, "PNG", "RGBA"),
-        "cmyk.jpg": _image_bytes(4, "JPEG", "CMYK"),
-        "gray.jpg": _image_bytes(5, "JPEG", "L"),
+        "cmyk_no_adobe.jpg": _without_adobe_marker(_image_bytes(12, "JPEG", "CMYK")),
         "anim.gif": _image_bytes(6, "GIF", "P"),
     }
     whole = _image_bytes(7, size=(48, 48))
@@ -334,10 +367,12 @@ def _bad_corpus(root: pathlib.Path) -> tuple[pathlib.Path, dict]:
         "truncated.jpg": whole[: len(whole) * 2 // 3],
         "text.jpg": b"<html>404 not found</html>\n",
         "empty.jpg": b"",
+        "bomb.png": _bomb_png(30000, 30000),
     }
     for name, data in {**good, **converted, **bad_files}.items():
         (root / name).write_bytes(data)
     (root / "folder.jpg").mkdir()
+    (root.parent / "outside.jpg").write_bytes(_image_bytes(13))  # Readable, but not through the list.
     reasons = {
         "truncated.jpg": "truncated",
         "text.jpg": "not an image",
@@ -347,6 +382,8 @@ def _bad_corpus(root: pathlib.Path) -> tuple[pathlib.Path, dict]:
         "bad_index.jpg": "bad line: class index 50 >= num_classes 50",
         "bad_conf.jpg": "bad line: confidence 1.5 of class 3 is outside [0, 1]",
         "bad_token.jpg": "bad line: class index 'x' is not an integer",
+        "bomb.png": "too many pixels",
+        "../outside.jpg": "outside image_root",
     }
     lines = [
         "good_0.jpg 1:1 2:0.9",
@@ -365,6 +402,9 @@ def _bad_corpus(root: pathlib.Path) -> tuple[pathlib.Path, dict]:
         "bad_token.jpg x:1",
         "alpha.png 9",
         "good_1.jpg 10 11:0.8",
+        "cmyk_no_adobe.jpg 4",
+        "bomb.png 1",
+        "../outside.jpg 1",
     ]
     image_list = root.parent / "bad_list.txt"
     image_list.write_text("\n".join(lines) + "\n")
@@ -385,8 +425,8 @@ def test_full_verify_rejects_exactly_what_a_full_decode_rejects():
 
     def rejected(data: bytes) -> bool:
         try:
-            tfrecord.prepare_image(data, verify="full")
-        except tfrecord.BadImage:
+            images.prepare_image(data, verify="full")
+        except images.BadImage:
             return True
         return False
 
@@ -424,8 +464,8 @@ def test_bad_input_corpus(tmp_path, verify):
             SIZE[1],
             SIZE[0],
         )
-    assert manifest["converted"] == {"GIF": 1, "JPEG/CMYK": 1, "JPEG/L": 1, "PNG": 2}
-    assert manifest["num_records"] == 7 and manifest["num_skipped"] == len(expected["reasons"])
+    assert manifest["converted"] == {"GIF": 1, "JPEG/CMYK": 1, "PNG": 2}
+    assert manifest["num_records"] == 8 and manifest["num_skipped"] == len(expected["reasons"])
     skipped = {item["path"]: item for item in manifest["skipped"]}
     assert set(skipped) == set(expected["reasons"])
     for path, reason in expected["reasons"].items():
@@ -457,6 +497,223 @@ def test_on_error_fail_with_workers_stops_the_pool(tmp_path):
         _write(image_list, tmp_path / "out", shards=2, workers=2, on_error="fail")
     assert not (tmp_path / "out" / "train-manifest.json").exists()
     assert _temp_files(tmp_path / "out") == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What is stored: original JPEG bytes, or pixels as the release's tools see them (issues #11 and #12).
+# ---------------------------------------------------------------------------------------------------------
+
+BLOCK = 16  # Flat 16x16 blocks: whole JPEG MCUs, so a high-quality JPEG keeps their values within 1-2.
+
+
+def _blocks(values, dtype=np.uint8) -> np.ndarray:
+    """A 16-pixel-high row of flat 16x16 blocks, one per value (a scalar or a per-channel tuple)."""
+    return np.concatenate([np.full((BLOCK, BLOCK, *np.shape(v)), v, dtype) for v in values], axis=1)
+
+
+def _rows(pixels: np.ndarray):
+    """Big-endian PNG rows of an array of uint8 or uint16 samples."""
+    big_endian = pixels.astype(pixels.dtype.newbyteorder(">"))
+    return (row.tobytes() for row in big_endian.reshape(pixels.shape[0], -1))
+
+
+def _encode(pixels: np.ndarray | Image.Image, fmt: str) -> bytes:
+    """An encoded file of an image or of an array (uint16 2-D: I;16; 4 channels: RGBA)."""
+    buffer = io.BytesIO()
+    (pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _stored_pixels(output_dir) -> dict[str, np.ndarray]:
+    """name -> uint8[H, W, 3] of every record, parsed with data/schema and decoded as the input pipeline does."""
+    files = schema.read_manifest(output_dir).files
+    serialized = tf.constant([r.numpy() for r in tf.data.TFRecordDataset(list(files))])
+    parsed = schema.parse_records(serialized, label_format="sparse", num_classes=NUM_CLASSES)
+    return {
+        name.decode(): tf.io.decode_jpeg(image, channels=3, dct_method="INTEGER_ACCURATE").numpy()
+        for name, image in zip(parsed["name"].numpy(), parsed["image"], strict=True)
+    }
+
+
+def _write_files(tmp_path, files: dict[str, bytes], **kwargs) -> dict:
+    root = tmp_path / "img"
+    root.mkdir()
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    image_list = tmp_path / "list.txt"
+    image_list.write_text("".join(f"{name} 1\n" for name in files))
+    return _write(image_list, tmp_path / "out", shards=1, **kwargs)
+
+
+# name -> (file bytes, the RGB value of each 16x16 block that cv.imread(IMREAD_COLOR) gives).
+_CONVERTED_CASES = {
+    # 16-bit grey: the high byte (v >> 8), not clipped to white.
+    "grey16.png": (
+        _encode(_blocks([32768, 65535, 255, 4660], np.uint16), "PNG"),
+        [(128,) * 3, (255,) * 3, (0,) * 3, (18,) * 3],
+    ),
+    "grey16.tif": (_encode(_blocks([32768, 65535], np.uint16), "TIFF"), [(128,) * 3, (255,) * 3]),
+    "rgb16.png": (
+        _png(
+            2 * BLOCK,
+            BLOCK,
+            bit_depth=16,
+            color_type=2,
+            rows=_rows(_blocks([(65535, 32768, 4096), (1000, 2000, 60000)], np.uint16)),
+        ),
+        [(255, 128, 16), (3, 7, 234)],
+    ),
+    # Alpha dropped: a transparent pixel keeps its stored colour.
+    "rgba.png": (
+        _encode(_blocks([(10, 20, 30, 0), (200, 150, 100, 128), (90, 180, 45, 255)]), "PNG"),
+        [(10, 20, 30), (200, 150, 100), (90, 180, 45)],
+    ),
+    # Palette expanded; entry 0 is fully transparent through tRNS and still red.
+    "palette.png": (
+        _png(
+            2 * BLOCK,
+            BLOCK,
+            bit_depth=8,
+            color_type=3,
+            rows=_rows(_blocks([0, 1])),
+            chunks=((b"PLTE", bytes([255, 0, 0, 0, 255, 0])), (b"tRNS", b"\x00")),
+        ),
+        [(255, 0, 0), (0, 255, 0)],
+    ),
+}
+
+
+def _block_values(pixels: np.ndarray) -> list[tuple[int, ...]]:
+    """The mean RGB of the central 8x8 pixels of each 16x16 block, rounded (chroma upsampling blends the
+    colours of neighbouring blocks near their edges)."""
+    centres = pixels.reshape(BLOCK, -1, BLOCK, 3)[4:12, :, 4:12]
+    return [tuple(int(round(c)) for c in block) for block in centres.mean(axis=(0, 2))]
+
+
+def test_converted_images_are_stored_with_the_pixels_the_release_tools_see(tmp_path):
+    files = {name: data for name, (data, _) in _CONVERTED_CASES.items()}
+    manifest = _write_files(tmp_path, files, jpeg_quality=100)
+    assert manifest["num_records"] == len(files) and manifest["num_skipped"] == 0
+    assert manifest["converted"] == {"PNG": 4, "TIFF": 1}
+    stored = _stored_pixels(tmp_path / "out")
+    for name, (_, expected) in _CONVERTED_CASES.items():
+        pixels = stored[name]
+        assert pixels.shape == (BLOCK, BLOCK * len(expected), 3), name
+        np.testing.assert_allclose(_block_values(pixels), expected, atol=2, err_msg=name)
+
+
+def test_the_expected_values_are_what_opencv_imread_gives(tmp_path):
+    """The table above is OpenCV's `imread(IMREAD_COLOR)` of each file, as the release's demo tools read them."""
+    cv2 = pytest.importorskip("cv2")
+    for name, (data, expected) in _CONVERTED_CASES.items():
+        (tmp_path / name).write_bytes(data)
+        bgr = cv2.imread(str(tmp_path / name), cv2.IMREAD_COLOR)
+        assert _block_values(bgr[..., ::-1]) == [tuple(v) for v in expected], name
+
+
+def test_jpegs_that_tensorflow_decodes_are_stored_byte_for_byte(tmp_path):
+    """Greyscale and Adobe CMYK JPEGs are kept as the release kept them, and decode to the same RGB through
+    the record parser and TensorFlow as through Pillow; only a CMYK JPEG without the Adobe marker (black in
+    TensorFlow) is converted."""
+    y, x = np.mgrid[0:32, 0:48]
+    smooth = np.stack([4 * x, 6 * y, 200 - 2 * x - y], axis=-1).astype(np.uint8)
+    photo = Image.fromarray(smooth)
+    kept = {
+        "grey.jpg": _encode(photo.convert("L"), "JPEG"),
+        "cmyk.jpg": _encode(photo.convert("CMYK"), "JPEG"),
+        "rgb.jpg": _encode(smooth, "JPEG"),
+    }
+    no_adobe = _without_adobe_marker(kept["cmyk.jpg"])
+    # The reason for converting it: TensorFlow decodes it to black.
+    assert tf.io.decode_jpeg(no_adobe, channels=3).numpy().max() == 0
+    manifest = _write_files(tmp_path, {**kept, "cmyk_no_adobe.jpg": no_adobe})
+    assert manifest["converted"] == {"JPEG/CMYK": 1} and manifest["num_records"] == 4
+    records = {_name(e): _image(e) for e in _examples(schema.read_manifest(tmp_path / "out").files)}
+    for name, data in kept.items():
+        assert records[name] == data, name
+    stored = _stored_pixels(tmp_path / "out")
+    for name, data in kept.items():
+        with Image.open(io.BytesIO(data)) as image:
+            np.testing.assert_array_equal(stored[name], np.asarray(image.convert("RGB")), err_msg=name)
+    assert stored["grey.jpg"].shape == (32, 48, 3)
+    with Image.open(io.BytesIO(no_adobe)) as image:
+        expected = np.asarray(image.convert("RGB")).astype(int)
+    assert np.abs(stored["cmyk_no_adobe.jpg"].astype(int) - expected).mean() < 3
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --max_pixels and --image_root (issue #12).
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_images_over_max_pixels_are_skipped_without_being_decoded(tmp_path, monkeypatch):
+    """Bombs whose headers claim 900 MP (over Pillow's own limit) and 120 MP (under it, over ours): each is
+    skipped with the reason, and no image over the limit is ever decoded (so no gigabytes of pixels)."""
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+
+    def recording_load(image):
+        decoded.append(image.size)
+        return real_load(image)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", recording_load)
+    files = {
+        "bomb_900mp.png": _bomb_png(30000, 30000),
+        "bomb_120mp.png": _bomb_png(12000, 10000),
+        "photo.jpg": _image_bytes(0),
+        "grey.png": _encode(np.full((16, 24), 7, np.uint8), "PNG"),
+    }
+    assert len(files["bomb_900mp.png"]) < 200_000
+    manifest = _write_files(tmp_path, files)
+    assert manifest["max_pixels"] == images.DEFAULT_MAX_PIXELS == 100_000_000
+    reasons = {s["path"]: s["reason"] for s in manifest["skipped"]}
+    assert set(reasons) == {"bomb_900mp.png", "bomb_120mp.png"}
+    assert all(reason.startswith("too many pixels") for reason in reasons.values())
+    assert reasons["bomb_120mp.png"] == "too many pixels: 12000x10000 = 120.0 MP > 100.0 MP (--max_pixels)"
+    assert manifest["num_records"] == 2
+    assert decoded and max(w * h for w, h in decoded) <= 24 * 16  # Only the two small images.
+
+
+@pytest.mark.parametrize("max_pixels, written", [(383, 0), (384, 1), (0, 1)])
+def test_max_pixels_is_the_limit(tmp_path, max_pixels, written):
+    manifest = _write_files(tmp_path, {"photo.jpg": _image_bytes(0)}, max_pixels=max_pixels)  # 24 x 16
+    assert manifest["num_records"] == written and manifest["max_pixels"] == max_pixels
+
+
+def test_names_outside_image_root_are_skipped_unless_allowed(tmp_path):
+    root = tmp_path / "img"
+    root.mkdir()
+    outside = tmp_path / "secret.jpg"
+    outside.write_bytes(_image_bytes(1))
+    (root / "inside.jpg").write_bytes(_image_bytes(2))
+    (root / "link.jpg").symlink_to(outside)  # Put there by the folder's owner: followed.
+    names = {
+        "inside.jpg": True,
+        "sub/../inside.jpg": True,  # Stays inside once normalised.
+        "link.jpg": True,
+        "../secret.jpg": False,
+        "sub/../../secret.jpg": False,
+        str(outside): False,  # Absolute.
+        str(root / "inside.jpg"): False,  # Absolute, even into the root: names are relative to it.
+    }
+    image_list = tmp_path / "list.txt"
+    image_list.write_text("".join(f"{name}\t1\n" for name in names))
+    manifest = _write(image_list, tmp_path / "out", shards=1)
+    assert manifest["allow_outside_root"] is False
+    assert {s["path"]: s["reason"] for s in manifest["skipped"]} == {
+        name: "outside image_root" for name, inside in names.items() if not inside
+    }
+    written = {_name(e): _image(e) for e in _examples(schema.read_manifest(tmp_path / "out").files)}
+    assert set(written) == {name for name, inside in names.items() if inside}
+    assert written["sub/../inside.jpg"] == (root / "inside.jpg").read_bytes()
+
+    allowed = _write(image_list, tmp_path / "allowed", shards=1, allow_outside_root=True)
+    assert allowed["num_records"] == len(names) and allowed["allow_outside_root"] is True
+    written = {_name(e): _image(e) for e in _examples(schema.read_manifest(tmp_path / "allowed").files)}
+    assert written["../secret.jpg"] == written[str(outside)] == outside.read_bytes()
+
+    with pytest.raises(ValueError, match=re.escape(f"{image_list}:4: ../secret.jpg: outside image_root")):
+        _write(image_list, tmp_path / "fail", shards=1, on_error="fail")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -625,6 +882,8 @@ def test_cli_help_lists_the_flags(repo_root):
         "progress",
         "verify",
         "jpeg_quality",
+        "max_pixels",
+        "allow_outside_root",
     ):
         assert f"--{flag}" in result.stdout or f"--[no]{flag}" in result.stdout, flag
     assert "<dense|sparse|int64>" in result.stdout and "<skip|fail>" in result.stdout
@@ -714,7 +973,7 @@ def test_kill_9_mid_run_then_rerun_gives_the_same_records(tmp_path, repo_root, w
         _wait_for(
             lambda: (
                 all((out / f"{s}.done.json").exists() for s in finished)
-                and glob.glob(str(out / "train-00002-of-00004.tfrecord.tmp-*"))
+                and glob.glob(str(out / ".train-00002-of-00004.tfrecord.*.tmp"))
             ),
             timeout=120,
             what="the writer to block in shard 2",
@@ -730,7 +989,7 @@ def test_kill_9_mid_run_then_rerun_gives_the_same_records(tmp_path, repo_root, w
         if _process_states(process.pid):
             os.killpg(process.pid, signal.SIGKILL)
     assert not (out / "train-manifest.json").exists()
-    assert glob.glob(str(out / "train-00002-of-00004.tfrecord.tmp-*"))  # Killed mid-shard.
+    assert glob.glob(str(out / ".train-00002-of-00004.tfrecord.*.tmp"))  # Killed mid-shard.
     inodes = {s: os.stat(out / f"{s}.tfrecord").st_ino for s in finished}
 
     os.remove(blocker)

@@ -57,6 +57,9 @@ py="$venv/bin/python"
 "$py" -m pip install -q --upgrade pip setuptools wheel
 log "pip install -e .[$extra,dev]"
 "$py" -m pip install -q -e "$root[$extra,dev]"
+# tf-keras runs the tests' TF1 graph code (tf.compat.v1.layers). --no-deps: it requires the `tensorflow`
+# distribution, which would be installed over tensorflow-cpu as a second copy of the same files.
+"$py" -m pip install -q --no-deps "tf-keras==2.21.*"
 
 # 3. Horovod with TensorFlow and Gloo, built from the PyPI sdist against the installed TensorFlow.
 horovod_works() {

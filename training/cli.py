@@ -41,12 +41,24 @@ def define_flags(*, default_recipe: str, recipe_names: list[str], finetune: bool
             "recipe", default_recipe, recipe_names, "The pre-training recipe (training/recipes.py)."
         )
     f.DEFINE_string("model_dir", None, "Run directory: config.json, checkpoints, TensorBoard, metrics.jsonl.")
-    f.DEFINE_string("data_dir", None, "Folder of our TFRecords and their manifests (data/tfrecord.py).")
     f.DEFINE_string(
-        "train_prefix", None, "Prefix of the training split's files (default: the recipe's, train)."
+        "data_dir",
+        None,
+        "Folder of our TFRecords and their manifests (data/tfrecord.py), or a folder written by the original "
+        "release: {data_dir}/train/*.tfrecords and {data_dir}/val/*.tfrecords (label format and class count "
+        "read from the records).",
     )
     f.DEFINE_string(
-        "eval_prefix", None, "Prefix of the validation split's files (default: the recipe's, val)."
+        "train_prefix",
+        None,
+        "Prefix of the training split's files, or its sub-folder in the release's layout (default: the "
+        "recipe's, train).",
+    )
+    f.DEFINE_string(
+        "eval_prefix",
+        None,
+        "Prefix of the validation split's files, or its sub-folder in the release's layout (default: the "
+        "recipe's, val).",
     )
     if finetune:
         f.DEFINE_string("tfds_name", None, "Read through tensorflow-datasets instead, e.g. imagenet2012.")
@@ -67,12 +79,26 @@ def define_flags(*, default_recipe: str, recipe_names: list[str], finetune: bool
     else:
         f.DEFINE_float("mask_thres", None, "A label >= this makes its class positive in a batch (0.7).")
         f.DEFINE_float("neg_select", None, "Probability that a negative class counts in a step (0.1).")
+        f.DEFINE_enum(
+            "class_status",
+            None,
+            list(config_lib.CLASS_STATUSES),
+            "Where a class's batch status (positive or not) is decided: global = on the global batch, every "
+            "rank with the same loss counters; local = on each rank's own batch with its own counters, as "
+            "the release's model_fn run once per GPU would (README, Recipes). Default: the recipe's, global.",
+        )
         f.DEFINE_string(
             "init_checkpoint",
             None,
             "Start from these weights (ours or TF1); the run's own "
             "checkpoints in --model_dir take precedence (resume).",
         )
+    f.DEFINE_bool(
+        "init_optimizer_state",
+        None,
+        "With a released TF1 --init_checkpoint: also take over its Momentum slots (of every trained variable) "
+        "and its global_step, to continue that run; its loss counters are taken in any case. Default: off.",
+    )
     f.DEFINE_integer("depth", None, "ResNet depth: 50, 101, 152 (14: test-only). Default: the recipe's.")
     f.DEFINE_integer(
         "base_width", None, "Stem width (64 in the reference; small values for tests).", **_POSITIVE
@@ -201,6 +227,8 @@ _RUN_FIELDS = (
     "seed",
     "init_checkpoint",
     "skip_head",
+    "init_optimizer_state",
+    "class_status",
     "frozen_stages",
     "mask_thres",
     "neg_select",

@@ -1,29 +1,134 @@
 """The built-in demo: procedural data written by our writer, the real training loop, the real metrics.
 
 `python train.py --recipe=demo` generates (once) data/demo.py's shapes-and-colours set in
-`{model_dir}/data`, trains the `demo` recipe on it (the reference loss, optimizer and schedule shape), then
-evaluates the final model on the validation split and prints its F1@k next to the baseline of always
-predicting the most frequent training classes, so that one can see that it learned. The comparison is
-also written to `{model_dir}/demo_report.json`.
+`{model_dir}/data` (or `--data_dir`: a new or empty folder, or one the demo wrote), trains the `demo` recipe
+on it (the reference loss, optimizer and schedule shape), then evaluates the final model on the validation
+split and prints its F1@k next to the baseline of always predicting the most frequent training classes, so
+that one can see that it learned. The comparison is also written to `{model_dir}/demo_report.json`.
+
+`most_frequent_baseline` scores the validation set as if a model always predicted the training class
+frequencies, evaluated by `training.metrics.MultiLabelMetrics` like a real model: the floor that the
+demo model's F1@k must beat. It lives here, not in data/, because it needs the metrics of the training
+layer (data/ never imports training/).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+import tensorflow as tf
 from absl import logging
 
 from data import demo as demo_data
+from data import demo_scenes, fileio, schema
 from training import distributed, loop
 from training.config import TrainConfig
+from training.metrics import MultiLabelMetrics
+
+REPORT_FILENAME = "demo_report.json"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The most-frequent-classes baseline.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def label_batches(data_dir: str | os.PathLike, prefix: str, *, batch_size: int = 256) -> tf.data.Dataset:
+    """The split's labels, float32[B, num_classes] batches parsed from its records (vectorised)."""
+    manifest = schema.read_manifest(data_dir, prefix)
+
+    def parse(serialized: tf.Tensor) -> tf.Tensor:
+        return schema.parse_records(
+            serialized, label_format=manifest.label_format, num_classes=manifest.num_classes
+        )[schema.LABEL_KEY]
+
+    return tf.data.TFRecordDataset(list(manifest.files)).batch(batch_size).map(parse)
+
+
+def class_frequencies(
+    data_dir: str | os.PathLike, prefix: str = "train", *, label_threshold: float = 0.5
+) -> np.ndarray:
+    """float64[num_classes]: the fraction of the split's images where each class is a positive."""
+    num_classes = schema.read_manifest(data_dir, prefix).num_classes
+    positives = np.zeros(num_classes, np.float64)
+    num_images = 0
+    for labels in label_batches(data_dir, prefix):
+        positives += np.sum(labels.numpy() >= label_threshold, axis=0)
+        num_images += labels.shape[0]
+    if num_images == 0:
+        raise ValueError(f"{data_dir} ({prefix}) has no records")
+    return positives / num_images
+
+
+def most_frequent_baseline(
+    data_dir: str | os.PathLike,
+    *,
+    topk: Sequence[int] = (1, 3, 5),
+    label_threshold: float = 0.5,
+    train_prefix: str = "train",
+    eval_prefix: str = "val",
+) -> dict:
+    """Metrics on `eval_prefix` of a "model" that scores every image with the training class frequencies.
+
+    It always predicts the k most frequent training classes (ties: lower class index, as for a model), and
+    is evaluated by `MultiLabelMetrics` on the records, exactly like a model's sigmoid scores: the floor
+    for the demo model's F1@k. (Its mAP is each class's prevalence: constant scores rank nothing.)
+
+    Args:
+      data_dir: A folder with both splits' records, e.g. `DemoDataset.data_dir`.
+      topk: The k of the top-k metrics.
+      label_threshold: Labels at or above it are positives (for the frequencies and the metrics).
+      train_prefix: Split whose class frequencies are the scores.
+      eval_prefix: Split that is evaluated.
+
+    Returns:
+      `MultiLabelMetrics.result()`: ``precision@k``, ``recall@k``, ``f1@k``, ``instance_f1@k``, ``mAP`` and counts.
+    """
+    scores = tf.constant(
+        class_frequencies(data_dir, train_prefix, label_threshold=label_threshold), tf.float32
+    )
+    num_classes = int(scores.shape[0])
+    metrics = MultiLabelMetrics(num_classes, ks=topk, label_threshold=label_threshold)
+    for labels in label_batches(data_dir, eval_prefix):
+        if labels.shape[1] != num_classes:
+            raise ValueError(f"{eval_prefix} has {labels.shape[1]} classes, {train_prefix} {num_classes}")
+        metrics.update(tf.broadcast_to(scores, tf.shape(labels)), labels)
+    return metrics.result()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The demo run.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def check_config(config: TrainConfig) -> str:
+    """The demo's data folder for `config`, after refusing what the demo cannot honour (one-line errors).
+
+    A `--num_classes` other than the data's (30) is refused rather than silently replaced, and a
+    `--data_dir` that holds someone else's files is refused rather than filled with demo shards
+    (`data.demo.check_output_dir`). Writes nothing.
+
+    Raises:
+      ValueError: The explicit number of classes disagrees with the demo's, or the folder is not the demo's.
+    """
+    if config.model.num_classes not in (0, demo_scenes.NUM_CLASSES):  # 0: the recipe's "from the data"
+        raise ValueError(
+            f"--num_classes={config.model.num_classes} disagrees with the demo data, which has "
+            f"{demo_scenes.NUM_CLASSES} classes; leave --num_classes out for the demo recipe"
+        )
+    data_dir = config.data.data_dir or os.path.join(config.model_dir, "data")
+    demo_data.check_output_dir(data_dir)
+    return data_dir
 
 
 def prepare(config: TrainConfig, dist: distributed.Distributed) -> TrainConfig:
     """Generates the demo set (the chief; the others wait) and points the config at it."""
-    data_dir = config.data.data_dir or os.path.join(config.model_dir, "data")
+    data_dir = check_config(config)  # every rank, before anything is written: a refusal stops them all
+    dist.barrier()  # Horovod: no rank checks a folder that the chief has started writing.
     if dist.is_chief:
         dataset = demo_data.make_demo_dataset(data_dir)
     dist.barrier()  # Horovod: the data exist before any rank reads them.
@@ -38,7 +143,7 @@ def prepare(config: TrainConfig, dist: distributed.Distributed) -> TrainConfig:
 
 def report(config: TrainConfig, result: dict[str, Any]) -> dict[str, Any]:
     """The final validation metrics next to the most-frequent-classes baseline."""
-    baseline = demo_data.most_frequent_baseline(config.data.data_dir, topk=config.topk)
+    baseline = most_frequent_baseline(config.data.data_dir, topk=config.topk)
     rows = {}
     for k in config.topk:
         rows[f"f1@{k}"] = {"model": result["eval"][f"f1@{k}"], "most_frequent": baseline[f"f1@{k}"]}
@@ -47,6 +152,7 @@ def report(config: TrainConfig, result: dict[str, Any]) -> dict[str, Any]:
 
 
 def format_report(summary: dict[str, Any]) -> str:
+    """The report as printed at the end of the run."""
     lines = [f"demo after {summary['steps']} steps — validation metrics (model vs most-frequent baseline):"]
     for name, row in summary["validation"].items():
         lines.append(f"  {name:>6}: model {row['model']:.3f}   most frequent {row['most_frequent']:.3f}")
@@ -59,8 +165,8 @@ def run(config: TrainConfig, *, dist: distributed.Distributed) -> dict[str, Any]
     result = loop.train(config, dist=dist)  # ends with an evaluation (also when already finished)
     summary = report(config, result)
     if dist.is_chief:
-        with open(os.path.join(config.model_dir, "demo_report.json"), "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2)
-        logging.info("wrote %s", os.path.join(config.model_dir, "demo_report.json"))
+        path = os.path.join(config.model_dir, REPORT_FILENAME)
+        fileio.write_json(path, summary, indent=2)
+        logging.info("wrote %s", path)
         print(format_report(summary))
     return summary

@@ -12,6 +12,7 @@ tensors, broadcast of variable values). Horovod ops cannot be XLA-compiled: call
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 
@@ -25,6 +26,7 @@ class Distributed:
     size: int = 1
     rank: int = 0
     local_rank: int = 0
+    local_size: int = 1
 
     @property
     def is_chief(self) -> bool:
@@ -59,6 +61,7 @@ class _HorovodDistributed(Distributed):
         self.size = hvd.size()
         self.rank = hvd.rank()
         self.local_rank = hvd.local_rank()
+        self.local_size = hvd.local_size()
 
     def allreduce_sum(self, tensor: tf.Tensor) -> tf.Tensor:
         return self._hvd.allreduce(tensor, op=self._hvd.Sum)  # Horovod: sum over ranks.
@@ -87,17 +90,79 @@ class _HorovodDistributed(Distributed):
         self._hvd.allreduce(tf.constant(0.0), op=self._hvd.Sum, name="barrier")
 
 
+@dataclasses.dataclass(frozen=True)
+class DevicePlan:
+    """Which GPU this rank uses: `gpu_index` into the GPUs this process sees, or None for the CPU."""
+
+    gpu_index: int | None
+    description: str
+
+
+def plan_devices(
+    num_gpus: int, *, local_rank: int, local_size: int, cuda_visible_devices: str | None = None
+) -> DevicePlan:
+    """One GPU per rank: the pure decision behind `pin_devices`, testable without GPUs.
+
+    Args:
+      num_gpus: How many GPUs this process sees.
+      local_rank: This rank's index among the ranks on its host.
+      local_size: How many ranks run on this host.
+      cuda_visible_devices: The CUDA_VISIBLE_DEVICES value (None: unset). A launcher that gives each rank
+        its own GPU (SLURM `--gpus-per-task=1`, Kubernetes device plugins) leaves every rank seeing one GPU.
+
+    Returns:
+      The plan: GPU `local_rank` when the host's GPUs are shared by its ranks; GPU 0 when the launcher
+      already gave this rank exactly one; the CPU when there is no GPU.
+
+    Raises:
+      ValueError: more ranks on this host than GPUs (two ranks on one GPU run out of memory or crawl).
+    """
+    if not 0 <= local_rank < max(local_size, 1):
+        raise ValueError(f"local rank {local_rank} is not in [0, {local_size})")
+    if num_gpus == 0:
+        return DevicePlan(None, "CPU (no GPU visible)")
+    if num_gpus >= local_size:
+        return DevicePlan(local_rank, f"GPU {local_rank} of {num_gpus} (local rank {local_rank})")
+    if num_gpus == 1 and cuda_visible_devices not in (None, ""):
+        return DevicePlan(0, f"GPU 0, the only one visible (CUDA_VISIBLE_DEVICES={cuda_visible_devices})")
+    raise ValueError(
+        f"{local_size} ranks on this host but only {num_gpus} GPU(s) visible: start at most one rank per GPU "
+        "(horovodrun -np N -H host:G with G = GPUs per host)"
+    )
+
+
+def pin_devices(dist: Distributed) -> DevicePlan:
+    """Makes only this rank's GPU visible, with memory growth; must run before anything touches a GPU.
+
+    Without it every rank of a host would allocate memory on all of the host's GPUs and compute on GPU 0.
+    """
+    gpus = tf.config.list_physical_devices("GPU")
+    plan = plan_devices(
+        len(gpus),
+        local_rank=dist.local_rank,
+        local_size=getattr(dist, "local_size", 1),
+        cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+    )
+    if plan.gpu_index is not None:
+        gpu = gpus[plan.gpu_index]
+        tf.config.set_visible_devices([gpu], "GPU")
+        tf.config.experimental.set_memory_growth(gpu, True)
+    logging.info("rank %d: %s", dist.rank, plan.description)
+    return plan
+
+
 def launched_by_horovodrun() -> bool:
     """True when this process was started by horovodrun (its rank variables are set)."""
     return "HOROVOD_RANK" in os.environ or "OMPI_COMM_WORLD_RANK" in os.environ
 
 
-def init(use_horovod: bool | None = None) -> Distributed:
-    """Initialises data parallelism.
+def init(use_horovod: bool | None = None, *, pin_gpu: bool = True) -> Distributed:
+    """Initialises data parallelism and pins this rank to its GPU (`pin_devices`).
 
     Args:
       use_horovod: True requires Horovod (error if missing); False forces a single process; None uses
         Horovod when this process was launched by horovodrun and Horovod imports.
+      pin_gpu: Make only this rank's GPU visible (a no-op without GPUs).
 
     Returns:
       The `Distributed` for this process.
@@ -105,7 +170,10 @@ def init(use_horovod: bool | None = None) -> Distributed:
     if use_horovod is None:
         use_horovod = launched_by_horovodrun()
     if not use_horovod:
-        return Distributed()
+        dist = Distributed()
+        if pin_gpu:
+            pin_devices(dist)
+        return dist
     try:
         import horovod.tensorflow as hvd  # Horovod: the single import in the project.
     except ImportError as e:
@@ -116,6 +184,8 @@ def init(use_horovod: bool | None = None) -> Distributed:
     hvd.init()  # Horovod: join the ring.
     dist = _HorovodDistributed(hvd)
     logging.info("Horovod: rank %d of %d (local rank %d)", dist.rank, dist.size, dist.local_rank)
+    if pin_gpu:
+        pin_devices(dist)  # Horovod: one GPU per rank, before anything touches a GPU.
     return dist
 
 

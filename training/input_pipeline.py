@@ -1,8 +1,16 @@
 """The input pipeline: file-level sharding by rank, interleaved reads, seeded augmentation, batching.
 
-Sources are our TFRecords (any label format of `data/schema.py`, described by the writer's manifest) or
-ImageNet through tensorflow-datasets. Both become a stream of `(jpeg_bytes, label)` where `label` is a dense
-float32[num_classes] vector (multi-label) or an int64 class index (single-label).
+Sources are our TFRecords (any label format of `data/schema.py`, described by the writer's manifest), a
+folder written by the original release (``{data_dir}/{prefix}/*.tfrecords``, no manifest: the label format
+and class count are read from the records) or ImageNet through tensorflow-datasets. All become a stream of
+`(jpeg_bytes, label)` where `label` is a dense float32[num_classes] vector (multi-label) or an int64 class
+index (single-label).
+
+Damaged data is one line naming the file, not a traceback: a shard cut short is found before the first
+step (the manifest's recorded sizes; for release folders the last record of every file), and a record
+that fails at run time (a dense label of the wrong length, an int64 label out of range) is named by file
+and record index: every record carries its origin through the pipeline, and `next_batch` turns the
+failure into `BadRecordError`.
 
 Determinism and resume: every random choice is reproducible. File order and the shuffle buffer use fixed
 seeds, and each element's augmentation is drawn with stateless ops from (run seed, rank, phase, element
@@ -12,12 +20,15 @@ batch and exactly the same augmentation as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import re
 
 import tensorflow as tf
+from absl import logging
 
-from data import preprocessing, schema
+from data import preprocessing, record_files, schema
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -47,22 +58,79 @@ def tfrecord_source(
     num_classes: int,
     head: str = "the model",
     hint: str = "pass the matching --num_classes (or a dataset written for this model)",
+    count_records: bool = False,
 ) -> Source:
-    """Our TFRecords from the writer's manifest; raises when the dataset's classes differ from the model's.
+    """TFRecords of one split; raises when the dataset's classes differ from the model's.
 
-    `head` names what has `num_classes` classes and `hint` says what to do, in the mismatch error.
+    Two layouts are read as they are:
+
+    - ours: ``{data_dir}/{prefix}-manifest.json`` and its shards (label format, class count, record
+      counts and shard sizes from the manifest; a shard of another size is an error here);
+    - the original release's: ``{data_dir}/{prefix}/*.tfrecords`` with no manifest. The last record of
+      every file is read (about one record per file, from its end), which finds a file cut short and gives
+      the label format and, for dense labels, the class count (label bytes / 4). `num_records` stays None
+      unless `count_records`, because counting walks every record header: see `count_release_records`.
+
+    `prefix` (``train``, ``val``) names the manifest's split or the release's sub-folder. `head` names
+    what has `num_classes` classes and `hint` says what to do, in the mismatch error.
+
+    Raises:
+      FileNotFoundError: neither layout is there.
+      ValueError: a class count other than `num_classes`, a truncated file, mixed label layouts.
     """
-    manifest = schema.read_manifest(data_dir, prefix)
-    if manifest.num_classes != num_classes:
-        raise ValueError(
-            f"{data_dir} ({prefix}) has {manifest.num_classes} classes but {head} has {num_classes}: {hint}"
+    manifest_path = os.path.join(data_dir, schema.manifest_filename(prefix))
+    if os.path.exists(manifest_path) or not schema.list_release_files(data_dir, prefix):
+        try:
+            manifest = schema.read_manifest(data_dir, prefix)
+        except FileNotFoundError as e:
+            if os.path.exists(manifest_path):
+                raise
+            parent = ""
+            if schema.list_release_files(
+                os.path.dirname(os.path.abspath(data_dir)), os.path.basename(data_dir)
+            ):
+                parent = f" ({data_dir} itself holds *{schema.RELEASE_SUFFIX}: give its parent folder as --data_dir)"
+            raise FileNotFoundError(
+                f"{e} Nor is it a folder in the release's layout: no "
+                f"{os.path.join(data_dir, prefix, '*' + schema.RELEASE_SUFFIX)}{parent}"
+            ) from None
+        if manifest.num_classes != num_classes:
+            raise ValueError(
+                f"{data_dir} ({prefix}) has {manifest.num_classes} classes but {head} has {num_classes}: {hint}"
+            )
+        return Source(
+            num_classes=num_classes,
+            label_format=manifest.label_format,
+            files=tuple(manifest.files),
+            num_records=manifest.num_records,
         )
-    return Source(
-        num_classes=num_classes,
-        label_format=manifest.label_format,
-        files=tuple(manifest.files),
-        num_records=manifest.num_records,
+    split = schema.read_release_split(data_dir, prefix)
+    folder = os.path.join(data_dir, prefix)
+    if split.num_classes is not None and split.num_classes != num_classes:
+        raise ValueError(
+            f"{folder} has dense labels of {4 * split.num_classes} bytes = {split.num_classes} classes but "
+            f"{head} has {num_classes}: {hint}"
+        )
+    source = Source(num_classes=num_classes, label_format=split.label_format, files=split.files)
+    if count_records:
+        source = dataclasses.replace(source, num_records=count_release_records(source))
+    logging.info(
+        "%s: %d release-layout files, %s labels%s",
+        folder,
+        len(split.files),
+        split.label_format,
+        f", {source.num_records} records" if source.num_records is not None else "",
     )
+    return source
+
+
+def count_release_records(source: Source) -> int:
+    """Records in `source.files`, by walking the record headers of every file (no manifest to ask).
+
+    Cost: one 12-byte ``pread`` per record (`record_files.count_records`), so it grows with the number of
+    records, not bytes; see docs/BENCHMARKS.md for the measured rate. Training never needs it.
+    """
+    return sum(record_files.count_records(file) for file in source.files)
 
 
 def tfds_source(
@@ -108,27 +176,58 @@ def _records(
 
     files = source.files[shard_index::num_shards]
     record_shard = False
-    if not files and not training:
-        # Evaluation must see every record once: with fewer files than ranks, shard the records instead.
+    if len(source.files) < num_shards and not training:
+        # Evaluation must see every record once: with fewer files than ranks, EVERY rank reads all files
+        # and keeps every num_shards-th record (if only the ranks left without a file did, the records of
+        # the other ranks' files would be counted twice).
         files, record_shard = source.files, True
     if not files:
         raise ValueError(
             f"{len(source.files)} record files cannot be shared by {num_shards} ranks: write at least as many "
             "shards as ranks (data/tfrecord.py --shards)"
         )
-    ds = tf.data.Dataset.from_tensor_slices(list(files))
+    # Each record travels with its origin (file index * _ORIGIN_STRIDE + index in the file) in the label slot,
+    # so that a bad record can be named (see `_describe_fn`); it is replaced by the parsed label later.
+    ids = range(len(source.files)) if record_shard else range(len(source.files))[shard_index::num_shards]
+    ds = tf.data.Dataset.from_tensor_slices((list(files), tf.constant(list(ids), tf.int64)))
     if training:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.interleave(
-        tf.data.TFRecordDataset,
+        _read_with_origin,
         cycle_length=min(8, len(files)),
         block_length=1,
         num_parallel_calls=AUTOTUNE if len(files) > 1 else None,
-        deterministic=True,
+        deterministic=True if len(files) > 1 else None,
     )
     if record_shard:
         ds = ds.shard(num_shards, shard_index)
-    return ds.map(lambda r: (r, tf.constant(0, tf.int64)))  # parsed after the shuffle buffer
+    return ds  # parsed after the shuffle buffer
+
+
+_ORIGIN_STRIDE = 1 << 40  # records per file are far fewer; files up to 2^23
+
+
+def _read_with_origin(file: tf.Tensor, file_id: tf.Tensor) -> tf.data.Dataset:
+    """One file's records as `(record, origin)`."""
+    records = tf.data.TFRecordDataset(file).enumerate()
+    return records.map(lambda index, record: (record, file_id * _ORIGIN_STRIDE + index))
+
+
+def _describe_fn(source: Source, origins: tf.Tensor):
+    """`describe(i)` for `schema.parse_records`: "file: record n" of the i-th record of a parsed block."""
+    files = tf.constant(list(source.files))
+
+    def describe(i):
+        origin = origins[i]
+        return tf.strings.join(
+            [
+                tf.gather(files, origin // _ORIGIN_STRIDE),
+                ": record ",
+                tf.strings.as_string(origin % _ORIGIN_STRIDE),
+            ]
+        )
+
+    return describe
 
 
 def _decode_fn(source: Source):
@@ -136,9 +235,12 @@ def _decode_fn(source: Source):
     if source.label_format == "tfds":
         return lambda image, label: (image, tf.cast(label, tf.int64))
 
-    def decode(record, unused_label):
+    def decode(record, origin):
         parsed = schema.parse_records(
-            record, label_format=source.label_format, num_classes=source.num_classes
+            record,
+            label_format=source.label_format,
+            num_classes=source.num_classes,
+            describe=_describe_fn(source, tf.reshape(origin, [-1])),
         )
         return parsed["image"], parsed["label"]
 
@@ -195,7 +297,7 @@ _PARSE_BATCH = 64
 
 
 def _parse_in_batches(ds: tf.data.Dataset, source: Source) -> tf.data.Dataset:
-    """(record, unused) -> (jpeg_bytes, label), parsed `_PARSE_BATCH` records at a time.
+    """(record, origin) -> (jpeg_bytes, label), parsed `_PARSE_BATCH` records at a time.
 
     `schema.parse_records` is vectorised: one `parse_example` and one label decode (or scatter) per block
     costs a fraction of doing it per record. The order of the elements is unchanged, so the element index
@@ -244,3 +346,53 @@ def eval_dataset(
     if max_batches:
         ds = ds.take(max_batches)
     return ds.prefetch(AUTOTUNE)
+
+
+class BadRecordError(ValueError):
+    """A record or record file that cannot be read; the message is one line naming the file."""
+
+
+_DATA_LOSS_RE = re.compile(r"(truncated|corrupted) record at (\d+)")
+
+
+def record_error_line(error: tf.errors.OpError, files: tuple[str, ...] = ()) -> str | None:
+    """One line for a record failure raised by the pipeline, or None for any other error.
+
+    A bad label (`schema.RECORD_ERROR_MARK`) already names its file and record. A ``DataLossError`` names
+    only a byte offset, so the framing of `files` is walked (once, at failure time) to find the file that
+    breaks there.
+    """
+    message = error.message
+    if schema.RECORD_ERROR_MARK in message:
+        line = message.split(schema.RECORD_ERROR_MARK, 1)[1].split("\n", 1)[0]
+        return line.removesuffix("]")
+    if isinstance(error, tf.errors.DataLossError):
+        match = _DATA_LOSS_RE.search(message)
+        offset = int(match.group(2)) if match else None
+        found = record_files.find_damaged_file(files, offset)
+        if found is None and offset is not None:
+            found = record_files.find_damaged_file(files)
+        what = match.group(0) if match else message.split("\n", 1)[0]
+        return found or f"a record file of this split is damaged ({what}), but its framing looks intact"
+    return None
+
+
+@contextlib.contextmanager
+def record_errors(source: Source):
+    """Raises a bad record or a damaged file met inside the block as a one-line `BadRecordError`.
+
+    For code that iterates a pipeline of `source` (e.g. an evaluation loop); other errors pass unchanged.
+    """
+    try:
+        yield
+    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
+        line = record_error_line(e, source.files)
+        if line is None:
+            raise
+        raise BadRecordError(line) from None
+
+
+def next_batch(iterator, source: Source):
+    """`next(iterator)` of a pipeline of `source`, with a bad record raised as a one-line `BadRecordError`."""
+    with record_errors(source):
+        return next(iterator)

@@ -1,0 +1,152 @@
+"""Runs independent tasks (the writer's shards) in worker processes, with a progress bar and a watchdog.
+
+- Workers come from a forkserver that imported the task function's module once: forking a process in
+  which TensorFlow has started its thread pools is unsafe, and plain spawn would import TensorFlow again
+  in every worker.
+- A worker that dies (OOM killer, a segfault in a decoder) raises `BrokenProcessPool` in the main process
+  instead of hanging the run (concurrent.futures rather than multiprocessing.Pool).
+- A failing task stops the others: they see a shared event at their next progress report and raise
+  `Stopped`, so no worker goes on writing after the run has failed.
+- Workers exit as soon as the main process is gone (``kill -9``, the OOM killer), so that an orphan never
+  writes files that a re-run is writing too.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import select
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from typing import Any, TypeVar
+
+from tqdm import tqdm
+
+Task = TypeVar("Task")
+# fn(task, report) -> result; `report(n)` says that n more units of work are done and raises `Stopped` when
+# another task failed. Must be a module-level function (it is pickled by reference).
+TaskFn = Callable[[Task, Callable[[int], None]], Any]
+
+
+class Stopped(RuntimeError):
+    """Another task failed: abandon this one instead of finishing it."""
+
+
+# Per-worker-process state, set by `_init_worker` in each pool worker (never in the main process): the shared
+# progress counter and the event that tells workers to stop. A pool's synchronised objects can only reach
+# its workers through the initializer, hence module attributes.
+_worker_progress = None
+_worker_stop = None
+
+
+def _exit_when_orphaned(main_pid: int) -> None:
+    """Ends this worker as soon as the run's main process is gone (kill -9, OOM killer).
+
+    The main process is watched directly: the workers' parent is the forkserver, which does NOT exit with
+    the main process, because every worker holds the forkserver's "alive" pipe open, so waiting to be
+    re-parented would wait forever.
+    """
+    try:
+        # A pidfd turns readable when the process exits (also while it is an unreaped zombie), and cannot
+        # be fooled by pid reuse. It is opened while the main process is surely alive (it is starting us).
+        pidfd = os.pidfd_open(main_pid)
+    except (AttributeError, OSError):  # Not Linux >= 5.3: poll the pid.
+        pidfd = None
+    if pidfd is not None:
+        select.select([pidfd], [], [])
+        os._exit(1)
+    while True:
+        try:
+            os.kill(main_pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:  # The pid was reused by another user's process.
+            os._exit(1)
+        time.sleep(1.0)
+
+
+def _init_worker(progress, stop, main_pid: int) -> None:
+    global _worker_progress, _worker_stop
+    _worker_progress, _worker_stop = progress, stop
+    threading.Thread(target=_exit_when_orphaned, args=(main_pid,), daemon=True).start()
+
+
+def _report_in_worker(count: int) -> None:
+    with _worker_progress.get_lock():
+        _worker_progress.value += count
+    if _worker_stop.is_set():
+        raise Stopped("stopping: another task failed")
+
+
+def _call_in_worker(fn: TaskFn, task: Any) -> Any:
+    return fn(task, _report_in_worker)
+
+
+def _pool_context(module: str) -> multiprocessing.context.BaseContext:
+    """A forkserver context that preloads `module` (spawn where there is no forkserver)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([module])
+    return context
+
+
+def run_tasks(
+    fn: TaskFn,
+    tasks: Sequence[Any],
+    *,
+    workers: int,
+    total: int,
+    on_result: Callable[[Any], None],
+    progress: bool = True,
+    desc: str = "writing",
+    unit: str = "img",
+) -> None:
+    """Runs ``fn(task, report)`` for every task, in this process (``workers=1``) or in a pool.
+
+    Args:
+      fn: A module-level function; its module is what the forkserver preloads.
+      tasks: Picklable tasks.
+      workers: Processes at once; 1 runs the tasks here, in order.
+      total: Units of work of all tasks together (the progress bar's 100 %).
+      on_result: Called in this process with each task's result, in completion order.
+      progress: Show a tqdm progress bar with rate and ETA.
+      desc: The bar's label.
+      unit: The bar's unit.
+
+    Raises:
+      Whatever a task raised (the other tasks are stopped first), or `BrokenProcessPool` if a worker died.
+    """
+    if not tasks:
+        return
+    bar = tqdm(total=total, unit=unit, desc=desc, disable=not progress, smoothing=0.05)
+    try:
+        if workers == 1:
+            for task in tasks:
+                on_result(fn(task, bar.update))
+            return
+        module = fn.__module__
+        context = _pool_context(module)
+        counter, stop = context.Value("q", 0), context.Event()
+        with futures.ProcessPoolExecutor(
+            min(workers, len(tasks)),
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=(counter, stop, os.getpid()),
+        ) as executor:
+            running = {executor.submit(_call_in_worker, fn, task) for task in tasks}
+            try:
+                while running:
+                    done, running = futures.wait(running, timeout=0.5, return_when=futures.FIRST_COMPLETED)
+                    for future in done:
+                        on_result(future.result())
+                    bar.update(counter.value - bar.n)
+            except BaseException:
+                stop.set()
+                for future in running:
+                    future.cancel()
+                raise
+    finally:
+        bar.close()
