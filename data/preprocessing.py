@@ -647,15 +647,11 @@ def file_transform(name: str, *, image_size: int) -> FileTransform:
 
 # ------------------------------------------------------------------------------------------ file loading
 
-# Passed to TF unchanged: JPEG in grey or RGB, and 8-bit PNG. Everything else is converted by
-# `data.images.to_rgb8` (the pixels OpenCV's `imread` gives: 16-bit PNG keeps the high byte, CMYK JPEG is
-# converted) and re-encoded as a lossless PNG; other formats (WebP, TIFF, ...) TF cannot read at all.
-_TF_READABLE_MODES: Final = types.MappingProxyType(
-    {
-        "JPEG": frozenset({"L", "RGB"}),
-        "PNG": frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA"}),
-    }
-)
+# Passed to TF unchanged: the JPEGs TF decodes to the right RGB (`images.tensorflow_decodes_as_is`: grey,
+# RGB, Adobe CMYK) and 8-bit PNG. Everything else is converted by `data.images.to_rgb8` (the pixels OpenCV's
+# `imread` gives: 16-bit PNG keeps the high byte, CMYK without the Adobe marker is converted) and
+# re-encoded as a lossless PNG; other formats (WebP, TIFF, ...) TF cannot read at all.
+_TF_READABLE_PNG_MODES: Final = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA"})
 _EXIF_ORIENTATION_TAG: Final = 0x0112
 _EXIF_FORMATS: Final = frozenset({"JPEG", "MPO"})
 
@@ -676,8 +672,9 @@ def load_image_file(
     The header is checked first (`images.open_image`: format, size, and `max_pixels`, so a 30000 x 30000
     PNG is refused before a pixel is decoded), then the whole file is decoded once (`images.verify_decodes`,
     JPEG at 1/8 scale) so that a truncated or corrupt file fails here with a short reason rather than inside
-    a batch. JPEG (grey/RGB) and 8-bit PNG files are returned unchanged; anything else Pillow reads (CMYK
-    JPEG, 16-bit PNG, WebP, TIFF, BMP, GIF, ...) becomes 8-bit RGB as OpenCV's `imread` would give it
+    a batch. JPEG (grey, RGB, Adobe CMYK) and 8-bit PNG files are returned unchanged; anything else Pillow
+    reads (CMYK JPEG without the Adobe marker, 16-bit PNG, WebP, TIFF, BMP, GIF, ...) becomes 8-bit RGB as
+    OpenCV's `imread` would give it
     (`images.to_rgb8`), re-encoded losslessly as PNG. The EXIF orientation of a JPEG is returned, not applied:
     `demo_transform` applies it after its decode, as `cv.imread` does.
 
@@ -688,7 +685,9 @@ def load_image_file(
     data = images.read_file(os.fspath(path))
     image = images.open_image(data, max_pixels=max_pixels)
     orientation = _exif_orientation(image)
-    if image.mode in _TF_READABLE_MODES.get(image.format or "", ()):
+    if images.tensorflow_decodes_as_is(image) or (
+        image.format == "PNG" and image.mode in _TF_READABLE_PNG_MODES
+    ):
         images.verify_decodes(image)
         return ImageFile(data, orientation)
     logging.info("re-encoding %s (%s, mode %s) as RGB PNG", os.fspath(path), image.format, image.mode)

@@ -472,14 +472,23 @@ def test_load_image_file_passes_jpeg_and_png_through(tmp_path):
         assert preprocessing.load_image_file(str(path)).data == data
 
 
-@pytest.mark.parametrize("kind", ["cmyk_jpeg", "webp", "tiff", "bmp_palette"])
+def test_load_image_file_keeps_an_adobe_cmyk_jpeg_that_tensorflow_decodes(tmp_path):
+    path = tmp_path / "cmyk.jpg"
+    Image.fromarray(_smooth_image(20, 30)).convert("CMYK").save(path, format="JPEG", quality=100)
+    with Image.open(path) as original:
+        assert "adobe" in original.info
+        expected = np.asarray(original.convert("RGB"))
+    data = preprocessing.load_image_file(path).data
+    assert data == path.read_bytes()
+    np.testing.assert_array_equal(preprocessing.decode_like_opencv(tf.constant(data)).numpy(), expected)
+
+
+@pytest.mark.parametrize("kind", ["webp", "tiff", "bmp_palette"])
 def test_load_image_file_converts_other_formats(tmp_path, kind):
     array = _smooth_image(20, 30)
     image = Image.fromarray(array)
     path = tmp_path / f"image.{kind}"
-    if kind == "cmyk_jpeg":
-        image.convert("CMYK").save(path, format="JPEG", quality=100)
-    elif kind == "webp":
+    if kind == "webp":
         if not features.check("webp"):
             pytest.skip("Pillow built without WebP")
         image.save(path, format="WEBP", lossless=True)

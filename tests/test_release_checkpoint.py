@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models import resnet, tf1_checkpoint
+from models import pretrained, resnet, tf1_checkpoint
 from tests import datasets
 from tests.conftest import REPO_ROOT
 from tools import convert_checkpoint
-from training import checkpoints, evaluation, loop, recipes, schedules, train_step
+from training import checkpoints, loop, recipes, schedules, train_step
 from training import config as config_lib
 
 TOLERANCE = 1e-4
@@ -120,17 +120,17 @@ def test_convert_tool(release, tmp_path):
         base_width=meta["base_width"],
     )
     assert "Momentum slots" in summary["source"] and "loss counters" in summary["source"]
-    model, info = evaluation.load_model(summary["path"])  # ours now: what evaluate.py reads back
+    model, info = pretrained.load_model(summary["path"])  # ours now: what evaluate.py reads back
     assert info.kind == "ours"
     _assert_outputs_match(model, _eval(release, "pretrain"))
 
 
 @pytest.mark.parametrize("kind", ["pretrain", "finetune"])
 def test_the_evaluate_and_tools_loader(release, kind):
-    # evaluation.load_model is what evaluate.py --checkpoint, tools/image_classification.py and
+    # pretrained.load_model is what evaluate.py --checkpoint, tools/image_classification.py and
     # tools/extract_feature.py call; the fine-tuning run is given as its directory (its latest checkpoint).
     out, meta = release
-    model, info = evaluation.load_model(_pretrain(release) if kind == "pretrain" else str(out / kind))
+    model, info = pretrained.load_model(_pretrain(release) if kind == "pretrain" else str(out / kind))
     assert info.kind == "tf1" and info.path.endswith("model.ckpt-2")
     assert (info.depth, info.base_width) == (14, meta["base_width"])
     assert info.num_classes == meta["num_classes" if kind == "pretrain" else "finetune_classes"]
