@@ -1,5 +1,6 @@
 """tools/image_classification.py and tools/extract_feature.py: direct computations, bad files, the CLIs."""
 
+import ast
 import json
 import subprocess
 import sys
@@ -327,3 +328,27 @@ def test_image_classification_cli_release_format(imagenet_model, reference_dir, 
     )
     assert lines[6] == f"open pic {reference_dir / 'images' / 'im_0.jpg'} failed"
     assert "too many pixels" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_tools_do_not_import_the_evaluation_or_checkpoint_code(repo_root):
+    """Issue #15: the tools get image files from data/ and the loader from models/, not from training/
+    (only training/cli.py for the shared inference flags)."""
+    code = (
+        "import sys\nimport tools.image_classification, tools.extract_feature\n"
+        "print(sorted(m for m in sys.modules if m.startswith('training.')))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = set(ast.literal_eval(proc.stdout.strip().splitlines()[-1]))
+    assert "training.cli" in loaded
+    assert not loaded & {
+        "training.evaluation",
+        "training.predictions",
+        "training.report",
+        "training.checkpoints",
+        "training.input_pipeline",
+        "training.metrics",
+        "training.loop",
+    }

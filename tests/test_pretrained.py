@@ -1,5 +1,8 @@
 """models/pretrained.py (which ResNet a checkpoint holds; load_model) and models/resnet.parse_layer_name."""
 
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -118,3 +121,13 @@ def test_checkpoint_errors_are_checkpoint_errors(tmp_path):
     prefix = tf.train.Checkpoint(x=tf.Variable([1.0, 2.0])).write(str(tmp_path / "other"))
     with pytest.raises(pretrained.CheckpointError, match="does not hold one of our ResNet checkpoints"):
         pretrained.load_model(prefix)
+
+
+def test_the_loader_imports_no_training_module(repo_root):
+    """models/pretrained.py is the public loader: importing it must not pull in the training package."""
+    code = "import sys\nimport models.pretrained\nprint([m for m in sys.modules if m.split('.')[0] == 'training'])"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
