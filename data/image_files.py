@@ -86,7 +86,7 @@ def iter_image_batches(
         `data.preprocessing.file_transform(name, image_size=S)`; run as a `tf.function`.
       batch_size: files per batch.
       skipped: receives the files that were left out.
-      max_pixels: largest width x height read (the tools' --max_pixels; 0: no limit).
+      max_pixels: largest width x height read (the tools' --max_pixels; 0: only Pillow's own limit).
       num_threads: files read and pre-processed at once.
 
     Yields:

@@ -97,7 +97,7 @@ def extract_features(
       transform: `demo` or `reference`, for `center` (`ten_crop` uses the demo geometry).
       image_size: crop side.
       batch_size: images per forward pass (times 10 crops for `ten_crop`).
-      max_pixels: larger images are skipped (0: no limit).
+      max_pixels: larger images are skipped (0: only Pillow's own limit, about 179 MP).
 
     Returns:
       (names of the readable images, float32[N, D] features, the skipped files with the reason).

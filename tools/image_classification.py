@@ -139,7 +139,7 @@ def classify(
       transform: `demo` or `reference` (data/preprocessing.py).
       image_size: the model's input side.
       batch_size: images per forward pass.
-      max_pixels: larger images are skipped (0: no limit).
+      max_pixels: larger images are skipped (0: only Pillow's own limit, about 179 MP).
 
     Returns:
       (predictions of the readable images, the skipped files with the reason).

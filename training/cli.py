@@ -201,7 +201,8 @@ def define_inference_flags() -> None:
         "max_pixels",
         images.DEFAULT_MAX_PIXELS,
         "Largest image (width x height) read; a larger one is skipped with the reason in the skip list, "
-        "checked from its header before any pixel is decoded (0: no limit).",
+        "checked from its header before any pixel is decoded (0: only Pillow's own decompression-bomb limit, "
+        "about 179 MP).",
         lower_bound=0,
     )
 
