@@ -101,7 +101,7 @@ def prepare_image(
       so this is what catches truncated and corrupt files for sure. A JPEG that is kept is decoded at 1/8
       scale (``Image.draft``): libjpeg still decodes its whole entropy-coded stream, where every decode
       error arises, and skips most of the inverse DCT, upsampling and colour conversion, which cannot
-      fail; 0.9 instead of 1.6 ms for a 500x375 photo (docs/BENCHMARKS.md), still most of the writer's time.
+      fail; docs/BENCHMARKS.md section 1 (`writer/verify_cost`) measures what this saves.
     - ``verify="fast"``: the header is parsed (markers, size, colour mode) and the file must end with the
       JPEG end-of-image marker (FF D9), which a truncated download lacks; a file that does not end so
       gets the full decode. Mid-stream corruption with an intact end is not caught (libjpeg, and so
@@ -907,7 +907,7 @@ def _define_flags() -> None:
         "label_format",
         "sparse",
         schema.LABEL_FORMATS,
-        "dense = the reference's float32[num_classes] bytes; sparse = indices + confidences (a ~400x smaller label field at 9 tags); int64 = single-label class index.",
+        "dense = the reference's float32[num_classes] bytes; sparse = indices + confidences (a far smaller label field, docs/BENCHMARKS.md section 1); int64 = single-label class index.",
     )
     flags.DEFINE_integer(
         "num_classes", 11166, "Number of classes; a class index at or above it is a bad line.", lower_bound=1
@@ -954,8 +954,8 @@ def _define_flags() -> None:
         "full",
         VERIFY_MODES,
         "How JPEGs are checked before being stored as they are: full = the whole file is decoded, at 1/8 "
-        "scale (catches every truncation and decode error, about 0.9 ms per photo); fast = header parse + "
-        "end-of-image marker, a decode only for files without that marker (about 3x faster writing).",
+        "scale (catches every truncation and decode error); fast = header parse + "
+        "end-of-image marker, a decode only for files without that marker (faster writing: docs/BENCHMARKS.md section 1).",
     )
     flags.DEFINE_bool(
         "merge",

@@ -1,6 +1,6 @@
 """The adaptive multi-label loss of the ML-Images pre-training, exactly as the released code computes it.
 
-REFERENCE section 3. For a batch with logits z and soft labels y (-1 = ignore):
+docs/REFERENCE.md section 3. For a batch with logits z and soft labels y (-1 = ignore):
 
 1. a class is positive in the batch when any label of it is >= mask_thres (0.7), negative otherwise;
 2. each step draws the negative classes that count: s_j = 1[U(0, 1) <= neg_select];

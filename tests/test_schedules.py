@@ -11,7 +11,7 @@ import tensorflow as tf
 from training import config as config_lib
 from training import recipes
 
-# REFERENCE section 4; warm-up values are 0.01 x 1.297^floor(step / 4400).
+# docs/REFERENCE.md section 4; warm-up values are 0.01 x 1.297^floor(step / 4400).
 PRETRAIN_TABLE = [
     (0, 0.01),
     (4399, 0.01),

@@ -19,7 +19,7 @@ def _as_float(x):
 
 @dataclasses.dataclass(frozen=True)
 class ReferencePretrainSchedule:
-    """The released pre-training schedule (REFERENCE section 4).
+    """The released pre-training schedule (docs/REFERENCE.md section 4).
 
     Warm-up: `warmup_lr * warmup_factor ** floor(step / warmup_every)` while `step < warmup_steps` (staircase,
     0.01 x 1.297 every 4,400 steps for 35,200 steps, reaching ~0.0617, then a jump to 0.08 at step 35,200 —
