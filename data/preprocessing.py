@@ -4,7 +4,7 @@ Every transform takes ENCODED image bytes (a scalar string tensor) and returns f
 so it runs per element inside `tf.data.Dataset.map` (graph mode) and also eagerly in the inference tools.
 
 Training (`train_transform`) reproduces `data_processing/image_preprocessing.py` of the release
-(REFERENCE.md section 6), read from its code where its docstrings disagree:
+(docs/REFERENCE.md section 6), read from its code where its docstrings disagree:
 
 1. Decode RGB, to float in [0, 1] (x / 255).
 2. Random crop from a sampled distorted bounding box (the whole image as the only box, aspect ratio

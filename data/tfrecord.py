@@ -274,7 +274,7 @@ def _define_flags() -> None:
         "label_format",
         "sparse",
         schema.LABEL_FORMATS,
-        "dense = the reference's float32[num_classes] bytes; sparse = indices + confidences (a ~400x smaller label field at 9 tags); int64 = single-label class index.",
+        "dense = the reference's float32[num_classes] bytes; sparse = indices + confidences (a far smaller label field, docs/BENCHMARKS.md section 1); int64 = single-label class index.",
     )
     flags.DEFINE_integer(
         "num_classes", 11166, "Number of classes; a class index at or above it is a bad line.", lower_bound=1
@@ -335,8 +335,8 @@ def _define_flags() -> None:
         "full",
         VERIFY_MODES,
         "How JPEGs are checked before being stored as they are: full = the whole file is decoded, at 1/8 "
-        "scale (catches every truncation and decode error, about 0.9 ms per photo); fast = header parse + "
-        "end-of-image marker, a decode only for files without that marker (about 3x faster writing).",
+        "scale (catches every truncation and decode error); fast = header parse + "
+        "end-of-image marker, a decode only for files without that marker (faster writing: docs/BENCHMARKS.md section 1).",
     )
     flags.DEFINE_bool(
         "merge",

@@ -1,6 +1,6 @@
 """The adaptive multi-label loss of the ML-Images pre-training, exactly as the released code computes it.
 
-REFERENCE section 3. For a batch with logits z and soft labels y (-1 = ignore):
+docs/REFERENCE.md section 3. For a batch with logits z and soft labels y (-1 = ignore):
 
 1. a class is positive in the batch when any label of it is >= mask_thres (0.7), negative otherwise;
 2. each step draws the negative classes that count: s_j = 1[U(0, 1) <= neg_select];
@@ -102,7 +102,7 @@ class AdaptiveMultiLabelLoss(tf.Module):
     the loss is a per-class MEAN over the batch, averaging the per-rank losses and gradients of an N-rank
     run with equal per-rank batches gives exactly the loss and gradient of one process on the concatenated
     batch. Without `sum_across_ranks` each rank decides the status on its own batch and keeps its own
-    counters: the release's model_fn run once per GPU (REFERENCE section 4 leaves open which of the two the
+    counters: the release's model_fn run once per GPU (docs/REFERENCE.md section 4 leaves open which of the two the
     reference run did; `TrainConfig.class_status` chooses).
     """
 

@@ -1,6 +1,6 @@
 """The reference ResNet of Tencent ML-Images as a functional Keras 3 model.
 
-The architecture is the release's modified pre-activation ResNet (REFERENCE section 2), not the Keras
+The architecture is the release's modified pre-activation ResNet (docs/REFERENCE.md section 2), not the Keras
 `applications` one:
 
 - stem `init/init_conv`: 7x7 conv, stride 2, with NO BN/ReLU after it and NO max-pool;

@@ -3,7 +3,7 @@
 The released checkpoints (`ckpt-resnet101-mlimages`, 11,166-way head; `ckpt-resnet101-mlimages-imagenet`,
 1000-way head) name the model's variables `init/init_conv/conv2d/kernel`,
 `stages_{i}_block_{j}/conv1_b2_bn/batch_normalization/gamma`, ..., `logits/dense/{kernel,bias}`. A file saved
-by the release's graphs holds more (REFERENCE section 2): `global_step`, tf.train.MomentumOptimizer's slot
+by the release's graphs holds more (docs/REFERENCE.md section 2): `global_step`, tf.train.MomentumOptimizer's slot
 `<variable>/Momentum` of every variable it trained (all of them in pre-training, only the trained ones in
 fine-tuning) and, from train.py, two unnamed float32 [num_classes] variables `Variable` and `Variable_1`:
 the loss's run-length counters pos_count and neg_count (created by `tf.Variable(...)` without a name, in that

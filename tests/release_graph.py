@@ -3,7 +3,7 @@
     TF_USE_LEGACY_KERAS=1 python tests/release_graph.py OUT_DIR
 
 Run in its own process: `tf.compat.v1.layers` needs tf-keras (TF_USE_LEGACY_KERAS=1), which must not leak
-into the Keras 3 test process. The network is written from REFERENCE section 2 in graph mode with the
+into the Keras 3 test process. The network is written from docs/REFERENCE.md section 2 in graph mode with the
 release's building blocks (`tf.compat.v1.layers.conv2d`, `batch_normalization(fused=True)`, `dense`) and
 variable scopes, at depth 14 (one block per stage) and a small width; the pre-training graph carries the
 release train.py's extras: `global_step`, `tf.compat.v1.train.MomentumOptimizer` (a `<var>/Momentum` slot
@@ -88,7 +88,7 @@ def _conv(x, scope: str, *, filters: int, kernel_size: int, strides: int):
 
 
 def network(images, *, num_classes: int, training: bool):
-    """The reference ResNet (REFERENCE section 2): returns (logits, pooled features)."""
+    """The reference ResNet (docs/REFERENCE.md section 2): returns (logits, pooled features)."""
     with v1.variable_scope("init"):
         x = _conv(images, "init_conv", filters=BASE_WIDTH, kernel_size=7, strides=2)
     for i, num_blocks in enumerate(BLOCKS):

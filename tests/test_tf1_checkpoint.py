@@ -2,7 +2,7 @@
 
 The checkpoints are written the way the release's did (graph-mode tf.compat.v1 variables under the
 reference scopes, tf.compat.v1.train.Saver, plus `global_step` and Momentum slots), and the loaded model is
-compared with an independent forward pass written with plain tf.nn ops from REFERENCE section 2.
+compared with an independent forward pass written with plain tf.nn ops from docs/REFERENCE.md section 2.
 """
 
 import subprocess

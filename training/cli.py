@@ -146,7 +146,7 @@ def define_flags(*, default_recipe: str, recipe_names: list[str], finetune: bool
         "intra_op_threads",
         None,
         "TensorFlow's intra-op thread pool (0: one thread per core). 1 keeps the input pipeline's XLA "
-        "augmentation on its own thread (about 12% less CPU per image, docs/BENCHMARKS.md) but gives the "
+        "augmentation on its own thread (less CPU per image, docs/BENCHMARKS.md section 3) but gives the "
         "step's CPU kernels one thread: for GPU hosts, not CPU training. Default: the recipe's, 0.",
         lower_bound=0,
     )

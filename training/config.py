@@ -64,7 +64,7 @@ class TrainConfig:
     pos_weight: float = 12.0
     # A class's status in a step (positive or not, loss step 1): "global" on the global batch (every rank the
     # same counters), "local" on each rank's own batch with per-rank counters, as the release's model_fn
-    # would run once per GPU (REFERENCE sections 3-4; README "Recipes").
+    # would run once per GPU (docs/REFERENCE.md sections 3-4; README "Recipes").
     class_status: str = "global"
     frozen_stages: int = -1  # FixBlock2 = 2: stem and stages 0-1 frozen (their BN statistics still update)
     init_checkpoint: str = ""  # ours or a released TF1 checkpoint; the head is skipped when skip_head

@@ -7,7 +7,7 @@ a per-class score histogram; `state()` returns those sums as numpy arrays that a
 per-rank states of a Horovod evaluation are combined with one all-reduce each (`all_reduce`) or, offline,
 with `merge_state`. `result()` turns the sums into fractions in [0, 1].
 
-Multi-label metrics (`MultiLabelMetrics`), instance level, as the reference reports them (REFERENCE.md
+Multi-label metrics (`MultiLabelMetrics`), instance level, as the reference reports them (docs/REFERENCE.md
 section 7). For image i, Y_i = {classes j with label_ij >= label_threshold} and P_i = the k highest-scoring
 classes, ties broken towards the LOWER class index (the documented order of `tf.math.top_k`):
 
