@@ -499,8 +499,9 @@ def decode_like_opencv(image_bytes: tf.Tensor, orientation: tf.Tensor | int = 1)
     """uint8[H, W, 3] RGB pixels as the release's tools get them from `cv.imread(path)` (then BGR -> RGB).
 
     JPEG is decoded with the accurate integer IDCT (`dct_method="INTEGER_ACCURATE"`, libjpeg's ISLOW, the
-    one OpenCV uses; TF's default fast IDCT differs by up to ~28 levels), with fancy upsampling as both do;
-    other formats as `tf.io.decode_image`. Then the EXIF orientation is applied, as `cv.imread` does.
+    one OpenCV uses; TF's default fast IDCT gives other pixels, docs/REFERENCE.md section 6), with fancy
+    upsampling as both do; other formats as `tf.io.decode_image`. Then the EXIF orientation is applied, as
+    `cv.imread` does.
 
     Args:
       image_bytes: Scalar string tensor, encoded image.
