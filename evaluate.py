@@ -28,7 +28,7 @@ import sys
 
 from absl import app, flags
 
-from training import distributed, evaluation, metrics, predictions, report
+from training import distributed, evaluation, input_pipeline, metrics, predictions, report
 
 FLAGS = flags.FLAGS
 
@@ -199,7 +199,7 @@ def main(argv: list[str]) -> None:
                 save_predictions=FLAGS.save_predictions or "",
             )
             result = evaluation.evaluate_checkpoint(config, settings, dist=dist)
-    except report.EvaluationInputError as e:
+    except (report.EvaluationInputError, input_pipeline.BadRecordError) as e:
         sys.exit(f"evaluate.py: error: {e}")
     if dist.is_chief:  # Horovod: every rank holds the global report; only the chief prints and writes it.
         print(report.format_table(result))

@@ -13,6 +13,7 @@ the training loop uses: `MULTILABEL`, `SINGLE_LABEL`, `EvalSettings`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -67,6 +68,7 @@ def evaluate_model(
     predictions_writer: PredictionsWriter | None = None,
     expected_images: int | None = None,
     description: str = "evaluate",
+    source: input_pipeline.Source | None = None,
 ) -> dict[str, float]:
     """Streams `dataset` through `model` and returns the metrics of ALL ranks' images.
 
@@ -89,6 +91,8 @@ def evaluate_model(
       predictions_writer: also collect this rank's scores and labels (see `PredictionsWriter`).
       expected_images: images this rank will see, for the bar's ETA (None: rate only).
       description: the bar's label, e.g. the image size.
+      source: the records behind `dataset`; a bad record or a damaged file among them then ends the
+        evaluation with a one-line `input_pipeline.BadRecordError` naming it, not a TensorFlow traceback.
 
     Returns:
       `metrics.result()`: `precision@k`, `recall@k`, `f1@k`, `instance_f1@k`, `mAP` and counts (multi-label)
@@ -113,7 +117,8 @@ def evaluate_model(
         disable=not (show_progress and dist.is_chief),
         smoothing=0.1,
     )
-    with progress:
+    record_errors = input_pipeline.record_errors(source) if source is not None else contextlib.nullcontext()
+    with progress, record_errors:
         for images, labels in dataset:
             scores = scores_fn(tf.cast(images, tf.float32))
             streaming.update(scores, labels)
@@ -174,6 +179,7 @@ def eval_source(
                 num_classes=num_classes,
                 head="the checkpoint's head",
                 hint="evaluate a checkpoint trained for these labels",
+                count_records=True,  # a release folder has no manifest: the count feeds the progress ETA
             )
         except (FileNotFoundError, ValueError) as e:
             raise EvaluationInputError(str(e)) from None
@@ -294,6 +300,7 @@ def evaluate_checkpoint(
             predictions_writer=writer,
             expected_images=expected,
             description=f"evaluate @{image_size}",
+            source=source,
         )
         if writer is not None:
             path = predictions_path(

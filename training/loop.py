@@ -262,6 +262,7 @@ def evaluate(run: _Run, step: int) -> dict[str, float]:
         settings=evaluation.EvalSettings(topk=config.topk),
         dist=run.dist,
         show_progress=False,
+        source=run.eval_source,
     )
     if run.dist.is_chief:
         logging.info("eval at step %d (size %d): %s", step, size, json.dumps(results, sort_keys=True))
