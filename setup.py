@@ -41,7 +41,8 @@ setup(
         "plots": ["matplotlib>=3.8"],
         # `tfds build data/ml_images` on DirectRunner, Dataflow, Flink or Spark. Beam 2.77 caps protobuf < 7,
         # pyarrow < 26 and pillow < 13, so installing it moves those three down a major version.
-        "beam": ["apache-beam==2.77.*"],
+        # mlcroissant: the `tfds` command line imports it for every subcommand, `tfds build` included.
+        "beam": ["apache-beam==2.77.*", "mlcroissant>=1.0.9"],
         "dev": [
             "pytest>=8",
             "ruff==0.17.*",

@@ -23,6 +23,7 @@ from training import input_pipeline
 beam = pytest.importorskip("apache_beam", reason="the beam extra (pip install -e .[beam]) is not installed")
 tfds = pytest.importorskip("tensorflow_datasets")
 from data.ml_images import ml_images_dataset_builder as mlb  # noqa: E402  (after the importorskip)
+from data.ml_images import pipeline as mlp  # noqa: E402
 
 C = mlb.NUM_CLASSES
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", OMP_NUM_THREADS="1")
@@ -243,18 +244,18 @@ def test_every_bad_line_is_in_the_summary_with_the_writers_reason(built):
 def test_beam_counters_and_log_lines_count_every_skip(built, caplog):
     """The pipeline of `_generate_examples`, run on its own to read its metrics; tiny blocks (64 bytes) so the
     list is read in many pieces and the line numbers must still come out right."""
-    settings = mlb.PrepareSettings(
+    settings = mlp.PrepareSettings(
         list_path=str(built["manual"] / "train_im_list_tiny.txt"), image_root=str(built["manual"] / "images")
     )
     pipeline = beam.Pipeline(options=beam.options.pipeline_options.PipelineOptions(["--runner=DirectRunner"]))
-    _, report = mlb.read_examples(pipeline, split="train", settings=settings, chunk_bytes=64)
-    _ = mlb.summarize(report, split="train") | beam.Map(
-        mlb.log_summary, split="train", list_path=settings.list_path
+    _, report = mlp.read_examples(pipeline, split="train", settings=settings, chunk_bytes=64)
+    _ = mlp.summarize(report, split="train") | beam.Map(
+        mlp.log_summary, split="train", list_path=settings.list_path
     )
     with caplog.at_level(logging.INFO):
         result = pipeline.run()
         result.wait_until_finish()
-    query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(mlb.COUNTER_NAMESPACE))
+    query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(mlp.COUNTER_NAMESPACE))
     counters = {c.key.metric.name: c.committed for c in query["counters"]}
     expected = {f"train/skipped/{reason}": n for reason, n in TRAIN_SKIPS.items()}
     expected |= {
@@ -281,8 +282,8 @@ def test_list_blocks_cover_every_line_once_with_its_number(tmp_path, chunk_bytes
     lines = ["a.jpg 1", "", "bb.jpg 2:0.9 3", "c.jpg", "  ", "d.jpg 4", "e.jpg 5"]
     path = tmp_path / "list.txt"
     path.write_text("\n".join(lines))  # no final newline
-    _, chunks = mlb.list_chunks(str(path), chunk_bytes=chunk_bytes)
-    read = [item for chunk in chunks for item in mlb.read_chunk(chunk, str(path))]
+    _, chunks = mlp.list_chunks(str(path), chunk_bytes=chunk_bytes)
+    read = [item for chunk in chunks for item in mlp.read_chunk(chunk, str(path))]
     expected = [(i + 1, (line + "\n").encode()) for i, line in enumerate(lines) if line.strip()]
     expected[-1] = (expected[-1][0], expected[-1][1].rstrip(b"\n"))
     assert read == expected
@@ -356,6 +357,7 @@ def test_input_pipeline_reads_the_sparse_labels_as_the_writers_dense_vectors(bui
         input_pipeline.tfds_source("ml_images/tiny", "train", num_classes=30, data_dir=data_dir)
 
 
+@pytest.mark.slow
 def test_train_py_trains_on_the_tfds_dataset(built, repo_root, tmp_path):
     model_dir = tmp_path / "run"
     args = [
@@ -424,22 +426,19 @@ def test_readme_tfds_build_commands_name_the_builder_and_a_beam_runner(repo_root
 
 
 @pytest.mark.slow
-def test_tfds_build_command_line_with_direct_runner(built, repo_root, tmp_path):
-    """The README's command with DirectRunner, through TFDS's own command line (a real process)."""
+def test_readme_direct_runner_command_builds_the_dataset(built, repo_root, tmp_path):
+    """The README's DirectRunner command, as written (its folders replaced), through TFDS's command line."""
+    (tokens,) = [t for t in _readme_tfds_builds(repo_root) if "runner=DirectRunner" in " ".join(t)]
     out = tmp_path / "tfds"
-    command = [
-        sys.executable,
-        "-m",
-        "tensorflow_datasets.scripts.cli.main",
-        "build",
-        "data/ml_images",
-        "--config=tiny",
-        f"--manual_dir={built['manual']}",
-        f"--data_dir={out}",
-        "--beam_pipeline_options=runner=DirectRunner,direct_num_workers=1",
+    folders = {"manual_dir": built["manual"], "data_dir": out}
+    args = [
+        f"--{t[2:].split('=', 1)[0]}={folders[t[2:].split('=', 1)[0]]}"
+        if t[2:].split("=", 1)[0] in folders
+        else t
+        for t in tokens[2:]
     ]
     proc = subprocess.run(
-        command,
+        [sys.executable, "-m", "tensorflow_datasets.scripts.cli.main", "build", *args],
         cwd=repo_root,
         env=dict(ENV, PYTHONPATH=str(repo_root)),
         capture_output=True,
@@ -447,4 +446,5 @@ def test_tfds_build_command_line_with_direct_runner(built, repo_root, tmp_path):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert _tfds_examples(out, "train").keys() == _tfds_examples(built["root"] / "tfds", "train").keys()
+    ours = _tfds_examples(out, "train")
+    assert ours.keys() == _tfds_examples(built["root"] / "tfds", "train").keys()
