@@ -2,9 +2,9 @@
 
 Sources are our TFRecords (any label format of `data/schema.py`, described by the writer's manifest), a
 folder written by the original release (``{data_dir}/{prefix}/*.tfrecords``, no manifest: the label format
-and class count are read from the records) or ImageNet through tensorflow-datasets. All become a stream of
-`(jpeg_bytes, label)` where `label` is a dense float32[num_classes] vector (multi-label) or an int64 class
-index (single-label).
+and class count are read from the records) or tensorflow-datasets (ImageNet; ML-Images built by
+data/ml_images, whose sparse labels are made dense here). All become a stream of `(jpeg_bytes, label)`
+where `label` is a dense float32[num_classes] vector (multi-label) or an int64 class index (single-label).
 
 Damaged data is one line naming the file, not a traceback: a shard cut short is found before the first
 step (the manifest's recorded sizes; for release folders the last record of every file), and a record
