@@ -18,9 +18,10 @@ the line's tags as sparse ``indices`` + ``confidences`` (sorted by class index),
 ``label/indices`` and ``label/confidences``, the writer's ``sparse`` layout. ``train`` and ``validation``
 are TFDS's split names (``validation`` is what train.py's periodic evaluation reads).
 
-The pipeline (its steps are in `data.ml_images.pipeline`): the driver cuts the list into ~1 MiB blocks of whole lines (`list_index.index_list`, one
-streaming pass); workers read their blocks, a reshuffle spreads the lines, and every line is parsed and its
-image read and prepared on the worker. An example's key is its line number, so the same list always gives
+The pipeline (its steps are in `data.ml_images.pipeline`): the driver cuts the list into ~1 MiB blocks of
+whole lines (`list_index.index_list`, two streaming passes that keep only the block offsets); workers read
+their blocks, a reshuffle spreads the lines, and every line is parsed and its image read and prepared on
+the worker. An example's key is its line number, so the same list always gives
 the same dataset, whatever the runner.
 
 Nothing is dropped silently: a malformed line, a missing, unreadable, non-image, truncated or too large
