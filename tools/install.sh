@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-time setup on a fresh Debian/Ubuntu machine with Python 3.11.
 #
-#   bash tools/install.sh            # CPU TensorFlow, the project, Horovod (Gloo) in ./.venv
+#   bash tools/install.sh            # CPU TensorFlow, the project (with Apache Beam), Horovod (Gloo) in ./.venv
 #   bash tools/install.sh --gpu      # CUDA TensorFlow instead of the CPU wheel
 #   bash tools/install.sh --no-horovod
 #
@@ -55,8 +55,9 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 py="$venv/bin/python"
 "$py" -m pip install -q --upgrade pip setuptools wheel
-log "pip install -e .[$extra,dev]"
-"$py" -m pip install -q -e "$root[$extra,dev]"
+# beam: Apache Beam, which generates the ml_images TFDS dataset (data/ml_images/) and its tests use.
+log "pip install -e .[$extra,dev,beam]"
+"$py" -m pip install -q -e "$root[$extra,dev,beam]"
 # tf-keras runs the tests' TF1 graph code (tf.compat.v1.layers). --no-deps: it requires the `tensorflow`
 # distribution, which would be installed over tensorflow-cpu as a second copy of the same files.
 "$py" -m pip install -q --no-deps "tf-keras==2.21.*"

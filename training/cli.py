@@ -60,10 +60,19 @@ def define_flags(*, default_recipe: str, recipe_names: list[str], finetune: bool
         "Prefix of the validation split's files, or its sub-folder in the release's layout (default: the "
         "recipe's, val).",
     )
+    f.DEFINE_string(
+        "tfds_name",
+        None,
+        "Read through tensorflow-datasets instead of --data_dir: imagenet2012 (single-label, finetune.py) or "
+        "ml_images/full, ml_images/tiny (multi-label, the builder in data/ml_images).",
+    )
+    f.DEFINE_string("tfds_data_dir", None, "tensorflow-datasets data_dir (prepared datasets).")
+    f.DEFINE_string(
+        "tfds_manual_dir",
+        None,
+        "Folder with the manually downloaded files (ImageNet archives; ML-Images lists and images/).",
+    )
     if finetune:
-        f.DEFINE_string("tfds_name", None, "Read through tensorflow-datasets instead, e.g. imagenet2012.")
-        f.DEFINE_string("tfds_data_dir", None, "tensorflow-datasets data_dir (prepared datasets).")
-        f.DEFINE_string("tfds_manual_dir", None, "Folder with the manually downloaded ImageNet archives.")
         f.DEFINE_string(
             "init_checkpoint",
             None,
