@@ -35,9 +35,13 @@ def fake_site_packages(root: pathlib.Path, *, nccl=(2, 32, 3), cudart=12090, wit
     return root
 
 
-def fake_toolkit(home: pathlib.Path, release: str | None) -> pathlib.Path:
+def fake_toolkit(home: pathlib.Path, release: str | None, *, headers: bool = True) -> pathlib.Path:
     """A CUDA home whose bin/nvcc prints `release` like nvcc --version does (None: an nvcc that fails)."""
     (home / "bin").mkdir(parents=True)
+    if headers:
+        (home / "include" / "nv").mkdir(parents=True)
+        (home / "include" / "nv" / "target").write_text("// CCCL\n")
+        (home / "include" / "cuda_runtime.h").write_text("// runtime\n")
     nvcc = home / "bin" / "nvcc"
     if release is None:
         nvcc.write_text("#!/bin/sh\nexit 1\n")
@@ -111,8 +115,9 @@ def test_cudart_major_from_the_runtime_header(tmp_path, cudart, major):
 def test_find_nvcc_skips_a_cuda_13_toolkit_for_cuda_12_wheels(tmp_path):
     cuda13 = fake_toolkit(tmp_path / "cuda-13.0", "13.0")
     broken = fake_toolkit(tmp_path / "broken", None)
+    bare = fake_toolkit(tmp_path / "nvcc-only", "12.8", headers=False)
     cuda12 = fake_toolkit(tmp_path / "cuda-12.9", "12.9")
-    found = cuda_paths.find_nvcc([tmp_path / "absent", cuda13, broken, cuda12], major=12)
+    found = cuda_paths.find_nvcc([tmp_path / "absent", cuda13, broken, bare, cuda12], major=12)
     assert found == cuda_paths.Nvcc(home=cuda12, version="12.9")
     assert found.major == 12
 
@@ -120,12 +125,14 @@ def test_find_nvcc_skips_a_cuda_13_toolkit_for_cuda_12_wheels(tmp_path):
 def test_find_nvcc_error_lists_what_it_saw(tmp_path):
     cuda13 = fake_toolkit(tmp_path / "cuda-13.0", "13.0")
     broken = fake_toolkit(tmp_path / "broken", None)
+    bare = fake_toolkit(tmp_path / "nvcc-only", "12.8", headers=False)
     with pytest.raises(ValueError) as e:
-        cuda_paths.find_nvcc([cuda13, broken], major=12)
+        cuda_paths.find_nvcc([cuda13, broken, bare], major=12)
     msg = str(e.value)
     assert f"{cuda13}/bin/nvcc (CUDA 13.0)" in msg
     assert f"{broken}/bin/nvcc (does not run)" in msg
-    assert "HOROVOD_CUDA_HOME" in msg and "no CUDA 12 nvcc" in msg
+    assert f"{bare}/bin/nvcc (CUDA 12.8 without include/cuda_runtime.h and include/nv/target)" in msg
+    assert "HOROVOD_CUDA_HOME" in msg and "no CUDA 12 toolkit with nvcc" in msg
 
 
 def test_toolkit_candidates_order(tmp_path):
@@ -195,4 +202,7 @@ def test_command_line_failure_is_one_line(tmp_path):
         env=env,
     )
     assert res.returncode == 1 and res.stdout == ""
-    assert res.stderr.startswith("cuda_paths.py: no CUDA 99 nvcc found") and res.stderr.count("\n") == 1
+    assert (
+        res.stderr.startswith("cuda_paths.py: no CUDA 99 toolkit with nvcc found")
+        and res.stderr.count("\n") == 1
+    )

@@ -126,22 +126,32 @@ def toolkit_candidates(
     return list(dict.fromkeys(found))
 
 
+# Headers the build includes from the toolkit: Horovod's GPU code includes cuda_runtime.h, and NCCL's nccl.h
+# includes cuda_fp16.h, which includes CCCL's <nv/target> (a toolkit with nvcc alone lacks both).
+TOOLKIT_HEADERS = ("include/cuda_runtime.h", "include/nv/target")
+
+
 def find_nvcc(candidates: Sequence[pathlib.Path], *, major: int) -> Nvcc:
-    """The first candidate whose bin/nvcc runs and is CUDA `major`; the error lists what was seen."""
+    """The first candidate whose bin/nvcc runs, is CUDA `major` and has the headers; the error lists what was seen."""
     seen = []
     for home in candidates:
         nvcc = home / "bin" / "nvcc"
         if not nvcc.is_file():
             continue
         version = nvcc_version(nvcc)
-        if version is not None and int(version.split(".")[0]) == major:
-            return Nvcc(home=home, version=version)
-        seen.append(f"{nvcc} ({'CUDA ' + version if version else 'does not run'})")
+        if version is None or int(version.split(".")[0]) != major:
+            seen.append(f"{nvcc} ({'CUDA ' + version if version else 'does not run'})")
+            continue
+        missing = [h for h in TOOLKIT_HEADERS if not (home / h).exists()]
+        if missing:
+            seen.append(f"{nvcc} (CUDA {version} without {' and '.join(missing)})")
+            continue
+        return Nvcc(home=home, version=version)
     raise ValueError(
-        f"no CUDA {major} nvcc found (TensorFlow's wheels are CUDA {major}; they ship no nvcc); "
+        f"no CUDA {major} toolkit with nvcc found (TensorFlow's wheels are CUDA {major}; they ship no nvcc); "
         + (f"seen: {', '.join(seen)}; " if seen else "")
-        + f"install a CUDA {major} toolkit (e.g. NVIDIA's cuda-nvcc-{major}-x and cuda-cudart-dev-{major}-x "
-        f"packages) and set HOROVOD_CUDA_HOME to it"
+        + f"install one (NVIDIA's cuda-toolkit-{major}-x, or cuda-nvcc-{major}-x, cuda-cudart-dev-{major}-x and "
+        f"cuda-cccl-{major}-x) and set HOROVOD_CUDA_HOME to it"
     )
 
 
