@@ -122,14 +122,16 @@ inline GpuStreamHandle AsGpuStreamValue(Stream* stream) {\
   return static_cast<GpuStreamHandle>(stream->platform_specific_handle().stream);\
 } } }' \
       "$src/horovod/tensorflow/mpi_ops.cc"
-    # Horovod's XLA ops (HOROVOD_ENABLE_XLA_OPS, compiled only with a GPU) use xla::StatusOr, now absl::StatusOr.
+    # Horovod's XLA ops (HOROVOD_ENABLE_XLA_OPS; their code is compiled only with a GPU) use xla::StatusOr, now
+    # absl::StatusOr.
     sed -i 's/::xla::StatusOr</::absl::StatusOr</g' "$src/horovod/tensorflow/xla_mpi_ops.cc"
     # libnccl.so.2 is found at run time beside TensorFlow's: site-packages/nvidia/nccl/lib, from
     # site-packages/horovod/tensorflow/mpi_lib*.so (TensorFlow's own libraries use the same RUNPATH).
     # shellcheck disable=SC2016  # $ORIGIN is for the dynamic loader, not the shell
-    sed -i '/^project(horovod CXX)$/a set(CMAKE_BUILD_RPATH "$ORIGIN/../../nvidia/nccl/lib")' "$src/CMakeLists.txt"
+    sed -i -e '/^project(horovod CXX)$/a set(CMAKE_BUILD_WITH_INSTALL_RPATH ON)' \
+      -e '/^project(horovod CXX)$/a set(CMAKE_INSTALL_RPATH "$ORIGIN/../../nvidia/nccl/lib")' "$src/CMakeLists.txt"
     if grep -q 'GpuStreamHandle AsGpuStreamValue(Stream\* stream);' "$src/horovod/tensorflow/mpi_ops.cc" ||
-       ! grep -q CMAKE_BUILD_RPATH "$src/CMakeLists.txt"; then
+       ! grep -q CMAKE_INSTALL_RPATH "$src/CMakeLists.txt"; then
       echo "[install] ERROR: the GPU patches of Horovod $HOROVOD_VERSION's sources did not apply" >&2
       exit 1
     fi
