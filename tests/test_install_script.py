@@ -140,20 +140,21 @@ def test_toolkit_candidates_order(tmp_path):
     for name in ("cuda", "cuda-12.9", "cuda-12.10", "cuda-11.8"):
         (root / name).mkdir(parents=True)
     on_path = fake_toolkit(tmp_path / "opt" / "cuda", "12.4")
-    env = {
-        "CUDA_HOME": str(root / "cuda-11.8"),
-        "HOROVOD_CUDA_HOME": "/explicit",
-        "PATH": str(on_path / "bin"),
-    }
+    env = {"CUDA_HOME": str(root / "cuda-11.8"), "PATH": str(on_path / "bin")}
     got = cuda_paths.toolkit_candidates(env, search_root=root)
     assert got == [
-        pathlib.Path("/explicit"),
         root / "cuda-11.8",  # CUDA_HOME
         on_path,  # nvcc on PATH
         root / "cuda",
         root / "cuda-12.10",  # numeric, newest first
         root / "cuda-12.9",
     ]
+
+
+def test_horovod_cuda_home_is_the_only_candidate_when_set(tmp_path):
+    (tmp_path / "cuda").mkdir()
+    env = {"HOROVOD_CUDA_HOME": "/explicit", "CUDA_HOME": "/other", "PATH": str(tmp_path)}
+    assert cuda_paths.toolkit_candidates(env, search_root=tmp_path) == [pathlib.Path("/explicit")]
 
 
 def test_build_env_tags_the_wheel_with_both_versions(tmp_path):

@@ -109,9 +109,12 @@ def nvcc_version(nvcc: pathlib.Path) -> str | None:
 def toolkit_candidates(
     env: Mapping[str, str], *, search_root: pathlib.Path = pathlib.Path("/usr/local")
 ) -> list[pathlib.Path]:
-    """Where a CUDA toolkit may be, most explicit first: the env vars, `nvcc` on PATH, /usr/local/cuda*."""
+    """Where a CUDA toolkit may be: HOROVOD_CUDA_HOME alone when set (an explicit choice is not second-guessed),
+    else CUDA_HOME, CUDA_PATH, `nvcc` on PATH, /usr/local/cuda, /usr/local/cuda-* (newest first)."""
+    if env.get("HOROVOD_CUDA_HOME"):
+        return [pathlib.Path(env["HOROVOD_CUDA_HOME"])]
     found: list[pathlib.Path] = []
-    for var in ("HOROVOD_CUDA_HOME", "CUDA_HOME", "CUDA_PATH"):
+    for var in ("CUDA_HOME", "CUDA_PATH"):
         if env.get(var):
             found.append(pathlib.Path(env[var]))
     on_path = shutil.which("nvcc", path=env.get("PATH", ""))

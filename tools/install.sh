@@ -7,8 +7,9 @@
 #
 # --gpu builds Horovod with HOROVOD_GPU_OPERATIONS=NCCL (GPU all-reduce) plus Gloo, against the NCCL that
 # tensorflow[and-cuda] installs (site-packages/nvidia/nccl). Its wheels ship no nvcc, so a CUDA 12 toolkit
-# must be on the host (HOROVOD_CUDA_HOME, CUDA_HOME, nvcc on PATH or /usr/local/cuda-12.*; a CUDA 13 one is
-# refused). tools/cuda_paths.py finds both; the steps are in docs/INSTALL_GPU.md. No GPU is needed to build.
+# must be on the host (HOROVOD_CUDA_HOME if set, else CUDA_HOME, nvcc on PATH or /usr/local/cuda-12.*; a
+# CUDA 13 one is refused). tools/cuda_paths.py finds both; the steps are in docs/INSTALL_GPU.md. No GPU is
+# needed to build.
 #
 # Environment:
 #   VENV=PATH            virtual environment to create or reuse (default: ./.venv, or $VIRTUAL_ENV if set)
@@ -114,7 +115,8 @@ if [ -z "$wheel" ]; then
     "$src/horovod/tensorflow/xla_mpi_ops.cc"
   if [ "$extra" = gpu ]; then
     # TensorFlow 2.21 no longer exports stream_executor::gpu::AsGpuStreamValue (the library would link and
-    # then fail to import with an undefined symbol): take the CUDA stream from Stream::platform_specific_handle.
+    # then fail to import with an undefined symbol): take the CUDA stream from
+    # Stream::platform_specific_handle().
     sed -i \
       -e '/^\/\/ Forward declaration of AsGpuStreamValue$/,/^} \/\/ namespace gpu$/d' \
       -e '/^#endif \/\/ TENSORFLOW_VERSION >= 2011000000$/a namespace stream_executor { namespace gpu {\
@@ -122,14 +124,15 @@ inline GpuStreamHandle AsGpuStreamValue(Stream* stream) {\
   return static_cast<GpuStreamHandle>(stream->platform_specific_handle().stream);\
 } } }' \
       "$src/horovod/tensorflow/mpi_ops.cc"
-    # Horovod's XLA ops (HOROVOD_ENABLE_XLA_OPS; their code is compiled only with a GPU) use xla::StatusOr, now
-    # absl::StatusOr.
+    # Horovod's XLA ops (HOROVOD_ENABLE_XLA_OPS; their code is compiled only with a GPU) use
+    # xla::StatusOr, now absl::StatusOr.
     sed -i 's/::xla::StatusOr</::absl::StatusOr</g' "$src/horovod/tensorflow/xla_mpi_ops.cc"
     # libnccl.so.2 is found at run time beside TensorFlow's: site-packages/nvidia/nccl/lib, from
     # site-packages/horovod/tensorflow/mpi_lib*.so (TensorFlow's own libraries use the same RUNPATH).
     # shellcheck disable=SC2016  # $ORIGIN is for the dynamic loader, not the shell
     sed -i -e '/^project(horovod CXX)$/a set(CMAKE_BUILD_WITH_INSTALL_RPATH ON)' \
-      -e '/^project(horovod CXX)$/a set(CMAKE_INSTALL_RPATH "$ORIGIN/../../nvidia/nccl/lib")' "$src/CMakeLists.txt"
+      -e '/^project(horovod CXX)$/a set(CMAKE_INSTALL_RPATH "$ORIGIN/../../nvidia/nccl/lib")' \
+      "$src/CMakeLists.txt"
     if grep -q 'GpuStreamHandle AsGpuStreamValue(Stream\* stream);' "$src/horovod/tensorflow/mpi_ops.cc" ||
        ! grep -q CMAKE_INSTALL_RPATH "$src/CMakeLists.txt"; then
       echo "[install] ERROR: the GPU patches of Horovod $HOROVOD_VERSION's sources did not apply" >&2
