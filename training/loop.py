@@ -34,7 +34,7 @@ import tensorflow as tf
 from absl import logging
 
 from models import losses, resnet
-from training import checkpoints, distributed, evaluation, input_pipeline, train_step
+from training import checkpoints, distributed, evaluation, input_pipeline, preemption, run_dir, train_step
 from training.config import TrainConfig
 
 
@@ -51,6 +51,12 @@ class _Run:
     train_source: input_pipeline.Source
     eval_source: input_pipeline.Source | None
     summaries: dict[str, Any]  # chief only: TensorBoard writers
+    # The input: its seed (the config's, or a new one where saved positions could not be used), and
+    # whether this rank's position at the resumed step is restored (False: the input restarts, `input_note`
+    # says why).
+    input_seed: int = 0
+    restore_input: bool = True
+    input_note: str = ""
 
     @property
     def global_step(self) -> int:
@@ -117,43 +123,203 @@ def _build(config: TrainConfig, dist: distributed.Distributed) -> _Run:
     if loss is not None:
         state["loss"] = loss
     checkpoint = tf.train.Checkpoint(**state)
-    manager = None
     summaries: dict[str, Any] = {}
     if dist.is_chief:
-        manager = tf.train.CheckpointManager(
-            checkpoint, config.model_dir, max_to_keep=config.keep_checkpoints, checkpoint_name="ckpt"
-        )
         summaries = {
             name: tf.summary.create_file_writer(os.path.join(config.model_dir, name))
             for name in ("train", "eval")
         }
     train_source, eval_source = _sources(config)
-    return _Run(config, dist, model, step, checkpoint, manager, train_source, eval_source, summaries)
+    # The manager (chief) is made after the resume is agreed: see _set_aside.
+    return _Run(
+        config,
+        dist,
+        model,
+        step,
+        checkpoint,
+        None,
+        train_source,
+        eval_source,
+        summaries,
+        input_seed=config.seed,
+    )
 
 
-def _agreed_resume_step(run: _Run) -> int:
-    """The chief's latest checkpoint step (-1: none), announced to every rank."""
-    mine = 0
-    if run.dist.is_chief:
-        latest = checkpoints.latest_step(run.config.model_dir)
-        mine = -1 if latest is None else latest
-    # Horovod: the other ranks contribute 0, so the sum is the chief's value.
-    return int(run.dist.allreduce_sum(tf.constant(mine, tf.int64)).numpy())
+# ------------------------------------------------------------------------------------ resume (rundir)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Resume:
+    """The checkpoint every rank resumes from, and what its input positions belong to."""
+
+    path: str
+    step: int  # as saved (in the saving run's global batch)
+    num_ranks: int  # of the run that saved it; 0: not recorded (a run directory from before the record)
+    global_batch: int  # idem
+    input_seed: int
+    input_saved: bool
+
+
+def _announce(dist: distributed.Distributed, values: list[int]) -> list[int]:
+    """The chief's `values` on every rank (the others contribute zeros to a sum)."""
+    mine = values if dist.is_chief else [0] * len(values)
+    return [int(v) for v in dist.allreduce_sum(tf.constant(mine, tf.int64)).numpy()]  # Horovod: one sum
+
+
+def _set_aside(model_dir: str, step: int, num_ranks: int) -> None:
+    """Chief: moves the files of a damaged checkpoint (and its input positions) to `damaged/`, never deleting
+    them, so that neither the checkpoint manager's rotation nor a new save of the same step removes them."""
+    target = os.path.join(model_dir, "damaged")
+    moved = []
+    for rank in range(num_ranks):
+        prefix = checkpoints.input_checkpoint_prefix(model_dir, rank)
+        for f in tf.io.gfile.glob(f"{prefix}-{step}.*"):
+            dest = os.path.join(target, os.path.relpath(f, model_dir))
+            tf.io.gfile.makedirs(os.path.dirname(dest))
+            tf.io.gfile.rename(f, dest, overwrite=True)
+            moved.append(dest)
+    for f in tf.io.gfile.glob(os.path.join(model_dir, f"ckpt-{step}.*")):
+        tf.io.gfile.makedirs(target)
+        tf.io.gfile.rename(f, os.path.join(target, os.path.basename(f)), overwrite=True)
+        moved.append(f)
+    logging.warning("moved the damaged checkpoint ckpt-%d to %s (%d files kept)", step, target, len(moved))
+
+
+def _forget(model_dir: str, bad: list[str], good: str) -> None:
+    """Chief: the state file without the damaged checkpoints, `good` as the latest."""
+    kept = [p for p in reversed(checkpoints.checkpoint_paths(model_dir)) if p not in bad]
+    tf.train.update_checkpoint_state(model_dir, good, all_model_checkpoint_paths=kept)
+
+
+def _agreed_resume(run: _Run) -> _Resume | None:
+    """The newest checkpoint that is intact on every rank (state and input positions), agreed by all ranks.
+
+    The chief walks the state file newest first and skips damaged run states; every rank then checks its own
+    input position at that step (when it belongs to this number of ranks), and one all-reduce says whether
+    any rank found it damaged, in which case all fall back to the next older one. Damaged checkpoints are
+    named in a warning and moved to `damaged/`, never deleted.
+
+    Raises:
+      ValueError: the directory has checkpoints and every one is damaged.
+    """
+    config, dist = run.config, run.dist
+    candidates = checkpoints.checkpoint_paths(config.model_dir) if dist.is_chief else []
+    bad: list[str] = []
+    index = 0
+    while True:
+        announced = [-1, 0, 0, 0, 0]
+        if dist.is_chief:
+            while index < len(candidates) and (problem := checkpoints.checkpoint_problem(candidates[index])):
+                logging.warning(
+                    "the checkpoint %s is damaged: %s; trying an older one", candidates[index], problem
+                )
+                bad.append(candidates[index])
+                index += 1
+            if index < len(candidates):
+                step = checkpoints.step_of(candidates[index])
+                meta = checkpoints.read_input_meta(config.model_dir, rank=0, step=step)
+                announced = [step, 0, 0, config.seed, 1]
+                if meta is not None:
+                    announced = [step, meta.num_ranks, meta.global_batch, meta.input_seed, int(meta.saved)]
+            elif candidates:
+                announced[0] = -2
+        step, num_ranks, global_batch, input_seed, saved = _announce(dist, announced)
+        if step == -2:
+            raise ValueError(
+                f"every checkpoint in {config.model_dir} is damaged (see the warnings; the files are kept): "
+                "move them away to start afresh"
+            )
+        if step < 0:
+            return None
+        problem = None
+        if num_ranks in (0, dist.size) and saved:
+            meta = checkpoints.read_input_meta(config.model_dir, rank=dist.rank, step=step)
+            prefix = f"{checkpoints.input_checkpoint_prefix(config.model_dir, dist.rank)}-{step}"
+            if num_ranks and meta is None:
+                problem = f"{prefix}.json is missing or unreadable"
+            elif (meta is None or meta.saved) and (num_ranks or tf.io.gfile.exists(prefix + ".index")):
+                problem = checkpoints.input_position_problem(config.model_dir, rank=dist.rank, step=step)
+            if problem:
+                logging.warning("rank %d: the input position %s is damaged: %s", dist.rank, prefix, problem)
+        # Horovod: every rank learns whether any rank's input position at this step is damaged.
+        if int(dist.allreduce_sum(tf.constant(int(problem is not None), tf.int64)).numpy()) == 0:
+            path = os.path.join(config.model_dir, f"ckpt-{step}")
+            if dist.is_chief and bad:
+                _forget(config.model_dir, bad, path)
+                for b in bad:
+                    _set_aside(config.model_dir, checkpoints.step_of(b), max(num_ranks, dist.size))
+                logging.warning("resuming from the older intact checkpoint %s", path)
+            return _Resume(path, step, num_ranks, global_batch, input_seed, bool(saved))
+        if dist.is_chief:
+            logging.warning(
+                "an input position of %s is damaged; trying an older checkpoint", candidates[index]
+            )
+            bad.append(candidates[index])
+            index += 1
+
+
+def _restore(run: _Run, resume: _Resume) -> None:
+    """Restores the run state on this rank; re-counts the step when the global batch changed."""
+    config, dist = run.config, run.dist
+    path = resume.path
+    if not tf.io.gfile.exists(path + ".index"):
+        raise FileNotFoundError(
+            f"rank {dist.rank} cannot read the chief's checkpoint {path}: the model_dir must be on "
+            "storage that every rank sees"
+        )
+    expected = {
+        "depth": config.model.depth,
+        "base_width": config.model.base_width,
+        "num_classes": config.model.num_classes,
+    }
+    mismatch = checkpoints.model_mismatch(path, run.model, expected)
+    if mismatch:
+        raise ValueError(f"cannot resume in {config.model_dir}: {mismatch}")
+    try:
+        run.checkpoint.read(path).assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
+        raise ValueError(
+            f"cannot resume from {path}: it does not hold this run's state "
+            f"({str(e).strip().splitlines()[0][:200]})"
+        ) from None
+    logging.info("rank %d resumed from %s", dist.rank, path)
+    run.input_seed = resume.input_seed
+    if resume.num_ranks not in (0, dist.size):
+        run.restore_input = False
+        run.input_seed = config.seed + resume.step
+        run.input_note = f"its input positions were saved by {resume.num_ranks} rank(s) and cannot be mapped onto {dist.size}"
+    elif not resume.input_saved:
+        run.restore_input = False
+        run.input_seed = config.seed + resume.step
+        run.input_note = "its input position could not be saved"
+    if resume.global_batch and resume.global_batch != config.global_batch:
+        # The schedule is in images seen: the step is re-counted in the new global batch.
+        step = round(resume.step * resume.global_batch / config.global_batch)
+        run.step.global_step.assign(step)
+        if dist.is_chief:
+            logging.warning(
+                "%s was saved at global batch %d (%d ranks); this run's global batch is %d (%d ranks): its "
+                "step %d is step %d here (the same %d images seen), against this configuration's schedule",
+                path,
+                resume.global_batch,
+                resume.num_ranks,
+                config.global_batch,
+                dist.size,
+                resume.step,
+                step,
+                resume.step * resume.global_batch,
+            )
+
+
+# ----------------------------------------------------------------------------------------------------------
 
 
 def _initialise(run: _Run) -> int:
     """Restores or initialises the state on every rank; returns the step to continue from."""
     config, dist = run.config, run.dist
-    resume = _agreed_resume_step(run)
-    if resume >= 0:
-        path = os.path.join(config.model_dir, f"ckpt-{resume}")
-        if not tf.io.gfile.exists(path + ".index"):
-            raise FileNotFoundError(
-                f"rank {dist.rank} cannot read the chief's checkpoint {path}: the model_dir must be on "
-                "storage that every rank sees"
-            )
-        run.checkpoint.read(path).assert_existing_objects_matched()
-        logging.info("rank %d resumed from %s", dist.rank, path)
+    resume = _agreed_resume(run)
+    if resume is not None:
+        _restore(run, resume)
     elif config.init_checkpoint:
         checkpoints.load_model_weights(run.model, config.init_checkpoint, skip_head=config.skip_head)
     # Horovod: every rank starts from rank 0's state (identical after a restore; rank 0's random init else).
@@ -172,18 +338,49 @@ def _write(run: _Run, writer: str, step: int, values: dict[str, float]) -> None:
 
 
 def _save(run: _Run, iterator, step: int) -> None:
-    """Each rank's input position first, then (chief) the run state that makes `step` the latest."""
-    checkpoints.save_input_position(
-        iterator,
-        model_dir=run.config.model_dir,
-        rank=run.dist.rank,
+    """Each rank's input position first, then (chief) the run state that makes `step` the latest.
+
+    Raises:
+      CheckpointWriteError: a rank could not write (a full disk); the previous checkpoint stays the latest.
+    """
+    config, dist = run.config, run.dist
+    meta = checkpoints.InputMeta(
         step=step,
-        keep=run.config.keep_checkpoints + 1,
+        num_ranks=dist.size,
+        global_batch=config.global_batch,
+        input_seed=run.input_seed,
+        saved=True,
     )
-    run.dist.barrier()  # Horovod: every position is on disk before the state points at it.
+    failure = None
+    try:
+        checkpoints.save_input_position(
+            iterator,
+            model_dir=config.model_dir,
+            rank=dist.rank,
+            step=step,
+            keep=config.keep_checkpoints + 1,
+            meta=meta,
+        )
+    except checkpoints.CheckpointWriteError as e:
+        failure = e
+    # Horovod: every position is on disk before the state points at it (this sum is also the barrier).
+    _agree_saved(dist, failure, f"an input position of step {step}")
     if run.manager is not None:
-        path = run.manager.save(checkpoint_number=step)
-        logging.info("saved %s", path)
+        try:
+            path = checkpoints.save_run_state(run.manager, model_dir=config.model_dir, step=step)
+            logging.info("saved %s", path)
+        except checkpoints.CheckpointWriteError as e:
+            failure = e
+    _agree_saved(dist, failure, f"ckpt-{step}")
+
+
+def _agree_saved(dist: distributed.Distributed, failure: Exception | None, what: str) -> None:
+    """Raises on every rank when any rank failed to write `what` (its own message on that rank)."""
+    failed = int(dist.allreduce_sum(tf.constant(int(failure is not None), tf.int64)).numpy())
+    if failure is not None:
+        raise failure
+    if failed:
+        raise checkpoints.CheckpointWriteError(f"another rank could not write {what} (see its error)")
 
 
 def evaluate(run: _Run, step: int) -> dict[str, float]:
@@ -222,7 +419,7 @@ def _phase_dataset(run: _Run, phase: int) -> tf.data.Dataset:
         run.train_source,
         batch_size=config.per_rank_batch,
         image_size=size,
-        seed=config.seed,
+        seed=run.input_seed,
         num_shards=run.dist.size,
         shard_index=run.dist.rank,
         phase=phase,
@@ -249,17 +446,88 @@ def _set_intra_op_threads(num_threads: int) -> None:
     logging.info("TensorFlow intra-op threads: %d", num_threads)
 
 
+def _prepare_run_dir(config: TrainConfig, dist: distributed.Distributed) -> run_dir.RunLock | None:
+    """Chief: locks the run directory and checks and records the configuration; agreed by every rank.
+
+    Raises:
+      RunDirError: (on every rank) the directory is unwritable or busy, or the configuration cannot resume
+        its checkpoint; nothing in the directory was changed.
+    """
+    lock, refusal = None, None
+    if dist.is_chief:
+        try:
+            lock = run_dir.RunLock(config.model_dir).acquire()
+            resuming = bool(checkpoints.checkpoint_paths(config.model_dir))
+            run_dir.record_config(config, resuming=resuming)
+        except run_dir.RunDirError as e:
+            if lock is not None:
+                lock.release()
+            refusal = e
+    # Horovod: the other ranks learn the chief's refusal instead of waiting for it in the first collective.
+    refused = _announce(dist, [int(refusal is not None)])[0]
+    if refusal is not None:
+        raise refusal
+    if refused:
+        raise run_dir.RunDirError(f"the chief refused to start in {config.model_dir} (see its error)")
+    return lock
+
+
 def train(config: TrainConfig, *, dist: distributed.Distributed | None = None) -> dict[str, Any]:
-    """Runs (or resumes) `config` to its last step; returns the last logged values and evaluation."""
+    """Runs (or resumes) `config` to its last step; returns the last logged values and evaluation.
+
+    Raises:
+      preemption.Preempted: a SIGTERM or SIGINT stopped the run after it saved its current step.
+      ValueError: a one-line refusal (run directory busy or unwritable, a configuration or model that cannot
+        resume, a full disk, bad labels ...); train_step.NonFiniteLossError: the loss diverged.
+    """
     dist = dist or distributed.Distributed()
     if config.intra_op_threads:
         _set_intra_op_threads(config.intra_op_threads)
-    if dist.is_chief:
-        tf.io.gfile.makedirs(config.model_dir)
-        with open(os.path.join(config.model_dir, "config.json"), "w", encoding="utf-8") as f:
-            f.write(config.to_json())
+    lock = _prepare_run_dir(config, dist)
+    try:
+        with preemption.StopRequest() as stop:
+            return _train(config, dist, stop)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _stop_requested(dist: distributed.Distributed, stop: preemption.StopRequest) -> bool:
+    """Whether any rank got a stop signal; one scalar all-reduce per step under Horovod (so all stop together)."""
+    if dist.size == 1:
+        return stop.requested
+    return int(dist.allreduce_sum(tf.constant(int(stop.requested), tf.int64)).numpy()) > 0  # Horovod
+
+
+def _non_finite(run: _Run, labels, error: train_step.NonFiniteLossError) -> Exception:
+    """The error for a NaN/Inf loss: the labels' fault when this batch holds non-finite labels."""
+    config = run.config
+    latest = checkpoints.latest_step(config.model_dir)
+    last_good = (
+        f"The last good checkpoint is {config.model_dir}/ckpt-{latest}."
+        if latest is not None
+        else "The last good checkpoint is none (no step saved)."
+    )
+    if labels.dtype.is_floating:
+        bad = int(tf.size(labels)) - int(tf.reduce_sum(tf.cast(tf.math.is_finite(labels), tf.int32)))
+        if bad:
+            return train_step.NonFiniteLossError(
+                f"the labels of the batch of step {run.global_step} on rank {run.dist.rank} hold {bad} NaN/Inf "
+                f"values: the data is broken, not the learning rate; check the label confidences of the records "
+                f"in {config.data.data_dir or config.data.tfds_name}. {last_good}"
+            )
+    return train_step.NonFiniteLossError(f"{error} {last_good}")
+
+
+def _train(
+    config: TrainConfig, dist: distributed.Distributed, stop: preemption.StopRequest
+) -> dict[str, Any]:
     run = _build(config, dist)
     step = _initialise(run)
+    if dist.is_chief:
+        run.manager = tf.train.CheckpointManager(
+            run.checkpoint, config.model_dir, max_to_keep=config.keep_checkpoints, checkpoint_name="ckpt"
+        )
     result: dict[str, Any] = {"step": step}
     if step >= config.train_steps:
         logging.info("training already finished at step %d (train_steps %d)", step, config.train_steps)
@@ -282,11 +550,21 @@ def train(config: TrainConfig, *, dist: distributed.Distributed | None = None) -
         phase_end = (
             config.image_sizes[phase + 1][0] if phase + 1 < len(config.image_sizes) else config.train_steps
         )
+        if step > phase_start and not run.restore_input:  # resuming inside a phase without its position
+            run.input_seed = config.seed + step
+            logging.warning(
+                "rank %d: the input restarts at step %d with a new permutation (seed %d): %s",
+                dist.rank,
+                step,
+                run.input_seed,
+                run.input_note,
+            )
         iterator = iter(_phase_dataset(run, phase))
-        if step > phase_start:  # resuming inside this phase: continue its input exactly
+        if step > phase_start and run.restore_input:  # resuming inside this phase: continue its input exactly
             checkpoints.restore_input_position(
                 iterator, model_dir=config.model_dir, rank=dist.rank, step=step
             )
+        run.restore_input = True  # a later phase starts afresh
         logging.info(
             "phase %d: image size %d, steps %d-%d", phase, config.image_sizes[phase][1], step, phase_end
         )
@@ -295,15 +573,7 @@ def train(config: TrainConfig, *, dist: distributed.Distributed | None = None) -
             try:
                 logs = run.step(images, labels)
             except train_step.NonFiniteLossError as e:
-                latest = checkpoints.latest_step(config.model_dir)
-                raise train_step.NonFiniteLossError(
-                    f"{e} The last good checkpoint is "
-                    + (
-                        f"{config.model_dir}/ckpt-{latest}."
-                        if latest is not None
-                        else "none (no step saved)."
-                    )
-                ) from None
+                raise _non_finite(run, labels, e) from None
             step += 1
             if step % config.log_every == 0 or step == config.train_steps:
                 now = time.perf_counter()
@@ -324,8 +594,17 @@ def train(config: TrainConfig, *, dist: distributed.Distributed | None = None) -
                     _write(run, "train", step, values)
                 last_log_time, last_log_step = now, step
             paused = time.perf_counter()  # saving and evaluating do not count against images/s
-            if step % config.checkpoint_every == 0 or step == config.train_steps:
+            saved = step % config.checkpoint_every == 0 or step == config.train_steps
+            if saved:
                 _save(run, iterator, step)
+            if _stop_requested(dist, stop):
+                if not saved:
+                    _save(run, iterator, step)
+                raise preemption.Preempted(
+                    signal_name=stop.signal_name or "a signal on another rank",
+                    step=step,
+                    model_dir=config.model_dir,
+                )
             if run.eval_source is not None and (step % config.eval_every == 0 or step == config.train_steps):
                 result["eval"] = evaluate(run, step)
             last_log_time += time.perf_counter() - paused
