@@ -188,7 +188,7 @@ def _set_aside(model_dir: str, step: int, num_ranks: int) -> None:
 def _forget(model_dir: str, bad: list[str], good: str) -> None:
     """Chief: the state file without the damaged checkpoints, `good` as the latest."""
     kept = [p for p in reversed(checkpoints.checkpoint_paths(model_dir)) if p not in bad]
-    tf.train.update_checkpoint_state(model_dir, good, all_model_checkpoint_paths=kept)
+    tf.compat.v1.train.update_checkpoint_state(model_dir, good, all_model_checkpoint_paths=kept)
 
 
 def _agreed_resume(run: _Run) -> _Resume | None:

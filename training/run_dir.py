@@ -65,7 +65,7 @@ RESUMABLE_FIELDS = frozenset(
 # Fields that follow the number of ranks (config.resolve): on another number of ranks they are re-resolved
 # for the new global batch, and the restored step is re-counted in it (training/loop.py).
 RANK_FIELDS = frozenset(
-    {"num_ranks", "global_batch", "reference_global_batch", "train_steps", "checkpoint_every", "schedule"}
+    {"num_ranks", "reference_global_batch", "train_steps", "checkpoint_every", "schedule"}
 )
 
 
@@ -177,7 +177,7 @@ def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> tuple[list[str
     saved, new = _flatten(saved), _flatten(new)
     other_ranks = saved.get("num_ranks") != new.get("num_ranks")
     refused, allowed = [], []
-    for field in sorted(set(saved) | set(new)):
+    for field in sorted((set(saved) | set(new)) - {"global_batch"}):  # derived: per_rank_batch x num_ranks
         before, after = saved.get(field), new.get(field)
         if other_ranks and field in RANK_FIELDS | {"image_sizes"}:
             if field == "schedule":
