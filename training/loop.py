@@ -2,20 +2,28 @@
 
 `train(config, dist=...)` runs a resolved `TrainConfig` to `config.train_steps`:
 
-1. the chief writes the resolved config as `config.json` before step 0;
-2. the model, optimizer, loss state and step are created, then restored — on EVERY rank, from the chief's
-   latest checkpoint, whose step the chief announces to all ranks so no rank can disagree about it — or
+1. the chief locks the run directory (one run at a time) and checks the configuration against the saved
+   `config.json` before writing anything: a change the checkpoint cannot take is refused on every rank,
+   a change it can take is recorded (training/run_dir.py);
+2. the model, optimizer, loss state and step are created, then restored — on EVERY rank, from the newest
+   checkpoint that is intact on every rank (state and input positions; damaged ones are set aside with a
+   warning), whose step the chief announces to all ranks so no rank can disagree about it — or
    initialised (`init_checkpoint`: ours or a released TF1 checkpoint, head skipped when asked), and
-   finally broadcast from rank 0 so all ranks start identical;
+   finally broadcast from rank 0 so all ranks start identical. A checkpoint saved on another global batch
+   has its step re-counted in this one (the schedule follows the images seen);
 3. the steps run phase by phase (one phase per training image size); each phase builds its own input
-   pipeline, and a resumed run restores this rank's iterator to the exact next batch;
+   pipeline, and a resumed run restores this rank's iterator to the exact next batch (or, when the saved
+   positions belong to another number of ranks, restarts the input with a new permutation and says so);
 4. every `log_every` steps the chief logs loss, lr, global images/s and ETA, to absl logging, to
    TensorBoard (`train/`) and to `metrics.jsonl`; every `checkpoint_every` steps each rank saves its input
-   position and then the chief saves the run state (atomic: TensorFlow renames the index into place
-   last; the last `keep_checkpoints` are kept); every `eval_every` steps the validation split is evaluated,
-   sharded across ranks and all-reduced (TensorBoard `eval/`, `metrics.jsonl`);
-5. a NaN/Inf loss stops the run with `NonFiniteLossError`; nothing is saved after it, so the last good
-   checkpoint stays the latest.
+   position and then the chief saves the run state (atomic: TensorFlow renames the state file into place
+   last; the last `keep_checkpoints` are kept; a full disk is one error and leaves the previous one the
+   latest); every `eval_every` steps the validation split is evaluated, sharded across ranks and
+   all-reduced (TensorBoard `eval/`, `metrics.jsonl`);
+5. a SIGTERM or SIGINT saves the current step on every rank and raises `preemption.Preempted`
+   (training/preemption.py); the ranks agree on the step to stop at;
+6. a NaN/Inf loss stops the run with `NonFiniteLossError` (naming the labels when they are the cause);
+   nothing is saved after it, so the last good checkpoint stays the latest.
 
 A run that is already finished returns at once on every rank (the step is agreed on first), instead of
 leaving the other ranks waiting for a rank that exited.
