@@ -45,6 +45,14 @@ _WRITE_ERRORS = (
 )
 
 
+class UnusableCheckpointError(FileNotFoundError, ValueError):
+    """What a path names is not a usable checkpoint: not a checkpoint at all, or damaged.
+
+    Both a FileNotFoundError (no checkpoint is found there: the callers that catch a missing one report it
+    the same way) and a ValueError (the entry scripts' one-line usage errors).
+    """
+
+
 class CheckpointWriteError(ValueError):
     """A checkpoint could not be written (full disk, lost mount); the previous one is still the latest."""
 
@@ -272,7 +280,7 @@ def resolve_checkpoint_path(path: str) -> str:
 
     Raises:
       FileNotFoundError: nothing at `path`.
-      ValueError: `path` is not a checkpoint, or every checkpoint of the directory is damaged.
+      UnusableCheckpointError: `path` is not a checkpoint, or is damaged (for a directory: all of them).
     """
     if tf.io.gfile.isdir(path):
         candidates = checkpoint_paths(path)
@@ -283,20 +291,22 @@ def resolve_checkpoint_path(path: str) -> str:
             if problem is None:
                 return prefix
             logging.warning("skipping the damaged checkpoint %s: %s (its files are kept)", prefix, problem)
-        raise ValueError(f"every checkpoint in {path} is damaged (see the warnings); the files are kept")
+        raise UnusableCheckpointError(
+            f"every checkpoint in {path} is damaged (see the warnings); the files are kept"
+        )
     match = re.fullmatch(r"(.+)\.(index|data-\d+-of-\d+)", path)
     if match and tf.io.gfile.exists(match.group(1) + ".index"):
         path = match.group(1)  # one of a checkpoint's files: its prefix is meant
     if not tf.io.gfile.exists(path + ".index"):
         if tf.io.gfile.exists(path):
-            raise ValueError(
+            raise UnusableCheckpointError(
                 f"{path} is not a checkpoint: give a checkpoint prefix (the path without .index/.data-*) or "
                 "a directory holding a `checkpoint` file"
             )
         raise FileNotFoundError(f"checkpoint {path} not found (no {path}.index)")
     problem = checkpoint_problem(path)
     if problem is not None:
-        raise ValueError(f"{path} is not a readable checkpoint: {problem}")
+        raise UnusableCheckpointError(f"{path} is not a readable checkpoint: {problem}")
     return path
 
 
