@@ -225,7 +225,9 @@ def save_input_position(
         raise _write_error(f"rank {rank}'s input position for step {step}", model_dir, e) from None
     # Newest by the time of writing, not by step: see checkpoint_paths.
     metas = tf.io.gfile.glob(os.path.join(directory, "ckpt-*.json"))
-    metas.sort(key=lambda f: tf.io.gfile.stat(f).mtime_nsec)
+    metas.sort(
+        key=lambda f: (tf.io.gfile.stat(f).mtime_nsec, int(re.search(r"ckpt-(\d+)\.json$", f).group(1)))
+    )
     for old in metas[:-keep]:
         for f in tf.io.gfile.glob(old[: -len(".json")] + ".*"):
             tf.io.gfile.remove(f)
