@@ -515,3 +515,23 @@ def test_too_small_image_sizes_name_the_minimum(value, sizes):
         cli.parse_image_sizes(value.split(","))
     with pytest.raises(ValueError, match="image sizes must be >= 32"):
         config_lib.validate(dataclasses.replace(recipes.PRETRAIN, image_sizes=sizes))
+
+
+def test_the_config_check_reads_the_history_when_config_json_is_damaged(tmp_path, data):
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    run_dir.record_config(_config(data, model_dir), resuming=False)
+    _truncate(model_dir / "config.json")
+    smaller = dataclasses.replace(_config(data, model_dir), per_rank_batch=4)
+    with pytest.raises(run_dir.RunDirError, match="per_rank_batch 8 -> 4"):
+        run_dir.record_config(smaller, resuming=True)
+
+
+def test_on_another_number_of_ranks_only_what_resolve_cannot_change_is_compared(data):
+    two = json.loads(config_lib.resolve(_config(data, "run"), num_ranks=2).to_json())
+    one = json.loads(_config(data, "run").to_json())
+    assert (two["num_ranks"], two["global_batch"]) == (2, 16)
+    refused, allowed = run_dir.config_changes(two, one)
+    assert refused == [] and "num_ranks" in allowed
+    bigger = json.loads(dataclasses.replace(_config(data, "run"), image_sizes=((0, 48),)).to_json())
+    assert run_dir.config_changes(two, bigger)[0] == ["image_sizes"]

@@ -179,18 +179,16 @@ def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> tuple[list[str
     refused, allowed = [], []
     for field in sorted((set(saved) | set(new)) - {"global_batch"}):  # derived: per_rank_batch x num_ranks
         before, after = saved.get(field), new.get(field)
-        if other_ranks and field in RANK_FIELDS | {"image_sizes"}:
-            if field == "schedule":
-                before, after = (before or {}).get("kind"), (after or {}).get("kind")
-            elif field == "image_sizes":
-                before, after = [s for _, s in before or []], [s for _, s in after or []]
-            elif field != "train_steps":
-                continue
         if before == after:
             continue
-        (allowed if field in RESUMABLE_FIELDS or (other_ranks and field in RANK_FIELDS) else refused).append(
-            field
-        )
+        resumable = field in RESUMABLE_FIELDS
+        if other_ranks and field == "schedule":  # re-resolved: the same kind of schedule, other numbers
+            resumable = (before or {}).get("kind") == (after or {}).get("kind")
+        elif other_ranks and field == "image_sizes":  # re-resolved: the same sizes, other switch steps
+            resumable = [s for _, s in before or []] == [s for _, s in after or []]
+        elif other_ranks and field in RANK_FIELDS:
+            resumable = True
+        (allowed if resumable else refused).append(field)
     return refused, allowed
 
 
@@ -207,7 +205,7 @@ def record_config(config: config_lib.TrainConfig, *, resuming: bool) -> None:
     """
     path = os.path.join(config.model_dir, CONFIG_FILE)
     new = json.loads(config.to_json())  # as it reads back (tuples become lists)
-    saved = fileio.read_json(path)
+    saved = _saved_config(config.model_dir)
     changed: list[str] = []
     if isinstance(saved, dict):
         refused, changed = config_changes(saved, new)
@@ -239,6 +237,25 @@ def record_config(config: config_lib.TrainConfig, *, resuming: bool) -> None:
     if changed or not isinstance(saved, dict) or not os.path.exists(history):
         _append(history, entry)
     fileio.write_text(path, config.to_json())
+
+
+def _saved_config(model_dir: str) -> dict[str, Any] | None:
+    """The saved configuration: config.json, or (when that is unreadable) the history's last entry."""
+    saved = fileio.read_json(os.path.join(model_dir, CONFIG_FILE))
+    if isinstance(saved, dict):
+        return saved
+    try:
+        with open(os.path.join(model_dir, HISTORY_FILE), encoding="utf-8") as f:
+            lines = [line for line in f.read().splitlines() if line.strip()]
+        last = json.loads(lines[-1])["config"] if lines else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if isinstance(last, dict):
+        logging.warning(
+            "%s is unreadable: comparing with the last configuration in %s", CONFIG_FILE, HISTORY_FILE
+        )
+        return last
+    return None
 
 
 def _append(path: str, entry: dict[str, Any]) -> None:
