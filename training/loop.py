@@ -340,10 +340,15 @@ def train(config: TrainConfig, *, dist: distributed.Distributed | None = None) -
             lock.release()
 
 
-def _stop_requested(dist: distributed.Distributed, stop: preemption.StopRequest) -> bool:
-    """Whether any rank got a stop signal; one scalar all-reduce per step under Horovod (so all stop together)."""
+def _stop_requested(
+    dist: distributed.Distributed, stop: preemption.StopRequest, *, step: int, saved: bool
+) -> bool:
+    """Whether to stop after `step`: this process's flag, or under Horovod any rank's, agreed every
+    `preemption.HOROVOD_CHECK_EVERY` steps and at checkpoint steps (one scalar all-reduce)."""
     if dist.size == 1:
         return stop.requested
+    if not saved and step % preemption.HOROVOD_CHECK_EVERY:
+        return False
     return int(dist.allreduce_sum(tf.constant(int(stop.requested), tf.int64)).numpy()) > 0  # Horovod
 
 
@@ -445,7 +450,7 @@ def _train(
             saved = step % config.checkpoint_every == 0 or step == config.train_steps
             if saved:
                 _save(run, iterator, step)
-            if _stop_requested(dist, stop):
+            if _stop_requested(dist, stop, step=step, saved=saved):
                 if not saved:
                     _save(run, iterator, step)
                 raise preemption.Preempted(
