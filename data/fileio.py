@@ -76,9 +76,7 @@ def write_text(path: str | os.PathLike[str], text: str, *, fsync: bool = True) -
         f.write(text)
 
 
-def write_json(
-    path: str | os.PathLike[str], content: Any, *, indent: int | None = 1, fsync: bool = True
-) -> None:
+def write_json(path: str | os.PathLike[str], content: Any, *, indent: int | None = 1, fsync: bool = True) -> None:
     """Replaces `path` with `content` as JSON atomically."""
     with atomic_write(path, "w", fsync=fsync) as f:
         json.dump(content, f, indent=indent)
