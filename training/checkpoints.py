@@ -161,7 +161,7 @@ def save_run_state(manager: tf.train.CheckpointManager, *, model_dir: str, step:
     try:
         return manager.save(checkpoint_number=step)
     except _WRITE_ERRORS as e:
-        if tf.train.latest_checkpoint(model_dir) != prefix:
+        if prefix not in checkpoint_paths(model_dir):  # never a listed one (a step number seen before)
             _remove_partial(prefix)
         raise _write_error(f"ckpt-{step}", model_dir, e) from None
 
