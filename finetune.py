@@ -7,7 +7,8 @@
 
 Each recipe states what is published and what is reconstructed (`--dry_run` prints it as `provenance`).
 ImageNet comes from our TFRecords (int64 labels, data/tfrecord.py) or through tensorflow-datasets. The
-image-size switch of ckpt3/ckpt5 survives resume. Every flag: `python finetune.py --help`.
+image-size switch of ckpt3/ckpt5 survives resume (after kill -9, or SIGTERM / Ctrl-C, which save the
+current step and exit 0). Every flag: `python finetune.py --help`.
 """
 
 from absl import app, flags

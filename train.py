@@ -7,7 +7,9 @@
 The defaults are the reference run (training/recipes.py: pretrain_mlimages): ResNet-101, 11,166 classes,
 224, 32 images per rank (4096 on 128 ranks), the released warm-up + piecewise schedule, mask_thres 0.7,
 neg_select 0.1, a snapshot every 4,400 steps. On another number of ranks the schedule is scaled linearly
-(see --scale_schedule). Every flag: `python train.py --help`.
+(see --scale_schedule). The same command resumes a stopped run: after kill -9, after SIGTERM or Ctrl-C (which
+save the current step and exit 0), on another number of ranks (README: Resuming, preemption and faults).
+Every flag: `python train.py --help`.
 """
 
 from absl import app, flags

@@ -3,15 +3,24 @@
 A run directory holds:
   ckpt-N.*, checkpoint       model, optimizer slots, loss counters, step (written by rank 0 only)
   input/rank-R/ckpt-N.*       each rank's input-pipeline position at step N (every rank writes its own)
-  config.json                 the resolved configuration (written before step 0)
+  input/rank-R/ckpt-N.json    what that position belongs to: the number of ranks, the global batch and the
+                              input seed of the run that saved it (a resume on another number of ranks
+                              cannot map the positions and restarts the input instead)
+  config.json                 the resolved configuration (written before step 0; training/run_dir.py)
 
-TensorFlow writes a checkpoint's data files first and then renames the `checkpoint` index into place, so a
-crash mid-write leaves the previous checkpoint as the latest. On resume every rank restores the same state
-from the chief's files (never only rank 0), and its own input position for that step.
+TensorFlow writes a checkpoint's data files first and then renames the `checkpoint` state file into
+place, so a crash (or a kill -9, or a second SIGTERM) mid-write leaves the previous checkpoint as the
+latest. The state file lists the kept checkpoints; a resume takes the newest of them that is intact
+(`checkpoint_problem`) and warns about any damaged one, whose files stay where they are. On resume every
+rank restores the same state from the chief's files (never only rank 0), and its own input position.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import errno
+import math
 import os
 import re
 
@@ -19,7 +28,33 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from data import fileio
 from models import pretrained, resnet, tf1_checkpoint
+
+# Failures of the storage while writing: a full disk, a lost mount, no permission.
+_WRITE_ERRORS = (
+    OSError,
+    tf.errors.ResourceExhaustedError,
+    tf.errors.UnknownError,
+    tf.errors.InternalError,
+    tf.errors.PermissionDeniedError,
+    tf.errors.UnavailableError,
+    tf.errors.DataLossError,
+    tf.errors.AbortedError,
+    tf.errors.NotFoundError,
+)
+
+
+class UnusableCheckpointError(FileNotFoundError, ValueError):
+    """What a path names is not a usable checkpoint: not a checkpoint at all, or damaged.
+
+    Both a FileNotFoundError (no checkpoint is found there: the callers that catch a missing one report it
+    the same way) and a ValueError (the entry scripts' one-line usage errors).
+    """
+
+
+class CheckpointWriteError(ValueError):
+    """A checkpoint could not be written (full disk, lost mount); the previous one is still the latest."""
 
 
 def latest_step(model_dir: str) -> int | None:
@@ -28,39 +63,185 @@ def latest_step(model_dir: str) -> int | None:
     return int(re.search(r"ckpt-(\d+)$", path).group(1)) if path else None
 
 
+def checkpoint_paths(model_dir: str) -> list[str]:
+    """The checkpoints the state file of `model_dir` lists, newest (the latest) first.
+
+    The order is the order of saving, not of step numbers: after a resume on another number of ranks the
+    step is re-counted in the new global batch and can be lower than an older checkpoint's.
+    """
+    state = tf.train.get_checkpoint_state(model_dir)
+    if state is None:
+        return []
+    paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
+    if state.model_checkpoint_path in paths:  # the latest first, then the others newest to oldest
+        paths.remove(state.model_checkpoint_path)
+    paths = [state.model_checkpoint_path, *reversed(paths)]
+    return [p if os.path.isabs(p) else os.path.join(model_dir, p) for p in paths]
+
+
+def step_of(path: str) -> int:
+    """N of a run checkpoint prefix `.../ckpt-N`."""
+    return int(re.search(r"ckpt-(\d+)$", path).group(1))
+
+
+def _first_line(error: BaseException) -> str:
+    text = getattr(error, "message", None) or str(error) or type(error).__name__
+    return text.strip().splitlines()[-1][:300] if text.strip() else type(error).__name__
+
+
+def checkpoint_problem(prefix: str) -> str | None:
+    """What is wrong with the checkpoint at `prefix` (None: intact), cheaply but for real.
+
+    Opens the index (a truncated or foreign index fails to parse), checks that the data files it names are
+    all there and together hold at least the bytes of every fixed-size tensor (a truncated data file is
+    short), and reads the variable-size tensors (the object graph, a serialized iterator) through
+    RestoreV2, which checks their CRC. Fixed-size tensors are not read: a resume reads them next anyway,
+    and reading a ResNet-101 state twice would double the time to resume.
+    """
+    if not tf.io.gfile.exists(prefix + ".index"):
+        return f"{prefix}.index is missing"
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+    except (tf.errors.OpError, ValueError) as e:
+        return f"{prefix}.index cannot be read ({_first_line(e)})"
+    dtypes = reader.get_variable_to_dtype_map()
+    shapes = reader.get_variable_to_shape_map()
+    data = tf.io.gfile.glob(prefix + ".data-*-of-*")
+    shards = {int(m.group(1)) for f in data if (m := re.search(r"-of-(\d+)$", f))}
+    if not data or len(shards) != 1 or len(data) != shards.pop():
+        return f"the data files of {prefix} are missing or incomplete ({len(data)} found)"
+    have = sum(tf.io.gfile.stat(f).length for f in data)
+    fixed = {n: d for n, d in dtypes.items() if d not in (tf.string, tf.variant, tf.resource)}
+    need = sum(math.prod(shapes[n]) * d.size for n, d in fixed.items())
+    if have < need:
+        return f"{prefix}.data-* is truncated ({have} bytes, the index needs at least {need})"
+    variable = sorted(n for n in dtypes if n not in fixed)
+    if variable:
+        try:
+            tf.raw_ops.RestoreV2(
+                prefix=prefix,
+                tensor_names=variable,
+                shape_and_slices=[""] * len(variable),
+                dtypes=[dtypes[n] for n in variable],
+            )
+        except tf.errors.OpError as e:
+            return f"{prefix} cannot be read ({_first_line(e)})"
+    return None
+
+
+def _remove_partial(prefix: str) -> None:
+    """Removes what an interrupted write of the checkpoint `prefix` left (its data, index and temp dir)."""
+    for path in tf.io.gfile.glob(prefix + ".*") + tf.io.gfile.glob(prefix + "_temp*"):
+        with contextlib.suppress(tf.errors.OpError, OSError):
+            if tf.io.gfile.isdir(path):
+                tf.io.gfile.rmtree(path)
+            else:
+                tf.io.gfile.remove(path)
+
+
+def _write_error(what: str, model_dir: str, error: BaseException) -> CheckpointWriteError:
+    latest = tf.train.latest_checkpoint(model_dir)
+    reason = (
+        "no space left on device" if getattr(error, "errno", None) == errno.ENOSPC else _first_line(error)
+    )
+    return CheckpointWriteError(
+        f"cannot write {what} in {model_dir}: {reason}; the latest checkpoint stays "
+        f"{os.path.basename(latest) if latest else 'none'}, the partial files were removed"
+    )
+
+
+def save_run_state(manager: tf.train.CheckpointManager, *, model_dir: str, step: int) -> str:
+    """Chief only: saves `ckpt-step` through `manager`; on a storage failure removes its partial files.
+
+    Raises:
+      CheckpointWriteError: the disk is full or the storage failed; the previous checkpoint is still the
+        latest (the state file is only replaced after the data and index are complete).
+    """
+    prefix = os.path.join(model_dir, f"ckpt-{step}")
+    try:
+        return manager.save(checkpoint_number=step)
+    except _WRITE_ERRORS as e:
+        if prefix not in checkpoint_paths(model_dir):  # never a listed one (a step number seen before)
+            _remove_partial(prefix)
+        raise _write_error(f"ckpt-{step}", model_dir, e) from None
+
+
 def input_checkpoint_prefix(model_dir: str, rank: int) -> str:
     return os.path.join(model_dir, "input", f"rank-{rank}", "ckpt")
 
 
-def save_input_position(iterator, *, model_dir: str, rank: int, step: int, keep: int) -> bool:
-    """Writes this rank's iterator state for `step` and removes all but the newest `keep`.
+@dataclasses.dataclass(frozen=True)
+class InputMeta:
+    """What a saved input position belongs to (input/rank-R/ckpt-N.json)."""
+
+    step: int
+    num_ranks: int
+    global_batch: int
+    input_seed: int
+    saved: bool  # False: the pipeline could not be serialized (a Python generator), only this is known
+
+
+def _input_path(model_dir: str, rank: int, step: int) -> str:
+    return f"{input_checkpoint_prefix(model_dir, rank)}-{step}"
+
+
+def read_input_meta(model_dir: str, *, rank: int, step: int) -> InputMeta | None:
+    """The metadata of rank `rank`'s input position at `step` (None: none, or unreadable)."""
+    content = fileio.read_json(_input_path(model_dir, rank, step) + ".json")
+    try:
+        return InputMeta(**content) if isinstance(content, dict) else None
+    except TypeError:
+        return None
+
+
+def save_input_position(
+    iterator, *, model_dir: str, rank: int, step: int, keep: int, meta: InputMeta
+) -> bool:
+    """Writes this rank's iterator state for `step` and its `meta`; removes all but the newest `keep`.
 
     Returns False (with a warning) for a pipeline that tf.data cannot serialize (one fed by a Python
     generator, such as TFDS's mock data): the run goes on, and a resume restarts that rank's input.
+
+    Raises:
+      CheckpointWriteError: the disk is full or the storage failed (the partial files are removed).
     """
     directory = os.path.dirname(input_checkpoint_prefix(model_dir, rank))
-    tf.io.gfile.makedirs(directory)
+    path = _input_path(model_dir, rank, step)
+    saved = True
     try:
-        tf.train.Checkpoint(iterator=iterator).write(os.path.join(directory, f"ckpt-{step}"))
-    except tf.errors.FailedPreconditionError as e:
-        logging.warning(
-            "rank %d: the input position cannot be saved (%s); a resume restarts the input",
-            rank,
-            e.message.splitlines()[-1][:200],
-        )
-        return False
-    steps = sorted(
-        int(m.group(1)) for f in tf.io.gfile.listdir(directory) if (m := re.match(r"ckpt-(\d+)\.index$", f))
+        tf.io.gfile.makedirs(directory)
+        try:
+            tf.train.Checkpoint(iterator=iterator).write(path)
+        except tf.errors.FailedPreconditionError as e:
+            logging.warning(
+                "rank %d: the input position cannot be saved (%s); a resume restarts the input",
+                rank,
+                e.message.splitlines()[-1][:200],
+            )
+            saved = False
+        fileio.write_json(path + ".json", dataclasses.asdict(dataclasses.replace(meta, saved=saved)))
+    except _WRITE_ERRORS as e:
+        _remove_partial(path)
+        raise _write_error(f"rank {rank}'s input position for step {step}", model_dir, e) from None
+    # Newest by the time of writing, not by step: see checkpoint_paths.
+    metas = tf.io.gfile.glob(os.path.join(directory, "ckpt-*.json"))
+    metas.sort(
+        key=lambda f: (tf.io.gfile.stat(f).mtime_nsec, int(re.search(r"ckpt-(\d+)\.json$", f).group(1)))
     )
-    for old in steps[:-keep]:
-        for f in tf.io.gfile.glob(os.path.join(directory, f"ckpt-{old}.*")):
+    for old in metas[:-keep]:
+        for f in tf.io.gfile.glob(old[: -len(".json")] + ".*"):
             tf.io.gfile.remove(f)
-    return True
+    return saved
+
+
+def input_position_problem(model_dir: str, *, rank: int, step: int) -> str | None:
+    """What is wrong with rank `rank`'s saved input position at `step` (None: intact or never saved)."""
+    return checkpoint_problem(_input_path(model_dir, rank, step))
 
 
 def restore_input_position(iterator, *, model_dir: str, rank: int, step: int) -> bool:
     """Restores this rank's iterator to `step`; False (and a warning) when no position was saved for it."""
-    path = os.path.join(os.path.dirname(input_checkpoint_prefix(model_dir, rank)), f"ckpt-{step}")
+    path = _input_path(model_dir, rank, step)
     if not tf.io.gfile.exists(path + ".index"):
         logging.warning("no saved input position for rank %d at step %d: the input restarts", rank, step)
         return False
@@ -80,15 +261,70 @@ def is_tf1_checkpoint(ckpt_path: str) -> bool:
 
 
 def resolve_checkpoint_path(path: str) -> str:
-    """A checkpoint prefix from a prefix or a directory (its latest checkpoint)."""
+    """A checkpoint prefix from a prefix or a directory (its newest intact checkpoint).
+
+    A directory's damaged checkpoints (truncated data or index) are skipped with a warning naming them,
+    and left on disk; a file that is not a checkpoint is said to be one, not "not found".
+
+    Raises:
+      FileNotFoundError: nothing at `path`.
+      UnusableCheckpointError: `path` is not a checkpoint, or is damaged (for a directory: all of them).
+    """
     if tf.io.gfile.isdir(path):
-        latest = tf.train.latest_checkpoint(path)
-        if latest is None:
+        candidates = checkpoint_paths(path)
+        if not candidates:
             raise FileNotFoundError(f"no checkpoint in directory {path}")
-        return latest
+        for prefix in candidates:
+            problem = checkpoint_problem(prefix)
+            if problem is None:
+                return prefix
+            logging.warning("skipping the damaged checkpoint %s: %s (its files are kept)", prefix, problem)
+        raise UnusableCheckpointError(
+            f"every checkpoint in {path} is damaged (see the warnings); the files are kept"
+        )
+    match = re.fullmatch(r"(.+)\.(index|data-\d+-of-\d+)", path)
+    if match and tf.io.gfile.exists(match.group(1) + ".index"):
+        path = match.group(1)  # one of a checkpoint's files: its prefix is meant
     if not tf.io.gfile.exists(path + ".index"):
+        if tf.io.gfile.exists(path):
+            raise UnusableCheckpointError(
+                f"{path} is not a checkpoint: give a checkpoint prefix (the path without .index/.data-*) or "
+                "a directory holding a `checkpoint` file"
+            )
         raise FileNotFoundError(f"checkpoint {path} not found (no {path}.index)")
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise UnusableCheckpointError(f"{path} is not a readable checkpoint: {problem}")
     return path
+
+
+def model_mismatch(path: str, model: keras.Model, expected: dict[str, int]) -> str | None:
+    """How the ResNet stored at `path` differs from `model` (built as `expected`), or None when it fits.
+
+    The message names the architecture and the first differing weights by our layer names and shapes,
+    so that a run directory holding another model's checkpoint is one clear refusal instead of
+    TensorFlow's restore errors and a wall of "unresolved object" warnings.
+    """
+    try:
+        found = infer_model_config(path)
+    except ValueError as e:
+        return str(e)
+    if all(found[k] == expected[k] for k in found):
+        return None
+    there = resnet.build_resnet(found["depth"], found["num_classes"], base_width=found["base_width"])
+    shapes_there = {w.path: tuple(w.shape) for w in there.weights}
+    shapes_here = {w.path: tuple(w.shape) for w in model.weights}
+    differ = [
+        f"{name} is {shapes_there[name]} there, {shapes_here[name]} here"
+        for name in shapes_here
+        if name in shapes_there and shapes_there[name] != shapes_here[name]
+    ]
+    only_there = len(set(shapes_there) - set(shapes_here))
+    only_here = len(set(shapes_here) - set(shapes_there))
+    fields = ", ".join(f"{k} {found[k]} (this run: {expected[k]})" for k in found if found[k] != expected[k])
+    detail = "; ".join(differ[:3]) + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
+    extra = f"; {only_there} weights only there, {only_here} only here" if only_there or only_here else ""
+    return f"{path} holds another model: {fields}" + (f"; {detail}" if detail else "") + extra
 
 
 def load_model_weights(
@@ -147,13 +383,19 @@ def save_rank_state(
     The chief's run checkpoint holds only the chief's values of such variables; each rank writes its own
     here, with the number of ranks, so that a resume gives every rank its own values back (or knows that
     they do not apply). All but the newest `keep` are removed.
+
+    Raises:
+      CheckpointWriteError: the disk is full or the storage failed (the partial files are removed).
     """
     directory = os.path.dirname(rank_state_prefix(model_dir, rank, step))
     tf.io.gfile.makedirs(directory)
     state = {f"v{i}": v for i, v in enumerate(variables)}
-    tf.train.Checkpoint(num_ranks=tf.Variable(num_ranks, dtype=tf.int64), **state).write(
-        rank_state_prefix(model_dir, rank, step)
-    )
+    prefix = rank_state_prefix(model_dir, rank, step)
+    try:
+        tf.train.Checkpoint(num_ranks=tf.Variable(num_ranks, dtype=tf.int64), **state).write(prefix)
+    except _WRITE_ERRORS as e:
+        _remove_partial(prefix)
+        raise _write_error(f"rank {rank}'s loss state of step {step}", model_dir, e) from None
     steps = sorted(
         int(m.group(1)) for f in tf.io.gfile.listdir(directory) if (m := re.match(r"loss-(\d+)\.index$", f))
     )

@@ -263,8 +263,14 @@ def parse_image_sizes(values: list[str]) -> tuple[tuple[int, int], ...]:
         except ValueError:
             raise app.UsageError(f"--image_sizes: {value!r} is not SIZE or SIZE@STEP") from None
     starts = [s for s, _ in sizes]
-    if not sizes or starts[0] != 0 or starts != sorted(set(starts)) or any(size < 8 for _, size in sizes):
+    if not sizes or starts[0] != 0 or starts != sorted(set(starts)):
         raise app.UsageError(f"--image_sizes {values}: the first size starts at step 0, steps increase")
+    small = [size for _, size in sizes if size < config_lib.MIN_IMAGE_SIZE]
+    if small:
+        raise app.UsageError(
+            f"--image_sizes {values}: {small[0]} is too small, the minimum is {config_lib.MIN_IMAGE_SIZE} "
+            "(the ResNet's total stride)"
+        )
     return tuple(sizes)
 
 
@@ -331,6 +337,10 @@ def main(flag_values: flags.FlagValues, *, recipe_name: str, finetune: bool) -> 
             result = demo.run(config, dist=dist)
         else:
             result = loop.train(config, dist=dist)
+    except loop.preemption.Preempted as e:  # stopped as asked, state saved: success
+        if dist.is_chief:
+            print(f"preempted: {e}", file=sys.stderr)
+        return
     except (ValueError, FileNotFoundError, loop.train_step.NonFiniteLossError) as e:
         sys.exit(f"error: {e}")
     if dist.is_chief:

@@ -14,6 +14,9 @@ from training import schedules
 TASKS = ("multilabel", "softmax")
 CLASS_STATUSES = ("global", "local")
 PRECISIONS = ("bf16", "fp16", "fp32")
+# The smallest training image side: the ResNet's total stride (stem 2, max-pool 2, three strided stages).
+# Below it the last stage sees little but padding.
+MIN_IMAGE_SIZE = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +155,10 @@ def validate(config: TrainConfig) -> None:
         )
     if config.image_sizes[0][0] != 0:
         problems.append(f"the first image size must start at step 0, got {config.image_sizes}")
+    if any(size < MIN_IMAGE_SIZE for _, size in config.image_sizes):
+        problems.append(
+            f"image sizes must be >= {MIN_IMAGE_SIZE} (the ResNet's total stride), got {config.image_sizes}"
+        )
     if not 0.0 <= config.neg_select <= 1.0 or not 0.0 < config.mask_thres <= 1.0:
         problems.append("neg_select must be in [0, 1] and mask_thres in (0, 1]")
     if config.class_status not in CLASS_STATUSES:

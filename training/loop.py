@@ -2,20 +2,28 @@
 
 `train(config, dist=...)` runs a resolved `TrainConfig` to `config.train_steps`:
 
-1. the chief writes the resolved config as `config.json` before step 0;
-2. the model, optimizer, loss state and step are created, then restored — on EVERY rank, from the chief's
-   latest checkpoint, whose step the chief announces to all ranks so no rank can disagree about it — or
+1. the chief locks the run directory (one run at a time) and checks the configuration against the saved
+   `config.json` before writing anything: a change the checkpoint cannot take is refused on every rank,
+   a change it can take is recorded (training/run_dir.py);
+2. the model, optimizer, loss state and step are created, then restored — on EVERY rank, from the newest
+   checkpoint that is intact on every rank (state and input positions; damaged ones are set aside with a
+   warning), whose step the chief announces to all ranks so no rank can disagree about it — or
    initialised (`init_checkpoint`: ours or a released TF1 checkpoint, head skipped when asked), and
-   finally broadcast from rank 0 so all ranks start identical;
+   finally broadcast from rank 0 so all ranks start identical. A checkpoint saved on another global batch
+   has its step re-counted in this one (the schedule follows the images seen);
 3. the steps run phase by phase (one phase per training image size); each phase builds its own input
-   pipeline, and a resumed run restores this rank's iterator to the exact next batch;
+   pipeline, and a resumed run restores this rank's iterator to the exact next batch (or, when the saved
+   positions belong to another number of ranks, restarts the input with a new permutation and says so);
 4. every `log_every` steps the chief logs loss, lr, global images/s and ETA, to absl logging, to
    TensorBoard (`train/`) and to `metrics.jsonl`; every `checkpoint_every` steps each rank saves its input
-   position and then the chief saves the run state (atomic: TensorFlow renames the index into place
-   last; the last `keep_checkpoints` are kept); every `eval_every` steps the validation split is evaluated,
-   sharded across ranks and all-reduced (TensorBoard `eval/`, `metrics.jsonl`);
-5. a NaN/Inf loss stops the run with `NonFiniteLossError`; nothing is saved after it, so the last good
-   checkpoint stays the latest.
+   position and then the chief saves the run state (atomic: TensorFlow renames the state file into place
+   last; the last `keep_checkpoints` are kept; a full disk is one error and leaves the previous one the
+   latest); every `eval_every` steps the validation split is evaluated, sharded across ranks and
+   all-reduced (TensorBoard `eval/`, `metrics.jsonl`);
+5. a SIGTERM or SIGINT saves the current step on every rank and raises `preemption.Preempted`
+   (training/preemption.py); the ranks agree on the step to stop at;
+6. a NaN/Inf loss stops the run with `NonFiniteLossError` (naming the labels when they are the cause);
+   nothing is saved after it, so the last good checkpoint stays the latest.
 
 A run that is already finished returns at once on every rank (the step is agreed on first), instead of
 leaving the other ranks waiting for a rank that exited.
@@ -34,7 +42,8 @@ import tensorflow as tf
 from absl import logging
 
 from models import losses, resnet, tf1_checkpoint
-from training import checkpoints, distributed, evaluation, input_pipeline, train_step
+from training import checkpoints, distributed, evaluation, input_pipeline, preemption, run_dir, train_step
+from training import resume as resume_lib
 from training.config import TrainConfig
 
 
@@ -51,6 +60,12 @@ class _Run:
     train_source: input_pipeline.Source
     eval_source: input_pipeline.Source | None
     summaries: dict[str, Any]  # chief only: TensorBoard writers
+    # The input: its seed (the config's, or a new one where saved positions could not be used), and
+    # whether this rank's position at the resumed step is restored (False: the input restarts, `input_note`
+    # says why).
+    input_seed: int = 0
+    restore_input: bool = True
+    input_note: str = ""
 
     @property
     def global_step(self) -> int:
@@ -118,28 +133,26 @@ def _build(config: TrainConfig, dist: distributed.Distributed) -> _Run:
     if loss is not None:
         state["loss"] = loss
     checkpoint = tf.train.Checkpoint(**state)
-    manager = None
     summaries: dict[str, Any] = {}
     if dist.is_chief:
-        manager = tf.train.CheckpointManager(
-            checkpoint, config.model_dir, max_to_keep=config.keep_checkpoints, checkpoint_name="ckpt"
-        )
         summaries = {
             name: tf.summary.create_file_writer(os.path.join(config.model_dir, name))
             for name in ("train", "eval")
         }
     train_source, eval_source = _sources(config)
-    return _Run(config, dist, model, step, checkpoint, manager, train_source, eval_source, summaries)
-
-
-def _agreed_resume_step(run: _Run) -> int:
-    """The chief's latest checkpoint step (-1: none), announced to every rank."""
-    mine = 0
-    if run.dist.is_chief:
-        latest = checkpoints.latest_step(run.config.model_dir)
-        mine = -1 if latest is None else latest
-    # Horovod: the other ranks contribute 0, so the sum is the chief's value.
-    return int(run.dist.allreduce_sum(tf.constant(mine, tf.int64)).numpy())
+    # The manager (chief) is made after the resume is agreed: see _set_aside.
+    return _Run(
+        config,
+        dist,
+        model,
+        step,
+        checkpoint,
+        None,
+        train_source,
+        eval_source,
+        summaries,
+        input_seed=config.seed,
+    )
 
 
 def _init_from_checkpoint(run: _Run) -> None:
@@ -181,24 +194,25 @@ def _init_from_checkpoint(run: _Run) -> None:
 def _initialise(run: _Run) -> int:
     """Restores or initialises the state on every rank; returns the step to continue from."""
     config, dist = run.config, run.dist
-    resume = _agreed_resume_step(run)
-    if resume >= 0:
-        path = os.path.join(config.model_dir, f"ckpt-{resume}")
-        if not tf.io.gfile.exists(path + ".index"):
-            raise FileNotFoundError(
-                f"rank {dist.rank} cannot read the chief's checkpoint {path}: the model_dir must be on "
-                "storage that every rank sees"
-            )
-        run.checkpoint.read(path).assert_existing_objects_matched()
+    resume = resume_lib.agreed_resume(config, dist)
+    if resume is not None:
+        plan = resume_lib.restore(
+            resume,
+            checkpoint=run.checkpoint,
+            model=run.model,
+            global_step=run.step.global_step,
+            config=config,
+            dist=dist,
+        )
+        run.input_seed, run.restore_input, run.input_note = plan.seed, plan.restore, plan.note
         if run.step.rank_local_variables():  # class_status=local: this rank's own loss counters
             checkpoints.restore_rank_state(
                 run.step.rank_local_variables(),
                 model_dir=config.model_dir,
                 rank=dist.rank,
                 num_ranks=dist.size,
-                step=resume,
+                step=resume.step,
             )
-        logging.info("rank %d resumed from %s", dist.rank, path)
     elif config.init_checkpoint:
         _init_from_checkpoint(run)
     # Horovod: every rank starts from rank 0's state (identical after a restore; rank 0's random init else).
@@ -217,27 +231,58 @@ def _write(run: _Run, writer: str, step: int, values: dict[str, float]) -> None:
 
 
 def _save(run: _Run, iterator, step: int) -> None:
-    """Each rank's input position first, then (chief) the run state that makes `step` the latest."""
-    checkpoints.save_input_position(
-        iterator,
-        model_dir=run.config.model_dir,
-        rank=run.dist.rank,
+    """Each rank's input position first, then (chief) the run state that makes `step` the latest.
+
+    Raises:
+      CheckpointWriteError: a rank could not write (a full disk); the previous checkpoint stays the latest.
+    """
+    config, dist = run.config, run.dist
+    meta = checkpoints.InputMeta(
         step=step,
-        keep=run.config.keep_checkpoints + 1,
+        num_ranks=dist.size,
+        global_batch=config.global_batch,
+        input_seed=run.input_seed,
+        saved=True,
     )
-    if run.step.rank_local_variables():  # class_status=local: each rank's own loss counters
-        checkpoints.save_rank_state(
-            run.step.rank_local_variables(),
-            model_dir=run.config.model_dir,
-            rank=run.dist.rank,
-            num_ranks=run.dist.size,
+    failure = None
+    try:
+        checkpoints.save_input_position(
+            iterator,
+            model_dir=config.model_dir,
+            rank=dist.rank,
             step=step,
-            keep=run.config.keep_checkpoints + 1,
+            keep=config.keep_checkpoints + 1,
+            meta=meta,
         )
-    run.dist.barrier()  # Horovod: every position is on disk before the state points at it.
+        if run.step.rank_local_variables():  # class_status=local: each rank's own loss counters
+            checkpoints.save_rank_state(
+                run.step.rank_local_variables(),
+                model_dir=config.model_dir,
+                rank=dist.rank,
+                num_ranks=dist.size,
+                step=step,
+                keep=config.keep_checkpoints + 1,
+            )
+    except checkpoints.CheckpointWriteError as e:
+        failure = e
+    # Horovod: every position is on disk before the state points at it (this sum is also the barrier).
+    _agree_saved(dist, failure, f"an input position of step {step}")
     if run.manager is not None:
-        path = run.manager.save(checkpoint_number=step)
-        logging.info("saved %s", path)
+        try:
+            path = checkpoints.save_run_state(run.manager, model_dir=config.model_dir, step=step)
+            logging.info("saved %s", path)
+        except checkpoints.CheckpointWriteError as e:
+            failure = e
+    _agree_saved(dist, failure, f"ckpt-{step}")
+
+
+def _agree_saved(dist: distributed.Distributed, failure: Exception | None, what: str) -> None:
+    """Raises on every rank when any rank failed to write `what` (its own message on that rank)."""
+    failed = int(dist.allreduce_sum(tf.constant(int(failure is not None), tf.int64)).numpy())
+    if failure is not None:
+        raise failure
+    if failed:
+        raise checkpoints.CheckpointWriteError(f"another rank could not write {what} (see its error)")
 
 
 def evaluate(run: _Run, step: int) -> dict[str, float]:
@@ -277,7 +322,7 @@ def _phase_dataset(run: _Run, phase: int) -> tf.data.Dataset:
         run.train_source,
         batch_size=config.per_rank_batch,
         image_size=size,
-        seed=config.seed,
+        seed=run.input_seed,
         num_shards=run.dist.size,
         shard_index=run.dist.rank,
         phase=phase,
@@ -304,17 +349,93 @@ def _set_intra_op_threads(num_threads: int) -> None:
     logging.info("TensorFlow intra-op threads: %d", num_threads)
 
 
+def _prepare_run_dir(config: TrainConfig, dist: distributed.Distributed) -> run_dir.RunLock | None:
+    """Chief: locks the run directory and checks and records the configuration; agreed by every rank.
+
+    Raises:
+      RunDirError: (on every rank) the directory is unwritable or busy, or the configuration cannot resume
+        its checkpoint; nothing in the directory was changed.
+    """
+    lock, refusal = None, None
+    if dist.is_chief:
+        try:
+            lock = run_dir.RunLock(config.model_dir).acquire()
+            resuming = bool(checkpoints.checkpoint_paths(config.model_dir))
+            run_dir.record_config(config, resuming=resuming)
+        except run_dir.RunDirError as e:
+            if lock is not None:
+                lock.release()
+            refusal = e
+    # Horovod: the other ranks learn the chief's refusal instead of waiting for it in the first collective.
+    refused = resume_lib.announce(dist, [int(refusal is not None)])[0]
+    if refusal is not None:
+        raise refusal
+    if refused:
+        raise run_dir.RunDirError(f"the chief refused to start in {config.model_dir} (see its error)")
+    return lock
+
+
 def train(config: TrainConfig, *, dist: distributed.Distributed | None = None) -> dict[str, Any]:
-    """Runs (or resumes) `config` to its last step; returns the last logged values and evaluation."""
+    """Runs (or resumes) `config` to its last step; returns the last logged values and evaluation.
+
+    Raises:
+      preemption.Preempted: a SIGTERM or SIGINT stopped the run after it saved its current step.
+      ValueError: a one-line refusal (run directory busy or unwritable, a configuration or model that cannot
+        resume, a full disk, bad labels ...); train_step.NonFiniteLossError: the loss diverged.
+    """
     dist = dist or distributed.Distributed()
     if config.intra_op_threads:
         _set_intra_op_threads(config.intra_op_threads)
-    if dist.is_chief:
-        tf.io.gfile.makedirs(config.model_dir)
-        with open(os.path.join(config.model_dir, "config.json"), "w", encoding="utf-8") as f:
-            f.write(config.to_json())
+    lock = _prepare_run_dir(config, dist)
+    try:
+        with preemption.StopRequest() as stop:
+            return _train(config, dist, stop)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _stop_requested(
+    dist: distributed.Distributed, stop: preemption.StopRequest, *, step: int, saved: bool
+) -> bool:
+    """Whether to stop after `step`: this process's flag, or under Horovod any rank's, agreed every
+    `preemption.HOROVOD_CHECK_EVERY` steps and at checkpoint steps (one scalar all-reduce)."""
+    if dist.size == 1:
+        return stop.requested
+    if not saved and step % preemption.HOROVOD_CHECK_EVERY:
+        return False
+    return int(dist.allreduce_sum(tf.constant(int(stop.requested), tf.int64)).numpy()) > 0  # Horovod
+
+
+def _non_finite(run: _Run, labels, error: train_step.NonFiniteLossError) -> Exception:
+    """The error for a NaN/Inf loss: the labels' fault when this batch holds non-finite labels."""
+    config = run.config
+    latest = checkpoints.latest_step(config.model_dir)
+    last_good = (
+        f"The last good checkpoint is {config.model_dir}/ckpt-{latest}."
+        if latest is not None
+        else "The last good checkpoint is none (no step saved)."
+    )
+    if labels.dtype.is_floating:
+        bad = int(tf.size(labels)) - int(tf.reduce_sum(tf.cast(tf.math.is_finite(labels), tf.int32)))
+        if bad:
+            return train_step.NonFiniteLossError(
+                f"the labels of the batch of step {run.global_step} on rank {run.dist.rank} hold {bad} NaN/Inf "
+                f"values: the data is broken, not the learning rate; check the label confidences of the records "
+                f"in {config.data.data_dir or config.data.tfds_name}. {last_good}"
+            )
+    return train_step.NonFiniteLossError(f"{error} {last_good}")
+
+
+def _train(
+    config: TrainConfig, dist: distributed.Distributed, stop: preemption.StopRequest
+) -> dict[str, Any]:
     run = _build(config, dist)
     step = _initialise(run)
+    if dist.is_chief:
+        run.manager = tf.train.CheckpointManager(
+            run.checkpoint, config.model_dir, max_to_keep=config.keep_checkpoints, checkpoint_name="ckpt"
+        )
     result: dict[str, Any] = {"step": step}
     if step >= config.train_steps:
         logging.info("training already finished at step %d (train_steps %d)", step, config.train_steps)
@@ -337,11 +458,21 @@ def train(config: TrainConfig, *, dist: distributed.Distributed | None = None) -
         phase_end = (
             config.image_sizes[phase + 1][0] if phase + 1 < len(config.image_sizes) else config.train_steps
         )
+        if step > phase_start and not run.restore_input:  # resuming inside a phase without its position
+            run.input_seed = config.seed + step
+            logging.warning(
+                "rank %d: the input restarts at step %d with a new permutation (seed %d): %s",
+                dist.rank,
+                step,
+                run.input_seed,
+                run.input_note,
+            )
         iterator = iter(_phase_dataset(run, phase))
-        if step > phase_start:  # resuming inside this phase: continue its input exactly
+        if step > phase_start and run.restore_input:  # resuming inside this phase: continue its input exactly
             checkpoints.restore_input_position(
                 iterator, model_dir=config.model_dir, rank=dist.rank, step=step
             )
+        run.restore_input = True  # a later phase starts afresh
         logging.info(
             "phase %d: image size %d, steps %d-%d", phase, config.image_sizes[phase][1], step, phase_end
         )
@@ -350,15 +481,7 @@ def train(config: TrainConfig, *, dist: distributed.Distributed | None = None) -
             try:
                 logs = run.step(images, labels)
             except train_step.NonFiniteLossError as e:
-                latest = checkpoints.latest_step(config.model_dir)
-                raise train_step.NonFiniteLossError(
-                    f"{e} The last good checkpoint is "
-                    + (
-                        f"{config.model_dir}/ckpt-{latest}."
-                        if latest is not None
-                        else "none (no step saved)."
-                    )
-                ) from None
+                raise _non_finite(run, labels, e) from None
             step += 1
             if step % config.log_every == 0 or step == config.train_steps:
                 now = time.perf_counter()
@@ -379,8 +502,17 @@ def train(config: TrainConfig, *, dist: distributed.Distributed | None = None) -
                     _write(run, "train", step, values)
                 last_log_time, last_log_step = now, step
             paused = time.perf_counter()  # saving and evaluating do not count against images/s
-            if step % config.checkpoint_every == 0 or step == config.train_steps:
+            saved = step % config.checkpoint_every == 0 or step == config.train_steps
+            if saved:
                 _save(run, iterator, step)
+            if _stop_requested(dist, stop, step=step, saved=saved):
+                if not saved:
+                    _save(run, iterator, step)
+                raise preemption.Preempted(
+                    signal_name=stop.signal_name or "a signal on another rank",
+                    step=step,
+                    model_dir=config.model_dir,
+                )
             if run.eval_source is not None and (step % config.eval_every == 0 or step == config.train_steps):
                 result["eval"] = evaluate(run, step)
             last_log_time += time.perf_counter() - paused
