@@ -38,13 +38,13 @@ from collections.abc import Sequence
 from absl import app, flags
 
 from data import images, shard_writer, split_flags
-from data.images import DEFAULT_JPEG_QUALITY, prepare_image
+from data.images import DEFAULT_JPEG_QUALITY, VERIFY_MODES, prepare_image
 from data.list_index import index_list
 from data.manifest import merge_manifests
 
 # The writer's API: other code calls `tfrecord.write_dataset` and `tfrecord.merge_manifests`;
 # tools/benchmark.py times `tfrecord.prepare_image` and `tfrecord.index_list` as parts of the writer.
-__all__ = ["index_list", "merge_manifests", "prepare_image", "write_dataset"]
+__all__ = ["VERIFY_MODES", "index_list", "merge_manifests", "prepare_image", "write_dataset"]
 
 
 def write_dataset(
