@@ -846,6 +846,10 @@ def main(argv: list[str]) -> None:
 
 def _write_records(f, config: DownloadConfig) -> None:
     """``--output_records``: the one pass (`data.download_records`), URLs straight into TFRecord shards."""
+    if f.workers > 1:  # The workers' TensorFlow import runs beside this process's (seconds of start-up).
+        from data import worker_pool
+
+        worker_pool.start_workers_early("data.download_records")
     from data import download_records  # Imports TensorFlow: only for the one pass.
 
     download_records.download_records(

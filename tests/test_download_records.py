@@ -330,3 +330,67 @@ def test_kill_9_then_rerun_fetches_only_unfinished_shards(server, tmp_path, repo
 )
 def test_reason_category(reason, category):
     assert download.reason_category(reason) == category
+
+
+def test_start_workers_early_leaves_a_forkserver_that_run_tasks_uses():
+    from multiprocessing import forkserver
+
+    from data import worker_pool
+
+    worker_pool.start_workers_early(__name__)
+    pid = forkserver._forkserver._forkserver_pid  # noqa: SLF001 -- the only way to see which server runs
+    assert pid is not None
+    seen = []
+    worker_pool.run_tasks(
+        _square,
+        [2, 3],
+        workers=2,
+        total=2,
+        on_result=seen.append,
+        progress=False,
+    )
+    assert sorted(seen) == [4, 9]
+    assert forkserver._forkserver._forkserver_pid == pid  # noqa: SLF001
+
+
+def _square(x, report):
+    report(1)
+    return x * x
+
+
+def test_benchmark_at_toy_size(tmp_path, capsys, server):
+    """`tools/benchmark.py download --compare` runs end to end (img2dataset skipped: no such venv)."""
+    import json
+
+    from absl import flags
+
+    from tools import benchmark
+    from tools.benchmarks import download as download_benchmark
+
+    flag_values = flags.FlagValues()
+    benchmark.define_flags("download", flag_values)
+    flag_values(
+        [
+            "benchmark.py",
+            "--num_images=6",
+            "--image_width=32",
+            "--image_height=24",
+            f"--num_classes={NUM_CLASSES}",
+            "--tags=2",
+            "--workers=1",
+            "--threads=2",
+            "--shards=2",
+            "--compare",
+            f"--image_cache={tmp_path / 'cache'}",
+            f"--img2dataset_venv={tmp_path / 'none'}",
+        ]
+    )
+    download_benchmark.run(flag_values)
+    lines = {}
+    for line in capsys.readouterr().out.splitlines():
+        record = json.loads(line)
+        lines[record["benchmark"]] = record
+    assert "no img2dataset" in lines["download/img2dataset"]["skipped"]
+    for name in ("one_pass", "download_then_write", "one_pass_cli"):
+        assert lines[f"download/{name}"]["images_per_s"] > 0
+    assert set(lines["download/speedup"]) == {"benchmark", "one_pass_vs_download_then_write"}
