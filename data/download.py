@@ -932,7 +932,12 @@ def _define_flags() -> None:
         "(decompression bombs); 0: no limit.",
         lower_bound=0,
     )
-    flags.DEFINE_boolean("full_decode", True, "Decode every image (reduced scale) to reject truncated files.")
+    flags.DEFINE_boolean(
+        "full_decode",
+        True,
+        "Decode every image (reduced scale) to reject truncated files (downloads into files; the one pass "
+        "checks as the writer does, see --verify).",
+    )
     flags.DEFINE_integer(
         "num_classes",
         None,

@@ -1,11 +1,16 @@
-"""Writing one shard of the TFRecord writer: its block of list lines -> one ``.tfrecord`` file + its sidecar.
+"""Writing shards: a block of list lines -> one ``.tfrecord`` file + its sidecar; a split's shards + manifest.
+
+Two producers share this code: the writer (data/tfrecord.py: `write_shard` reads each line's image file)
+and the one-pass downloader (data/download_records.py: each line's URL is fetched). Each turns its lines
+into `LineResult`s in list order; `write_records` writes them, and `write_split` runs a split's shards
+(finished ones reused, the rest in worker processes) and writes the manifest.
 
 A shard is written under a temporary name, fsynced and renamed into place (`fileio.atomic_path`), then its
 sidecar ``<shard>.done.json`` is written the same way; a shard counts as finished only when its sidecar
 exists and matches the file's size and the run's settings (`finished_sidecar`). So a process killed at
 any moment leaves either a finished shard or a temporary file that the next run removes and rewrites.
 
-Each line's image goes through `images.prepare_image` (one check for the project: pixel limit from the
+Each line's image (file or download) goes through `images.prepare_image` (one check for the project: pixel limit from the
 header, full decode, JPEGs that TensorFlow decodes kept byte for byte, the rest converted); a bad line or
 image is skipped with its reason in the sidecar, or stops the run with ``on_error="fail"``.
 

@@ -393,4 +393,12 @@ def test_benchmark_at_toy_size(tmp_path, capsys, server):
     assert "no img2dataset" in lines["download/img2dataset"]["skipped"]
     for name in ("one_pass", "download_then_write", "one_pass_cli"):
         assert lines[f"download/{name}"]["images_per_s"] > 0
-    assert set(lines["download/speedup"]) == {"benchmark", "one_pass_vs_download_then_write"}
+    speedup = lines["download/speedup"]
+    assert set(speedup) == {
+        "benchmark",
+        "one_pass_vs_download_then_write",
+        "one_pass_vs_download_then_write_per_round",
+    }
+    assert (
+        speedup["one_pass_vs_download_then_write"] == speedup["one_pass_vs_download_then_write_per_round"][0]
+    )

@@ -26,6 +26,7 @@ import glob
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -238,14 +239,18 @@ def run(f: flags.FlagValues) -> None:
                 )
         best = {name: len(names) / min(times) for name, times in seconds.items()}
         emit("download/best_images_per_s", **{name: round(rate, 1) for name, rate in best.items()})
+        # Speed-ups within each round (variants of one round ran back to back, under about the same load),
+        # then their median over the rounds.
         ratios = {}
         for ours, theirs in (
             ("one_pass", "download_then_write"),
             ("one_pass", "img2dataset_work"),
             ("one_pass_cli", "img2dataset"),
         ):
-            if ours in best and theirs in best:
-                ratios[f"{ours}_vs_{theirs}"] = round(best[ours] / best[theirs], 2)
+            if ours in seconds and theirs in seconds:
+                per_round = [t / o for o, t in zip(seconds[ours], seconds[theirs], strict=True)]
+                ratios[f"{ours}_vs_{theirs}"] = round(statistics.median(per_round), 2)
+                ratios[f"{ours}_vs_{theirs}_per_round"] = [round(r, 2) for r in per_round]
         if ratios:
             emit("download/speedup", **ratios)
     finally:
