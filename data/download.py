@@ -26,6 +26,12 @@ validation, so a long run silently produced empty and truncated files. This vers
 Usage:
   python data/download.py --url_list train_urls.txt --output_dir images/ \
       --image_list train_im_list.txt --failed_list failed.txt --threads 32
+
+With ``--output_records=DIR`` instead of ``--output_dir`` it is the one pass (`data.download_records`): the
+images go straight into TFRecord shards, with the writer's flags, schema, manifest and crash safety, and no
+image files:
+  python data/download.py --url_list train_urls.txt --output_records records/ \
+      --label_format sparse --num_classes 11166 --shards 1024 --workers 4 --threads 32
 """
 
 from __future__ import annotations
