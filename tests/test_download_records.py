@@ -402,3 +402,22 @@ def test_benchmark_at_toy_size(tmp_path, capsys, server):
     assert (
         speedup["one_pass_vs_download_then_write"] == speedup["one_pass_vs_download_then_write_per_round"][0]
     )
+
+
+def test_two_tasks_and_merge_give_the_single_task_records(server, tmp_path):
+    """--task_index/--num_tasks split the shards between machines; `merge_manifests` completes the split."""
+    from data import manifest
+
+    _url_list(tmp_path / "urls.txt", server)
+    single = _one_pass(tmp_path / "urls.txt", tmp_path / "single")
+    summaries = [
+        _one_pass(tmp_path / "urls.txt", tmp_path / "tasks", task_index=t, num_tasks=2) for t in (0, 1)
+    ]
+    assert [s.manifest["complete"] for s in summaries] == [False, False]
+    assert sum(s.records for s in summaries) == single.records == 5
+    assert sum(s.failed for s in summaries) == single.failed == 4
+    for t in (0, 1):  # Each task lists its own failures.
+        assert (tmp_path / "tasks" / f"train-failed.task-{t:05d}-of-00002.txt").exists()
+    merged = manifest.merge_manifests(str(tmp_path / "tasks"))
+    assert merged["shards"] == single.manifest["shards"] and merged["num_skipped"] == 5
+    assert _records(tmp_path / "tasks") == _records(tmp_path / "single")
