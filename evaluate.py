@@ -18,7 +18,7 @@ Saved predictions (arrays `scores` [N, C] and `labels`: [N, C] float confidences
     python evaluate.py --predictions val_scores.npz --topk 5,10 --output_json results.json
 
 Prints a table (percent) on stdout and writes the JSON report (fractions in [0, 1]); see
-training/evaluation.py for its layout and training/metrics.py for the metric definitions. Under horovodrun
+training/report.py for its layout and training/metrics.py for the metric definitions. Under horovodrun
 every rank evaluates its own shard and only the chief prints and writes the report.
 """
 
@@ -28,7 +28,7 @@ import sys
 
 from absl import app, flags
 
-from training import distributed, evaluation, metrics
+from training import distributed, evaluation, input_pipeline, metrics, predictions, report
 
 FLAGS = flags.FLAGS
 
@@ -38,7 +38,7 @@ def define_flags() -> None:
         "predictions",
         None,
         "A .npz of saved scores to evaluate without a model: `scores` float[N, C]; `labels` float[N, C] "
-        "(multi-label confidences) or int[N] (single-label class indices); optional 0-d int `image_size` "
+        "(multi-label confidences in [0, 1], -1 = ignore) or int[N] (single-label class indices); optional 0-d int `image_size` "
         "names the results entry. Streamed in chunks, never loaded whole. Excludes --checkpoint.",
     )
     flags.DEFINE_string(
@@ -169,7 +169,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(
             "give either --checkpoint (with --data_dir or --tfds_name) or --predictions FILE.npz"
         )
-    settings = evaluation.EvalSettings(
+    settings = report.EvalSettings(
         topk=_unique_ints(FLAGS.topk),
         label_threshold=FLAGS.label_threshold,
         num_bins=FLAGS.num_bins,
@@ -179,7 +179,9 @@ def main(argv: list[str]) -> None:
     dist = distributed.init()
     try:
         if FLAGS.predictions:
-            report = evaluation.evaluate_predictions(FLAGS.predictions, settings, show_progress=dist.is_chief)
+            result = predictions.evaluate_predictions(
+                FLAGS.predictions, settings, show_progress=dist.is_chief
+            )
         else:
             config = evaluation.ModelEvalConfig(
                 checkpoint=FLAGS.checkpoint,
@@ -196,13 +198,13 @@ def main(argv: list[str]) -> None:
                 depth=FLAGS.depth,
                 save_predictions=FLAGS.save_predictions or "",
             )
-            report = evaluation.evaluate_checkpoint(config, settings, dist=dist)
-    except evaluation.EvaluationInputError as e:
+            result = evaluation.evaluate_checkpoint(config, settings, dist=dist)
+    except (report.EvaluationInputError, input_pipeline.BadRecordError) as e:
         sys.exit(f"evaluate.py: error: {e}")
     if dist.is_chief:  # Horovod: every rank holds the global report; only the chief prints and writes it.
-        print(evaluation.format_table(report))
+        print(report.format_table(result))
         if FLAGS.output_json:
-            evaluation.write_json(report, FLAGS.output_json)
+            report.write_json(result, FLAGS.output_json)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ TensorFlow comes through an extra so that CPU and GPU machines each get the righ
 
     pip install -e .[cpu,dev]     # CPU wheel (tensorflow-cpu), test tools
     pip install -e .[gpu]         # CUDA build (tensorflow[and-cuda])
+    pip install -e .[beam]        # Apache Beam: generate the `ml_images` TFDS dataset (data/ml_images/)
 
 Horovod is built by tools/install.sh (it needs a source build against the installed TensorFlow). The tests
 also need `tf-keras` (TF1 graph code writes a release-style checkpoint); install.sh adds it with --no-deps,
@@ -22,9 +23,12 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=["data", "models", "training"],
+    packages=["data", "data.ml_images", "models", "training"],
     install_requires=[
         "tensorflow-datasets>=4.9",
+        # TFDS 4.9.10 imports it for every builder defined in a package (data/ml_images) but does not declare
+        # it on Python >= 3.9 (tensorflow/datasets#11212).
+        "importlib_resources>=6",
         "numpy>=1.26",
         "pillow>=10",
         "absl-py>=2.1",
@@ -35,6 +39,10 @@ setup(
         "cpu": [f"tensorflow-cpu=={TF_VERSION}"],
         "gpu": [f"tensorflow[and-cuda]=={TF_VERSION}"],
         "plots": ["matplotlib>=3.8"],
+        # `tfds build data/ml_images` on DirectRunner, Dataflow, Flink or Spark. Beam 2.77 caps protobuf < 7,
+        # pyarrow < 26 and pillow < 13, so installing it moves those three down a major version.
+        # mlcroissant: the `tfds` command line imports it for every subcommand, `tfds build` included.
+        "beam": ["apache-beam==2.77.*", "mlcroissant>=1.0.9"],
         "dev": [
             "pytest>=8",
             "ruff==0.17.*",

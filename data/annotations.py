@@ -1,4 +1,4 @@
-"""Parsers and writers for the ML-Images annotation lists (REFERENCE.md section 1).
+"""Parsers and writers for the ML-Images annotation lists (docs/REFERENCE.md section 1).
 
 Every list of the release has one image per line, fields separated by TABs or spaces:
 

@@ -1,4 +1,4 @@
-r"""Co-occurrence augmentation of the ImageNet part of ML-Images (REFERENCE.md section 1, step 2).
+r"""Co-occurrence augmentation of the ImageNet part of ML-Images (docs/REFERENCE.md section 1, step 2).
 
 ImageNet images carry one class (plus its ancestors). To add the other things visible in them, the
 release ran a 1,134-way Open Images (OI) model on every ImageNet image and kept its confident predictions:

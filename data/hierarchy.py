@@ -11,7 +11,7 @@ of class i lists its parent first and its root last), so per-image work (`propag
 
 Depth convention: a root has depth 0 and a class has depth = number of edges to its root. On the real
 file this gives max depth 16 and a mean of 7.47 over all 11,166 classes (7.4711; the mean over the 11,162
-non-root classes is 7.4738, which also rounds to 7.47, so both readings of REFERENCE.md agree).
+non-root classes is 7.4738, also 7.47, so both readings of docs/REFERENCE.md section 1 agree).
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ class Hierarchy:
         return np.unique(np.concatenate([indices, self.ancestor_indices[self._rows(indices)]]))
 
     def propagate(self, tags: Mapping[int, float]) -> dict[int, float]:
-        """Applies "every tag implies its ancestors" (REFERENCE.md section 1, step 1) to one image.
+        """Applies "every tag implies its ancestors" (docs/REFERENCE.md section 1, step 1) to one image.
 
         An ancestor takes the maximum confidence over the tags that imply it; an explicit tag that is also
         an ancestor of another tag likewise keeps the larger of its own and the implied confidence.

@@ -219,8 +219,8 @@ def prepare_image(
     of `to_rgb8`'s pixels at `jpeg_quality`. How a kept JPEG is checked:
 
     - ``verify="full"``: `verify_decodes` at 1/8 scale, which reads the whole entropy-coded stream and so
-      catches every truncated and corrupt file (0.9 instead of 1.6 ms for a 500x375 photo,
-      docs/BENCHMARKS.md).
+      catches every truncated and corrupt file (docs/BENCHMARKS.md section 1, `writer/verify_cost`, measures
+      what the reduced scale saves).
     - ``verify="fast"``: the header is parsed and the file must end with the JPEG end-of-image marker
       (FF D9), which a truncated download lacks; a file that does not end so gets the full check.
       Mid-stream corruption with an intact end is not caught (libjpeg, and so TensorFlow, decode most of

@@ -4,7 +4,7 @@ Every transform takes ENCODED image bytes (a scalar string tensor) and returns f
 so it runs per element inside `tf.data.Dataset.map` (graph mode) and also eagerly in the inference tools.
 
 Training (`train_transform`) reproduces `data_processing/image_preprocessing.py` of the release
-(REFERENCE.md section 6), read from its code where its docstrings disagree:
+(docs/REFERENCE.md section 6), read from its code where its docstrings disagree:
 
 1. Decode RGB, to float in [0, 1] (x / 255).
 2. Random crop from a sampled distorted bounding box (the whole image as the only box, aspect ratio
@@ -27,9 +27,11 @@ Unlike the release, every random choice is STATELESS and derived from a per-elem
 so a resumed input pipeline reproduces exactly the augmentation of an uninterrupted run.
 
 Evaluation (`eval_transform`) is the release's `eval_image`: central crop of 80 % (the window of
-`tf.image.central_crop`), then the same TF1-convention bilinear resize. The inference demo of the release
-(`image_classification.py`) uses another transform, `demo_transform`: shorter side to 256 with OpenCV's
-bilinear resize into uint8, then a centre crop of 224.
+`tf.image.central_crop`), then the same TF1-convention bilinear resize. The inference tools of the release
+(`image_classification.py`, `extract_feature.py`) use another transform, `demo_transform`: the image read
+as `cv.imread` reads it (accurate integer IDCT, EXIF orientation applied), shorter side to 256 with OpenCV's
+bilinear resize into uint8, then a centre crop of 224 (within one grey level of OpenCV's own pixels).
+`load_image_file` reads an image file for the tools through data/images.py (header check, --max_pixels).
 
 Speed (docs/BENCHMARKS.md has the figures): after the decode, crop and resize, each training image goes
 through the small XLA computation of its own branch (rotation and colour order 0, colour order 1, or
@@ -44,6 +46,7 @@ slice are cheaper.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import os
@@ -53,6 +56,8 @@ from typing import Final
 
 import tensorflow as tf
 from absl import logging
+
+from data import images
 
 # Crop sampling of the release's `distort_image`.
 ASPECT_RATIO_RANGE: Final = (0.75, 1.33)
@@ -490,20 +495,73 @@ def eval_transform(
     return _to_model_range(image, image_size)
 
 
+def decode_like_opencv(image_bytes: tf.Tensor, orientation: tf.Tensor | int = 1) -> tf.Tensor:
+    """uint8[H, W, 3] RGB pixels as the release's tools get them from `cv.imread(path)` (then BGR -> RGB).
+
+    JPEG is decoded with the accurate integer IDCT (`dct_method="INTEGER_ACCURATE"`, libjpeg's ISLOW, the
+    one OpenCV uses; TF's default fast IDCT gives other pixels, docs/REFERENCE.md section 6), with fancy
+    upsampling as both do; other formats as `tf.io.decode_image`. Then the EXIF orientation is applied, as
+    `cv.imread` does.
+
+    Args:
+      image_bytes: Scalar string tensor, encoded image.
+      orientation: EXIF orientation 1..8 of the file (`load_image_file` reads it from the header); TF's
+        decoders ignore EXIF, so it is passed in. 1 (as stored) for records.
+    """
+    image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
+    image = tf.cond(
+        tf.io.is_jpeg(image_bytes),
+        lambda: tf.io.decode_jpeg(image_bytes, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: _decode_full(image_bytes),
+    )
+    image.set_shape([None, None, 3])
+    return apply_exif_orientation(image, orientation)
+
+
+def apply_exif_orientation(image: tf.Tensor, orientation: tf.Tensor | int) -> tf.Tensor:
+    """Turns stored pixels [H, W, C] into displayed ones for EXIF orientation 1..8 (others: unchanged).
+
+    The eight cases of the EXIF standard (and of OpenCV's and Pillow's `exif_transpose`): 1 as stored,
+    2 mirrored, 3 rotated 180, 4 flipped, 5 transposed, 6 rotated 90 clockwise, 7 transversed, 8 rotated 90
+    counter-clockwise. Pure index moves: no pixel value changes.
+    """
+    transposed = lambda: tf.transpose(image, [1, 0, 2])  # noqa: E731
+    branches = [
+        lambda: image,
+        lambda: tf.reverse(image, axis=[1]),
+        lambda: tf.reverse(image, axis=[0, 1]),
+        lambda: tf.reverse(image, axis=[0]),
+        transposed,
+        lambda: tf.reverse(transposed(), axis=[1]),
+        lambda: tf.reverse(transposed(), axis=[0, 1]),
+        lambda: tf.reverse(transposed(), axis=[0]),
+    ]
+    orientation = tf.convert_to_tensor(orientation, tf.int32)
+    index = tf.where((orientation >= 1) & (orientation <= 8), orientation - 1, 0)
+    rotated = tf.switch_case(index, branches)
+    rotated.set_shape([None, None, image.shape[-1]])
+    return rotated
+
+
 def demo_resize(
-    image_bytes: tf.Tensor, *, image_size: int, resize_side: int | None = None
+    image_bytes: tf.Tensor,
+    *,
+    image_size: int,
+    resize_side: int | None = None,
+    orientation: tf.Tensor | int = 1,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """The resize of the release's demo scripts, before their crop(s): (float32[H', W', 3] in [0, 1], [H', W']).
 
     The shorter side becomes `resize_side` (None: the release's 256 / 224 ratio to `image_size`), the long
     side `int(long / short * resize_side)` (truncated); bilinear with half-pixel centres (`cv.resize`
-    INTER_LINEAR = TF2 `tf.image.resize` without antialiasing), rounded to uint8 values.
+    INTER_LINEAR = TF2 `tf.image.resize` without antialiasing), rounded to uint8 values (OpenCV interpolates
+    in 11-bit fixed point: a pixel may differ from it by one level). The decode is `decode_like_opencv`.
     """
     if resize_side is None:
         resize_side = int(round(image_size / DEMO_CROP_FRACTION))
     if resize_side < image_size:
         raise ValueError(f"resize_side {resize_side} is smaller than image_size {image_size}")
-    image = _decode_full(tf.convert_to_tensor(image_bytes, tf.string))
+    image = decode_like_opencv(image_bytes, orientation)
     hw = tf.cast(tf.shape(image)[:2], tf.float64)
     short = tf.reduce_min(hw)
     new_hw = tf.where(hw <= short, tf.constant(resize_side, tf.float64), hw / short * resize_side)
@@ -513,24 +571,34 @@ def demo_resize(
 
 
 def demo_transform(
-    image_bytes: tf.Tensor, *, image_size: int = 224, resize_side: int | None = None
+    image_bytes: tf.Tensor,
+    *,
+    image_size: int = 224,
+    resize_side: int | None = None,
+    orientation: tf.Tensor | int = 1,
 ) -> tf.Tensor:
-    """The release's demo (`image_classification.py`) transform: shorter side to 256, centre crop 224.
+    """The release's tools' transform (`image_classification.py`, `extract_feature.py`): side 256, crop 224.
 
-    Reproduces its OpenCV code: the new long side is `int(long / short * resize_side)` (truncated), the
-    resize is bilinear with half-pixel centres (`cv.resize` INTER_LINEAR = TF2 `tf.image.resize` without
-    antialiasing) and rounds to uint8, the crop offset is `int((new - crop) / 2)`.
+    Reproduces their OpenCV code: `cv.imread` (accurate IDCT, EXIF orientation applied; see
+    `decode_like_opencv`), BGR -> RGB, the new long side `int(long / short * resize_side)` (truncated), the
+    resize bilinear with half-pixel centres (`cv.resize` INTER_LINEAR = TF2 `tf.image.resize` without
+    antialiasing) rounded to uint8, the crop offset `int((new - crop) / 2)`, then `(x / 255 - 0.5) * 2`.
+    tests/test_preprocessing.py checks it against OpenCV itself (at most one level apart per pixel).
 
     Args:
       image_bytes: Scalar string tensor, encoded image.
       image_size: Crop side S (the release: 224).
       resize_side: Length of the shorter side before cropping; None keeps the release's 256 / 224 ratio
         (256 at 224, 342 at 299).
+      orientation: The file's EXIF orientation (`load_image_file`); 1 for records, whose decode in the
+        release's TF pipeline ignores EXIF.
 
     Returns:
       float32[S, S, 3] in [-1, 1].
     """
-    resized, new_hw = demo_resize(image_bytes, image_size=image_size, resize_side=resize_side)
+    resized, new_hw = demo_resize(
+        image_bytes, image_size=image_size, resize_side=resize_side, orientation=orientation
+    )
     offset = (new_hw - image_size) // 2
     crop = tf.slice(resized, [offset[0], offset[1], 0], [image_size, image_size, 3])
     return _to_model_range(crop, image_size)
@@ -558,51 +626,83 @@ def get_transform(name: str) -> EvalTransform:
         raise ValueError(f"unknown transform {name!r}; choose one of {sorted(TRANSFORMS)}") from None
 
 
-# ------------------------------------------------------------------------------------------ file loading
-
-# Passed to TF unchanged: JPEG in grey or RGB, and any PNG. CMYK/YCCK JPEGs are converted with Pillow so that
-# their colours do not depend on TF's CMYK support; other formats (WebP, TIFF, ...) TF cannot read at all.
-_TF_READABLE_MODES: Final = types.MappingProxyType(
-    {
-        "JPEG": frozenset({"L", "RGB"}),
-        "PNG": frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "I;16", "I"}),
-    }
-)
+FileTransform = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
 
-def load_image_bytes(path: str | os.PathLike[str]) -> bytes:
-    """Encoded bytes of an image file that every transform here can decode.
+def file_transform(name: str, *, image_size: int) -> FileTransform:
+    """The transform `name` for an image FILE of the inference tools: (encoded bytes, EXIF orientation) -> image.
 
-    JPEG (grey/RGB) and PNG files are returned unchanged; anything else Pillow can read (CMYK JPEG, WebP,
-    TIFF, BMP, GIF, ...) is converted to RGB and re-encoded losslessly as PNG (transparency is dropped, as
-    TF's `channels=3` decode does). The file is fully decoded
-    once by Pillow so that a truncated or corrupt file fails here with a clear message rather than inside a
-    batch of the inference tool. EXIF orientation is ignored, as in training (TF's decoders ignore it).
-
-    Args:
-      path: Image file.
-
-    Returns:
-      Encoded image bytes.
+    `demo` (the release's tools, which read files with `cv.imread`) applies the orientation as `cv.imread`
+    does; `reference` and `full` ignore it, as the release's TF evaluation pipeline does.
 
     Raises:
-      ValueError: when the file is missing, empty, not an image or corrupt.
+      ValueError: for an unknown name.
     """
-    from PIL import Image, UnidentifiedImageError
+    transform = get_transform(name)
+    if transform is demo_transform:
+        return lambda image_bytes, orientation: demo_transform(
+            image_bytes, image_size=image_size, orientation=orientation
+        )
+    return lambda image_bytes, orientation: transform(image_bytes, image_size=image_size)
 
+
+# ------------------------------------------------------------------------------------------ file loading
+
+# Passed to TF unchanged: the JPEGs TF decodes to the right RGB (`images.tensorflow_decodes_as_is`: grey,
+# RGB, Adobe CMYK) and 8-bit PNG. Everything else is converted by `data.images.to_rgb8` (the pixels OpenCV's
+# `imread` gives: 16-bit PNG keeps the high byte, CMYK without the Adobe marker is converted) and
+# re-encoded as a lossless PNG; other formats (WebP, TIFF, ...) TF cannot read at all.
+_TF_READABLE_PNG_MODES: Final = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA"})
+_EXIF_ORIENTATION_TAG: Final = 0x0112
+_EXIF_FORMATS: Final = frozenset({"JPEG", "MPO"})
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFile:
+    """An image file as the transforms take it: encoded bytes TF decodes, and its EXIF orientation."""
+
+    data: bytes
+    orientation: int = 1  # EXIF orientation 1..8 (1: as stored); see `apply_exif_orientation`
+
+
+def load_image_file(
+    path: str | os.PathLike[str], *, max_pixels: int = images.DEFAULT_MAX_PIXELS
+) -> ImageFile:
+    """Reads and checks an image file through data/images.py (the one image check) for the inference tools.
+
+    The header is checked first (`images.open_image`: format, size, and `max_pixels`, so a 30000 x 30000
+    PNG is refused before a pixel is decoded), then the whole file is decoded once (`images.verify_decodes`,
+    JPEG at 1/8 scale) so that a truncated or corrupt file fails here with a short reason rather than inside
+    a batch. JPEG (grey, RGB, Adobe CMYK) and 8-bit PNG files are returned unchanged; anything else Pillow
+    reads (CMYK JPEG without the Adobe marker, 16-bit PNG, WebP, TIFF, BMP, GIF, ...) becomes 8-bit RGB as
+    OpenCV's `imread` would give it
+    (`images.to_rgb8`), re-encoded losslessly as PNG. The EXIF orientation of a JPEG is returned, not applied:
+    `demo_transform` applies it after its decode, as `cv.imread` does.
+
+    Raises:
+      images.BadImage: (a ValueError) missing, empty, not an image, too many pixels, corrupt or truncated;
+        its `reason` is a short text for the tools' skip list.
+    """
+    data = images.read_file(os.fspath(path))
+    image = images.open_image(data, max_pixels=max_pixels)
+    orientation = _exif_orientation(image)
+    if images.tensorflow_decodes_as_is(image) or (
+        image.format == "PNG" and image.mode in _TF_READABLE_PNG_MODES
+    ):
+        images.verify_decodes(image)
+        return ImageFile(data, orientation)
+    logging.info("re-encoding %s (%s, mode %s) as RGB PNG", os.fspath(path), image.format, image.mode)
+    out = io.BytesIO()
+    images.to_rgb8(image).save(out, format="PNG")
+    return ImageFile(out.getvalue(), orientation)
+
+
+def _exif_orientation(image) -> int:
+    """The EXIF orientation (1..8) of a JPEG from its header; 1 when absent, invalid, or not a JPEG."""
+    if image.format not in _EXIF_FORMATS:
+        return 1
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ValueError(f"cannot read image file {os.fspath(path)!r}: {e}") from e
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            if image.mode in _TF_READABLE_MODES.get(image.format or "", ()):
-                return data
-            logging.info("re-encoding %s (%s, mode %s) as RGB PNG", os.fspath(path), image.format, image.mode)
-            out = io.BytesIO()
-            image.convert("RGB").save(out, format="PNG")
-            return out.getvalue()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"{os.fspath(path)!r} is not a readable image: {e}") from e
+        orientation = int(image.getexif().get(_EXIF_ORIENTATION_TAG, 1))
+    except Exception:  # noqa: BLE001 -- a malformed EXIF block is ignored, as OpenCV ignores it
+        return 1
+    return orientation if 1 <= orientation <= 8 else 1

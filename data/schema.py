@@ -1,6 +1,6 @@
 """The one definition of the ML-Images TFRecord schema, its label codecs and the dataset manifest.
 
-One ``tf.train.Example`` per image (REFERENCE.md section 1):
+One ``tf.train.Example`` per image (docs/REFERENCE.md section 1):
 
 | key | type | content |
 |---|---|---|
@@ -12,7 +12,7 @@ One ``tf.train.Example`` per image (REFERENCE.md section 1):
 | ``label`` (``int64``) | int64 | the class index, single-label (ImageNet fine-tuning) |
 
 ``dense`` is byte-compatible with the original writer (its records parse here and ours parse there), but
-stores ~9 tags in 44.6 KB, three times the JPEG. ``sparse`` stores the same tags in about 60 bytes and
+stores ~9 tags in 44.6 KB, 3x the JPEG. ``sparse`` stores just the tags (docs/BENCHMARKS.md section 1) and
 `parse_records` decodes both into the identical float32 tensor, so nothing downstream knows which was used.
 
 A dataset written by ``data/tfrecord.py`` is a folder of ``{prefix}-{i:05d}-of-{n:05d}.tfrecord`` shards next to

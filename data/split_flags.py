@@ -41,7 +41,7 @@ def define_split_flags(flag_values: flags.FlagValues = flags.FLAGS) -> tuple[str
         "label_format",
         "sparse",
         LABEL_FORMATS,
-        "dense = the reference's float32[num_classes] bytes; sparse = indices + confidences (a ~400x smaller label field at 9 tags); int64 = single-label class index.",
+        "dense = the reference's float32[num_classes] bytes; sparse = indices + confidences (a far smaller label field, docs/BENCHMARKS.md section 1); int64 = single-label class index.",
         flag_values=flag_values,
     )
     flags.DEFINE_integer(
@@ -100,8 +100,8 @@ def define_split_flags(flag_values: flags.FlagValues = flags.FLAGS) -> tuple[str
         "full",
         images.VERIFY_MODES,
         "How JPEGs are checked before being stored as they are: full = the whole file is decoded, at 1/8 "
-        "scale (catches every truncation and decode error, about 0.9 ms per photo); fast = header parse + "
-        "end-of-image marker, a decode only for files without that marker (about 3x faster writing).",
+        "scale (catches every truncation and decode error); fast = header parse + "
+        "end-of-image marker, a decode only for files without that marker (faster writing: docs/BENCHMARKS.md section 1).",
         flag_values=flag_values,
     )
     flags.DEFINE_bool(

@@ -1,6 +1,6 @@
 """The adaptive multi-label loss of the ML-Images pre-training, exactly as the released code computes it.
 
-REFERENCE section 3. For a batch with logits z and soft labels y (-1 = ignore):
+docs/REFERENCE.md section 3. For a batch with logits z and soft labels y (-1 = ignore):
 
 1. a class is positive in the batch when any label of it is >= mask_thres (0.7), negative otherwise;
 2. each step draws the negative classes that count: s_j = 1[U(0, 1) <= neg_select];
@@ -101,7 +101,9 @@ class AdaptiveMultiLabelLoss(tf.Module):
     so it is the same on every rank. Hence the counters and weights stay identical across ranks, and since
     the loss is a per-class MEAN over the batch, averaging the per-rank losses and gradients of an N-rank
     run with equal per-rank batches gives exactly the loss and gradient of one process on the concatenated
-    batch.
+    batch. Without `sum_across_ranks` each rank decides the status on its own batch and keeps its own
+    counters: the release's model_fn run once per GPU (docs/REFERENCE.md section 4 leaves open which of the two the
+    reference run did; `TrainConfig.class_status` chooses).
     """
 
     def __init__(
@@ -143,7 +145,8 @@ class AdaptiveMultiLabelLoss(tf.Module):
 
         Args:
           labels: float [N, C], this rank's labels.
-          sum_across_ranks: sums a [C] tensor over the ranks (identity when None, i.e. one process).
+          sum_across_ranks: sums a [C] tensor over the ranks (the status of the global batch); None: the
+            status of this rank's batch alone (one process, or class_status "local").
 
         Returns:
           float32 [C] class weights, without gradient.

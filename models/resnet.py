@@ -1,6 +1,6 @@
 """The reference ResNet of Tencent ML-Images as a functional Keras 3 model.
 
-The architecture is the release's modified pre-activation ResNet (REFERENCE section 2), not the Keras
+The architecture is the release's modified pre-activation ResNet (docs/REFERENCE.md section 2), not the Keras
 `applications` one:
 
 - stem `init/init_conv`: 7x7 conv, stride 2, with NO BN/ReLU after it and NO max-pool;
@@ -22,6 +22,7 @@ cannot contain '/', so a TF1 scope `stages_0_block_0/conv1_b2` becomes the layer
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 import keras
 
@@ -38,24 +39,40 @@ HEAD_BN_LAYER = "global_pool_bn"
 FEATURE_LAYER = "global_pool"
 LOGITS_LAYER = "logits"
 
-# (Keras layer-name pattern, TF1 scope template) for every layer that owns weights. The TF1 scope is
-# followed by the variable's own name (kernel, bias, gamma, beta, moving_mean, moving_variance).
-_BLOCK = r"stages_\d+_block_\d+"
-_LAYER_TO_TF1 = (
-    (re.compile(r"init_conv"), "init/init_conv/conv2d"),
-    (re.compile(rf"({_BLOCK})_(conv[123]_b[12])"), r"\1/\2/conv2d"),
-    (re.compile(rf"({_BLOCK})_(conv[123]_b[12]_bn)"), r"\1/\2/batch_normalization"),
-    (re.compile(r"global_pool_bn"), "global_pool/bn/batch_normalization"),
-    (re.compile(r"logits"), "logits/dense"),
-)
-_TF1_TO_LAYER = (
-    (re.compile(r"init/init_conv/conv2d"), "init_conv"),
-    (re.compile(rf"({_BLOCK})/(conv[123]_b[12])/conv2d"), r"\1_\2"),
-    (re.compile(rf"({_BLOCK})/(conv[123]_b[12]_bn)/batch_normalization"), r"\1_\2"),
-    (re.compile(r"global_pool/bn/batch_normalization"), "global_pool_bn"),
-    (re.compile(r"logits/dense"), "logits"),
-)
+# Weight-owning parts of a block (`stages_{i}_block_{j}_{part}`): convs and their BatchNorms. The block's
+# other layers (`..._relu`, `..._pad`, `_add`) own no weights.
+BLOCK_CONV_PARTS: tuple[str, ...] = ("conv1_b1", "conv1_b2", "conv2_b2", "conv3_b2")
+BLOCK_BN_PARTS: tuple[str, ...] = tuple(f"{part}_bn" for part in BLOCK_CONV_PARTS)
+# TF1 scopes of the layers outside the blocks; a TF1 scope is followed by the variable's own name (kernel,
+# bias, gamma, beta, moving_mean, moving_variance).
+_FIXED_TF1_SCOPES = {
+    STEM_LAYER: "init/init_conv/conv2d",
+    HEAD_BN_LAYER: "global_pool/bn/batch_normalization",
+    LOGITS_LAYER: "logits/dense",
+}
+_LAYER_OF_FIXED_SCOPE = {scope: layer for layer, scope in _FIXED_TF1_SCOPES.items()}
+_BLOCK_LAYER = re.compile(r"stages_(\d+)_block_(\d+)_(\w+)")
 _WEIGHT_NAMES = frozenset({"kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance"})
+
+
+class BlockLayer(NamedTuple):
+    """Where a layer sits in the ResNet: `stages_{stage}_block_{block}_{part}`."""
+
+    stage: int
+    block: int
+    part: str  # e.g. conv2_b2, conv2_b2_bn, conv2_b2_bn_relu, conv2_b2_pad, add
+
+
+def parse_layer_name(name: str) -> BlockLayer | None:
+    """The (stage, block, part) of one of our block layers, None for the stem, the head or other names.
+
+    The one parser of our layer names: the TF1 name mapping, the TF1 architecture inference
+    (models/pretrained.py) and the frozen stages of fine-tuning (training/train_step.py) all use it.
+    """
+    match = _BLOCK_LAYER.fullmatch(name)
+    if match is None:
+        return None
+    return BlockLayer(int(match.group(1)), int(match.group(2)), match.group(3))
 
 
 def tf1_variable_name(layer_name: str, weight_name: str) -> str:
@@ -69,9 +86,12 @@ def tf1_variable_name(layer_name: str, weight_name: str) -> str:
     """
     if weight_name not in _WEIGHT_NAMES:
         raise ValueError(f"weight {weight_name!r} of layer {layer_name!r} has no TF1 counterpart")
-    for pattern, template in _LAYER_TO_TF1:
-        if pattern.fullmatch(layer_name):
-            return f"{pattern.sub(template, layer_name)}/{weight_name}"
+    if layer_name in _FIXED_TF1_SCOPES:
+        return f"{_FIXED_TF1_SCOPES[layer_name]}/{weight_name}"
+    parsed = parse_layer_name(layer_name)
+    if parsed is not None and parsed.part in BLOCK_CONV_PARTS + BLOCK_BN_PARTS:
+        kind = "conv2d" if parsed.part in BLOCK_CONV_PARTS else "batch_normalization"
+        return f"stages_{parsed.stage}_block_{parsed.block}/{parsed.part}/{kind}/{weight_name}"
     raise ValueError(f"layer {layer_name!r} has no TF1 counterpart")
 
 
@@ -79,13 +99,19 @@ def keras_weight_name(tf1_name: str) -> tuple[str, str]:
     """The inverse of `tf1_variable_name`: a TF1 variable name -> (our layer name, weight name).
 
     Raises:
-      ValueError: for a name that is not a model variable of the reference ResNet.
+      ValueError: for a name that is not a model variable of the reference ResNet (e.g. `global_step`,
+        a `<variable>/Momentum` slot, the release's unnamed loss counters `Variable`, `Variable_1`).
     """
     scope, _, weight_name = tf1_name.rpartition("/")
-    if weight_name in _WEIGHT_NAMES:
-        for pattern, template in _TF1_TO_LAYER:
-            if pattern.fullmatch(scope):
-                return pattern.sub(template, scope), weight_name
+    layer_name = _LAYER_OF_FIXED_SCOPE.get(scope)
+    if layer_name is None:
+        block_scope, _, part_scope = scope.partition("/")
+        layer_name = f"{block_scope}_{part_scope.partition('/')[0]}"
+    try:
+        if tf1_variable_name(layer_name, weight_name) == tf1_name:  # the mapping is a bijection
+            return layer_name, weight_name
+    except ValueError:
+        pass
     raise ValueError(f"{tf1_name!r} is not a variable of the reference ResNet")
 
 

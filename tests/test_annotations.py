@@ -87,7 +87,7 @@ def test_reference_url_list(reference_dir):
         assert (entry.path, entry.labels) == _naive_tags(line)
         assert entry.path.startswith(("http://", "https://"))
     confidences = {conf for entry in entries for _, conf in entry.labels}
-    assert confidences <= {1.0, 0.9, 0.8}  # REFERENCE.md: the released confidences.
+    assert confidences <= {1.0, 0.9, 0.8}  # docs/REFERENCE.md section 1: the released confidences.
     assert all(0 <= index < 11166 for entry in entries for index, _ in entry.labels)
 
 

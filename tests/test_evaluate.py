@@ -9,11 +9,14 @@ import sys
 import numpy as np
 import pytest
 
+from models import pretrained
 from tests.conftest import REPO_ROOT
 from tests.test_metrics import random_multilabel, reference_multilabel, reference_single_label
 from training import evaluation
+from training import predictions as predictions_lib
+from training import report as report_lib
 
-SETTINGS = evaluation.EvalSettings(topk=(1, 3), num_bins=32, chunk_size=16)
+SETTINGS = report_lib.EvalSettings(topk=(1, 3), num_bins=32, chunk_size=16)
 
 
 def run_cli(repo_root, *args: str) -> subprocess.CompletedProcess:
@@ -129,7 +132,7 @@ def test_chunks_stream_every_row_in_order(tmp_path, save):
     scores = np.arange(23 * 3, dtype=np.float32).reshape(23, 3)
     labels = np.arange(23)
     save(tmp_path / "p.npz", scores=scores, labels=labels)
-    predictions = evaluation.PredictionsFile.open(str(tmp_path / "p.npz"))
+    predictions = predictions_lib.PredictionsFile.open(str(tmp_path / "p.npz"))
     assert (predictions.task, predictions.num_images, predictions.num_classes) == ("single_label", 23, 3)
     chunks = list(predictions.chunks(10))
     assert [len(s) for s, _ in chunks] == [10, 10, 3]
@@ -140,7 +143,7 @@ def test_chunks_stream_every_row_in_order(tmp_path, save):
 def test_fortran_ordered_arrays_are_read_correctly(tmp_path, multilabel_npz):
     _, scores, labels = multilabel_npz
     np.savez(tmp_path / "f.npz", scores=np.asfortranarray(scores), labels=np.asfortranarray(labels))
-    report = evaluation.evaluate_predictions(str(tmp_path / "f.npz"), SETTINGS, show_progress=False)
+    report = predictions_lib.evaluate_predictions(str(tmp_path / "f.npz"), SETTINGS, show_progress=False)
     expected = reference_multilabel(scores, labels, ks=(1, 3))
     assert report["results"]["predictions"]["recall@3"] == pytest.approx(expected["recall@3"])
 
@@ -149,10 +152,10 @@ def test_apply_sigmoid_evaluates_logits(tmp_path, multilabel_npz):
     _, scores, labels = multilabel_npz
     logits = np.log(scores / (1 - scores))
     np.savez(tmp_path / "logits.npz", scores=logits, labels=labels)
-    with pytest.raises(evaluation.EvaluationInputError, match="--apply_sigmoid"):
-        evaluation.evaluate_predictions(str(tmp_path / "logits.npz"), SETTINGS, show_progress=False)
-    settings = evaluation.EvalSettings(topk=(1, 3), num_bins=32, apply_sigmoid=True)
-    report = evaluation.evaluate_predictions(str(tmp_path / "logits.npz"), settings, show_progress=False)
+    with pytest.raises(report_lib.EvaluationInputError, match="--apply_sigmoid"):
+        predictions_lib.evaluate_predictions(str(tmp_path / "logits.npz"), SETTINGS, show_progress=False)
+    settings = report_lib.EvalSettings(topk=(1, 3), num_bins=32, apply_sigmoid=True)
+    report = predictions_lib.evaluate_predictions(str(tmp_path / "logits.npz"), settings, show_progress=False)
     expected = reference_multilabel(scores, labels, ks=(1, 3))
     assert report["results"]["predictions"]["mAP"] == pytest.approx(expected["mAP"], rel=1e-6)
     assert report["settings"]["apply_sigmoid"] is True
@@ -174,16 +177,16 @@ def test_apply_sigmoid_evaluates_logits(tmp_path, multilabel_npz):
 )
 def test_bad_predictions_raise_clear_errors(tmp_path, arrays, match):
     np.savez(tmp_path / "bad.npz", **arrays)
-    with pytest.raises(evaluation.EvaluationInputError, match=match):
-        evaluation.evaluate_predictions(str(tmp_path / "bad.npz"), SETTINGS, show_progress=False)
+    with pytest.raises(report_lib.EvaluationInputError, match=match):
+        predictions_lib.evaluate_predictions(str(tmp_path / "bad.npz"), SETTINGS, show_progress=False)
 
 
 def test_missing_and_non_npz_files_raise_clear_errors(tmp_path):
-    with pytest.raises(evaluation.EvaluationInputError, match="not found"):
-        evaluation.PredictionsFile.open(str(tmp_path / "absent.npz"))
+    with pytest.raises(report_lib.EvaluationInputError, match="not found"):
+        predictions_lib.PredictionsFile.open(str(tmp_path / "absent.npz"))
     (tmp_path / "text.npz").write_text("not a zip")
-    with pytest.raises(evaluation.EvaluationInputError, match="not an .npz"):
-        evaluation.PredictionsFile.open(str(tmp_path / "text.npz"))
+    with pytest.raises(report_lib.EvaluationInputError, match="not an .npz"):
+        predictions_lib.PredictionsFile.open(str(tmp_path / "text.npz"))
 
 
 def test_report_json_and_table(tmp_path):
@@ -191,19 +194,19 @@ def test_report_json_and_table(tmp_path):
         "224": {"top1": 0.75, "top5": 0.9, "num_images": 8},
         "299": {"top1": math.nan, "top5": 1.0, "num_images": 8},
     }
-    report = evaluation.make_report(results, task="single_label", settings={"topk": (5,)})
+    report = report_lib.make_report(results, task="single_label", settings={"topk": (5,)})
     assert report == {
         "task": "single_label",
         "num_images": 8,
         "results": {"224": {"top1": 0.75, "top5": 0.9}, "299": {"top1": None, "top5": 1.0}},
         "settings": {"topk": [5]},
     }
-    evaluation.write_json(report, str(tmp_path / "r.json"))
+    report_lib.write_json(report, str(tmp_path / "r.json"))
     assert json.loads((tmp_path / "r.json").read_text()) == report
-    table = evaluation.format_table(report)
+    table = report_lib.format_table(report)
     assert "75.00" in table and "90.00" in table and "n/a" in table
     with pytest.raises(ValueError, match="different numbers of images"):
-        evaluation.make_report({"224": {"num_images": 1}, "299": {"num_images": 2}}, task="x", settings={})
+        report_lib.make_report({"224": {"num_images": 1}, "299": {"num_images": 2}}, task="x", settings={})
 
 
 # ------------------------------------------------------------------------------ evaluating a checkpoint
@@ -213,7 +216,7 @@ BASE_WIDTH = 4
 NUM_BINS = 50
 IMAGE_SIZES = (32, 48)
 TOPK = (1, 3)
-MODEL_SETTINGS = evaluation.EvalSettings(topk=TOPK, num_bins=NUM_BINS)
+MODEL_SETTINGS = report_lib.EvalSettings(topk=TOPK, num_bins=NUM_BINS)
 
 
 def tiny_model(num_classes, *, seed=0):
@@ -408,7 +411,7 @@ def test_saved_predictions_round_trip(cli_report, multilabel_setup):
     root = multilabel_setup["root"]
     assert report["settings"]["predictions_files"] == [str(root / "preds.32.npz"), str(root / "preds.48.npz")]
     for size in ("32", "48"):
-        again = evaluation.evaluate_predictions(
+        again = predictions_lib.evaluate_predictions(
             str(root / f"preds.{size}.npz"), MODEL_SETTINGS, show_progress=False
         )
         assert set(again["results"]) == {size}  # named by the saved image_size
@@ -456,7 +459,7 @@ def test_evaluate_model_all_reduces_once_at_the_end(multilabel_setup):
     result = evaluation.evaluate_model(
         multilabel_setup["model"],
         dataset,
-        task=evaluation.MULTILABEL,
+        task=report_lib.MULTILABEL,
         num_classes=NUM_CLASSES,
         settings=MODEL_SETTINGS,
         dist=TwoIdenticalRanks(),
@@ -474,11 +477,11 @@ def test_evaluate_model_max_batches_and_writer(multilabel_setup):
     from training import input_pipeline
 
     source = input_pipeline.tfrecord_source(str(multilabel_setup["records"]), "val", num_classes=NUM_CLASSES)
-    writer = evaluation.PredictionsWriter()
+    writer = predictions_lib.PredictionsWriter()
     result = evaluation.evaluate_model(
         multilabel_setup["model"],
         input_pipeline.eval_dataset(source, batch_size=3, image_size=32),
-        task=evaluation.MULTILABEL,
+        task=report_lib.MULTILABEL,
         num_classes=NUM_CLASSES,
         settings=MODEL_SETTINGS,
         max_batches=2,
@@ -492,11 +495,11 @@ def test_evaluate_model_rejects_mismatched_shapes(multilabel_setup):
     import tensorflow as tf
 
     labels = tf.data.Dataset.from_tensors((tf.zeros([2, 32, 32, 3]), tf.zeros([2, 7])))
-    with pytest.raises(evaluation.EvaluationInputError, match=r"labels \[batch, 12\]"):
+    with pytest.raises(report_lib.EvaluationInputError, match=r"labels \[batch, 12\]"):
         evaluation.evaluate_model(
             multilabel_setup["model"], labels, task="multilabel", num_classes=12, settings=MODEL_SETTINGS
         )
-    with pytest.raises(evaluation.EvaluationInputError, match="12 logits but num_classes is 5"):
+    with pytest.raises(report_lib.EvaluationInputError, match="12 logits but num_classes is 5"):
         evaluation.evaluate_model(
             multilabel_setup["model"], labels, task="multilabel", num_classes=5, settings=MODEL_SETTINGS
         )
@@ -514,26 +517,26 @@ def test_evaluate_model_rejects_mismatched_shapes(multilabel_setup):
 )
 def test_predictions_path(several_sizes, num_ranks, expected):
     path = "out/p.npz" if expected.endswith(".npz") else "out/p"
-    got = evaluation.predictions_path(
+    got = predictions_lib.predictions_path(
         path, image_size=224, several_sizes=several_sizes, rank=1, num_ranks=num_ranks
     )
     assert got == expected
 
 
 def test_checkpoint_and_source_errors(multilabel_setup, tmp_path):
-    with pytest.raises(evaluation.EvaluationInputError, match="not found"):
-        evaluation.load_model(str(tmp_path / "absent" / "model"))
-    with pytest.raises(evaluation.EvaluationInputError, match="no checkpoint in directory"):
-        evaluation.load_model(str(tmp_path))
-    with pytest.raises(evaluation.EvaluationInputError, match="holds a ResNet-14"):
-        evaluation.inspect_checkpoint(multilabel_setup["prefix"], depth=101)
-    with pytest.raises(evaluation.EvaluationInputError, match="no manifest"):
+    with pytest.raises(pretrained.CheckpointError, match="not found"):
+        pretrained.load_model(str(tmp_path / "absent" / "model"))
+    with pytest.raises(pretrained.CheckpointError, match="no checkpoint in directory"):
+        pretrained.load_model(str(tmp_path))
+    with pytest.raises(pretrained.CheckpointError, match="holds a ResNet-14"):
+        pretrained.inspect_checkpoint(multilabel_setup["prefix"], depth=101)
+    with pytest.raises(report_lib.EvaluationInputError, match="no manifest"):
         evaluation.eval_source(num_classes=NUM_CLASSES, data_dir=str(tmp_path))
     with pytest.raises(
-        evaluation.EvaluationInputError, match="has 12 classes but the checkpoint's head has 7"
+        report_lib.EvaluationInputError, match="has 12 classes but the checkpoint's head has 7"
     ):
         evaluation.eval_source(num_classes=7, data_dir=str(multilabel_setup["records"]))
-    with pytest.raises(evaluation.EvaluationInputError, match="exactly one evaluation source"):
+    with pytest.raises(report_lib.EvaluationInputError, match="exactly one evaluation source"):
         evaluation.eval_source(num_classes=7)
 
 
@@ -636,7 +639,7 @@ def test_two_horovod_ranks_match_one_process(cli_report, multilabel_setup, repo_
     hvd_report = json.loads(out.read_text())
     assert hvd_report["num_images"] == 10 and hvd_report["settings"]["num_ranks"] == 2
     assert_result_matches(hvd_report["results"]["32"], report["results"]["32"])
-    rows = [evaluation.PredictionsFile.open(str(root / f"hvd.rank{r}.npz")).num_images for r in (0, 1)]
+    rows = [predictions_lib.PredictionsFile.open(str(root / f"hvd.rank{r}.npz")).num_images for r in (0, 1)]
     assert sum(rows) == 10 and min(rows) > 0  # each rank saved its own shard
 
 
@@ -644,7 +647,46 @@ def test_single_label_with_fewer_than_5_classes_reports_top1_only(tmp_path):
     """top-5 of 4 classes is 1 by definition: it is left out rather than failing the evaluation."""
     scores = np.array([[0.1, 0.7, 0.1, 0.1], [0.6, 0.2, 0.1, 0.1], [0.1, 0.1, 0.1, 0.7]], np.float32)
     np.savez(tmp_path / "four.npz", scores=scores, labels=np.array([1, 2, 3]))
-    report = evaluation.evaluate_predictions(str(tmp_path / "four.npz"), SETTINGS, show_progress=False)
-    result = report["results"][evaluation.PREDICTIONS_KEY]
+    report = predictions_lib.evaluate_predictions(str(tmp_path / "four.npz"), SETTINGS, show_progress=False)
+    result = report["results"][predictions_lib.PREDICTIONS_KEY]
     assert result["top1"] == pytest.approx(2 / 3) and "top5" not in result
-    assert "n/a" in evaluation.format_table(report)
+    assert "n/a" in report_lib.format_table(report)
+
+
+@pytest.mark.parametrize("value", [-0.5, 1.5, -2.0, 2.0])
+def test_multilabel_labels_outside_0_1_and_minus_1_are_an_error(tmp_path, value):
+    labels = np.zeros((40, 4), np.float32)
+    labels[:, 0] = 1.0
+    labels[:, 2] = -1.0  # ignore: allowed
+    labels[33, 1] = value
+    np.savez(tmp_path / "bad.npz", scores=np.full((40, 4), 0.5, np.float32), labels=labels)
+    with pytest.raises(report_lib.EvaluationInputError, match=rf"found {value:g} at row 33, class 1") as info:
+        predictions_lib.evaluate_predictions(str(tmp_path / "bad.npz"), SETTINGS, show_progress=False)
+    assert "\n" not in str(info.value)  # one line, printed by evaluate.py as a usage error
+
+
+def test_multilabel_label_minus_1_is_ignored(tmp_path):
+    """Image 0 ignores class 1, whose score (0.9) is its highest: ignored, class 1 is not predicted (top-1
+    is class 0, a hit) and image 0 is not a negative of class 1 (its AP stays 1). Counted as a negative,
+    it would give precision@1 = 0.5 and mAP = 0.75."""
+    scores = np.array([[0.5, 0.9, 0.1], [0.2, 0.8, 0.3]], np.float32)
+    labels = np.array([[1.0, -1.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
+    np.savez(tmp_path / "ignore.npz", scores=scores, labels=labels)
+    report = predictions_lib.evaluate_predictions(str(tmp_path / "ignore.npz"), SETTINGS, show_progress=False)
+    result = report["results"][predictions_lib.PREDICTIONS_KEY]
+    assert result["precision@1"] == pytest.approx(1.0)
+    assert result["mAP"] == pytest.approx(1.0)
+    assert result["num_classes_with_positives"] == 2
+    np.savez(tmp_path / "zero.npz", scores=scores, labels=np.maximum(labels, 0.0))  # the same, -1 -> 0
+    zero = predictions_lib.evaluate_predictions(str(tmp_path / "zero.npz"), SETTINGS, show_progress=False)
+    assert zero["results"][predictions_lib.PREDICTIONS_KEY]["precision@1"] == pytest.approx(0.5)
+    assert zero["results"][predictions_lib.PREDICTIONS_KEY]["mAP"] == pytest.approx(0.75)
+
+
+def test_cli_rejects_out_of_range_labels_in_one_line(tmp_path, repo_root):
+    labels = np.zeros((3, 4), np.float32)
+    labels[1, 2] = 3.0
+    np.savez(tmp_path / "bad.npz", scores=np.full((3, 4), 0.5, np.float32), labels=labels)
+    proc = run_cli(repo_root, f"--predictions={tmp_path / 'bad.npz'}", "--topk=1")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "evaluate.py: error: multi-label `labels` must be confidences in [0, 1] or -1" in proc.stderr

@@ -64,7 +64,7 @@ def test_real_file_is_not_topologically_ordered_and_ancestors_match_oracle(real)
 
 
 def test_reference_list_confidence_one_tags_carry_their_ancestor_closure(real, reference_dir):
-    """REFERENCE.md: confidence-1 tags carry their full closure (ancestors present, at some confidence)."""
+    """docs/REFERENCE.md section 1: confidence-1 tags carry their full closure (ancestors present, at some confidence)."""
     lines = (reference_dir / "train_im_list_tiny.txt").read_text().splitlines()
     checked = 0
     for line in lines:

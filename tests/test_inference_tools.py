@@ -1,5 +1,6 @@
 """tools/image_classification.py and tools/extract_feature.py: direct computations, bad files, the CLIs."""
 
+import ast
 import json
 import subprocess
 import sys
@@ -8,12 +9,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data import preprocessing
-from models import resnet, tf1_checkpoint
+from data import image_files, preprocessing
+from models import pretrained, resnet, tf1_checkpoint
 from tests.test_evaluate import BASE_WIDTH, tiny_model, write_jpegs
+from tests.test_preprocessing import _png_header_only
 from tests.test_tf1_checkpoint import write_tf1_checkpoint
 from tools import extract_feature, image_classification
-from training import evaluation
 
 SIZE = 32  # crops of 32 px: the demo transform resizes the shorter side to round(32 / 0.875) = 37
 
@@ -38,14 +39,20 @@ def imagenet_model(tmp_path_factory):
 
 @pytest.fixture
 def bad_files(tmp_path):
-    """A text file named .jpg, a truncated JPEG and a missing path."""
+    """A text file named .jpg, a truncated JPEG, a missing path and a 30000 x 30000 PNG (header only: refused
+    from its header by the default --max_pixels; decoding it would take 2.7 GB)."""
     write_jpegs(tmp_path / "good", 1)
     text = tmp_path / "text.jpg"
     text.write_text("not an image\n")
     data = (tmp_path / "good" / "im_0.jpg").read_bytes()
     truncated = tmp_path / "truncated.jpg"
     truncated.write_bytes(data[: len(data) // 2])
-    return [str(text), str(truncated), str(tmp_path / "missing.jpg")]
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(_png_header_only(30000, 30000))
+    return [str(text), str(truncated), str(tmp_path / "missing.jpg"), str(huge)]
+
+
+BAD_REASONS = ("not an image", "corrupt or truncated", "missing file", "too many pixels")
 
 
 def direct_logits(model, path, transform=preprocessing.demo_transform):
@@ -88,7 +95,8 @@ def test_classify_matches_direct_softmax_and_skips_bad_files(imagenet_model, ref
     )
     assert [p.path for p in predictions] == good  # in input order, bad files left out
     assert [s.path for s in skipped] == bad_files
-    assert all(s.reason for s in skipped)
+    for skip, reason in zip(skipped, BAD_REASONS, strict=True):
+        assert reason in skip.reason and " at 0x" not in skip.reason, skip.reason
     for prediction in predictions:
         probabilities = tf.nn.softmax(direct_logits(model, prediction.path)).numpy()
         want = np.argsort(-probabilities, kind="stable")[:5]
@@ -101,7 +109,7 @@ def test_classify_sigmoid_head_from_a_tf1_checkpoint(tmp_path, reference_dir):
     model = tiny_model(7, seed=3)
     values = {name: v.numpy() for name, v in tf1_checkpoint.tf1_variable_map(model).items()}
     write_tf1_checkpoint(tmp_path / "tf1" / "model.ckpt", values)
-    loaded, info = evaluation.load_model(str(tmp_path / "tf1"))
+    loaded, info = pretrained.load_model(str(tmp_path / "tf1"))
     assert (info.kind, info.depth, info.base_width, info.num_classes) == ("tf1", 14, BASE_WIDTH, 7)
     path = str(reference_dir / "images" / "im_0.jpg")
     (prediction,), skipped = image_classification.classify(
@@ -137,13 +145,14 @@ def test_image_classification_cli(imagenet_model, reference_dir, bad_files, tmp_
         str(reference_dir / "images" / name) for name in ("im_2.jpg", "im_0.jpg", "im_1.jpg")
     ]
     assert [entry["image"] for entry in report["skipped"]] == bad_files
+    assert report["skipped"][3]["reason"].startswith("too many pixels")
     assert report["settings"]["head"] == "softmax"
     first = report["images"][0]["predictions"]
     assert len(first) == 3 and first[0]["score"] >= first[1]["score"] >= first[2]["score"]
     assert f"[{first[0]['index']}] {first[0]['name']}" in proc.stdout
     for path in bad_files:
         assert f"skipping {path}: " in proc.stderr
-    assert "skipped 3 of 6 images" in proc.stderr
+    assert "skipped 4 of 7 images" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -171,11 +180,11 @@ def test_ten_crop_features_are_the_mean_of_ten_independent_crops(imagenet_model,
     names, features, skipped = extract_feature.extract_features(
         model, [*bad_files, path], crop="ten_crop", image_size=SIZE
     )
-    assert names == [path] and len(skipped) == 3
+    assert names == [path] and len(skipped) == 4
 
     # The crops, computed here: shorter side to 37 (bilinear, half-pixel centres, rounded to uint8), then
     # 32 x 32 windows at the 4 corners and the centre, and their mirror images.
-    image = tf.io.decode_jpeg(open(path, "rb").read(), channels=3)
+    image = tf.io.decode_jpeg(open(path, "rb").read(), channels=3, dct_method="INTEGER_ACCURATE")
     height, width = image.shape[:2]
     side = round(SIZE / 0.875)
     new = (side, int(width / height * side)) if height <= width else (int(height / width * side), side)
@@ -253,3 +262,93 @@ def test_tools_report_a_missing_checkpoint(repo_root, tmp_path, reference_dir):
         and "not found" in proc.stderr
     )
     assert "Traceback" not in proc.stderr
+
+
+def test_max_pixels_skips_large_images_and_keeps_the_rest(imagenet_model, reference_dir):
+    """im_0.jpg is 3648 x 2736 = 9.98 MP: over a 5 MP limit it is skipped with the reason, the rest run."""
+    model, _ = imagenet_model
+    paths = sorted(str(p) for p in (reference_dir / "images").glob("*.jpg"))
+    for extract in (False, True):
+        if extract:
+            names, _, skipped = extract_feature.extract_features(
+                model, paths, image_size=SIZE, max_pixels=5_000_000
+            )
+        else:
+            predictions, skipped = image_classification.classify(
+                model, paths, head="softmax", topk=1, image_size=SIZE, max_pixels=5_000_000
+            )
+            names = [p.path for p in predictions]
+        assert names == paths[1:]
+        assert [s.path for s in skipped] == paths[:1]
+        assert skipped[0].reason.startswith("too many pixels: 3648x2736 = 10.0 MP > 5.0 MP")
+
+
+def test_release_output_format_is_the_label_pred_layout():
+    """The release prints, per list line, `+++ the predictions of PATH is:` and `%d %s: %.3f` per class,
+    or `open pic PATH failed`; here in input order with the skipped files in their place."""
+    predictions = [
+        image_classification.Prediction("a.jpg", (2, 0), (0.71249, 0.2)),
+        image_classification.Prediction("c.jpg", (1, 2), (0.5, 0.0004)),
+    ]
+    skipped = [image_files.SkippedImage("b.jpg", "missing file")]
+    text = image_classification.format_release(
+        ["a.jpg", "b.jpg", "c.jpg"], predictions, skipped, ["tench", "goldfish", "great white shark"]
+    )
+    assert text.splitlines() == [
+        "+++ the predictions of a.jpg is:",
+        "2 great white shark: 0.712",
+        "0 tench: 0.200",
+        "open pic b.jpg failed",
+        "+++ the predictions of c.jpg is:",
+        "1 goldfish: 0.500",
+        "2 great white shark: 0.000",
+    ]
+
+
+def test_image_classification_cli_release_format(imagenet_model, reference_dir, tmp_path, repo_root):
+    _, prefix = imagenet_model
+    out = tmp_path / "label_pred.txt"
+    image = str(reference_dir / "images" / "im_3.jpg")
+    proc = run_tool(
+        repo_root,
+        "image_classification.py",
+        f"--checkpoint={prefix}",
+        f"--image_size={SIZE}",
+        "--output_format=release",
+        f"--output={out}",
+        "--max_pixels=1000000",  # im_3.jpg is 1024 x 768 = 0.79 MP
+        image,
+        str(reference_dir / "images" / "im_0.jpg"),  # 9.98 MP: skipped
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = out.read_text().splitlines()
+    assert lines[0] == f"+++ the predictions of {image} is:" and len(lines) == 7
+    assert all(
+        line.split(" ", 1)[0].isdigit() and line.rsplit(": ", 1)[1].count(".") == 1 for line in lines[1:6]
+    )
+    assert lines[6] == f"open pic {reference_dir / 'images' / 'im_0.jpg'} failed"
+    assert "too many pixels" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_tools_do_not_import_the_evaluation_or_checkpoint_code(repo_root):
+    """Issue #15: the tools get image files from data/ and the loader from models/, not from training/
+    (only training/cli.py for the shared inference flags)."""
+    code = (
+        "import sys\nimport tools.image_classification, tools.extract_feature\n"
+        "print(sorted(m for m in sys.modules if m.startswith('training.')))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = set(ast.literal_eval(proc.stdout.strip().splitlines()[-1]))
+    assert "training.cli" in loaded
+    assert not loaded & {
+        "training.evaluation",
+        "training.predictions",
+        "training.report",
+        "training.checkpoints",
+        "training.input_pipeline",
+        "training.metrics",
+        "training.loop",
+    }

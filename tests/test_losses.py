@@ -1,4 +1,4 @@
-"""models/losses.py against hand-computed cases of REFERENCE section 3."""
+"""models/losses.py against hand-computed cases of docs/REFERENCE.md section 3."""
 
 import math
 

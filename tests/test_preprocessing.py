@@ -3,13 +3,15 @@
 
 import io
 import math
+import struct
+import zlib
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image, features
+from PIL import Image, ImageOps, features
 
-from data import preprocessing
+from data import images, preprocessing
 
 SIZE = 32
 PRETRAIN = {"area_cover": 0.7, "object_cover": 0.7}
@@ -461,23 +463,32 @@ def test_jpeg_and_png_paths_agree():
 # ------------------------------------------------------------------------------------------ file loading
 
 
-def test_load_image_bytes_passes_jpeg_and_png_through(tmp_path):
+def test_load_image_file_passes_jpeg_and_png_through(tmp_path):
     for fmt, suffix in (("JPEG", "jpg"), ("PNG", "png")):
         path = tmp_path / f"image.{suffix}"
         data = _encode(_smooth_image(20, 30), fmt)
         path.write_bytes(data)
-        assert preprocessing.load_image_bytes(path) == data
-        assert preprocessing.load_image_bytes(str(path)) == data
+        assert preprocessing.load_image_file(path) == preprocessing.ImageFile(data, orientation=1)
+        assert preprocessing.load_image_file(str(path)).data == data
 
 
-@pytest.mark.parametrize("kind", ["cmyk_jpeg", "webp", "tiff", "bmp_palette"])
-def test_load_image_bytes_converts_other_formats(tmp_path, kind):
+def test_load_image_file_keeps_an_adobe_cmyk_jpeg_that_tensorflow_decodes(tmp_path):
+    path = tmp_path / "cmyk.jpg"
+    Image.fromarray(_smooth_image(20, 30)).convert("CMYK").save(path, format="JPEG", quality=100)
+    with Image.open(path) as original:
+        assert "adobe" in original.info
+        expected = np.asarray(original.convert("RGB"))
+    data = preprocessing.load_image_file(path).data
+    assert data == path.read_bytes()
+    np.testing.assert_array_equal(preprocessing.decode_like_opencv(tf.constant(data)).numpy(), expected)
+
+
+@pytest.mark.parametrize("kind", ["webp", "tiff", "bmp_palette"])
+def test_load_image_file_converts_other_formats(tmp_path, kind):
     array = _smooth_image(20, 30)
     image = Image.fromarray(array)
     path = tmp_path / f"image.{kind}"
-    if kind == "cmyk_jpeg":
-        image.convert("CMYK").save(path, format="JPEG", quality=100)
-    elif kind == "webp":
+    if kind == "webp":
         if not features.check("webp"):
             pytest.skip("Pillow built without WebP")
         image.save(path, format="WEBP", lossless=True)
@@ -485,7 +496,7 @@ def test_load_image_bytes_converts_other_formats(tmp_path, kind):
         image.save(path, format="TIFF")
     else:
         image.convert("P").save(path, format="BMP")
-    data = preprocessing.load_image_bytes(path)
+    data = preprocessing.load_image_file(path).data
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     decoded = tf.io.decode_image(data, channels=3).numpy()
     with Image.open(path) as original:
@@ -494,18 +505,148 @@ def test_load_image_bytes_converts_other_formats(tmp_path, kind):
     assert preprocessing.eval_transform(tf.constant(data), image_size=SIZE).shape == (SIZE, SIZE, 3)
 
 
-def test_load_image_bytes_rejects_unreadable_files(tmp_path):
-    with pytest.raises(ValueError, match="cannot read"):
-        preprocessing.load_image_bytes(tmp_path / "missing.jpg")
-    for name, content in (
-        ("empty.jpg", b""),
-        ("text.jpg", b"not an image at all"),
-        ("truncated.jpg", _encode(_noise_image(64, 64), "JPEG")[:300]),
-    ):
+def test_load_image_file_takes_the_high_byte_of_16_bit_png_as_opencv(tmp_path):
+    """cv.imread keeps the high byte of a 16-bit PNG (v >> 8); TF's own 8-bit decode would round v / 257."""
+    values = np.array([[0, 255, 256, 0x12FF], [0x8000, 0xFF00, 0xFF80, 0xFFFF]], np.uint16)
+    path = tmp_path / "grey16.png"
+    Image.fromarray(values).save(path)
+    decoded = tf.io.decode_image(preprocessing.load_image_file(path).data, channels=3).numpy()
+    np.testing.assert_array_equal(decoded, np.repeat((values >> 8).astype(np.uint8)[..., None], 3, axis=-1))
+
+
+def test_load_image_file_gives_short_reasons_for_unusable_files(tmp_path):
+    """Every refusal is a BadImage (a ValueError) whose reason names the problem, without object reprs."""
+    jpeg = _encode(_noise_image(64, 64), "JPEG")
+    cases = {
+        "missing.jpg": (None, "missing file"),
+        "empty.jpg": (b"", "empty file"),
+        "text.jpg": (b"not an image at all", "not an image"),
+        "header_only.jpg": (jpeg[:300], "corrupt header"),
+        "truncated.jpg": (jpeg[: len(jpeg) // 2], "corrupt or truncated"),
+    }
+    for name, (content, reason) in cases.items():
         path = tmp_path / name
-        path.write_bytes(content)
-        with pytest.raises(ValueError, match="not a readable image"):
-            preprocessing.load_image_bytes(path)
+        if content is not None:
+            path.write_bytes(content)
+        with pytest.raises(images.BadImage) as info:
+            preprocessing.load_image_file(path)
+        assert reason in info.value.reason and " at 0x" not in info.value.reason, info.value.reason
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height RGB pixels, followed by a 1-byte IDAT (no pixel data)."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"x") + chunk(b"IEND", b"")
+
+
+def test_load_image_file_refuses_too_many_pixels_from_the_header(tmp_path):
+    """A 30000 x 30000 PNG is refused before decoding (its data is absent: a decode would say "truncated"),
+    and --max_pixels is the limit for real images too."""
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(_png_header_only(30000, 30000))
+    with pytest.raises(images.BadImage, match="too many pixels"):
+        preprocessing.load_image_file(huge)
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(_encode(_smooth_image(40, 50), "JPEG"))
+    with pytest.raises(images.BadImage, match="too many pixels: 50x40"):
+        preprocessing.load_image_file(path, max_pixels=1999)
+    assert preprocessing.load_image_file(path, max_pixels=2000).data == path.read_bytes()
+    assert preprocessing.load_image_file(path, max_pixels=0).data == path.read_bytes()  # 0: no limit
+
+
+def _with_orientation(array: np.ndarray, orientation: int, fmt: str = "JPEG") -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return _encode(array, fmt, exif=exif.tobytes(), **({"quality": 95} if fmt == "JPEG" else {}))
+
+
+def test_load_image_file_reads_the_exif_orientation_of_jpeg_only(tmp_path):
+    array = _smooth_image(24, 40)
+    for orientation in range(1, 9):
+        path = tmp_path / f"o{orientation}.jpg"
+        path.write_bytes(_with_orientation(array, orientation))
+        assert preprocessing.load_image_file(path).orientation == orientation
+    png = tmp_path / "o6.png"
+    png.write_bytes(_with_orientation(array, 6, "PNG"))
+    assert preprocessing.load_image_file(png).orientation == 1
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_apply_exif_orientation_matches_pillow(orientation):
+    array = _noise_image(5, 7)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    image = Image.fromarray(array)
+    image.info["exif"] = exif.tobytes()
+    expected = np.asarray(ImageOps.exif_transpose(image))
+    got = preprocessing.apply_exif_orientation(tf.constant(array), orientation).numpy()
+    np.testing.assert_array_equal(got, expected)
+
+
+# ----------------------------------------------------------------- the release's tools' input, via OpenCV
+
+
+def _opencv_release_input(path, side: int = 256, crop: int = 224) -> np.ndarray:
+    """The network input of the release's image_classification.py / extract_feature.py, with OpenCV:
+    cv.imread, BGR -> RGB, shorter side to `side` (cv.resize, bilinear), centre crop, (x / 255 - 0.5) * 2."""
+    cv2 = pytest.importorskip("cv2")
+    image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    height, width = float(image.shape[0]), float(image.shape[1])
+    new_h, new_w = float(side), float(side)
+    if height <= width:
+        new_w = width / height * new_h
+    else:
+        new_h = height / width * new_w
+    image = cv2.resize(image, (int(new_w), int(new_h)))
+    top, left = int((new_h - crop) / 2), int((new_w - crop) / 2)
+    return (image[top : top + crop, left : left + crop] / 255.0 - 0.5) * 2.0
+
+
+def _tool_input(path, image_size: int = 224) -> np.ndarray:
+    image = preprocessing.load_image_file(path)
+    transform = preprocessing.file_transform("demo", image_size=image_size)
+    return transform(tf.constant(image.data), tf.constant(image.orientation)).numpy()
+
+
+def _grey_levels(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a - b)) * 127.5)
+
+
+def test_demo_transform_matches_opencv_on_the_reference_images(reference_dir):
+    """Within one grey level per pixel of OpenCV's path (its resize interpolates in fixed point); TF's
+    default fast IDCT would be off by many levels."""
+    for path in sorted((reference_dir / "images").glob("*.jpg")):
+        expected = _opencv_release_input(path)
+        got = _tool_input(path)
+        assert got.shape == expected.shape == (224, 224, 3)
+        assert _grey_levels(got, expected) <= 1.0 + 1e-3, path
+
+
+def test_demo_transform_matches_opencv_on_an_exif_rotated_copy(reference_dir, tmp_path):
+    """A reference JPEG saved with EXIF orientation 6 (rotate 90 clockwise to display): cv.imread turns it,
+    and so does the tools' transform."""
+    with Image.open(reference_dir / "images" / "im_1.jpg") as image:
+        array = np.asarray(image.convert("RGB"))
+    path = tmp_path / "rotated.jpg"
+    path.write_bytes(_with_orientation(array, 6))
+    expected = _opencv_release_input(path)
+    assert _grey_levels(_tool_input(path), expected) <= 1.0 + 1e-3
+    unrotated = preprocessing.demo_transform(tf.constant(path.read_bytes())).numpy()
+    assert _grey_levels(unrotated, expected) > 10  # without the orientation the input is another picture
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_demo_transform_matches_opencv_for_every_exif_orientation(tmp_path, orientation):
+    path = tmp_path / f"o{orientation}.jpg"
+    path.write_bytes(_with_orientation(_smooth_image(45, 60), orientation))
+    expected = _opencv_release_input(path, side=37, crop=32)
+    assert _grey_levels(_tool_input(path, image_size=32), expected) <= 1.0 + 1e-3
 
 
 # ----------------------------------------------------------------------------- the release's sample JPEGs
@@ -515,7 +656,7 @@ def test_reference_sample_images_go_through_every_transform(reference_dir):
     paths = sorted((reference_dir / "images").glob("*.jpg"))
     assert len(paths) == 4
     for i, path in enumerate(paths):
-        data = preprocessing.load_image_bytes(path)
+        data = preprocessing.load_image_file(path).data
         assert data == path.read_bytes()
         image_bytes = tf.constant(data)
         outputs = [

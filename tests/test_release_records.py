@@ -19,9 +19,10 @@ import tensorflow as tf
 from PIL import Image
 
 from data import record_files, schema
+from models import resnet
 from tests import datasets
 from training import config as config_lib
-from training import input_pipeline, loop, recipes
+from training import evaluation, input_pipeline, loop, recipes
 
 NUM_CLASSES = 7
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", OMP_NUM_THREADS="1")
@@ -300,6 +301,26 @@ def test_a_bad_dense_record_is_one_line_naming_file_and_index(tmp_path):
     assert input_pipeline.record_error_line(info.value).startswith(
         f"{tmp_path / 'train' / '1.tfrecords'}: record 2:"
     )
+
+
+def test_a_bad_record_ends_an_evaluation_in_one_line(tmp_path):
+    write_release_split(tmp_path / "val", [3, 3], bad=(1, 1))
+    source = evaluation.eval_source(num_classes=NUM_CLASSES, data_dir=str(tmp_path), split_prefix="val")
+    assert source.num_records == 6  # counted for the progress bar: a release folder has no manifest
+    model = resnet.build_resnet(14, NUM_CLASSES, base_width=4)
+    dataset = input_pipeline.eval_dataset(source, batch_size=2, image_size=16)
+    with pytest.raises(input_pipeline.BadRecordError) as info:
+        evaluation.evaluate_model(
+            model,
+            dataset,
+            task=evaluation.MULTILABEL,
+            num_classes=NUM_CLASSES,
+            settings=evaluation.EvalSettings(topk=(1,)),
+            show_progress=False,
+            source=source,
+        )
+    assert str(info.value).startswith(f"{tmp_path / 'val' / '1.tfrecords'}: record 1: the dense label")
+    assert "\n" not in str(info.value)
 
 
 def test_reference_sample_records_read_as_a_release_folder(reference_dir, tmp_path):

@@ -8,7 +8,7 @@ import tensorflow as tf
 from models import resnet
 
 BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
-# REFERENCE section 2 gives the ResNet-101 figures; 50 and 152 follow from the closed form below.
+# docs/REFERENCE.md section 2 gives the ResNet-101 figures; 50 and 152 follow from the closed form below.
 BACKBONE_PARAMS = {50: 23_504_064, 101: 42_496_192, 152: 58_139_840}
 WITH_1000 = {50: 25_553_064, 101: 44_545_192, 152: 60_188_840}
 WITH_11166 = {101: 65_375_326}
@@ -40,7 +40,7 @@ def trainable_params(model):
 
 
 def reference_tf1_names(blocks, *, with_head=True):
-    """The TF1 variable names of the released checkpoints (REFERENCE section 2), written out independently."""
+    """The TF1 variable names of the released checkpoints (docs/REFERENCE.md section 2), written out independently."""
     bn_vars = ("gamma", "beta", "moving_mean", "moving_variance")
     names = {"init/init_conv/conv2d/kernel"}
     for i, num_blocks in enumerate(blocks):

@@ -5,13 +5,14 @@ import math
 import subprocess
 import sys
 
+import keras
 import pytest
 import tensorflow as tf
 
 from training import config as config_lib
-from training import recipes
+from training import recipes, schedules
 
-# REFERENCE section 4; warm-up values are 0.01 x 1.297^floor(step / 4400).
+# docs/REFERENCE.md section 4; warm-up values are 0.01 x 1.297^floor(step / 4400).
 PRETRAIN_TABLE = [
     (0, 0.01),
     (4399, 0.01),
@@ -50,6 +51,62 @@ def test_released_finetune_schedule(name):
 
 def test_ckpt5_warmup_cosine():
     _check(recipes.get("ckpt5").schedule, COSINE_TABLE)
+
+
+RECIPE_TABLES = [("pretrain_mlimages", PRETRAIN_TABLE), ("ckpt2", STAIRCASE_TABLE), ("ckpt5", COSINE_TABLE)]
+
+
+@pytest.mark.parametrize(("name", "table"), RECIPE_TABLES)
+def test_the_same_formula_runs_compiled_with_a_step_variable(name, table):
+    """As in the train step: a tf.function (XLA) reading an int64 step variable gives the table's values."""
+    schedule = recipes.get(name).schedule
+    step = tf.Variable(0, dtype=tf.int64)
+    compiled = tf.function(lambda: schedule(step), jit_compile=True)
+    for s, lr in table:
+        step.assign(s)
+        value = compiled()
+        assert value.dtype == tf.float64
+        assert float(value) == pytest.approx(lr, rel=1e-9, abs=1e-12), s
+
+
+@pytest.mark.parametrize(("name", "table"), RECIPE_TABLES)
+def test_python_steps_give_python_floats_identical_to_the_tensor_path(name, table):
+    schedule = recipes.get(name).schedule
+    for s, _ in table:
+        value = schedule(s)
+        assert type(value) is float and value == float(schedule(tf.constant(s, tf.int64))), s
+
+
+@pytest.mark.parametrize("name", ["pretrain_mlimages", "ckpt2", "ckpt5", "demo"])
+def test_schedules_are_keras_learning_rate_schedules(name):
+    schedule = recipes.get(name).schedule
+    assert isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule)
+    # Keras' own serialisation, through JSON, gives back an equal (and hashable) schedule.
+    restored = keras.optimizers.schedules.deserialize(
+        json.loads(json.dumps(keras.optimizers.schedules.serialize(schedule)))
+    )
+    assert type(restored) is type(schedule) and restored == schedule and hash(restored) == hash(schedule)
+    assert type(schedule).from_config(json.loads(json.dumps(schedule.get_config()))) == schedule
+    # A Keras optimizer evaluates it at its own iteration count.
+    optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=0.9)
+    optimizer.iterations.assign(4400)
+    assert float(optimizer.learning_rate) == pytest.approx(float(schedule(4400)), rel=1e-6)
+
+
+def test_config_json_keeps_the_schedule_fields():
+    """config.json of a run stores the schedule as its kind and fields, as before it was a Keras object."""
+    stored = json.loads(recipes.PRETRAIN.to_json())["schedule"]
+    assert stored == {
+        "kind": "ReferencePretrainSchedule",
+        "warmup_lr": 0.01,
+        "warmup_factor": 1.297,
+        "warmup_every": 4400,
+        "warmup_steps": 35200,
+        "boundaries": [110000, 220000, 330000, 440000],
+        "values": [0.08, 0.008, 0.0008, 8e-5, 8e-6],
+    }
+    kind = stored.pop("kind")
+    assert getattr(schedules, kind).from_config(stored) == recipes.PRETRAIN.schedule
 
 
 def test_demo_schedule_is_the_reference_shape_compressed():

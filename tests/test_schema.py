@@ -102,7 +102,7 @@ def test_reference_records_raw_bytes_match_the_table(reference_dir, file):
             fields["label"][sorted(tags)], np.float32([tags[i] for i in sorted(tags)])
         )
         assert fields["image"][:2] == b"\xff\xd8"
-        if file == "0.tfrecords":  # REFERENCE.md: there the label field is 3x the size of the JPEG.
+        if file == "0.tfrecords":  # docs/REFERENCE.md section 1: a label field 3x the JPEG.
             assert round(len(fields["label_bytes"]) / len(fields["image"])) == 3
 
 

@@ -2,7 +2,7 @@
 
 The checkpoints are written the way the release's did (graph-mode tf.compat.v1 variables under the
 reference scopes, tf.compat.v1.train.Saver, plus `global_step` and Momentum slots), and the loaded model is
-compared with an independent forward pass written with plain tf.nn ops from REFERENCE section 2.
+compared with an independent forward pass written with plain tf.nn ops from docs/REFERENCE.md section 2.
 """
 
 import subprocess
@@ -222,3 +222,47 @@ def test_convert_cli(checkpoints, tmp_path, repo_root):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "11-way head" in proc.stdout
     assert tf.io.gfile.exists(str(tmp_path / "cli") + ".index")
+
+
+def test_entries_are_sorted_by_meaning():
+    model_names = ["init/init_conv/conv2d/kernel", "logits/dense/kernel", "logits/dense/bias"]
+    shapes = {
+        "init/init_conv/conv2d/kernel": [7, 7, 3, 8],
+        "init/init_conv/conv2d/kernel/Momentum": [7, 7, 3, 8],
+        "init/init_conv/conv2d/kernel/Momentum_1": [7, 7, 3, 8],  # a second optimizer instance's slot
+        "logits/dense/kernel": [32, 4],
+        "logits/dense/bias": [4],
+        "logits/dense/bias/Momentum": [4],
+        "global_step": [],
+        "Variable": [4],
+        "Variable_1": [4],
+        "stages_0_block_1/conv1_b2/conv2d/kernel": [1, 1, 32, 8],  # a weight this model does not have
+        "beta1_power": [],  # e.g. an Adam accumulator: unknown here
+    }
+    contents, extra = tf1_checkpoint.classify("ckpt", shapes, model_names[:1], skip_head=True)
+    assert contents.model == ("init/init_conv/conv2d/kernel",)
+    assert contents.head == ("logits/dense/bias", "logits/dense/kernel")
+    assert contents.momentum == {
+        "init/init_conv/conv2d/kernel": "init/init_conv/conv2d/kernel/Momentum",
+        "logits/dense/bias": "logits/dense/bias/Momentum",
+    }
+    assert contents.other_optimizer == ("init/init_conv/conv2d/kernel/Momentum_1",)
+    assert contents.counters == ("Variable", "Variable_1") and contents.global_step == "global_step"
+    assert contents.unknown == ("beta1_power",)
+    assert extra == ["stages_0_block_1/conv1_b2/conv2d/kernel"]  # an error for the loader, not a warning
+    # A lone unnamed variable is not the release's pair of counters.
+    lone = {k: v for k, v in shapes.items() if k != "Variable_1"}
+    contents, _ = tf1_checkpoint.classify("ckpt", lone, model_names, skip_head=False)
+    assert contents.counters is None and "Variable" in contents.unknown
+    assert "2 unknown entries (Variable, beta1_power)" in contents.summary()
+
+
+def test_restore_release_state_checks_the_counter_shape(checkpoints):
+    prefix, _ = checkpoints[11]
+    contents = tf1_checkpoint.classify(prefix, dict(tf.train.list_variables(prefix)), [], skip_head=False)[0]
+    pos, neg = tf.Variable(tf.ones([11])), tf.Variable(tf.ones([11]))
+    taken = tf1_checkpoint.restore_release_state(contents, pos_count=pos, neg_count=neg)
+    assert taken == ["loss counters NOT taken: the checkpoint has none (they start at 0)"]
+    step = tf.Variable(5, dtype=tf.int64)
+    assert tf1_checkpoint.restore_release_state(contents, global_step=step) == ["global_step 0"]
+    assert int(step.numpy()) == 0

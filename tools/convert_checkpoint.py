@@ -4,8 +4,10 @@
         --depth 101 --num_classes 11166 --output converted/mlimages
 
 The output is `tf.train.Checkpoint(model=model)`, the format the training and evaluation code restore
-the `model` from. The conversion is strict (see models/tf1_checkpoint.py): any missing, extra or
-mis-shaped variable aborts it.
+the `model` from. The conversion is strict on the model (see models/tf1_checkpoint.py): any missing, extra
+or mis-shaped model variable aborts it. The file's other entries (global_step, Momentum slots, the
+release's loss counters `Variable`/`Variable_1`) are reported and not converted: to continue a release run
+with them, give the TF1 file itself to `train.py --init_checkpoint ... --init_optimizer_state`.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def convert(
             tf.train.load_checkpoint(tf1_checkpoint_path).get_tensor("logits/dense/bias").shape[0]
         )
     model = resnet.build_resnet(depth, num_classes, base_width=base_width)
-    tf1_checkpoint.load_tf1_checkpoint(model, tf1_checkpoint_path)
+    contents = tf1_checkpoint.load_tf1_checkpoint(model, tf1_checkpoint_path)
     path = tf.train.Checkpoint(model=model).write(output)
     return {
         "path": path,
@@ -51,6 +53,7 @@ def convert(
         "trainable_parameters": int(sum(np.prod(v.shape) for v in model.trainable_weights)),
         "parameters": int(sum(np.prod(v.shape) for v in model.weights)),
         "head_classes": num_classes,
+        "source": contents.summary(),  # what the TF1 file held; only the model weights are converted
     }
 
 
@@ -86,7 +89,7 @@ def main(argv: list[str]) -> None:
     print(
         f"wrote {summary['path']}: ResNet-{summary['depth']}, {summary['variables']} variables, "
         f"{summary['trainable_parameters']:,} trainable parameters ({summary['parameters']:,} with BN "
-        f"statistics), {summary['head_classes']}-way head"
+        f"statistics), {summary['head_classes']}-way head; the TF1 file held {summary['source']}"
     )
 
 

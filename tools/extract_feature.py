@@ -8,12 +8,14 @@ r"""Pooled ResNet features of image files, the release's `extract_feature.py` do
 The feature is the output of the `global_pool` layer (BN-ReLU-global average pool, 2048-d for the reference
 ResNets, `32 x base_width` in general), read through `models.resnet.with_features`, so the classifier and
 the extractor share one model definition. The checkpoint is ours or a released TF1 one; images come as
-arguments and/or `--image_list`; unreadable files are reported on stderr and skipped (their rows are
-simply absent: use the names saved with `npz` / `txt` to align rows with files).
+arguments and/or `--image_list`; unusable files (missing, truncated, not an image, over `--max_pixels`)
+are reported with the reason on stderr and skipped (their rows are simply absent: use the names saved with
+`npz` / `txt` to align rows with files).
 
 Crops (`--crop`):
-- `center`: one view per image through `--transform` (`demo`, the default: the release's shorter side to
-  256 and centre crop 224; or `reference`: central 80 % crop and resize).
+- `center`: one view per image through `--transform` (`demo`, the default: the release's tools' input,
+  OpenCV's decode with the EXIF orientation, shorter side to 256 and centre crop 224; or `reference`:
+  central 80 % crop and resize).
 - `ten_crop`: the demo geometry's shorter-side resize, then the four corner crops and the centre crop
   and the horizontal flip of each; the feature is the mean of the 10 crops' pooled features. (The
   release's `10crop` branch, which its script never enables, would have averaged the numbers of the
@@ -30,8 +32,6 @@ Output formats (`--format`):
 
 from __future__ import annotations
 
-import functools
-import os
 import sys
 from collections.abc import Sequence
 
@@ -40,9 +40,10 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from data import preprocessing
-from models import resnet
-from training import cli, evaluation
+from data import fileio, image_files, preprocessing
+from data import images as images_lib
+from models import pretrained, resnet
+from training import cli
 
 CROPS = ("center", "ten_crop")
 FORMATS = ("npz", "npy", "txt")
@@ -50,7 +51,11 @@ NUM_TEN_CROPS = 10
 
 
 def ten_crop_transform(
-    image_bytes: tf.Tensor, *, image_size: int = 224, resize_side: int | None = None
+    image_bytes: tf.Tensor,
+    *,
+    image_size: int = 224,
+    resize_side: int | None = None,
+    orientation: tf.Tensor | int = 1,
 ) -> tf.Tensor:
     """The 10 crops of one encoded image: 4 corners and the centre, then the horizontal flip of each.
 
@@ -61,7 +66,9 @@ def ten_crop_transform(
       float32[10, S, S, 3] in [-1, 1], in the order top-left, top-right, bottom-left, bottom-right, centre,
       then the same five flipped left-right.
     """
-    resized, new_hw = preprocessing.demo_resize(image_bytes, image_size=image_size, resize_side=resize_side)
+    resized, new_hw = preprocessing.demo_resize(
+        image_bytes, image_size=image_size, resize_side=resize_side, orientation=orientation
+    )
     bottom, right = new_hw[0] - image_size, new_hw[1] - image_size
     offsets = [(0, 0), (0, right), (bottom, 0), (bottom, right), (bottom // 2, right // 2)]
     crops = tf.stack(
@@ -79,16 +86,18 @@ def extract_features(
     transform: str = "demo",
     image_size: int = 224,
     batch_size: int = 32,
-) -> tuple[list[str], np.ndarray, list[evaluation.SkippedImage]]:
+    max_pixels: int = images_lib.DEFAULT_MAX_PIXELS,
+) -> tuple[list[str], np.ndarray, list[image_files.SkippedImage]]:
     """The pooled feature of every readable image, in input order.
 
     Args:
-      model: a model from `build_resnet` (e.g. `evaluation.load_model`); its `global_pool` is read.
+      model: a model from `build_resnet` (e.g. `models.pretrained.load_model`); its `global_pool` is read.
       paths: image files.
       crop: `center` or `ten_crop` (see the module docstring).
       transform: `demo` or `reference`, for `center` (`ten_crop` uses the demo geometry).
       image_size: crop side.
       batch_size: images per forward pass (times 10 crops for `ten_crop`).
+      max_pixels: larger images are skipped (0: only Pillow's own limit, about 179 MP).
 
     Returns:
       (names of the readable images, float32[N, D] features, the skipped files with the reason).
@@ -104,14 +113,17 @@ def extract_features(
         return features_model(images, training=False)["features"]
 
     if crop == "center":
-        preprocess = functools.partial(preprocessing.get_transform(transform), image_size=image_size)
+        preprocess = preprocessing.file_transform(transform, image_size=image_size)
     else:
-        preprocess = functools.partial(ten_crop_transform, image_size=image_size)
+
+        def preprocess(image_bytes: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+            return ten_crop_transform(image_bytes, image_size=image_size, orientation=orientation)
+
     names: list[str] = []
     rows: list[np.ndarray] = []
-    skipped: list[evaluation.SkippedImage] = []
-    for batch_paths, images in evaluation.iter_image_batches(
-        paths, preprocess=preprocess, batch_size=batch_size, skipped=skipped
+    skipped: list[image_files.SkippedImage] = []
+    for batch_paths, images in image_files.iter_image_batches(
+        paths, preprocess=preprocess, batch_size=batch_size, skipped=skipped, max_pixels=max_pixels
     ):
         features = pooled(images.reshape(-1, image_size, image_size, 3)).numpy()
         if crop == "ten_crop":  # [B * 10, D] -> the mean over each image's 10 crops
@@ -126,19 +138,16 @@ def save_features(path: str, names: Sequence[str], features: np.ndarray, *, fmt:
     """Writes the features as `npz` (with names), `npy` or `txt` (see the module docstring), atomically."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    partial = f"{path}.tmp-{os.getpid()}"
     if fmt == "txt":
-        with open(partial, "w", encoding="utf-8") as f:
+        with fileio.atomic_write(path, "w") as f:
             for name, row in zip(names, features, strict=True):
                 f.write(name + "\t" + " ".join(f"{v:.9g}" for v in row) + "\n")
     else:
-        with open(partial, "wb") as f:  # a file object: numpy would otherwise append its own extension
+        with fileio.atomic_write(path, "wb") as f:  # a file object: numpy would append its own extension
             if fmt == "npy":
                 np.save(f, features)
             else:
                 np.savez(f, features=features, names=np.array(list(names), dtype=str))
-    os.replace(partial, path)
 
 
 FLAGS = flags.FLAGS
@@ -166,10 +175,10 @@ def define_flags() -> None:
 
 def main(argv: list[str]) -> None:
     try:
-        paths = evaluation.collect_image_paths(
+        paths = image_files.collect_image_paths(
             argv[1:], image_list=FLAGS.image_list, image_root=FLAGS.image_root
         )
-        model, _ = evaluation.load_model(FLAGS.checkpoint, depth=FLAGS.depth)
+        model, _ = pretrained.load_model(FLAGS.checkpoint, depth=FLAGS.depth)
         names, features, skipped = extract_features(
             model,
             paths,
@@ -177,11 +186,12 @@ def main(argv: list[str]) -> None:
             transform=FLAGS.transform,
             image_size=FLAGS.image_size,
             batch_size=FLAGS.batch_size,
+            max_pixels=FLAGS.max_pixels,
         )
-    except (ValueError, OSError) as e:  # EvaluationInputError is a ValueError
+    except (ValueError, OSError) as e:  # CheckpointError is a ValueError
         sys.exit(f"extract_feature.py: error: {e}")
     if skipped:  # each was logged as a warning when it was read
-        print(f"skipped {len(skipped)} of {len(paths)} images (unreadable)", file=sys.stderr)
+        print(f"skipped {len(skipped)} of {len(paths)} images (unreadable or too large)", file=sys.stderr)
     if not names:
         sys.exit(f"extract_feature.py: error: none of the {len(paths)} images could be read; nothing written")
     save_features(FLAGS.output, names, features, fmt=FLAGS.format)

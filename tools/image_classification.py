@@ -6,8 +6,9 @@ r"""Top-k classes of image files from a checkpoint, the release's `image_classif
         --hierarchy data/dictionary_and_semantic_hierarchy.txt --topk 10 photo1.jpg photo2.png
 
 Images come as arguments and/or `--image_list` (one file per line, the first field; see
-`training.evaluation.read_image_list`); unreadable files (missing, truncated, not an image) are reported on
-stderr and in the JSON and skipped. The checkpoint is ours or a released TF1 one (`evaluation.load_model`).
+`data.image_files.read_image_list`); unusable files (missing, truncated, not an image, over `--max_pixels`)
+are reported with the reason on stderr and in the JSON and skipped. The checkpoint is ours or a released TF1
+one (`models.pretrained.load_model`).
 
 Scores (`--head`): `sigmoid` gives independent per-class probabilities (the multi-label ML-Images head),
 `softmax` a distribution over the classes (the single-label ImageNet head). `auto` picks softmax exactly
@@ -20,16 +21,22 @@ the index joined by spaces; the release printed only the first field, e.g. "grea
 `--hierarchy` reads the ML-Images `dictionary_and_semantic_hierarchy.txt` (`data.hierarchy`). Without
 either, classes are shown as their indices. The name count must equal the head size.
 
-Pre-processing (`--transform`): `demo` (default) is the release's demo transform (shorter side to 256,
-centre crop 224); `reference` its evaluation transform (central 80 % crop, resize).
+Pre-processing (`--transform`): `demo` (default) is the release's tools' transform, as their OpenCV code
+makes the network input (`cv.imread`: accurate IDCT and the EXIF orientation; shorter side to 256 with
+`cv.resize`, centre crop 224, scaled to [-1, 1]; `data.preprocessing.demo_transform`); `reference` its
+evaluation transform (central 80 % crop, resize).
+
+Output (`--output_format`): `text` (default) is one `rank. score  [index] name` line per class under each
+file; `release` is the layout of the release's `label_pred.txt`: per image `+++ the predictions of PATH is:`
+then one `INDEX NAME: SCORE` line per class (score with 3 decimals), and `open pic PATH failed` in place of
+an unreadable image. (The release's names are only the first TAB field of its dictionary line, and its
+scores always a softmax; here the names are those shown by `text` and the scores follow `--head`.) The text
+goes to `--output` (atomically) or stdout.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
-import os
 import sys
 from collections.abc import Sequence
 
@@ -37,11 +44,14 @@ import keras
 import tensorflow as tf
 from absl import app, flags, logging
 
+from data import fileio, image_files, preprocessing
 from data import hierarchy as hierarchy_lib
-from data import preprocessing
-from training import cli, evaluation
+from data import images as images_lib
+from models import pretrained
+from training import cli
 
 HEADS = ("auto", "sigmoid", "softmax")
+OUTPUT_FORMATS = ("text", "release")
 IMAGENET_CLASSES = 1000
 
 
@@ -117,17 +127,19 @@ def classify(
     transform: str = "demo",
     image_size: int = 224,
     batch_size: int = 32,
-) -> tuple[list[Prediction], list[evaluation.SkippedImage]]:
+    max_pixels: int = images_lib.DEFAULT_MAX_PIXELS,
+) -> tuple[list[Prediction], list[image_files.SkippedImage]]:
     """The top-k classes and scores of every readable image, in input order.
 
     Args:
-      model: a logits model (`evaluation.load_model`).
+      model: a logits model (`models.pretrained.load_model`).
       paths: image files.
       head: `sigmoid` or `softmax` (see `resolve_head`).
       topk: classes per image (at most the head size).
       transform: `demo` or `reference` (data/preprocessing.py).
       image_size: the model's input side.
       batch_size: images per forward pass.
+      max_pixels: larger images are skipped (0: only Pillow's own limit, about 179 MP).
 
     Returns:
       (predictions of the readable images, the skipped files with the reason).
@@ -142,11 +154,11 @@ def classify(
         scores = activation(tf.cast(model(images, training=False), tf.float32))
         return tf.math.top_k(scores, k=topk)  # ties: lower class index first
 
-    preprocess = functools.partial(preprocessing.get_transform(transform), image_size=image_size)
+    preprocess = preprocessing.file_transform(transform, image_size=image_size)
     predictions: list[Prediction] = []
-    skipped: list[evaluation.SkippedImage] = []
-    for batch_paths, images in evaluation.iter_image_batches(
-        paths, preprocess=preprocess, batch_size=batch_size, skipped=skipped
+    skipped: list[image_files.SkippedImage] = []
+    for batch_paths, images in image_files.iter_image_batches(
+        paths, preprocess=preprocess, batch_size=batch_size, skipped=skipped, max_pixels=max_pixels
     ):
         scores, indices = (t.numpy() for t in top(images))
         for path, idx, score in zip(batch_paths, indices, scores, strict=True):
@@ -164,9 +176,35 @@ def format_predictions(predictions: Sequence[Prediction], names: Sequence[str]) 
     return "\n".join(lines)
 
 
+def format_release(
+    paths: Sequence[str],
+    predictions: Sequence[Prediction],
+    skipped: Sequence[image_files.SkippedImage],
+    names: Sequence[str],
+) -> str:
+    """The release's `label_pred.txt` layout, in input order (see the module docstring).
+
+    `predictions` and `skipped` are both in input order (as `classify` returns them), so walking `paths`
+    puts each `open pic PATH failed` line where the release would have printed it.
+    """
+    lines = []
+    predicted, failed = iter(predictions), iter(skipped)
+    next_prediction, next_failed = next(predicted, None), next(failed, None)
+    for path in paths:
+        if next_prediction is not None and next_prediction.path == path:
+            lines.append(f"+++ the predictions of {path} is:")
+            for index, score in zip(next_prediction.indices, next_prediction.scores, strict=True):
+                lines.append(f"{index} {names[index]}: {score:.3f}")
+            next_prediction = next(predicted, None)
+        elif next_failed is not None and next_failed.path == path:
+            lines.append(f"open pic {path} failed")
+            next_failed = next(failed, None)
+    return "\n".join(lines)
+
+
 def predictions_json(
     predictions: Sequence[Prediction],
-    skipped: Sequence[evaluation.SkippedImage],
+    skipped: Sequence[image_files.SkippedImage],
     names: Sequence[str],
     **settings,
 ) -> dict:
@@ -209,15 +247,26 @@ def define_flags() -> None:
     )
     flags.DEFINE_integer("topk", 5, "Classes shown per image.", lower_bound=1)
     flags.DEFINE_string("output_json", None, "Also write the predictions and the skipped files here as JSON.")
+    flags.DEFINE_enum(
+        "output_format",
+        "text",
+        list(OUTPUT_FORMATS),
+        "text: one `rank. score  [index] name` line per class under each file; release: the layout of the "
+        "release's label_pred.txt (`+++ the predictions of PATH is:`, then `INDEX NAME: SCORE`; `open pic "
+        "PATH failed` for an unreadable image).",
+    )
+    flags.DEFINE_string(
+        "output", None, "Write the predictions (in --output_format) to this file instead of stdout."
+    )
     flags.mark_flag_as_required("checkpoint")
 
 
 def main(argv: list[str]) -> None:
     try:
-        paths = evaluation.collect_image_paths(
+        paths = image_files.collect_image_paths(
             argv[1:], image_list=FLAGS.image_list, image_root=FLAGS.image_root
         )
-        model, info = evaluation.load_model(FLAGS.checkpoint, depth=FLAGS.depth)
+        model, info = pretrained.load_model(FLAGS.checkpoint, depth=FLAGS.depth)
         names = load_class_names(
             imagenet_dictionary=FLAGS.imagenet_dictionary or "",
             hierarchy=FLAGS.hierarchy or "",
@@ -232,12 +281,20 @@ def main(argv: list[str]) -> None:
             transform=FLAGS.transform,
             image_size=FLAGS.image_size,
             batch_size=FLAGS.batch_size,
+            max_pixels=FLAGS.max_pixels,
         )
-    except (ValueError, OSError) as e:  # EvaluationInputError is a ValueError
+    except (ValueError, OSError) as e:  # CheckpointError is a ValueError
         sys.exit(f"image_classification.py: error: {e}")
-    print(format_predictions(predictions, names))
-    if skipped:  # each was logged as a warning when it was read
-        print(f"skipped {len(skipped)} of {len(paths)} images (unreadable)", file=sys.stderr)
+    if FLAGS.output_format == "release":
+        text = format_release(paths, predictions, skipped, names)
+    else:
+        text = format_predictions(predictions, names)
+    if FLAGS.output:
+        fileio.write_text(FLAGS.output, text + "\n")
+    else:
+        print(text)
+    if skipped:  # each was logged as a warning, with its reason, when it was read
+        print(f"skipped {len(skipped)} of {len(paths)} images (unreadable or too large)", file=sys.stderr)
     logging.info("classified %d images, skipped %d (head %s)", len(predictions), len(skipped), head)
     if FLAGS.output_json:
         report = predictions_json(
@@ -249,11 +306,9 @@ def main(argv: list[str]) -> None:
             topk=FLAGS.topk,
             transform=FLAGS.transform,
             image_size=FLAGS.image_size,
+            max_pixels=FLAGS.max_pixels,
         )
-        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output_json)), exist_ok=True)
-        with open(FLAGS.output_json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
+        fileio.write_json(FLAGS.output_json, report, indent=2)
     if not predictions:
         sys.exit(f"image_classification.py: error: none of the {len(paths)} images could be read")
 

@@ -19,7 +19,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from models import resnet, tf1_checkpoint
+from models import pretrained, resnet, tf1_checkpoint
 
 
 def latest_step(model_dir: str) -> int | None:
@@ -69,28 +69,14 @@ def restore_input_position(iterator, *, model_dir: str, rank: int, step: int) ->
 
 
 def infer_model_config(ckpt_path: str) -> dict[str, int]:
-    """Depth, base width and head size of the ResNet stored in one of our checkpoints, from shapes alone.
-
-    The stem kernel is the only 7x7 kernel ([7, 7, 3, base_width]); the head kernel is the only 2-D
-    variable ([features, num_classes]); a ResNet with B blocks has 3 B + 5 conv kernels (stem, three per
-    block, one projection per stage), and depth = 3 B + 2.
-    """
-    shapes = {name: shape for name, shape in tf.train.list_variables(ckpt_path)}
-    model_vars = {
-        n: s for n, s in shapes.items() if n.startswith(("model/", "optimizer/_trainable_variables/"))
-    }
-    kernels4 = [s for n, s in model_vars.items() if len(s) == 4 and "optimizer/_variables" not in n]
-    stems = [s for s in kernels4 if s[:3] == [7, 7, 3]]
-    heads = [s for s in model_vars.values() if len(s) == 2]
-    if len(stems) != 1 or not heads:
-        raise ValueError(f"{ckpt_path} does not hold one of our ResNet checkpoints (no unique stem/head)")
-    blocks = (len(kernels4) - 5) // 3
-    return {"depth": 3 * blocks + 2, "base_width": stems[0][3], "num_classes": heads[0][1]}
+    """Depth, base width and head size of the ResNet in a checkpoint of either kind (`models.pretrained`)."""
+    found = pretrained.checkpoint_architecture(ckpt_path)
+    return {key: int(found[key]) for key in ("depth", "base_width", "num_classes")}
 
 
 def is_tf1_checkpoint(ckpt_path: str) -> bool:
-    """True for the released TF1 checkpoints (variables named like `init/init_conv/conv2d/kernel`)."""
-    return any(name.startswith("init/init_conv/") for name, _ in tf.train.list_variables(ckpt_path))
+    """True for the released TF1 checkpoints (`models.pretrained.is_tf1_checkpoint`)."""
+    return pretrained.is_tf1_checkpoint(ckpt_path)
 
 
 def resolve_checkpoint_path(path: str) -> str:
@@ -105,17 +91,24 @@ def resolve_checkpoint_path(path: str) -> str:
     return path
 
 
-def load_model_weights(model: keras.Model, path: str, *, skip_head: bool = False) -> None:
+def load_model_weights(
+    model: keras.Model, path: str, *, skip_head: bool = False
+) -> tf1_checkpoint.TF1Contents | None:
     """Loads model weights from ours (a run or converted checkpoint) or a released TF1 checkpoint.
 
-    Strict: any difference in architecture raises; the head (`logits`) is left as it is only when
-    `skip_head` (fine-tuning a new head).
+    Strict on the model: any difference in architecture raises; the head (`logits`) is left as it is only
+    when `skip_head` (fine-tuning a new head). A TF1 checkpoint's other entries (step, Momentum slots, the
+    release's loss counters, anything unknown) are reported and ignored here.
+
+    Returns:
+      For a TF1 checkpoint, its entries sorted by meaning (to take over its training state with
+      `tf1_checkpoint.restore_release_state`); None for ours.
     """
     path = resolve_checkpoint_path(path)
     if is_tf1_checkpoint(path):
-        tf1_checkpoint.load_tf1_checkpoint(model, path, skip_head=skip_head)
+        contents = tf1_checkpoint.load_tf1_checkpoint(model, path, skip_head=skip_head)
         logging.info("loaded TF1 checkpoint %s (head %s)", path, "skipped" if skip_head else "loaded")
-        return
+        return contents
     found = infer_model_config(path)
     source = resnet.build_resnet(found["depth"], found["num_classes"], base_width=found["base_width"])
     tf.train.Checkpoint(model=source).read(path).expect_partial().assert_existing_objects_matched()
@@ -138,3 +131,63 @@ def load_model_weights(model: keras.Model, path: str, *, skip_head: bool = False
                 )
         layer.set_weights(values)
     logging.info("loaded %s (%s; head %s)", path, found, "skipped" if skip_head else "loaded")
+    return None
+
+
+def rank_state_prefix(model_dir: str, rank: int, step: int) -> str:
+    """Where rank `rank` keeps its own state at `step` (the loss counters of class_status=local)."""
+    return os.path.join(os.path.dirname(input_checkpoint_prefix(model_dir, rank)), f"loss-{step}")
+
+
+def save_rank_state(
+    variables: list[tf.Variable], *, model_dir: str, rank: int, num_ranks: int, step: int, keep: int
+) -> None:
+    """Writes this rank's own state (variables that differ between ranks) for `step`, beside its input position.
+
+    The chief's run checkpoint holds only the chief's values of such variables; each rank writes its own
+    here, with the number of ranks, so that a resume gives every rank its own values back (or knows that
+    they do not apply). All but the newest `keep` are removed.
+    """
+    directory = os.path.dirname(rank_state_prefix(model_dir, rank, step))
+    tf.io.gfile.makedirs(directory)
+    state = {f"v{i}": v for i, v in enumerate(variables)}
+    tf.train.Checkpoint(num_ranks=tf.Variable(num_ranks, dtype=tf.int64), **state).write(
+        rank_state_prefix(model_dir, rank, step)
+    )
+    steps = sorted(
+        int(m.group(1)) for f in tf.io.gfile.listdir(directory) if (m := re.match(r"loss-(\d+)\.index$", f))
+    )
+    for old in steps[:-keep]:
+        for f in tf.io.gfile.glob(os.path.join(directory, f"loss-{old}.*")):
+            tf.io.gfile.remove(f)
+
+
+def restore_rank_state(
+    variables: list[tf.Variable], *, model_dir: str, rank: int, num_ranks: int, step: int
+) -> bool:
+    """Restores this rank's own state at `step`; resets it to zeros (with a warning) where it cannot.
+
+    It cannot when this rank saved nothing at `step` (e.g. the run used class_status=global, or had fewer
+    ranks) or when the run was saved on another number of ranks (rank R's batches were then other images).
+
+    Returns:
+      True when this rank's saved values were restored.
+    """
+    path = rank_state_prefix(model_dir, rank, step)
+    saved_ranks = None
+    if tf.io.gfile.exists(path + ".index"):
+        saved_ranks = int(tf.train.load_checkpoint(path).get_tensor("num_ranks/.ATTRIBUTES/VARIABLE_VALUE"))
+    if saved_ranks == num_ranks:
+        state = {f"v{i}": v for i, v in enumerate(variables)}
+        tf.train.Checkpoint(num_ranks=tf.Variable(0, dtype=tf.int64), **state).read(path).assert_consumed()
+        return True
+    logging.warning(
+        "rank %d: the per-rank loss counters %s (class_status=local); they restart from 0",
+        rank,
+        f"were saved on {saved_ranks} ranks, this run has {num_ranks}"
+        if saved_ranks is not None
+        else f"were not saved at step {step}",
+    )
+    for variable in variables:
+        variable.assign(tf.zeros_like(variable))
+    return False

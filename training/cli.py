@@ -19,6 +19,7 @@ from typing import Any
 
 from absl import app, flags
 
+from data import images
 from training import config as config_lib
 from training import recipes
 
@@ -59,10 +60,19 @@ def define_flags(*, default_recipe: str, recipe_names: list[str], finetune: bool
         "Prefix of the validation split's files, or its sub-folder in the release's layout (default: the "
         "recipe's, val).",
     )
+    f.DEFINE_string(
+        "tfds_name",
+        None,
+        "Read through tensorflow-datasets instead of --data_dir: imagenet2012 (single-label, finetune.py) or "
+        "ml_images/full, ml_images/tiny (multi-label, the builder in data/ml_images).",
+    )
+    f.DEFINE_string("tfds_data_dir", None, "tensorflow-datasets data_dir (prepared datasets).")
+    f.DEFINE_string(
+        "tfds_manual_dir",
+        None,
+        "Folder with the manually downloaded files (ImageNet archives; ML-Images lists and images/).",
+    )
     if finetune:
-        f.DEFINE_string("tfds_name", None, "Read through tensorflow-datasets instead, e.g. imagenet2012.")
-        f.DEFINE_string("tfds_data_dir", None, "tensorflow-datasets data_dir (prepared datasets).")
-        f.DEFINE_string("tfds_manual_dir", None, "Folder with the manually downloaded ImageNet archives.")
         f.DEFINE_string(
             "init_checkpoint",
             None,
@@ -78,12 +88,26 @@ def define_flags(*, default_recipe: str, recipe_names: list[str], finetune: bool
     else:
         f.DEFINE_float("mask_thres", None, "A label >= this makes its class positive in a batch (0.7).")
         f.DEFINE_float("neg_select", None, "Probability that a negative class counts in a step (0.1).")
+        f.DEFINE_enum(
+            "class_status",
+            None,
+            list(config_lib.CLASS_STATUSES),
+            "Where a class's batch status (positive or not) is decided: global = on the global batch, every "
+            "rank with the same loss counters; local = on each rank's own batch with its own counters, as "
+            "the release's model_fn run once per GPU would (README, Recipes). Default: the recipe's, global.",
+        )
         f.DEFINE_string(
             "init_checkpoint",
             None,
             "Start from these weights (ours or TF1); the run's own "
             "checkpoints in --model_dir take precedence (resume).",
         )
+    f.DEFINE_bool(
+        "init_optimizer_state",
+        None,
+        "With a released TF1 --init_checkpoint: also take over its Momentum slots (of every trained variable) "
+        "and its global_step, to continue that run; its loss counters are taken in any case. Default: off.",
+    )
     f.DEFINE_integer("depth", None, "ResNet depth: 50, 101, 152 (14: test-only). Default: the recipe's.")
     f.DEFINE_integer(
         "base_width", None, "Stem width (64 in the reference; small values for tests).", **_POSITIVE
@@ -131,7 +155,7 @@ def define_flags(*, default_recipe: str, recipe_names: list[str], finetune: bool
         "intra_op_threads",
         None,
         "TensorFlow's intra-op thread pool (0: one thread per core). 1 keeps the input pipeline's XLA "
-        "augmentation on its own thread (about 12% less CPU per image, docs/BENCHMARKS.md) but gives the "
+        "augmentation on its own thread (less CPU per image, docs/BENCHMARKS.md section 3) but gives the "
         "step's CPU kernels one thread: for GPU hosts, not CPU training. Default: the recipe's, 0.",
         lower_bound=0,
     )
@@ -176,11 +200,20 @@ def define_inference_flags() -> None:
         "transform",
         "demo",
         ["demo", "reference"],
-        "Pre-processing (extract_feature.py: of --crop=center): demo = the release's demo (shorter side 256, "
-        "centre crop 224); reference = its evaluation transform (central 80% crop, resize).",
+        "Pre-processing (extract_feature.py: of --crop=center): demo = the release's tools' (OpenCV decode "
+        "with the EXIF orientation, shorter side 256, centre crop 224); reference = its evaluation transform "
+        "(central 80% crop, resize).",
     )
     flags.DEFINE_integer("image_size", 224, "Model input side (the crop side).", lower_bound=1)
     flags.DEFINE_integer("batch_size", 32, "Images per forward pass.", lower_bound=1)
+    flags.DEFINE_integer(
+        "max_pixels",
+        images.DEFAULT_MAX_PIXELS,
+        "Largest image (width x height) read; a larger one is skipped with the reason in the skip list, "
+        "checked from its header before any pixel is decoded (0: only Pillow's own decompression-bomb limit, "
+        "about 179 MP).",
+        lower_bound=0,
+    )
 
 
 _MODEL_FIELDS = ("depth", "base_width", "num_classes")
@@ -204,6 +237,8 @@ _RUN_FIELDS = (
     "seed",
     "init_checkpoint",
     "skip_head",
+    "init_optimizer_state",
+    "class_status",
     "frozen_stages",
     "mask_thres",
     "neg_select",

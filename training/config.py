@@ -12,6 +12,7 @@ from typing import Any
 from training import schedules
 
 TASKS = ("multilabel", "softmax")
+CLASS_STATUSES = ("global", "local")
 PRECISIONS = ("bf16", "fp16", "fp32")
 
 
@@ -61,9 +62,15 @@ class TrainConfig:
     mask_thres: float = 0.7
     neg_select: float = 0.1
     pos_weight: float = 12.0
+    # A class's status in a step (positive or not, loss step 1): "global" on the global batch (every rank the
+    # same counters), "local" on each rank's own batch with per-rank counters, as the release's model_fn
+    # would run once per GPU (docs/REFERENCE.md sections 3-4; README "Recipes").
+    class_status: str = "global"
     frozen_stages: int = -1  # FixBlock2 = 2: stem and stages 0-1 frozen (their BN statistics still update)
     init_checkpoint: str = ""  # ours or a released TF1 checkpoint; the head is skipped when skip_head
     skip_head: bool = False
+    # With a released TF1 init_checkpoint: also take over its Momentum slots and global_step (continue it).
+    init_optimizer_state: bool = False
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 with dynamic loss scaling)
     xla: bool = False
     deterministic: bool = False  # TF op determinism: bit-exact reruns on CPU (slower on GPU)
@@ -147,6 +154,15 @@ def validate(config: TrainConfig) -> None:
         problems.append(f"the first image size must start at step 0, got {config.image_sizes}")
     if not 0.0 <= config.neg_select <= 1.0 or not 0.0 < config.mask_thres <= 1.0:
         problems.append("neg_select must be in [0, 1] and mask_thres in (0, 1]")
+    if config.class_status not in CLASS_STATUSES:
+        problems.append(f"class_status must be one of {CLASS_STATUSES}, got {config.class_status!r}")
+    elif config.class_status == "local" and config.accum_steps > 1:
+        problems.append(
+            "class_status=local needs accum_steps=1: the status would be that of the rank's whole batch, not of "
+            "each micro-batch (use more ranks, or class_status=global)"
+        )
+    if config.init_optimizer_state and not config.init_checkpoint:
+        problems.append("init_optimizer_state needs an init_checkpoint (a released TF1 checkpoint)")
     if config.intra_op_threads < 0:
         problems.append(f"intra_op_threads must be >= 0, got {config.intra_op_threads}")
     if not -1 <= config.frozen_stages <= 4:

@@ -2,9 +2,9 @@
 
 Sources are our TFRecords (any label format of `data/schema.py`, described by the writer's manifest), a
 folder written by the original release (``{data_dir}/{prefix}/*.tfrecords``, no manifest: the label format
-and class count are read from the records) or ImageNet through tensorflow-datasets. All become a stream of
-`(jpeg_bytes, label)` where `label` is a dense float32[num_classes] vector (multi-label) or an int64 class
-index (single-label).
+and class count are read from the records) or tensorflow-datasets (ImageNet; ML-Images built by
+data/ml_images, whose sparse labels are made dense here). All become a stream of `(jpeg_bytes, label)`
+where `label` is a dense float32[num_classes] vector (multi-label) or an int64 class index (single-label).
 
 Damaged data is one line naming the file, not a traceback: a shard cut short is found before the first
 step (the manifest's recorded sizes; for release folders the last record of every file), and a record
@@ -31,6 +31,7 @@ from absl import logging
 from data import preprocessing, record_files, schema
 
 AUTOTUNE = tf.data.AUTOTUNE
+_TFDS_FORMATS = ("tfds", "tfds_sparse")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +39,7 @@ class Source:
     """Where the records of one split come from."""
 
     num_classes: int
-    label_format: str  # "dense" | "sparse" | "int64" | "tfds"
+    label_format: str  # "dense" | "sparse" | "int64" | "tfds" (class index) | "tfds_sparse" (ml_images)
     files: tuple[str, ...] = ()
     tfds_name: str = ""
     tfds_split: str = ""
@@ -133,13 +134,62 @@ def count_release_records(source: Source) -> int:
     return sum(record_files.count_records(file) for file in source.files)
 
 
+# --- TFDS datasets with sparse multi-label labels (the `ml_images` builder, data/ml_images/) -------------
+# This project's own TFDS builders: importing the module registers the name with TFDS (a dataset built
+# elsewhere is found in `data_dir` either way; the import lets TFDS also build it from `manual_dir`).
+_PROJECT_TFDS_BUILDERS = {"ml_images": "data.ml_images.ml_images_dataset_builder"}
+
+
+def _tfds_base_name(name: str) -> str:
+    """``ml_images/tiny:1.0.0`` -> ``ml_images``."""
+    return name.split("/", 1)[0].split(":", 1)[0]
+
+
+def _project_tfds_label_format(name: str, *, num_classes: int, data_dir: str) -> str | None:
+    """``tfds_sparse`` for this project's multi-label builders (checking their class count), else None."""
+    module = _PROJECT_TFDS_BUILDERS.get(_tfds_base_name(name))
+    if module is None:
+        return None
+    import importlib
+
+    import tensorflow_datasets as tfds
+
+    importlib.import_module(module)
+    builder = tfds.builder(name, data_dir=data_dir or None)
+    dataset_classes = (builder.info.metadata or {}).get("num_classes")
+    if dataset_classes is not None and dataset_classes != num_classes:
+        raise ValueError(
+            f"TFDS {name} has {dataset_classes} classes but the model has {num_classes}: "
+            "pass the matching --num_classes"
+        )
+    return "tfds_sparse"
+
+
+def _sparse_tfds_label(label: dict, num_classes: int) -> tf.Tensor:
+    """``{indices, confidences}`` of one example -> float32[num_classes], the confidence at each tag."""
+    indices = label["indices"]
+    check = tf.debugging.assert_less(
+        indices,
+        tf.constant(num_classes, indices.dtype),
+        message="class index >= num_classes in a sparse label",
+    )
+    with tf.control_dependencies([check]):
+        at = tf.expand_dims(tf.cast(indices, tf.int32), 1)
+    return tf.tensor_scatter_nd_max(tf.zeros([num_classes], tf.float32), at, label["confidences"])
+
+
+# -----------------------------------------------------------------------------------------------------------
+
+
 def tfds_source(
     name: str, split: str, *, num_classes: int, data_dir: str = "", manual_dir: str = ""
 ) -> Source:
-    """A single-label TFDS dataset (e.g. `imagenet2012` prepared from its manual-download folder)."""
+    """A TFDS dataset: single-label (a class index, e.g. `imagenet2012` prepared from its manual-download
+    folder) or, for this project's `ml_images` builder, multi-label with sparse labels."""
+    sparse = _project_tfds_label_format(name, num_classes=num_classes, data_dir=data_dir)
     return Source(
         num_classes=num_classes,
-        label_format="tfds",
+        label_format=sparse or "tfds",
         tfds_name=name,
         tfds_split=split,
         tfds_data_dir=data_dir,
@@ -151,7 +201,7 @@ def _records(
     source: Source, *, num_shards: int, shard_index: int, training: bool, seed: int
 ) -> tf.data.Dataset:
     """This rank's records as `(encoded, label)` before decoding: disjoint files per rank."""
-    if source.label_format == "tfds":
+    if source.label_format in _TFDS_FORMATS:
         import tensorflow_datasets as tfds
 
         download_config = tfds.download.DownloadConfig(manual_dir=source.tfds_manual_dir or None)
@@ -171,7 +221,13 @@ def _records(
             decoders={"image": tfds.decode.SkipDecoding()},
             download_and_prepare_kwargs={"download_config": download_config},
         )
-        ds = ds.map(lambda x: (x["image"], x["label"]), num_parallel_calls=AUTOTUNE)
+        if source.label_format == "tfds_sparse":
+            ds = ds.map(
+                lambda x: (x["image"], _sparse_tfds_label(x["label"], source.num_classes)),
+                num_parallel_calls=AUTOTUNE,
+            )
+        else:
+            ds = ds.map(lambda x: (x["image"], x["label"]), num_parallel_calls=AUTOTUNE)
         return ds.repeat() if training else ds
 
     files = source.files[shard_index::num_shards]
@@ -234,6 +290,8 @@ def _decode_fn(source: Source):
     """(record, label) -> (jpeg_bytes, label) for the source's format."""
     if source.label_format == "tfds":
         return lambda image, label: (image, tf.cast(label, tf.int64))
+    if source.label_format == "tfds_sparse":
+        return lambda image, label: (image, label)  # made dense in `_records`
 
     def decode(record, origin):
         parsed = schema.parse_records(
@@ -304,7 +362,7 @@ def _parse_in_batches(ds: tf.data.Dataset, source: Source) -> tf.data.Dataset:
     that seeds each augmentation is the same as with a per-record parse.
     """
     decode = _decode_fn(source)
-    if source.label_format == "tfds":
+    if source.label_format in _TFDS_FORMATS:
         return ds.map(decode, num_parallel_calls=AUTOTUNE)
     ds = ds.batch(_PARSE_BATCH).map(decode, num_parallel_calls=AUTOTUNE)
     return ds.unbatch()

@@ -33,7 +33,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from models import losses, resnet
+from models import losses, resnet, tf1_checkpoint
 from training import checkpoints, distributed, evaluation, input_pipeline, train_step
 from training.config import TrainConfig
 
@@ -112,6 +112,7 @@ def _build(config: TrainConfig, dist: distributed.Distributed) -> _Run:
         frozen_stages=config.frozen_stages,
         xla=config.xla,
         accum_steps=config.accum_steps,
+        class_status=config.class_status,
     )
     state = {"model": model, "optimizer": optimizer, "global_step": step.global_step}
     if loss is not None:
@@ -141,6 +142,42 @@ def _agreed_resume_step(run: _Run) -> int:
     return int(run.dist.allreduce_sum(tf.constant(mine, tf.int64)).numpy())
 
 
+def _init_from_checkpoint(run: _Run) -> None:
+    """Loads `init_checkpoint`; from a released TF1 one, also what continues the release's run.
+
+    That is its loss counters (`Variable` -> pos_count, `Variable_1` -> neg_count) when they fit the head
+    and, with `init_optimizer_state`, the Momentum slots of every trained variable and its global_step.
+    The log says what was taken over.
+    """
+    config = run.config
+    contents = checkpoints.load_model_weights(run.model, config.init_checkpoint, skip_head=config.skip_head)
+    if contents is None:
+        if config.init_optimizer_state:
+            raise ValueError(
+                "--init_optimizer_state takes the optimizer state of a released TF1 checkpoint; to continue "
+                f"one of this project's runs ({config.init_checkpoint}), use its --model_dir (resume)"
+            )
+        return
+    taken = [f"weights ({len(contents.model)} variables, head {'skipped' if config.skip_head else 'loaded'})"]
+    state: dict[str, Any] = {}
+    if run.step.loss is not None and config.skip_head:
+        taken.append("loss counters NOT taken: the head is new (skip_head)")
+    elif run.step.loss is not None:
+        state.update(pos_count=run.step.loss.pos_count, neg_count=run.step.loss.neg_count)
+    if config.init_optimizer_state:
+        names = {id(v): n for n, v in tf1_checkpoint.tf1_variable_map(run.model).items()}
+        state["momentum"] = {
+            names[id(v)]: m
+            for v, m in zip(run.step.train_variables, run.step.momentum_variables(), strict=True)
+            if not (config.skip_head and names[id(v)].startswith(tf1_checkpoint.HEAD_PREFIX))
+        }
+        state["global_step"] = run.step.global_step
+    taken += tf1_checkpoint.restore_release_state(contents, **state)
+    if not config.init_optimizer_state:
+        taken.append("NOT the Momentum slots and step (--init_optimizer_state)")
+    logging.info("initialised from TF1 checkpoint %s: %s", contents.path, "; ".join(taken))
+
+
 def _initialise(run: _Run) -> int:
     """Restores or initialises the state on every rank; returns the step to continue from."""
     config, dist = run.config, run.dist
@@ -153,9 +190,17 @@ def _initialise(run: _Run) -> int:
                 "storage that every rank sees"
             )
         run.checkpoint.read(path).assert_existing_objects_matched()
+        if run.step.rank_local_variables():  # class_status=local: this rank's own loss counters
+            checkpoints.restore_rank_state(
+                run.step.rank_local_variables(),
+                model_dir=config.model_dir,
+                rank=dist.rank,
+                num_ranks=dist.size,
+                step=resume,
+            )
         logging.info("rank %d resumed from %s", dist.rank, path)
     elif config.init_checkpoint:
-        checkpoints.load_model_weights(run.model, config.init_checkpoint, skip_head=config.skip_head)
+        _init_from_checkpoint(run)
     # Horovod: every rank starts from rank 0's state (identical after a restore; rank 0's random init else).
     dist.broadcast_variables(run.step.state_variables(), root_rank=0)
     return run.global_step
@@ -180,6 +225,15 @@ def _save(run: _Run, iterator, step: int) -> None:
         step=step,
         keep=run.config.keep_checkpoints + 1,
     )
+    if run.step.rank_local_variables():  # class_status=local: each rank's own loss counters
+        checkpoints.save_rank_state(
+            run.step.rank_local_variables(),
+            model_dir=run.config.model_dir,
+            rank=run.dist.rank,
+            num_ranks=run.dist.size,
+            step=step,
+            keep=run.config.keep_checkpoints + 1,
+        )
     run.dist.barrier()  # Horovod: every position is on disk before the state points at it.
     if run.manager is not None:
         path = run.manager.save(checkpoint_number=step)
@@ -208,6 +262,7 @@ def evaluate(run: _Run, step: int) -> dict[str, float]:
         settings=evaluation.EvalSettings(topk=config.topk),
         dist=run.dist,
         show_progress=False,
+        source=run.eval_source,
     )
     if run.dist.is_chief:
         logging.info("eval at step %d (size %d): %s", step, size, json.dumps(results, sort_keys=True))

@@ -7,7 +7,7 @@ a per-class score histogram; `state()` returns those sums as numpy arrays that a
 per-rank states of a Horovod evaluation are combined with one all-reduce each (`all_reduce`) or, offline,
 with `merge_state`. `result()` turns the sums into fractions in [0, 1].
 
-Multi-label metrics (`MultiLabelMetrics`), instance level, as the reference reports them (REFERENCE.md
+Multi-label metrics (`MultiLabelMetrics`), instance level, as the reference reports them (docs/REFERENCE.md
 section 7). For image i, Y_i = {classes j with label_ij >= label_threshold} and P_i = the k highest-scoring
 classes, ties broken towards the LOWER class index (the documented order of `tf.math.top_k`):
 
@@ -34,6 +34,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
+
+IGNORE_LABEL = -1.0  # a multi-label label of -1: neither positive nor negative (see MultiLabelMetrics)
 
 # Per-class score histograms: 1000 bins of width 0.001 over [0, 1] are 11,166 x 1000 x 2 float64 = 179 MB
 # for ML-Images; on sigmoid scores skewed towards 0 like a trained model's, the AP is then within 1e-3 of the
@@ -102,7 +104,9 @@ class MultiLabelMetrics(_StreamingSums):
 
     Scores must be probabilities in [0, 1] (sigmoid outputs) for the mAP histogram; the top-k metrics only
     use their order. Labels are confidences in [0, 1] (soft labels allowed); class j is a positive of image
-    i when label_ij >= label_threshold.
+    i when label_ij >= label_threshold. A label of -1 means "ignore" (the release's loss convention): that
+    class of that image is left out of the image's ranking (never one of its top k) and out of the class's
+    average precision (neither a positive nor a negative).
     """
 
     def __init__(
@@ -162,11 +166,13 @@ class MultiLabelMetrics(_StreamingSums):
 
     def _update_fn(self, scores: tf.Tensor, labels: tf.Tensor) -> None:
         scores = tf.debugging.check_numerics(scores, "MultiLabelMetrics: scores")
+        ignored = tf.equal(labels, IGNORE_LABEL)  # [B, C]
         positive = tf.cast(labels >= self.label_threshold, tf.float32)  # [B, C]
         num_positive = tf.cast(tf.reduce_sum(positive, axis=1, keepdims=True), tf.float64)  # [B, 1]
 
         # Instance level: where the top max(k) predictions hit, then hits within the first k for every k.
-        _, top = tf.math.top_k(scores, k=max(self.ks), sorted=True)  # ties: lower class index first
+        ranked = tf.where(ignored, -math.inf, scores)  # an ignored class is never predicted
+        _, top = tf.math.top_k(ranked, k=max(self.ks), sorted=True)  # ties: lower class index first
         hits = tf.cumsum(tf.gather(positive, top, batch_dims=1), axis=1)  # [B, max k]
         true_positives = tf.cast(tf.gather(hits, [k - 1 for k in self.ks], axis=1), tf.float64)  # [B, K]
         precision = true_positives / tf.constant(self.ks, tf.float64)
@@ -187,6 +193,9 @@ class MultiLabelMetrics(_StreamingSums):
         bins = tf.cast(tf.clip_by_value(tf.floor(scores * self.num_bins), 0, self.num_bins - 1), tf.int32)
         cell = (self._class_offsets + bins) * 2 + tf.cast(positive, tf.int32)  # flat [C, num_bins, 2] index
         size = self.num_classes * self.num_bins * 2
+        cell = tf.where(
+            ignored, size, cell
+        )  # bincount drops values >= maxlength: ignored cells count nowhere
         counts = tf.math.bincount(tf.reshape(cell, [-1]), minlength=size, maxlength=size, dtype=tf.int32)
         histogram = self._sums["score_histogram"]
         histogram.assign_add(tf.reshape(tf.cast(counts, tf.float64), histogram.shape))

@@ -16,7 +16,7 @@ PRETRAIN = TrainConfig(
     recipe="pretrain_mlimages",
     task="multilabel",
     provenance=(
-        "Published: the released pre-training script and paper (REFERENCE sections 3-4): ResNet-101, 11,166 "
+        "Published: the released pre-training script and paper (docs/REFERENCE.md sections 3-4): ResNet-101, 11,166 "
         "classes, 224, global batch 4096 (128 GPUs x 32), lr warm-up 0.01 x 1.297 every 4,400 steps for 35,200 "
         "steps then 0.08/0.008/0.0008/8e-5/8e-6 at 110k/220k/330k/440k, 440,000 steps, mask_thres 0.7, "
         "neg_select 0.1, pos_weight 12, wd 1e-4 on non-BN weights, snapshot every 4,400 steps."
@@ -37,7 +37,7 @@ _FINETUNE_BASE = TrainConfig(
         "Published: the released ImageNet fine-tuning example. Softmax CE over 1000 classes, 4 GPUs x 64 = 256, "
         "lr 0.1 x 0.1^floor(step/150000), 600,000 steps, momentum 0.9, wd 1e-4 plus 0.1 x 1e-4 on BN gamma/beta, "
         "FixBlock2 (stem and stages 0-1 frozen), restore all but global_step, Momentum and logits (new head), "
-        "224 throughout. Crop: object_cover 0.0, area_cover 0.05 (REFERENCE 6 gives the pair as '0.0 / 0.05')."
+        "224 throughout. Crop: object_cover 0.0, area_cover 0.05 (docs/REFERENCE.md section 6)."
     ),
     model=ModelConfig(depth=101, num_classes=1000),
     data=DataConfig(tfds_name="", area_cover=0.05, object_cover=0.0, eval_prefix="val"),

@@ -1,25 +1,55 @@
-"""Learning-rate schedules as pure functions of the step (Python ints or scalar tensors).
+"""Learning-rate schedules: one TensorFlow formula each, as Keras `LearningRateSchedule` objects.
 
-Each schedule is a frozen dataclass with `__call__(step) -> lr`. The same code serves the train step
-(inside `tf.function`, with a tensor step) and `--dry_run --lr_probe_steps` / the tests (Python ints), so the
-probed values are exactly the ones used in training.
+Each schedule is a frozen dataclass (its fields are what config.json stores) and a
+`keras.optimizers.schedules.LearningRateSchedule` with `get_config`, so it can also be handed to any Keras
+optimizer or saved with Keras objects. Its formula is written once, in float64 TensorFlow ops on an int64
+step, because the same code has to serve two callers:
+
+- the train step, inside `tf.function` (XLA included), with the `global_step` variable: the result is a
+  float64 scalar tensor;
+- `--dry_run --lr_probe_steps` and the tests' (step, lr) tables, with a Python or NumPy integer: the same
+  ops run eagerly and the result is a Python float.
+
+So the probed values are exactly the ones training uses.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+from typing import Any
 
+import keras
 import tensorflow as tf
 
 
-def _as_float(x):
-    return float(x) if isinstance(x, int | float) else tf.cast(x, tf.float64)
+class _Schedule(keras.optimizers.schedules.LearningRateSchedule):
+    """`__call__`, `get_config` and `from_config` shared by the schedules; subclasses define `lr`."""
+
+    def lr(self, step: tf.Tensor) -> tf.Tensor:
+        """The learning rate at `step` (an int64 scalar tensor), as a float64 scalar tensor."""
+        raise NotImplementedError
+
+    def __call__(self, step):
+        lr = self.lr(tf.cast(tf.convert_to_tensor(step, dtype_hint=tf.int64), tf.int64))
+        if isinstance(step, numbers.Integral) and tf.executing_eagerly():
+            return float(lr)
+        return lr
+
+    def get_config(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]):
+        # A JSON round trip turns the tuples into lists; the frozen dataclass needs them hashable again.
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
 
 
+@keras.saving.register_keras_serializable(package="mlimages")
 @dataclasses.dataclass(frozen=True)
-class ReferencePretrainSchedule:
-    """The released pre-training schedule (REFERENCE section 4).
+class ReferencePretrainSchedule(_Schedule):
+    """The released pre-training schedule (docs/REFERENCE.md section 4).
 
     Warm-up: `warmup_lr * warmup_factor ** floor(step / warmup_every)` while `step < warmup_steps` (staircase,
     0.01 x 1.297 every 4,400 steps for 35,200 steps, reaching ~0.0617, then a jump to 0.08 at step 35,200 —
@@ -35,52 +65,43 @@ class ReferencePretrainSchedule:
     boundaries: tuple[int, ...] = (110000, 220000, 330000, 440000)
     values: tuple[float, ...] = (0.08, 0.008, 0.0008, 8e-5, 8e-6)
 
-    def __call__(self, step):
-        if isinstance(step, int):
-            if step < self.warmup_steps:
-                return self.warmup_lr * self.warmup_factor ** (step // self.warmup_every)
-            return self.values[sum(step > b for b in self.boundaries)]
-        step = tf.cast(step, tf.int64)
-        warm = self.warmup_lr * tf.pow(
-            tf.constant(self.warmup_factor, tf.float64), tf.cast(step // self.warmup_every, tf.float64)
-        )
+    def lr(self, step: tf.Tensor) -> tf.Tensor:
+        exponent = tf.cast(step // self.warmup_every, tf.float64)
+        warm = self.warmup_lr * tf.pow(tf.constant(self.warmup_factor, tf.float64), exponent)
+        # The number of boundaries strictly below the step selects the piece.
         index = tf.reduce_sum(tf.cast(step > tf.constant(self.boundaries, tf.int64), tf.int32))
         piece = tf.gather(tf.constant(self.values, tf.float64), index)
         return tf.where(step < self.warmup_steps, warm, piece)
 
 
+@keras.saving.register_keras_serializable(package="mlimages")
 @dataclasses.dataclass(frozen=True)
-class StaircaseSchedule:
+class StaircaseSchedule(_Schedule):
     """`base_lr * decay ** floor(step / decay_every)`: the released fine-tuning example (0.1, 0.1, 150,000)."""
 
     base_lr: float = 0.1
     decay: float = 0.1
     decay_every: int = 150000
 
-    def __call__(self, step):
-        if isinstance(step, int):
-            return self.base_lr * self.decay ** (step // self.decay_every)
-        exponent = tf.cast(tf.cast(step, tf.int64) // self.decay_every, tf.float64)
+    def lr(self, step: tf.Tensor) -> tf.Tensor:
+        exponent = tf.cast(step // self.decay_every, tf.float64)
         return self.base_lr * tf.pow(tf.constant(self.decay, tf.float64), exponent)
 
 
+@keras.saving.register_keras_serializable(package="mlimages")
 @dataclasses.dataclass(frozen=True)
-class WarmupCosineSchedule:
+class WarmupCosineSchedule(_Schedule):
     """Linear warm-up from 0 to `base_lr` over `warmup_steps`, then cosine decay to 0 at `total_steps`."""
 
     base_lr: float = 0.1
     warmup_steps: int = 5000
     total_steps: int = 600000
 
-    def __call__(self, step):
-        if isinstance(step, int):
-            if step < self.warmup_steps:
-                return self.base_lr * step / self.warmup_steps
-            progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-            return 0.5 * self.base_lr * (1.0 + math.cos(math.pi * progress))
+    def lr(self, step: tf.Tensor) -> tf.Tensor:
         s = tf.cast(step, tf.float64)
         warm = self.base_lr * s / max(1, self.warmup_steps)
-        progress = tf.minimum(1.0, (s - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        # Tensor first: a leading Python 1.0 would become float32 in a graph and not match the float64.
+        progress = tf.minimum((s - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps), 1.0)
         cosine = 0.5 * self.base_lr * (1.0 + tf.cos(math.pi * progress))
         return tf.where(s < self.warmup_steps, warm, cosine)
 

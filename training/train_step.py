@@ -5,7 +5,8 @@ The step is split in two because Horovod ops cannot be XLA-compiled:
 - `_gradients` (jit-compilable): forward in training mode (BatchNorm uses and updates batch statistics),
   the loss (adaptive multi-label or softmax cross-entropy) plus weight decay, and its gradients;
 - `_step` (a plain `tf.function` around it): the multi-label class weights (the counters and the
-  negative draw, with the class status of the GLOBAL batch), one fused all-reduce of the gradients, the
+  negative draw, with the class status of the global batch, or of each rank's own batch with
+  class_status "local"), one fused all-reduce of the gradients, the
   BatchNorm moving statistics and the logged losses through `training/distributed.py`, the learning rate
   of this step, and the update — applied only when the global loss is finite; otherwise the weights,
   optimizer slots, moving statistics and step stay as they were (only the loss counters have advanced) and
@@ -18,19 +19,18 @@ the same moving statistics and the results are averaged (the moving averages are
 moving average of the mean batch statistics). Hence all ranks hold identical weights, optimizer slots,
 moving statistics and loss counters at every step, and a 2-rank run equals one process with
 `accum_steps=2` on the concatenated batch. Gradient accumulation also lets fewer GPUs reproduce the
-reference global batch of 4096 without rescaling the schedule.
+reference global batch of 4096 without rescaling the schedule. (With class_status "local" the loss
+counters, and so the class weights, differ between ranks: this equivalence then does not hold.)
 """
 
 from __future__ import annotations
-
-import re
 
 import keras
 import tensorflow as tf
 
 from models import losses, resnet
 from training import distributed
-from training.config import TASKS
+from training.config import CLASS_STATUSES, TASKS
 
 _POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
@@ -95,11 +95,10 @@ def frozen_layers(model: keras.Model, frozen_stages: int) -> list[keras.Layer]:
     """
     if frozen_stages < 0:
         return []
-    pattern = re.compile(r"stages_(\d+)_block_\d+_.+")
     chosen = []
     for layer in model.layers:
-        match = pattern.fullmatch(layer.name)
-        if layer.name == resnet.STEM_LAYER or (match and int(match.group(1)) < frozen_stages):
+        block = resnet.parse_layer_name(layer.name)
+        if layer.name == resnet.STEM_LAYER or (block is not None and block.stage < frozen_stages):
             chosen.append(layer)
     return chosen
 
@@ -134,6 +133,7 @@ class TrainStep:
         frozen_stages: int = -1,
         xla: bool = False,
         accum_steps: int = 1,
+        class_status: str = "global",
     ) -> None:
         """Builds the step.
 
@@ -151,6 +151,9 @@ class TrainStep:
             as in the release's FixBlock2); -1 trains everything.
           xla: compile the forward/backward with XLA.
           accum_steps: micro-batches per step (the batch must divide evenly); see the module docstring.
+          class_status: "global": a class's status in the step (loss step 1) is that of the global batch
+            and every rank holds the same loss counters; "local": that of this rank's own batch, with
+            this rank's own counters (`rank_local_variables`), as the release's model_fn run once per GPU.
         """
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -158,6 +161,8 @@ class TrainStep:
             raise ValueError("the multilabel task needs its AdaptiveMultiLabelLoss")
         if accum_steps < 1:
             raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
+        if class_status not in CLASS_STATUSES:
+            raise ValueError(f"class_status must be one of {CLASS_STATUSES}, got {class_status!r}")
         self.model = model
         self.optimizer = optimizer
         self.task = task
@@ -167,6 +172,7 @@ class TrainStep:
         self.weight_decay = weight_decay
         self.bn_weight_decay_scale = bn_weight_decay_scale
         self.accum_steps = accum_steps
+        self.class_status = class_status
         self.loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         frozen = {id(v) for layer in frozen_layers(model, frozen_stages) for v in layer.trainable_weights}
         self.train_variables = [v for v in model.trainable_variables if id(v) not in frozen]
@@ -232,8 +238,11 @@ class TrainStep:
         start_statistics = [tf.identity(v) for v in self.bn_statistics]
         class_weights = tf.zeros([0])
         if self.task == "multilabel":
-            # Horovod: the class status is that of the global batch (per-class positives summed over ranks).
-            class_weights = self.loss.class_weights(labels, sum_across_ranks=self.dist.allreduce_sum)
+            # Horovod: with "global", the class status is that of the global batch (per-class positives summed
+            # over ranks); with "local", that of this rank's batch.
+            class_weights = self.loss.class_weights(
+                labels, sum_across_ranks=self.dist.allreduce_sum if self.class_status == "global" else None
+            )
         gradients, logged, stats = self._micro_batches(images, labels, class_weights, start_statistics)
         # Horovod: one fused all-reduce for gradients, moving statistics and the logged losses.
         n_grads, n_stats = len(gradients), len(stats)
@@ -280,5 +289,25 @@ class TrainStep:
         """Every variable that must be equal on all ranks (broadcast at start and after a restore)."""
         state = [*self.model.variables, *self.optimizer.variables, self.global_step]
         if self.loss is not None:
-            state += [self.loss.pos_count, self.loss.neg_count, self.loss.generator.state]
+            if not self.rank_local_variables():
+                state += [self.loss.pos_count, self.loss.neg_count]
+            state.append(self.loss.generator.state)  # the same negative draw on every rank
         return state
+
+    def rank_local_variables(self) -> list:
+        """The state that differs between ranks: the loss counters with class_status "local", else none.
+
+        These are saved and restored per rank (training/checkpoints.py), never broadcast.
+        """
+        if self.loss is None or self.class_status != "local":
+            return []
+        return [self.loss.pos_count, self.loss.neg_count]
+
+    def momentum_variables(self) -> list:
+        """The optimizer's momentum accumulator of each of `train_variables`, in the same order.
+
+        Their meaning is that of TF1's MomentumOptimizer slot (`TF1Momentum`), so a release checkpoint's
+        `<variable>/Momentum` can be copied into them.
+        """
+        optimizer = self.optimizer.inner_optimizer if self.loss_scaling else self.optimizer
+        return [optimizer.momentums[optimizer._get_variable_index(v)] for v in self.train_variables]

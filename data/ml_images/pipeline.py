@@ -1,0 +1,292 @@
+"""The Beam steps of the `ml_images` builder: list blocks -> lines -> prepared examples, and the skip summary.
+
+Kept apart from the builder module because Beam pickles these functions by reference: ``tfds build
+data/ml_images`` imports the builder under its own module name (``ml_images.ml_images_dataset_builder``),
+which workers cannot import, while this module is always ``data.ml_images.pipeline`` (installed with the
+project, or shipped with ``setup_file``).
+
+Everything that touches one line is plain Python (`list_chunks`, `read_chunk`, `prepare_line`), tested
+without Beam; `read_examples`, `summarize` and `log_summary` assemble them into a pipeline.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl import logging
+
+from data import annotations, images, list_index, schema, shard_writer
+
+NUM_CLASSES = 11166
+# Beam metrics counters live in this namespace: `{split}/examples`, `{split}/skipped`,
+# `{split}/skipped/{reason}`, `{split}/converted/{format}`.
+COUNTER_NAMESPACE = "ml_images"
+# The list is cut into blocks of about this many bytes (~11,000 lines of the release's lists).
+CHUNK_BYTES = 1 << 20
+# How many skipped lines the summary lists (all of them are logged and counted).
+SUMMARY_SKIPPED_EXAMPLES = 1000
+
+_REPORT = "report"  # tagged output of the per-line step: what was skipped or converted
+_REASON_RE = re.compile(r"\s*[:(]")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareSettings:
+    """What a worker needs to turn one line of one list into an example (pickled to the workers)."""
+
+    list_path: str
+    image_root: str
+    num_classes: int = NUM_CLASSES
+    jpeg_quality: int = images.DEFAULT_JPEG_QUALITY
+    verify: str = "full"
+    max_pixels: int = images.DEFAULT_MAX_PIXELS
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    """A line that gave no example: its 1-based line number, the name it gave (or its first field) and why."""
+
+    line: int
+    path: str
+    reason: str
+
+
+def reason_category(reason: str) -> str:
+    """The fixed part of a skip reason (``too many pixels: 1x2 = ...`` -> ``too many pixels``): a counter name."""
+    return _REASON_RE.split(reason, maxsplit=1)[0] or "unknown"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Per-line work (plain Python, run on the workers; tested without Beam).
+# ---------------------------------------------------------------------------------------------------------
+
+
+def list_chunks(list_path: str, *, chunk_bytes: int = CHUNK_BYTES) -> tuple[list_index.ListIndex, list]:
+    """Cuts a list into blocks of whole lines: ``[(start_byte, end_byte, first_line), ...]`` and its index.
+
+    A list outside the local file system (``gs://...``) is copied to a temporary file for the one pass.
+    """
+    local = list_path
+    with tempfile.TemporaryDirectory() as temp:
+        if "://" in list_path:
+            local = os.path.join(temp, "list.txt")
+            tf.io.gfile.copy(list_path, local)
+        size = os.path.getsize(local)
+        index = list_index.index_list(local, max(1, -(-size // chunk_bytes)))
+    chunks = [
+        (index.offsets[s], index.offsets[s + 1], index.first_lines[s])
+        for s in range(len(index.offsets) - 1)
+        if index.offsets[s] < index.offsets[s + 1]
+    ]
+    return index, chunks
+
+
+def read_chunk(chunk: tuple[int, int, int], list_path: str) -> Iterator[tuple[int, bytes]]:
+    """The non-blank lines of one block as ``(line_number, raw_bytes)``, line numbers 1-based."""
+    start, end, first_line = chunk
+    with tf.io.gfile.GFile(list_path, "rb") as f:
+        f.seek(start)
+        position, line_no = start, first_line
+        while position < end:
+            raw = f.readline()
+            if not raw:
+                break
+            position += len(raw)
+            line_no += 1
+            if raw.strip():
+                yield line_no, raw
+
+
+def _image_path(image_root: str, name: str) -> str:
+    """`shard_writer.image_path` (inside `image_root` only), also for ``gs://``-style roots."""
+    scheme, sep, rest = image_root.partition("://")
+    if not sep:
+        return shard_writer.image_path(image_root, name, allow_outside_root=False)
+    path = shard_writer.image_path("/" + rest.strip("/"), name, allow_outside_root=False)
+    return f"{scheme}:/{path}"
+
+
+def _read_bytes(path: str) -> bytes:
+    """The file's bytes; `images.read_file` locally, `tf.io.gfile` for ``gs://`` and other file systems."""
+    if "://" not in path:
+        return images.read_file(path)
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            return f.read()
+    except tf.errors.NotFoundError:
+        raise images.BadImage("missing file") from None
+    except tf.errors.OpError as e:
+        raise images.BadImage(f"unreadable: {type(e).__name__}") from None
+
+
+def prepare_line(
+    line_no: int, raw: bytes, settings: PrepareSettings
+) -> tuple[int, dict, str | None] | Skipped:
+    """One list line -> ``(key, example, converted_from)``, or `Skipped` with the writer's reason.
+
+    The same rules as `shard_writer.write_shard`: `annotations.parse_line` for the line, names confined to
+    the image folder, `images.prepare_image` for the file.
+    """
+    name = ""
+    try:
+        name, labels = annotations.parse_line(
+            raw.decode("utf-8"), kind="multi", num_classes=settings.num_classes
+        )
+        image = images.prepare_image(
+            _read_bytes(_image_path(settings.image_root, name)),
+            jpeg_quality=settings.jpeg_quality,
+            verify=settings.verify,
+            max_pixels=settings.max_pixels,
+        )
+    except ValueError as e:  # BadImage and UnicodeDecodeError are ValueErrors too.
+        reason = e.reason if isinstance(e, images.BadImage) else f"bad line: {e}"
+        name = name or raw.decode("utf-8", "replace").split(maxsplit=1)[0]
+        return Skipped(line_no, name, reason)
+    indices = np.array([index for index, _ in labels], dtype=np.int64)
+    confidences = np.array([conf for _, conf in labels], dtype=np.float32)
+    order = np.argsort(indices, kind="stable")
+    example = {
+        schema.IMAGE_KEY: image.jpeg,
+        schema.HEIGHT_KEY: image.height,
+        schema.WIDTH_KEY: image.width,
+        schema.NAME_KEY: name,
+        schema.LABEL_KEY: {"indices": indices[order], "confidences": confidences[order]},
+    }
+    return line_no, example, image.converted_from
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The Beam pipeline.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _prepare_or_report(element: tuple[int, bytes], *, settings: PrepareSettings, split: str):
+    """Beam step: yields ``(key, example)``, and to the report output what was skipped or converted."""
+    beam = tfds.core.lazy_imports.apache_beam
+    counter = beam.metrics.Metrics.counter
+    result = prepare_line(*element, settings)
+    if isinstance(result, Skipped):
+        logging.warning(
+            "%s:%d: %s: skipped (%s)", settings.list_path, result.line, result.path or "?", result.reason
+        )
+        counter(COUNTER_NAMESPACE, f"{split}/skipped").inc()
+        counter(COUNTER_NAMESPACE, f"{split}/skipped/{reason_category(result.reason)}").inc()
+        yield beam.pvalue.TaggedOutput(_REPORT, ("skipped", dataclasses.asdict(result)))
+        return
+    key, example, converted_from = result
+    counter(COUNTER_NAMESPACE, f"{split}/examples").inc()
+    if converted_from:
+        counter(COUNTER_NAMESPACE, f"{split}/converted/{converted_from}").inc()
+        yield beam.pvalue.TaggedOutput(_REPORT, ("converted", converted_from))
+    yield key, example
+
+
+def read_examples(pipeline, *, split: str, settings: PrepareSettings, chunk_bytes: int = CHUNK_BYTES):
+    """The examples of one list, and its report, as Beam PCollections.
+
+    Args:
+      pipeline: The Beam pipeline (or a PBegin).
+      split: Split name; it prefixes the transform labels and the counters.
+      settings: The list, the image folder and how images are prepared.
+      chunk_bytes: Size of the blocks the list is read in.
+
+    Returns:
+      ``(examples, report)``: ``(line_number, example)`` pairs for TFDS, and ``("skipped", {line, path,
+      reason})`` / ``("converted", format)`` items, which `summarize` folds into one summary.
+    """
+    beam = tfds.core.lazy_imports.apache_beam
+    index, chunks = list_chunks(settings.list_path, chunk_bytes=chunk_bytes)
+    logging.info(
+        "%s (%s): %d lines, %d bytes, sha256 %s, %d blocks",
+        settings.list_path,
+        split,
+        index.num_lines,
+        index.num_bytes,
+        index.sha256[:12],
+        len(chunks),
+    )
+    results = (
+        pipeline
+        | f"{split}/ListBlocks" >> beam.Create(chunks)
+        | f"{split}/ReadLines" >> beam.FlatMap(read_chunk, settings.list_path)
+        | f"{split}/Spread" >> beam.Reshuffle()
+        | f"{split}/Prepare"
+        >> beam.FlatMap(_prepare_or_report, settings=settings, split=split).with_outputs(
+            _REPORT, main="examples"
+        )
+    )
+    return results.examples, results[_REPORT]
+
+
+def _summary_combiner(max_examples: int):
+    """A CombineFn: report items -> one summary dict (counts per reason and format, first skipped lines)."""
+    beam = tfds.core.lazy_imports.apache_beam
+
+    class Summarize(beam.CombineFn):
+        def create_accumulator(self):
+            return collections.Counter(), collections.Counter(), []
+
+        def add_input(self, accumulator, item):
+            reasons, converted, first = accumulator
+            kind, value = item
+            if kind == "skipped":
+                reasons[reason_category(value["reason"])] += 1
+                first.append(value)
+                if len(first) > 2 * max_examples:
+                    first[:] = sorted(first, key=lambda s: s["line"])[:max_examples]
+            else:
+                converted[value] += 1
+            return accumulator
+
+        def merge_accumulators(self, accumulators):
+            reasons, converted, first = self.create_accumulator()
+            for r, c, f in accumulators:
+                reasons.update(r)
+                converted.update(c)
+                first = sorted(first + f, key=lambda s: s["line"])[:max_examples]
+            return reasons, converted, first
+
+        def extract_output(self, accumulator):
+            reasons, converted, first = accumulator
+            first = sorted(first, key=lambda s: s["line"])[:max_examples]
+            num_skipped = sum(reasons.values())
+            return {
+                "num_skipped": num_skipped,
+                "reasons": dict(sorted(reasons.items())),
+                "converted": dict(sorted(converted.items())),
+                "skipped": first,
+                "skipped_complete": len(first) == num_skipped,
+            }
+
+    return Summarize()
+
+
+def summarize(report, *, split: str, max_examples: int = SUMMARY_SKIPPED_EXAMPLES):
+    """The report of `read_examples` -> a one-element PCollection with the split's summary dict."""
+    beam = tfds.core.lazy_imports.apache_beam
+    return report | f"{split}/Summarize" >> beam.CombineGlobally(_summary_combiner(max_examples))
+
+
+def log_summary(summary: dict, *, split: str, list_path: str) -> dict:
+    """Logs the one summary line of a split (where the pipeline's last step runs) and returns the summary."""
+    reasons = ", ".join(f"{reason}: {count}" for reason, count in summary["reasons"].items())
+    converted = ", ".join(f"{fmt}: {count}" for fmt, count in summary["converted"].items())
+    logging.log(
+        logging.WARNING if summary["num_skipped"] else logging.INFO,
+        "ml_images %s (%s): %d line(s) skipped%s; %d image(s) converted to JPEG%s",
+        split,
+        list_path,
+        summary["num_skipped"],
+        f" ({reasons})" if reasons else "",
+        sum(summary["converted"].values()),
+        f" ({converted})" if converted else "",
+    )
+    return summary

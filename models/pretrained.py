@@ -1,0 +1,190 @@
+"""Loading a trained ResNet from a checkpoint: ours (a run or a converted one) or a released TF1 one.
+
+`load_model(path)` is the public loader: it finds which ResNet the checkpoint holds
+(`checkpoint_architecture`, from the variables' names and shapes alone), builds it and loads its weights
+strictly. evaluate.py and the inference tools use it, so all of them accept the same checkpoints; the
+training code (training/checkpoints.py) uses `checkpoint_architecture` for the same question.
+
+Two kinds of checkpoint are recognised:
+- "ours": `tf.train.Checkpoint(model=...)` (a run directory's `ckpt-N`, or tools/convert_checkpoint.py's
+  output); the names are object-graph paths, so the architecture is read from the shapes.
+- "tf1": the release's files (`init/init_conv/conv2d/kernel`, `stages_{i}_block_{j}/...`); the
+  architecture is read from the model variables' names (`models.resnet.keras_weight_name`). Entries that
+  are not model weights are ignored here: `global_step`, the Momentum slots `<variable>/Momentum` (which
+  have the variables' shapes), and the release's unnamed loss counters `Variable` and `Variable_1`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from models import resnet, tf1_checkpoint
+
+KINDS = ("ours", "tf1")
+_TF1_STEM = "init/init_conv/conv2d/kernel"
+_TF1_HEAD = "logits/dense/kernel"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, unreadable, not a reference ResNet, or not the asked one."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint holds, found from its variables' names and shapes alone."""
+
+    path: str  # the resolved checkpoint prefix
+    kind: str  # "ours" or "tf1" (see the module docstring)
+    depth: int
+    base_width: int
+    num_classes: int
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint prefix from a prefix or a directory (its latest checkpoint).
+
+    Raises:
+      CheckpointError: no checkpoint there.
+    """
+    if tf.io.gfile.isdir(path):
+        latest = tf.train.latest_checkpoint(path)
+        if latest is None:
+            raise CheckpointError(f"no checkpoint in directory {path}")
+        return latest
+    if not tf.io.gfile.exists(path + ".index"):
+        raise CheckpointError(f"checkpoint {path} not found (no {path}.index)")
+    return path
+
+
+def is_tf1_checkpoint(prefix: str) -> bool:
+    """True for the release's TF1 checkpoints (variables named like `init/init_conv/conv2d/kernel`)."""
+    return any(name.startswith("init/init_conv/") for name, _ in tf.train.list_variables(prefix))
+
+
+def checkpoint_architecture(path: str) -> dict[str, int | str]:
+    """Which ResNet a checkpoint holds: {"depth", "base_width", "num_classes", "kind": "ours" | "tf1"}.
+
+    Args:
+      path: a checkpoint prefix (or a directory: its latest checkpoint).
+
+    Raises:
+      CheckpointError: no checkpoint, or no reference ResNet in it.
+      tf.errors.OpError: an unreadable checkpoint file.
+    """
+    prefix = resolve_checkpoint(path)
+    shapes = dict(tf.train.list_variables(prefix))
+    if any(name.startswith("init/init_conv/") for name in shapes):
+        return {**_tf1_architecture(prefix, shapes), "kind": "tf1"}
+    return {**_our_architecture(prefix, shapes), "kind": "ours"}
+
+
+def _tf1_architecture(prefix: str, shapes: dict[str, list[int]]) -> dict[str, int]:
+    """Depth (blocks per stage), base width (stem kernel) and head size (logits kernel) from TF1 names."""
+    stem, head = shapes.get(_TF1_STEM), shapes.get(_TF1_HEAD)
+    if stem is None or head is None:
+        raise CheckpointError(f"{prefix} has no `{_TF1_STEM}` or `{_TF1_HEAD}`: not a reference ResNet")
+    blocks: dict[int, set[int]] = {}
+    for name in shapes:
+        try:
+            layer_name, _ = resnet.keras_weight_name(name)
+        except ValueError:  # global_step, <var>/Momentum, Variable, Variable_1, anything else
+            continue
+        if (block := resnet.parse_layer_name(layer_name)) is not None:
+            blocks.setdefault(block.stage, set()).add(block.block)
+    per_stage = tuple(len(blocks.get(stage, ())) for stage in range(max(blocks, default=-1) + 1))
+    depths = [d for d, b in resnet.BLOCKS_PER_STAGE.items() if b == per_stage]
+    if not depths:
+        raise CheckpointError(
+            f"{prefix}: blocks per stage {per_stage} match no ResNet depth {sorted(resnet.BLOCKS_PER_STAGE)}"
+        )
+    return {"depth": depths[0], "base_width": int(stem[3]), "num_classes": int(head[1])}
+
+
+def _our_architecture(prefix: str, shapes: dict[str, list[int]]) -> dict[str, int]:
+    """Depth, base width and head size of one of our checkpoints, from shapes alone.
+
+    The names are object-graph paths (`model/_operations/N/...`, or the optimizer's reference to a
+    trainable variable, each variable listed once), so: the stem kernel is the only 7x7 kernel
+    ([7, 7, 3, base_width]); the head kernel is the only 2-D variable ([features, num_classes]); a ResNet
+    with B blocks has 3 B + 5 conv kernels (stem, three per block, one projection per stage), and
+    depth = 3 B + 2. Optimizer slots (`optimizer/_variables/...`) are not counted.
+    """
+    model_vars = {
+        n: s for n, s in shapes.items() if n.startswith(("model/", "optimizer/_trainable_variables/"))
+    }
+    kernels4 = [s for s in model_vars.values() if len(s) == 4]
+    stems = [s for s in kernels4 if s[:3] == [7, 7, 3]]
+    heads = [s for s in model_vars.values() if len(s) == 2]
+    if len(stems) != 1 or not heads:
+        raise CheckpointError(f"{prefix} does not hold one of our ResNet checkpoints (no unique stem/head)")
+    blocks = (len(kernels4) - 5) // 3
+    depth = 3 * blocks + 2
+    if depth not in resnet.BLOCKS_PER_STAGE:
+        raise CheckpointError(f"{prefix}: {len(kernels4)} conv kernels match no ResNet depth")
+    return {"depth": depth, "base_width": int(stems[0][3]), "num_classes": int(heads[0][1])}
+
+
+def inspect_checkpoint(path: str, *, depth: int | None = None) -> CheckpointInfo:
+    """Kind, depth, base width and head size of the ResNet in a checkpoint of either kind.
+
+    Args:
+      path: a run directory (its latest checkpoint) or a checkpoint prefix, ours or a released TF1 one.
+      depth: the expected depth (None: accept what the checkpoint holds).
+
+    Raises:
+      CheckpointError: no checkpoint there, an unreadable one, no reference ResNet in it, or a depth
+        other than `depth`.
+    """
+    prefix = resolve_checkpoint(path)
+    try:
+        found = checkpoint_architecture(prefix)
+    except tf.errors.OpError as e:
+        raise CheckpointError(f"cannot read checkpoint {prefix}: {e.message.splitlines()[0]}") from None
+    if depth is not None and depth != found["depth"]:
+        raise CheckpointError(f"depth {depth} was asked for, but {prefix} holds a ResNet-{found['depth']}")
+    return CheckpointInfo(
+        path=prefix,
+        kind=str(found["kind"]),
+        depth=int(found["depth"]),
+        base_width=int(found["base_width"]),
+        num_classes=int(found["num_classes"]),
+    )
+
+
+def load_model(path: str, *, depth: int | None = None) -> tuple[keras.Model, CheckpointInfo]:
+    """Builds the ResNet a checkpoint (ours or a released TF1 one) holds and loads its weights strictly.
+
+    Args:
+      path: a run directory (its latest checkpoint) or a checkpoint prefix.
+      depth: the expected depth (None: what the checkpoint holds).
+
+    Returns:
+      (the logits model of `models.resnet.build_resnet`, what the checkpoint holds).
+
+    Raises:
+      CheckpointError: see `inspect_checkpoint`; also any model weight that is missing or mis-shaped.
+    """
+    info = inspect_checkpoint(path, depth=depth)
+    model = resnet.build_resnet(info.depth, info.num_classes, base_width=info.base_width)
+    try:
+        if info.kind == "tf1":
+            tf1_checkpoint.load_tf1_checkpoint(model, info.path)
+        else:
+            tf.train.Checkpoint(model=model).read(
+                info.path
+            ).expect_partial().assert_existing_objects_matched()
+    except (tf.errors.OpError, ValueError, AssertionError) as e:
+        raise CheckpointError(f"cannot load {info.path}: {e}") from None
+    logging.info(
+        "loaded ResNet-%d (base width %d, %d classes) from %s checkpoint %s",
+        info.depth,
+        info.base_width,
+        info.num_classes,
+        info.kind,
+        info.path,
+    )
+    return model, info
