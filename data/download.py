@@ -858,6 +858,17 @@ def _write_records(f, config: DownloadConfig) -> None:
         worker_pool.start_workers_early("data.download_records")
     from data import download_records  # Imports TensorFlow: only for the one pass.
 
+    try:
+        _one_pass(download_records, f, config)
+    except KeyboardInterrupt:
+        logging.warning(
+            "Interrupted: the finished shards are kept (the others left no file). Run the same command again "
+            "to fetch only the unfinished shards."
+        )
+        raise SystemExit(130) from None  # What a shell reports for a command stopped by Ctrl-C.
+
+
+def _one_pass(download_records, f, config: DownloadConfig) -> None:
     download_records.download_records(
         f.url_list,
         output_dir=f.output_records,

@@ -421,3 +421,39 @@ def test_two_tasks_and_merge_give_the_single_task_records(server, tmp_path):
     merged = manifest.merge_manifests(str(tmp_path / "tasks"))
     assert merged["shards"] == single.manifest["shards"] and merged["num_skipped"] == 5
     assert _records(tmp_path / "tasks") == _records(tmp_path / "single")
+
+
+def test_cli_ctrl_c_keeps_finished_shards_and_exits_130(server, tmp_path, repo_root):
+    names = [f"good{i}.jpg" for i in range(40)]
+    (tmp_path / "urls.txt").write_text("".join(f"{server.url(n)}\t1:1\n" for n in names))
+    out = tmp_path / "out"
+    server.delay = 0.2  # 10 URLs per shard, 2 threads: about 1 s per shard.
+    cmd = [
+        sys.executable,
+        str(repo_root / "data" / "download.py"),
+        f"--url_list={tmp_path / 'urls.txt'}",
+        f"--output_records={out}",
+        f"--num_classes={NUM_CLASSES}",
+        "--shards=4",
+        "--workers=1",
+        "--threads=2",
+        "--noprogress",
+    ]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(out.glob("*.done.json")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "Interrupted" in stderr, stderr
+    finished = sorted(p.name for p in out.glob("*.done.json"))
+    assert 1 <= len(finished) < 4 and not list(out.glob(".*.tmp"))
+    server.delay = 0.0
+    summary = _one_pass(tmp_path / "urls.txt", out, shards=4)
+    assert (summary.shards_reused, summary.records) == (len(finished), 40)
