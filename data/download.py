@@ -852,6 +852,8 @@ def main(argv: list[str]) -> None:
 
 def _write_records(f, config: DownloadConfig) -> None:
     """``--output_records``: the one pass (`data.download_records`), URLs straight into TFRecord shards."""
+    from absl import app
+
     if f.workers > 1:  # The workers' TensorFlow import runs beside this process's (seconds of start-up).
         from data import worker_pool
 
@@ -860,6 +862,8 @@ def _write_records(f, config: DownloadConfig) -> None:
 
     try:
         _one_pass(download_records, f, config)
+    except ValueError as e:  # Bad settings, shards of another run, or the first failure with --on_error=fail.
+        raise app.UsageError(str(e)) from None
     except KeyboardInterrupt:
         logging.warning(
             "Interrupted: the finished shards are kept (the others left no file). Run the same command again "

@@ -251,6 +251,10 @@ def test_cli_one_pass(server, tmp_path, repo_root):
         [*cmd, f"--output_dir={tmp_path / 'images'}"], env=_env(), timeout=60, capture_output=True, text=True
     )
     assert usage.returncode != 0 and "drop --output_dir" in usage.stderr and "Traceback" not in usage.stderr
+    other = subprocess.run(  # Finished shards of this run, other settings: one line, no traceback.
+        [*cmd, "--label_format=sparse"], env=_env(), timeout=120, capture_output=True, text=True
+    )
+    assert other.returncode != 0 and "other settings" in other.stderr and "Traceback" not in other.stderr
 
 
 def _env() -> dict[str, str]:
