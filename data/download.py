@@ -26,6 +26,12 @@ validation, so a long run silently produced empty and truncated files. This vers
 Usage:
   python data/download.py --url_list train_urls.txt --output_dir images/ \
       --image_list train_im_list.txt --failed_list failed.txt --threads 32
+
+With ``--output_records=DIR`` instead of ``--output_dir`` it is the one pass (`data.download_records`): the
+images go straight into TFRecord shards, with the writer's flags, schema, manifest and crash safety, and no
+image files:
+  python data/download.py --url_list train_urls.txt --output_records records/ \
+      --label_format sparse --num_classes 11166 --shards 1024 --workers 4 --threads 32
 """
 
 from __future__ import annotations
@@ -51,8 +57,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Iterator
-from typing import Final
+from collections.abc import Callable, Iterable, Iterator
+from typing import Final, TypeVar
 
 import tqdm
 from absl import logging
@@ -70,6 +76,9 @@ _CHUNK: Final = 1 << 16
 _HEADER_BYTES: Final = 1 << 16
 # How often the thread that orders the results looks at the stop flag while it waits for a download.
 _POLL_S: Final = 0.05
+T = TypeVar("T")
+# The records' class count when --output_records is given without --num_classes (ML-Images).
+_DEFAULT_NUM_CLASSES: Final = 11166
 
 
 @dataclasses.dataclass(frozen=True)
@@ -518,8 +527,30 @@ class Fetcher:
             return FetchResult(INTERRUPTED, filename, reason=INTERRUPTED)
         if _is_complete_image(dest, max_pixels=config.max_pixels):
             return FetchResult("existing", filename)
+        result, data = self.fetch_with(url, self._validate)
+        if data is not None:
+            fileio.write_bytes(dest, data)
+        return result
+
+    def _validate(self, data: bytes) -> bytes:
+        with images.open_image(data, max_pixels=self._config.max_pixels) as image:
+            if self._config.full_decode:
+                images.verify_decodes(image)
+        return data
+
+    def fetch_with(self, url: str, check: Callable[[bytes], T]) -> tuple[FetchResult, T | None]:
+        """Downloads one URL into memory and returns ``check(body)``; nothing is written.
+
+        The one-pass downloader passes `images.prepare_image` as `check`, so that the bytes go straight
+        into a record. Never raises for a network or content problem (`images.BadImage` from `check` is a
+        failure with its reason): the failure is returned with ``None``.
+        """
+        config = self._config
+        filename = filename_for_url(url)
+        if self._stop.is_set():
+            return FetchResult(INTERRUPTED, filename, reason=INTERRUPTED), None
         if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-            return FetchResult("failed", filename, reason="unsupported URL scheme")
+            return FetchResult("failed", filename, reason="unsupported URL scheme"), None
         rng = random.Random(url)  # Jitter that is reproducible per URL.
         with self._watchdog.deadline(config.deadline_s) as deadline:
             opener = urllib.request.build_opener(
@@ -538,32 +569,33 @@ class Fetcher:
                             filename,
                             f"{reason} (after {_attempts(attempt - 1)}, deadline reached)",
                             attempt - 1,
-                        )
+                        ), None
                     if self._stop.wait(wait):
-                        return FetchResult(INTERRUPTED, filename, reason=INTERRUPTED, attempts=attempt - 1)
+                        return FetchResult(
+                            INTERRUPTED, filename, reason=INTERRUPTED, attempts=attempt - 1
+                        ), None
                 try:
                     data = _read_body(url, config, deadline, opener)
                 except _Interrupted:
-                    return FetchResult(INTERRUPTED, filename, reason=INTERRUPTED, attempts=attempt)
+                    return FetchResult(INTERRUPTED, filename, reason=INTERRUPTED, attempts=attempt), None
                 except _DeadlineExceeded:
                     detail = f" (after {_attempts(attempt)}; last: {reason})" if reason else ""
                     return self._failed(
                         filename, f"deadline of {config.deadline_s:g}s exceeded{detail}", attempt
-                    )
+                    ), None
                 except _PermanentError as e:
-                    return self._failed(filename, str(e), attempt)
+                    return self._failed(filename, str(e), attempt), None
                 except _TransientError as e:
                     reason, retry_after = str(e), e.retry_after
                     continue
                 try:
-                    with images.open_image(data, max_pixels=config.max_pixels) as image:
-                        if config.full_decode:
-                            images.verify_decodes(image)
+                    checked = check(data)
                 except images.BadImage as e:
-                    return self._failed(filename, e.reason, attempt)
-                fileio.write_bytes(dest, data)
-                return FetchResult("downloaded", filename, attempts=attempt, num_bytes=len(data))
-        return self._failed(filename, f"{reason} (after {_attempts(config.retries + 1)})", config.retries + 1)
+                    return self._failed(filename, e.reason, attempt), None
+                return FetchResult("downloaded", filename, attempts=attempt, num_bytes=len(data)), checked
+        return self._failed(
+            filename, f"{reason} (after {_attempts(config.retries + 1)})", config.retries + 1
+        ), None
 
     @staticmethod
     def _failed(filename: str, reason: str, attempts: int) -> FetchResult:
@@ -641,9 +673,9 @@ def _count_lines(path: pathlib.Path) -> int:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 24), b""))
 
 
-def _reason_category(reason: str) -> str:
-    """The reason without its details ("http 404", "timeout", "too many pixels"), for the summary counts."""
-    return reason.split(" (after")[0].split(":")[0]
+def reason_category(reason: str) -> str:
+    """The reason without its details ("http 404", "timeout", "not an image"), for the summary counts."""
+    return reason.split(" (")[0].split(":")[0]
 
 
 @contextlib.contextmanager
@@ -746,7 +778,7 @@ def download_url_list(
             counts[result.status] += 1
             num_bytes += result.num_bytes
             if result.status == "failed":
-                reasons[_reason_category(result.reason)] += 1
+                reasons[reason_category(result.reason)] += 1
             bar.update(1)
             bar.set_postfix(failed=counts["failed"], MB=f"{num_bytes / 1e6:.0f}", refresh=False)
     summary = DownloadSummary(
@@ -766,24 +798,34 @@ def download_url_list(
 
 
 def main(argv: list[str]) -> None:
-    from absl import flags
+    from absl import app, flags
 
     del argv
     f = flags.FLAGS
+    config = DownloadConfig(
+        threads=f.threads,
+        timeout_s=f.timeout,
+        deadline_s=f.deadline,
+        retries=f.retries,
+        backoff_s=f.backoff,
+        max_pixels=f.max_pixels,
+        full_decode=f.full_decode,
+    )
+    if f.output_records:
+        if f.output_dir or f.image_list:
+            raise app.UsageError("--output_records writes no image files: drop --output_dir and --image_list")
+        _write_records(f, config)
+        return
+    if not f.output_dir:
+        raise app.UsageError(
+            "--output_dir (download image files) or --output_records (the one pass) is required"
+        )
     summary = download_url_list(
         f.url_list,
         output_dir=f.output_dir,
         image_list=f.image_list or os.path.join(f.output_dir, "image_list.txt"),
         failed_list=f.failed_list or os.path.join(f.output_dir, "failed_urls.txt"),
-        config=DownloadConfig(
-            threads=f.threads,
-            timeout_s=f.timeout,
-            deadline_s=f.deadline,
-            retries=f.retries,
-            backoff_s=f.backoff,
-            max_pixels=f.max_pixels,
-            full_decode=f.full_decode,
-        ),
+        config=config,
         num_classes=f.num_classes,
         bad_lines_report=f.bad_lines_report,
         show_progress=f.progress,
@@ -808,6 +850,49 @@ def main(argv: list[str]) -> None:
         raise SystemExit(130)  # What a shell reports for a command stopped by Ctrl-C.
 
 
+def _write_records(f, config: DownloadConfig) -> None:
+    """``--output_records``: the one pass (`data.download_records`), URLs straight into TFRecord shards."""
+    from absl import app
+
+    if f.workers > 1:  # The workers' TensorFlow import runs beside this process's (seconds of start-up).
+        from data import worker_pool
+
+        worker_pool.start_workers_early("data.download_records")
+    from data import download_records  # Imports TensorFlow: only for the one pass.
+
+    try:
+        _one_pass(download_records, f, config)
+    except ValueError as e:  # Bad settings, shards of another run, or the first failure with --on_error=fail.
+        raise app.UsageError(str(e)) from None
+    except KeyboardInterrupt:
+        logging.warning(
+            "Interrupted: the finished shards are kept (the others left no file). Run the same command again "
+            "to fetch only the unfinished shards."
+        )
+        raise SystemExit(130) from None  # What a shell reports for a command stopped by Ctrl-C.
+
+
+def _one_pass(download_records, f, config: DownloadConfig) -> None:
+    download_records.download_records(
+        f.url_list,
+        output_dir=f.output_records,
+        label_format=f.label_format,
+        num_classes=f.num_classes or _DEFAULT_NUM_CLASSES,
+        shards=f.shards,
+        config=config,
+        workers=f.workers,
+        prefix=f.prefix,
+        on_error=f.on_error,
+        task_index=f.task_index,
+        num_tasks=f.num_tasks,
+        jpeg_quality=f.jpeg_quality,
+        verify=f.verify,
+        failed_list=f.failed_list,
+        tfds_metadata=f.tfds_metadata,
+        progress=f.progress,
+    )
+
+
 def _define_flags() -> None:
     from absl import flags
 
@@ -817,8 +902,15 @@ def _define_flags() -> None:
     flags.DEFINE_string(
         "output_dir",
         None,
-        "Directory for the images (files go to <output_dir>/ab/<hash>.<ext>).",
-        required=True,
+        "Directory for the images (files go to <output_dir>/ab/<hash>.<ext>); or use --output_records.",
+    )
+    flags.DEFINE_string(
+        "output_records",
+        None,
+        "The one pass: write the images straight into TFRecord shards + manifest in this folder, with no "
+        "image files (the writer's flags --label_format, --shards, --workers, --prefix, --jpeg_quality, "
+        "--verify, --on_error, --task_index/--num_tasks apply; --threads is per worker). Resumable: a re-run "
+        "fetches only the shards no finished run holds.",
     )
     flags.DEFINE_string(
         "image_list",
@@ -828,7 +920,8 @@ def _define_flags() -> None:
     flags.DEFINE_string(
         "failed_list",
         None,
-        "Output list of failed and interrupted URLs with reasons (default: <output_dir>/failed_urls.txt).",
+        "Output list of failed and interrupted URLs with reasons (default: <output_dir>/failed_urls.txt; with "
+        "--output_records, every line without a record, <output_records>/{prefix}-failed.txt).",
     )
     flags.DEFINE_integer("threads", 16, "Concurrent downloads.", lower_bound=1)
     flags.DEFINE_float(
@@ -860,14 +953,26 @@ def _define_flags() -> None:
         "(decompression bombs); 0: no limit.",
         lower_bound=0,
     )
-    flags.DEFINE_boolean("full_decode", True, "Decode every image (reduced scale) to reject truncated files.")
+    flags.DEFINE_boolean(
+        "full_decode",
+        True,
+        "Decode every image (reduced scale) to reject truncated files (downloads into files; the one pass "
+        "checks as the writer does, see --verify).",
+    )
     flags.DEFINE_integer(
-        "num_classes", None, "If set, lines with a class index >= num_classes are skipped as malformed."
+        "num_classes",
+        None,
+        "If set, lines with a class index >= num_classes are skipped as malformed (with --output_records: "
+        f"the records' class count, default {_DEFAULT_NUM_CLASSES}).",
     )
     flags.DEFINE_string(
         "bad_lines_report", None, "If set, malformed URL-list lines are written there with the reason."
     )
     flags.DEFINE_boolean("progress", True, "Show a progress bar with rate and ETA.")
+    from data import split_flags
+
+    for name in split_flags.define_split_flags():  # Listed by --help.
+        flags.declare_key_flag(name)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,10 @@ class ListIndex:
     offsets: tuple[int, ...]
     first_lines: tuple[int, ...]
 
+    @property
+    def num_shards(self) -> int:
+        return len(self.offsets) - 1
+
     def num_lines_of(self, shard: int) -> int:
         """Lines of the list that shard `shard` holds."""
         return self.first_lines[shard + 1] - self.first_lines[shard]

@@ -1,11 +1,16 @@
-"""Writing one shard of the TFRecord writer: its block of list lines -> one ``.tfrecord`` file + its sidecar.
+"""Writing shards: a block of list lines -> one ``.tfrecord`` file + its sidecar; a split's shards + manifest.
+
+Two producers share this code: the writer (data/tfrecord.py: `write_shard` reads each line's image file)
+and the one-pass downloader (data/download_records.py: each line's URL is fetched). Each turns its lines
+into `LineResult`s in list order; `write_records` writes them, and `write_split` runs a split's shards
+(finished ones reused, the rest in worker processes) and writes the manifest.
 
 A shard is written under a temporary name, fsynced and renamed into place (`fileio.atomic_path`), then its
 sidecar ``<shard>.done.json`` is written the same way; a shard counts as finished only when its sidecar
 exists and matches the file's size and the run's settings (`finished_sidecar`). So a process killed at
 any moment leaves either a finished shard or a temporary file that the next run removes and rewrites.
 
-Each line's image goes through `images.prepare_image` (one check for the project: pixel limit from the
+Each line's image (file or download) goes through `images.prepare_image` (one check for the project: pixel limit from the
 header, full decode, JPEGs that TensorFlow decodes kept byte for byte, the rest converted); a bad line or
 image is skipped with its reason in the sidecar, or stops the run with ``on_error="fail"``.
 
@@ -20,11 +25,16 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import tensorflow as tf
+from absl import logging
 
-from data import annotations, fileio, images, manifest, schema
+from data import annotations, fileio, images, list_index, manifest, schema, worker_pool
+from data.list_index import ListIndex
+from data.tfds_metadata import write_tfds_metadata
 
 OUTSIDE_ROOT = "outside image_root"
 _PROGRESS_EVERY = 16
@@ -109,64 +119,139 @@ def image_path(image_root: str, name: str, *, allow_outside_root: bool) -> str:
     return path
 
 
+@dataclasses.dataclass(frozen=True)
+class LineResult:
+    """What one line of a shard's block gives: a record, a skip with its reason, or nothing (blank line).
+
+    The writer (images read from files) and the one-pass downloader (images fetched from URLs) each produce
+    these in list order; `write_records` turns them into the shard, its sidecar and the skip list.
+
+    Attributes:
+      line: 1-based line number in the list.
+      name: The record's name (the list's file name; for the one pass, the downloader's file name of the
+        URL), or for a skip what the line names (its path or URL).
+      labels: The parsed labels (None when skipped or blank).
+      image: The image to store (None when skipped or blank).
+      reason: Why the line is skipped; "" for a record or a blank line.
+    """
+
+    line: int
+    name: str = ""
+    labels: annotations.Labels | None = None
+    image: images.PreparedImage | None = None
+    reason: str = ""
+
+
+def label_kind(label_format: str) -> annotations.Kind:
+    """The list grammar a label format reads: ``single`` (``name label_int``) for int64, else ``multi``."""
+    return "single" if label_format == "int64" else "multi"
+
+
+def iter_lines(task: ShardTask) -> Iterator[tuple[int, bytes]]:
+    """``(1-based line number, raw line)`` for each line of the shard's block of the list."""
+    with open(task.image_list, "rb") as listing:
+        listing.seek(task.start)
+        position, line_no = task.start, task.first_line
+        while position < task.end:
+            raw = listing.readline()
+            position += len(raw)
+            line_no += 1
+            yield line_no, raw
+
+
+def parse_list_line(
+    raw: bytes, *, kind: annotations.Kind, num_classes: int
+) -> tuple[str, annotations.Labels]:
+    """`annotations.parse_line` of a raw line; `ValueError` (with the reason) for a bad one."""
+    return annotations.parse_line(raw.decode("utf-8"), kind=kind, num_classes=num_classes)
+
+
+def skip_reason(error: ValueError) -> str:
+    """The skip list's reason for an error of `parse_list_line` or `images.prepare_image`."""
+    return error.reason if isinstance(error, images.BadImage) else f"bad line: {error}"
+
+
+def first_field(raw: bytes) -> str:
+    """What a line names, for the skip list, even when it does not parse."""
+    fields = raw.decode("utf-8", "replace").split(maxsplit=1)
+    return fields[0] if fields else ""
+
+
+def _file_results(task: ShardTask) -> Iterator[LineResult]:
+    """The writer's lines: each image read from `image_root` and prepared."""
+    kind = label_kind(task.label_format)
+    for line_no, raw in iter_lines(task):
+        if not raw.strip():
+            yield LineResult(line_no)
+            continue
+        name = ""
+        try:
+            name, labels = parse_list_line(raw, kind=kind, num_classes=task.num_classes)
+            path = image_path(task.image_root, name, allow_outside_root=task.allow_outside_root)
+            image = images.prepare_image(
+                images.read_file(path),
+                jpeg_quality=task.jpeg_quality,
+                verify=task.verify,
+                max_pixels=task.max_pixels,
+            )
+        except ValueError as e:  # BadImage is a ValueError too; UnicodeDecodeError as well.
+            yield LineResult(line_no, name or first_field(raw), reason=skip_reason(e))
+            continue
+        yield LineResult(line_no, name, labels, image)
+
+
 def write_shard(task: ShardTask, report: Callable[[int], None] | None = None) -> dict:
-    """Writes one shard (temp file, fsync, rename, then sidecar) and returns its sidecar.
+    """Writes one shard of the image list from the image files (see `write_records`)."""
+    return write_records(task, _file_results(task), report)
+
+
+def write_records(
+    task: ShardTask, results: Iterable[LineResult], report: Callable[[int], None] | None = None
+) -> dict:
+    """Writes one shard (temp file, fsync, rename, then sidecar) from its lines' results; returns the sidecar.
 
     Args:
       task: The shard.
+      results: One `LineResult` per line of the shard's block, in list order.
       report: Called with the number of list lines done since the last call (progress); may raise to
         abandon the shard (`worker_pool.Stopped`), which leaves no file behind.
 
     Raises:
       ValueError: ``on_error="fail"`` and a bad line or image, named as ``list:line: name: reason``.
     """
-    kind = "single" if task.label_format == "int64" else "multi"
+    kind = label_kind(task.label_format)
     skipped: list[dict] = []
     converted: collections.Counter[str] = collections.Counter()
     num_records = pending = 0
+    line_no = task.first_line
     with fileio.atomic_path(task.path) as temp:
-        with tf.io.TFRecordWriter(temp) as writer, open(task.image_list, "rb") as listing:
-            listing.seek(task.start)
-            position, line_no = task.start, task.first_line
-            while position < task.end:
-                raw = listing.readline()
-                position += len(raw)
-                line_no += 1
+        with tf.io.TFRecordWriter(temp) as writer:
+            for result in results:
+                line_no = result.line
                 pending += 1
                 if pending == _PROGRESS_EVERY and report is not None:
                     report(pending)
                     pending = 0
-                if not raw.strip():
-                    continue
-                name = ""
-                try:
-                    name, labels = annotations.parse_line(
-                        raw.decode("utf-8"), kind=kind, num_classes=task.num_classes
-                    )
-                    path = image_path(task.image_root, name, allow_outside_root=task.allow_outside_root)
-                    image = images.prepare_image(
-                        images.read_file(path),
-                        jpeg_quality=task.jpeg_quality,
-                        verify=task.verify,
-                        max_pixels=task.max_pixels,
-                    )
-                except ValueError as e:  # BadImage is a ValueError too; UnicodeDecodeError as well.
-                    reason = e.reason if isinstance(e, images.BadImage) else f"bad line: {e}"
-                    name = name or raw.decode("utf-8", "replace").split(maxsplit=1)[0]
+                image = result.image
+                if image is None:
+                    if not result.reason:  # A blank line.
+                        continue
                     if task.on_error == "fail":
                         # A plain ValueError: it must cross the process boundary intact.
-                        raise ValueError(f"{task.image_list}:{line_no}: {name or '?'}: {reason}") from None
-                    skipped.append({"line": line_no, "path": name, "reason": reason})
+                        raise ValueError(
+                            f"{task.image_list}:{line_no}: {result.name or '?'}: {result.reason}"
+                        )
+                    skipped.append({"line": line_no, "path": result.name, "reason": result.reason})
                     continue
                 if image.converted_from:
                     converted[image.converted_from] += 1
                 writer.write(
                     schema.encode_example(
                         image=image.jpeg,
-                        name=name,
+                        name=result.name,
                         height=image.height,
                         width=image.width,
-                        label=labels if kind == "single" else dict(labels),
+                        label=result.labels if kind == "single" else dict(result.labels),
                         label_format=task.label_format,
                         num_classes=task.num_classes,
                     )
@@ -208,3 +293,216 @@ def finished_sidecar(task: ShardTask) -> dict | None:
     if not os.path.exists(task.path) or os.path.getsize(task.path) != sidecar.get("bytes"):
         return None
     return sidecar
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A whole split: this task's shards, reused when finished, the rest written by worker processes, then the
+# manifest. Shared by the writer (data/tfrecord.py) and the one-pass downloader (data/download_records.py).
+# ---------------------------------------------------------------------------------------------------------
+
+
+def check_settings(
+    *,
+    label_format: str,
+    num_classes: int,
+    shards: int,
+    workers: int,
+    on_error: str,
+    task_index: int,
+    num_tasks: int,
+    jpeg_quality: int,
+    verify: str,
+    max_pixels: int,
+) -> None:
+    """Raises `ValueError` (one line, for a usage error) for settings no split can be written with."""
+    schema.check_label_format(label_format)
+    if on_error not in annotations.ON_ERROR:
+        raise ValueError(f"on_error must be one of {annotations.ON_ERROR}, got {on_error!r}")
+    if shards < 1 or workers < 1 or num_classes < 1:
+        raise ValueError(
+            f"shards, workers and num_classes must be >= 1, got {shards}, {workers}, {num_classes}"
+        )
+    if not 0 <= task_index < num_tasks:
+        raise ValueError(f"task_index {task_index} is outside [0, {num_tasks})")
+    if verify not in images.VERIFY_MODES:
+        raise ValueError(f"verify must be one of {images.VERIFY_MODES}, got {verify!r}")
+    if not 1 <= jpeg_quality <= 100:
+        raise ValueError(f"jpeg_quality must be in [1, 100], got {jpeg_quality}")
+    if max_pixels < 0:
+        raise ValueError(f"max_pixels must be >= 0 (0: no limit), got {max_pixels}")
+
+
+def index_for_shards(image_list: str, shards: int) -> ListIndex:
+    """`list_index.index_list`, logged."""
+    started = time.monotonic()
+    index = list_index.index_list(image_list, shards)
+    logging.info(
+        "%s: %d lines, %d bytes, sha256 %s (indexed in %.1fs)",
+        image_list,
+        index.num_lines,
+        index.num_bytes,
+        index.sha256[:12],
+        time.monotonic() - started,
+    )
+    return index
+
+
+def shard_tasks(index: ListIndex, *, task_index: int, num_tasks: int, **settings) -> list[ShardTask]:
+    """This task's shards (s with ``s % num_tasks == task_index``) of the indexed list.
+
+    Args:
+      index: The list's index (its number of shards is the split's).
+      task_index: This machine's task.
+      num_tasks: Machines writing the split.
+      **settings: The remaining `ShardTask` fields, the same for every shard.
+    """
+    shards = index.num_shards
+    return [
+        ShardTask(
+            index=s,
+            num_shards=shards,
+            start=index.offsets[s],
+            end=index.offsets[s + 1],
+            first_line=index.first_lines[s],
+            list_sha256=index.sha256,
+            **settings,
+        )
+        for s in range(task_index, shards, num_tasks)
+    ]
+
+
+def write_split(
+    settings: Mapping[str, Any],
+    *,
+    index: ListIndex,
+    task_index: int,
+    num_tasks: int,
+    workers: int,
+    progress: bool,
+    tfds_metadata: bool = False,
+    write_fn: worker_pool.TaskFn = write_shard,
+    job: Callable[[ShardTask], Any] | None = None,
+) -> dict:
+    """Writes (or finishes writing) this task's shards of an indexed list and its manifest.
+
+    Shards whose sidecar says a previous run finished them with the same settings are kept; temporary
+    files a killed run left are removed and their shards written again.
+
+    Args:
+      settings: The `ShardTask` fields every shard shares (list, output folder, prefix, labels, ...).
+      index: The list's index.
+      task_index: This machine's task.
+      num_tasks: Machines writing the split; with one, the split's final manifest is written.
+      workers: Processes writing shards at once.
+      progress: Show a progress bar.
+      tfds_metadata: Also write TFDS's metadata files (single-task runs).
+      write_fn: ``write_fn(job(task), report) -> sidecar``, a module-level function run in the workers.
+      job: What `write_fn` gets for a task (default: the task itself).
+
+    Returns:
+      The manifest that was written: the final ``{prefix}-manifest.json`` when ``num_tasks == 1``, else
+      this task's ``{prefix}-manifest.task-TTTTT-of-NNNNN.json``.
+
+    Raises:
+      ValueError: Shards left by a run with other settings.
+    """
+    started = time.monotonic()
+    tasks = shard_tasks(index, task_index=task_index, num_tasks=num_tasks, **settings)
+    output_dir, prefix = settings["output_dir"], settings["prefix"]
+    complete = num_tasks == 1
+    manifest_path = os.path.join(
+        output_dir,
+        schema.manifest_filename(prefix)
+        if complete
+        else manifest.task_manifest_filename(prefix, task_index, num_tasks),
+    )
+    # Temp files a killed run left (shards, sidecars, this task's manifest); their shards are rewritten.
+    for final in [manifest_path] + [
+        p for task in tasks for p in (task.path, manifest.sidecar_path(task.path))
+    ]:
+        fileio.remove_temp_files(final)
+    sidecars, pending = [], []
+    for task in tasks:
+        sidecar = finished_sidecar(task)
+        if sidecar is None:
+            pending.append(task)
+        else:
+            sidecars.append(manifest.compact(sidecar))
+    if sidecars:
+        logging.info(
+            "%d of this task's %d shards already finished; writing %d",
+            len(sidecars),
+            len(tasks),
+            len(pending),
+        )
+    sidecars += _write_shards(
+        pending, index=index, workers=workers, progress=progress, write_fn=write_fn, job=job
+    )
+    header = {
+        **{key: settings[key] for key in manifest.HEADER_KEYS if key in settings and key != "image_list"},
+        "num_shards": index.num_shards,
+        "image_list": {
+            "path": settings["image_list"],
+            "sha256": index.sha256,
+            "bytes": index.num_bytes,
+            "num_lines": index.num_lines,
+        },
+    }
+    header = {key: header[key] for key in manifest.HEADER_KEYS}
+    written = manifest.build_manifest(
+        sidecars,
+        output_dir=output_dir,
+        header=header,
+        complete=complete,
+        task_index=task_index,
+        num_tasks=num_tasks,
+    )
+    fileio.write_json(manifest_path, written)
+    logging.info(
+        "%s: %d records, %d skipped, %d converted, in %.1fs",
+        os.path.basename(manifest_path),
+        written["num_records"],
+        written["num_skipped"],
+        sum(written["converted"].values()),
+        time.monotonic() - started,
+    )
+    if complete and tfds_metadata:
+        write_tfds_metadata(output_dir)
+    return written
+
+
+def _write_shards(
+    tasks: Sequence[ShardTask],
+    *,
+    index: ListIndex,
+    workers: int,
+    progress: bool,
+    write_fn: worker_pool.TaskFn,
+    job: Callable[[ShardTask], Any] | None,
+) -> list[dict]:
+    """Writes the shards (see `worker_pool.run_tasks`), logging each; returns their compact sidecars."""
+    results: list[dict] = []
+    started = time.monotonic()
+
+    def log_shard(sidecar: dict) -> None:
+        results.append(manifest.compact(sidecar))
+        lines = sum(s["end_line"] - s["first_line"] + 1 for s in results)
+        logging.info(
+            "shard %s: %d records, %d skipped (%d/%d shards, %.0f lines/s)",
+            sidecar["file"],
+            sidecar["num_records"],
+            results[-1]["num_skipped"],
+            len(results),
+            len(tasks),
+            lines / max(time.monotonic() - started, 1e-9),
+        )
+
+    worker_pool.run_tasks(
+        write_fn,
+        [job(task) for task in tasks] if job else list(tasks),
+        workers=workers,
+        total=sum(index.num_lines_of(task.index) for task in tasks),
+        on_result=log_shard,
+        progress=progress,
+    )
+    return results

@@ -8,6 +8,7 @@ r"""Benchmarks, one subcommand each; every measurement is printed as one JSON li
     python tools/benchmark.py loss
     horovodrun --gloo -np 2 -H localhost:2 python tools/benchmark.py allreduce --step_ms=...
     python tools/benchmark.py memory
+    python tools/benchmark.py download --num_images=1000 --workers=2 --threads=16 --compare
 
 Each subcommand is a module of tools/benchmarks/ (`SUBCOMMANDS`) with `FLAGS_USED` and `run(flag_values)`;
 this script defines only the chosen subcommand's flags (``<subcommand> --help`` lists them; without a
@@ -35,6 +36,9 @@ commands that produced them.
   `training.distributed`, and its overhead relative to ``--step_ms``.
 - ``memory``: peak RSS of the list tools (tools/subset.py, tools/dataset_stats.py, the writer's list pass)
   on generated image lists of ``--memory_lines`` lines, each run in a fresh process.
+- ``download``: images/s of the one pass (``data/download.py --output_records``: URLs straight into TFRecord
+  shards) against a local HTTP server of generated JPEGs; ``--compare`` adds download-then-write (our
+  downloader, then our writer) and img2dataset (from ``--img2dataset_venv``) on the same URLs.
 
 Every subcommand starts with a ``<name>/machine`` line (CPU count and model, TensorFlow version).
 """
@@ -63,6 +67,7 @@ SUBCOMMANDS: dict[str, str] = {
     "loss": "tools.benchmarks.loss",
     "allreduce": "tools.benchmarks.allreduce",
     "memory": "tools.benchmarks.memory",
+    "download": "tools.benchmarks.download",
 }
 
 

@@ -102,13 +102,13 @@ FLAG_DEFINITIONS: dict[str, Callable[[flags.FlagValues], object]] = {
     "image_cache": lambda fv: flags.DEFINE_string(
         "image_cache",
         _IMAGE_CACHE,
-        "writer, pipeline: folder of generated JPEGs (and lists, records), reused across runs.",
+        "writer, pipeline, download: folder of generated JPEGs (and lists, records), reused across runs.",
         flag_values=fv,
     ),
     "num_images": lambda fv: flags.DEFINE_integer(
         "num_images",
         2000,
-        "writer, pipeline: number of JPEGs to generate and write.",
+        "writer, pipeline, download: number of JPEGs to generate and write.",
         lower_bound=1,
         flag_values=fv,
     ),
@@ -122,10 +122,29 @@ FLAG_DEFINITIONS: dict[str, Callable[[flags.FlagValues], object]] = {
         "image_height", 375, "writer, pipeline: height of the generated JPEGs.", flag_values=fv
     ),
     "workers": lambda fv: flags.DEFINE_integer(
-        "workers", 2, "writer, pipeline: worker processes of our writer.", lower_bound=1, flag_values=fv
+        "workers",
+        2,
+        "writer, pipeline, download: worker processes of our writer (and of the one pass, img2dataset).",
+        lower_bound=1,
+        flag_values=fv,
+    ),
+    "threads": lambda fv: flags.DEFINE_integer(
+        "threads",
+        16,
+        "download: download threads per worker process (the one pass, img2dataset); the downloader of "
+        "download-then-write gets workers x threads.",
+        lower_bound=1,
+        flag_values=fv,
+    ),
+    "img2dataset_venv": lambda fv: flags.DEFINE_string(
+        "img2dataset_venv",
+        "/tmp/i2d-venv",
+        "download --compare: virtualenv with img2dataset installed (`python3 -m venv DIR && DIR/bin/pip "
+        "install img2dataset`); skipped with a message when absent.",
+        flag_values=fv,
     ),
     "shards": lambda fv: flags.DEFINE_integer(
-        "shards", 16, "writer, pipeline: shards written by our writer.", lower_bound=1, flag_values=fv
+        "shards", 16, "writer, pipeline, download: shards written.", lower_bound=1, flag_values=fv
     ),
     "compare": lambda fv: flags.DEFINE_bool(
         "compare", False, "Also measure the subcommand's baseline in the same run.", flag_values=fv
@@ -169,7 +188,7 @@ FLAG_DEFINITIONS: dict[str, Callable[[flags.FlagValues], object]] = {
     "rounds": lambda fv: flags.DEFINE_integer(
         "rounds",
         1,
-        "pipeline: measure every variant this many times, interleaved.",
+        "pipeline, download: measure every variant this many times, interleaved.",
         lower_bound=1,
         flag_values=fv,
     ),
