@@ -80,7 +80,7 @@ class MlImagesConfig(tfds.core.BuilderConfig):
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
-    """ML-Images: 11,166 classes, multi-label soft tags (REFERENCE.md section 1)."""
+    """ML-Images: 11,166 classes, multi-label soft tags (docs/REFERENCE.md section 1)."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release: images as the TFRecord writer stores them, sparse labels."}
