@@ -52,7 +52,7 @@ from training import cli
 
 HEADS = ("auto", "sigmoid", "softmax")
 OUTPUT_FORMATS = ("text", "release")
-IMAGENET_CLASSES = 1000
+IMAGENET_CLASSES = pretrained.IMAGENET_CLASSES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,9 +68,7 @@ def resolve_head(head: str, num_classes: int) -> str:
     """`sigmoid` or `softmax`; `auto` is softmax exactly for a 1000-class (ImageNet) head."""
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-    if head != "auto":
-        return head
-    return "softmax" if num_classes == IMAGENET_CLASSES else "sigmoid"
+    return pretrained.default_activation(num_classes) if head == "auto" else head
 
 
 def load_imagenet_dictionary(path: str) -> list[str]:
