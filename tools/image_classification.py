@@ -42,6 +42,7 @@ from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
+import tqdm
 from absl import app, flags, logging
 
 from data import fileio, image_files, preprocessing
@@ -126,6 +127,7 @@ def classify(
     image_size: int = 224,
     batch_size: int = 32,
     max_pixels: int = images_lib.DEFAULT_MAX_PIXELS,
+    show_progress: bool = False,
 ) -> tuple[list[Prediction], list[image_files.SkippedImage]]:
     """The top-k classes and scores of every readable image, in input order.
 
@@ -138,6 +140,7 @@ def classify(
       image_size: the model's input side.
       batch_size: images per forward pass.
       max_pixels: larger images are skipped (0: only Pillow's own limit, about 179 MP).
+      show_progress: a tqdm bar over the files (images, rate, ETA) on stderr (`--progress`).
 
     Returns:
       (predictions of the readable images, the skipped files with the reason).
@@ -155,12 +158,19 @@ def classify(
     preprocess = preprocessing.file_transform(transform, image_size=image_size)
     predictions: list[Prediction] = []
     skipped: list[image_files.SkippedImage] = []
-    for batch_paths, images in image_files.iter_image_batches(
+    batches = image_files.iter_image_batches(
         paths, preprocess=preprocess, batch_size=batch_size, skipped=skipped, max_pixels=max_pixels
-    ):
-        scores, indices = (t.numpy() for t in top(images))
-        for path, idx, score in zip(batch_paths, indices, scores, strict=True):
-            predictions.append(Prediction(path, tuple(int(i) for i in idx), tuple(float(s) for s in score)))
+    )
+    progress = tqdm.tqdm(total=len(paths), unit="img", disable=not show_progress, smoothing=0.1)
+    with progress:
+        for batch_paths, images in batches:
+            scores, indices = (t.numpy() for t in top(images))
+            for path, idx, score in zip(batch_paths, indices, scores, strict=True):
+                predictions.append(
+                    Prediction(path, tuple(int(i) for i in idx), tuple(float(s) for s in score))
+                )
+            progress.update(len(predictions) + len(skipped) - progress.n)  # skipped files count as done
+        progress.update(len(paths) - progress.n)  # files skipped after the last batch
     return predictions, skipped
 
 
@@ -228,6 +238,7 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     cli.define_inference_flags()
+    flags.DEFINE_bool("progress", True, "Show a progress bar (images, rate, ETA) on stderr.")
     flags.DEFINE_string(
         "imagenet_dictionary", None, "Class names: the release's imagenet2012_dictionary.txt (1000 classes)."
     )
@@ -280,6 +291,7 @@ def main(argv: list[str]) -> None:
             image_size=FLAGS.image_size,
             batch_size=FLAGS.batch_size,
             max_pixels=FLAGS.max_pixels,
+            show_progress=FLAGS.progress,
         )
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError
         sys.exit(f"image_classification.py: error: {e}")
