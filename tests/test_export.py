@@ -24,8 +24,9 @@ from tests.test_pretrained import write_release_checkpoint
 from tools import export
 
 SIZE = 32
-# Float32 graph vs eager on the same pixels: the two paths differ only by op fusion/ordering rounding.
-TOLERANCE = 1e-4
+# The SavedModel's graph vs eager Keras on the same pixels: only float32 rounding of op fusion/ordering
+# differs (measured at most 1.8e-7 on the release's JPEGs at 32 and 224 px).
+TOLERANCE = 1e-5
 
 LOADER = textwrap.dedent(
     """
