@@ -6,8 +6,10 @@ those are absent, JPEGs written here) and saves its outputs; the Python path is 
 transform of the same files and the Keras model.
 """
 
+import io
 import json
 import os
+import struct
 import subprocess
 import sys
 import textwrap
@@ -59,24 +61,62 @@ def run_saved_model(saved_model, paths, tmp_path):
 
 
 def python_path(model, paths, *, transform, activation):
-    """The Keras model on `data.preprocessing`'s transform of the files: (probabilities, features)."""
-    fn = preprocessing.get_transform(transform)
-    images = tf.stack([fn(tf.constant(open(p, "rb").read()), image_size=SIZE) for p in paths])
+    """The Keras model on the tools' pre-processing of the files (`data.preprocessing.preprocess`: the
+    transform with the EXIF orientation): (probabilities, features)."""
+    images = preprocessing.preprocess(
+        [open(p, "rb").read() for p in paths], transform=transform, image_size=SIZE
+    )
     outputs = resnet.with_features(model)(images, training=False)
     scores = tf.sigmoid if activation == "sigmoid" else tf.nn.softmax
     return scores(outputs["logits"]).numpy(), outputs["features"].numpy()
 
 
+def with_exif(jpeg: bytes, orientation: int, *, byte_order: str = "II") -> bytes:
+    """`jpeg` with an APP1 EXIF segment (IFD0: orientation, then another tag) right after its SOI."""
+    end = "<" if byte_order == "II" else ">"
+    magic = struct.pack(end + "H", 42)
+    entries = struct.pack(end + "HHIHH", 0x0112, 3, 1, orientation, 0)
+    entries += struct.pack(end + "HHI4s", 0x010F, 2, 4, b"cam\x00")
+    tiff = byte_order.encode() + magic + struct.pack(end + "I", 8) + struct.pack(end + "H", 2) + entries
+    tiff += struct.pack(end + "I", 0)  # no next IFD
+    payload = b"Exif\x00\x00" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
+
+
 @pytest.fixture
-def images(request, tmp_path):
-    """The release's four sample JPEGs when present (large photos: real decoding), else 3 written here."""
+def images(tmp_path):
+    """The release's four sample JPEGs when present (large photos: real decoding), else 3 written here;
+    then one stored rotated (EXIF orientation 6), which the demo transform turns upright."""
     from tests.conftest import REFERENCE_DIR
 
     folder = REFERENCE_DIR / "images"
     if folder.is_dir():
-        return sorted(folder.glob("*.jpg"))
-    names = write_jpegs(tmp_path / "jpegs", 3)
-    return [tmp_path / "jpegs" / n for n in names]
+        paths = sorted(folder.glob("*.jpg"))
+    else:
+        paths = [tmp_path / "jpegs" / n for n in write_jpegs(tmp_path / "jpegs", 3)]
+    rotated = tmp_path / "rotated.jpg"
+    rotated.write_bytes(with_exif(paths[-1].read_bytes(), 6))
+    return [*paths, rotated]
+
+
+@pytest.mark.parametrize("byte_order", ["II", "MM"])
+def test_exif_orientation_in_tf_ops_matches_pillow(byte_order):
+    from PIL import Image
+
+    pixels = np.random.default_rng(2).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    plain = io.BytesIO()
+    Image.fromarray(pixels).save(plain, format="JPEG")
+    png = io.BytesIO()
+    Image.fromarray(pixels).save(png, format="PNG")
+    read = tf.function(export.exif_orientation, input_signature=[tf.TensorSpec([], tf.string)])
+    for orientation in range(10):  # 0 and 9 are invalid: 1 (as stored), as Pillow's reader is used
+        data = with_exif(plain.getvalue(), orientation, byte_order=byte_order)
+        pillow = Image.open(io.BytesIO(data)).getexif().get(0x0112)
+        assert pillow == orientation
+        assert int(read(tf.constant(data))) == (orientation if 1 <= orientation <= 8 else 1)
+    assert int(read(tf.constant(plain.getvalue()))) == 1
+    assert int(read(tf.constant(png.getvalue()))) == 1
+    assert int(read(tf.constant(plain.getvalue()[:40]))) == 1  # cut short: no read past the end
 
 
 @pytest.mark.parametrize("num_classes, transform", [(7, "demo"), (1000, "reference")])
@@ -94,6 +134,8 @@ def test_saved_model_matches_the_python_path(tmp_path, images, num_classes, tran
     np.testing.assert_allclose(served["probabilities"], probabilities, atol=TOLERANCE, rtol=0)
     np.testing.assert_allclose(served["features"], features, atol=TOLERANCE, rtol=0)
     assert not np.allclose(probabilities[0], probabilities[1])  # the images give different outputs
+    if transform == "demo":  # the rotated copy is turned upright: not the stored image's outputs
+        assert not np.allclose(features[-1], features[-2], atol=1e-3)
 
 
 def test_keras_files_and_class_names(tmp_path, reference_dir):

@@ -16,9 +16,9 @@ The checkpoint is ours (a run directory or a prefix) or a released TF1 one (`mod
   The pre-processing is inside the graph (`tf.map_fn` over `data.preprocessing`'s `--transform`, pure TF
   ops), so a server needs nothing of this project. `probabilities` follow `--head`: `auto` is softmax for a
   1000-class head (ImageNet) and sigmoid for any other (the 11,166-class multi-label head), as in
-  tools/image_classification.py. Unlike the Python path (`models.pretrained.preprocess`, the tools), the
-  graph does not read the EXIF orientation (TF's decoders ignore EXIF): a photo stored rotated is
-  classified as stored. Non-8-bit or CMYK images the tools convert through Pillow are left to TF's decoder.
+  tools/image_classification.py. As in the tools (`demo`: `cv.imread`), a JPEG's EXIF orientation is
+  applied, read from its header by TF ops (`exif_orientation`). Images the tools first convert through
+  Pillow (16-bit PNG, CMYK JPEG without the Adobe marker, WebP, TIFF) are left to TF's own decoder.
 - `class_names.txt`: one name per line, line i = class i, from `--hierarchy` or `--imagenet_dictionary`
   (the class indices when neither is given), as tools/image_classification.py reads them;
 - `export.json`: what was exported (checkpoint, architecture, head, transform, image size, files).
@@ -52,6 +52,42 @@ MANIFEST_FILE = "export.json"
 SIGNATURE_INPUT = "image_bytes"
 
 
+_EXIF_MARK = "Exif\x00\x00"  # the APP1 payload's start; the TIFF header follows it
+_EXIF_SEARCH_BYTES = 65536  # APP1 (at most 64 KB) comes before the image data
+_ORIENTATION_TAG = 0x0112
+
+
+def exif_orientation(image_bytes: tf.Tensor) -> tf.Tensor:
+    """The EXIF orientation (int32 1..8) of an encoded JPEG, in TF ops; 1 when absent, invalid or not a JPEG.
+
+    What `data.preprocessing.load_image_file` reads with Pillow for the tools, so that the SavedModel
+    applies the orientation as they (and `cv.imread`) do. Reads the TIFF header after the first
+    `Exif\0\0` in the first 64 KB (byte order `II` or `MM`), the IFD0 offset, and the entries of IFD0,
+    all as vectorised gathers (no loop); any read past the end yields 1.
+    """
+    head = tf.strings.substr(image_bytes, 0, _EXIF_SEARCH_BYTES)
+    parts = tf.strings.split(head, sep=_EXIF_MARK, maxsplit=1)
+    found = tf.logical_and(tf.io.is_jpeg(image_bytes), tf.size(parts) == 2)
+    tiff = tf.cond(found, lambda: parts[-1], lambda: tf.constant(b"")) + b"\x00" * 16  # room for reads
+    data = tf.cast(tf.io.decode_raw(tiff, tf.uint8), tf.int32)
+    little = tf.equal(tf.strings.substr(tiff, 0, 2), "II")
+
+    def uint(at: tf.Tensor, size: int) -> tf.Tensor:  # an unsigned integer of `size` bytes at `at`
+        values = tf.gather(data, at[..., tf.newaxis] + tf.range(size))
+        order = tf.where(little, 256 ** tf.range(size), 256 ** tf.range(size - 1, -1, -1))
+        return tf.reduce_sum(values * order, axis=-1)
+
+    length = tf.shape(data)[0] - 16
+    ifd = uint(tf.constant(4), 4)
+    valid = tf.logical_and(ifd >= 8, ifd + 2 <= length)
+    ifd = tf.where(valid, ifd, 0)
+    count = tf.clip_by_value(tf.where(valid, uint(ifd, 2), 0), 0, tf.maximum(length - ifd - 2, 0) // 12)
+    entries = ifd + 2 + 12 * tf.range(count)
+    values = tf.where(tf.equal(uint(entries, 2), _ORIENTATION_TAG), uint(entries + 8, 2), 0)
+    value = tf.reduce_max(tf.concat([values, [0]], axis=0))
+    return tf.where(tf.logical_and(value >= 1, value <= 8), value, 1)
+
+
 class _Serving(tf.Module):
     """The SavedModel's root: the network (its variables) and the serving function."""
 
@@ -59,13 +95,13 @@ class _Serving(tf.Module):
         super().__init__()
         self.network = resnet.with_features(model)
         score_fn = tf.sigmoid if activation == "sigmoid" else tf.nn.softmax
-        transform_fn = preprocessing.get_transform(transform)
+        transform_fn = preprocessing.file_transform(transform, image_size=image_size)
         image_spec = tf.TensorSpec([image_size, image_size, 3], tf.float32)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SIGNATURE_INPUT)])
         def serve(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
             images = tf.map_fn(
-                lambda data: transform_fn(data, image_size=image_size),
+                lambda data: transform_fn(data, exif_orientation(data)),  # `demo` applies it
                 image_bytes,
                 fn_output_signature=image_spec,
             )
@@ -157,7 +193,7 @@ def define_flags() -> None:
         "demo",
         sorted(preprocessing.TRANSFORMS),
         "Pre-processing inside the SavedModel: demo = the release's tools' (shorter side 256/224 x S, centre "
-        "crop S; no EXIF orientation in the graph); reference = its evaluation transform (central 80% crop, "
+        "crop S; with the EXIF orientation); reference = its evaluation transform (central 80% crop, "
         "resize); full = the whole image resized.",
     )
     flags.DEFINE_integer("image_size", 224, "The SavedModel's input side (the crop side).", lower_bound=1)
