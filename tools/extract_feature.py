@@ -10,7 +10,8 @@ ResNets, `32 x base_width` in general), read through `models.resnet.with_feature
 the extractor share one model definition. The checkpoint is ours or a released TF1 one; images come as
 arguments and/or `--image_list`; unusable files (missing, truncated, not an image, over `--max_pixels`)
 are reported with the reason on stderr and skipped (their rows are simply absent: use the names saved with
-`npz` / `txt` to align rows with files).
+`npz` / `txt` to align rows with files). A progress bar over the files (images, rate, ETA) goes to
+stderr; `--noprogress` hides it.
 
 Crops (`--crop`):
 - `center`: one view per image through `--transform` (`demo`, the default: the release's tools' input,

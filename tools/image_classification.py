@@ -7,7 +7,8 @@ r"""Top-k classes of image files from a checkpoint, the release's `image_classif
 
 Images come as arguments and/or `--image_list` (one file per line, the first field; see
 `data.image_files.read_image_list`); unusable files (missing, truncated, not an image, over `--max_pixels`)
-are reported with the reason on stderr and in the JSON and skipped. The checkpoint is ours or a released TF1
+are reported with the reason on stderr and in the JSON and skipped. A progress bar over the files
+(images, rate, ETA) goes to stderr; `--noprogress` hides it. The checkpoint is ours or a released TF1
 one (`models.pretrained.load_model`).
 
 Scores (`--head`): `sigmoid` gives independent per-class probabilities (the multi-label ML-Images head),
