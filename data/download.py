@@ -854,11 +854,11 @@ def _write_records(f, config: DownloadConfig) -> None:
     """``--output_records``: the one pass (`data.download_records`), URLs straight into TFRecord shards."""
     from absl import app
 
-    if f.workers > 1:  # The workers' TensorFlow import runs beside this process's (seconds of start-up).
+    if f.workers > 1:  # The workers' imports (numpy, Pillow; no TensorFlow) run beside this process's.
         from data import worker_pool
 
         worker_pool.start_workers_early("data.download_records")
-    from data import download_records  # Imports TensorFlow: only for the one pass.
+    from data import download_records  # No TensorFlow: records are framed by data/record_writer.py.
 
     try:
         _one_pass(download_records, f, config)

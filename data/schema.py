@@ -31,11 +31,14 @@ import json
 import os
 import re
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
 
 from data import record_files
+
+if TYPE_CHECKING:  # TensorFlow is imported where records are parsed: writing them does not need it.
+    import tensorflow as tf
 
 IMAGE_KEY = "image"
 HEIGHT_KEY = "height"
@@ -74,7 +77,7 @@ def manifest_filename(prefix: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Encoding (writer side; plain numpy + protobuf, no TensorFlow ops).
+# Encoding (writer side; plain numpy, no TensorFlow).
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -96,12 +99,40 @@ def dense_label_bytes(label: Mapping[int, float], *, num_classes: int) -> bytes:
     return dense.tobytes()
 
 
-def _bytes_feature(value: bytes) -> tf.train.Feature:
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+# A tf.train.Example written by hand (example.proto, feature.proto): the writers run without TensorFlow, whose
+# import costs 10-30 s of start-up per process (data/record_writer.py). Deterministic protobuf encoding:
+# map entries sorted by key, each with its key (field 1) and value (field 2); repeated numbers packed.
+# tests/test_schema.py checks the bytes against tf.train.Example.SerializeToString(deterministic=True).
 
 
-def _int64_feature(values) -> tf.train.Feature:
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+def _varint(value: int) -> bytes:
+    """Protobuf base-128 varint; a negative int64 as its 64-bit two's complement (10 bytes)."""
+    value &= 0xFFFFFFFFFFFFFFFF
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2)."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _bytes_feature(value: bytes) -> bytes:
+    return _field(1, _field(1, value))  # Feature.bytes_list { value: [value] }
+
+
+def _int64_feature(values) -> bytes:
+    packed = b"".join(_varint(int(v)) for v in values)
+    return _field(3, _field(1, packed) if packed else b"")  # Feature.int64_list { packed value }
+
+
+def _float_feature(values: np.ndarray) -> bytes:
+    packed = np.asarray(values, dtype="<f4").tobytes()
+    return _field(2, _field(1, packed) if packed else b"")  # Feature.float_list { packed value }
 
 
 def encode_example(
@@ -117,7 +148,8 @@ def encode_example(
     """Serializes one image as a ``tf.train.Example``.
 
     Serialization is deterministic (map keys sorted), so the same inputs always give the same bytes: the
-    writer relies on that for reproducible shards.
+    writer relies on that for reproducible shards. The bytes are those of ``tf.train.Example``'s
+    ``SerializeToString(deterministic=True)``, written without importing TensorFlow.
 
     Args:
       image: The encoded JPEG, stored as is.
@@ -153,11 +185,11 @@ def encode_example(
         else:
             indices, confidences = _tag_arrays(label, num_classes)
             feature[LABEL_INDICES_KEY] = _int64_feature(indices.tolist())
-            feature[LABEL_CONFIDENCES_KEY] = tf.train.Feature(
-                float_list=tf.train.FloatList(value=confidences.tolist())
-            )
-    example = tf.train.Example(features=tf.train.Features(feature=feature))
-    return example.SerializeToString(deterministic=True)
+            feature[LABEL_CONFIDENCES_KEY] = _float_feature(confidences)
+    entries = b"".join(
+        _field(1, _field(1, key.encode("utf-8")) + _field(2, value)) for key, value in sorted(feature.items())
+    )
+    return _field(1, entries)  # Example.features { feature: map entries }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -167,6 +199,8 @@ def encode_example(
 
 def feature_spec(label_format: str) -> dict[str, tf.io.FixedLenFeature | tf.io.VarLenFeature]:
     """The ``tf.io.parse_example`` spec of one label format."""
+    import tensorflow as tf
+
     check_label_format(label_format)
     spec = {
         IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
@@ -195,6 +229,7 @@ def _check_records(bad: tf.Tensor, describe, problem) -> tf.Tensor:
     `describe(i)` is a scalar string naming record i of the batch (its file and index in the file);
     `problem(i)` a scalar string saying what is wrong with it.
     """
+    import tensorflow as tf
 
     def fail():
         first = tf.argmax(tf.cast(bad, tf.int32), output_type=tf.int32)
@@ -206,11 +241,15 @@ def _check_records(bad: tf.Tensor, describe, problem) -> tf.Tensor:
 
 
 def _default_describe(index: tf.Tensor) -> tf.Tensor:
+    import tensorflow as tf
+
     return tf.strings.join(["record ", tf.strings.as_string(index), " of the batch"])
 
 
 def _decode_dense(raw: tf.Tensor, num_classes: int, describe) -> tf.Tensor:
     """[B] strings of float32[num_classes] bytes -> float32[B, num_classes], length checked first."""
+    import tensorflow as tf
+
     expected = 4 * num_classes
     lengths = tf.strings.length(raw)
     check = _check_records(
@@ -232,6 +271,8 @@ def _decode_dense(raw: tf.Tensor, num_classes: int, describe) -> tf.Tensor:
 
 def _check_int64(labels: tf.Tensor, num_classes: int, describe) -> tf.Tensor:
     """int64 class indices, checked to lie in [0, num_classes)."""
+    import tensorflow as tf
+
     check = _check_records(
         tf.logical_or(labels < 0, labels >= num_classes),
         describe,
@@ -245,6 +286,8 @@ def _check_int64(labels: tf.Tensor, num_classes: int, describe) -> tf.Tensor:
 
 def _decode_sparse(indices: tf.SparseTensor, confidences: tf.SparseTensor, num_classes: int) -> tf.Tensor:
     """Ragged per-example (index, confidence) lists -> float32[B, num_classes], by one scatter."""
+    import tensorflow as tf
+
     batch = tf.cast(indices.dense_shape[0], tf.int32)
     rows = tf.cast(indices.indices[:, 0], tf.int32)
     checks = [
@@ -294,6 +337,8 @@ def parse_records(
         label out of range (both messages name the record after `RECORD_ERROR_MARK`) or a sparse label
         with mismatched lists or out-of-range indices.
     """
+    import tensorflow as tf
+
     check_label_format(label_format)
     describe = describe or _default_describe
     serialized = tf.convert_to_tensor(serialized, tf.string)
@@ -463,6 +508,8 @@ def label_layout(serialized: bytes, *, where: str = "the record") -> tuple[str, 
     Raises:
       ValueError: not an Example, no label, or a dense label whose length is not a multiple of 4.
     """
+    import tensorflow as tf
+
     try:
         example = tf.train.Example.FromString(serialized)
     except Exception as e:  # protobuf's DecodeError

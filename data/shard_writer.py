@@ -29,10 +29,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-import tensorflow as tf
 from absl import logging
 
-from data import annotations, fileio, images, list_index, manifest, schema, worker_pool
+from data import annotations, fileio, images, list_index, manifest, record_writer, schema, worker_pool
 from data.list_index import ListIndex
 from data.tfds_metadata import write_tfds_metadata
 
@@ -225,7 +224,7 @@ def write_records(
     num_records = pending = 0
     line_no = task.first_line
     with fileio.atomic_path(task.path) as temp:
-        with tf.io.TFRecordWriter(temp) as writer:
+        with record_writer.RecordWriter(temp) as writer:
             for result in results:
                 line_no = result.line
                 pending += 1

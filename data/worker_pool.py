@@ -96,9 +96,8 @@ def _pool_context(module: str) -> multiprocessing.context.BaseContext:
 def start_workers_early(module: str) -> None:
     """Starts the forkserver that preloads `module` now, so that its imports overlap the caller's own.
 
-    A command line that is about to import TensorFlow itself calls this first: the forkserver's import of
-    `module` (TensorFlow again) then runs beside the caller's instead of after it, when `run_tasks` first
-    needs a worker. `run_tasks(fn)` with ``fn.__module__ == module`` reuses the running forkserver.
+    A command line calls this before its own slow imports: the forkserver's import of `module` then runs
+    beside the caller's instead of after it, when `run_tasks` first needs a worker. `run_tasks(fn)` with ``fn.__module__ == module`` reuses the running forkserver.
     """
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return

@@ -461,3 +461,55 @@ def test_cli_ctrl_c_keeps_finished_shards_and_exits_130(server, tmp_path, repo_r
     server.delay = 0.0
     summary = _one_pass(tmp_path / "urls.txt", out, shards=4)
     assert (summary.shards_reused, summary.records) == (len(finished), 40)
+
+
+_NO_TENSORFLOW_RUN = """
+import runpy, sys
+sys.argv = ["download.py", *sys.argv[1:]]
+try:
+    runpy.run_path("data/download.py", run_name="__main__")
+except SystemExit as e:
+    assert not e.code, e.code
+print("LOADED", sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras")))
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_one_pass_never_imports_tensorflow(server, tmp_path, repo_root, workers):
+    """The whole one pass (list reading, workers, sidecars, manifest; with workers=1 the shards' fetching and
+    writing too) runs in a process that never imports TensorFlow: its 10-30 s import was the start-up that
+    img2dataset does not pay (docs/BENCHMARKS.md section 8)."""
+    _url_list(tmp_path / "urls.txt", server)
+    cmd = [
+        sys.executable,
+        "-c",
+        _NO_TENSORFLOW_RUN,
+        f"--url_list={tmp_path / 'urls.txt'}",
+        f"--output_records={tmp_path / 'out'}",
+        f"--num_classes={NUM_CLASSES}",
+        "--shards=2",
+        f"--workers={workers}",
+        "--threads=2",
+        "--noprogress",
+    ]
+    proc = subprocess.run(cmd, env=_env(), cwd=repo_root, timeout=120, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "LOADED []" in proc.stdout, proc.stdout
+    assert schema.read_manifest(tmp_path / "out").num_records == 5
+
+
+def test_one_pass_shards_are_what_tensorflow_writes(server, tmp_path):
+    """Each shard is byte for byte the file tf.io.TFRecordWriter writes from the Examples that
+    tf.train.Example serializes (deterministically) for the same records: TensorFlow's own bytes."""
+    _url_list(tmp_path / "urls.txt", server)
+    _one_pass(tmp_path / "urls.txt", tmp_path / "out", label_format="dense", shards=2)
+    files = schema.list_record_files(tmp_path / "out")
+    assert len(files) == 2
+    for file in files:
+        examples = [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(file)]
+        assert examples
+        rewritten = str(tmp_path / "tf.tfrecord")
+        with tf.io.TFRecordWriter(rewritten) as writer:
+            for example in examples:
+                writer.write(example.SerializeToString(deterministic=True))
+        assert pathlib.Path(file).read_bytes() == pathlib.Path(rewritten).read_bytes()

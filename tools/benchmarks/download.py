@@ -7,12 +7,12 @@ serving the benchmark's photo-like JPEGs (`photos.benchmark_images`). Every vari
 every image and stores it unchanged in shards:
 
 - ``one_pass``: `download_records.download_records` (``--workers`` processes x ``--threads`` threads), in
-  this process (TensorFlow already imported).
+  this process (its imports already done).
 - ``download_then_write``: `download.download_url_list` (``--workers`` x ``--threads`` threads) into image
   files, then `tfrecord.write_dataset` (``--workers`` processes) of the image list, in this process.
 - ``one_pass_cli`` and ``img2dataset``: the two commands as subprocesses, wall time from start to exit
-  (interpreter start-up and imports included for both; ours imports TensorFlow twice, in the command and
-  in its workers' forkserver). ``img2dataset_work`` is img2dataset's own timing from its shards' stats
+  (interpreter start-up and imports included for both; neither imports TensorFlow: ours writes the
+  records with data/record_writer.py). ``img2dataset_work`` is img2dataset's own timing from its shards' stats
   (first start to last end: no start-up), to compare with ``one_pass`` (in this process, warm). img2dataset runs from ``--img2dataset_venv`` with
   ``--processes_count=--workers --thread_count=--threads --resize_mode=no --skip_reencode`` (it decodes each
   image to check it, and keeps the original bytes) writing webdataset shards (its TFRecord output needs
@@ -208,7 +208,7 @@ def run(f: flags.FlagValues) -> None:
     server, base = _start_server(f.image_cache)
     try:
         url_list, plain_list = _url_lists(list_path, base, root)
-        # Untimed: starts the worker processes' forkserver (a TensorFlow import), which later runs reuse.
+        # Untimed: starts the worker processes' forkserver, which later runs reuse, and warms the caches.
         t0 = time.perf_counter()
         count, _ = _one_pass(url_list, os.path.join(root, "cold"), f)
         emit("download/one_pass_cold", seconds=round(time.perf_counter() - t0, 2), images=count)
