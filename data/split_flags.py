@@ -10,10 +10,9 @@ import os
 
 from absl import flags
 
-from data import annotations, images
+from data import annotations, images, schema
 
-# `schema.LABEL_FORMATS` (data/schema.py imports TensorFlow); tests/test_download_records.py checks they match.
-LABEL_FORMATS: tuple[str, ...] = ("dense", "sparse", "int64")
+LABEL_FORMATS: tuple[str, ...] = schema.LABEL_FORMATS  # importing data/schema.py loads no TensorFlow
 SPLIT_FLAGS: tuple[str, ...] = (
     "label_format",
     "shards",

@@ -21,7 +21,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from data import download, download_records, schema, split_flags, tfrecord
+from data import download, download_records, schema, tfrecord
 from data.download import DownloadConfig
 from tests.test_download import _png_bomb
 
@@ -136,10 +136,6 @@ def _one_pass(url_list: pathlib.Path, out: pathlib.Path, **kwargs) -> download_r
         progress=False,
     )
     return download_records.download_records(url_list, **{**options, **kwargs})
-
-
-def test_label_formats_match_the_schema():
-    assert split_flags.LABEL_FORMATS == schema.LABEL_FORMATS
 
 
 def test_one_pass_writes_the_records_of_download_then_write(server, tmp_path):
