@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from data import annotations
+from data import annotations, fileio
 
 CONFIDENCE_BINS = 101  # Confidences are histogrammed at 0.01 resolution: bounded memory for any input.
 
@@ -322,10 +322,7 @@ def main(argv: list[str]) -> None:
             trainable_min=f.trainable_min,
         )
     if f.output_json:
-        tmp = f"{f.output_json}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as out:
-            json.dump(stats, out, indent=1)
-        os.replace(tmp, f.output_json)
+        fileio.write_json(f.output_json, stats)
     if f.plot_dir:
         write_plots(stats, f.plot_dir)
     summary = {k: v for k, v in stats.items() if k not in ("images_per_class", "tags_per_image")}
