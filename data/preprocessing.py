@@ -291,7 +291,7 @@ def _rotation_source(transform: tf.Tensor, height: int, width: int) -> tf.Tensor
 # becomes min(k * (max - min), V) (= the new saturation clip(k S, 0, 1) times V) and the hue turns by
 # delta, which is the composition of the two kernels' formulas (compared with the tf.image ops:
 # ~1e-6, float rounding). The work is done on planes ([3, S, S], channels first): XLA then emits
-# contiguous, vectorised loops, 2-3x faster than over interleaved RGB triples. The quirks of the
+# contiguous, vectorised loops, faster than over interleaved RGB triples. The quirks of the
 # kernels are kept: a pixel whose channels are all <= 0 has saturation 0 (it becomes grey at its maximum),
 # values outside [0, 1] (after the brightness shift; nothing clips before the end) go through the same
 # formulas, and a hue that the AdjustSaturation kernel rounds up to exactly 1.0 (a red pixel whose green is
@@ -359,7 +359,7 @@ def _pixels(planes: tf.Tensor) -> tf.Tensor:
 
 
 # The three branches' XLA computations (one compilation per image size). The rotation's source indices are
-# a computation of their own: as one computation with the gather, the rotation was slower (measured once).
+# a computation of their own: as one computation with the gather, the rotation was slower.
 _rotation_source_xla = tf.function(_rotation_source, jit_compile=True)
 
 
