@@ -13,9 +13,9 @@ A seed gives the same bytes on every run, and a finished folder with the same pa
 ``demo.json``, the first file a demo run writes) is returned as it is. The demo writes only into a new or
 empty folder or one holding its own ``demo.json``: never into a folder of someone else's files.
 
-Run as a script it also prints the most-frequent-classes baseline (training/demo.py's
-`most_frequent_baseline`): the script is an entry script, so it may use the training layer; the module,
-which the library imports, does not (data/ never imports training/).
+Run as a script it prints the set's summary and the most frequent classes (the baseline's ranking); the
+baseline's metrics on the validation split are computed by the training layer (training/demo.py's
+`most_frequent_baseline`) and reported by `train.py --recipe=demo` (data/ never imports training/).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from absl import logging
@@ -414,8 +414,8 @@ def make_single_label_view(dataset: DemoDataset, output_dir: str | os.PathLike, 
 BASELINE_KS = (1, 3, 5)
 
 
-def summarize(dataset: DemoDataset, baseline: dict, *, wall_seconds: float) -> dict:
-    """The CLI's summary: parameters, class table, split sizes and the baseline."""
+def summarize(dataset: DemoDataset, *, wall_seconds: float) -> dict:
+    """The CLI's summary: parameters, class table, split sizes and the most-frequent baseline's ranking."""
     hierarchy = load_hierarchy(dataset.hierarchy_path)
     record = fileio.read_json(os.path.join(dataset.data_dir, PARAMS_FILENAME)) or {}
     counts = np.asarray(dataset.train_class_counts)
@@ -441,7 +441,6 @@ def summarize(dataset: DemoDataset, baseline: dict, *, wall_seconds: float) -> d
             for i in range(dataset.num_classes)
         ],
         "baseline_ranking": [dataset.class_names[i] for i in ranked[: max(BASELINE_KS)].tolist()],
-        "most_frequent_baseline": baseline,
         "reused": dataset.reused,
         "generation_seconds": record.get("generation_seconds"),
         "wall_seconds": round(wall_seconds, 2),
@@ -462,13 +461,7 @@ def _print_summary(summary: dict) -> None:
         print(
             f"    {row['index']:3d} {'  ' * row['depth']}{row['name']:<{30 - 2 * row['depth']}} {row['train_images']:6d}"
         )
-    baseline = summary["most_frequent_baseline"]
-    print(f"  most-frequent baseline on val (ranking: {', '.join(summary['baseline_ranking'])}):")
-    for k in BASELINE_KS:
-        print(
-            f"    k={k}: F1 {baseline[f'f1@{k}']:.4f}  precision {baseline[f'precision@{k}']:.4f}  "
-            f"recall {baseline[f'recall@{k}']:.4f}"
-        )
+    print(f"  most frequent classes (the baseline's ranking): {', '.join(summary['baseline_ranking'])}")
 
 
 def _define_flags() -> None:
@@ -518,14 +511,8 @@ def _define_flags() -> None:
     )
 
 
-def main(argv: Sequence[str], *, baseline: Callable[..., dict]) -> None:
-    """The script: writes (or reuses) the set, scores `baseline` on it, writes and prints the summary.
-
-    Args:
-      argv: Left-over command line (none expected).
-      baseline: ``baseline(data_dir, topk=...) -> metrics``, training/demo.py's `most_frequent_baseline`,
-        passed in by the script so that this module does not import the training layer.
-    """
+def main(argv: Sequence[str]) -> None:
+    """The script: writes (or reuses) the set, writes and prints its summary."""
     from absl import flags
 
     del argv
@@ -545,8 +532,7 @@ def main(argv: Sequence[str], *, baseline: Callable[..., dict]) -> None:
         )
     except ValueError as e:  # a refused folder or bad parameters: one line, not a traceback
         sys.exit(f"error: {e}")
-    metrics = baseline(dataset.data_dir, topk=BASELINE_KS)
-    summary = summarize(dataset, metrics, wall_seconds=time.monotonic() - started)
+    summary = summarize(dataset, wall_seconds=time.monotonic() - started)
     fileio.write_json(f.summary_json or os.path.join(dataset.data_dir, SUMMARY_FILENAME), summary)
     _print_summary(summary)
     if f.single_label_dir:
@@ -556,13 +542,7 @@ def main(argv: Sequence[str], *, baseline: Callable[..., dict]) -> None:
 
 
 if __name__ == "__main__":
-    import functools
-
     from absl import app
 
-    # This file run as a script is an entry script, which may use the training layer (the metrics of the
-    # baseline); imported as `data.demo` it never does.
-    from training.demo import most_frequent_baseline
-
     _define_flags()
-    app.run(functools.partial(main, baseline=most_frequent_baseline))
+    app.run(main)

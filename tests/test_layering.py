@@ -1,4 +1,4 @@
-"""The import direction: data/ never imports training/ (entry scripts -> training -> models, data)."""
+"""The import direction: data/ and models/ never import training/ (entry scripts -> training -> models, data)."""
 
 import ast
 import pathlib
@@ -6,21 +6,10 @@ import subprocess
 import sys
 
 
-def _is_main_guard(node: ast.AST) -> bool:
-    """`if __name__ == "__main__":` — the block that runs only when the file is an entry script."""
-    return (
-        isinstance(node, ast.If)
-        and isinstance(node.test, ast.Compare)
-        and isinstance(node.test.left, ast.Name)
-        and node.test.left.id == "__name__"
-        and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in node.test.comparators)
-    )
-
-
-def _library_imports(tree: ast.Module) -> list[str]:
-    """Modules imported anywhere in the file except under its `__main__` guard."""
+def _imports(tree: ast.Module) -> list[str]:
+    """Modules imported anywhere in the file, its `__main__` block and function bodies included."""
     names: list[str] = []
-    stack = [node for node in tree.body if not _is_main_guard(node)]
+    stack = list(tree.body)
     while stack:
         node = stack.pop()
         if isinstance(node, ast.Import):
@@ -31,13 +20,13 @@ def _library_imports(tree: ast.Module) -> list[str]:
     return names
 
 
-def test_no_data_module_imports_training(repo_root):
+def test_no_data_or_models_module_imports_training(repo_root):
     offenders = {}
-    for path in sorted((repo_root / "data").glob("*.py")):
-        imports = _library_imports(ast.parse(path.read_text(encoding="utf-8")))
+    for path in sorted([*(repo_root / "data").rglob("*.py"), *(repo_root / "models").rglob("*.py")]):
+        imports = _imports(ast.parse(path.read_text(encoding="utf-8")))
         bad = [name for name in imports if name == "training" or name.startswith("training.")]
         if bad:
-            offenders[path.name] = bad
+            offenders[str(path.relative_to(repo_root))] = bad
     assert not offenders
 
 
