@@ -155,6 +155,7 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     cli.define_inference_flags()
+    flags.adopt_module_key_flags(cli)  # --help lists the shared flags too
     flags.DEFINE_string("output", None, "Where the features go (see --format).")
     flags.DEFINE_enum(
         "format",

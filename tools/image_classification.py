@@ -230,6 +230,7 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     cli.define_inference_flags()
+    flags.adopt_module_key_flags(cli)  # --help lists the shared flags too
     flags.DEFINE_string(
         "imagenet_dictionary", None, "Class names: the release's imagenet2012_dictionary.txt (1000 classes)."
     )
