@@ -28,7 +28,8 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     tf_logs.quiet_tensorflow()  # before TensorFlow loads, which reads its log level once
-    from training import cli, recipes
+    with tf_logs.quiet_import():
+        from training import cli, recipes
 
     cli.define_flags(default_recipe="ckpt2", recipe_names=sorted(recipes.FINETUNE), finetune=True)
     flags.adopt_module_key_flags(cli)  # --help lists the flags defined in training/cli.py

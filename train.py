@@ -29,7 +29,8 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     tf_logs.quiet_tensorflow()  # before TensorFlow loads, which reads its log level once
-    from training import cli, recipes
+    with tf_logs.quiet_import():
+        from training import cli, recipes
 
     cli.define_flags(
         default_recipe="pretrain_mlimages", recipe_names=recipes.PRETRAIN_RECIPES, finetune=False

@@ -81,6 +81,23 @@ def test_the_filter_drops_only_tensorflow_info():
     assert drop.filter(_record(ours, logging.INFO))
 
 
+CPP_INFO = "I0000 00:00:1796201091.667906    8785 port.cc:153] oneDNN custom operations are on.\n"
+
+
+def test_quiet_import_drops_cpp_info_lines_and_keeps_the_rest(capfd, monkeypatch):
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "1")
+    with tf_logs.quiet_import():
+        os.write(2, f"WARNING: All log messages before absl::InitializeLog()\n{CPP_INFO}a warning\n".encode())
+    with pytest.raises(ImportError), tf_logs.quiet_import():
+        os.write(2, f"{CPP_INFO}E0000 00:00:1.2 8 x.cc:1] an error\n".encode())
+        raise ImportError("no tensorflow")
+    assert capfd.readouterr().err == "a warning\nE0000 00:00:1.2 8 x.cc:1] an error\n"
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")  # asks for TensorFlow's INFO lines
+    with tf_logs.quiet_import():
+        os.write(2, CPP_INFO.encode())
+    assert capfd.readouterr().err == CPP_INFO
+
+
 def test_train_py_prints_our_lines_and_not_tensorflow_info(repo_root, tmp_path):
     data = datasets.multilabel(tmp_path / "data", num_train=16, num_val=8)
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
@@ -109,5 +126,12 @@ def test_train_py_prints_our_lines_and_not_tensorflow_info(repo_root, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r"loop\.py:\d+\] saved .*ckpt-1", proc.stderr), proc.stderr[-3000:]
     assert re.search(r"loop\.py:\d+\] step 2/2 loss", proc.stderr)
-    for noise in ("Sharding callback duration", "Compiled cluster using XLA", "XLA service"):
+    noises = (
+        "Sharding callback duration",
+        "Compiled cluster using XLA",
+        "XLA service",
+        "oneDNN",
+        "InitializeLog",
+    )
+    for noise in noises:
         assert noise not in proc.stderr, noise
