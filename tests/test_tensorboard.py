@@ -62,6 +62,8 @@ def tiny_run(tmp_path_factory):
         reference_global_batch=8,
         image_sizes=((0, 32), (1, 40)),
         checkpoint_every=100,
+        eval_every=3,
+        eval_steps=1,
         log_every=1,
         model_dir=str(root / "run"),
     )
@@ -102,10 +104,10 @@ def test_hparams_hold_the_resolved_config(tiny_run):
     assert session.hparams["train_steps"].number_value == 3
     assert session.hparams["image_sizes"].string_value == str(tiny_run.image_sizes)
     experiment = next(c.experiment for c in contents.values() if c.HasField("experiment"))
-    assert {(m.name.group, m.name.tag) for m in experiment.metric_infos} >= {
-        ("train", "loss"),
-        ("train", "lr"),
-    }
+    metrics = {(m.name.group, m.name.tag) for m in experiment.metric_infos}
+    assert metrics >= {("train", "loss"), ("train", "lr"), ("eval", "mAP")}
+    eval_tags = _events(os.path.join(tiny_run.model_dir, "eval")).Tags()["tensors"]
+    assert "mAP" in eval_tags  # the metric the hparams table shows exists under that name
 
 
 def test_profile_of_the_chosen_steps_is_written(tiny_run):

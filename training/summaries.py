@@ -21,6 +21,7 @@ from training import config as config_lib
 
 NUM_IMAGES = 4  # input images shown per phase
 _METRICS = (("train", "loss"), ("train", "lr"), ("train", "images_per_s"))
+_EVAL_METRICS = {"multilabel": ("mAP",), "softmax": ("top1", "top5")}  # the headline validation numbers
 
 
 def flatten_config(config: config_lib.TrainConfig) -> dict[str, bool | int | float | str]:
@@ -60,11 +61,12 @@ class Writers:
                 if value is not None:
                     tf.summary.scalar(name, value)
 
-    def hparams(self, config: config_lib.TrainConfig, *, eval_metrics: tuple[str, ...] = ()) -> None:
+    def hparams(self, config: config_lib.TrainConfig) -> None:
         """The resolved config as one hparams session, with the train (and eval) scalars as its metrics."""
         flat = flatten_config(config)
         metrics = [hp.Metric(tag, group=group) for group, tag in _METRICS]
-        metrics += [hp.Metric(tag, group="eval") for tag in eval_metrics]
+        if config.eval_every:
+            metrics += [hp.Metric(tag, group="eval") for tag in _EVAL_METRICS[config.task]]
         with self._writers["hparams"].as_default():
             hp.hparams_config(hparams=[hp.HParam(name) for name in flat], metrics=metrics)
             hp.hparams(flat, trial_id=os.path.basename(os.path.normpath(config.model_dir)))
