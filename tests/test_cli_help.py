@@ -98,7 +98,7 @@ def test_quiet_import_drops_cpp_info_lines_and_keeps_the_rest(capfd, monkeypatch
     assert capfd.readouterr().err == CPP_INFO
 
 
-def test_train_py_prints_our_lines_and_not_tensorflow_info(repo_root, tmp_path):
+def test_train_py_prints_our_lines_not_tensorflow_info_and_profiles(repo_root, tmp_path):
     data = datasets.multilabel(tmp_path / "data", num_train=16, num_val=8)
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     proc = subprocess.run(
@@ -116,6 +116,7 @@ def test_train_py_prints_our_lines_and_not_tensorflow_info(repo_root, tmp_path):
             "--shuffle_buffer=16",
             "--train_steps=2",
             "--checkpoint_every=1",
+            "--profile_steps=2,2",
         ],
         cwd=repo_root,
         env=dict(env, OMP_NUM_THREADS="1"),
@@ -126,6 +127,9 @@ def test_train_py_prints_our_lines_and_not_tensorflow_info(repo_root, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r"loop\.py:\d+\] saved .*ckpt-1", proc.stderr), proc.stderr[-3000:]
     assert re.search(r"loop\.py:\d+\] step 2/2 loss", proc.stderr)
+    assert list(
+        (tmp_path / "run" / "train" / "plugins" / "profile").glob("*/*.xplane.pb")
+    )  # the flag reaches it
     noises = (
         "Sharding callback duration",
         "Compiled cluster using XLA",

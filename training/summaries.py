@@ -94,7 +94,7 @@ class StepProfiler:
     first: int
     last: int
     logdir: str
-    _running: bool = False
+    _running: bool = dataclasses.field(default=False, init=False)
 
     def before(self, step: int) -> None:
         if step == self.first or (self.first < step <= self.last and not self._running):
