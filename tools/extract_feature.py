@@ -155,7 +155,6 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     cli.define_inference_flags()
-    flags.adopt_module_key_flags(cli)  # --help lists the shared flags too
     flags.DEFINE_string("output", None, "Where the features go (see --format).")
     flags.DEFINE_enum(
         "format",
@@ -202,4 +201,5 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
+    flags.adopt_module_key_flags(cli)  # --help lists the shared flags of training/cli.py too
     app.run(main)

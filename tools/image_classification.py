@@ -230,7 +230,6 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     cli.define_inference_flags()
-    flags.adopt_module_key_flags(cli)  # --help lists the shared flags too
     flags.DEFINE_string(
         "imagenet_dictionary", None, "Class names: the release's imagenet2012_dictionary.txt (1000 classes)."
     )
@@ -316,4 +315,5 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
+    flags.adopt_module_key_flags(cli)  # --help lists the shared flags of training/cli.py too
     app.run(main)
