@@ -163,12 +163,16 @@ def _unique_ints(values: list[str]) -> tuple[int, ...]:
 
 
 def main(argv: list[str]) -> None:
+    # One line, not absl's usage text (the whole module docstring) under the error.
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if bool(FLAGS.predictions) == bool(FLAGS.checkpoint):
-        raise app.UsageError(
-            "give either --checkpoint (with --data_dir or --tfds_name) or --predictions FILE.npz"
+        sys.exit(f"evaluate.py: error: unexpected arguments {argv[1:]}; see --help")
+    if not FLAGS.predictions and not FLAGS.checkpoint:
+        sys.exit(
+            "evaluate.py: error: give --checkpoint (with --data_dir or --tfds_name) or --predictions; "
+            "see --help"
         )
+    if FLAGS.predictions and FLAGS.checkpoint:
+        sys.exit("evaluate.py: error: give --checkpoint or --predictions, not both; see --help")
     settings = report.EvalSettings(
         topk=_unique_ints(FLAGS.topk),
         label_threshold=FLAGS.label_threshold,

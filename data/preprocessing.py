@@ -51,7 +51,7 @@ import io
 import math
 import os
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 import tensorflow as tf
@@ -683,7 +683,17 @@ def load_image_file(
       images.BadImage: (a ValueError) missing, empty, not an image, too many pixels, corrupt or truncated;
         its `reason` is a short text for the tools' skip list.
     """
-    data = images.read_file(os.fspath(path))
+    return image_from_bytes(images.read_file(os.fspath(path)), max_pixels=max_pixels, name=os.fspath(path))
+
+
+def image_from_bytes(
+    data: bytes, *, max_pixels: int = images.DEFAULT_MAX_PIXELS, name: str = "image"
+) -> ImageFile:
+    """`load_image_file` for bytes already in memory (`name` only labels the log line).
+
+    Raises:
+      images.BadImage: not an image, too many pixels, corrupt or truncated.
+    """
     image = images.open_image(data, max_pixels=max_pixels)
     orientation = _exif_orientation(image)
     if images.tensorflow_decodes_as_is(image) or (
@@ -691,7 +701,7 @@ def load_image_file(
     ):
         images.verify_decodes(image)
         return ImageFile(data, orientation)
-    logging.info("re-encoding %s (%s, mode %s) as RGB PNG", os.fspath(path), image.format, image.mode)
+    logging.info("re-encoding %s (%s, mode %s) as RGB PNG", name, image.format, image.mode)
     out = io.BytesIO()
     images.to_rgb8(image).save(out, format="PNG")
     return ImageFile(out.getvalue(), orientation)
@@ -706,3 +716,38 @@ def _exif_orientation(image) -> int:
     except Exception:  # noqa: BLE001 -- a malformed EXIF block is ignored, as OpenCV ignores it
         return 1
     return orientation if 1 <= orientation <= 8 else 1
+
+
+def preprocess(
+    image_bytes: bytes | Sequence[bytes],
+    *,
+    transform: str = "demo",
+    image_size: int = 224,
+    max_pixels: int = images.DEFAULT_MAX_PIXELS,
+) -> tf.Tensor:
+    """Encoded image(s) -> the network's input batch float32[N, S, S, 3], as the inference tools make it.
+
+    The same path as tools/image_classification.py for a file: the bytes are checked and, where TF cannot
+    decode them as they are, converted (`image_from_bytes`), then `file_transform(transform)` runs with
+    the file's EXIF orientation. The default `demo` is the release's tools' transform (shorter side to
+    256 / 224 x S, centre crop S); `reference` and `full` are the evaluation transforms (TRANSFORMS).
+
+    Args:
+      image_bytes: one encoded image (JPEG, PNG, ...) or a sequence of them.
+      transform: a name of TRANSFORMS.
+      image_size: the crop side S.
+      max_pixels: larger images are refused (0: only Pillow's own limit).
+
+    Returns:
+      float32[N, S, S, 3] in [-1, 1]; N = 1 for a single `bytes`.
+
+    Raises:
+      ValueError: an unknown transform; `images.BadImage` (a ValueError) for an unusable image.
+    """
+    batch = [image_bytes] if isinstance(image_bytes, bytes | bytearray) else list(image_bytes)
+    fn = file_transform(transform, image_size=image_size)
+    out = []
+    for data in batch:
+        image = image_from_bytes(bytes(data), max_pixels=max_pixels)
+        out.append(fn(tf.constant(image.data), tf.constant(image.orientation, tf.int32)))
+    return tf.stack(out) if out else tf.zeros([0, image_size, image_size, 3], tf.float32)

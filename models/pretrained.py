@@ -12,17 +12,41 @@ Two kinds of checkpoint are recognised:
   architecture is read from the model variables' names (`models.resnet.keras_weight_name`). Entries that
   are not model weights are ignored here: `global_step`, the Momentum slots `<variable>/Momentum` (which
   have the variables' shapes), and the release's unnamed loss counters `Variable` and `Variable_1`.
+
+For use from Python (README "Use the pretrained network in Python"): `load(path, head=...)` returns a
+plain `keras.Model` from any of these checkpoints or from an exported `.keras` file (tools/export.py);
+`preprocess(image_bytes)` makes its input as the release's tools do; `decode_predictions` names the top
+classes (from `read_class_names`, e.g. the `class_names.txt` tools/export.py writes).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+from collections.abc import Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from data.preprocessing import preprocess
 from models import resnet, tf1_checkpoint
+
+__all__ = [
+    "ACTIVATIONS",
+    "CheckpointError",
+    "CheckpointInfo",
+    "checkpoint_architecture",
+    "decode_predictions",
+    "default_activation",
+    "inspect_checkpoint",
+    "load",
+    "load_model",
+    "preprocess",
+    "read_class_names",
+    "resolve_checkpoint",
+]
 
 KINDS = ("ours", "tf1")
 _TF1_STEM = "init/init_conv/conv2d/kernel"
@@ -188,3 +212,103 @@ def load_model(path: str, *, depth: int | None = None) -> tuple[keras.Model, Che
         info.path,
     )
     return model, info
+
+
+# --------------------------------------------------------------------------- the public Python interface
+
+ACTIVATIONS = ("auto", "sigmoid", "softmax", "logits")
+IMAGENET_CLASSES = 1000
+PROBABILITIES = "probabilities"
+FEATURES = "features"
+
+
+def default_activation(num_classes: int) -> str:
+    """The scores of a head: `softmax` exactly for a 1000-class (ImageNet, single-label) head, else `sigmoid`.
+
+    The 11,166-class ML-Images head is multi-label (independent sigmoid probabilities, as it was trained);
+    the release's 1000-class checkpoint was fine-tuned with a softmax, and its demo applies one.
+    """
+    return "softmax" if num_classes == IMAGENET_CLASSES else "sigmoid"
+
+
+def load(path: str | os.PathLike[str], *, head: bool = True, activation: str = "auto") -> keras.Model:
+    """A pretrained network as a plain `keras.Model` on NHWC float32 images in [-1, 1] (`preprocess`).
+
+    Args:
+      path: a run directory of ours (its latest checkpoint), a checkpoint prefix (ours or a released TF1
+        one, e.g. `ckpt-resnet101-mlimages/model.ckpt`), or a `.keras` file (tools/export.py's
+        `model.keras`: the logits network).
+      head: True: the classifier, [N, num_classes] scores; False: the feature extractor, the pooled
+        `global_pool` feature [N, 32 x base_width] (2048-d for the released ResNet-101).
+      activation: with `head`: `auto` (`default_activation`: softmax for a 1000-class head, sigmoid
+        otherwise), `sigmoid`, `softmax`, or `logits` (the raw head output, no activation).
+
+    Returns:
+      A model sharing its weights with the loaded network (named `probabilities` / `logits` /
+      `features` by its output layer); call it with `training=False` or through `predict`.
+
+    Raises:
+      CheckpointError: nothing usable at `path`, or an unknown `activation`.
+    """
+    if activation not in ACTIVATIONS:
+        raise CheckpointError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    path = os.fspath(path)
+    if path.endswith(".keras"):
+        if not os.path.isfile(path):
+            raise CheckpointError(f"{path} not found")
+        network = keras.saving.load_model(path, compile=False)
+    else:
+        network, _ = load_model(path)
+    if not head:
+        features = network.get_layer(resnet.FEATURE_LAYER).output
+        return keras.Model(network.input, features, name=FEATURES)
+    logits = network.get_layer(resnet.LOGITS_LAYER).output
+    if activation == "auto":
+        activation = default_activation(int(logits.shape[-1]))
+    if activation == "logits":
+        return keras.Model(network.input, logits, name="logits")
+    scores = keras.layers.Activation(activation, name=PROBABILITIES, dtype="float32")(logits)
+    return keras.Model(network.input, scores, name=PROBABILITIES)
+
+
+def read_class_names(path: str | os.PathLike[str]) -> list[str]:
+    """Class names, one per line, line i = class i (the `class_names.txt` tools/export.py writes).
+
+    Raises:
+      CheckpointError: the file cannot be read.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"cannot read class names {os.fspath(path)}: {e}") from None
+
+
+def decode_predictions(
+    probabilities, top: int = 5, *, class_names: Sequence[str] | str | os.PathLike[str] | None = None
+) -> list[list[tuple[int, str, float]]]:
+    """The `top` classes of every row, best first, as (class index, name, score).
+
+    Args:
+      probabilities: [N, C] scores (a tensor or an array); a single [C] row is taken as N = 1.
+      top: classes per row (at most C).
+      class_names: C names (a sequence, or a names file for `read_class_names`); None: the indices as text.
+
+    Raises:
+      ValueError: `top` out of [1, C], or a name count other than C.
+    """
+    scores = np.asarray(probabilities, dtype=np.float64)
+    if scores.ndim == 1:
+        scores = scores[np.newaxis]
+    if scores.ndim != 2:
+        raise ValueError(f"probabilities must be [N, C], got shape {scores.shape}")
+    num_classes = scores.shape[1]
+    if not 1 <= top <= num_classes:
+        raise ValueError(f"top must be in [1, {num_classes}], got {top}")
+    if isinstance(class_names, str | os.PathLike):
+        class_names = read_class_names(class_names)
+    names = [str(i) for i in range(num_classes)] if class_names is None else list(class_names)
+    if len(names) != num_classes:
+        raise ValueError(f"{len(names)} class names for {num_classes} scores")
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :top]  # ties: lower class index first
+    return [[(int(i), names[i], float(row[i])) for i in idx] for row, idx in zip(scores, order, strict=True)]

@@ -10,7 +10,8 @@ ResNets, `32 x base_width` in general), read through `models.resnet.with_feature
 the extractor share one model definition. The checkpoint is ours or a released TF1 one; images come as
 arguments and/or `--image_list`; unusable files (missing, truncated, not an image, over `--max_pixels`)
 are reported with the reason on stderr and skipped (their rows are simply absent: use the names saved with
-`npz` / `txt` to align rows with files).
+`npz` / `txt` to align rows with files). A progress bar over the files (images, rate, ETA) goes to
+stderr; `--noprogress` hides it.
 
 Crops (`--crop`):
 - `center`: one view per image through `--transform` (`demo`, the default: the release's tools' input,
@@ -38,6 +39,7 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 import tensorflow as tf
+import tqdm
 from absl import app, flags, logging
 
 from data import fileio, image_files, preprocessing
@@ -87,6 +89,7 @@ def extract_features(
     image_size: int = 224,
     batch_size: int = 32,
     max_pixels: int = images_lib.DEFAULT_MAX_PIXELS,
+    show_progress: bool = False,
 ) -> tuple[list[str], np.ndarray, list[image_files.SkippedImage]]:
     """The pooled feature of every readable image, in input order.
 
@@ -98,6 +101,7 @@ def extract_features(
       image_size: crop side.
       batch_size: images per forward pass (times 10 crops for `ten_crop`).
       max_pixels: larger images are skipped (0: only Pillow's own limit, about 179 MP).
+      show_progress: a tqdm bar over the files (images, rate, ETA) on stderr (`--progress`).
 
     Returns:
       (names of the readable images, float32[N, D] features, the skipped files with the reason).
@@ -122,14 +126,21 @@ def extract_features(
     names: list[str] = []
     rows: list[np.ndarray] = []
     skipped: list[image_files.SkippedImage] = []
-    for batch_paths, images in image_files.iter_image_batches(
+    batches = image_files.iter_image_batches(
         paths, preprocess=preprocess, batch_size=batch_size, skipped=skipped, max_pixels=max_pixels
-    ):
-        features = pooled(images.reshape(-1, image_size, image_size, 3)).numpy()
-        if crop == "ten_crop":  # [B * 10, D] -> the mean over each image's 10 crops
-            features = features.reshape(len(batch_paths), NUM_TEN_CROPS, -1).mean(axis=1, dtype=np.float64)
-        names += batch_paths
-        rows.append(features.astype(np.float32))
+    )
+    progress = tqdm.tqdm(total=len(paths), unit="img", disable=not show_progress, smoothing=0.1)
+    with progress:
+        for batch_paths, images in batches:
+            features = pooled(images.reshape(-1, image_size, image_size, 3)).numpy()
+            if crop == "ten_crop":  # [B * 10, D] -> the mean over each image's 10 crops
+                features = features.reshape(len(batch_paths), NUM_TEN_CROPS, -1).mean(
+                    axis=1, dtype=np.float64
+                )
+            names += batch_paths
+            rows.append(features.astype(np.float32))
+            progress.update(len(names) + len(skipped) - progress.n)  # skipped files count as done
+        progress.update(len(paths) - progress.n)  # files skipped after the last batch
     dim = model.get_layer(resnet.FEATURE_LAYER).output.shape[-1]
     return names, np.concatenate(rows) if rows else np.zeros((0, dim), np.float32), skipped
 
@@ -155,6 +166,7 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     cli.define_inference_flags()
+    flags.DEFINE_bool("progress", True, "Show a progress bar (images, rate, ETA) on stderr.")
     flags.DEFINE_string("output", None, "Where the features go (see --format).")
     flags.DEFINE_enum(
         "format",
@@ -187,6 +199,7 @@ def main(argv: list[str]) -> None:
             image_size=FLAGS.image_size,
             batch_size=FLAGS.batch_size,
             max_pixels=FLAGS.max_pixels,
+            show_progress=FLAGS.progress,
         )
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError
         sys.exit(f"extract_feature.py: error: {e}")

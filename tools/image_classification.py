@@ -7,7 +7,8 @@ r"""Top-k classes of image files from a checkpoint, the release's `image_classif
 
 Images come as arguments and/or `--image_list` (one file per line, the first field; see
 `data.image_files.read_image_list`); unusable files (missing, truncated, not an image, over `--max_pixels`)
-are reported with the reason on stderr and in the JSON and skipped. The checkpoint is ours or a released TF1
+are reported with the reason on stderr and in the JSON and skipped. A progress bar over the files
+(images, rate, ETA) goes to stderr; `--noprogress` hides it. The checkpoint is ours or a released TF1
 one (`models.pretrained.load_model`).
 
 Scores (`--head`): `sigmoid` gives independent per-class probabilities (the multi-label ML-Images head),
@@ -42,6 +43,7 @@ from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
+import tqdm
 from absl import app, flags, logging
 
 from data import fileio, image_files, preprocessing
@@ -52,7 +54,7 @@ from training import cli
 
 HEADS = ("auto", "sigmoid", "softmax")
 OUTPUT_FORMATS = ("text", "release")
-IMAGENET_CLASSES = 1000
+IMAGENET_CLASSES = pretrained.IMAGENET_CLASSES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,9 +70,7 @@ def resolve_head(head: str, num_classes: int) -> str:
     """`sigmoid` or `softmax`; `auto` is softmax exactly for a 1000-class (ImageNet) head."""
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-    if head != "auto":
-        return head
-    return "softmax" if num_classes == IMAGENET_CLASSES else "sigmoid"
+    return pretrained.default_activation(num_classes) if head == "auto" else head
 
 
 def load_imagenet_dictionary(path: str) -> list[str]:
@@ -128,6 +128,7 @@ def classify(
     image_size: int = 224,
     batch_size: int = 32,
     max_pixels: int = images_lib.DEFAULT_MAX_PIXELS,
+    show_progress: bool = False,
 ) -> tuple[list[Prediction], list[image_files.SkippedImage]]:
     """The top-k classes and scores of every readable image, in input order.
 
@@ -140,6 +141,7 @@ def classify(
       image_size: the model's input side.
       batch_size: images per forward pass.
       max_pixels: larger images are skipped (0: only Pillow's own limit, about 179 MP).
+      show_progress: a tqdm bar over the files (images, rate, ETA) on stderr (`--progress`).
 
     Returns:
       (predictions of the readable images, the skipped files with the reason).
@@ -157,12 +159,19 @@ def classify(
     preprocess = preprocessing.file_transform(transform, image_size=image_size)
     predictions: list[Prediction] = []
     skipped: list[image_files.SkippedImage] = []
-    for batch_paths, images in image_files.iter_image_batches(
+    batches = image_files.iter_image_batches(
         paths, preprocess=preprocess, batch_size=batch_size, skipped=skipped, max_pixels=max_pixels
-    ):
-        scores, indices = (t.numpy() for t in top(images))
-        for path, idx, score in zip(batch_paths, indices, scores, strict=True):
-            predictions.append(Prediction(path, tuple(int(i) for i in idx), tuple(float(s) for s in score)))
+    )
+    progress = tqdm.tqdm(total=len(paths), unit="img", disable=not show_progress, smoothing=0.1)
+    with progress:
+        for batch_paths, images in batches:
+            scores, indices = (t.numpy() for t in top(images))
+            for path, idx, score in zip(batch_paths, indices, scores, strict=True):
+                predictions.append(
+                    Prediction(path, tuple(int(i) for i in idx), tuple(float(s) for s in score))
+                )
+            progress.update(len(predictions) + len(skipped) - progress.n)  # skipped files count as done
+        progress.update(len(paths) - progress.n)  # files skipped after the last batch
     return predictions, skipped
 
 
@@ -230,6 +239,7 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     cli.define_inference_flags()
+    flags.DEFINE_bool("progress", True, "Show a progress bar (images, rate, ETA) on stderr.")
     flags.DEFINE_string(
         "imagenet_dictionary", None, "Class names: the release's imagenet2012_dictionary.txt (1000 classes)."
     )
@@ -282,6 +292,7 @@ def main(argv: list[str]) -> None:
             image_size=FLAGS.image_size,
             batch_size=FLAGS.batch_size,
             max_pixels=FLAGS.max_pixels,
+            show_progress=FLAGS.progress,
         )
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError
         sys.exit(f"image_classification.py: error: {e}")

@@ -1,0 +1,233 @@
+r"""Exports a trained network for use outside this project: Keras files, a SavedModel, the class names.
+
+    python tools/export.py --checkpoint ckpt-resnet101-mlimages/model.ckpt \
+        --hierarchy dictionary_and_semantic_hierarchy.txt --output_dir exported/mlimages
+    python tools/export.py --checkpoint runs/ckpt3 --imagenet_dictionary imagenet2012_dictionary.txt \
+        --image_size 299 --output_dir exported/ckpt3
+
+The checkpoint is ours (a run directory or a prefix) or a released TF1 one (`models.pretrained.load_model`).
+`--output_dir` receives:
+
+- `model.keras`: the logits network (`models.resnet.build_resnet`; `keras.saving.load_model` or
+  `models.pretrained.load`), and `model.weights.h5`, its weights alone;
+- `saved_model/`: a TF SavedModel whose `serving_default` signature takes `image_bytes`, a 1-D string
+  tensor of encoded images (JPEG, PNG, GIF, BMP), and returns `probabilities` [N, C] and `features` [N, D]
+  (the pooled `global_pool` feature: 2048-d for the released ResNet-101, 32 x base width in general).
+  The pre-processing is inside the graph (`tf.map_fn` over `data.preprocessing`'s `--transform`, pure TF
+  ops), so a server needs nothing of this project. `probabilities` follow `--head`: `auto` is softmax for a
+  1000-class head (ImageNet) and sigmoid for any other (the 11,166-class multi-label head), as in
+  tools/image_classification.py. As in the tools (`demo`: `cv.imread`), a JPEG's EXIF orientation is
+  applied, read from its header by TF ops (`exif_orientation`). Images the tools first convert through
+  Pillow (16-bit PNG, CMYK JPEG without the Adobe marker, WebP, TIFF) are left to TF's own decoder.
+- `class_names.txt`: one name per line, line i = class i, from `--hierarchy` or `--imagenet_dictionary`
+  (the class indices when neither is given), as tools/image_classification.py reads them;
+- `export.json`: what was exported (checkpoint, architecture, head, transform, image size, files).
+
+tools/convert_checkpoint.py stays a separate tool: it writes a TF1 checkpoint in OUR checkpoint format,
+an input of training (`--init_checkpoint`) rather than a deliverable, while this tool writes the
+formats for use elsewhere, all at once.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import keras
+import tensorflow as tf
+from absl import app, flags, logging
+
+if __package__ in (None, ""):  # run as a script: tools/ is not an installed package (as tools/benchmark.py)
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from data import fileio, preprocessing  # noqa: E402  (after the path set-up above)
+from models import pretrained, resnet  # noqa: E402
+from tools import image_classification  # noqa: E402  (the class names and the head rule of the tools)
+
+SAVED_MODEL_DIR = "saved_model"
+KERAS_FILE = "model.keras"
+WEIGHTS_FILE = "model.weights.h5"
+NAMES_FILE = "class_names.txt"
+MANIFEST_FILE = "export.json"
+SIGNATURE_INPUT = "image_bytes"
+
+
+_EXIF_MARK = "Exif\x00\x00"  # the APP1 payload's start; the TIFF header follows it
+_EXIF_SEARCH_BYTES = 65536  # APP1 (at most 64 KB) comes before the image data
+_ORIENTATION_TAG = 0x0112
+
+
+def exif_orientation(image_bytes: tf.Tensor) -> tf.Tensor:
+    """The EXIF orientation (int32 1..8) of an encoded JPEG, in TF ops; 1 when absent, invalid or not a JPEG.
+
+    What `data.preprocessing.load_image_file` reads with Pillow for the tools, so that the SavedModel
+    applies the orientation as they (and `cv.imread`) do. Reads the TIFF header after the first
+    `Exif\0\0` in the first 64 KB (byte order `II` or `MM`), the IFD0 offset, and the entries of IFD0,
+    all as vectorised gathers (no loop); any read past the end yields 1.
+    """
+    head = tf.strings.substr(image_bytes, 0, _EXIF_SEARCH_BYTES)
+    parts = tf.strings.split(head, sep=_EXIF_MARK, maxsplit=1)
+    found = tf.logical_and(tf.io.is_jpeg(image_bytes), tf.size(parts) == 2)
+    tiff = tf.cond(found, lambda: parts[-1], lambda: tf.constant(b"")) + b"\x00" * 16  # room for reads
+    data = tf.cast(tf.io.decode_raw(tiff, tf.uint8), tf.int32)
+    little = tf.equal(tf.strings.substr(tiff, 0, 2), "II")
+
+    def uint(at: tf.Tensor, size: int) -> tf.Tensor:  # an unsigned integer of `size` bytes at `at`
+        values = tf.gather(data, at[..., tf.newaxis] + tf.range(size))
+        order = tf.where(little, 256 ** tf.range(size), 256 ** tf.range(size - 1, -1, -1))
+        return tf.reduce_sum(values * order, axis=-1)
+
+    length = tf.shape(data)[0] - 16
+    ifd = uint(tf.constant(4), 4)
+    valid = tf.logical_and(ifd >= 8, ifd + 2 <= length)
+    ifd = tf.where(valid, ifd, 0)
+    count = tf.clip_by_value(tf.where(valid, uint(ifd, 2), 0), 0, tf.maximum(length - ifd - 2, 0) // 12)
+    entries = ifd + 2 + 12 * tf.range(count)
+    values = tf.where(tf.equal(uint(entries, 2), _ORIENTATION_TAG), uint(entries + 8, 2), 0)
+    value = tf.reduce_max(tf.concat([values, [0]], axis=0))
+    return tf.where(tf.logical_and(value >= 1, value <= 8), value, 1)
+
+
+class _Serving(tf.Module):
+    """The SavedModel's root: the network (its variables) and the serving function."""
+
+    def __init__(self, model: keras.Model, *, activation: str, transform: str, image_size: int):
+        super().__init__()
+        self.network = resnet.with_features(model)
+        score_fn = tf.sigmoid if activation == "sigmoid" else tf.nn.softmax
+        transform_fn = preprocessing.file_transform(transform, image_size=image_size)
+        image_spec = tf.TensorSpec([image_size, image_size, 3], tf.float32)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SIGNATURE_INPUT)])
+        def serve(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+            images = tf.map_fn(
+                lambda data: transform_fn(data, exif_orientation(data)),  # `demo` applies it
+                image_bytes,
+                fn_output_signature=image_spec,
+            )
+            outputs = self.network(images, training=False)
+            return {"probabilities": score_fn(outputs["logits"]), "features": outputs["features"]}
+
+        self.serve = serve
+
+
+def export(
+    checkpoint: str,
+    output_dir: str,
+    *,
+    head: str = "auto",
+    transform: str = "demo",
+    image_size: int = 224,
+    hierarchy: str = "",
+    imagenet_dictionary: str = "",
+    depth: int | None = None,
+) -> dict:
+    """Writes the files listed in the module docstring into `output_dir` and returns the manifest.
+
+    Args:
+      checkpoint: ours (run directory or prefix) or a released TF1 checkpoint prefix.
+      output_dir: created if missing; existing files of the same names are replaced.
+      head: `auto`, `sigmoid` or `softmax`: the SavedModel's `probabilities`.
+      transform: the pre-processing inside the SavedModel (`data.preprocessing.TRANSFORMS`).
+      image_size: the network's input side in the SavedModel.
+      hierarchy: the ML-Images hierarchy file, for the class names.
+      imagenet_dictionary: the release's ImageNet dictionary, for the class names.
+      depth: the expected depth (None: what the checkpoint holds).
+
+    Raises:
+      ValueError: a bad checkpoint (`pretrained.CheckpointError`), transform, head or names file.
+    """
+    preprocessing.get_transform(transform)  # an unknown name fails before the checkpoint is read
+    model, info = pretrained.load_model(checkpoint, depth=depth)
+    activation = image_classification.resolve_head(head, info.num_classes)
+    names = image_classification.load_class_names(
+        imagenet_dictionary=imagenet_dictionary, hierarchy=hierarchy, num_classes=info.num_classes
+    )
+    os.makedirs(output_dir, exist_ok=True)
+    model.save(os.path.join(output_dir, KERAS_FILE))
+    model.save_weights(os.path.join(output_dir, WEIGHTS_FILE))
+    serving = _Serving(model, activation=activation, transform=transform, image_size=image_size)
+    saved_model = os.path.join(output_dir, SAVED_MODEL_DIR)
+    tf.saved_model.save(serving, saved_model, signatures={"serving_default": serving.serve})
+    fileio.write_text(os.path.join(output_dir, NAMES_FILE), "".join(name + "\n" for name in names))
+    manifest = {
+        "checkpoint": info.path,
+        "checkpoint_kind": info.kind,
+        "depth": info.depth,
+        "base_width": info.base_width,
+        "num_classes": info.num_classes,
+        "feature_dim": int(model.get_layer(resnet.FEATURE_LAYER).output.shape[-1]),
+        "probabilities": activation,
+        "transform": transform,
+        "image_size": image_size,
+        "class_names": hierarchy or imagenet_dictionary or "indices",
+        "files": [KERAS_FILE, WEIGHTS_FILE, SAVED_MODEL_DIR, NAMES_FILE],
+        "signature": {"inputs": {SIGNATURE_INPUT: "string[N]"}, "outputs": ["probabilities", "features"]},
+    }
+    fileio.write_json(os.path.join(output_dir, MANIFEST_FILE), manifest, indent=2)
+    logging.info("exported %s to %s", info.path, output_dir)
+    return manifest
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_string(
+        "checkpoint",
+        None,
+        "Model: a run directory or checkpoint prefix, ours or a released TF1 checkpoint (depth, width and "
+        "head size are read from it).",
+    )
+    flags.DEFINE_string("output_dir", None, "Folder for model.keras, model.weights.h5, saved_model/, ...")
+    flags.DEFINE_integer("depth", None, "Expected ResNet depth; default: what the checkpoint holds.")
+    flags.DEFINE_enum(
+        "head",
+        "auto",
+        list(image_classification.HEADS),
+        "The SavedModel's probabilities: sigmoid (multi-label head), softmax (single-label head), or auto = "
+        "softmax exactly when the head has 1000 classes (ImageNet), sigmoid otherwise.",
+    )
+    flags.DEFINE_enum(
+        "transform",
+        "demo",
+        sorted(preprocessing.TRANSFORMS),
+        "Pre-processing inside the SavedModel: demo = the release's tools' (shorter side 256/224 x S, centre "
+        "crop S; with the EXIF orientation); reference = its evaluation transform (central 80% crop, "
+        "resize); full = the whole image resized.",
+    )
+    flags.DEFINE_integer("image_size", 224, "The SavedModel's input side (the crop side).", lower_bound=1)
+    flags.DEFINE_string(
+        "hierarchy", None, "Class names: the ML-Images dictionary_and_semantic_hierarchy.txt (11,166)."
+    )
+    flags.DEFINE_string(
+        "imagenet_dictionary", None, "Class names: the release's imagenet2012_dictionary.txt (1000 classes)."
+    )
+    flags.mark_flags_as_required(["checkpoint", "output_dir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        manifest = export(
+            FLAGS.checkpoint,
+            FLAGS.output_dir,
+            head=FLAGS.head,
+            transform=FLAGS.transform,
+            image_size=FLAGS.image_size,
+            hierarchy=FLAGS.hierarchy or "",
+            imagenet_dictionary=FLAGS.imagenet_dictionary or "",
+            depth=FLAGS.depth,
+        )
+    except (ValueError, OSError) as e:  # CheckpointError is a ValueError
+        sys.exit(f"export.py: error: {e}")
+    print(
+        f"ResNet-{manifest['depth']} ({manifest['num_classes']} classes, {manifest['probabilities']}, "
+        f"transform {manifest['transform']} at {manifest['image_size']}) -> {FLAGS.output_dir}"
+    )
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
