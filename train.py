@@ -14,7 +14,7 @@ Every flag: `python train.py --help`.
 
 from absl import app, flags
 
-from training import cli, recipes
+from training import tf_logs
 
 FLAGS = flags.FLAGS
 
@@ -22,11 +22,18 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from training import cli  # after tf_logs.quiet_tensorflow(): it imports TensorFlow
+
     cli.main(FLAGS, recipe_name=FLAGS.recipe, finetune=False)
 
 
 if __name__ == "__main__":
+    tf_logs.quiet_tensorflow()  # before TensorFlow loads, which reads its log level once
+    with tf_logs.quiet_import():
+        from training import cli, recipes
+
     cli.define_flags(
         default_recipe="pretrain_mlimages", recipe_names=recipes.PRETRAIN_RECIPES, finetune=False
     )
+    flags.adopt_module_key_flags(cli)  # --help lists the flags defined in training/cli.py
     app.run(main)

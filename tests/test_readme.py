@@ -101,4 +101,7 @@ def test_training_commands_resolve_with_dry_run(script, args):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert isinstance(json.loads(proc.stdout), dict)
+    report = json.loads(proc.stdout)
+    assert isinstance(report, dict)
+    if "--lr_probe_steps" in " ".join(args):  # shown as the published values: resolved at the recipe's batch
+        assert report["global_batch"] == report["reference_global_batch"], "add --simulate_workers"

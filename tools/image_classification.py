@@ -326,4 +326,5 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
+    flags.adopt_module_key_flags(cli)  # --help lists the shared flags of training/cli.py too
     app.run(main)

@@ -26,9 +26,30 @@ from training import recipes
 _POSITIVE = {"lower_bound": 1}
 
 
-def define_flags(*, default_recipe: str, recipe_names: list[str], finetune: bool) -> None:
-    """Defines the flags of train.py (finetune=False) or finetune.py (finetune=True)."""
-    f = flags
+class _Definer:
+    """`flags.DEFINE_*` into one FlagValues (a test's own, or the global FLAGS of an entry script)."""
+
+    def __init__(self, flag_values: flags.FlagValues):
+        self._flag_values = flag_values
+
+    def __getattr__(self, name: str):
+        define = getattr(flags, name)
+        return lambda *args, **kwargs: define(*args, flag_values=self._flag_values, **kwargs)
+
+
+def define_flags(
+    *,
+    default_recipe: str,
+    recipe_names: list[str],
+    finetune: bool,
+    flag_values: flags.FlagValues = flags.FLAGS,
+) -> None:
+    """Defines the flags of train.py (finetune=False) or finetune.py (finetune=True).
+
+    They belong to this module for absl: the entry script calls `flags.adopt_module_key_flags(cli)` so that
+    its `--help` lists them (absl's `--help` shows only the main module's key flags).
+    """
+    f = _Definer(flag_values)
     if finetune:
         f.DEFINE_enum(
             "ckpt",
@@ -178,25 +199,36 @@ def define_flags(*, default_recipe: str, recipe_names: list[str], finetune: bool
         "lr_probe_steps", [], "With --dry_run: add the learning rate (and image size) at these steps."
     )
     f.DEFINE_integer(
-        "simulate_workers", None, "With --dry_run: resolve the config as on this many ranks.", **_POSITIVE
+        "simulate_workers",
+        None,
+        "With --dry_run: resolve the config as on this many ranks (the schedule, step counts and global batch "
+        "as a run on that many ranks would use; without it, as on one process).",
+        **_POSITIVE,
+    )
+    f.DEFINE_list(
+        "profile_steps",
+        [],
+        "FIRST,LAST: write a TensorBoard profile (Profile tab; {model_dir}/train/plugins/profile) of the "
+        "training steps FIRST to LAST (step N ends at global step N), on the chief. Default: no profile.",
     )
 
 
-def define_inference_flags() -> None:
+def define_inference_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """The model, image-list and pre-processing flags of tools/image_classification.py and
-    tools/extract_feature.py."""
-    flags.DEFINE_string(
+    tools/extract_feature.py (which adopt them as key flags, so their --help lists them)."""
+    f = _Definer(flag_values)
+    f.DEFINE_string(
         "checkpoint",
         None,
         "Model: a run directory or checkpoint prefix, ours or a released TF1 checkpoint (depth, width and "
         "head size are read from it).",
     )
-    flags.DEFINE_integer("depth", None, "Expected ResNet depth; default: what the checkpoint holds.")
-    flags.DEFINE_string(
+    f.DEFINE_integer("depth", None, "Expected ResNet depth; default: what the checkpoint holds.")
+    f.DEFINE_string(
         "image_list", None, "A file listing images, one per line (first field), in addition to the arguments."
     )
-    flags.DEFINE_string("image_root", "", "Folder that relative names in --image_list are relative to.")
-    flags.DEFINE_enum(
+    f.DEFINE_string("image_root", "", "Folder that relative names in --image_list are relative to.")
+    f.DEFINE_enum(
         "transform",
         "demo",
         ["demo", "reference"],
@@ -204,9 +236,9 @@ def define_inference_flags() -> None:
         "with the EXIF orientation, shorter side 256, centre crop 224); reference = its evaluation transform "
         "(central 80% crop, resize).",
     )
-    flags.DEFINE_integer("image_size", 224, "Model input side (the crop side).", lower_bound=1)
-    flags.DEFINE_integer("batch_size", 32, "Images per forward pass.", lower_bound=1)
-    flags.DEFINE_integer(
+    f.DEFINE_integer("image_size", 224, "Model input side (the crop side).", lower_bound=1)
+    f.DEFINE_integer("batch_size", 32, "Images per forward pass.", lower_bound=1)
+    f.DEFINE_integer(
         "max_pixels",
         images.DEFAULT_MAX_PIXELS,
         "Largest image (width x height) read; a larger one is skipped with the reason in the skip list, "
@@ -310,6 +342,21 @@ def dry_run_report(config: config_lib.TrainConfig, probe_steps: list[str], *, wi
     return json.dumps(report, sort_keys=True)
 
 
+def parse_profile_steps(values: list[str]) -> tuple[int, int] | None:
+    """--profile_steps ["A", "B"] -> (A, B) with 1 <= A <= B; [] -> None (no profile)."""
+    if not values:
+        return None
+    try:
+        first, last = (int(v) for v in values)
+    except ValueError:
+        raise app.UsageError(
+            f"--profile_steps: {','.join(values)} is not FIRST,LAST (two step numbers)"
+        ) from None
+    if not 1 <= first <= last:
+        raise app.UsageError(f"--profile_steps {first},{last}: the steps must satisfy 1 <= FIRST <= LAST")
+    return first, last
+
+
 def _resolve_or_usage_error(flag_values: flags.FlagValues, recipe_name: str, num_ranks: int):
     try:
         return resolve_config(flag_values, recipe_name=recipe_name, num_ranks=num_ranks)
@@ -324,6 +371,7 @@ def main(flag_values: flags.FlagValues, *, recipe_name: str, finetune: bool) -> 
     bad = [s for s in flag_values.lr_probe_steps if not s.strip().isdigit()]
     if bad:
         raise app.UsageError(f"--lr_probe_steps must be non-negative integers, got {bad}")
+    profile_steps = parse_profile_steps(flag_values.profile_steps)
     if flag_values.dry_run:
         config = _resolve_or_usage_error(flag_values, recipe_name, flag_values.simulate_workers or 1)
         print(dry_run_report(config, flag_values.lr_probe_steps, with_image_size=finetune))
@@ -332,11 +380,13 @@ def main(flag_values: flags.FlagValues, *, recipe_name: str, finetune: bool) -> 
 
     dist = distributed.init()
     config = _resolve_or_usage_error(flag_values, recipe_name, dist.size)
+    if profile_steps and config.recipe == "demo":
+        raise app.UsageError("--profile_steps profiles train.py/finetune.py runs, not --recipe=demo")
     try:
         if config.recipe == "demo":
             result = demo.run(config, dist=dist)
         else:
-            result = loop.train(config, dist=dist)
+            result = loop.train(config, dist=dist, profile_steps=profile_steps)
     except loop.preemption.Preempted as e:  # stopped as asked, state saved: success
         if dist.is_chief:
             print(f"preempted: {e}", file=sys.stderr)

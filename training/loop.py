@@ -15,8 +15,9 @@
    pipeline, and a resumed run restores this rank's iterator to the exact next batch (or, when the saved
    positions belong to another number of ranks, restarts the input with a new permutation and says so);
 4. every `log_every` steps the chief logs loss, lr, global images/s and ETA, to absl logging, to
-   TensorBoard (`train/`) and to `metrics.jsonl`; every `checkpoint_every` steps each rank saves its input
-   position and then the chief saves the run state (atomic: TensorFlow renames the state file into place
+   TensorBoard (`train/`, with a few input images at each phase's first logged step, and the resolved
+   config as hparams: training/summaries.py) and to `metrics.jsonl`; every `checkpoint_every` steps each
+   rank saves its input position and then the chief saves the run state (atomic: TensorFlow renames the state file into place
    last; the last `keep_checkpoints` are kept; a full disk is one error and leaves the previous one the
    latest); every `eval_every` steps the validation split is evaluated, sharded across ranks and
    all-reduced (TensorBoard `eval/`, `metrics.jsonl`);
@@ -44,6 +45,7 @@ from absl import logging
 from models import losses, resnet, tf1_checkpoint
 from training import checkpoints, distributed, evaluation, input_pipeline, preemption, run_dir, train_step
 from training import resume as resume_lib
+from training import summaries as summaries_lib
 from training.config import TrainConfig
 
 
@@ -59,7 +61,7 @@ class _Run:
     manager: tf.train.CheckpointManager | None  # chief only
     train_source: input_pipeline.Source
     eval_source: input_pipeline.Source | None
-    summaries: dict[str, Any]  # chief only: TensorBoard writers
+    summaries: summaries_lib.Writers | None  # chief only: TensorBoard
     # The input: its seed (the config's, or a new one where saved positions could not be used), and
     # whether this rank's position at the resumed step is restored (False: the input restarts, `input_note`
     # says why).
@@ -133,12 +135,7 @@ def _build(config: TrainConfig, dist: distributed.Distributed) -> _Run:
     if loss is not None:
         state["loss"] = loss
     checkpoint = tf.train.Checkpoint(**state)
-    summaries: dict[str, Any] = {}
-    if dist.is_chief:
-        summaries = {
-            name: tf.summary.create_file_writer(os.path.join(config.model_dir, name))
-            for name in ("train", "eval")
-        }
+    writers = summaries_lib.Writers(config.model_dir) if dist.is_chief else None
     train_source, eval_source = _sources(config)
     # The manager (chief) is made after the resume is agreed: see _set_aside.
     return _Run(
@@ -150,7 +147,7 @@ def _build(config: TrainConfig, dist: distributed.Distributed) -> _Run:
         None,
         train_source,
         eval_source,
-        summaries,
+        writers,
         input_seed=config.seed,
     )
 
@@ -222,10 +219,7 @@ def _initialise(run: _Run) -> int:
 
 def _write(run: _Run, writer: str, step: int, values: dict[str, float]) -> None:
     """Chief only: scalars to TensorBoard and a JSON line to metrics.jsonl."""
-    with run.summaries[writer].as_default(step=step):
-        for name, value in values.items():
-            if value is not None:
-                tf.summary.scalar(name, value)
+    run.summaries.scalars(writer, step, values)
     with open(os.path.join(run.config.model_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
         f.write(json.dumps({"kind": writer, "step": step, **values}) + "\n")
 
@@ -375,8 +369,16 @@ def _prepare_run_dir(config: TrainConfig, dist: distributed.Distributed) -> run_
     return lock
 
 
-def train(config: TrainConfig, *, dist: distributed.Distributed | None = None) -> dict[str, Any]:
+def train(
+    config: TrainConfig,
+    *,
+    dist: distributed.Distributed | None = None,
+    profile_steps: tuple[int, int] | None = None,
+) -> dict[str, Any]:
     """Runs (or resumes) `config` to its last step; returns the last logged values and evaluation.
+
+    `profile_steps=(first, last)` writes a TensorBoard profile of those steps (chief only; not part of the
+    config: it does not change the run).
 
     Raises:
       preemption.Preempted: a SIGTERM or SIGINT stopped the run after it saved its current step.
@@ -387,10 +389,15 @@ def train(config: TrainConfig, *, dist: distributed.Distributed | None = None) -
     if config.intra_op_threads:
         _set_intra_op_threads(config.intra_op_threads)
     lock = _prepare_run_dir(config, dist)
+    profiler = None
+    if profile_steps is not None and dist.is_chief:
+        profiler = summaries_lib.StepProfiler(*profile_steps, logdir=os.path.join(config.model_dir, "train"))
     try:
         with preemption.StopRequest() as stop:
-            return _train(config, dist, stop)
+            return _train(config, dist, stop, profiler)
     finally:
+        if profiler is not None:
+            profiler.close()  # a run that stopped inside the profiled steps
         if lock is not None:
             lock.release()
 
@@ -428,7 +435,10 @@ def _non_finite(run: _Run, labels, error: train_step.NonFiniteLossError) -> Exce
 
 
 def _train(
-    config: TrainConfig, dist: distributed.Distributed, stop: preemption.StopRequest
+    config: TrainConfig,
+    dist: distributed.Distributed,
+    stop: preemption.StopRequest,
+    profiler: summaries_lib.StepProfiler | None,
 ) -> dict[str, Any]:
     run = _build(config, dist)
     step = _initialise(run)
@@ -450,6 +460,8 @@ def _train(
         dist.size,
         config.global_batch,
     )
+    if run.summaries is not None:
+        run.summaries.hparams(config)
     iterator = None
     last_log_time, last_log_step = time.perf_counter(), step
     while step < config.train_steps:
@@ -473,10 +485,13 @@ def _train(
                 iterator, model_dir=config.model_dir, rank=dist.rank, step=step
             )
         run.restore_input = True  # a later phase starts afresh
+        images_shown = False  # a few of this phase's inputs go to TensorBoard at its first logged step
         logging.info(
             "phase %d: image size %d, steps %d-%d", phase, config.image_sizes[phase][1], step, phase_end
         )
         while step < min(phase_end, config.train_steps):
+            if profiler is not None:
+                profiler.before(step + 1)
             images, labels = input_pipeline.next_batch(iterator, run.train_source)  # bad record: one line
             try:
                 logs = run.step(images, labels)
@@ -500,8 +515,15 @@ def _train(
                         _format_eta((config.train_steps - step) * config.global_batch / rate),
                     )
                     _write(run, "train", step, values)
+                    if not images_shown:
+                        run.summaries.input_images(
+                            images, phase=phase, size=config.image_sizes[phase][1], step=step
+                        )
+                        images_shown = True
                 last_log_time, last_log_step = now, step
             paused = time.perf_counter()  # saving and evaluating do not count against images/s
+            if profiler is not None:
+                profiler.after(step)
             saved = step % config.checkpoint_every == 0 or step == config.train_steps
             if saved:
                 _save(run, iterator, step)
