@@ -28,7 +28,7 @@ import sys
 
 from absl import app, flags
 
-from training import distributed, evaluation, input_pipeline, metrics, predictions, report
+from training import distributed, evaluation, input_pipeline, metrics, predictions, report, tf_logs
 
 FLAGS = flags.FLAGS
 
@@ -212,5 +212,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    tf_logs.quiet_tensorflow()  # TensorFlow's own INFO lines (e.g. on every save) stay out of the output
     define_flags()
     app.run(main)

@@ -45,7 +45,7 @@ from absl import app, flags, logging
 from data import fileio, image_files, preprocessing
 from data import images as images_lib
 from models import pretrained, resnet
-from training import cli
+from training import cli, tf_logs
 
 CROPS = ("center", "ten_crop")
 FORMATS = ("npz", "npy", "txt")
@@ -213,6 +213,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    tf_logs.quiet_tensorflow()  # TensorFlow's own INFO lines (e.g. on every save) stay out of the output
     define_flags()
     flags.adopt_module_key_flags(cli)  # --help lists the shared flags of training/cli.py too
     app.run(main)

@@ -50,7 +50,7 @@ from data import fileio, image_files, preprocessing
 from data import hierarchy as hierarchy_lib
 from data import images as images_lib
 from models import pretrained
-from training import cli
+from training import cli, tf_logs
 
 HEADS = ("auto", "sigmoid", "softmax")
 OUTPUT_FORMATS = ("text", "release")
@@ -325,6 +325,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    tf_logs.quiet_tensorflow()  # TensorFlow's own INFO lines (e.g. on every save) stay out of the output
     define_flags()
     flags.adopt_module_key_flags(cli)  # --help lists the shared flags of training/cli.py too
     app.run(main)
