@@ -347,19 +347,24 @@ def train(config: TrainConfig, *, dist: distributed.Distributed | None = None) -
         )
         while step < min(phase_end, config.train_steps):
             images, labels = input_pipeline.next_batch(iterator, run.train_source)  # bad record: one line
-            try:
-                logs = run.step(images, labels)
-            except train_step.NonFiniteLossError as e:
-                latest = checkpoints.latest_step(config.model_dir)
-                raise train_step.NonFiniteLossError(
-                    f"{e} The last good checkpoint is "
-                    + (
-                        f"{config.model_dir}/ckpt-{latest}."
-                        if latest is not None
-                        else "none (no step saved)."
-                    )
-                ) from None
+            logs = run.step(images, labels, check_finite=False)  # dispatched: no per-step host wait
             step += 1
+            # A NaN/Inf step (and every one after it) was discarded on the device; look before anything is
+            # logged, saved or evaluated, so the run stops within log_every steps with nothing written.
+            every = (config.log_every, config.checkpoint_every, config.eval_every)
+            if step == config.train_steps or any(n and step % n == 0 for n in every):
+                try:
+                    run.step.raise_if_non_finite()
+                except train_step.NonFiniteLossError as e:
+                    latest = checkpoints.latest_step(config.model_dir)
+                    raise train_step.NonFiniteLossError(
+                        f"{e} The last good checkpoint is "
+                        + (
+                            f"{config.model_dir}/ckpt-{latest}."
+                            if latest is not None
+                            else "none (no step saved)."
+                        )
+                    ) from None
             if step % config.log_every == 0 or step == config.train_steps:
                 now = time.perf_counter()
                 rate = config.global_batch * (step - last_log_step) / max(now - last_log_time, 1e-9)

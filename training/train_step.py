@@ -9,8 +9,12 @@ The step is split in two because Horovod ops cannot be XLA-compiled:
   class_status "local"), one fused all-reduce of the gradients, the
   BatchNorm moving statistics and the logged losses through `training/distributed.py`, the learning rate
   of this step, and the update — applied only when the global loss is finite; otherwise the weights,
-  optimizer slots, moving statistics and step stay as they were (only the loss counters have advanced) and
-  `TrainStep.__call__` raises, so the run stops with its last good checkpoint intact.
+  optimizer slots, moving statistics and step stay as they were (only the loss counters have advanced).
+  The first such step is recorded on the device (`first_bad_step`, `bad_loss`) and every later step is
+  discarded too (the model is frozen at its last good state), so the host need not read anything per step:
+  `TrainStep.__call__(..., check_finite=False)` only dispatches, and `raise_if_non_finite()`, called by
+  the loop when it logs, saves or evaluates anyway, raises `NonFiniteLossError`, so the run stops within
+  `log_every` steps with its last good checkpoint intact.
 
 Equivalence: with `accum_steps = k` one process splits its batch into k micro-batches, each normalised by
 its own batch statistics, and averages their gradients; this is exactly what k ranks with the same
@@ -178,6 +182,9 @@ class TrainStep:
         self.train_variables = [v for v in model.trainable_variables if id(v) not in frozen]
         self.bn_statistics = batch_norm_statistics(model)
         self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        # The NaN guard's device-side record (not checkpointed: a resumed run starts clean).
+        self.first_bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="first_bad_step")
+        self.bad_loss = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="bad_loss")
         optimizer.build(self.train_variables)  # slots exist before a restore or a broadcast
         # One trace per batch shape (one per image-size phase): a resumed run builds exactly the graph of
         # an uninterrupted one (a shape-relaxed retrace would differ in the last bits).
@@ -249,8 +256,10 @@ class TrainStep:
         reduced = self.dist.average_gradients([*gradients, *stats, logged])
         gradients, stats, logged = reduced[:n_grads], reduced[n_grads : n_grads + n_stats], reduced[-1]
         lr = tf.cast(self.schedule(self.global_step), tf.float32)
-        # The global loss is the same on every rank, so every rank takes the same branch.
+        # The global loss is the same on every rank, so every rank takes the same branch. After a bad step
+        # every later step is discarded too: nothing moves until the host notices and stops the run.
         finite = tf.reduce_all(tf.math.is_finite(logged))
+        healthy = self.first_bad_step < 0
 
         def apply():
             self._assign(self.bn_statistics, stats)
@@ -261,9 +270,11 @@ class TrainStep:
 
         def discard():
             self._assign(self.bn_statistics, start_statistics)  # undo the forward's moving-average update
+            self.first_bad_step.assign(tf.where(healthy, self.global_step, self.first_bad_step))
+            self.bad_loss.assign(tf.where(healthy, tf.cast(logged[0], tf.float32), self.bad_loss))
             return tf.constant(False)
 
-        applied = tf.cond(finite, apply, discard)
+        applied = tf.cond(tf.logical_and(finite, healthy), apply, discard)
         return {
             "loss": logged[0],
             "cross_entropy": logged[1],
@@ -274,16 +285,38 @@ class TrainStep:
 
     # ----------------------------------------------------------------------------------------------- API
 
-    def __call__(self, images, labels) -> dict[str, tf.Tensor]:
-        """Runs one step on this rank's batch; raises NonFiniteLossError (update discarded) on NaN/Inf."""
+    def __call__(self, images, labels, *, check_finite: bool = True) -> dict[str, tf.Tensor]:
+        """Runs one step on this rank's batch.
+
+        Args:
+          images: this rank's images.
+          labels: this rank's labels.
+          check_finite: raise NonFiniteLossError at once if this (or an earlier) step was not finite. That
+            reads a device value, so the host waits for the step to finish; the training loop passes False
+            (the step is only dispatched, the host runs ahead) and calls `raise_if_non_finite` when it logs.
+
+        Returns:
+          The step's loss, cross_entropy, weight_decay and lr (device tensors).
+        """
         logs = self._compiled_step(images, labels)
-        if not bool(logs.pop("applied")):
+        logs.pop("applied")
+        if check_finite:
+            self.raise_if_non_finite()
+        return logs
+
+    def raise_if_non_finite(self) -> None:
+        """Raises NonFiniteLossError if a step since the start (or a restore) had a NaN/Inf loss.
+
+        That step and every later one were discarded on the device, so the model, optimizer slots, moving
+        statistics and `global_step` are those from before it.
+        """
+        bad_step = int(self.first_bad_step.numpy())
+        if bad_step >= 0:
             raise NonFiniteLossError(
-                f"the loss became NaN or Inf at step {int(self.global_step.numpy())} "
-                f"(loss {float(logs['loss'])}); the step was not applied and the model is unchanged. "
+                f"the loss became NaN or Inf at step {bad_step} (loss {float(self.bad_loss.numpy())}); "
+                "the step was not applied and the model is unchanged. "
                 "Lower the learning rate, check the data, or use --precision fp32."
             )
-        return logs
 
     def state_variables(self) -> list:
         """Every variable that must be equal on all ranks (broadcast at start and after a restore)."""
