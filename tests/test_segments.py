@@ -89,3 +89,16 @@ def test_segments_need_one_micro_batch():
             backward_segments=4,
             accum_steps=2,
         )
+
+
+def test_config_rejects_bf16_wire_and_segments_with_micro_batches():
+    import dataclasses
+
+    from training import config as config_lib
+    from training import recipes
+
+    with pytest.raises(ValueError, match="no bf16"):
+        config_lib.validate(dataclasses.replace(recipes.DEMO, allreduce_dtype="bf16"))
+    with pytest.raises(ValueError, match="backward_segments"):
+        config_lib.validate(dataclasses.replace(recipes.DEMO, backward_segments=4, accum_steps=2))
+    config_lib.validate(dataclasses.replace(recipes.DEMO, backward_segments=4, allreduce_dtype="fp16"))

@@ -113,6 +113,8 @@ def _build(config: TrainConfig, dist: distributed.Distributed) -> _Run:
         xla=config.xla,
         accum_steps=config.accum_steps,
         class_status=config.class_status,
+        backward_segments=config.backward_segments or (4 if dist.size > 1 and config.accum_steps == 1 else 1),
+        allreduce_dtype=config.allreduce_dtype,
     )
     state = {"model": model, "optimizer": optimizer, "global_step": step.global_step}
     if loss is not None:
