@@ -17,20 +17,24 @@ def _batch(seed=0, n=8):
     return images, labels
 
 
-def _step(segments, *, frozen_stages=-1, xla=False, task="multilabel"):
-    keras.utils.set_random_seed(0)
-    model = resnet.build_resnet(14, NUM_CLASSES, base_width=4)
-    return train_step.TrainStep(
-        model,
-        train_step.make_optimizer(),
-        task=task,
-        schedule=schedules.StaircaseSchedule(base_lr=0.05, decay=0.5, decay_every=2),
-        loss=losses.AdaptiveMultiLabelLoss(NUM_CLASSES, seed=3) if task == "multilabel" else None,
-        bn_weight_decay_scale=0.1,  # BN gamma/beta decayed too: every segment's share of the decay counts
-        frozen_stages=frozen_stages,
-        backward_segments=segments,
-        xla=xla,
-    )
+def _step(segments, *, frozen_stages=-1, xla=False, task="multilabel", precision="fp32"):
+    train_step.set_precision(precision)
+    try:
+        keras.utils.set_random_seed(0)
+        model = resnet.build_resnet(14, NUM_CLASSES, base_width=4)
+        return train_step.TrainStep(
+            model,
+            train_step.make_optimizer(precision=precision),
+            task=task,
+            schedule=schedules.StaircaseSchedule(base_lr=0.05, decay=0.5, decay_every=2),
+            loss=losses.AdaptiveMultiLabelLoss(NUM_CLASSES, seed=3) if task == "multilabel" else None,
+            bn_weight_decay_scale=0.1,  # BN gamma/beta decayed too: every segment's share of the decay counts
+            frozen_stages=frozen_stages,
+            backward_segments=segments,
+            xla=xla,
+        )
+    finally:
+        train_step.set_precision("fp32")
 
 
 def _state(step):
@@ -102,3 +106,18 @@ def test_config_rejects_bf16_wire_and_segments_with_micro_batches():
     with pytest.raises(ValueError, match="backward_segments"):
         config_lib.validate(dataclasses.replace(recipes.DEMO, backward_segments=4, accum_steps=2))
     config_lib.validate(dataclasses.replace(recipes.DEMO, backward_segments=4, allreduce_dtype="fp16"))
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_segments_with_mixed_precision_and_loss_scaling_equal_one_segment(precision):
+    """Half-precision boundary tensors, and with fp16 the loss scale on every segment's output gradient."""
+    weights = []
+    for segments in (1, 4):
+        step = _step(segments, precision=precision)
+        assert step.loss_scaling == (precision == "fp16")
+        for s in range(2):
+            step(*_batch(seed=s))
+        weights.append([np.array(v) for v in step.train_variables])
+    # Measured: bit-identical for both precisions.
+    for a, b in zip(*weights, strict=True):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-6 * max(1.0, float(np.abs(a).max())))
