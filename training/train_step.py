@@ -6,7 +6,8 @@ The step is split in two because Horovod ops cannot be XLA-compiled:
   the loss (adaptive multi-label or softmax cross-entropy) plus weight decay, and its gradients;
 - `_step` (a plain `tf.function` around it): the multi-label class weights (the counters and the
   negative draw, with the class status of the global batch, or of each rank's own batch with
-  class_status "local"), one fused all-reduce of the gradients, the
+  class_status "local"), one grouped all-reduce of the gradients (in fp32, or fp16 on the wire with
+  `allreduce_dtype="fp16"`), one of the
   BatchNorm moving statistics and the logged losses through `training/distributed.py`, the learning rate
   of this step, and the update — applied only when the global loss is finite; otherwise the weights,
   optimizer slots, moving statistics and step stay as they were (only the loss counters have advanced).
@@ -15,6 +16,14 @@ The step is split in two because Horovod ops cannot be XLA-compiled:
   `TrainStep.__call__(..., check_finite=False)` only dispatches, and `raise_if_non_finite()`, called by
   the loop when it logs, saves or evaluates anyway, raises `NonFiniteLossError`, so the run stops within
   `log_every` steps with its last good checkpoint intact.
+
+Backward segments (`backward_segments = K > 1`): the model is cut into K chained sub-models sharing its
+layers (`resnet.split_segments`: ..., stage 3, the 11,166-way head). `_step` runs their forwards one by one
+(each its own XLA function) under one tape each, then differentiates them head first, passing each
+segment's input gradient to the one before, and hands each segment's gradients to its own grouped
+all-reduce as soon as they exist, so Horovod sends them while the earlier segments' backward still runs.
+Each segment's tape also holds its share of the weight decay, so the loss, the gradients and the BN
+updates are those of K = 1 (bit-identical without XLA, tests/test_segments.py).
 
 Equivalence: with `accum_steps = k` one process splits its batch into k micro-batches, each normalised by
 its own batch statistics, and averages their gradients; this is exactly what k ranks with the same
