@@ -288,3 +288,33 @@ def _bottleneck_block(ops: _Ops, x, *, width: int, out_channels: int, first: boo
     x = ops.bn_relu(x, name=f"{name}_conv3_b2_bn")
     x = ops.conv(x, filters=out_channels, kernel_size=1, strides=1, name=f"{name}_conv3_b2")
     return keras.layers.Add(name=f"{name}_add")([x, shortcut])
+
+
+MAX_SEGMENTS = 5  # stem + stage 0, stages 1, 2, 3, the head
+
+
+def split_segments(model: keras.Model, num_segments: int) -> list[keras.Model]:
+    """`model` (from `build_resnet`) as `num_segments` chained sub-models sharing its layers and weights.
+
+    The cuts are at the end of stages (the last block's `_add` output); the last segment is always the head
+    (final BN-ReLU, pooling, logits: with 11,166 classes a third of the weights), the others cover the
+    deepest stages first: 2 = trunk | head, 3 = stem..stage 2 | stage 3 | head, 4 = stem..stage 1 | stage 2
+    | stage 3 | head, 5 = stem..stage 0 | stage 1 | stage 2 | stage 3 | head. Chaining the segments computes
+    exactly the model; a training step differentiates them one by one, head first, so each segment's
+    gradients exist (and can be all-reduced) while the earlier segments' backward still runs.
+
+    Raises:
+      ValueError: `num_segments` is not in [1, MAX_SEGMENTS].
+    """
+    if not 1 <= num_segments <= MAX_SEGMENTS:
+        raise ValueError(f"backward segments must be in [1, {MAX_SEGMENTS}], got {num_segments}")
+    if num_segments == 1:
+        return [model]
+    stage_ends = []
+    for stage in range(4):
+        blocks = [
+            b.block for layer in model.layers if (b := parse_layer_name(layer.name)) and b.stage == stage
+        ]
+        stage_ends.append(model.get_layer(f"stages_{stage}_block_{max(blocks)}_add").output)
+    cuts = [model.input, *stage_ends[4 - (num_segments - 1) :], model.output]
+    return [keras.Model(cuts[i], cuts[i + 1], name=f"{model.name}_segment_{i}") for i in range(num_segments)]

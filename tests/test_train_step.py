@@ -153,6 +153,23 @@ def test_non_finite_loss_raises_and_changes_nothing():
     assert int(step.global_step.numpy()) == 1
 
 
+def test_unchecked_steps_halt_at_the_first_non_finite_one_until_the_host_looks():
+    """check_finite=False never waits on the device; the bad step and every later one are discarded."""
+    images, multi, _ = _batch()
+    model, step = _step("multilabel")
+    step(images, multi, check_finite=False)
+    before = _values([*model.variables, *step.optimizer.variables])
+    bad = multi.copy()
+    bad[2, 1] = np.nan
+    step(images, bad, check_finite=False)  # no exception: nothing was read back
+    step(images, multi, check_finite=False)  # finite, but after a bad step: discarded as well
+    for a, b in zip(before, _values([*model.variables, *step.optimizer.variables]), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert int(step.global_step.numpy()) == 1
+    with pytest.raises(train_step.NonFiniteLossError, match=r"at step 1 \(loss nan\)"):
+        step.raise_if_non_finite()
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_keeps_float32_logits_and_trains(precision):
     images, multi, _ = _batch()

@@ -7,6 +7,7 @@ r"""Benchmarks, one subcommand each; every measurement is printed as one JSON li
     python tools/benchmark.py step --depth=101 --batch_size=128 --precision=bf16 --xla --compare  # on a GPU
     python tools/benchmark.py loss
     horovodrun --gloo -np 2 -H localhost:2 python tools/benchmark.py allreduce --step_ms=...
+    horovodrun --gloo -np 2 -H localhost:2 python tools/benchmark.py overlap --depth=14 --allreduce_dtypes=fp32,fp16
     python tools/benchmark.py memory
     python tools/benchmark.py download --num_images=1000 --workers=2 --threads=16 --compare
 
@@ -34,6 +35,9 @@ commands that produced them.
   cross-entropy, as a fraction of the step time (measured here, or ``--step_ms``).
 - ``allreduce``: under ``horovodrun``, the gradient all-reduce of the model's real variable shapes through
   `training.distributed`, and its overhead relative to ``--step_ms``.
+- ``overlap``: under ``horovodrun``, the exposed all-reduce per step of `TrainStep` with 1 and 4 backward
+  segments and fp32/fp16 on the wire (the step against the same step without all-reduce), the gradient
+  bytes per step, and the host wait saved by checking the NaN guard only when logging.
 - ``memory``: peak RSS of the list tools (tools/subset.py, tools/dataset_stats.py, the writer's list pass)
   on generated image lists of ``--memory_lines`` lines, each run in a fresh process.
 - ``download``: images/s of the one pass (``data/download.py --output_records``: URLs straight into TFRecord
@@ -66,6 +70,7 @@ SUBCOMMANDS: dict[str, str] = {
     "step": "tools.benchmarks.step",
     "loss": "tools.benchmarks.loss",
     "allreduce": "tools.benchmarks.allreduce",
+    "overlap": "tools.benchmarks.overlap",
     "memory": "tools.benchmarks.memory",
     "download": "tools.benchmarks.download",
 }

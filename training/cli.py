@@ -149,6 +149,22 @@ def define_flags(
         "--accum_steps=16 run the reference global batch 4096 with micro-batches of 32.",
         **_POSITIVE,
     )
+    f.DEFINE_integer(
+        "backward_segments",
+        None,
+        "Differentiate the model in K segments (head, stage 3, stage 2, stem..stage 1 for 4; at most 5), each "
+        "one's gradients all-reduced while the earlier ones' backward runs; 1 = one all-reduce after the "
+        "backward; needs --accum_steps=1. Default 0: 4 on several ranks with accum_steps 1, else 1.",
+        lower_bound=0,
+        upper_bound=5,
+    )
+    f.DEFINE_enum(
+        "allreduce_dtype",
+        None,
+        ["fp32", "fp16"],
+        "Dtype of the gradients on the wire: fp16 = Horovod's fp16 compression, half the bytes, pre-scaled "
+        "by 1/ranks so the sum cannot overflow. Horovod has no bf16 all-reduce. Default fp32.",
+    )
     f.DEFINE_bool(
         "scale_schedule",
         True,
@@ -264,6 +280,8 @@ _RUN_FIELDS = (
     "intra_op_threads",
     "per_rank_batch",
     "accum_steps",
+    "backward_segments",
+    "allreduce_dtype",
     "precision",
     "xla",
     "seed",

@@ -82,6 +82,10 @@ class TrainConfig:
     # the train step's CPU kernels one thread, so it suits GPU hosts, not CPU training.
     intra_op_threads: int = 0
     accum_steps: int = 1  # micro-batches per step: k ranks' worth of batches on one (training/train_step.py)
+    # Backward in K segments, each all-reduced while the earlier ones' backward runs (0: 4 on several ranks
+    # with accum_steps 1, else 1); and the all-reduce's wire dtype, fp32 or fp16 (no bf16 in Horovod).
+    backward_segments: int = 0
+    allreduce_dtype: str = "fp32"
     seed: int = 0
     log_every: int = 100
     checkpoint_every: int = 4400
@@ -167,6 +171,14 @@ def validate(config: TrainConfig) -> None:
         problems.append(
             "class_status=local needs accum_steps=1: the status would be that of the rank's whole batch, not of "
             "each micro-batch (use more ranks, or class_status=global)"
+        )
+    if config.allreduce_dtype not in ("fp32", "fp16"):
+        problems.append(
+            f"allreduce_dtype must be fp32 or fp16 (Horovod has no bf16), got {config.allreduce_dtype!r}"
+        )
+    if not 0 <= config.backward_segments <= 5 or (config.backward_segments > 1 and config.accum_steps > 1):
+        problems.append(
+            f"backward_segments must be in [0, 5] and <= 1 with accum_steps > 1, got {config.backward_segments}"
         )
     if config.init_optimizer_state and not config.init_checkpoint:
         problems.append("init_optimizer_state needs an init_checkpoint (a released TF1 checkpoint)")

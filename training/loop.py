@@ -130,6 +130,8 @@ def _build(config: TrainConfig, dist: distributed.Distributed) -> _Run:
         xla=config.xla,
         accum_steps=config.accum_steps,
         class_status=config.class_status,
+        backward_segments=config.backward_segments or (4 if dist.size > 1 and config.accum_steps == 1 else 1),
+        allreduce_dtype=config.allreduce_dtype,
     )
     state = {"model": model, "optimizer": optimizer, "global_step": step.global_step}
     if loss is not None:
@@ -414,8 +416,16 @@ def _stop_requested(
     return int(dist.allreduce_sum(tf.constant(int(stop.requested), tf.int64)).numpy()) > 0  # Horovod
 
 
-def _non_finite(run: _Run, labels, error: train_step.NonFiniteLossError) -> Exception:
-    """The error for a NaN/Inf loss: the labels' fault when this batch holds non-finite labels."""
+def _raise_if_non_finite(run: _Run) -> None:
+    """Stops the run if a step since the last look had a NaN/Inf loss (it and later ones were discarded)."""
+    try:
+        run.step.raise_if_non_finite()
+    except train_step.NonFiniteLossError as e:
+        raise _non_finite(run, e) from None
+
+
+def _non_finite(run: _Run, error: train_step.NonFiniteLossError) -> Exception:
+    """The error for a NaN/Inf loss: the labels' fault when the bad step's batch held non-finite labels."""
     config = run.config
     latest = checkpoints.latest_step(config.model_dir)
     last_good = (
@@ -423,14 +433,14 @@ def _non_finite(run: _Run, labels, error: train_step.NonFiniteLossError) -> Exce
         if latest is not None
         else "The last good checkpoint is none (no step saved)."
     )
-    if labels.dtype.is_floating:
-        bad = int(tf.size(labels)) - int(tf.reduce_sum(tf.cast(tf.math.is_finite(labels), tf.int32)))
-        if bad:
-            return train_step.NonFiniteLossError(
-                f"the labels of the batch of step {run.global_step} on rank {run.dist.rank} hold {bad} NaN/Inf "
-                f"values: the data is broken, not the learning rate; check the label confidences of the records "
-                f"in {config.data.data_dir or config.data.tfds_name}. {last_good}"
-            )
+    bad = int(run.step.bad_labels.numpy())
+    if bad:
+        return train_step.NonFiniteLossError(
+            f"the labels of the batch of step {int(run.step.first_bad_step.numpy())} on rank {run.dist.rank} "
+            f"hold {bad} NaN/Inf "
+            f"values: the data is broken, not the learning rate; check the label confidences of the records "
+            f"in {config.data.data_dir or config.data.tfds_name}. {last_good}"
+        )
     return train_step.NonFiniteLossError(f"{error} {last_good}")
 
 
@@ -493,11 +503,13 @@ def _train(
             if profiler is not None:
                 profiler.before(step + 1)
             images, labels = input_pipeline.next_batch(iterator, run.train_source)  # bad record: one line
-            try:
-                logs = run.step(images, labels)
-            except train_step.NonFiniteLossError as e:
-                raise _non_finite(run, labels, e) from None
+            logs = run.step(images, labels, check_finite=False)  # dispatched: no per-step host wait
             step += 1
+            # A NaN/Inf step (and every one after it) was discarded on the device; look before anything is
+            # logged, saved or evaluated, so the run stops within log_every steps with nothing written.
+            every = (config.log_every, config.checkpoint_every, config.eval_every)
+            if step == config.train_steps or any(n and step % n == 0 for n in every):
+                _raise_if_non_finite(run)
             if step % config.log_every == 0 or step == config.train_steps:
                 now = time.perf_counter()
                 rate = config.global_batch * (step - last_log_step) / max(now - last_log_time, 1e-9)
@@ -529,6 +541,7 @@ def _train(
                 _save(run, iterator, step)
             if _stop_requested(dist, stop, step=step, saved=saved):
                 if not saved:
+                    _raise_if_non_finite(run)  # never save the state of a discarded step as step `step`
                     _save(run, iterator, step)
                 raise preemption.Preempted(
                     signal_name=stop.signal_name or "a signal on another rank",

@@ -6,11 +6,24 @@ The step is split in two because Horovod ops cannot be XLA-compiled:
   the loss (adaptive multi-label or softmax cross-entropy) plus weight decay, and its gradients;
 - `_step` (a plain `tf.function` around it): the multi-label class weights (the counters and the
   negative draw, with the class status of the global batch, or of each rank's own batch with
-  class_status "local"), one fused all-reduce of the gradients, the
+  class_status "local"), one grouped all-reduce of the gradients (in fp32, or fp16 on the wire with
+  `allreduce_dtype="fp16"`), one of the
   BatchNorm moving statistics and the logged losses through `training/distributed.py`, the learning rate
   of this step, and the update — applied only when the global loss is finite; otherwise the weights,
-  optimizer slots, moving statistics and step stay as they were (only the loss counters have advanced) and
-  `TrainStep.__call__` raises, so the run stops with its last good checkpoint intact.
+  optimizer slots, moving statistics and step stay as they were (only the loss counters have advanced).
+  The first such step is recorded on the device (`first_bad_step`, `bad_loss`) and every later step is
+  discarded too (the model is frozen at its last good state), so the host need not read anything per step:
+  `TrainStep.__call__(..., check_finite=False)` only dispatches, and `raise_if_non_finite()`, called by
+  the loop when it logs, saves or evaluates anyway, raises `NonFiniteLossError`, so the run stops within
+  `log_every` steps with its last good checkpoint intact.
+
+Backward segments (`backward_segments = K > 1`): the model is cut into K chained sub-models sharing its
+layers (`resnet.split_segments`: ..., stage 3, the 11,166-way head). `_step` runs their forwards one by one
+(each its own XLA function) under one tape each, then differentiates them head first, passing each
+segment's input gradient to the one before, and hands each segment's gradients to its own grouped
+all-reduce as soon as they exist, so Horovod sends them while the earlier segments' backward still runs.
+Each segment's tape also holds its share of the weight decay, so the loss, the gradients and the BN
+updates are those of K = 1 (bit-identical without XLA, tests/test_segments.py).
 
 Equivalence: with `accum_steps = k` one process splits its batch into k micro-batches, each normalised by
 its own batch statistics, and averages their gradients; this is exactly what k ranks with the same
@@ -134,6 +147,8 @@ class TrainStep:
         xla: bool = False,
         accum_steps: int = 1,
         class_status: str = "global",
+        backward_segments: int = 1,
+        allreduce_dtype: str = "fp32",
     ) -> None:
         """Builds the step.
 
@@ -154,6 +169,12 @@ class TrainStep:
           class_status: "global": a class's status in the step (loss step 1) is that of the global batch
             and every rank holds the same loss counters; "local": that of this rank's own batch, with
             this rank's own counters (`rank_local_variables`), as the release's model_fn run once per GPU.
+          backward_segments: K > 1 differentiates the model as K segments (`resnet.split_segments`), head
+            first, each with its own grouped all-reduce issued as soon as its gradients exist, so Horovod
+            sends them while the earlier segments' backward still runs. 1: one all-reduce after the whole
+            backward. Needs accum_steps = 1. The results equal K = 1's up to float32 summation order.
+          allreduce_dtype: "fp32", or "fp16" (Horovod's fp16 compression, half the bytes; pre-scaled by
+            1/size so the float16 sum cannot overflow). Horovod has no bfloat16 all-reduce.
         """
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -173,15 +194,34 @@ class TrainStep:
         self.bn_weight_decay_scale = bn_weight_decay_scale
         self.accum_steps = accum_steps
         self.class_status = class_status
+        if allreduce_dtype not in distributed.ALLREDUCE_DTYPES:
+            raise ValueError(
+                f"allreduce_dtype must be one of {distributed.ALLREDUCE_DTYPES}, got {allreduce_dtype!r}"
+            )
+        if backward_segments > 1 and accum_steps > 1:
+            raise ValueError(
+                "backward_segments > 1 needs accum_steps = 1 (the micro-batches are summed first)"
+            )
+        self.allreduce_dtype = allreduce_dtype
+        self.segments = resnet.split_segments(model, backward_segments)
         self.loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         frozen = {id(v) for layer in frozen_layers(model, frozen_stages) for v in layer.trainable_weights}
         self.train_variables = [v for v in model.trainable_variables if id(v) not in frozen]
         self.bn_statistics = batch_norm_statistics(model)
         self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        # The NaN guard's device-side record (not checkpointed: a resumed run starts clean).
+        self.first_bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="first_bad_step")
+        self.bad_loss = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="bad_loss")
+        # NaN/Inf label values in this rank's batch of that step: broken data, not a diverging model.
+        self.bad_labels = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_labels")
         optimizer.build(self.train_variables)  # slots exist before a restore or a broadcast
         # One trace per batch shape (one per image-size phase): a resumed run builds exactly the graph of
         # an uninterrupted one (a shape-relaxed retrace would differ in the last bits).
         self._compiled_gradients = tf.function(self._gradients, jit_compile=xla)
+        # Segments: each forward XLA-compiled on its own; differentiated from the plain `_step`, whose tape
+        # then compiles each segment's backward too (Horovod ops stay outside XLA).
+        self._segment_forward = [tf.function(self._segment_call(m), jit_compile=xla) for m in self.segments]
+        self._compiled_head_loss = tf.function(self._head_loss, jit_compile=xla)
         self._compiled_step = tf.function(self._step)
 
     # ------------------------------------------------------------------------------------------- pieces
@@ -207,6 +247,74 @@ class TrainStep:
             scaled = self.optimizer.scale_loss(total) if self.loss_scaling else total
         gradients = tape.gradient(scaled, self.train_variables)
         return gradients, tf.stack([total, ce, wd])
+
+    @staticmethod
+    def _segment_call(segment: keras.Model):
+        return lambda x: segment(x, training=True)
+
+    def _cross_entropy(self, labels, logits, class_weights):
+        if self.task == "multilabel":
+            return self.loss(labels, logits, class_weights)
+        return tf.reduce_mean(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32)
+            )
+        )
+
+    def _head_loss(self, logits, labels, class_weights):
+        return self._cross_entropy(labels, logits, class_weights)
+
+    def _segmented_gradients(self, images, labels, class_weights):
+        """Segment by segment backward, head first, each segment's gradients all-reduced when they exist.
+
+        Returns the all-reduced gradients (in `train_variables` order) and this rank's logged losses.
+        """
+        trained = {id(v) for v in self.train_variables}
+        scale = self.optimizer.scale_loss(tf.constant(1.0)) if self.loss_scaling else tf.constant(1.0)
+        tapes, inputs, outputs, decays, seg_vars = [], [], [], [], []
+        x = images
+        for segment, forward in zip(self.segments, self._segment_forward, strict=True):
+            variables = [v for v in segment.trainable_variables if id(v) in trained]
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = forward(x)
+                # This segment's share of the weight decay: the sum over segments is the step's.
+                decay = (
+                    losses.weight_decay_loss(
+                        self.model,
+                        weight_decay=self.weight_decay,
+                        bn_scale=self.bn_weight_decay_scale,
+                        variables=variables,
+                    )
+                    if variables
+                    else tf.constant(0.0)
+                )
+                if len(tapes) == len(self.segments) - 1:
+                    ce = self._compiled_head_loss(y, labels, class_weights)
+            tapes.append(tape)
+            inputs.append(x)
+            outputs.append(y)
+            decays.append(decay)
+            seg_vars.append(variables)
+            x = y
+        wd = tf.add_n(decays)
+        total = ce + wd
+        reduced = {}
+        # The earliest segment that trains something: below it no input gradient is needed.
+        first = next((i for i, v in enumerate(seg_vars) if v), len(seg_vars))
+        upstream = None  # d(scaled loss)/d(segment output)
+        for i in reversed(range(first, len(self.segments))):
+            targets = [ce, decays[i]] if upstream is None else [outputs[i], decays[i]]
+            heads = [scale, scale] if upstream is None else [upstream, scale]
+            sources = [*seg_vars[i], inputs[i]] if i > first else list(seg_vars[i])
+            grads = tapes[i].gradient(targets, sources, output_gradients=heads)
+            if seg_vars[i]:
+                # Horovod: this segment's own grouped all-reduce, while the earlier segments' backward runs.
+                done = self.dist.average_gradients(grads[: len(seg_vars[i])], wire=self.allreduce_dtype)
+                reduced.update({id(v): g for v, g in zip(seg_vars[i], done, strict=True)})
+            if i > first:
+                upstream = grads[-1]
+        return [reduced[id(v)] for v in self.train_variables], tf.stack([total, ce, wd])
 
     def _micro_batches(self, images, labels, class_weights, start_statistics):
         """Gradients, losses and moving statistics averaged over the micro-batches of this rank."""
@@ -243,14 +351,26 @@ class TrainStep:
             class_weights = self.loss.class_weights(
                 labels, sum_across_ranks=self.dist.allreduce_sum if self.class_status == "global" else None
             )
-        gradients, logged, stats = self._micro_batches(images, labels, class_weights, start_statistics)
-        # Horovod: one fused all-reduce for gradients, moving statistics and the logged losses.
-        n_grads, n_stats = len(gradients), len(stats)
-        reduced = self.dist.average_gradients([*gradients, *stats, logged])
-        gradients, stats, logged = reduced[:n_grads], reduced[n_grads : n_grads + n_stats], reduced[-1]
+        if len(self.segments) > 1:
+            gradients, logged = self._segmented_gradients(images, labels, class_weights)
+            stats = [tf.convert_to_tensor(v) for v in self.bn_statistics]
+        else:
+            gradients, logged, stats = self._micro_batches(images, labels, class_weights, start_statistics)
+            # Horovod: one grouped all-reduce of the gradients after the whole backward.
+            gradients = self.dist.average_gradients(gradients, wire=self.allreduce_dtype)
+        # Horovod: the moving statistics and the logged losses, always in float32.
+        n_stats = len(stats)
+        reduced = self.dist.average_gradients([*stats, logged])
+        stats, logged = reduced[:n_stats], reduced[-1]
         lr = tf.cast(self.schedule(self.global_step), tf.float32)
-        # The global loss is the same on every rank, so every rank takes the same branch.
+        # The global loss is the same on every rank, so every rank takes the same branch. After a bad step
+        # every later step is discarded too: nothing moves until the host notices and stops the run.
         finite = tf.reduce_all(tf.math.is_finite(logged))
+        if self.allreduce_dtype == "fp16":  # a float16 overflow would give Inf gradients at a finite loss
+            finite = tf.logical_and(
+                finite, tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients])
+            )
+        healthy = self.first_bad_step < 0
 
         def apply():
             self._assign(self.bn_statistics, stats)
@@ -261,9 +381,14 @@ class TrainStep:
 
         def discard():
             self._assign(self.bn_statistics, start_statistics)  # undo the forward's moving-average update
+            self.first_bad_step.assign(tf.where(healthy, self.global_step, self.first_bad_step))
+            self.bad_loss.assign(tf.where(healthy, tf.cast(logged[0], tf.float32), self.bad_loss))
+            if labels.dtype.is_floating:
+                bad = tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(labels)), tf.int64))
+                self.bad_labels.assign(tf.where(healthy, bad, self.bad_labels))
             return tf.constant(False)
 
-        applied = tf.cond(finite, apply, discard)
+        applied = tf.cond(tf.logical_and(finite, healthy), apply, discard)
         return {
             "loss": logged[0],
             "cross_entropy": logged[1],
@@ -274,16 +399,38 @@ class TrainStep:
 
     # ----------------------------------------------------------------------------------------------- API
 
-    def __call__(self, images, labels) -> dict[str, tf.Tensor]:
-        """Runs one step on this rank's batch; raises NonFiniteLossError (update discarded) on NaN/Inf."""
+    def __call__(self, images, labels, *, check_finite: bool = True) -> dict[str, tf.Tensor]:
+        """Runs one step on this rank's batch.
+
+        Args:
+          images: this rank's images.
+          labels: this rank's labels.
+          check_finite: raise NonFiniteLossError at once if this (or an earlier) step was not finite. That
+            reads a device value, so the host waits for the step to finish; the training loop passes False
+            (the step is only dispatched, the host runs ahead) and calls `raise_if_non_finite` when it logs.
+
+        Returns:
+          The step's loss, cross_entropy, weight_decay and lr (device tensors).
+        """
         logs = self._compiled_step(images, labels)
-        if not bool(logs.pop("applied")):
+        logs.pop("applied")
+        if check_finite:
+            self.raise_if_non_finite()
+        return logs
+
+    def raise_if_non_finite(self) -> None:
+        """Raises NonFiniteLossError if a step since the start (or a restore) had a NaN/Inf loss.
+
+        That step and every later one were discarded on the device, so the model, optimizer slots, moving
+        statistics and `global_step` are those from before it.
+        """
+        bad_step = int(self.first_bad_step.numpy())
+        if bad_step >= 0:
             raise NonFiniteLossError(
-                f"the loss became NaN or Inf at step {int(self.global_step.numpy())} "
-                f"(loss {float(logs['loss'])}); the step was not applied and the model is unchanged. "
+                f"the loss became NaN or Inf at step {bad_step} (loss {float(self.bad_loss.numpy())}); "
+                "the step was not applied and the model is unchanged. "
                 "Lower the learning rate, check the data, or use --precision fp32."
             )
-        return logs
 
     def state_variables(self) -> list:
         """Every variable that must be equal on all ranks (broadcast at start and after a restore)."""
