@@ -93,7 +93,7 @@ def test_the_graph_wrote_the_release_layout(release):
 def test_load_tf1_checkpoint_reproduces_the_graph_and_sorts_the_entries(release, caplog):
     _, meta = release
     model = resnet.build_resnet(14, meta["num_classes"], base_width=meta["base_width"])
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         contents = tf1_checkpoint.load_tf1_checkpoint(model, _pretrain(release))
     _assert_outputs_match(model, _eval(release, "pretrain"))
     assert len(contents.model) == len(model.weights)
@@ -163,7 +163,7 @@ def test_unknown_entry_is_a_warning_and_loads(release, tmp_path, caplog):
             sess.run(tf.compat.v1.global_variables_initializer())
             prefix = saver.save(sess, str(tmp_path / "model.ckpt"), write_meta_graph=False)
     model = resnet.build_resnet(14, meta["num_classes"], base_width=meta["base_width"])
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         contents = tf1_checkpoint.load_tf1_checkpoint(model, prefix)
     assert contents.unknown == ("ExponentialMovingAverage/some_metric",)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -246,7 +246,7 @@ def test_train_init_with_optimizer_state_continues_the_release_run(release, demo
     out, _ = release
     reader = tf.train.load_checkpoint(_pretrain(release))
     config = _config(release, demo_data, tmp_path, init_optimizer_state=True)
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         run, step = _initialised(config)
     assert step == 2
     names = {id(v): n for n, v in tf1_checkpoint.tf1_variable_map(run.model).items()}
@@ -282,7 +282,7 @@ def test_train_init_with_optimizer_state_continues_the_release_run(release, demo
 @pytest.mark.slow
 def test_train_py_continues_from_the_release_step(release, demo_data, tmp_path, caplog):
     config = _config(release, demo_data, tmp_path, init_optimizer_state=True)
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         result = loop.train(config)
     assert result["step"] == 3  # steps 2 -> 3: one step run, after the release's two
     assert checkpoints.latest_step(config.model_dir) == 3

@@ -252,7 +252,7 @@ def test_beam_counters_and_log_lines_count_every_skip(built, caplog):
     _ = mlp.summarize(report, split="train") | beam.Map(
         mlp.log_summary, split="train", list_path=settings.list_path
     )
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         result = pipeline.run()
         result.wait_until_finish()
     query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(mlp.COUNTER_NAMESPACE))
