@@ -30,8 +30,8 @@ def main(data_dir: str, num_classes: int, model_dir: str) -> None:
     )
     step_call, save = train_step.TrainStep.__call__, checkpoints.save_run_state
 
-    def call(self, images, labels):
-        logs = step_call(self, images, labels)
+    def call(self, images, labels, **kwargs):
+        logs = step_call(self, images, labels, **kwargs)
         if int(self.global_step.numpy()) == 5:
             os.kill(os.getpid(), signal.SIGTERM)  # the first signal: save step 5 and stop
         return logs

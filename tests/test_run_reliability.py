@@ -249,8 +249,8 @@ def _signal_at_step(monkeypatch, step, signum=signal.SIGTERM):
     """Sends this process `signum` right after the train step that reaches `step` (as SLURM would, mid-run)."""
     original = train_step.TrainStep.__call__
 
-    def call(self, images, labels):
-        logs = original(self, images, labels)
+    def call(self, images, labels, **kwargs):
+        logs = original(self, images, labels, **kwargs)
         if int(self.global_step.numpy()) == step:
             os.kill(os.getpid(), signum)
         return logs
