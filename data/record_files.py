@@ -21,6 +21,10 @@ from collections.abc import Iterable
 
 import numpy as np
 
+# One CRC for reading and writing: the writer's (vectorised for long data, a table loop for the 8-byte
+# length headers this module checks). Re-exported: callers know it as record_files.masked_crc32c.
+from data.record_writer import masked_crc32c
+
 _HEADER = 12  # uint64 length + uint32 masked CRC of the length
 _FOOTER = 4  # uint32 masked CRC of the data
 _FRAMING = _HEADER + _FOOTER
@@ -29,28 +33,6 @@ _FIRST_TAIL = 1 << 17  # bytes read from the end first (a reference record is ~6
 
 class DamagedRecordFile(ValueError):
     """A TFRecord file whose framing is broken; the message is one line naming the file."""
-
-
-def _crc32c_table() -> tuple[int, ...]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
-        table.append(crc)
-    return tuple(table)
-
-
-_CRC32C_TABLE = _crc32c_table()
-
-
-def masked_crc32c(data: bytes) -> int:
-    """TFRecord's masked CRC-32C of `data` (pure Python: meant for the 8-byte length headers)."""
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc = _CRC32C_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    crc ^= 0xFFFFFFFF
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 def _valid_header(header: bytes) -> int | None:
