@@ -44,7 +44,8 @@ def define_flags() -> None:
     flags.DEFINE_string(
         "checkpoint",
         None,
-        "The model to evaluate: a run directory (its latest checkpoint) or a checkpoint prefix, either ours "
+        "The model to evaluate: a run directory (its newest intact checkpoint; a damaged one is skipped with a "
+        "warning) or a checkpoint prefix, either ours "
         "(tf.train.Checkpoint(model=...), depth/width/classes read from it) or a released TF1 checkpoint "
         "(e.g. ckpt-resnet101-mlimages/model.ckpt). Needs --data_dir or --tfds_name.",
     )

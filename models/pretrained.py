@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Sequence
 
 import keras
@@ -37,6 +38,7 @@ __all__ = [
     "ACTIVATIONS",
     "CheckpointError",
     "CheckpointInfo",
+    "NoCheckpointError",
     "checkpoint_architecture",
     "decode_predictions",
     "default_activation",
@@ -68,20 +70,65 @@ class CheckpointInfo:
     num_classes: int
 
 
-def resolve_checkpoint(path: str) -> str:
-    """A checkpoint prefix from a prefix or a directory (its latest checkpoint).
+class NoCheckpointError(CheckpointError, FileNotFoundError):
+    """No checkpoint where a path points: nothing there, or a file that is not a checkpoint.
+
+    Also a FileNotFoundError, so that callers catching a missing file report it the same way.
+    """
+
+
+def checkpoint_paths(model_dir: str) -> list[str]:
+    """The checkpoints the `checkpoint` state file of `model_dir` lists, newest (the latest) first.
+
+    The order is the order of saving, not of step numbers: after a resume on another number of ranks the
+    step is re-counted in the new global batch and can be lower than an older checkpoint's.
+    """
+    state = tf.train.get_checkpoint_state(model_dir)
+    if state is None:
+        return []
+    paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
+    if state.model_checkpoint_path in paths:  # the latest first, then the others newest to oldest
+        paths.remove(state.model_checkpoint_path)
+    paths = [state.model_checkpoint_path, *reversed(paths)]
+    return [p if os.path.isabs(p) else os.path.join(model_dir, p) for p in paths]
+
+
+def checkpoint_candidates(path: str) -> list[str]:
+    """The checkpoint prefixes `path` means, the one to use first: the one place that reads a checkpoint path.
+
+    A directory means the checkpoints its state file lists (`checkpoint_paths`: the latest first; the
+    training code falls back to older ones past damaged ones); one of a checkpoint's own files (`.index`,
+    `.data-*-of-*`) means that checkpoint; anything else is a prefix.
 
     Raises:
-      CheckpointError: no checkpoint there.
+      NoCheckpointError: nothing at `path`, no checkpoint in the directory, or a file that is not a
+        checkpoint.
     """
     if tf.io.gfile.isdir(path):
-        latest = tf.train.latest_checkpoint(path)
-        if latest is None:
-            raise CheckpointError(f"no checkpoint in directory {path}")
-        return latest
+        candidates = checkpoint_paths(path)
+        if not candidates:
+            raise NoCheckpointError(f"no checkpoint in directory {path}")
+        return candidates
+    match = re.fullmatch(r"(.+)\.(index|data-\d+-of-\d+)", path)
+    if match and tf.io.gfile.exists(match.group(1) + ".index"):
+        path = match.group(1)  # one of a checkpoint's files: its prefix is meant
     if not tf.io.gfile.exists(path + ".index"):
-        raise CheckpointError(f"checkpoint {path} not found (no {path}.index)")
-    return path
+        if tf.io.gfile.exists(path):
+            raise NoCheckpointError(
+                f"{path} is not a checkpoint: give a checkpoint prefix (the path without .index/.data-*) or "
+                "a directory holding a `checkpoint` file"
+            )
+        raise NoCheckpointError(f"checkpoint {path} not found (no {path}.index)")
+    return [path]
+
+
+def resolve_checkpoint(path: str) -> str:
+    """The checkpoint prefix `path` (a run directory: its latest checkpoint, a prefix, or a file) means.
+
+    Raises:
+      NoCheckpointError: see `checkpoint_candidates`.
+    """
+    return checkpoint_candidates(path)[0]
 
 
 def is_tf1_checkpoint(prefix: str) -> bool:

@@ -45,11 +45,12 @@ _WRITE_ERRORS = (
 )
 
 
-class UnusableCheckpointError(FileNotFoundError, ValueError):
-    """What a path names is not a usable checkpoint: not a checkpoint at all, or damaged.
+class UnusableCheckpointError(pretrained.NoCheckpointError):
+    """A checkpoint that is there but damaged; "nothing there" and "not a checkpoint" are its base class.
 
-    Both a FileNotFoundError (no checkpoint is found there: the callers that catch a missing one report it
-    the same way) and a ValueError (the entry scripts' one-line usage errors).
+    Both a FileNotFoundError (no usable checkpoint is found there: the callers that catch a missing one
+    report it the same way) and a ValueError (the entry scripts' one-line usage errors), as its base
+    `models.pretrained.NoCheckpointError` is.
     """
 
 
@@ -60,23 +61,11 @@ class CheckpointWriteError(ValueError):
 def latest_step(model_dir: str) -> int | None:
     """Step of the newest complete run checkpoint in `model_dir`, or None."""
     path = tf.train.latest_checkpoint(model_dir)
-    return int(re.search(r"ckpt-(\d+)$", path).group(1)) if path else None
+    return step_of(path) if path else None
 
 
-def checkpoint_paths(model_dir: str) -> list[str]:
-    """The checkpoints the state file of `model_dir` lists, newest (the latest) first.
-
-    The order is the order of saving, not of step numbers: after a resume on another number of ranks the
-    step is re-counted in the new global batch and can be lower than an older checkpoint's.
-    """
-    state = tf.train.get_checkpoint_state(model_dir)
-    if state is None:
-        return []
-    paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
-    if state.model_checkpoint_path in paths:  # the latest first, then the others newest to oldest
-        paths.remove(state.model_checkpoint_path)
-    paths = [state.model_checkpoint_path, *reversed(paths)]
-    return [p if os.path.isabs(p) else os.path.join(model_dir, p) for p in paths]
+# The checkpoints a run directory's state file lists, newest first (the resume walks them).
+checkpoint_paths = pretrained.checkpoint_paths
 
 
 def step_of(path: str) -> int:
@@ -261,41 +250,25 @@ def is_tf1_checkpoint(ckpt_path: str) -> bool:
 
 
 def resolve_checkpoint_path(path: str) -> str:
-    """A checkpoint prefix from a prefix or a directory (its newest intact checkpoint).
+    """The intact checkpoint `path` means (`models.pretrained.checkpoint_candidates`), past damaged ones.
 
     A directory's damaged checkpoints (truncated data or index) are skipped with a warning naming them,
-    and left on disk; a file that is not a checkpoint is said to be one, not "not found".
+    and left on disk, for its newest intact one; a damaged prefix is refused.
 
     Raises:
-      FileNotFoundError: nothing at `path`.
-      UnusableCheckpointError: `path` is not a checkpoint, or is damaged (for a directory: all of them).
+      models.pretrained.NoCheckpointError: nothing at `path`, or not a checkpoint (a FileNotFoundError).
+      UnusableCheckpointError: `path` is damaged (for a directory: all of its checkpoints).
     """
-    if tf.io.gfile.isdir(path):
-        candidates = checkpoint_paths(path)
-        if not candidates:
-            raise FileNotFoundError(f"no checkpoint in directory {path}")
-        for prefix in candidates:
-            problem = checkpoint_problem(prefix)
-            if problem is None:
-                return prefix
-            logging.warning("skipping the damaged checkpoint %s: %s (its files are kept)", prefix, problem)
-        raise UnusableCheckpointError(
-            f"every checkpoint in {path} is damaged (see the warnings); the files are kept"
-        )
-    match = re.fullmatch(r"(.+)\.(index|data-\d+-of-\d+)", path)
-    if match and tf.io.gfile.exists(match.group(1) + ".index"):
-        path = match.group(1)  # one of a checkpoint's files: its prefix is meant
-    if not tf.io.gfile.exists(path + ".index"):
-        if tf.io.gfile.exists(path):
-            raise UnusableCheckpointError(
-                f"{path} is not a checkpoint: give a checkpoint prefix (the path without .index/.data-*) or "
-                "a directory holding a `checkpoint` file"
-            )
-        raise FileNotFoundError(f"checkpoint {path} not found (no {path}.index)")
-    problem = checkpoint_problem(path)
-    if problem is not None:
-        raise UnusableCheckpointError(f"{path} is not a readable checkpoint: {problem}")
-    return path
+    for prefix in pretrained.checkpoint_candidates(path):
+        problem = checkpoint_problem(prefix)
+        if problem is None:
+            return prefix
+        if not tf.io.gfile.isdir(path):
+            raise UnusableCheckpointError(f"{prefix} is not a readable checkpoint: {problem}")
+        logging.warning("skipping the damaged checkpoint %s: %s (its files are kept)", prefix, problem)
+    raise UnusableCheckpointError(
+        f"every checkpoint in {path} is damaged (see the warnings); the files are kept"
+    )
 
 
 def model_mismatch(path: str, model: keras.Model, expected: dict[str, int]) -> str | None:

@@ -2,7 +2,8 @@
 
 - `evaluate_model` streams a dataset through a model into the streaming metrics of training/metrics.py
   (one rank's shard each, all-reduced once at the end).
-- `evaluate_checkpoint` is `evaluate.py --checkpoint`: load a checkpoint of either kind
+- `evaluate_checkpoint` is `evaluate.py --checkpoint`: resolve it (a run directory: its newest intact
+  checkpoint, `training.checkpoints.resolve_checkpoint_path`), load it, of either kind
   (`models.pretrained.load_model`), pick the split (`eval_source`), evaluate at every image size, optionally
   save the scores (training/predictions.py), assemble the report (training/report.py).
 
@@ -24,7 +25,7 @@ from absl import logging
 
 from data import preprocessing
 from models import pretrained
-from training import distributed, input_pipeline
+from training import checkpoints, distributed, input_pipeline
 from training.predictions import PredictionsWriter, predictions_path
 from training.report import (
     MULTILABEL,
@@ -257,7 +258,9 @@ def evaluate_checkpoint(
     except ValueError as e:
         raise EvaluationInputError(str(e)) from None
     try:
-        model, info = pretrained.load_model(config.checkpoint, depth=config.depth)
+        # A run directory: its newest intact checkpoint (a damaged latest one is skipped with a warning).
+        prefix = checkpoints.resolve_checkpoint_path(config.checkpoint)
+        model, info = pretrained.load_model(prefix, depth=config.depth)
     except pretrained.CheckpointError as e:
         raise EvaluationInputError(str(e)) from None
     source = eval_source(
