@@ -152,7 +152,7 @@ def _remove_demo_files(output_dir: str) -> None:
 
 
 def _write_split(
-    output_dir: str, prefix: str, *, count: int, params: dict, hierarchy: Hierarchy
+    output_dir: str, prefix: str, *, count: int, options: DemoParams, hierarchy: Hierarchy
 ) -> np.ndarray:
     """Draws the split's images and list, then writes its records; returns its class counts (conf >= 0.5)."""
     image_root = os.path.join(output_dir, IMAGE_DIR)
@@ -162,7 +162,7 @@ def _write_split(
     def entries() -> Iterator[annotations.Entry]:
         for index in range(count):
             jpeg, _, tags = make_example(
-                seed=params["seed"], prefix=prefix, index=index, image_size=params["image_size"]
+                seed=options.seed, prefix=prefix, index=index, image_size=options.image_size
             )
             name = f"{prefix}/{index:06d}.jpg"
             # Never a truncated JPEG after a crash; no fsync: a rerun redraws the split's images anyway.
@@ -177,10 +177,10 @@ def _write_split(
         image_list=image_list,
         image_root=image_root,
         output_dir=output_dir,
-        label_format=params["label_format"],
+        label_format=options.label_format,
         num_classes=NUM_CLASSES,
-        shards=params["shards"],
-        workers=params["workers"],
+        shards=options.shards,
+        workers=options.workers,
         prefix=prefix,
         on_error="fail",  # Our own images: any failure is a bug, not a bad download.
         progress=False,
@@ -188,27 +188,49 @@ def _write_split(
     return class_counts
 
 
-def _params(
-    *, num_train: int, num_val: int, image_size: int, seed: int, shards: int, workers: int, label_format: str
-) -> dict:
-    """The parameters that determine a set's content (recorded in ``demo.json``), after checking them."""
-    if label_format not in DEMO_LABEL_FORMATS:
-        raise ValueError(f"label_format must be one of {DEMO_LABEL_FORMATS}, got {label_format!r}")
-    if num_train < 1 or num_val < 1 or shards < 1 or workers < 1:
-        raise ValueError(
-            f"num_train, num_val, shards and workers must be >= 1, got {num_train}, {num_val}, {shards}, {workers}"
-        )
-    if image_size < 16:
-        raise ValueError(f"image_size must be >= 16 pixels, got {image_size}")
-    # `workers` is not a parameter of the content, so it is not recorded or compared.
-    return {
-        "num_train": num_train,
-        "num_val": num_val,
-        "image_size": image_size,
-        "seed": seed,
-        "shards": shards,
-        "label_format": label_format,
-    }
+@dataclasses.dataclass(frozen=True)
+class DemoParams:
+    """What a demo set is written with (the keyword arguments of `make_demo_dataset` and the script's flags).
+
+    All but `workers` determine the set's content: `content` is what ``demo.json`` records and a rerun
+    compares.
+
+    Attributes:
+      num_train: Training images.
+      num_val: Validation images.
+      image_size: Side of the square images in pixels (>= 16).
+      seed: Generation seed.
+      shards: Record shards per split.
+      workers: Writer processes (`data.tfrecord.write_dataset`); they change only the speed.
+      label_format: ``sparse`` (this project's compact labels) or ``dense`` (the reference layout).
+
+    Raises:
+      ValueError: an unknown label format, a count below 1 or an image size below 16.
+    """
+
+    num_train: int = 2000
+    num_val: int = 500
+    image_size: int = 64
+    seed: int = 0
+    shards: int = 4
+    workers: int = 1
+    label_format: str = "sparse"
+
+    def __post_init__(self) -> None:
+        if self.label_format not in DEMO_LABEL_FORMATS:
+            raise ValueError(f"label_format must be one of {DEMO_LABEL_FORMATS}, got {self.label_format!r}")
+        if min(self.num_train, self.num_val, self.shards, self.workers) < 1:
+            raise ValueError(
+                "num_train, num_val, shards and workers must be >= 1, got "
+                f"{self.num_train}, {self.num_val}, {self.shards}, {self.workers}"
+            )
+        if self.image_size < 16:
+            raise ValueError(f"image_size must be >= 16 pixels, got {self.image_size}")
+
+    def content(self) -> dict:
+        """The parameters that determine the set's content (recorded in ``demo.json``, compared on reuse)."""
+        # `workers` is not a parameter of the content, so it is not recorded or compared.
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "workers"}
 
 
 def _read_record(output_dir: str) -> dict | None:
@@ -241,49 +263,31 @@ def _check_writable(output_dir: str, record: dict | None, params: dict, *, overw
         raise ValueError(f"{output_dir} is a file, not a folder")
 
 
-def check_output_dir(
-    output_dir: str | os.PathLike,
-    *,
-    num_train: int = 2000,
-    num_val: int = 500,
-    image_size: int = 64,
-    seed: int = 0,
-    shards: int = 4,
-    workers: int = 1,
-    label_format: str = "sparse",
-    overwrite: bool = False,
-) -> None:
+def _inspect_output_dir(output_dir: str, params: dict, *, overwrite: bool) -> tuple[dict | None, bool]:
+    """The folder's demo record and whether it is complete with `params` (the content parameters).
+
+    Raises:
+      ValueError: the folder is incomplete and may not be written (`_check_writable`).
+    """
+    record = _read_record(output_dir)
+    complete = _is_complete(output_dir, record, params)
+    if not complete:
+        _check_writable(output_dir, record, params, overwrite=overwrite)
+    return record, complete
+
+
+def check_output_dir(output_dir: str | os.PathLike, *, overwrite: bool = False, **params: int | str) -> None:
     """Raises the `ValueError` that `make_demo_dataset` with these arguments would raise, writing nothing.
 
     For callers that must fail together: under Horovod every rank checks before the chief writes, so that
     a refused folder stops all ranks instead of leaving the others waiting at a barrier.
     """
     output_dir = os.path.abspath(os.fspath(output_dir))
-    params = _params(
-        num_train=num_train,
-        num_val=num_val,
-        image_size=image_size,
-        seed=seed,
-        shards=shards,
-        workers=workers,
-        label_format=label_format,
-    )
-    record = _read_record(output_dir)
-    if not _is_complete(output_dir, record, params):
-        _check_writable(output_dir, record, params, overwrite=overwrite)
+    _inspect_output_dir(output_dir, DemoParams(**params).content(), overwrite=overwrite)
 
 
 def make_demo_dataset(
-    output_dir: str | os.PathLike,
-    *,
-    num_train: int = 2000,
-    num_val: int = 500,
-    image_size: int = 64,
-    seed: int = 0,
-    shards: int = 4,
-    workers: int = 1,
-    label_format: str = "sparse",
-    overwrite: bool = False,
+    output_dir: str | os.PathLike, *, overwrite: bool = False, **params: int | str
 ) -> DemoDataset:
     """Writes the demo set (hierarchy, JPEGs, image lists, ``train``/``val`` records) or reuses it.
 
@@ -293,14 +297,9 @@ def make_demo_dataset(
 
     Args:
       output_dir: Output folder (created if needed).
-      num_train: Training images.
-      num_val: Validation images.
-      image_size: Side of the square images in pixels (>= 16).
-      seed: Generation seed.
-      shards: Record shards per split.
-      workers: Writer processes (`data.tfrecord.write_dataset`).
-      label_format: ``sparse`` (this project's compact labels) or ``dense`` (the reference layout).
       overwrite: Replace a demo set written with other parameters (only the demo's own files are removed).
+      **params: The fields of `DemoParams` (num_train, num_val, image_size, seed, shards, workers,
+        label_format); those not given take its defaults.
 
     Returns:
       The `DemoDataset`.
@@ -308,31 +307,24 @@ def make_demo_dataset(
     Raises:
       ValueError: Bad arguments; `output_dir` is not empty and holds no demo set (``demo.json``), or holds a
         demo set with other parameters (and not `overwrite`).
+      TypeError: a keyword that is not a field of `DemoParams`.
     """
     output_dir = os.path.abspath(os.fspath(output_dir))
-    params = _params(
-        num_train=num_train,
-        num_val=num_val,
-        image_size=image_size,
-        seed=seed,
-        shards=shards,
-        workers=workers,
-        label_format=label_format,
-    )
-    record_path = os.path.join(output_dir, PARAMS_FILENAME)
-    record = _read_record(output_dir)
-    if _is_complete(output_dir, record, params):
+    options = DemoParams(**params)
+    content = options.content()
+    record, complete = _inspect_output_dir(output_dir, content, overwrite=overwrite)
+    if complete:
         logging.info("demo set in %s is complete with these parameters; reusing it", output_dir)
         return _dataset_from_record(output_dir, record, reused=True)
-    _check_writable(output_dir, record, params, overwrite=overwrite)
-    if record is not None and record["params"] != params:  # `overwrite`, checked above
+    if record is not None and record["params"] != content:  # `overwrite`, checked above
         _remove_demo_files(output_dir)
 
     os.makedirs(output_dir, exist_ok=True)
     started = time.monotonic()
+    record_path = os.path.join(output_dir, PARAMS_FILENAME)
     record = {
         "format_version": _PARAMS_VERSION,
-        "params": params,
+        "params": content,
         "complete": False,
         "class_names": list(CLASS_NAMES),
     }
@@ -340,10 +332,8 @@ def make_demo_dataset(
     hierarchy = demo_hierarchy()
     write_hierarchy(os.path.join(output_dir, HIERARCHY_FILENAME), hierarchy)
     counts = {
-        prefix: _write_split(
-            output_dir, prefix, count=count, params=params | {"workers": workers}, hierarchy=hierarchy
-        )
-        for prefix, count in (("train", num_train), ("val", num_val))
+        prefix: _write_split(output_dir, prefix, count=count, options=options, hierarchy=hierarchy)
+        for prefix, count in (("train", options.num_train), ("val", options.num_val))
     }
     record |= {
         "complete": True,
@@ -354,8 +344,8 @@ def make_demo_dataset(
     fileio.write_json(record_path, record)
     logging.info(
         "wrote the demo set (%d + %d images, %d classes) to %s in %.1fs",
-        num_train,
-        num_val,
+        options.num_train,
+        options.num_val,
         NUM_CLASSES,
         output_dir,
         record["generation_seconds"],
@@ -474,22 +464,24 @@ def _define_flags() -> None:
         "TFRecord shards with their manifests, demo.json (parameters) and summary.json.",
         required=True,
     )
-    flags.DEFINE_integer("num_train", 2000, "Training images.", lower_bound=1)
-    flags.DEFINE_integer("num_val", 500, "Validation images.", lower_bound=1)
-    flags.DEFINE_integer("image_size", 64, "Side of the square RGB JPEGs in pixels.", lower_bound=16)
+    flags.DEFINE_integer("num_train", DemoParams.num_train, "Training images.", lower_bound=1)
+    flags.DEFINE_integer("num_val", DemoParams.num_val, "Validation images.", lower_bound=1)
     flags.DEFINE_integer(
-        "seed", 0, "Generation seed: the same seed and parameters always give the same bytes."
+        "image_size", DemoParams.image_size, "Side of the square RGB JPEGs in pixels.", lower_bound=16
     )
-    flags.DEFINE_integer("shards", 4, "TFRecord shards per split.", lower_bound=1)
+    flags.DEFINE_integer(
+        "seed", DemoParams.seed, "Generation seed: the same seed and parameters always give the same bytes."
+    )
+    flags.DEFINE_integer("shards", DemoParams.shards, "TFRecord shards per split.", lower_bound=1)
     flags.DEFINE_integer(
         "workers",
-        1,
+        DemoParams.workers,
         "Processes writing shards (data/tfrecord.py); does not change the output.",
         lower_bound=1,
     )
     flags.DEFINE_enum(
         "label_format",
-        "sparse",
+        DemoParams.label_format,
         list(DEMO_LABEL_FORMATS),
         "sparse = label/indices + label/confidences (this project's layout); dense = the reference's "
         "float32[num_classes] bytes. Both parse to the same tensors.",
@@ -519,17 +511,8 @@ def main(argv: Sequence[str]) -> None:
     f = flags.FLAGS
     started = time.monotonic()
     try:
-        dataset = make_demo_dataset(
-            f.output_dir,
-            num_train=f.num_train,
-            num_val=f.num_val,
-            image_size=f.image_size,
-            seed=f.seed,
-            shards=f.shards,
-            workers=f.workers,
-            label_format=f.label_format,
-            overwrite=f.overwrite,
-        )
+        params = {field.name: f[field.name].value for field in dataclasses.fields(DemoParams)}
+        dataset = make_demo_dataset(f.output_dir, overwrite=f.overwrite, **params)
     except ValueError as e:  # a refused folder or bad parameters: one line, not a traceback
         sys.exit(f"error: {e}")
     summary = summarize(dataset, wall_seconds=time.monotonic() - started)
