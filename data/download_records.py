@@ -189,7 +189,12 @@ def download_records(
         first failed URL or bad line, named as ``list:line``.
     """
     config = config or download.DownloadConfig()
-    shard_writer.check_settings(
+    started = time.monotonic()
+    settings = shard_writer.split_settings(
+        image_list=url_list,
+        image_root="",
+        output_dir=output_dir,
+        prefix=prefix,
         label_format=label_format,
         num_classes=num_classes,
         shards=shards,
@@ -200,24 +205,9 @@ def download_records(
         jpeg_quality=jpeg_quality,
         verify=verify,
         max_pixels=config.max_pixels,
+        allow_outside_root=False,
     )
-    started = time.monotonic()
-    url_list = os.path.abspath(url_list)
-    output_dir = os.path.abspath(output_dir)
-    os.makedirs(output_dir, exist_ok=True)
-    settings = {
-        "image_list": url_list,
-        "image_root": "",
-        "output_dir": output_dir,
-        "prefix": prefix,
-        "label_format": label_format,
-        "num_classes": num_classes,
-        "on_error": on_error,
-        "jpeg_quality": jpeg_quality,
-        "verify": verify,
-        "max_pixels": config.max_pixels,
-        "allow_outside_root": False,
-    }
+    url_list, output_dir = settings["image_list"], settings["output_dir"]
     index = shard_writer.index_for_shards(url_list, shards)
     fetched: list[int] = []
 

@@ -16,6 +16,7 @@ from concurrent import futures
 
 import numpy as np
 import tensorflow as tf
+import tqdm
 from absl import logging
 
 from data import images, preprocessing
@@ -72,6 +73,7 @@ def iter_image_batches(
     skipped: list[SkippedImage],
     max_pixels: int = images.DEFAULT_MAX_PIXELS,
     num_threads: int = 4,
+    show_progress: bool = False,
 ) -> Iterator[tuple[list[str], np.ndarray]]:
     """Pre-processed batches of image files, in order; unusable files are reported and left out.
 
@@ -88,6 +90,8 @@ def iter_image_batches(
       skipped: receives the files that were left out.
       max_pixels: largest width x height read (the tools' --max_pixels; 0: only Pillow's own limit).
       num_threads: files read and pre-processed at once.
+      show_progress: a tqdm bar over the files (images, rate, ETA) on stderr, the tools' `--progress`; a
+        batch counts when the caller asks for the next one (after its work on it), skipped files too.
 
     Yields:
       (the batch's paths, float32[len(paths), ...] pre-processed images).
@@ -107,7 +111,8 @@ def iter_image_batches(
         except ValueError as e:
             return SkippedImage(path, _first_line(str(e)) or type(e).__name__)
 
-    with futures.ThreadPoolExecutor(max(1, num_threads)) as pool:
+    progress = tqdm.tqdm(total=len(paths), unit="img", disable=not show_progress, smoothing=0.1)
+    with futures.ThreadPoolExecutor(max(1, num_threads)) as pool, progress:
         for start in range(0, len(paths), batch_size):
             batch_paths = list(paths[start : start + batch_size])
             kept_paths, batch = [], []
@@ -120,6 +125,7 @@ def iter_image_batches(
                     batch.append(loaded)
             if batch:
                 yield kept_paths, np.stack(batch)
+            progress.update(len(batch_paths))  # skipped files count as done
 
 
 def _first_line(text: str) -> str:

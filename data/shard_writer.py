@@ -300,8 +300,12 @@ def finished_sidecar(task: ShardTask) -> dict | None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def check_settings(
+def split_settings(
     *,
+    image_list: str | os.PathLike[str],
+    image_root: str,
+    output_dir: str | os.PathLike[str],
+    prefix: str,
     label_format: str,
     num_classes: int,
     shards: int,
@@ -312,8 +316,19 @@ def check_settings(
     jpeg_quality: int,
     verify: str,
     max_pixels: int,
-) -> None:
-    """Raises `ValueError` (one line, for a usage error) for settings no split can be written with."""
+    allow_outside_root: bool,
+) -> dict[str, Any]:
+    """The `ShardTask` fields every shard of a split shares (`write_split`'s settings), after checking them.
+
+    Shared by the writer (data/tfrecord.py) and the one-pass downloader (data/download_records.py), so that
+    both refuse the same settings and hand the workers the same kind of paths: the list and the output
+    folder made absolute (`ShardTask`), the output folder created. The arguments are `ShardTask`'s fields
+    of the same names, but `image_root` (given as the shards use it: absolute, or "" for a URL list) and
+    `shards`, `workers`, `task_index`, `num_tasks` (only checked here).
+
+    Raises:
+      ValueError: (one line, for a usage error) settings no split can be written with.
+    """
     schema.check_label_format(label_format)
     if on_error not in annotations.ON_ERROR:
         raise ValueError(f"on_error must be one of {annotations.ON_ERROR}, got {on_error!r}")
@@ -329,6 +344,21 @@ def check_settings(
         raise ValueError(f"jpeg_quality must be in [1, 100], got {jpeg_quality}")
     if max_pixels < 0:
         raise ValueError(f"max_pixels must be >= 0 (0: no limit), got {max_pixels}")
+    output_dir = os.path.abspath(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    return {
+        "image_list": os.path.abspath(image_list),
+        "image_root": image_root,
+        "output_dir": output_dir,
+        "prefix": prefix,
+        "label_format": label_format,
+        "num_classes": num_classes,
+        "on_error": on_error,
+        "jpeg_quality": jpeg_quality,
+        "verify": verify,
+        "max_pixels": max_pixels,
+        "allow_outside_root": allow_outside_root,
+    }
 
 
 def index_for_shards(image_list: str, shards: int) -> ListIndex:

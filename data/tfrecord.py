@@ -103,7 +103,11 @@ def write_dataset(
       ValueError: Bad arguments, shards left by a run with other settings, or (``on_error="fail"``) the
         first bad line or image, named as ``list:line``.
     """
-    shard_writer.check_settings(
+    settings = shard_writer.split_settings(
+        image_list=image_list,
+        image_root=os.path.abspath(image_root),
+        output_dir=output_dir,
+        prefix=prefix,
         label_format=label_format,
         num_classes=num_classes,
         shards=shards,
@@ -114,26 +118,11 @@ def write_dataset(
         jpeg_quality=jpeg_quality,
         verify=verify,
         max_pixels=max_pixels,
+        allow_outside_root=allow_outside_root,
     )
-    image_list = os.path.abspath(image_list)
-    output_dir = os.path.abspath(output_dir)
-    os.makedirs(output_dir, exist_ok=True)
-    settings = {
-        "image_list": image_list,
-        "image_root": os.path.abspath(image_root),
-        "output_dir": output_dir,
-        "prefix": prefix,
-        "label_format": label_format,
-        "num_classes": num_classes,
-        "on_error": on_error,
-        "jpeg_quality": jpeg_quality,
-        "verify": verify,
-        "max_pixels": max_pixels,
-        "allow_outside_root": allow_outside_root,
-    }
     return shard_writer.write_split(
         settings,
-        index=shard_writer.index_for_shards(image_list, shards),
+        index=shard_writer.index_for_shards(settings["image_list"], shards),
         task_index=task_index,
         num_tasks=num_tasks,
         workers=workers,

@@ -39,12 +39,11 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 import tensorflow as tf
-import tqdm
 from absl import app, flags, logging
 
 from data import fileio, image_files, preprocessing
 from data import images as images_lib
-from models import pretrained, resnet
+from models import resnet
 from training import cli, tf_logs
 
 CROPS = ("center", "ten_crop")
@@ -127,20 +126,19 @@ def extract_features(
     rows: list[np.ndarray] = []
     skipped: list[image_files.SkippedImage] = []
     batches = image_files.iter_image_batches(
-        paths, preprocess=preprocess, batch_size=batch_size, skipped=skipped, max_pixels=max_pixels
+        paths,
+        preprocess=preprocess,
+        batch_size=batch_size,
+        skipped=skipped,
+        max_pixels=max_pixels,
+        show_progress=show_progress,
     )
-    progress = tqdm.tqdm(total=len(paths), unit="img", disable=not show_progress, smoothing=0.1)
-    with progress:
-        for batch_paths, images in batches:
-            features = pooled(images.reshape(-1, image_size, image_size, 3)).numpy()
-            if crop == "ten_crop":  # [B * 10, D] -> the mean over each image's 10 crops
-                features = features.reshape(len(batch_paths), NUM_TEN_CROPS, -1).mean(
-                    axis=1, dtype=np.float64
-                )
-            names += batch_paths
-            rows.append(features.astype(np.float32))
-            progress.update(len(names) + len(skipped) - progress.n)  # skipped files count as done
-        progress.update(len(paths) - progress.n)  # files skipped after the last batch
+    for batch_paths, images in batches:
+        features = pooled(images.reshape(-1, image_size, image_size, 3)).numpy()
+        if crop == "ten_crop":  # [B * 10, D] -> the mean over each image's 10 crops
+            features = features.reshape(len(batch_paths), NUM_TEN_CROPS, -1).mean(axis=1, dtype=np.float64)
+        names += batch_paths
+        rows.append(features.astype(np.float32))
     dim = model.get_layer(resnet.FEATURE_LAYER).output.shape[-1]
     return names, np.concatenate(rows) if rows else np.zeros((0, dim), np.float32), skipped
 
@@ -166,7 +164,6 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     cli.define_inference_flags()
-    flags.DEFINE_bool("progress", True, "Show a progress bar (images, rate, ETA) on stderr.")
     flags.DEFINE_string("output", None, "Where the features go (see --format).")
     flags.DEFINE_enum(
         "format",
@@ -187,19 +184,9 @@ def define_flags() -> None:
 
 def main(argv: list[str]) -> None:
     try:
-        paths = image_files.collect_image_paths(
-            argv[1:], image_list=FLAGS.image_list, image_root=FLAGS.image_root
-        )
-        model, _ = pretrained.load_model(FLAGS.checkpoint, depth=FLAGS.depth)
+        paths, model, _ = cli.inference_inputs(argv[1:], FLAGS)
         names, features, skipped = extract_features(
-            model,
-            paths,
-            crop=FLAGS.crop,
-            transform=FLAGS.transform,
-            image_size=FLAGS.image_size,
-            batch_size=FLAGS.batch_size,
-            max_pixels=FLAGS.max_pixels,
-            show_progress=FLAGS.progress,
+            model, paths, crop=FLAGS.crop, **cli.inference_settings(FLAGS)
         )
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError
         sys.exit(f"extract_feature.py: error: {e}")

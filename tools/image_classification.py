@@ -43,7 +43,6 @@ from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
-import tqdm
 from absl import app, flags, logging
 
 from data import fileio, image_files, preprocessing
@@ -160,18 +159,17 @@ def classify(
     predictions: list[Prediction] = []
     skipped: list[image_files.SkippedImage] = []
     batches = image_files.iter_image_batches(
-        paths, preprocess=preprocess, batch_size=batch_size, skipped=skipped, max_pixels=max_pixels
+        paths,
+        preprocess=preprocess,
+        batch_size=batch_size,
+        skipped=skipped,
+        max_pixels=max_pixels,
+        show_progress=show_progress,
     )
-    progress = tqdm.tqdm(total=len(paths), unit="img", disable=not show_progress, smoothing=0.1)
-    with progress:
-        for batch_paths, images in batches:
-            scores, indices = (t.numpy() for t in top(images))
-            for path, idx, score in zip(batch_paths, indices, scores, strict=True):
-                predictions.append(
-                    Prediction(path, tuple(int(i) for i in idx), tuple(float(s) for s in score))
-                )
-            progress.update(len(predictions) + len(skipped) - progress.n)  # skipped files count as done
-        progress.update(len(paths) - progress.n)  # files skipped after the last batch
+    for batch_paths, images in batches:
+        scores, indices = (t.numpy() for t in top(images))
+        for path, idx, score in zip(batch_paths, indices, scores, strict=True):
+            predictions.append(Prediction(path, tuple(int(i) for i in idx), tuple(float(s) for s in score)))
     return predictions, skipped
 
 
@@ -239,7 +237,6 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     cli.define_inference_flags()
-    flags.DEFINE_bool("progress", True, "Show a progress bar (images, rate, ETA) on stderr.")
     flags.DEFINE_string(
         "imagenet_dictionary", None, "Class names: the release's imagenet2012_dictionary.txt (1000 classes)."
     )
@@ -273,10 +270,7 @@ def define_flags() -> None:
 
 def main(argv: list[str]) -> None:
     try:
-        paths = image_files.collect_image_paths(
-            argv[1:], image_list=FLAGS.image_list, image_root=FLAGS.image_root
-        )
-        model, info = pretrained.load_model(FLAGS.checkpoint, depth=FLAGS.depth)
+        paths, model, info = cli.inference_inputs(argv[1:], FLAGS)
         names = load_class_names(
             imagenet_dictionary=FLAGS.imagenet_dictionary or "",
             hierarchy=FLAGS.hierarchy or "",
@@ -288,11 +282,7 @@ def main(argv: list[str]) -> None:
             paths,
             head=head,
             topk=min(FLAGS.topk, info.num_classes),
-            transform=FLAGS.transform,
-            image_size=FLAGS.image_size,
-            batch_size=FLAGS.batch_size,
-            max_pixels=FLAGS.max_pixels,
-            show_progress=FLAGS.progress,
+            **cli.inference_settings(FLAGS),
         )
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError
         sys.exit(f"image_classification.py: error: {e}")

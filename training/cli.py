@@ -15,11 +15,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from collections.abc import Sequence
 from typing import Any
 
+import keras
 from absl import app, flags
 
-from data import images
+from data import image_files, images
+from models import pretrained
 from training import config as config_lib
 from training import recipes
 
@@ -262,6 +265,44 @@ def define_inference_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "about 179 MP).",
         lower_bound=0,
     )
+    f.DEFINE_bool("progress", True, "Show a progress bar (images, rate, ETA) on stderr.")
+
+
+def inference_inputs(
+    image_args: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
+) -> tuple[list[str], keras.Model, pretrained.CheckpointInfo]:
+    """The image files and the model that an inference tool's arguments and `define_inference_flags` name.
+
+    Args:
+      image_args: the image files given as arguments; --image_list's (under --image_root) follow them.
+      flag_values: where `define_inference_flags` defined the flags.
+
+    Returns:
+      (the files, the ResNet of --checkpoint at --depth, what the checkpoint holds).
+
+    Raises:
+      ValueError: no image, an unreadable list, or no usable checkpoint (`pretrained.CheckpointError`).
+    """
+    f = flag_values
+    paths = image_files.collect_image_paths(image_args, image_list=f.image_list, image_root=f.image_root)
+    model, info = pretrained.load_model(f.checkpoint, depth=f.depth)
+    return paths, model, info
+
+
+def inference_settings(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:
+    """The keyword arguments that `define_inference_flags` sets for the tools' batch functions.
+
+    (`classify` of tools/image_classification.py, `extract_features` of tools/extract_feature.py): the
+    pre-processing, the batch size, the pixel limit and the progress bar.
+    """
+    f = flag_values
+    return {
+        "transform": f.transform,
+        "image_size": f.image_size,
+        "batch_size": f.batch_size,
+        "max_pixels": f.max_pixels,
+        "show_progress": f.progress,
+    }
 
 
 _MODEL_FIELDS = ("depth", "base_width", "num_classes")

@@ -46,6 +46,12 @@ class _Schedule(keras.optimizers.schedules.LearningRateSchedule):
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
 
 
+def _staircase(step: tf.Tensor, *, start: float, factor: float, every: int) -> tf.Tensor:
+    """`start * factor ** floor(step / every)`: the release's warm-up (factor > 1) and its decay (< 1)."""
+    exponent = tf.cast(step // every, tf.float64)
+    return start * tf.pow(tf.constant(factor, tf.float64), exponent)
+
+
 @keras.saving.register_keras_serializable(package="mlimages")
 @dataclasses.dataclass(frozen=True)
 class ReferencePretrainSchedule(_Schedule):
@@ -66,8 +72,7 @@ class ReferencePretrainSchedule(_Schedule):
     values: tuple[float, ...] = (0.08, 0.008, 0.0008, 8e-5, 8e-6)
 
     def lr(self, step: tf.Tensor) -> tf.Tensor:
-        exponent = tf.cast(step // self.warmup_every, tf.float64)
-        warm = self.warmup_lr * tf.pow(tf.constant(self.warmup_factor, tf.float64), exponent)
+        warm = _staircase(step, start=self.warmup_lr, factor=self.warmup_factor, every=self.warmup_every)
         # The number of boundaries strictly below the step selects the piece.
         index = tf.reduce_sum(tf.cast(step > tf.constant(self.boundaries, tf.int64), tf.int32))
         piece = tf.gather(tf.constant(self.values, tf.float64), index)
@@ -84,8 +89,7 @@ class StaircaseSchedule(_Schedule):
     decay_every: int = 150000
 
     def lr(self, step: tf.Tensor) -> tf.Tensor:
-        exponent = tf.cast(step // self.decay_every, tf.float64)
-        return self.base_lr * tf.pow(tf.constant(self.decay, tf.float64), exponent)
+        return _staircase(step, start=self.base_lr, factor=self.decay, every=self.decay_every)
 
 
 @keras.saving.register_keras_serializable(package="mlimages")

@@ -39,12 +39,7 @@ from tools.benchmarks import photos
 from tools.benchmarks.common import REPO_ROOT, emit, emit_machine
 
 FLAGS_USED: tuple[str, ...] = (
-    "image_cache",
-    "num_images",
-    "image_width",
-    "image_height",
-    "num_classes",
-    "tags",
+    *photos.IMAGE_FLAGS,
     "workers",
     "threads",
     "shards",

@@ -14,6 +14,16 @@ from absl import flags
 
 from tools.benchmarks.common import random_tags
 
+# The flags `benchmark_images` reads: part of the FLAGS_USED of every subcommand that uses the images.
+IMAGE_FLAGS: tuple[str, ...] = (
+    "image_cache",
+    "num_images",
+    "image_width",
+    "image_height",
+    "num_classes",
+    "tags",
+)
+
 
 def photo_like_jpeg(rng: np.random.Generator, *, width: int, height: int) -> bytes:
     """A JPEG whose size is like a photo's (~100 KB at 500x375): smooth structure plus sensor-like noise."""

@@ -17,12 +17,7 @@ from tools.benchmarks.common import Timer, emit, emit_machine
 from tools.benchmarks.release_pipeline import original_pipeline
 
 FLAGS_USED: tuple[str, ...] = (
-    "image_cache",
-    "num_images",
-    "image_width",
-    "image_height",
-    "num_classes",
-    "tags",
+    *photos.IMAGE_FLAGS,
     "workers",
     "shards",
     "compare",

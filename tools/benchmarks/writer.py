@@ -20,12 +20,7 @@ from tools.benchmarks import photos
 from tools.benchmarks.common import Timer, emit, emit_machine, random_tags
 
 FLAGS_USED: tuple[str, ...] = (
-    "image_cache",
-    "num_images",
-    "image_width",
-    "image_height",
-    "num_classes",
-    "tags",
+    *photos.IMAGE_FLAGS,
     "workers",
     "shards",
     "compare",
