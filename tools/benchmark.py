@@ -97,15 +97,25 @@ def define_flags(subcommand: str | None, flag_values: flags.FlagValues = flags.F
         flags.declare_key_flag(name, flag_values=flag_values)
 
 
-def main(argv: Sequence[str]) -> None:
+def main(argv: Sequence[str], f: flags.FlagValues = flags.FLAGS) -> None:
     if len(argv) != 2 or argv[1] not in SUBCOMMANDS:
         raise app.UsageError(f"usage: benchmark.py {{{'|'.join(SUBCOMMANDS)}}} [--flags]")
-    f = flags.FLAGS
     if f.intra_op_threads:
         import tensorflow as tf
 
         tf.config.threading.set_intra_op_parallelism_threads(f.intra_op_threads)
     subcommand_module(argv[1]).run(f)
+
+
+def run(args: Sequence[str]) -> None:
+    """Runs one subcommand in this process, e.g. ``run(["overlap", "--steps=1"])``; prints as `main` does.
+
+    The flags live in a fresh `FlagValues`, so several runs (tests, a notebook) do not share them.
+    """
+    argv = ["benchmark.py", *args]
+    flag_values = flags.FlagValues()
+    define_flags(chosen_subcommand(argv), flag_values)
+    main(flag_values(argv), flag_values)
 
 
 if __name__ == "__main__":

@@ -251,6 +251,16 @@ FLAG_DEFINITIONS: dict[str, Callable[[flags.FlagValues], object]] = {
         "allreduce: gradient dtypes to reduce (float32, float16, ...).",
         flag_values=fv,
     ),
+    "link_gbits": lambda fv: flags.DEFINE_float(
+        "link_gbits",
+        0.0,
+        "overlap: pace every TCP socket of each rank (Gloo's connections) to this many Gbit/s with the "
+        "kernel's SO_MAX_PACING_RATE, a slower link than loopback on which sending costs little CPU "
+        "(0: not paced).",
+        lower_bound=0.0,
+        upper_bound=34.0,
+        flag_values=fv,
+    ),
     "memory_lines": lambda fv: flags.DEFINE_list(
         "memory_lines", ["10000", "1000000"], "memory: sizes of the generated image lists.", flag_values=fv
     ),

@@ -7,6 +7,12 @@ Under ``horovodrun`` each rank times, alternately, the real step (`TrainStep` wi
 once): the difference is the communication the backward did not hide. On one process only the host-wait
 comparison means anything. With ``HOROVOD_TIMELINE=<file>`` set, Horovod records when each tensor's
 all-reduce starts and ends (`timeline_summary` reads it).
+
+Two CPU ranks on one host all-reduce over loopback, where sending is a memory copy on the cores that also
+run the backward: nothing can hide behind anything. ``--link_gbits`` makes the wire the slow part, as it is
+between GPU hosts: every TCP socket of each rank (Gloo's full mesh, connected by `hvd.init`) is paced by the
+kernel (`SO_MAX_PACING_RATE`), so sending mostly waits on a timer instead of using a core. The
+``comm_ms`` column is the all-reduce of the step's gradients alone (no backward), the cost to hide.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 
 import numpy as np
 from absl import flags
@@ -30,9 +37,35 @@ FLAGS_USED: tuple[str, ...] = (
     "steps",
     "warmup",
     "xla",
+    "link_gbits",
 )
 SEGMENTS = (1, 4)
 _WIRE = {"float32": "fp32", "fp32": "fp32", "float16": "fp16", "fp16": "fp16"}
+SO_MAX_PACING_RATE = getattr(socket, "SO_MAX_PACING_RATE", 47)  # Linux; Python names it from 3.12
+
+
+def pace_tcp_sockets(gbits: float) -> int:
+    """Paces every open TCP socket of this process to `gbits` Gbit/s; returns how many were paced.
+
+    The kernel's TCP pacing (`SO_MAX_PACING_RATE`, no qdisc needed) spaces the socket's packets on a timer,
+    so a paced transfer takes bytes / rate while its sender sleeps. Sockets opened later are not paced.
+    """
+    rate = int(gbits * 1e9 / 8)  # bytes per second
+    paced = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+        except OSError:  # closed since listdir
+            continue
+        sock = socket.socket(fileno=int(name))
+        try:
+            if sock.type == socket.SOCK_STREAM and sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.SOL_SOCKET, SO_MAX_PACING_RATE, rate)
+                paced += 1
+        finally:
+            sock.detach()  # the descriptor stays open, owned by whoever opened it
+    return paced
 
 
 def _make_step(f: flags.FlagValues, dist, *, segments: int, wire: str):
@@ -65,6 +98,22 @@ def _time(step, batch, *, steps: int, warmup: int, check_finite: bool, sync) -> 
         for _ in range(steps):
             logs = step(*batch, check_finite=check_finite)
         float(logs["loss"])
+    return t.wall / steps
+
+
+def _time_allreduce(step, dist, wire: str, *, steps: int, warmup: int, sync, **_) -> float:
+    """Seconds per all-reduce of the step's gradients (their shapes and dtype) with nothing else running."""
+    import tensorflow as tf
+
+    gradients = [tf.ones(v.shape, v.dtype) for v in step.train_variables]
+    reduce = tf.function(lambda: dist.average_gradients(gradients, wire=wire))
+    for _ in range(max(warmup, 1)):
+        reduce()
+    sync()
+    with Timer() as t:
+        for _ in range(steps):
+            out = reduce()
+        float(out[0][(0,) * len(out[0].shape)])
     return t.wall / steps
 
 
@@ -136,8 +185,16 @@ def run(f: flags.FlagValues) -> None:
 
     dist = distributed.init()
     local = distributed.Distributed()
+    paced = pace_tcp_sockets(f.link_gbits) if f.link_gbits else 0
+    paced = int(dist.allreduce_sum(tf.constant(paced)))
     if dist.is_chief:
-        emit_machine("overlap", ranks=dist.size, timeline=os.environ.get("HOROVOD_TIMELINE", ""))
+        emit_machine(
+            "overlap",
+            ranks=dist.size,
+            timeline=os.environ.get("HOROVOD_TIMELINE", ""),
+            link_gbits=f.link_gbits,
+            paced_sockets=paced,
+        )
     rng = np.random.default_rng(dist.rank)
     images = tf.constant(rng.uniform(-1, 1, (f.batch_size, f.image_size, f.image_size, 3)).astype("float32"))
     labels = tf.constant((rng.uniform(size=(f.batch_size, f.num_classes)) < 0.001).astype("float32"))
@@ -154,6 +211,7 @@ def run(f: flags.FlagValues) -> None:
                 alone_s.append(_time(alone, batch, **kw))
             real_ms = 1e3 * float(dist.allreduce_mean(tf.constant(min(real_s), tf.float64)))
             alone_ms = 1e3 * float(dist.allreduce_mean(tf.constant(min(alone_s), tf.float64)))
+            comm_ms = 1e3 * float(dist.allreduce_mean(tf.constant(_time_allreduce(real, dist, wire, **kw))))
             elements = sum(int(np.prod(v.shape)) for v in real.train_variables)
             if dist.is_chief:
                 emit(
@@ -169,8 +227,10 @@ def run(f: flags.FlagValues) -> None:
                     gradient_mb_per_step=round(elements * (2 if wire == "fp16" else 4) / 1e6, 2),
                     step_ms=round(real_ms, 1),
                     no_allreduce_ms=round(alone_ms, 1),
+                    comm_ms=round(comm_ms, 1),
                     exposed_ms=round(real_ms - alone_ms, 1),
                     exposed_fraction=round((real_ms - alone_ms) / real_ms, 3),
+                    hidden_fraction_of_comm=round(1 - (real_ms - alone_ms) / comm_ms, 3) if comm_ms else None,
                 )
             if segments == 1 and wire == wires[0]:
                 timed: dict[bool, list[float]] = {True: [], False: []}
