@@ -248,7 +248,7 @@ def load_model(path: str, *, depth: int | None = None) -> tuple[keras.Model, Che
             tf.train.Checkpoint(model=model).read(
                 info.path
             ).expect_partial().assert_existing_objects_matched()
-    except (tf.errors.OpError, ValueError, AssertionError) as e:
+    except (tf.errors.OpError, ValueError, AssertionError, IndexError) as e:  # IndexError: a cut-short file
         raise CheckpointError(f"cannot load {info.path}: {e}") from None
     logging.info(
         "loaded ResNet-%d (base width %d, %d classes) from %s checkpoint %s",

@@ -271,6 +271,15 @@ def resolve_checkpoint_path(path: str) -> str:
     )
 
 
+def load_model(path: str, *, depth: int | None = None) -> tuple[keras.Model, pretrained.CheckpointInfo]:
+    """`models.pretrained.load_model` of the intact checkpoint `path` means (`resolve_checkpoint_path`).
+
+    What evaluate.py and the inference tools load: a run directory whose latest checkpoint was cut short
+    (a crash during a save, a full disk) gives its newest intact one, with a warning, not a traceback.
+    """
+    return pretrained.load_model(resolve_checkpoint_path(path), depth=depth)
+
+
 def model_mismatch(path: str, model: keras.Model, expected: dict[str, int]) -> str | None:
     """How the ResNet stored at `path` differs from `model` (built as `expected`), or None when it fits.
 

@@ -2,10 +2,10 @@
 
 - `evaluate_model` streams a dataset through a model into the streaming metrics of training/metrics.py
   (one rank's shard each, all-reduced once at the end).
-- `evaluate_checkpoint` is `evaluate.py --checkpoint`: resolve it (a run directory: its newest intact
-  checkpoint, `training.checkpoints.resolve_checkpoint_path`), load it, of either kind
-  (`models.pretrained.load_model`), pick the split (`eval_source`), evaluate at every image size, optionally
-  save the scores (training/predictions.py), assemble the report (training/report.py).
+- `evaluate_checkpoint` is `evaluate.py --checkpoint`: load it, of either kind (a run directory: its newest
+  intact checkpoint, `training.checkpoints.load_model`), pick the split (`eval_source`), evaluate at every
+  image size, optionally save the scores (training/predictions.py), assemble the report
+  (training/report.py).
 
 Saved predictions (`evaluate.py --predictions`) are evaluated by training/predictions.py; the tasks, the
 metric settings and the report layout are in training/report.py (imported here under the same names, which
@@ -259,8 +259,7 @@ def evaluate_checkpoint(
         raise EvaluationInputError(str(e)) from None
     try:
         # A run directory: its newest intact checkpoint (a damaged latest one is skipped with a warning).
-        prefix = checkpoints.resolve_checkpoint_path(config.checkpoint)
-        model, info = pretrained.load_model(prefix, depth=config.depth)
+        model, info = checkpoints.load_model(config.checkpoint, depth=config.depth)
     except pretrained.CheckpointError as e:
         raise EvaluationInputError(str(e)) from None
     source = eval_source(
