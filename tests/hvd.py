@@ -35,13 +35,22 @@ def run_two_ranks(args: list[str], *, cwd=None, timeout: int = 600) -> subproces
 
 
 def worker_outputs(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    """The directory tests/hvd_worker.py wrote on 2 ranks: launched once per session, shared by the test files."""
-    return _launch_worker(tmp_path_factory.getbasetemp())
+    """The directory tests/hvd_worker.py wrote on 2 ranks: launched once per session, shared by the test files.
+
+    A failed launch fails every test that reads it, with the launch's output, without launching again.
+    """
+    result = _launch_worker(tmp_path_factory.getbasetemp())
+    if isinstance(result, str):
+        pytest.fail(result, pytrace=False)
+    return result
 
 
 @functools.cache
-def _launch_worker(base: pathlib.Path) -> pathlib.Path:
+def _launch_worker(base: pathlib.Path) -> pathlib.Path | str:
     out = base / "hvd_worker"
     out.mkdir(exist_ok=True)
-    run_two_ranks(["-m", "tests.hvd_worker", str(out)], cwd=REPO_ROOT)
+    try:
+        run_two_ranks(["-m", "tests.hvd_worker", str(out)], cwd=REPO_ROOT)
+    except pytest.fail.Exception as e:
+        return str(e)
     return out
