@@ -92,9 +92,8 @@ def train_states(
 
 def one_process_train_state() -> dict[str, np.ndarray]:
     """What `run` writes to train_rank<r>.npz, trained in one process on the whole batches (2 micro-batches)."""
-    dist = distributed.init(use_horovod=False)
     states = train_states(
-        dist,
+        distributed.Distributed(),  # one process, no device pinning in the test's own process
         train_batch,
         steps=TRAIN_STEPS,
         save_after=(TRAIN_STEPS,),
