@@ -1,6 +1,8 @@
 """Launching multi-rank Horovod runs from tests (skips cleanly where Horovod is not installed)."""
 
+import functools
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -8,6 +10,8 @@ import sys
 import pytest
 
 from training import distributed
+
+REPO_ROOT = pathlib.Path(__file__).parents[1]
 
 
 def require_horovodrun() -> str:
@@ -28,3 +32,25 @@ def run_two_ranks(args: list[str], *, cwd=None, timeout: int = 600) -> subproces
     if proc.returncode != 0:
         pytest.fail(f"horovodrun failed ({proc.returncode}):\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def worker_outputs(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """The directory tests/hvd_worker.py wrote on 2 ranks: launched once per session, shared by the test files.
+
+    A failed launch fails every test that reads it, with the launch's output, without launching again.
+    """
+    result = _launch_worker(tmp_path_factory.getbasetemp())
+    if isinstance(result, str):
+        pytest.fail(result, pytrace=False)
+    return result
+
+
+@functools.cache
+def _launch_worker(base: pathlib.Path) -> pathlib.Path | str:
+    out = base / "hvd_worker"
+    out.mkdir(exist_ok=True)
+    try:
+        run_two_ranks(["-m", "tests.hvd_worker", str(out)], cwd=REPO_ROOT)
+    except pytest.fail.Exception as e:
+        return str(e)
+    return out

@@ -1,8 +1,7 @@
-"""Worker for tests/test_distributed.py: run under `horovodrun --gloo -np 2`; writes its results to --out."""
+"""training/distributed.py on 2 Horovod ranks (part of tests/hvd_worker.py): OUT/distributed_rank{R}.json."""
 
 import json
 import pathlib
-import sys
 
 import numpy as np
 import tensorflow as tf
@@ -10,8 +9,7 @@ import tensorflow as tf
 from training import distributed
 
 
-def main(out_dir: str) -> None:
-    dist = distributed.init()
+def run(dist: distributed.Distributed, out_dir: str) -> None:
     assert dist.size == 2, dist.size
     rank = dist.rank
     # Each rank starts from different values; broadcast makes them rank 0's.
@@ -32,8 +30,4 @@ def main(out_dir: str) -> None:
         "metric": metric.numpy().tolist(),
         "mean": float(mean.numpy()),
     }
-    pathlib.Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
-
-
-if __name__ == "__main__":
-    main(sys.argv[1])
+    pathlib.Path(out_dir, f"distributed_rank{rank}.json").write_text(json.dumps(result))

@@ -1,11 +1,10 @@
-"""Worker for tests/test_losses_distributed.py, run under `horovodrun --gloo -np 2 ... --out DIR`.
+"""AdaptiveMultiLabelLoss on 2 Horovod ranks (part of tests/hvd_worker.py) for tests/test_losses_distributed.py.
 
 Each rank trains a tiny dense model for a few SGD steps on ITS half of fixed random batches, with the class
-status summed across ranks and averaged gradients, and writes what it saw to DIR/rank{R}.json. The test
-runs `run_steps` in one process on the whole batches and compares.
+status summed across ranks and averaged gradients, and writes what it saw to OUT/loss_rank{R}.json. The
+test runs `run_steps` in one process on the whole batches and compares.
 """
 
-import argparse
 import json
 import pathlib
 
@@ -57,12 +56,7 @@ def run_steps(rows: slice, *, sum_across_ranks=None, average_gradients=None, mea
     return record
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", required=True, help="directory for rank{R}.json")
-    args = parser.parse_args()
-
-    dist = distributed.init()
+def run(dist: distributed.Distributed, out_dir: str) -> None:
     assert dist.size == 2, dist.size
     per_rank = BATCH // dist.size
     record = run_steps(
@@ -71,8 +65,4 @@ def main() -> None:
         average_gradients=dist.average_gradients,
         mean_across_ranks=dist.allreduce_mean,
     )
-    pathlib.Path(args.out, f"rank{dist.rank}.json").write_text(json.dumps(record))
-
-
-if __name__ == "__main__":
-    main()
+    pathlib.Path(out_dir, f"loss_rank{dist.rank}.json").write_text(json.dumps(record))

@@ -6,7 +6,6 @@ loss and the averaged gradients must equal a single-process run on the whole bat
 """
 
 import json
-import pathlib
 
 import numpy as np
 import pytest
@@ -33,12 +32,11 @@ def test_local_half_alone_differs_from_the_global_batch():
 
 
 @pytest.mark.horovod
-def test_two_ranks_equal_one_process_on_the_concatenated_batch(tmp_path, repo_root):
-    worker = pathlib.Path(__file__).with_name("hvd_loss_worker.py")
-    hvd.run_two_ranks([str(worker), "--out", str(tmp_path)], cwd=repo_root, timeout=300)
+def test_two_ranks_equal_one_process_on_the_concatenated_batch(tmp_path_factory):
+    out = hvd.worker_outputs(tmp_path_factory)  # tests/hvd_loss_worker.py ran on 2 ranks
     expected = hvd_loss_worker.run_steps(slice(None))
     for rank in (0, 1):
-        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        got = json.loads((out / f"loss_rank{rank}.json").read_text())
         for key in ("pos_count", "neg_count"):
             np.testing.assert_array_equal(got[key], expected[key], err_msg=f"rank {rank} {key}")
         np.testing.assert_allclose(got["weights"], expected["weights"], rtol=1e-6, err_msg=f"rank {rank}")

@@ -1,6 +1,4 @@
-"""Backward segments and the fp16 all-reduce on 2 Horovod (Gloo) ranks (tests/hvd_overlap_worker.py)."""
-
-import pathlib
+"""Backward segments and the fp16 all-reduce on 2 Horovod (Gloo) ranks (tests/hvd_train_worker.py)."""
 
 import numpy as np
 import pytest
@@ -26,10 +24,7 @@ def _gap(a, b):
 
 @pytest.fixture(scope="module")
 def out(tmp_path_factory):
-    out_dir = tmp_path_factory.mktemp("overlap")
-    worker = pathlib.Path(__file__).with_name("hvd_overlap_worker.py")
-    hvd.run_two_ranks([str(worker), str(out_dir)], cwd=pathlib.Path(__file__).parents[1], timeout=600)
-    return out_dir
+    return hvd.worker_outputs(tmp_path_factory)
 
 
 @pytest.mark.parametrize("setting", ["k1_fp32", "k4_fp32", "k1_fp16", "k4_fp16"])

@@ -1,5 +1,7 @@
 """Backward segments (`TrainStep(backward_segments=K)`, `resnet.split_segments`): same step as K = 1."""
 
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -61,24 +63,33 @@ def test_split_segments_chain_to_the_model_and_share_its_weights():
         resnet.split_segments(model, resnet.MAX_SEGMENTS + 1)
 
 
+@functools.cache
+def _three_steps(segments, frozen_stages, xla):
+    """(per-step logs, final step, final state) of 3 steps; cached: the K = 1 runs serve several K."""
+    step = _step(segments, frozen_stages=frozen_stages, xla=xla)
+    logs = []
+    for s in range(3):
+        out = step(*_batch(seed=s))
+        logs.append({key: float(out[key]) for key in ("loss", "cross_entropy", "weight_decay", "lr")})
+    return logs, int(step.global_step.numpy()), _state(step)
+
+
 @pytest.mark.parametrize(
     ("segments", "frozen_stages", "xla"),
     [(4, -1, False), (5, -1, False), (2, -1, False), (4, 2, False), (4, -1, True)],
 )
 def test_k_segments_equal_one_segment(segments, frozen_stages, xla):
-    one = _step(1, frozen_stages=frozen_stages, xla=xla)
-    many = _step(segments, frozen_stages=frozen_stages, xla=xla)
-    for s in range(3):
-        images, labels = _batch(seed=s)
-        logs_one, logs_many = one(images, labels), many(images, labels)
-        for key in ("loss", "cross_entropy", "weight_decay", "lr"):
-            assert float(logs_many[key]) == pytest.approx(float(logs_one[key]), rel=1e-5), key
-    assert int(many.global_step.numpy()) == 3
+    logs_one, _, state_one = _three_steps(1, frozen_stages, xla)
+    logs_many, final_step, state_many = _three_steps(segments, frozen_stages, xla)
+    for step_one, step_many in zip(logs_one, logs_many, strict=True):
+        for key, value in step_one.items():
+            assert step_many[key] == pytest.approx(value, rel=1e-5), key
+    assert final_step == 3
     # Measured after 3 steps over weights, slots, BN statistics and loss counters: without XLA bit-identical
     # (gap 0); with XLA 2.7e-5 of a tensor's scale (XLA fuses each segment differently from the whole model).
     # Without XLA even a missing decay share (5e-6 of a weight per step here) exceeds the tolerance.
     tolerance = 1e-4 if xla else 1e-6
-    for a, b in zip(_state(one), _state(many), strict=True):
+    for a, b in zip(state_one, state_many, strict=True):
         np.testing.assert_allclose(b, a, rtol=0, atol=tolerance * max(1.0, float(np.abs(a).max())))
 
 
