@@ -29,3 +29,17 @@ def reference_dir() -> pathlib.Path:
 @pytest.fixture
 def repo_root() -> pathlib.Path:
     return REPO_ROOT
+
+
+@pytest.fixture(autouse=True)
+def _op_determinism_stays_in_its_test():
+    """An in-process `--deterministic` run turns on TensorFlow's op determinism for the whole process
+    (training/loop.py); turn it off again after that test, so later tests run as they would alone."""
+    yield
+    import sys
+
+    if "tensorflow" in sys.modules:
+        from tensorflow.python.framework import config  # no public switch off (TF 2.21)
+
+        if config.is_op_determinism_enabled():
+            config.disable_op_determinism()
