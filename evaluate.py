@@ -35,7 +35,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
-    """Defines evaluate.py's flags on `flag_values` (a fresh one runs the script in-process, see `run`)."""
+    """Defines evaluate.py's flags on `flag_values` (a fresh one runs the script in-process)."""
     fv = {"flag_values": flag_values}
     flags.DEFINE_string(
         "predictions",
@@ -239,17 +239,6 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
         print(report.format_table(result))
         if f.output_json:
             report.write_json(result, f.output_json)
-
-
-def run(args: Sequence[str]) -> None:
-    """Runs `python evaluate.py *args` in this process on a fresh `FlagValues` (prints as the script does).
-
-    A bad flag value raises absl's `flags.Error`; a refused run raises `SystemExit` with the one-line message
-    the script prints.
-    """
-    flag_values = flags.FlagValues()
-    define_flags(flag_values)
-    main(flag_values(["evaluate.py", *args]), flag_values)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from absl import flags
 
 import evaluate
 from models import pretrained
-from tests.scripts import run_script
+from tests.scripts import run_in_process, run_script
 from tests.test_metrics import random_multilabel, reference_multilabel, reference_single_label
 from training import evaluation
 from training import predictions as predictions_lib
@@ -26,7 +26,7 @@ def run_cli(*args: str) -> tuple[str, str]:
     (the table; the tqdm bars)."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        evaluate.run(args)
+        run_in_process(evaluate, args)
     return out.getvalue(), err.getvalue()
 
 

@@ -10,7 +10,7 @@ import re
 import pytest
 
 import evaluate
-from tests.scripts import run_script
+from tests.scripts import run_in_process, run_script
 
 # TensorFlow's C++ start-up lines (`I0000 00:00:... port.cc:153] ...`, absl's pre-init notice, the CPU
 # feature note), which TF_CPP_MIN_LOG_LEVEL does not silence in every TF build.
@@ -29,6 +29,6 @@ def test_missing_input_is_one_line(repo_root):
 
 def test_both_inputs_is_one_line(capsys):
     with pytest.raises(SystemExit) as info:
-        evaluate.run(["--checkpoint=x", "--predictions=y.npz"])
+        run_in_process(evaluate, ["--checkpoint=x", "--predictions=y.npz"])
     assert info.value.code == "evaluate.py: error: give --checkpoint or --predictions, not both; see --help"
     assert capsys.readouterr().out == ""

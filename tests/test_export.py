@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from data import preprocessing
 from models import pretrained, resnet, tf1_checkpoint
-from tests.scripts import run_script
+from tests.scripts import run_in_process, run_script
 from tests.test_evaluate import BASE_WIDTH, tiny_model, write_jpegs
 from tests.test_pretrained import write_release_checkpoint
 from tools import export
@@ -211,7 +211,9 @@ def test_command_line(tmp_path, repo_root, capsys):
     """The command line in this process; then the script as a shell runs it, `python tools/export.py` (tools/
     is not an installed package): it starts, parses its flags and refuses a missing checkpoint in one line."""
     prefix = tf.train.Checkpoint(model=tiny_model(7, seed=7)).write(str(tmp_path / "ckpt" / "ckpt-1"))
-    export.run([f"--checkpoint={prefix}", f"--output_dir={tmp_path / 'out'}", f"--image_size={SIZE}"])
+    run_in_process(
+        export, [f"--checkpoint={prefix}", f"--output_dir={tmp_path / 'out'}", f"--image_size={SIZE}"]
+    )
     assert "ResNet-14 (7 classes, sigmoid" in capsys.readouterr().out
     assert (tmp_path / "out" / export.NAMES_FILE).read_text().splitlines() == [str(i) for i in range(7)]
     bad = run_script(

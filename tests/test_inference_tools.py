@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from data import image_files, preprocessing
 from models import pretrained, resnet, tf1_checkpoint
-from tests.scripts import run_script
+from tests.scripts import run_in_process, run_script
 from tests.test_evaluate import BASE_WIDTH, tiny_model, write_jpegs
 from tests.test_preprocessing import _png_header_only
 from tests.test_tf1_checkpoint import write_tf1_checkpoint
@@ -33,7 +33,9 @@ def run_tool(tool, *args) -> tuple[str, str, str]:
     absl_logger.addHandler(handler)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            {"image_classification": image_classification, "extract_feature": extract_feature}[tool].run(args)
+            run_in_process(
+                {"image_classification": image_classification, "extract_feature": extract_feature}[tool], args
+            )
     finally:
         absl_logger.removeHandler(handler)
     return out.getvalue(), err.getvalue(), handler.stream.getvalue()

@@ -20,6 +20,7 @@ import evaluate
 from data import record_files, schema
 from models import resnet
 from tests import datasets, entry_points
+from tests.scripts import run_in_process
 from training import config as config_lib
 from training import evaluation, input_pipeline, loop, recipes
 
@@ -424,7 +425,8 @@ def test_train_py_then_evaluate_py_on_a_release_folder(tmp_path, release_dir):
     assert [x["step"] for x in lines if x["kind"] == "train"] == [1, 2]
     assert 0.0 <= next(x for x in lines if x["kind"] == "eval")["f1@3"] <= 1.0
     report_path = tmp_path / "report.json"
-    evaluate.run(
+    run_in_process(
+        evaluate,
         [
             f"--checkpoint={model_dir}",
             f"--data_dir={release_dir}",
@@ -433,7 +435,7 @@ def test_train_py_then_evaluate_py_on_a_release_folder(tmp_path, release_dir):
             "--topk=1,3",
             "--batch_size=2",
             f"--output_json={report_path}",
-        ]
+        ],
     )
     report = json.loads(report_path.read_text())
     assert report["num_images"] == 5 and report["settings"]["label_format"] == "dense"

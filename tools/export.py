@@ -174,7 +174,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
-    """Defines the script's flags on `flag_values` (a fresh one runs it in-process, see `run`)."""
+    """Defines the script's flags on `flag_values` (a fresh one runs it in-process)."""
     fv = {"flag_values": flag_values}
     flags.DEFINE_string(
         "checkpoint",
@@ -244,17 +244,6 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
         f"ResNet-{manifest['depth']} ({manifest['num_classes']} classes, {manifest['probabilities']}, "
         f"transform {manifest['transform']} at {manifest['image_size']}) -> {f.output_dir}"
     )
-
-
-def run(args: Sequence[str]) -> None:
-    """Runs `python tools/export.py *args` in this process on a fresh `FlagValues` (prints as the script does).
-
-    A bad or missing flag raises absl's `flags.Error`; a refused export raises `SystemExit` with the one-line
-    message the script prints.
-    """
-    flag_values = flags.FlagValues()
-    define_flags(flag_values)
-    main(flag_values(["export.py", *args]), flag_values)
 
 
 if __name__ == "__main__":

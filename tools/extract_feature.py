@@ -163,7 +163,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
-    """Defines the script's flags on `flag_values` (a fresh one runs it in-process, see `run`)."""
+    """Defines the script's flags on `flag_values` (a fresh one runs it in-process)."""
     fv = {"flag_values": flag_values}
     cli.define_inference_flags(flag_values)
     flags.DEFINE_string("output", None, "Where the features go (see --format).", **fv)
@@ -201,17 +201,6 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
     save_features(f.output, names, features, fmt=f.format)
     logging.info("wrote %d x %d features to %s (skipped %d)", *features.shape, f.output, len(skipped))
     print(f"{len(names)} images x {features.shape[1]} features -> {f.output} ({len(skipped)} skipped)")
-
-
-def run(args: Sequence[str]) -> None:
-    """Runs `python tools/extract_feature.py *args` in this process on a fresh `FlagValues` (prints as the script does).
-
-    A bad or missing flag raises absl's `flags.Error`; a refused run raises `SystemExit` with the one-line
-    message the script prints.
-    """
-    flag_values = flags.FlagValues()
-    define_flags(flag_values)
-    main(flag_values(["extract_feature.py", *args]), flag_values)
 
 
 if __name__ == "__main__":

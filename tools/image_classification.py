@@ -236,7 +236,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
-    """Defines the script's flags on `flag_values` (a fresh one runs it in-process, see `run`)."""
+    """Defines the script's flags on `flag_values` (a fresh one runs it in-process)."""
     fv = {"flag_values": flag_values}
     cli.define_inference_flags(flag_values)
     flags.DEFINE_string(
@@ -327,17 +327,6 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
         fileio.write_json(f.output_json, report, indent=2)
     if not predictions:
         sys.exit(f"image_classification.py: error: none of the {len(paths)} images could be read")
-
-
-def run(args: Sequence[str]) -> None:
-    """Runs `python tools/image_classification.py *args` in this process on a fresh `FlagValues` (prints as the script does).
-
-    A bad or missing flag raises absl's `flags.Error`; a refused run raises `SystemExit` with the one-line
-    message the script prints.
-    """
-    flag_values = flags.FlagValues()
-    define_flags(flag_values)
-    main(flag_values(["image_classification.py", *args]), flag_values)
 
 
 if __name__ == "__main__":
