@@ -10,6 +10,7 @@ import dataclasses
 import io
 import json
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from models import resnet
 from tests import datasets, entry_points
 from tests.scripts import run_in_process
 from training import config as config_lib
-from training import evaluation, input_pipeline, loop, recipes
+from training import evaluation, input_pipeline, loop, recipes, run_dir
 
 NUM_CLASSES = 7
 TINY = ["--depth=14", "--base_width=4", "--per_rank_batch=4", "--log_every=1", "--shuffle_buffer=8"]
@@ -400,6 +401,7 @@ def _train(data_dir, model_dir, *args, finetune=False):
     """train.py (or finetune.py --ckpt=ckpt2 from scratch) in this process on `data_dir` at 32 px, 2 steps of
     the tiny model with an evaluation at step 2; returns the lines of its metrics.jsonl."""
     recipe = ["--ckpt=ckpt2", "--init_checkpoint="] if finetune else []
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     entry_points.run(
         [
             *recipe,
@@ -415,6 +417,9 @@ def _train(data_dir, model_dir, *args, finetune=False):
         ],
         finetune=finetune,
     )
+    # In this process, the run leaves nothing behind: its signal handlers are gone, its lock is released.
+    assert {s: signal.getsignal(s) for s in handlers} == handlers
+    run_dir.RunLock(str(model_dir)).acquire().release()
     return [json.loads(x) for x in (model_dir / "metrics.jsonl").read_text().splitlines()]
 
 
