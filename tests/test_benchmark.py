@@ -1,4 +1,5 @@
-"""Tests of tools/benchmark.py (and its modules in tools/benchmarks/): every subcommand runs at toy sizes and
+"""Tests of tools/benchmark.py (and its modules in tools/benchmarks/): every subcommand runs at toy sizes (in
+this process through `tools.benchmark.run`; `augment`, the usage error and horovodrun in fresh processes) and
 prints parseable JSON lines with the expected keys (no timing assertions), each subcommand takes only its own
 flags and every documented command parses, and the speed work behind the `pipeline` figures keeps the outputs:
 the fused colour ops equal the tf.image kernels at full size, and the pipeline equals the per-image
