@@ -25,6 +25,7 @@ every rank evaluates its own shard and only the chief prints and writes the repo
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 from absl import app, flags
 
@@ -33,13 +34,16 @@ from training import distributed, evaluation, input_pipeline, metrics, predictio
 FLAGS = flags.FLAGS
 
 
-def define_flags() -> None:
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Defines evaluate.py's flags on `flag_values` (a fresh one runs the script in-process)."""
+    fv = {"flag_values": flag_values}
     flags.DEFINE_string(
         "predictions",
         None,
         "A .npz of saved scores to evaluate without a model: `scores` float[N, C]; `labels` float[N, C] "
         "(multi-label confidences in [0, 1], -1 = ignore) or int[N] (single-label class indices); optional 0-d int `image_size` "
         "names the results entry. Streamed in chunks, never loaded whole. Excludes --checkpoint.",
+        **fv,
     )
     flags.DEFINE_string(
         "checkpoint",
@@ -48,12 +52,14 @@ def define_flags() -> None:
         "warning) or a checkpoint prefix, either ours "
         "(tf.train.Checkpoint(model=...), depth/width/classes read from it) or a released TF1 checkpoint "
         "(e.g. ckpt-resnet101-mlimages/model.ckpt). Needs --data_dir or --tfds_name.",
+        **fv,
     )
     flags.DEFINE_integer(
         "depth",
         None,
         "Expected ResNet depth (50, 101, 152); default: whatever the checkpoint holds (found from its "
         "variables, for ours and TF1 ones alike). A different depth is an error.",
+        **fv,
     )
     flags.DEFINE_string(
         "data_dir",
@@ -61,29 +67,34 @@ def define_flags() -> None:
         "Folder of our TFRecords (data/tfrecord.py output) with `{split_prefix}-manifest.json`, or written by "
         "the original release with `{split_prefix}/*.tfrecords`; any label format (dense/sparse: multi-label "
         "metrics; int64: top-1/top-5).",
+        **fv,
     )
     flags.DEFINE_string(
         "split_prefix",
         "val",
         "Split of --data_dir to evaluate (the writer's --prefix; the release's sub-folder).",
+        **fv,
     )
     flags.DEFINE_string(
         "tfds_name",
         None,
         "A single-label TFDS dataset instead of --data_dir, e.g. imagenet2012 (prepared from "
         "--tfds_manual_dir on first use).",
+        **fv,
     )
-    flags.DEFINE_string("tfds_split", "validation", "TFDS split to evaluate.")
-    flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir (default: ~/tensorflow_datasets).")
+    flags.DEFINE_string("tfds_split", "validation", "TFDS split to evaluate.", **fv)
+    flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir (default: ~/tensorflow_datasets).", **fv)
     flags.DEFINE_string(
         "tfds_manual_dir",
         None,
         "Folder holding the manually downloaded archives (ILSVRC2012_img_val.tar ...) for preparing it.",
+        **fv,
     )
     flags.DEFINE_list(
         "image_size",
         ["224"],
         "Comma-separated evaluation image sizes; each is a results entry (the paper reports 224 and 299).",
+        **fv,
     )
     flags.DEFINE_enum(
         "transform",
@@ -92,10 +103,14 @@ def define_flags() -> None:
         "Evaluation pre-processing: `reference` = the release's eval transform (central 80% crop, bilinear "
         "resize to S); `demo` = its demo scripts' (shorter side to 256/224 x S, centre crop S); `full` = the "
         "whole image resized to S (what the built-in demo recipe evaluates with).",
+        **fv,
     )
-    flags.DEFINE_integer("batch_size", 64, "Images per batch (per rank).")
+    flags.DEFINE_integer("batch_size", 64, "Images per batch (per rank).", **fv)
     flags.DEFINE_integer(
-        "max_batches", 0, "Evaluate only this many batches per rank and size (0: all), for quick checks."
+        "max_batches",
+        0,
+        "Evaluate only this many batches per rank and size (0: all), for quick checks.",
+        **fv,
     )
     flags.DEFINE_string(
         "save_predictions",
@@ -103,56 +118,70 @@ def define_flags() -> None:
         "Also save the scores (sigmoid or softmax) and labels as FILE.npz for --predictions; `.SIZE` is "
         "inserted with several --image_size values and `.rankR` under horovodrun (each rank saves its own "
         "shard). Holds N x C float32 in memory: for moderate sets.",
+        **fv,
     )
     flags.DEFINE_list(
         "topk",
         ["5", "10"],
         "Comma-separated k values for the multi-label precision@k, recall@k, F1@k (the reference reports "
         "5 and 10). Single-label data always reports top-1 and top-5 accuracy.",
+        **fv,
     )
     flags.DEFINE_float(
         "label_threshold",
         0.5,
         "Multi-label: class j is a ground-truth positive of an image when its label >= this value "
         "(the released lists hold confidences 1, 0.9 and 0.8).",
+        **fv,
     )
     flags.DEFINE_string(
         "output_json",
         None,
         "Also write the report here as JSON: task, num_images, results per image size, settings.",
+        **fv,
     )
     flags.DEFINE_bool(
         "apply_sigmoid",
         False,
         "--predictions, multi-label: the saved scores are logits; apply a sigmoid before evaluating (mAP "
         "needs probabilities in [0, 1]; top-k metrics are unchanged by it).",
+        **fv,
     )
     flags.DEFINE_integer(
         "num_bins",
         metrics.DEFAULT_NUM_BINS,
         "Multi-label: bins over [0, 1] of the per-class score histograms from which mAP is computed "
         "(memory: num_classes x num_bins x 16 bytes; more bins, closer to the exact AP).",
+        **fv,
     )
     flags.DEFINE_integer(
-        "chunk_size", 1024, "Rows of the predictions file read and evaluated at a time (memory vs speed)."
+        "chunk_size",
+        1024,
+        "Rows of the predictions file read and evaluated at a time (memory vs speed).",
+        **fv,
     )
     flags.register_validator(
         "topk",
         _positive_ints,
         message="--topk must be a comma-separated list of positive integers, e.g. 5,10",
+        **fv,
     )
     flags.register_validator(
         "image_size",
         _positive_ints,
         message="--image_size must be comma-separated positive integers, e.g. 224,299",
+        **fv,
     )
     flags.register_validator(
-        "label_threshold", lambda v: 0.0 < v <= 1.0, message="--label_threshold must be in (0, 1]"
+        "label_threshold",
+        lambda v: 0.0 < v <= 1.0,
+        message="--label_threshold must be in (0, 1]",
+        **fv,
     )
-    flags.register_validator("chunk_size", lambda v: v > 0, message="--chunk_size must be positive")
-    flags.register_validator("num_bins", lambda v: v > 0, message="--num_bins must be positive")
-    flags.register_validator("batch_size", lambda v: v > 0, message="--batch_size must be positive")
-    flags.register_validator("max_batches", lambda v: v >= 0, message="--max_batches must be >= 0")
+    flags.register_validator("chunk_size", lambda v: v > 0, message="--chunk_size must be positive", **fv)
+    flags.register_validator("num_bins", lambda v: v > 0, message="--num_bins must be positive", **fv)
+    flags.register_validator("batch_size", lambda v: v > 0, message="--batch_size must be positive", **fv)
+    flags.register_validator("max_batches", lambda v: v >= 0, message="--max_batches must be >= 0", **fv)
 
 
 def _positive_ints(values: list[str]) -> bool:
@@ -163,53 +192,53 @@ def _unique_ints(values: list[str]) -> tuple[int, ...]:
     return tuple(dict.fromkeys(int(v) for v in values))  # keeps the order, drops repeats
 
 
-def main(argv: list[str]) -> None:
+def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
+    """The script: `argv` as left by absl's parsing of `flag_values` (app.run passes only argv)."""
+    f = flag_values
     # One line, not absl's usage text (the whole module docstring) under the error.
     if len(argv) > 1:
         sys.exit(f"evaluate.py: error: unexpected arguments {argv[1:]}; see --help")
-    if not FLAGS.predictions and not FLAGS.checkpoint:
+    if not f.predictions and not f.checkpoint:
         sys.exit(
             "evaluate.py: error: give --checkpoint (with --data_dir or --tfds_name) or --predictions; "
             "see --help"
         )
-    if FLAGS.predictions and FLAGS.checkpoint:
+    if f.predictions and f.checkpoint:
         sys.exit("evaluate.py: error: give --checkpoint or --predictions, not both; see --help")
     settings = report.EvalSettings(
-        topk=_unique_ints(FLAGS.topk),
-        label_threshold=FLAGS.label_threshold,
-        num_bins=FLAGS.num_bins,
-        apply_sigmoid=FLAGS.apply_sigmoid,
-        chunk_size=FLAGS.chunk_size,
+        topk=_unique_ints(f.topk),
+        label_threshold=f.label_threshold,
+        num_bins=f.num_bins,
+        apply_sigmoid=f.apply_sigmoid,
+        chunk_size=f.chunk_size,
     )
     dist = distributed.init()
     try:
-        if FLAGS.predictions:
-            result = predictions.evaluate_predictions(
-                FLAGS.predictions, settings, show_progress=dist.is_chief
-            )
+        if f.predictions:
+            result = predictions.evaluate_predictions(f.predictions, settings, show_progress=dist.is_chief)
         else:
             config = evaluation.ModelEvalConfig(
-                checkpoint=FLAGS.checkpoint,
-                data_dir=FLAGS.data_dir or "",
-                split_prefix=FLAGS.split_prefix,
-                tfds_name=FLAGS.tfds_name or "",
-                tfds_split=FLAGS.tfds_split,
-                tfds_data_dir=FLAGS.tfds_data_dir or "",
-                tfds_manual_dir=FLAGS.tfds_manual_dir or "",
-                image_sizes=_unique_ints(FLAGS.image_size),
-                transform=FLAGS.transform,
-                batch_size=FLAGS.batch_size,
-                max_batches=FLAGS.max_batches,
-                depth=FLAGS.depth,
-                save_predictions=FLAGS.save_predictions or "",
+                checkpoint=f.checkpoint,
+                data_dir=f.data_dir or "",
+                split_prefix=f.split_prefix,
+                tfds_name=f.tfds_name or "",
+                tfds_split=f.tfds_split,
+                tfds_data_dir=f.tfds_data_dir or "",
+                tfds_manual_dir=f.tfds_manual_dir or "",
+                image_sizes=_unique_ints(f.image_size),
+                transform=f.transform,
+                batch_size=f.batch_size,
+                max_batches=f.max_batches,
+                depth=f.depth,
+                save_predictions=f.save_predictions or "",
             )
             result = evaluation.evaluate_checkpoint(config, settings, dist=dist)
     except (report.EvaluationInputError, input_pipeline.BadRecordError) as e:
         sys.exit(f"evaluate.py: error: {e}")
     if dist.is_chief:  # Horovod: every rank holds the global report; only the chief prints and writes it.
         print(report.format_table(result))
-        if FLAGS.output_json:
-            report.write_json(result, FLAGS.output_json)
+        if f.output_json:
+            report.write_json(result, f.output_json)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Tests of tools/benchmark.py (and its modules in tools/benchmarks/): every subcommand runs at toy sizes and
+"""Tests of tools/benchmark.py (and its modules in tools/benchmarks/): every subcommand runs at toy sizes (in
+this process through `tools.benchmark.run`; `augment`, the usage error and horovodrun in fresh processes) and
 prints parseable JSON lines with the expected keys (no timing assertions), each subcommand takes only its own
 flags and every documented command parses, and the speed work behind the `pipeline` figures keeps the outputs:
 the fused colour ops equal the tf.image kernels at full size, and the pipeline equals the per-image
@@ -19,7 +20,17 @@ TINY_IMAGES = ["--num_images=8", "--image_width=64", "--image_height=48", "--num
 TINY_MODEL = ["--depth=14", "--base_width=8", "--num_classes=10", "--image_size=32", "--batch_size=2"]
 
 
-def _run(*args: str, timeout: int = 600) -> list[dict]:
+def _run(capsys, *args: str) -> list[dict]:
+    """`tools/benchmark.py *args` in this process (`benchmark.run`, fresh flags): its JSON lines."""
+    from tools import benchmark
+
+    capsys.readouterr()
+    benchmark.run(args)
+    return _json_lines(capsys.readouterr().out)
+
+
+def _run_script(*args: str, timeout: int = 600) -> list[dict]:
+    """`python tools/benchmark.py *args` in a fresh interpreter: its JSON lines."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, BENCHMARK, *args], capture_output=True, text=True, env=env, timeout=timeout
@@ -50,9 +61,9 @@ def test_usage_error_lists_the_subcommands():
         assert name in proc.stderr
 
 
-def test_writer(tmp_path):
+def test_writer(tmp_path, capsys):
     lines = _run(
-        "writer", *TINY_IMAGES, "--workers=1", "--shards=2", "--compare", f"--image_cache={tmp_path}"
+        capsys, "writer", *TINY_IMAGES, "--workers=1", "--shards=2", "--compare", f"--image_cache={tmp_path}"
     )
     _check_machine(lines, "writer")
     named = _by_name(lines)
@@ -70,7 +81,9 @@ def test_writer(tmp_path):
 
 
 def test_augment():
-    lines = _run("augment", "--image_size=32", "--batch_size=2", "--steps=1", "--warmup=1")
+    # A fresh interpreter: augment sets TensorFlow's thread pools to one thread, which only a process that
+    # has not initialised TensorFlow yet can do (the machine line shows it took effect).
+    lines = _run_script("augment", "--image_size=32", "--batch_size=2", "--steps=1", "--warmup=1")
     _check_machine(lines, "augment")
     named = _by_name(lines)
     assert named["augment/machine"]["intra_op_threads"] == 1
@@ -78,8 +91,9 @@ def test_augment():
         assert named[f"augment/{name}"]["cpu_ms_per_image"] > 0
 
 
-def test_pipeline(tmp_path):
+def test_pipeline(tmp_path, capsys):
     lines = _run(
+        capsys,
         "pipeline",
         *TINY_IMAGES,
         "--image_size=32",
@@ -102,8 +116,8 @@ def test_pipeline(tmp_path):
     assert {"ours_vs_original", "ours_fraction_of_decode_only"} <= named["pipeline/speedup"].keys()
 
 
-def test_step():
-    lines = _run("step", *TINY_MODEL, "--steps=1", "--warmup=1")
+def test_step(capsys):
+    lines = _run(capsys, "step", *TINY_MODEL, "--steps=1", "--warmup=1")
     _check_machine(lines, "step")
     ours = _by_name(lines)["step/ours"]
     assert ours["model"] == "resnet14" and ours["depth"] == 14 and ours["precision"] == "fp32"
@@ -111,15 +125,17 @@ def test_step():
 
 
 @pytest.mark.slow
-def test_step_compare_runs_the_keras_reference_in_the_same_step():
-    lines = _run("step", *TINY_MODEL, "--steps=1", "--warmup=1", "--compare", "--reference_model=resnet50v2")
+def test_step_compare_runs_the_keras_reference_in_the_same_step(capsys):
+    lines = _run(
+        capsys, "step", *TINY_MODEL, "--steps=1", "--warmup=1", "--compare", "--reference_model=resnet50v2"
+    )
     named = _by_name(lines)
     assert named["step/keras_reference"]["model"] == "resnet50v2"
     assert named["step/ratio"]["ours_vs_keras_reference"] > 0
 
 
-def test_loss():
-    lines = _run("loss", *TINY_MODEL, "--num_classes=50", "--steps=1", "--warmup=1")
+def test_loss(capsys):
+    lines = _run(capsys, "loss", *TINY_MODEL, "--num_classes=50", "--steps=1", "--warmup=1")
     _check_machine(lines, "loss")
     named = _by_name(lines)
     for name in ("adaptive", "plain_sigmoid"):
@@ -127,7 +143,7 @@ def test_loss():
     fraction = named["loss/fraction_of_step"]
     assert fraction["step_ms"] > 0 and "measured" in fraction["step_source"]
     assert {"adaptive_fraction", "extra_over_plain_fraction"} <= fraction.keys()
-    given = _by_name(_run("loss", "--num_classes=50", "--batch_size=2", "--steps=1", "--step_ms=100"))
+    given = _by_name(_run(capsys, "loss", "--num_classes=50", "--batch_size=2", "--steps=1", "--step_ms=100"))
     assert given["loss/fraction_of_step"]["step_source"] == "--step_ms"
 
 
@@ -155,14 +171,17 @@ def test_allreduce_on_two_ranks():
     assert lines[1]["mb"] < lines[0]["mb"]
 
 
-def test_allreduce_single_process_without_horovodrun():
-    lines = _run("allreduce", "--depth=14", "--base_width=8", "--num_classes=10", "--steps=1", "--warmup=0")
+def test_allreduce_single_process_without_horovodrun(capsys):
+    lines = _run(
+        capsys, "allreduce", "--depth=14", "--base_width=8", "--num_classes=10", "--steps=1", "--warmup=0"
+    )
     gradients = _by_name(lines)["allreduce/gradients"]
     assert gradients["ranks"] == 1 and gradients["elements"] > 0 and "overhead_fraction" not in gradients
 
 
-def test_memory_list_tools(tmp_path):
+def test_memory_list_tools(tmp_path, capsys):
     lines = _run(
+        capsys,
         "memory",
         "--memory_lines=30,300",
         "--memory_tools=baseline,subset,dataset_stats",
@@ -179,8 +198,9 @@ def test_memory_list_tools(tmp_path):
 
 
 @pytest.mark.slow
-def test_memory_writer_tools(tmp_path):
+def test_memory_writer_tools(tmp_path, capsys):
     lines = _run(
+        capsys,
         "memory",
         "--memory_lines=40",
         "--memory_tools=writer_index,writer_missing_images",

@@ -10,6 +10,7 @@ import pytest
 from absl import app, flags
 
 from tests import datasets
+from tests.conftest import REPO_ROOT
 from training import cli, recipes, tf_logs
 
 
@@ -53,19 +54,36 @@ HELP = [
 ]
 
 
+@pytest.fixture(scope="module")
+def help_outputs() -> dict[str, tuple[str, str]]:
+    """`python <script> --help` of each script, run as a shell runs it: fresh interpreters, started together
+    (each spends most of its time importing TensorFlow: two cores do two at once). {script: (stdout, stderr)}"""
+    procs = {
+        script: subprocess.Popen(
+            [sys.executable, str(REPO_ROOT / script), "--help"],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for script, _ in HELP
+    }
+    try:
+        return {script: proc.communicate(timeout=300) for script, proc in procs.items()}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 @pytest.mark.parametrize(("script", "expected"), HELP, ids=[s for s, _ in HELP])
-def test_help_lists_the_flags_defined_in_training_cli(repo_root, script, expected):
-    proc = subprocess.run(
-        [sys.executable, str(repo_root / script), "--help"],
-        cwd=repo_root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]  # absl's --help exits with status 1
-    listed = set(re.findall(r"^\s+--(?:\[no\])?([A-Za-z0-9_]+)", proc.stdout, flags=re.M))
+def test_help_lists_the_flags_defined_in_training_cli(help_outputs, script, expected):
+    stdout, stderr = help_outputs[script]
+    assert "Traceback" not in stderr, stderr[-3000:]  # absl's --help exits with status 1
+    listed = set(re.findall(r"^\s+--(?:\[no\])?([A-Za-z0-9_]+)", stdout, flags=re.M))
     missing = set(expected()) - listed
-    assert not missing, f"{script} --help does not list {sorted(missing)}\n{proc.stderr[-2000:]}"
+    assert not missing, f"{script} --help does not list {sorted(missing)}\n{stderr[-2000:]}"
 
 
 def _record(pathname: str, level: int) -> logging.LogRecord:

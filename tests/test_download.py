@@ -26,6 +26,7 @@ from PIL import Image
 
 from data import download, images
 from data.download import DownloadConfig
+from tests import local_http
 
 FAST = DownloadConfig(threads=4, timeout_s=0.5, deadline_s=5.0, retries=2, backoff_s=0.01, backoff_max_s=0.05)
 TRICKLE_PERIOD_S = 0.2  # The trickling routes send one byte this often ...
@@ -165,9 +166,6 @@ class _Server:
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
 
     def url(self, name: str) -> str:
         return f"{self.base}/img/{name}"
@@ -175,17 +173,14 @@ class _Server:
 
 @pytest.fixture
 def no_proxy(monkeypatch):
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)  # Only talk to 127.0.0.1 directly.
+    local_http.clear_proxies(monkeypatch)
 
 
 @pytest.fixture
 def server(no_proxy):
     s = _Server()
-    s.thread.start()
-    yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
+    with local_http.serving(s.httpd):
+        yield s
 
 
 @pytest.fixture

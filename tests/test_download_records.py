@@ -23,6 +23,7 @@ from PIL import Image
 
 from data import download, download_records, schema, tfrecord
 from data.download import DownloadConfig
+from tests import local_http
 from tests.test_download import _png_bomb
 
 FAST = DownloadConfig(
@@ -86,14 +87,10 @@ class _Server:
 
 @pytest.fixture
 def server(monkeypatch):
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)  # Only talk to 127.0.0.1 directly.
+    local_http.clear_proxies(monkeypatch)
     s = _Server()
-    thread = threading.Thread(target=s.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
+    with local_http.serving(s.httpd):
+        yield s
 
 
 # One of every kind of line; the bad ones are spread over the shards.
@@ -260,6 +257,21 @@ def _env() -> dict[str, str]:
     }
 
 
+def _four_shard_command(repo_root, url_list, out, *, workers: int) -> list[str]:
+    """`python data/download.py` writing `url_list` as 4 record shards into `out` (2 threads, no bar)."""
+    return [
+        sys.executable,
+        str(repo_root / "data" / "download.py"),
+        f"--url_list={url_list}",
+        f"--output_records={out}",
+        f"--num_classes={NUM_CLASSES}",
+        "--shards=4",
+        f"--workers={workers}",
+        "--threads=2",
+        "--noprogress",
+    ]
+
+
 @pytest.mark.slow
 def test_kill_9_then_rerun_fetches_only_unfinished_shards(server, tmp_path, repo_root):
     """kill -9 of the one pass (2 worker processes) after its first shard: the re-run keeps the finished
@@ -269,17 +281,7 @@ def test_kill_9_then_rerun_fetches_only_unfinished_shards(server, tmp_path, repo
     (tmp_path / "urls.txt").write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
     server.delay = 0.1  # 12 URLs per shard, 2 threads: about 0.6 s per shard.
-    cmd = [
-        sys.executable,
-        str(repo_root / "data" / "download.py"),
-        f"--url_list={tmp_path / 'urls.txt'}",
-        f"--output_records={out}",
-        f"--num_classes={NUM_CLASSES}",
-        "--shards=4",
-        "--workers=2",
-        "--threads=2",
-        "--noprogress",
-    ]
+    cmd = _four_shard_command(repo_root, tmp_path / "urls.txt", out, workers=2)
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 90
@@ -428,17 +430,7 @@ def test_cli_ctrl_c_keeps_finished_shards_and_exits_130(server, tmp_path, repo_r
     (tmp_path / "urls.txt").write_text("".join(f"{server.url(n)}\t1:1\n" for n in names))
     out = tmp_path / "out"
     server.delay = 0.2  # 10 URLs per shard, 2 threads: about 1 s per shard.
-    cmd = [
-        sys.executable,
-        str(repo_root / "data" / "download.py"),
-        f"--url_list={tmp_path / 'urls.txt'}",
-        f"--output_records={out}",
-        f"--num_classes={NUM_CLASSES}",
-        "--shards=4",
-        "--workers=1",
-        "--threads=2",
-        "--noprogress",
-    ]
+    cmd = _four_shard_command(repo_root, tmp_path / "urls.txt", out, workers=1)
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60

@@ -1,16 +1,18 @@
 """evaluate.py end to end (--predictions; --checkpoint on our TFRecords, a TF1 checkpoint, mocked TFDS ImageNet)
 and the checks of training/evaluation.py."""
 
+import contextlib
+import io
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from absl import flags
 
+import evaluate
 from models import pretrained
-from tests.conftest import REPO_ROOT
+from tests.scripts import run_in_process, run_script
 from tests.test_metrics import random_multilabel, reference_multilabel, reference_single_label
 from training import evaluation
 from training import predictions as predictions_lib
@@ -19,14 +21,23 @@ from training import report as report_lib
 SETTINGS = report_lib.EvalSettings(topk=(1, 3), num_bins=32, chunk_size=16)
 
 
-def run_cli(repo_root, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(repo_root / "evaluate.py"), *args],
-        cwd=repo_root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def run_cli(*args: str) -> tuple[str, str]:
+    """`python evaluate.py *args` in this process (a fresh FlagValues): what it printed on stdout and stderr
+    (the table; the tqdm bars)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        run_in_process(evaluate, args)
+    return out.getvalue(), err.getvalue()
+
+
+def cli_error(*args: str) -> str:
+    """The message of the run `python evaluate.py *args` refuses: the script exits with it (status 1, the
+    one line on stderr, no traceback); tests/test_evaluate_usage.py checks one such exit as a shell sees it."""
+    with pytest.raises(SystemExit) as info:
+        run_cli(*args)
+    message = info.value.code
+    assert isinstance(message, str) and "\n" not in message, message
+    return message
 
 
 @pytest.fixture
@@ -47,18 +58,16 @@ def single_label_npz(tmp_path):
     return path, scores, labels
 
 
-def test_cli_multilabel_json_matches_direct_computation(repo_root, tmp_path, multilabel_npz):
+def test_cli_multilabel_json_matches_direct_computation(tmp_path, multilabel_npz):
     path, scores, labels = multilabel_npz
     out = tmp_path / "out" / "report.json"
-    proc = run_cli(
-        repo_root,
+    stdout, stderr = run_cli(
         f"--predictions={path}",
         "--topk=1,3,7",
         "--num_bins=32",
         "--chunk_size=10",
         f"--output_json={out}",
     )
-    assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
     expected = reference_multilabel(scores, labels, ks=(1, 3, 7))
     assert report["task"] == "multilabel"
@@ -70,36 +79,32 @@ def test_cli_multilabel_json_matches_direct_computation(repo_root, tmp_path, mul
     assert report["settings"]["topk"] == [1, 3, 7]
     assert report["settings"]["label_threshold"] == 0.5
     assert report["settings"]["num_classes"] == 7
-    assert f"{100 * expected['precision@3']:.2f}" in proc.stdout  # the table
-    assert "100%" in proc.stderr  # tqdm finished
+    assert f"{100 * expected['precision@3']:.2f}" in stdout  # the table
+    assert "100%" in stderr  # tqdm finished
 
 
-def test_cli_single_label_json_matches_direct_computation(repo_root, tmp_path, single_label_npz):
+def test_cli_single_label_json_matches_direct_computation(tmp_path, single_label_npz):
     path, scores, labels = single_label_npz
     out = tmp_path / "report.json"
-    proc = run_cli(repo_root, f"--predictions={path}", f"--output_json={out}", "--chunk_size=20")
-    assert proc.returncode == 0, proc.stderr
+    stdout, _ = run_cli(f"--predictions={path}", f"--output_json={out}", "--chunk_size=20")
     report = json.loads(out.read_text())
     expected = reference_single_label(scores.astype(np.float32), labels)
     assert report["task"] == "single_label" and report["num_images"] == 75
     assert set(report["results"]) == {"224"}  # named by the file's image_size
     assert report["results"]["224"]["top1"] == pytest.approx(expected["top1"])
     assert report["results"]["224"]["top5"] == pytest.approx(expected["top5"])
-    assert f"{100 * expected['top5']:.2f}" in proc.stdout
+    assert f"{100 * expected['top5']:.2f}" in stdout
 
 
-def test_cli_reports_bad_input_without_traceback(repo_root, tmp_path):
+def test_cli_reports_bad_input_without_traceback(tmp_path):
     path = tmp_path / "no_labels.npz"
     np.savez(path, scores=np.zeros((3, 4), np.float32))
-    proc = run_cli(repo_root, f"--predictions={path}")
-    assert proc.returncode == 1
-    assert "lacks array(s) ['labels']" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    message = cli_error(f"--predictions={path}")
+    assert message.startswith("evaluate.py: error:") and "lacks array(s) ['labels']" in message
 
 
-@pytest.mark.slow  # two more interpreter starts with a TensorFlow import (~10 s on 2 cores)
 def test_cli_help_explains_every_flag_and_rejects_bad_topk(repo_root):
-    proc = run_cli(repo_root, "--help")
+    proc = run_script(repo_root, "evaluate.py", "--help")  # the real script's --help
     for flag in (
         "predictions",
         "topk",
@@ -123,8 +128,8 @@ def test_cli_help_explains_every_flag_and_rejects_bad_topk(repo_root):
         "save_predictions",
     ):
         assert f"--{flag}" in proc.stdout or f"--[no]{flag}" in proc.stdout, flag
-    proc = run_cli(repo_root, "--predictions=x.npz", "--topk=5,ten")
-    assert proc.returncode != 0 and "comma-separated list of positive integers" in proc.stderr
+    with pytest.raises(flags.IllegalFlagValueError, match="comma-separated list of positive integers"):
+        run_cli("--predictions=x.npz", "--topk=5,ten")  # absl prints it as the usage error
 
 
 @pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
@@ -371,8 +376,7 @@ def cli_report(multilabel_setup):
     """evaluate.py --checkpoint run once on the split at two sizes, saving the predictions."""
     root = multilabel_setup["root"]
     out = root / "report.json"
-    proc = run_cli(
-        REPO_ROOT,
+    stdout, stderr = run_cli(
         f"--checkpoint={multilabel_setup['prefix']}",
         f"--data_dir={multilabel_setup['records']}",
         "--image_size=32,48",
@@ -382,12 +386,11 @@ def cli_report(multilabel_setup):
         f"--save_predictions={root / 'preds.npz'}",
         f"--output_json={out}",
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(out.read_text()), proc
+    return json.loads(out.read_text()), stdout, stderr
 
 
 def test_cli_checkpoint_report_matches_direct_computation(cli_report, multilabel_setup):
-    report, proc = cli_report
+    report, stdout, stderr = cli_report
     assert report["task"] == "multilabel" and report["num_images"] == 10
     assert set(report["results"]) == {"32", "48"}
     for size, expected in multilabel_setup["expected"].items():
@@ -402,12 +405,12 @@ def test_cli_checkpoint_report_matches_direct_computation(cli_report, multilabel
     assert settings["image_sizes"] == [32, 48] and settings["topk"] == [1, 3]
     assert settings["label_format"] == "sparse" and settings["transform"] == "reference"
     assert settings["num_ranks"] == 1
-    assert f"{100 * report['results']['48']['precision@3']:.2f}" in proc.stdout  # the table
-    assert "evaluate @48" in proc.stderr and "10/10" in proc.stderr  # the progress bar knew the total
+    assert f"{100 * report['results']['48']['precision@3']:.2f}" in stdout  # the table
+    assert "evaluate @48" in stderr and "10/10" in stderr  # the progress bar knew the total
 
 
 def test_saved_predictions_round_trip(cli_report, multilabel_setup):
-    report, _ = cli_report
+    report = cli_report[0]
     root = multilabel_setup["root"]
     assert report["settings"]["predictions_files"] == [str(root / "preds.32.npz"), str(root / "preds.48.npz")]
     for size in ("32", "48"):
@@ -423,7 +426,7 @@ def test_tf1_checkpoint_gives_the_same_numbers(cli_report, multilabel_setup):
     from models import tf1_checkpoint
     from tests.test_tf1_checkpoint import write_tf1_checkpoint
 
-    report, _ = cli_report
+    report = cli_report[0]
     values = {
         name: v.numpy() for name, v in tf1_checkpoint.tf1_variable_map(multilabel_setup["model"]).items()
     }
@@ -541,7 +544,7 @@ def test_checkpoint_and_source_errors(multilabel_setup, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing_checkpoint", "class_mismatch", "no_manifest"])
-def test_cli_errors_are_one_line(case, multilabel_setup, repo_root, tmp_path):
+def test_cli_errors_are_one_line(case, multilabel_setup, tmp_path):
     import tensorflow as tf
 
     checkpoint, data_dir = multilabel_setup["prefix"], multilabel_setup["records"]
@@ -552,17 +555,14 @@ def test_cli_errors_are_one_line(case, multilabel_setup, repo_root, tmp_path):
         match = "has 12 classes but the checkpoint's head has 7"
     else:
         data_dir, match = tmp_path, "no manifest"
-    proc = run_cli(repo_root, f"--checkpoint={checkpoint}", f"--data_dir={data_dir}", "--image_size=32")
-    assert proc.returncode == 1
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("evaluate.py: error:")]
-    assert len(errors) == 1 and match in errors[0], proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
+    message = cli_error(f"--checkpoint={checkpoint}", f"--data_dir={data_dir}", "--image_size=32")
+    assert message.startswith("evaluate.py: error:") and match in message, message
 
 
-def test_tfds_imagenet_mock(repo_root, tmp_path):
+def test_tfds_imagenet_mock(tmp_path):
     """ImageNet through TFDS, offline: `tfds.testing.mock_data` makes tfds.load('imagenet2012') yield
-    random JPEGs (5-50 px sides, labels in [0, 1000)). The mock lives in one process, so evaluate.py runs
-    inside it through runpy (the real --tfds_name flag path), in a subprocess started with the mock."""
+    random JPEGs (5-50 px sides, labels in [0, 1000)). The mock lives in this process, so evaluate.py's
+    command line (the real --tfds_name flag path) runs in it, inside the mock."""
     tfds = pytest.importorskip("tensorflow_datasets")
     import tensorflow as tf
 
@@ -583,30 +583,14 @@ def test_tfds_imagenet_mock(repo_root, tmp_path):
     assert expected["top1"] > 0
     prefix = tf.train.Checkpoint(model=model).write(str(tmp_path / "imagenet"))
     out = tmp_path / "report.json"
-    launcher = (
-        "import runpy, sys\n"
-        "import tensorflow_datasets as tfds\n"
-        f"with tfds.testing.mock_data(num_examples={num_examples}):\n"
-        "    sys.argv = ['evaluate.py', *sys.argv[1:]]\n"
-        "    runpy.run_path('evaluate.py', run_name='__main__')\n"
-    )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            launcher,
+    with tfds.testing.mock_data(num_examples=num_examples):
+        run_cli(
             f"--checkpoint={prefix}",
             "--tfds_name=imagenet2012",
             "--image_size=32",
             "--batch_size=4",
             f"--output_json={out}",
-        ],
-        cwd=repo_root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+        )
     report = json.loads(out.read_text())
     assert report["task"] == "single_label" and report["num_images"] == num_examples
     assert report["settings"]["tfds_name"] == "imagenet2012" and report["settings"]["topk"] == [1, 5]
@@ -619,7 +603,7 @@ def test_tfds_imagenet_mock(repo_root, tmp_path):
 def test_two_horovod_ranks_match_one_process(cli_report, multilabel_setup, repo_root):
     from tests.hvd import run_two_ranks
 
-    report, _ = cli_report
+    report = cli_report[0]
     root = multilabel_setup["root"]
     out = root / "hvd.json"
     run_two_ranks(
@@ -683,10 +667,9 @@ def test_multilabel_label_minus_1_is_ignored(tmp_path):
     assert zero["results"][predictions_lib.PREDICTIONS_KEY]["mAP"] == pytest.approx(0.75)
 
 
-def test_cli_rejects_out_of_range_labels_in_one_line(tmp_path, repo_root):
+def test_cli_rejects_out_of_range_labels_in_one_line(tmp_path):
     labels = np.zeros((3, 4), np.float32)
     labels[1, 2] = 3.0
     np.savez(tmp_path / "bad.npz", scores=np.full((3, 4), 0.5, np.float32), labels=labels)
-    proc = run_cli(repo_root, f"--predictions={tmp_path / 'bad.npz'}", "--topk=1")
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert "evaluate.py: error: multi-label `labels` must be confidences in [0, 1] or -1" in proc.stderr
+    message = cli_error(f"--predictions={tmp_path / 'bad.npz'}", "--topk=1")
+    assert message.startswith("evaluate.py: error: multi-label `labels` must be confidences in [0, 1] or -1")

@@ -3,7 +3,7 @@
 The fresh process is what is tested: `tf.saved_model.load` there has nothing of this project imported, so
 the pre-processing must be inside the graph. It runs the signature on the release's sample JPEGs (or, where
 those are absent, JPEGs written here) and saves its outputs; the Python path is `data.preprocessing`'s
-transform of the same files and the Keras model.
+transform of the same files and the Keras model. One such process loads every SavedModel exported here.
 """
 
 import io
@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from data import preprocessing
 from models import pretrained, resnet, tf1_checkpoint
+from tests.scripts import run_in_process, run_script
 from tests.test_evaluate import BASE_WIDTH, tiny_model, write_jpegs
 from tests.test_pretrained import write_release_checkpoint
 from tools import export
@@ -29,35 +30,39 @@ SIZE = 32
 # The SavedModel's graph vs eager Keras on the same pixels: only float32 rounding of op fusion/ordering
 # differs (measured at most 1.8e-7 on the release's JPEGs at 32 and 224 px).
 TOLERANCE = 1e-5
+# The (num_classes, transform) of our checkpoints exported and served: a multi-label and an ImageNet head.
+SERVED = [(7, "demo"), (1000, "reference")]
 
 LOADER = textwrap.dedent(
     """
-    import sys
+    import json, sys
     import numpy as np
     import tensorflow as tf
-    saved_model, out, *paths = sys.argv[1:]
-    serve = tf.saved_model.load(saved_model).signatures["serving_default"]
+    saved_models, *paths = sys.argv[1:]
     data = [open(p, "rb").read() for p in paths]
-    outputs = serve(image_bytes=tf.constant(data))
+    for saved_model, out in json.loads(saved_models).items():
+        serve = tf.saved_model.load(saved_model).signatures["serving_default"]
+        outputs = serve(image_bytes=tf.constant(data))
+        np.savez(out, **{k: v.numpy() for k, v in outputs.items()})
     assert not {m.split(".")[0] for m in sys.modules} & {"data", "models", "training", "tools"}
-    np.savez(out, **{k: v.numpy() for k, v in outputs.items()})
     """
 )
 
 
-def run_saved_model(saved_model, paths, tmp_path):
-    """The signature's outputs on `paths`, computed in a fresh process that imports nothing of the project."""
-    out = tmp_path / "served.npz"
+def run_saved_models(saved_models, paths, folder):
+    """{name: the signature's outputs on `paths`} for {name: SavedModel folder}, computed in one fresh process
+    that imports nothing of the project."""
+    outs = {str(path): str(folder / f"served_{name}.npz") for name, path in saved_models.items()}
     proc = subprocess.run(
-        [sys.executable, "-c", LOADER, str(saved_model), str(out), *map(str, paths)],
-        cwd=tmp_path,
+        [sys.executable, "-c", LOADER, json.dumps(outs), *map(str, paths)],
+        cwd=folder,
         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return dict(np.load(out))
+    return {name: dict(np.load(folder / f"served_{name}.npz")) for name in saved_models}
 
 
 def python_path(model, paths, *, transform, activation):
@@ -83,20 +88,45 @@ def with_exif(jpeg: bytes, orientation: int, *, byte_order: str = "II") -> bytes
     return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
 
 
-@pytest.fixture
-def images(tmp_path):
-    """The release's four sample JPEGs when present (large photos: real decoding), else 3 written here;
-    then one stored rotated (EXIF orientation 6), which the demo transform turns upright."""
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """The SavedModels of the tests below, served in one fresh process on the same images: the release's four
+    sample JPEGs when present (large photos: real decoding), else 3 written here; then one stored rotated
+    (EXIF orientation 6), which the demo transform turns upright."""
     from tests.conftest import REFERENCE_DIR
 
+    root = tmp_path_factory.mktemp("export")
     folder = REFERENCE_DIR / "images"
     if folder.is_dir():
         paths = sorted(folder.glob("*.jpg"))
     else:
-        paths = [tmp_path / "jpegs" / n for n in write_jpegs(tmp_path / "jpegs", 3)]
-    rotated = tmp_path / "rotated.jpg"
+        paths = [root / "jpegs" / n for n in write_jpegs(root / "jpegs", 3)]
+    rotated = root / "rotated.jpg"
     rotated.write_bytes(with_exif(paths[-1].read_bytes(), 6))
-    return [*paths, rotated]
+    images = [*paths, rotated]
+
+    runs = {}
+    for num_classes, transform in SERVED:  # ours, exported as train.py saves it
+        name = f"{num_classes}-{transform}"
+        model = tiny_model(num_classes, seed=4)
+        prefix = tf.train.Checkpoint(model=model).write(str(root / name / "ckpt" / "ckpt-1"))
+        manifest = export.export(prefix, str(root / name / "out"), transform=transform, image_size=SIZE)
+        runs[name] = {"model": model, "manifest": manifest}
+    # A checkpoint as the release's train.py saves it (model + step, Momentum slots, loss counters).
+    model = tiny_model(7, seed=6)
+    values = {name: v.numpy() for name, v in tf1_checkpoint.tf1_variable_map(model).items()}
+    prefix = write_release_checkpoint(root / "release" / "model.ckpt", values, num_classes=7)
+    runs["tf1"] = {
+        "model": model,
+        "manifest": export.export(prefix, str(root / "tf1" / "out"), image_size=SIZE),
+    }
+
+    served = run_saved_models(
+        {name: root / name / "out" / export.SAVED_MODEL_DIR for name in runs}, images, root
+    )
+    for name, run in runs.items():
+        run["served"] = served[name]
+    return images, runs
 
 
 @pytest.mark.parametrize("byte_order", ["II", "MM"])
@@ -119,15 +149,14 @@ def test_exif_orientation_in_tf_ops_matches_pillow(byte_order):
     assert int(read(tf.constant(plain.getvalue()[:40]))) == 1  # cut short: no read past the end
 
 
-@pytest.mark.parametrize("num_classes, transform", [(7, "demo"), (1000, "reference")])
-def test_saved_model_matches_the_python_path(tmp_path, images, num_classes, transform):
-    model = tiny_model(num_classes, seed=4)
-    prefix = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt" / "ckpt-1"))
-    manifest = export.export(prefix, str(tmp_path / "out"), transform=transform, image_size=SIZE)
+@pytest.mark.parametrize("num_classes, transform", SERVED)
+def test_saved_model_matches_the_python_path(exported, num_classes, transform):
+    images, runs = exported
+    run = runs[f"{num_classes}-{transform}"]
+    model, manifest, served = run["model"], run["manifest"], run["served"]
     activation = "softmax" if num_classes == 1000 else "sigmoid"
     assert manifest["probabilities"] == activation and manifest["feature_dim"] == 32 * BASE_WIDTH
 
-    served = run_saved_model(tmp_path / "out" / export.SAVED_MODEL_DIR, images, tmp_path)
     probabilities, features = python_path(model, images, transform=transform, activation=activation)
     assert served["probabilities"].shape == (len(images), num_classes)
     assert served["features"].shape == (len(images), 32 * BASE_WIDTH)
@@ -161,17 +190,14 @@ def test_keras_files_and_class_names(tmp_path, reference_dir):
     assert manifest["checkpoint_kind"] == "ours" and manifest["num_classes"] == 1000
 
 
-def test_release_tf1_checkpoint(tmp_path, images):
+def test_release_tf1_checkpoint(exported):
     """A checkpoint as the release's train.py saves it (model + step, Momentum slots, loss counters)."""
-    model = tiny_model(7, seed=6)
-    values = {name: v.numpy() for name, v in tf1_checkpoint.tf1_variable_map(model).items()}
-    prefix = write_release_checkpoint(tmp_path / "release" / "model.ckpt", values, num_classes=7)
-    manifest = export.export(prefix, str(tmp_path / "out"), image_size=SIZE)
-    assert manifest["checkpoint_kind"] == "tf1"
-    served = run_saved_model(tmp_path / "out" / export.SAVED_MODEL_DIR, images, tmp_path)
-    probabilities, features = python_path(model, images, transform="demo", activation="sigmoid")
-    np.testing.assert_allclose(served["probabilities"], probabilities, atol=TOLERANCE, rtol=0)
-    np.testing.assert_allclose(served["features"], features, atol=TOLERANCE, rtol=0)
+    images, runs = exported
+    run = runs["tf1"]
+    assert run["manifest"]["checkpoint_kind"] == "tf1"
+    probabilities, features = python_path(run["model"], images, transform="demo", activation="sigmoid")
+    np.testing.assert_allclose(run["served"]["probabilities"], probabilities, atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(run["served"]["features"], features, atol=TOLERANCE, rtol=0)
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path):
@@ -181,30 +207,17 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
         export.export(str(tmp_path / "nothing"), str(tmp_path / "out"))
 
 
-def test_command_line(tmp_path, repo_root):
-    """The script runs as `python tools/export.py` (tools/ is not an installed package)."""
+def test_command_line(tmp_path, repo_root, capsys):
+    """The command line in this process; then the script as a shell runs it, `python tools/export.py` (tools/
+    is not an installed package): it starts, parses its flags and refuses a missing checkpoint in one line."""
     prefix = tf.train.Checkpoint(model=tiny_model(7, seed=7)).write(str(tmp_path / "ckpt" / "ckpt-1"))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "tools/export.py",
-            f"--checkpoint={prefix}",
-            f"--output_dir={tmp_path / 'out'}",
-            f"--image_size={SIZE}",
-        ],
-        cwd=repo_root,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    run_in_process(
+        export, [f"--checkpoint={prefix}", f"--output_dir={tmp_path / 'out'}", f"--image_size={SIZE}"]
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "ResNet-14 (7 classes, sigmoid" in proc.stdout
+    assert "ResNet-14 (7 classes, sigmoid" in capsys.readouterr().out
     assert (tmp_path / "out" / export.NAMES_FILE).read_text().splitlines() == [str(i) for i in range(7)]
-    bad = subprocess.run(
-        [sys.executable, "tools/export.py", f"--checkpoint={tmp_path}/none", f"--output_dir={tmp_path}/o"],
-        cwd=repo_root,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    bad = run_script(
+        repo_root, "tools/export.py", f"--checkpoint={tmp_path}/none", f"--output_dir={tmp_path}/o"
     )
     assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith("export.py: error:")
+    assert "not found" in bad.stderr

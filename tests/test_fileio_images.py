@@ -2,14 +2,13 @@
 
 import io
 import os
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from data import fileio, images
+from tests.png_bomb import bomb_png
 
 
 def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
@@ -42,26 +41,14 @@ def _png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
     return out.getvalue()
 
 
-def _bomb_png(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height; its (absent) pixels are never needed by a header check."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-    )
-
-
 def test_open_image_refuses_too_many_pixels_from_the_header():
     with pytest.raises(images.BadImage) as e:
-        images.open_image(_bomb_png(30000, 30000), max_pixels=100_000_000)
+        images.open_image(bomb_png(30000, 30000), max_pixels=100_000_000)
     assert e.value.reason.startswith("too many pixels: 900.0 MP > 100.0 MP")
     with pytest.raises(images.BadImage) as e:
-        images.open_image(_bomb_png(12000, 10000), max_pixels=100_000_000)
+        images.open_image(bomb_png(12000, 10000), max_pixels=100_000_000)
     assert e.value.reason.startswith("too many pixels: 12000x10000 = 120.0 MP > 100.0 MP")
-    assert images.open_image(_bomb_png(100, 100), max_pixels=100_000_000).size == (100, 100)
+    assert images.open_image(bomb_png(100, 100), max_pixels=100_000_000).size == (100, 100)
 
 
 @pytest.mark.parametrize(

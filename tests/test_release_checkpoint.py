@@ -110,15 +110,16 @@ def test_load_tf1_checkpoint_reproduces_the_graph_and_sorts_the_entries(release,
     assert pos.numpy().tolist() == [1.0] * 5
 
 
-def test_convert_tool(release, tmp_path):
+def _convert(release, output):
+    """tools/convert_checkpoint.py's conversion of the graph's pretraining checkpoint to ours at `output`."""
     _, meta = release
-    summary = convert_checkpoint.convert(
-        _pretrain(release),
-        depth=14,
-        num_classes=None,
-        output=str(tmp_path / "ours"),
-        base_width=meta["base_width"],
+    return convert_checkpoint.convert(
+        _pretrain(release), depth=14, num_classes=None, output=str(output), base_width=meta["base_width"]
     )
+
+
+def test_convert_tool(release, tmp_path):
+    summary = _convert(release, tmp_path / "ours")
     assert "Momentum slots" in summary["source"] and "loss counters" in summary["source"]
     model, info = pretrained.load_model(summary["path"])  # ours now: what evaluate.py reads back
     assert info.kind == "ours"
@@ -316,14 +317,7 @@ def test_finetune_checkpoint_slots_cover_only_its_trained_variables(release):
 
 
 def test_init_optimizer_state_needs_a_tf1_checkpoint(release, demo_data, tmp_path):
-    _, meta = release
-    ours = convert_checkpoint.convert(
-        _pretrain(release),
-        depth=14,
-        num_classes=None,
-        output=str(tmp_path / "ours"),
-        base_width=meta["base_width"],
-    )
+    ours = _convert(release, tmp_path / "ours")
     config = _config(
         release, demo_data, tmp_path / "run", init_checkpoint=ours["path"], init_optimizer_state=True
     )

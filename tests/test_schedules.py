@@ -8,7 +8,9 @@ import sys
 import keras
 import pytest
 import tensorflow as tf
+from absl import app, flags
 
+from tests import entry_points
 from training import config as config_lib
 from training import recipes, schedules
 
@@ -165,25 +167,13 @@ def test_validate_names_the_problem():
         config_lib.validate(dataclasses.replace(recipes.PRETRAIN, intra_op_threads=-1))
 
 
-def _dry_run(repo_root, script, *args):
-    proc = subprocess.run(
-        [sys.executable, str(repo_root / script), "--dry_run", *args],
-        cwd=repo_root,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout)  # exactly one JSON object on stdout
+def _dry_run(*args, finetune=False):
+    """`train.py --dry_run *args` (or finetune.py) in this process: exactly one JSON object on stdout."""
+    return json.loads(entry_points.run(["--dry_run", *args], finetune=finetune))
 
 
-def test_train_dry_run_prints_the_reference_values(repo_root):
-    report = _dry_run(
-        repo_root,
-        "train.py",
-        "--simulate_workers=128",
-        "--lr_probe_steps=0,4399,4400,35199,35200,110000,110001",
-    )
+def test_train_dry_run_prints_the_reference_values():
+    report = _dry_run("--simulate_workers=128", "--lr_probe_steps=0,4399,4400,35199,35200,110000,110001")
     assert report["lr"] == {
         "0": 0.01,
         "4399": 0.01,
@@ -201,9 +191,9 @@ def test_train_dry_run_prints_the_reference_values(repo_root):
     assert math.isclose(report["lr"]["35199"], 0.01 * 1.297**7, rel_tol=1e-11)
 
 
-def test_finetune_dry_run_probes_lr_and_image_size(repo_root):
+def test_finetune_dry_run_probes_lr_and_image_size():
     report = _dry_run(
-        repo_root, "finetune.py", "--ckpt=ckpt3", "--simulate_workers=4", "--lr_probe_steps=0,150000,300000"
+        "--ckpt=ckpt3", "--simulate_workers=4", "--lr_probe_steps=0,150000,300000", finetune=True
     )
     assert report["recipe"] == "ckpt3" and report["global_batch"] == 256 and report["frozen_stages"] == 2
     assert report["lr"] == {"0": 0.1, "150000": 0.01, "300000": 0.001}
@@ -211,41 +201,35 @@ def test_finetune_dry_run_probes_lr_and_image_size(repo_root):
     assert "RECONSTRUCTED" in report["provenance"]
 
 
-def test_dry_run_overrides_and_bad_flags(repo_root):
-    report = _dry_run(
-        repo_root,
-        "train.py",
-        "--per_rank_batch=8",
-        "--noscale_schedule",
-        "--train_steps=7",
-        "--image_sizes=32,48@4",
-    )
+def test_dry_run_overrides_and_bad_flags():
+    report = _dry_run("--per_rank_batch=8", "--noscale_schedule", "--train_steps=7", "--image_sizes=32,48@4")
     assert report["train_steps"] == 7 and report["image_sizes"] == [[0, 32], [4, 48]]
     assert report["schedule"]["values"][0] == 0.08  # not rescaled to the batch of 8
-    proc = subprocess.run(
-        [sys.executable, str(repo_root / "train.py"), "--dry_run", "--no_such_flag=1"],
-        cwd=repo_root,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode != 0 and "no_such_flag" in proc.stderr
+    with pytest.raises(flags.UnrecognizedFlagError, match="no_such_flag"):
+        _dry_run("--no_such_flag=1")
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--image_sizes=224,299@0"], "first size starts at step 0"),
         (["--per_rank_batch=30", "--accum_steps=4"], "not a multiple of accum_steps"),
         (["--lr_probe_steps=1,x"], "non-negative integers"),
     ],
 )
-def test_bad_flag_values_are_one_line_usage_errors(repo_root, args, message):
+def test_bad_flag_values_are_usage_errors(args, message):
+    with pytest.raises(app.UsageError, match=message) as info:
+        _dry_run(*args)
+    assert "\n" not in str(info.value)  # one line under absl's usage text
+
+
+def test_a_bad_flag_value_is_a_one_line_usage_error_in_the_shell(repo_root):
+    """The same refusal as a shell sees it: app.run prints the usage error, no traceback, exit status 1."""
     proc = subprocess.run(
-        [sys.executable, str(repo_root / "train.py"), "--dry_run", *args],
+        [sys.executable, str(repo_root / "train.py"), "--dry_run", "--image_sizes=224,299@0"],
         cwd=repo_root,
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode != 0 and "first size starts at step 0" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -10,7 +10,6 @@ import shlex
 import struct
 import subprocess
 import sys
-import zlib
 
 import numpy as np
 import pytest
@@ -18,6 +17,8 @@ import tensorflow as tf
 from PIL import Image
 
 from data import schema, tfrecord
+from tests import entry_points
+from tests.png_bomb import bomb_png
 from training import input_pipeline
 
 beam = pytest.importorskip("apache_beam", reason="the beam extra (pip install -e .[beam]) is not installed")
@@ -46,18 +47,6 @@ def _png(pixels: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def _bomb_png(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height (the pixel limit is checked on the header)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-    )
-
-
 def _without_adobe_marker(jpeg: bytes) -> bytes:
     at = jpeg.index(b"\xff\xee")  # The APP14 "Adobe" segment Pillow writes into CMYK JPEGs.
     (length,) = struct.unpack(">H", jpeg[at + 2 : at + 4])
@@ -77,7 +66,7 @@ def _image_files(rng) -> dict[str, bytes]:
     files["text.jpg"] = b"this is not an image\n"
     whole = _jpeg(_pixels(rng, 64, 64))
     files["truncated.jpg"] = whole[: len(whole) // 2]
-    files["bomb.png"] = _bomb_png(30000, 30000)
+    files["bomb.png"] = bomb_png(30000, 30000)
     return files
 
 
@@ -358,7 +347,7 @@ def test_input_pipeline_reads_the_sparse_labels_as_the_writers_dense_vectors(bui
 
 
 @pytest.mark.slow
-def test_train_py_trains_on_the_tfds_dataset(built, repo_root, tmp_path):
+def test_train_py_trains_on_the_tfds_dataset(built, tmp_path):
     model_dir = tmp_path / "run"
     args = [
         "--tfds_name=ml_images/tiny",
@@ -376,15 +365,7 @@ def test_train_py_trains_on_the_tfds_dataset(built, repo_root, tmp_path):
         "--eval_every=2",
         "--eval_steps=1",
     ]
-    proc = subprocess.run(
-        [sys.executable, str(repo_root / "train.py"), *args],
-        cwd=repo_root,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    entry_points.run(args)  # train.py's command line, in this process
     lines = [json.loads(x) for x in (model_dir / "metrics.jsonl").read_text().splitlines()]
     train = [x for x in lines if x["kind"] == "train"]
     assert [x["step"] for x in train] == [1, 2] and all(np.isfinite(x["loss"]) for x in train)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
@@ -173,21 +174,27 @@ def export(
 FLAGS = flags.FLAGS
 
 
-def define_flags() -> None:
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Defines the script's flags on `flag_values` (a fresh one runs it in-process)."""
+    fv = {"flag_values": flag_values}
     flags.DEFINE_string(
         "checkpoint",
         None,
         "Model: a run directory or checkpoint prefix, ours or a released TF1 checkpoint (depth, width and "
         "head size are read from it).",
+        **fv,
     )
-    flags.DEFINE_string("output_dir", None, "Folder for model.keras, model.weights.h5, saved_model/, ...")
-    flags.DEFINE_integer("depth", None, "Expected ResNet depth; default: what the checkpoint holds.")
+    flags.DEFINE_string(
+        "output_dir", None, "Folder for model.keras, model.weights.h5, saved_model/, ...", **fv
+    )
+    flags.DEFINE_integer("depth", None, "Expected ResNet depth; default: what the checkpoint holds.", **fv)
     flags.DEFINE_enum(
         "head",
         "auto",
         list(image_classification.HEADS),
         "The SavedModel's probabilities: sigmoid (multi-label head), softmax (single-label head), or auto = "
         "softmax exactly when the head has 1000 classes (ImageNet), sigmoid otherwise.",
+        **fv,
     )
     flags.DEFINE_enum(
         "transform",
@@ -196,36 +203,47 @@ def define_flags() -> None:
         "Pre-processing inside the SavedModel: demo = the release's tools' (shorter side 256/224 x S, centre "
         "crop S; with the EXIF orientation); reference = its evaluation transform (central 80% crop, "
         "resize); full = the whole image resized.",
+        **fv,
     )
-    flags.DEFINE_integer("image_size", 224, "The SavedModel's input side (the crop side).", lower_bound=1)
+    flags.DEFINE_integer(
+        "image_size", 224, "The SavedModel's input side (the crop side).", lower_bound=1, **fv
+    )
     flags.DEFINE_string(
-        "hierarchy", None, "Class names: the ML-Images dictionary_and_semantic_hierarchy.txt (11,166)."
+        "hierarchy",
+        None,
+        "Class names: the ML-Images dictionary_and_semantic_hierarchy.txt (11,166).",
+        **fv,
     )
     flags.DEFINE_string(
-        "imagenet_dictionary", None, "Class names: the release's imagenet2012_dictionary.txt (1000 classes)."
+        "imagenet_dictionary",
+        None,
+        "Class names: the release's imagenet2012_dictionary.txt (1000 classes).",
+        **fv,
     )
-    flags.mark_flags_as_required(["checkpoint", "output_dir"])
+    flags.mark_flags_as_required(["checkpoint", "output_dir"], **fv)
 
 
-def main(argv: list[str]) -> None:
+def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
+    """The script: `argv` as left by absl's parsing of `flag_values` (app.run passes only argv)."""
+    f = flag_values
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
         manifest = export(
-            FLAGS.checkpoint,
-            FLAGS.output_dir,
-            head=FLAGS.head,
-            transform=FLAGS.transform,
-            image_size=FLAGS.image_size,
-            hierarchy=FLAGS.hierarchy or "",
-            imagenet_dictionary=FLAGS.imagenet_dictionary or "",
-            depth=FLAGS.depth,
+            f.checkpoint,
+            f.output_dir,
+            head=f.head,
+            transform=f.transform,
+            image_size=f.image_size,
+            hierarchy=f.hierarchy or "",
+            imagenet_dictionary=f.imagenet_dictionary or "",
+            depth=f.depth,
         )
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError
         sys.exit(f"export.py: error: {e}")
     print(
         f"ResNet-{manifest['depth']} ({manifest['num_classes']} classes, {manifest['probabilities']}, "
-        f"transform {manifest['transform']} at {manifest['image_size']}) -> {FLAGS.output_dir}"
+        f"transform {manifest['transform']} at {manifest['image_size']}) -> {f.output_dir}"
     )
 
 

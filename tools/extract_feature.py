@@ -162,15 +162,18 @@ def save_features(path: str, names: Sequence[str], features: np.ndarray, *, fmt:
 FLAGS = flags.FLAGS
 
 
-def define_flags() -> None:
-    cli.define_inference_flags()
-    flags.DEFINE_string("output", None, "Where the features go (see --format).")
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Defines the script's flags on `flag_values` (a fresh one runs it in-process)."""
+    fv = {"flag_values": flag_values}
+    cli.define_inference_flags(flag_values)
+    flags.DEFINE_string("output", None, "Where the features go (see --format).", **fv)
     flags.DEFINE_enum(
         "format",
         "npz",
         list(FORMATS),
         "npz: `features` [N, D] and `names`; npy: the [N, D] array only; txt: the release's text layout, "
         "`name<TAB>v1 v2 ... vD` per line.",
+        **fv,
     )
     flags.DEFINE_enum(
         "crop",
@@ -178,25 +181,26 @@ def define_flags() -> None:
         list(CROPS),
         "center: one view through --transform; ten_crop: 4 corners + centre and their horizontal flips "
         "(demo resize), the 10 features averaged.",
+        **fv,
     )
-    flags.mark_flags_as_required(["checkpoint", "output"])
+    flags.mark_flags_as_required(["checkpoint", "output"], **fv)
 
 
-def main(argv: list[str]) -> None:
+def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
+    """The script: `argv` as left by absl's parsing of `flag_values` (app.run passes only argv)."""
+    f = flag_values
     try:
-        paths, model, _ = cli.inference_inputs(argv[1:], FLAGS)
-        names, features, skipped = extract_features(
-            model, paths, crop=FLAGS.crop, **cli.inference_settings(FLAGS)
-        )
+        paths, model, _ = cli.inference_inputs(argv[1:], f)
+        names, features, skipped = extract_features(model, paths, crop=f.crop, **cli.inference_settings(f))
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError
         sys.exit(f"extract_feature.py: error: {e}")
     if skipped:  # each was logged as a warning when it was read
         print(f"skipped {len(skipped)} of {len(paths)} images (unreadable or too large)", file=sys.stderr)
     if not names:
         sys.exit(f"extract_feature.py: error: none of the {len(paths)} images could be read; nothing written")
-    save_features(FLAGS.output, names, features, fmt=FLAGS.format)
-    logging.info("wrote %d x %d features to %s (skipped %d)", *features.shape, FLAGS.output, len(skipped))
-    print(f"{len(names)} images x {features.shape[1]} features -> {FLAGS.output} ({len(skipped)} skipped)")
+    save_features(f.output, names, features, fmt=f.format)
+    logging.info("wrote %d x %d features to %s (skipped %d)", *features.shape, f.output, len(skipped))
+    print(f"{len(names)} images x {features.shape[1]} features -> {f.output} ({len(skipped)} skipped)")
 
 
 if __name__ == "__main__":

@@ -235,15 +235,21 @@ def predictions_json(
 FLAGS = flags.FLAGS
 
 
-def define_flags() -> None:
-    cli.define_inference_flags()
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Defines the script's flags on `flag_values` (a fresh one runs it in-process)."""
+    fv = {"flag_values": flag_values}
+    cli.define_inference_flags(flag_values)
     flags.DEFINE_string(
-        "imagenet_dictionary", None, "Class names: the release's imagenet2012_dictionary.txt (1000 classes)."
+        "imagenet_dictionary",
+        None,
+        "Class names: the release's imagenet2012_dictionary.txt (1000 classes).",
+        **fv,
     )
     flags.DEFINE_string(
         "hierarchy",
         None,
         "Class names: the ML-Images dictionary_and_semantic_hierarchy.txt (11,166 classes).",
+        **fv,
     )
     flags.DEFINE_enum(
         "head",
@@ -251,9 +257,12 @@ def define_flags() -> None:
         list(HEADS),
         "Scores: sigmoid (multi-label head), softmax (single-label head), or auto = softmax exactly when "
         "the head has 1000 classes (ImageNet), sigmoid otherwise.",
+        **fv,
     )
-    flags.DEFINE_integer("topk", 5, "Classes shown per image.", lower_bound=1)
-    flags.DEFINE_string("output_json", None, "Also write the predictions and the skipped files here as JSON.")
+    flags.DEFINE_integer("topk", 5, "Classes shown per image.", lower_bound=1, **fv)
+    flags.DEFINE_string(
+        "output_json", None, "Also write the predictions and the skipped files here as JSON.", **fv
+    )
     flags.DEFINE_enum(
         "output_format",
         "text",
@@ -261,55 +270,61 @@ def define_flags() -> None:
         "text: one `rank. score  [index] name` line per class under each file; release: the layout of the "
         "release's label_pred.txt (`+++ the predictions of PATH is:`, then `INDEX NAME: SCORE`; `open pic "
         "PATH failed` for an unreadable image).",
+        **fv,
     )
     flags.DEFINE_string(
-        "output", None, "Write the predictions (in --output_format) to this file instead of stdout."
+        "output",
+        None,
+        "Write the predictions (in --output_format) to this file instead of stdout.",
+        **fv,
     )
-    flags.mark_flag_as_required("checkpoint")
+    flags.mark_flag_as_required("checkpoint", **fv)
 
 
-def main(argv: list[str]) -> None:
+def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
+    """The script: `argv` as left by absl's parsing of `flag_values` (app.run passes only argv)."""
+    f = flag_values
     try:
-        paths, model, info = cli.inference_inputs(argv[1:], FLAGS)
+        paths, model, info = cli.inference_inputs(argv[1:], f)
         names = load_class_names(
-            imagenet_dictionary=FLAGS.imagenet_dictionary or "",
-            hierarchy=FLAGS.hierarchy or "",
+            imagenet_dictionary=f.imagenet_dictionary or "",
+            hierarchy=f.hierarchy or "",
             num_classes=info.num_classes,
         )
-        head = resolve_head(FLAGS.head, info.num_classes)
+        head = resolve_head(f.head, info.num_classes)
         predictions, skipped = classify(
             model,
             paths,
             head=head,
-            topk=min(FLAGS.topk, info.num_classes),
-            **cli.inference_settings(FLAGS),
+            topk=min(f.topk, info.num_classes),
+            **cli.inference_settings(f),
         )
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError
         sys.exit(f"image_classification.py: error: {e}")
-    if FLAGS.output_format == "release":
+    if f.output_format == "release":
         text = format_release(paths, predictions, skipped, names)
     else:
         text = format_predictions(predictions, names)
-    if FLAGS.output:
-        fileio.write_text(FLAGS.output, text + "\n")
+    if f.output:
+        fileio.write_text(f.output, text + "\n")
     else:
         print(text)
     if skipped:  # each was logged as a warning, with its reason, when it was read
         print(f"skipped {len(skipped)} of {len(paths)} images (unreadable or too large)", file=sys.stderr)
     logging.info("classified %d images, skipped %d (head %s)", len(predictions), len(skipped), head)
-    if FLAGS.output_json:
+    if f.output_json:
         report = predictions_json(
             predictions,
             skipped,
             names,
             checkpoint=info.path,
             head=head,
-            topk=FLAGS.topk,
-            transform=FLAGS.transform,
-            image_size=FLAGS.image_size,
-            max_pixels=FLAGS.max_pixels,
+            topk=f.topk,
+            transform=f.transform,
+            image_size=f.image_size,
+            max_pixels=f.max_pixels,
         )
-        fileio.write_json(FLAGS.output_json, report, indent=2)
+        fileio.write_json(f.output_json, report, indent=2)
     if not predictions:
         sys.exit(f"image_classification.py: error: none of the {len(paths)} images could be read")
 
