@@ -1,7 +1,8 @@
 """Every command line in README.md names a script that exists and only flags that script defines.
 
-The train.py / finetune.py lines are also run with --dry_run (without horovodrun), so their flag values
-must parse and resolve too. The Quickstart has exactly two commands.
+The train.py / finetune.py lines are also run with --dry_run (without horovodrun, in this process through
+tests/entry_points.py), so their flag values must parse and resolve too. The Quickstart has exactly two
+commands.
 """
 
 import functools
@@ -13,6 +14,7 @@ import sys
 
 import pytest
 
+from tests import entry_points
 from tests.conftest import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
@@ -45,6 +47,11 @@ COMMANDS = _python_commands(_code_lines(README))
 
 @functools.cache
 def defined_flags(script: str) -> frozenset[str]:
+    """The flags `script` defines. train.py and finetune.py define exactly those of training/cli.py (their
+    --help lists them all: tests/test_cli_help.py), read here without a process; the other scripts are asked
+    for their --helpfull."""
+    if script in ("train.py", "finetune.py"):
+        return frozenset(entry_points._flag_values([], finetune=script == "finetune.py"))
     proc = subprocess.run(
         [sys.executable, str(REPO_ROOT / script), "--helpfull"],
         cwd=REPO_ROOT,
@@ -93,15 +100,7 @@ DRY_RUNNABLE = [(s, a) for s, a in COMMANDS if s in ("train.py", "finetune.py")]
 @pytest.mark.parametrize(("script", "args"), DRY_RUNNABLE, ids=[" ".join(a)[:60] for _, a in DRY_RUNNABLE])
 def test_training_commands_resolve_with_dry_run(script, args):
     args = [a for a in args if a != "--dry_run"]
-    proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / script), *args, "--dry_run"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout)
+    report = json.loads(entry_points.run([*args, "--dry_run"], finetune=script == "finetune.py"))
     assert isinstance(report, dict)
     if "--lr_probe_steps" in " ".join(args):  # shown as the published values: resolved at the recipe's batch
         assert report["global_batch"] == report["reference_global_batch"], "add --simulate_workers"
