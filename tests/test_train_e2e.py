@@ -11,7 +11,6 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow.python.framework import config as tf_config
 
 from models import resnet
 from tests import datasets, entry_points, tiny_runs
@@ -34,10 +33,8 @@ def single_label_data(tmp_path_factory):
 @pytest.fixture
 def deterministic_ops():
     """--deterministic runs in this process turn on TF's op determinism for the process: off again after."""
-    was_on = tf_config.is_op_determinism_enabled()
-    yield
-    if not was_on:
-        tf_config.disable_op_determinism()
+    with tiny_runs.restoring_op_determinism():
+        yield
 
 
 def _cmd(repo_root, script, *args):
