@@ -135,12 +135,12 @@ def args_steps(args):
 
 @pytest.mark.slow
 def test_kill9_resume_equals_an_uninterrupted_run(repo_root, tmp_path, multilabel_data, deterministic_ops):
-    common = ["--train_steps=120", "--checkpoint_every=20", "--log_every=20", "--deterministic"]
+    common = ["--train_steps=60", "--checkpoint_every=20", "--log_every=20", "--deterministic"]
     _run_here("train.py", *tiny_runs.train_args(multilabel_data, tmp_path / "straight", *common))
     args = tiny_runs.train_args(multilabel_data, tmp_path / "killed", *common)
     _kill_and_resume(repo_root, "train.py", args, tmp_path / "killed", kill_after_step=20)
-    straight = tiny_runs.state(tmp_path / "straight" / "ckpt-120")
-    resumed = tiny_runs.state(tmp_path / "killed" / "ckpt-120")
+    straight = tiny_runs.state(tmp_path / "straight" / "ckpt-60")
+    resumed = tiny_runs.state(tmp_path / "killed" / "ckpt-60")
     assert any("pos_count" in n for n in straight) and any(
         n.startswith("optimizer/_variables/") for n in straight
     )
@@ -152,8 +152,8 @@ def test_ckpt3_kill9_resume_across_the_size_switch(repo_root, tmp_path, single_l
     common = [
         f"--data_dir={single_label_data}",
         "--num_classes=10",
-        "--image_sizes=32,40@60",
-        "--train_steps=100",
+        "--image_sizes=32,40@40",
+        "--train_steps=60",
         "--checkpoint_every=20",
         "--deterministic",
         "--init_checkpoint=",
@@ -164,16 +164,14 @@ def test_ckpt3_kill9_resume_across_the_size_switch(repo_root, tmp_path, single_l
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     _run_here("finetune.py", "--ckpt=ckpt3", f"--model_dir={straight}", *common)
     args = ["--ckpt=ckpt3", f"--model_dir={killed}", *common]
-    _kill_and_resume(repo_root, "finetune.py", args, killed, kill_after_step=40)
-    tiny_runs.assert_same_state(tiny_runs.state(straight / "ckpt-100"), tiny_runs.state(killed / "ckpt-100"))
-    # Resuming exactly at the switch (ckpt-60) also lands on the same state.
-    for f in straight.glob("ckpt-[89]0.*"):
+    _kill_and_resume(repo_root, "finetune.py", args, killed, kill_after_step=20)
+    tiny_runs.assert_same_state(tiny_runs.state(straight / "ckpt-60"), tiny_runs.state(killed / "ckpt-60"))
+    # Resuming exactly at the switch (ckpt-40) also lands on the same state.
+    for f in straight.glob("ckpt-60.*"):
         f.unlink()
-    for f in straight.glob("ckpt-100.*"):
-        f.unlink()
-    (straight / "checkpoint").write_text('model_checkpoint_path: "ckpt-60"\n')
+    (straight / "checkpoint").write_text('model_checkpoint_path: "ckpt-40"\n')
     _run_here("finetune.py", "--ckpt=ckpt3", f"--model_dir={straight}", *common)
-    tiny_runs.assert_same_state(tiny_runs.state(straight / "ckpt-100"), tiny_runs.state(killed / "ckpt-100"))
+    tiny_runs.assert_same_state(tiny_runs.state(straight / "ckpt-60"), tiny_runs.state(killed / "ckpt-60"))
 
 
 def test_finetune_from_a_pretraining_run_with_a_new_head(
