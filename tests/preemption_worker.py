@@ -6,28 +6,18 @@ while it saves that step (after part of ckpt-5's data is on disk), as an impatie
 The second signal must end the process at once (status -SIGTERM), leaving ckpt-4 the latest.
 """
 
-import dataclasses
 import os
 import signal
 import sys
+import types
 
-from training import checkpoints, loop, recipes, train_step
-from training import config as config_lib
+from tests import tiny_runs
+from training import checkpoints, loop, train_step
 
 
 def main(data_dir: str, num_classes: int, model_dir: str) -> None:
-    config = dataclasses.replace(
-        recipes.PRETRAIN,
-        model=config_lib.ModelConfig(depth=14, base_width=4, num_classes=num_classes),
-        data=dataclasses.replace(recipes.PRETRAIN.data, data_dir=data_dir, shuffle_buffer=16),
-        train_steps=8,
-        per_rank_batch=8,
-        reference_global_batch=8,
-        image_sizes=((0, 32),),
-        checkpoint_every=2,
-        log_every=1,
-        model_dir=model_dir,
-    )
+    data = types.SimpleNamespace(data_dir=data_dir, num_classes=num_classes)
+    config = tiny_runs.config(data, model_dir, train_steps=8)
     step_call, save = train_step.TrainStep.__call__, checkpoints.save_run_state
 
     def call(self, images, labels, **kwargs):

@@ -1,18 +1,22 @@
 """Every command line in README.md names a script that exists and only flags that script defines.
 
-The train.py / finetune.py lines are also run with --dry_run (without horovodrun), so their flag values
-must parse and resolve too. The Quickstart has exactly two commands.
+The train.py / finetune.py lines are also run with --dry_run (without horovodrun, in this process through
+tests/entry_points.py), so their flag values must parse and resolve too. The Quickstart has exactly two
+commands.
 """
 
 import functools
 import json
+import pathlib
 import re
 import shlex
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
+from tests import entry_points
 from tests.conftest import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
@@ -43,17 +47,57 @@ def _python_commands(lines: list[str]) -> list[tuple[str, list[str]]]:
 COMMANDS = _python_commands(_code_lines(README))
 
 
+# `python SCRIPT --helpfull` for every SCRIPT given, each in a process of its own forked from one that has
+# imported TensorFlow and Keras once (what the scripts' --helpfull spends most of its time on); each child
+# starts from that clean state, runs the script as __main__ with the path the script would have, and writes
+# its help into OUT_DIR/<index>.
+_HELPFULL = """
+import os, runpy, sys
+import keras, tensorflow
+out_dir, scripts = sys.argv[1], sys.argv[2:]
+for index, script in enumerate(scripts):
+    pid = os.fork()
+    if pid == 0:
+        os.dup2(os.open(os.path.join(out_dir, str(index)), os.O_WRONLY | os.O_CREAT), 1)
+        sys.argv = [script, "--helpfull"]
+        sys.path[0] = os.path.dirname(os.path.abspath(script))
+        try:
+            runpy.run_path(script, run_name="__main__")
+        finally:  # absl exits after the help
+            sys.stdout.flush()
+            os._exit(0)
+    os.waitpid(pid, 0)
+"""
+
+
 @functools.cache
+def _helpfull(scripts: tuple[str, ...]) -> tuple[dict[str, str], str]:
+    """({script: its --helpfull output}, the stderr of them all)."""
+    with tempfile.TemporaryDirectory() as out_dir:
+        proc = subprocess.run(
+            [sys.executable, "-c", _HELPFULL, out_dir, *scripts],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        outputs = {}
+        for index, script in enumerate(scripts):
+            path = pathlib.Path(out_dir, str(index))
+            outputs[script] = path.read_text() if path.exists() else ""
+    return outputs, proc.stderr
+
+
 def defined_flags(script: str) -> frozenset[str]:
-    proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / script), "--helpfull"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    names = re.findall(r"^\s+--(?:\[no\])?([A-Za-z0-9_]+)", proc.stdout, flags=re.M)
-    assert names, f"{script} --helpfull printed no flags:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    """The flags `script` defines. train.py and finetune.py define exactly those of training/cli.py (their
+    --help lists them all: tests/test_cli_help.py), read here without a process; the other scripts are asked
+    for their --helpfull."""
+    if script in ("train.py", "finetune.py"):
+        return frozenset(entry_points._flag_values([], finetune=script == "finetune.py"))
+    others = tuple(sorted({s for s, _ in COMMANDS} - {"train.py", "finetune.py"}))
+    outputs, stderr = _helpfull(others)
+    names = re.findall(r"^\s+--(?:\[no\])?([A-Za-z0-9_]+)", outputs[script], flags=re.M)
+    assert names, f"{script} --helpfull printed no flags:\n{outputs[script][-2000:]}\n{stderr[-3000:]}"
     return frozenset(names)
 
 
@@ -93,15 +137,7 @@ DRY_RUNNABLE = [(s, a) for s, a in COMMANDS if s in ("train.py", "finetune.py")]
 @pytest.mark.parametrize(("script", "args"), DRY_RUNNABLE, ids=[" ".join(a)[:60] for _, a in DRY_RUNNABLE])
 def test_training_commands_resolve_with_dry_run(script, args):
     args = [a for a in args if a != "--dry_run"]
-    proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / script), *args, "--dry_run"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout)
+    report = json.loads(entry_points.run([*args, "--dry_run"], finetune=script == "finetune.py"))
     assert isinstance(report, dict)
     if "--lr_probe_steps" in " ".join(args):  # shown as the published values: resolved at the recipe's batch
         assert report["global_batch"] == report["reference_global_batch"], "add --simulate_workers"

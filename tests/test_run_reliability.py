@@ -14,17 +14,15 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import tensorflow as tf
 from absl import app
 
-from tests import datasets, hvd
-from training import checkpoints, cli, loop, preemption, recipes, run_dir, train_step
+from tests import datasets, entry_points, hvd, tiny_runs
+from training import checkpoints, cli, evaluation, loop, preemption, recipes, run_dir, train_step
 from training import config as config_lib
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", OMP_NUM_THREADS="1")
-TINY = ["--depth=14", "--base_width=4", "--per_rank_batch=8", "--log_every=1", "--shuffle_buffer=16"]
 
 
 @pytest.fixture(scope="module")
@@ -33,42 +31,12 @@ def data(tmp_path_factory):
 
 
 def _config(data, model_dir, **overrides):
-    """A tiny pre-training run (depth 14, width 4, 32 px, 8 images per step) in `model_dir`."""
-    config = dataclasses.replace(
-        recipes.PRETRAIN,
-        model=config_lib.ModelConfig(depth=14, base_width=4, num_classes=data.num_classes),
-        data=dataclasses.replace(recipes.PRETRAIN.data, data_dir=data.data_dir, shuffle_buffer=16),
-        train_steps=4,
-        per_rank_batch=8,
-        reference_global_batch=8,
-        image_sizes=((0, 32),),
-        checkpoint_every=2,
-        log_every=1,
-        model_dir=str(model_dir),
-    )
-    return config_lib.resolve(config, num_ranks=1)
+    """A tiny pre-training run (depth 14, width 4, 32 px, 8 images per step) in `model_dir`, resolved."""
+    return config_lib.resolve(tiny_runs.config(data, model_dir, **overrides), num_ranks=1)
 
 
-def _train_args(data, model_dir, *extra):
-    return [
-        f"--data_dir={data.data_dir}",
-        f"--num_classes={data.num_classes}",
-        f"--model_dir={model_dir}",
-        "--image_sizes=32",
-        "--noscale_schedule",
-        *TINY,
-        *extra,
-    ]
-
-
-def _state(prefix):
-    reader = tf.train.load_checkpoint(str(prefix))
-    names = [n for n, _ in tf.train.list_variables(str(prefix)) if not n.startswith("save_counter")]
-    return {n: reader.get_tensor(n) for n in names if n != "_CHECKPOINTABLE_OBJECT_GRAPH"}
-
-
-def _latest(model_dir) -> str:
-    return os.path.basename(tf.train.latest_checkpoint(str(model_dir)))
+_train_args = tiny_runs.train_args
+_latest = tiny_runs.latest
 
 
 def _truncate(path, keep=0.5):
@@ -135,24 +103,19 @@ def test_the_lock_of_a_killed_run_is_taken_over_with_a_warning(tmp_path, caplog)
     assert "taking over" not in caplog.text
 
 
-def test_train_py_refuses_a_busy_directory_in_one_line(repo_root, tmp_path, data):
+def test_train_py_refuses_a_busy_directory_in_one_line(tmp_path, data, capfd):
     model_dir = tmp_path / "run"
     holder = _hold_lock_in_a_subprocess(model_dir)
     try:
-        proc = subprocess.run(
-            [sys.executable, "train.py", *_train_args(data, model_dir, "--train_steps=1")],
-            cwd=repo_root,
-            env=ENV,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        with pytest.raises(SystemExit) as info:
+            entry_points.run(_train_args(data, model_dir, "--train_steps=1"))
     finally:
         holder.kill()
         holder.wait()
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    message = str(info.value.code)  # what train.py prints as its last line, exiting with status 1
+    assert "\n" not in message and "Traceback" not in capfd.readouterr().err
     assert (
-        f"error: {model_dir} is in use by another run" in proc.stderr and f"PID {holder.pid}" in proc.stderr
+        message.startswith(f"error: {model_dir} is in use by another run") and f"PID {holder.pid}" in message
     )
 
 
@@ -275,20 +238,20 @@ def test_sigterm_saves_the_current_step_everywhere_and_the_run_resumes_from_it(t
 
 
 @pytest.mark.slow
-def test_sigterm_and_resume_equal_an_uninterrupted_run_bit_for_bit(repo_root, tmp_path, data):
+def test_sigterm_and_resume_equal_an_uninterrupted_run_bit_for_bit(repo_root, tmp_path, data, caplog):
+    """The stopped run is a real train.py process that gets SIGTERM; the uninterrupted run and the resume run
+    in this process."""
     common = ["--train_steps=30", "--checkpoint_every=20", "--deterministic"]
-    straight = subprocess.run(
-        [sys.executable, "train.py", *_train_args(data, tmp_path / "straight", *common)],
+    with tiny_runs.restoring_op_determinism():
+        entry_points.run(_train_args(data, tmp_path / "straight", *common))
+    args = _train_args(data, tmp_path / "stopped", *common)
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", *args],
         cwd=repo_root,
         env=ENV,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=900,
-    )
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    args = [sys.executable, "train.py", *_train_args(data, tmp_path / "stopped", *common)]
-    proc = subprocess.Popen(
-        args, cwd=repo_root, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     metrics = tmp_path / "stopped" / "metrics.jsonl"
     deadline = time.time() + 600
@@ -302,13 +265,22 @@ def test_sigterm_and_resume_equal_an_uninterrupted_run_bit_for_bit(repo_root, tm
     assert len(lines) == 1 and "stopped by SIGTERM at step" in lines[0] and "Traceback" not in err
     step = int(lines[0].split("at step ")[1].split(":")[0])
     assert 5 <= step < 30 and _latest(tmp_path / "stopped") == f"ckpt-{step}"
-    resumed = subprocess.run(args, cwd=repo_root, env=ENV, capture_output=True, text=True, timeout=900)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"from step {step} to 30" in resumed.stderr
-    a, b = _state(tmp_path / "straight" / "ckpt-30"), _state(tmp_path / "stopped" / "ckpt-30")
-    assert a.keys() == b.keys() and any("pos_count" in n for n in a)
-    for name in a:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    previous = signal.getsignal(signal.SIGTERM)
+    with tiny_runs.restoring_op_determinism(), caplog.at_level(logging.INFO, logger="absl"):
+        entry_points.run(args)
+    assert f"from step {step} to 30" in caplog.text
+    a, b = (
+        tiny_runs.state(tmp_path / "straight" / "ckpt-30"),
+        tiny_runs.state(tmp_path / "stopped" / "ckpt-30"),
+    )
+    assert any("pos_count" in n for n in a)
+    tiny_runs.assert_same_state(a, b)
+    # The in-process runs left nothing behind: the signal handler is back, the lock is free.
+    assert signal.getsignal(signal.SIGTERM) == previous
+    caplog.clear()
+    with caplog.at_level(logging.WARNING), run_dir.RunLock(str(tmp_path / "stopped")):
+        pass
+    assert "taking over" not in caplog.text
 
 
 def test_a_second_signal_during_the_save_aborts_at_once_leaving_the_previous_checkpoint(
@@ -372,6 +344,25 @@ def test_evaluation_resolves_a_directory_to_its_newest_intact_checkpoint(
         checkpoints.resolve_checkpoint_path(str(model_dir / "ckpt-4"))
 
 
+def test_evaluate_checkpoint_of_a_run_directory_skips_a_damaged_latest_checkpoint(
+    finished_run, tmp_path, data, caplog
+):
+    """evaluate.py --checkpoint=<run dir> evaluates the newest intact checkpoint with a warning, instead of
+    failing inside TensorFlow on the damaged latest one."""
+    model_dir = _copy(finished_run, tmp_path)
+    damaged = model_dir / "ckpt-4.data-00000-of-00001"
+    _truncate(damaged)
+    config = evaluation.ModelEvalConfig(
+        checkpoint=str(model_dir), data_dir=data.data_dir, image_sizes=(32,), batch_size=8, max_batches=1
+    )
+    with caplog.at_level(logging.WARNING):
+        report = evaluation.evaluate_checkpoint(
+            config, evaluation.EvalSettings(topk=(1,)), show_progress=False
+        )
+    assert report["settings"]["checkpoint"] == str(model_dir / "ckpt-2")
+    assert "ckpt-4" in caplog.text and "damaged" in caplog.text and damaged.exists()
+
+
 def test_a_file_that_is_not_a_checkpoint_says_so(tmp_path, data, finished_run):
     notes = tmp_path / "notes.txt"
     notes.write_text("hello")
@@ -426,7 +417,9 @@ def _pids_of_rank(model_dir, rank):
 
 @pytest.mark.slow
 @pytest.mark.horovod
-def test_two_ranks_stop_together_on_one_ranks_sigterm_and_resume_on_one(repo_root, tmp_path, data):
+def test_two_ranks_stop_together_on_one_ranks_sigterm_and_resume_on_one(
+    repo_root, tmp_path, data, caplog, capfd
+):
     exe = hvd.require_horovodrun()
     model_dir = tmp_path / "run"
     args = _train_args(data, model_dir, "--train_steps=40", "--checkpoint_every=20", "--per_rank_batch=4")
@@ -448,19 +441,13 @@ def test_two_ranks_stop_together_on_one_ranks_sigterm_and_resume_on_one(repo_roo
     for rank in (0, 1):
         meta = checkpoints.read_input_meta(str(model_dir), rank=rank, step=step)
         assert (meta.num_ranks, meta.global_batch) == (2, 8)
-    # The same command on one process: global batch 4, the step re-counted, the input restarted.
-    single = subprocess.run(
-        [sys.executable, "train.py", *args],
-        cwd=repo_root,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert single.returncode == 0, single.stderr[-5000:]
-    assert "cycle" not in single.stderr and f"step {step} is step {2 * step} here" in single.stderr
-    assert "new permutation" in single.stderr
-    assert json.loads(single.stdout.strip().splitlines()[-1])["final"]["step"] == 40
+    # The same command on one process (this one): global batch 4, the step re-counted, the input restarted.
+    with caplog.at_level(logging.INFO, logger="absl"):
+        single = entry_points.run(args)
+    logged = caplog.text + capfd.readouterr().err  # our log lines, and what TensorFlow wrote to stderr
+    assert "cycle" not in logged and f"step {step} is step {2 * step} here" in logged
+    assert "new permutation" in logged
+    assert json.loads(single.strip().splitlines()[-1])["final"]["step"] == 40
 
 
 # ------------------------------------------------------------------------------- faults as one-line errors

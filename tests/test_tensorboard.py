@@ -1,6 +1,5 @@
 """TensorBoard of a tiny run, read back from the event files: scalars, hparams, input images, a profile."""
 
-import dataclasses
 import glob
 import io
 import os
@@ -12,8 +11,7 @@ from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from tests import datasets
-from training import config as config_lib
+from tests import datasets, tiny_runs
 from training import loop, recipes, summaries
 
 
@@ -53,19 +51,14 @@ def test_input_images_are_shown_from_minus_one_one_to_zero_one(tmp_path):
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("tensorboard")
     data = datasets.multilabel(root / "data", num_train=24, num_val=8)
-    config = dataclasses.replace(
-        recipes.PRETRAIN,
-        model=config_lib.ModelConfig(depth=14, base_width=4, num_classes=data.num_classes),
-        data=dataclasses.replace(recipes.PRETRAIN.data, data_dir=data.data_dir, shuffle_buffer=16),
+    config = tiny_runs.config(
+        data,
+        root / "run",
         train_steps=3,
-        per_rank_batch=8,
-        reference_global_batch=8,
         image_sizes=((0, 32), (1, 40)),
         checkpoint_every=100,
         eval_every=3,
         eval_steps=1,
-        log_every=1,
-        model_dir=str(root / "run"),
     )
     loop.train(config, profile_steps=(2, 2))
     return config

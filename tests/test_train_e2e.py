@@ -1,7 +1,7 @@
 """train.py and finetune.py end to end on tiny data: runs, resume after kill -9, the NaN stop, init checkpoints."""
 
-import dataclasses
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -13,11 +13,10 @@ import pytest
 import tensorflow as tf
 
 from models import resnet
-from tests import datasets
-from training import checkpoints, loop, recipes, schedules, train_step
-from training import config as config_lib
+from tests import datasets, entry_points, tiny_runs
+from training import checkpoints, loop, train_step
 
-TINY = ["--depth=14", "--base_width=4", "--per_rank_batch=8", "--log_every=1", "--shuffle_buffer=16"]
+TINY = tiny_runs.FLAGS
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", OMP_NUM_THREADS="1")
 
 
@@ -29,6 +28,13 @@ def multilabel_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def single_label_data(tmp_path_factory):
     return datasets.single_label(tmp_path_factory.mktemp("single"))
+
+
+@pytest.fixture
+def deterministic_ops():
+    """--deterministic runs in this process turn on TF's op determinism for the process: off again after."""
+    with tiny_runs.restoring_op_determinism():
+        yield
 
 
 def _cmd(repo_root, script, *args):
@@ -48,40 +54,18 @@ def _run(repo_root, script, *args, timeout=600):
     return proc
 
 
-def _train_args(data, model_dir, *extra):
-    return [
-        f"--data_dir={data.data_dir}",
-        f"--num_classes={data.num_classes}",
-        f"--model_dir={model_dir}",
-        "--image_sizes=32",
-        "--noscale_schedule",
-        *TINY,
-        *extra,
-    ]
+def _run_here(script, *args):
+    """`python script args` (train.py or finetune.py) in this process; returns its stdout."""
+    return entry_points.run(list(args), finetune=script == "finetune.py")
 
 
-def _state(prefix):
-    """Every variable of a run checkpoint (model, optimizer slots, loss counters, step), by name."""
-    reader = tf.train.load_checkpoint(str(prefix))
-    names = [n for n, _ in tf.train.list_variables(str(prefix)) if not n.startswith("save_counter")]
-    return {n: reader.get_tensor(n) for n in names if n != "_CHECKPOINTABLE_OBJECT_GRAPH"}
-
-
-def _assert_same_state(a, b, *, exact=True):
-    assert a.keys() == b.keys()
-    for name in a:
-        if exact:
-            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-        else:
-            np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-5, err_msg=name)
-
-
-def test_train_py_runs_logs_checkpoints_and_finishes(repo_root, tmp_path, multilabel_data):
+def test_train_py_runs_logs_checkpoints_and_finishes(repo_root, tmp_path, multilabel_data, caplog):
+    """The real script in a fresh process (--intra_op_threads applies only before TensorFlow starts)."""
     model_dir = tmp_path / "run"
     proc = _run(
         repo_root,
         "train.py",
-        *_train_args(
+        *tiny_runs.train_args(
             multilabel_data,
             model_dir,
             "--train_steps=4",
@@ -106,27 +90,23 @@ def test_train_py_runs_logs_checkpoints_and_finishes(repo_root, tmp_path, multil
     assert any(p.name.startswith("events") for p in (model_dir / "train").iterdir())
     assert json.loads(proc.stdout.strip().splitlines()[-1])["final"]["step"] == 4
     # Running it again finds it finished, on the same state.
-    again = _run(repo_root, "train.py", *_train_args(multilabel_data, model_dir, "--train_steps=4"))
-    assert "already finished" in again.stderr
-    assert json.loads(again.stdout.strip().splitlines()[-1])["final"]["step"] == 4
+    with caplog.at_level(logging.INFO, logger="absl"):
+        again = _run_here("train.py", *tiny_runs.train_args(multilabel_data, model_dir, "--train_steps=4"))
+    assert "already finished" in caplog.text
+    assert json.loads(again.strip().splitlines()[-1])["final"]["step"] == 4
 
 
-def test_num_classes_mismatch_is_a_clear_error(repo_root, tmp_path, multilabel_data):
-    args = _train_args(multilabel_data, tmp_path / "run", "--train_steps=1")
+def test_num_classes_mismatch_is_a_clear_error(tmp_path, multilabel_data):
+    args = tiny_runs.train_args(multilabel_data, tmp_path / "run", "--train_steps=1")
     args[1] = "--num_classes=31"
-    proc = subprocess.run(
-        _cmd(repo_root, "train.py", *args),
-        cwd=repo_root,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode != 0 and "30 classes but the model has 31" in proc.stderr
+    with pytest.raises(SystemExit, match="^error: .*30 classes but the model has 31") as info:
+        _run_here("train.py", *args)
+    assert "\n" not in str(info.value.code)
 
 
 def _kill_and_resume(repo_root, script, args, model_dir, *, kill_after_step):
-    """Starts the run, kill -9s it once ckpt-`kill_after_step` exists (mid-run), then re-runs it to the end."""
+    """Starts the run as a process, kill -9s it once ckpt-`kill_after_step` exists (mid-run), then re-runs it
+    to the end (in this process)."""
     proc = subprocess.Popen(
         _cmd(repo_root, script, *args),
         cwd=repo_root,
@@ -146,7 +126,7 @@ def _kill_and_resume(repo_root, script, args, model_dir, *, kill_after_step):
     # Killed at any point after ckpt-N's data appeared (possibly before its index was renamed into place),
     # but before the end.
     assert not (model_dir / f"ckpt-{args_steps(args)}.index").exists(), "killed too late"
-    _run(repo_root, script, *args)
+    _run_here(script, *args)
 
 
 def args_steps(args):
@@ -154,25 +134,26 @@ def args_steps(args):
 
 
 @pytest.mark.slow
-def test_kill9_resume_equals_an_uninterrupted_run(repo_root, tmp_path, multilabel_data):
-    common = ["--train_steps=120", "--checkpoint_every=20", "--log_every=20", "--deterministic"]
-    _run(repo_root, "train.py", *_train_args(multilabel_data, tmp_path / "straight", *common))
-    args = _train_args(multilabel_data, tmp_path / "killed", *common)
+def test_kill9_resume_equals_an_uninterrupted_run(repo_root, tmp_path, multilabel_data, deterministic_ops):
+    common = ["--train_steps=60", "--checkpoint_every=20", "--log_every=20", "--deterministic"]
+    _run_here("train.py", *tiny_runs.train_args(multilabel_data, tmp_path / "straight", *common))
+    args = tiny_runs.train_args(multilabel_data, tmp_path / "killed", *common)
     _kill_and_resume(repo_root, "train.py", args, tmp_path / "killed", kill_after_step=20)
-    straight, resumed = _state(tmp_path / "straight" / "ckpt-120"), _state(tmp_path / "killed" / "ckpt-120")
+    straight = tiny_runs.state(tmp_path / "straight" / "ckpt-60")
+    resumed = tiny_runs.state(tmp_path / "killed" / "ckpt-60")
     assert any("pos_count" in n for n in straight) and any(
         n.startswith("optimizer/_variables/") for n in straight
     )
-    _assert_same_state(straight, resumed)
+    tiny_runs.assert_same_state(straight, resumed)
 
 
 @pytest.mark.slow
-def test_ckpt3_kill9_resume_across_the_size_switch(repo_root, tmp_path, single_label_data):
+def test_ckpt3_kill9_resume_across_the_size_switch(repo_root, tmp_path, single_label_data, deterministic_ops):
     common = [
         f"--data_dir={single_label_data}",
         "--num_classes=10",
-        "--image_sizes=32,40@60",
-        "--train_steps=100",
+        "--image_sizes=32,40@40",
+        "--train_steps=60",
         "--checkpoint_every=20",
         "--deterministic",
         "--init_checkpoint=",
@@ -180,42 +161,41 @@ def test_ckpt3_kill9_resume_across_the_size_switch(repo_root, tmp_path, single_l
         *TINY,
         "--log_every=20",
     ]
-    _run(repo_root, "finetune.py", "--ckpt=ckpt3", f"--model_dir={tmp_path / 'straight'}", *common)
-    args = ["--ckpt=ckpt3", f"--model_dir={tmp_path / 'killed'}", *common]
-    _kill_and_resume(repo_root, "finetune.py", args, tmp_path / "killed", kill_after_step=40)
-    _assert_same_state(_state(tmp_path / "straight" / "ckpt-100"), _state(tmp_path / "killed" / "ckpt-100"))
-    # Resuming exactly at the switch (ckpt-60) also lands on the same state.
-    for f in (tmp_path / "straight").glob("ckpt-[89]0.*"):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    _run_here("finetune.py", "--ckpt=ckpt3", f"--model_dir={straight}", *common)
+    args = ["--ckpt=ckpt3", f"--model_dir={killed}", *common]
+    _kill_and_resume(repo_root, "finetune.py", args, killed, kill_after_step=20)
+    tiny_runs.assert_same_state(tiny_runs.state(straight / "ckpt-60"), tiny_runs.state(killed / "ckpt-60"))
+    # Resuming exactly at the switch (ckpt-40) also lands on the same state.
+    for f in straight.glob("ckpt-60.*"):
         f.unlink()
-    for f in (tmp_path / "straight").glob("ckpt-100.*"):
-        f.unlink()
-    (tmp_path / "straight" / "checkpoint").write_text('model_checkpoint_path: "ckpt-60"\n')
-    _run(repo_root, "finetune.py", "--ckpt=ckpt3", f"--model_dir={tmp_path / 'straight'}", *common)
-    _assert_same_state(_state(tmp_path / "straight" / "ckpt-100"), _state(tmp_path / "killed" / "ckpt-100"))
+    (straight / "checkpoint").write_text('model_checkpoint_path: "ckpt-40"\n')
+    _run_here("finetune.py", "--ckpt=ckpt3", f"--model_dir={straight}", *common)
+    tiny_runs.assert_same_state(tiny_runs.state(straight / "ckpt-60"), tiny_runs.state(killed / "ckpt-60"))
 
 
 def test_finetune_from_a_pretraining_run_with_a_new_head(
-    repo_root, tmp_path, multilabel_data, single_label_data
+    tmp_path, multilabel_data, single_label_data, caplog
 ):
     pre = tmp_path / "pre"
-    _run(repo_root, "train.py", *_train_args(multilabel_data, pre, "--train_steps=2"))
+    _run_here("train.py", *tiny_runs.train_args(multilabel_data, pre, "--train_steps=2"))
     ft = tmp_path / "ft"
-    proc = _run(
-        repo_root,
-        "finetune.py",
-        "--ckpt=ckpt3",
-        f"--init_checkpoint={pre}",
-        f"--data_dir={single_label_data}",
-        "--num_classes=10",
-        f"--model_dir={ft}",
-        "--image_sizes=32,40@2",
-        "--train_steps=3",
-        "--eval_every=3",
-        "--eval_steps=2",
-        "--noscale_schedule",
-        *TINY,
-    )
-    assert "loaded" in proc.stderr and "head skipped" in proc.stderr
+    with caplog.at_level(logging.INFO, logger="absl"):
+        _run_here(
+            "finetune.py",
+            "--ckpt=ckpt3",
+            f"--init_checkpoint={pre}",
+            f"--data_dir={single_label_data}",
+            "--num_classes=10",
+            f"--model_dir={ft}",
+            "--image_sizes=32,40@2",
+            "--train_steps=3",
+            "--eval_every=3",
+            "--eval_steps=2",
+            "--noscale_schedule",
+            *TINY,
+        )
+    assert "loaded" in caplog.text and "head skipped" in caplog.text
     config = json.loads((ft / "config.json").read_text())
     assert (config["recipe"], config["frozen_stages"], config["task"]) == ("ckpt3", 2, "softmax")
     pre_model, ft_model = resnet.build_resnet(14, 30, base_width=4), resnet.build_resnet(14, 10, base_width=4)
@@ -231,44 +211,16 @@ def test_finetune_from_a_pretraining_run_with_a_new_head(
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, multilabel_data):
-    config = dataclasses.replace(
-        recipes.PRETRAIN,
-        model=config_lib.ModelConfig(depth=14, base_width=4, num_classes=multilabel_data.num_classes),
-        data=dataclasses.replace(recipes.PRETRAIN.data, data_dir=multilabel_data.data_dir, shuffle_buffer=16),
-        # 0.01 for steps 0-3; step 4 applies an infinite rate, so the loss of step 5 is NaN.
-        schedule=schedules.ReferencePretrainSchedule(
-            warmup_steps=0, boundaries=(3,), values=(0.01, float("inf"))
-        ),
-        train_steps=50,
-        per_rank_batch=8,
-        reference_global_batch=8,
-        image_sizes=((0, 32),),
-        checkpoint_every=2,
-        log_every=1,
-        model_dir=str(tmp_path / "run"),
-    )
+    config = tiny_runs.nan_at_step_5_config(multilabel_data, tmp_path / "run")
     with pytest.raises(train_step.NonFiniteLossError, match="last good checkpoint is .*ckpt-4"):
         loop.train(config)
-    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(config.model_dir))
     assert tf.train.latest_checkpoint(config.model_dir).endswith("ckpt-4")
-    for name, _ in tf.train.list_variables(tf.train.latest_checkpoint(config.model_dir)):
-        if name != "_CHECKPOINTABLE_OBJECT_GRAPH":
-            value = reader.get_tensor(name)
-            if np.issubdtype(np.asarray(value).dtype, np.floating):
-                assert np.all(np.isfinite(value)), name
+    tiny_runs.assert_all_finite(tf.train.latest_checkpoint(config.model_dir))
 
 
-def test_finetune_py_on_imagenet_through_tfds(repo_root, tmp_path):
-    """finetune.py --tfds_name=imagenet2012 inside `tfds.testing.mock_data` (offline random JPEGs): the mock
-    lives in one process, so the real script runs in it through runpy."""
-    pytest.importorskip("tensorflow_datasets")
-    launcher = (
-        "import runpy, sys\n"
-        "import tensorflow_datasets as tfds\n"
-        "with tfds.testing.mock_data(num_examples=24):\n"
-        "    sys.argv = ['finetune.py', *sys.argv[1:]]\n"
-        "    runpy.run_path('finetune.py', run_name='__main__')\n"
-    )
+def test_finetune_py_on_imagenet_through_tfds(tmp_path, caplog):
+    """finetune.py --tfds_name=imagenet2012 inside `tfds.testing.mock_data` (offline random JPEGs)."""
+    tfds = pytest.importorskip("tensorflow_datasets")
     model_dir = tmp_path / "ft"
     args = [
         "--ckpt=ckpt2",
@@ -282,19 +234,12 @@ def test_finetune_py_on_imagenet_through_tfds(repo_root, tmp_path):
         f"--model_dir={model_dir}",
         *TINY,
     ]
-    proc = subprocess.run(
-        [sys.executable, "-c", launcher, *args],
-        cwd=repo_root,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    with tfds.testing.mock_data(num_examples=24), caplog.at_level(logging.INFO, logger="absl"):
+        _run_here("finetune.py", *args)
     config = json.loads((model_dir / "config.json").read_text())
     assert config["data"]["tfds_name"] == "imagenet2012" and config["model"]["num_classes"] == 1000
     lines = [json.loads(x) for x in (model_dir / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if x["kind"] == "train"] == [1, 2]
     assert 0.0 <= next(x for x in lines if x["kind"] == "eval")["top5"] <= 1.0
     # The mock's Python generator cannot be serialized: the run says so and goes on.
-    assert "input position cannot be saved" in proc.stderr
+    assert "input position cannot be saved" in caplog.text
