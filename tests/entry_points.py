@@ -13,7 +13,8 @@ from absl import app, flags
 from training import cli, recipes
 
 
-def _flag_values(args: Sequence[str], *, finetune: bool) -> flags.FlagValues:
+def parsed_flags(args: Sequence[str], *, finetune: bool) -> flags.FlagValues:
+    """train.py's (or finetune.py's) flags, defined on a fresh `FlagValues` and parsed from `args`."""
     flag_values = flags.FlagValues()
     if finetune:
         cli.define_flags(
@@ -41,7 +42,7 @@ def run(args: Sequence[str], *, finetune: bool = False) -> str:
     Errors come out as the entry script raises them: `app.UsageError` for a bad command line, `SystemExit`
     with the one-line message for a refused run.
     """
-    flag_values = _flag_values(args, finetune=finetune)
+    flag_values = parsed_flags(args, finetune=finetune)
     recipe = flag_values.ckpt if finetune else flag_values.recipe
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

@@ -93,7 +93,7 @@ def defined_flags(script: str) -> frozenset[str]:
     --help lists them all: tests/test_cli_help.py), read here without a process; the other scripts are asked
     for their --helpfull."""
     if script in ("train.py", "finetune.py"):
-        return frozenset(entry_points._flag_values([], finetune=script == "finetune.py"))
+        return frozenset(entry_points.parsed_flags([], finetune=script == "finetune.py"))
     others = tuple(sorted({s for s, _ in COMMANDS} - {"train.py", "finetune.py"}))
     outputs, stderr = _helpfull(others)
     names = re.findall(r"^\s+--(?:\[no\])?([A-Za-z0-9_]+)", outputs[script], flags=re.M)

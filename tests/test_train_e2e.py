@@ -30,13 +30,6 @@ def single_label_data(tmp_path_factory):
     return datasets.single_label(tmp_path_factory.mktemp("single"))
 
 
-@pytest.fixture
-def deterministic_ops():
-    """--deterministic runs in this process turn on TF's op determinism for the process: off again after."""
-    with tiny_runs.restoring_op_determinism():
-        yield
-
-
 def _cmd(repo_root, script, *args):
     return [sys.executable, str(repo_root / script), *args]
 
@@ -134,7 +127,7 @@ def args_steps(args):
 
 
 @pytest.mark.slow
-def test_kill9_resume_equals_an_uninterrupted_run(repo_root, tmp_path, multilabel_data, deterministic_ops):
+def test_kill9_resume_equals_an_uninterrupted_run(repo_root, tmp_path, multilabel_data):
     common = ["--train_steps=60", "--checkpoint_every=20", "--log_every=20", "--deterministic"]
     _run_here("train.py", *tiny_runs.train_args(multilabel_data, tmp_path / "straight", *common))
     args = tiny_runs.train_args(multilabel_data, tmp_path / "killed", *common)
@@ -148,7 +141,7 @@ def test_kill9_resume_equals_an_uninterrupted_run(repo_root, tmp_path, multilabe
 
 
 @pytest.mark.slow
-def test_ckpt3_kill9_resume_across_the_size_switch(repo_root, tmp_path, single_label_data, deterministic_ops):
+def test_ckpt3_kill9_resume_across_the_size_switch(repo_root, tmp_path, single_label_data):
     common = [
         f"--data_dir={single_label_data}",
         "--num_classes=10",

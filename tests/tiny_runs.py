@@ -7,15 +7,12 @@ loop (phases, checkpoints, input positions, loss counters) in about a second of 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.framework import config as tf_config
 
 from training import config as config_lib
 from training import recipes, schedules
@@ -91,15 +88,3 @@ def assert_all_finite(prefix: str) -> None:
 def latest(model_dir: Any) -> str:
     """The file name of the newest checkpoint of `model_dir` (e.g. "ckpt-4")."""
     return os.path.basename(tf.train.latest_checkpoint(str(model_dir)))
-
-
-@contextlib.contextmanager
-def restoring_op_determinism() -> Iterator[None]:
-    """Around a --deterministic run in this process: it turns TF's op determinism on for the whole process;
-    turned off again after, so that the next tests run as they would on their own."""
-    was_on = tf_config.is_op_determinism_enabled()
-    try:
-        yield
-    finally:
-        if not was_on:
-            tf_config.disable_op_determinism()
