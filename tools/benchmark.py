@@ -8,6 +8,7 @@ r"""Benchmarks, one subcommand each; every measurement is printed as one JSON li
     python tools/benchmark.py loss
     horovodrun --gloo -np 2 -H localhost:2 python tools/benchmark.py allreduce --step_ms=...
     horovodrun --gloo -np 2 -H localhost:2 python tools/benchmark.py overlap --depth=14 --allreduce_dtypes=fp32,fp16
+    horovodrun --gloo -np 2 -H localhost:2 python tools/benchmark.py overlap --depth=14 --link_gbits=0.25
     python tools/benchmark.py memory
     python tools/benchmark.py download --num_images=1000 --workers=2 --threads=16 --compare
 
@@ -37,7 +38,8 @@ commands that produced them.
   `training.distributed`, and its overhead relative to ``--step_ms``.
 - ``overlap``: under ``horovodrun``, the exposed all-reduce per step of `TrainStep` with 1 and 4 backward
   segments and fp32/fp16 on the wire (the step against the same step without all-reduce), the gradient
-  bytes per step, and the host wait saved by checking the NaN guard only when logging.
+  bytes per step, and the host wait saved by checking the NaN guard only when logging; ``--link_gbits``
+  paces the ranks' sockets, a wire slower than the cores as between GPU hosts.
 - ``memory``: peak RSS of the list tools (tools/subset.py, tools/dataset_stats.py, the writer's list pass)
   on generated image lists of ``--memory_lines`` lines, each run in a fresh process.
 - ``download``: images/s of the one pass (``data/download.py --output_records``: URLs straight into TFRecord
