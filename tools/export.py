@@ -42,9 +42,8 @@ if __package__ in (None, ""):  # run as a script: tools/ is not an installed pac
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data import fileio, preprocessing  # noqa: E402  (after the path set-up above)
-from models import resnet  # noqa: E402
+from models import pretrained, resnet  # noqa: E402
 from tools import image_classification  # noqa: E402  (the class names and the head rule of the tools)
-from training import checkpoints  # noqa: E402
 
 SAVED_MODEL_DIR = "saved_model"
 KERAS_FILE = "model.keras"
@@ -140,7 +139,7 @@ def export(
       ValueError: a bad checkpoint (`pretrained.CheckpointError`), transform, head or names file.
     """
     preprocessing.get_transform(transform)  # an unknown name fails before the checkpoint is read
-    model, info = checkpoints.load_model(checkpoint, depth=depth)  # past a damaged latest one
+    model, info = pretrained.load_model(checkpoint, depth=depth)  # past a damaged latest one
     activation = image_classification.resolve_head(head, info.num_classes)
     names = image_classification.load_class_names(
         imagenet_dictionary=imagenet_dictionary, hierarchy=hierarchy, num_classes=info.num_classes

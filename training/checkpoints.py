@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import math
 import os
 import re
 
@@ -45,13 +44,8 @@ _WRITE_ERRORS = (
 )
 
 
-class UnusableCheckpointError(pretrained.NoCheckpointError):
-    """A checkpoint that is there but damaged; "nothing there" and "not a checkpoint" are its base class.
-
-    Both a FileNotFoundError (no usable checkpoint is found there: the callers that catch a missing one
-    report it the same way) and a ValueError (the entry scripts' one-line usage errors), as its base
-    `models.pretrained.NoCheckpointError` is.
-    """
+# A checkpoint that is there but damaged (`models.pretrained.UnusableCheckpointError`).
+UnusableCheckpointError = pretrained.UnusableCheckpointError
 
 
 class CheckpointWriteError(ValueError):
@@ -73,49 +67,8 @@ def step_of(path: str) -> int:
     return int(re.search(r"ckpt-(\d+)$", path).group(1))
 
 
-def _first_line(error: BaseException) -> str:
-    text = getattr(error, "message", None) or str(error) or type(error).__name__
-    return text.strip().splitlines()[-1][:300] if text.strip() else type(error).__name__
-
-
-def checkpoint_problem(prefix: str) -> str | None:
-    """What is wrong with the checkpoint at `prefix` (None: intact), cheaply but for real.
-
-    Opens the index (a truncated or foreign index fails to parse), checks that the data files it names are
-    all there and together hold at least the bytes of every fixed-size tensor (a truncated data file is
-    short), and reads the variable-size tensors (the object graph, a serialized iterator) through
-    RestoreV2, which checks their CRC. Fixed-size tensors are not read: a resume reads them next anyway,
-    and reading a ResNet-101 state twice would double the time to resume.
-    """
-    if not tf.io.gfile.exists(prefix + ".index"):
-        return f"{prefix}.index is missing"
-    try:
-        reader = tf.train.load_checkpoint(prefix)
-    except (tf.errors.OpError, ValueError) as e:
-        return f"{prefix}.index cannot be read ({_first_line(e)})"
-    dtypes = reader.get_variable_to_dtype_map()
-    shapes = reader.get_variable_to_shape_map()
-    data = tf.io.gfile.glob(prefix + ".data-*-of-*")
-    shards = {int(m.group(1)) for f in data if (m := re.search(r"-of-(\d+)$", f))}
-    if not data or len(shards) != 1 or len(data) != shards.pop():
-        return f"the data files of {prefix} are missing or incomplete ({len(data)} found)"
-    have = sum(tf.io.gfile.stat(f).length for f in data)
-    fixed = {n: d for n, d in dtypes.items() if d not in (tf.string, tf.variant, tf.resource)}
-    need = sum(math.prod(shapes[n]) * d.size for n, d in fixed.items())
-    if have < need:
-        return f"{prefix}.data-* is truncated ({have} bytes, the index needs at least {need})"
-    variable = sorted(n for n in dtypes if n not in fixed)
-    if variable:
-        try:
-            tf.raw_ops.RestoreV2(
-                prefix=prefix,
-                tensor_names=variable,
-                shape_and_slices=[""] * len(variable),
-                dtypes=[dtypes[n] for n in variable],
-            )
-        except tf.errors.OpError as e:
-            return f"{prefix} cannot be read ({_first_line(e)})"
-    return None
+# What is wrong with a checkpoint prefix, None when intact (`models.pretrained.checkpoint_problem`).
+checkpoint_problem = pretrained.checkpoint_problem
 
 
 def _remove_partial(prefix: str) -> None:
@@ -131,7 +84,9 @@ def _remove_partial(prefix: str) -> None:
 def _write_error(what: str, model_dir: str, error: BaseException) -> CheckpointWriteError:
     latest = tf.train.latest_checkpoint(model_dir)
     reason = (
-        "no space left on device" if getattr(error, "errno", None) == errno.ENOSPC else _first_line(error)
+        "no space left on device"
+        if getattr(error, "errno", None) == errno.ENOSPC
+        else pretrained.error_line(error)
     )
     return CheckpointWriteError(
         f"cannot write {what} in {model_dir}: {reason}; the latest checkpoint stays "
@@ -249,35 +204,8 @@ def is_tf1_checkpoint(ckpt_path: str) -> bool:
     return pretrained.is_tf1_checkpoint(ckpt_path)
 
 
-def resolve_checkpoint_path(path: str) -> str:
-    """The intact checkpoint `path` means (`models.pretrained.checkpoint_candidates`), past damaged ones.
-
-    A directory's damaged checkpoints (truncated data or index) are skipped with a warning naming them,
-    and left on disk, for its newest intact one; a damaged prefix is refused.
-
-    Raises:
-      models.pretrained.NoCheckpointError: nothing at `path`, or not a checkpoint (a FileNotFoundError).
-      UnusableCheckpointError: `path` is damaged (for a directory: all of its checkpoints).
-    """
-    for prefix in pretrained.checkpoint_candidates(path):
-        problem = checkpoint_problem(prefix)
-        if problem is None:
-            return prefix
-        if not tf.io.gfile.isdir(path):
-            raise UnusableCheckpointError(f"{prefix} is not a readable checkpoint: {problem}")
-        logging.warning("skipping the damaged checkpoint %s: %s (its files are kept)", prefix, problem)
-    raise UnusableCheckpointError(
-        f"every checkpoint in {path} is damaged (see the warnings); the files are kept"
-    )
-
-
-def load_model(path: str, *, depth: int | None = None) -> tuple[keras.Model, pretrained.CheckpointInfo]:
-    """`models.pretrained.load_model` of the intact checkpoint `path` means (`resolve_checkpoint_path`).
-
-    What evaluate.py and the inference tools load: a run directory whose latest checkpoint was cut short
-    (a crash during a save, a full disk) gives its newest intact one, with a warning, not a traceback.
-    """
-    return pretrained.load_model(resolve_checkpoint_path(path), depth=depth)
+# The intact checkpoint a path means, past damaged ones (`models.pretrained.resolve_checkpoint`).
+resolve_checkpoint_path = pretrained.resolve_checkpoint
 
 
 def model_mismatch(path: str, model: keras.Model, expected: dict[str, int]) -> str | None:

@@ -23,8 +23,8 @@ from absl import app, flags
 
 from data import image_files, images
 from models import pretrained
-from training import checkpoints, recipes
 from training import config as config_lib
+from training import recipes
 
 _POSITIVE = {"lower_bound": 1}
 
@@ -285,7 +285,7 @@ def inference_inputs(
     """
     f = flag_values
     paths = image_files.collect_image_paths(image_args, image_list=f.image_list, image_root=f.image_root)
-    model, info = checkpoints.load_model(f.checkpoint, depth=f.depth)  # past a damaged latest one
+    model, info = pretrained.load_model(f.checkpoint, depth=f.depth)  # past a damaged latest one
     return paths, model, info
 
 

@@ -3,7 +3,7 @@
 - `evaluate_model` streams a dataset through a model into the streaming metrics of training/metrics.py
   (one rank's shard each, all-reduced once at the end).
 - `evaluate_checkpoint` is `evaluate.py --checkpoint`: load it, of either kind (a run directory: its newest
-  intact checkpoint, `training.checkpoints.load_model`), pick the split (`eval_source`), evaluate at every
+  intact checkpoint, `models.pretrained.load_model`), pick the split (`eval_source`), evaluate at every
   image size, optionally save the scores (training/predictions.py), assemble the report
   (training/report.py).
 
@@ -25,7 +25,7 @@ from absl import logging
 
 from data import preprocessing
 from models import pretrained
-from training import checkpoints, distributed, input_pipeline
+from training import distributed, input_pipeline
 from training.predictions import PredictionsWriter, predictions_path
 from training.report import (
     MULTILABEL,
@@ -259,7 +259,7 @@ def evaluate_checkpoint(
         raise EvaluationInputError(str(e)) from None
     try:
         # A run directory: its newest intact checkpoint (a damaged latest one is skipped with a warning).
-        model, info = checkpoints.load_model(config.checkpoint, depth=config.depth)
+        model, info = pretrained.load_model(config.checkpoint, depth=config.depth)
     except pretrained.CheckpointError as e:
         raise EvaluationInputError(str(e)) from None
     source = eval_source(
