@@ -11,6 +11,8 @@ image-size switch of ckpt3/ckpt5 survives resume (after kill -9, or SIGTERM / Ct
 current step and exit 0). Every flag: `python finetune.py --help`.
 """
 
+from collections.abc import Sequence
+
 from absl import app, flags
 
 from training import tf_logs
@@ -18,19 +20,29 @@ from training import tf_logs
 FLAGS = flags.FLAGS
 
 
-def main(argv: list[str]) -> None:
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Defines the script's flags (training/cli.py's, with its recipe default) on `flag_values`."""
+    from training import cli, recipes  # after tf_logs.quiet_tensorflow() when run as a script
+
+    cli.define_flags(
+        default_recipe="ckpt2", recipe_names=sorted(recipes.FINETUNE), finetune=True, flag_values=flag_values
+    )
+
+
+def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
+    """The script: `argv` as left by absl's parsing of `flag_values` (app.run passes only argv)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from training import cli  # after tf_logs.quiet_tensorflow(): it imports TensorFlow
+    from training import cli
 
-    cli.main(FLAGS, recipe_name=FLAGS.ckpt, finetune=True)
+    cli.main(flag_values, recipe_name=flag_values.ckpt, finetune=True)
 
 
 if __name__ == "__main__":
     tf_logs.quiet_tensorflow()  # before TensorFlow loads, which reads its log level once
     with tf_logs.quiet_import():
-        from training import cli, recipes
+        from training import cli
 
-    cli.define_flags(default_recipe="ckpt2", recipe_names=sorted(recipes.FINETUNE), finetune=True)
+    define_flags()
     flags.adopt_module_key_flags(cli)  # --help lists the flags defined in training/cli.py
     app.run(main)

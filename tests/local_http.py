@@ -19,6 +19,13 @@ def clear_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
 
 
+def local_server(handler: type[http.server.BaseHTTPRequestHandler]) -> tuple[http.server.HTTPServer, str]:
+    """A threaded HTTP server of `handler` on a free port of 127.0.0.1 (not started), and its base URL."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
+
+
 @contextlib.contextmanager
 def serving(httpd: http.server.HTTPServer) -> Iterator[None]:
     """Serves `httpd` from a daemon thread during the block; shuts it down and closes it after."""

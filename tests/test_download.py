@@ -163,9 +163,7 @@ class _Server:
                 else:
                     self._send(500, b"unknown route")
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.httpd, self.base = local_http.local_server(Handler)
 
     def url(self, name: str) -> str:
         return f"{self.base}/img/{name}"

@@ -77,9 +77,7 @@ class _Server:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.httpd, self.base = local_http.local_server(Handler)
 
     def url(self, name: str) -> str:
         return f"{self.base}/img/{name}"
@@ -298,16 +296,7 @@ def test_kill_9_then_rerun_fetches_only_unfinished_shards(server, tmp_path, repo
     before = server.hits.copy()
 
     server.delay = 0.0
-    summary = download_records.download_records(
-        tmp_path / "urls.txt",
-        output_dir=out,
-        label_format="sparse",
-        num_classes=NUM_CLASSES,
-        shards=4,
-        config=FAST,
-        workers=1,
-        progress=False,
-    )
+    summary = _one_pass(tmp_path / "urls.txt", out, shards=4)
     assert (summary.shards_reused, summary.shards_fetched) == (len(finished), 4 - len(finished))
     assert not list(out.glob(".*.tmp"))
     for shard in summary.manifest["shards"]:
