@@ -101,7 +101,7 @@ def _time(step, batch, *, steps: int, warmup: int, check_finite: bool, sync) -> 
     return t.wall / steps
 
 
-def _time_allreduce(step, dist, wire: str, *, steps: int, warmup: int, sync, **_) -> float:
+def _time_allreduce(step, dist, wire: str, *, steps: int, warmup: int) -> float:
     """Seconds per all-reduce of the step's gradients (their shapes and dtype) with nothing else running."""
     import tensorflow as tf
 
@@ -109,7 +109,7 @@ def _time_allreduce(step, dist, wire: str, *, steps: int, warmup: int, sync, **_
     reduce = tf.function(lambda: dist.average_gradients(gradients, wire=wire))
     for _ in range(max(warmup, 1)):
         reduce()
-    sync()
+    dist.barrier()
     with Timer() as t:
         for _ in range(steps):
             out = reduce()
@@ -211,7 +211,8 @@ def run(f: flags.FlagValues) -> None:
                 alone_s.append(_time(alone, batch, **kw))
             real_ms = 1e3 * float(dist.allreduce_mean(tf.constant(min(real_s), tf.float64)))
             alone_ms = 1e3 * float(dist.allreduce_mean(tf.constant(min(alone_s), tf.float64)))
-            comm_ms = 1e3 * float(dist.allreduce_mean(tf.constant(_time_allreduce(real, dist, wire, **kw))))
+            comm_s = _time_allreduce(real, dist, wire, steps=f.steps, warmup=f.warmup)
+            comm_ms = 1e3 * float(dist.allreduce_mean(tf.constant(comm_s)))
             elements = sum(int(np.prod(v.shape)) for v in real.train_variables)
             if dist.is_chief:
                 emit(
