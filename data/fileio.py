@@ -17,6 +17,21 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 
+def user_path(path: str | os.PathLike[str]) -> str:
+    """A path as the user typed it, made absolute: `~` expanded, relative to the working directory.
+
+    Every path a command line or `models.pretrained.load` takes goes through here once, at the boundary, so
+    that everything after it (TensorFlow's checkpoint state file, which stores paths relative to the run
+    directory and prefixes them with the directory it was read from; a later `chdir`; messages) sees one
+    form: `demo_run`, `./demo_run/`, `~/x/demo_run` and a symlink to it name the same run. A URL-like path
+    (`gs://...`) is returned as it is.
+    """
+    path = os.fspath(path)
+    if "://" in path:
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
+
 def fsync_dir(path: str | os.PathLike[str]) -> None:
     """Makes a rename in directory `path` durable; a no-op where directories cannot be opened."""
     try:

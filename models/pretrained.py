@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from data import fileio
 from data.preprocessing import preprocess
 from models import resnet, tf1_checkpoint
 
@@ -84,7 +85,9 @@ def checkpoint_paths(model_dir: str) -> list[str]:
     """The checkpoints the `checkpoint` state file of `model_dir` lists, newest (the latest) first.
 
     The order is the order of saving, not of step numbers: after a resume on another number of ranks the
-    step is re-counted in the new global batch and can be lower than an older checkpoint's.
+    step is re-counted in the new global batch and can be lower than an older checkpoint's. TensorFlow
+    already prefixes the file's relative entries with `model_dir` (as given: relative stays relative), so
+    the paths are used as they come.
     """
     state = tf.train.get_checkpoint_state(model_dir)
     if state is None:
@@ -93,7 +96,7 @@ def checkpoint_paths(model_dir: str) -> list[str]:
     if state.model_checkpoint_path in paths:  # the latest first, then the others newest to oldest
         paths.remove(state.model_checkpoint_path)
     paths = [state.model_checkpoint_path, *reversed(paths)]
-    return [p if os.path.isabs(p) else os.path.join(model_dir, p) for p in paths]
+    return paths
 
 
 def checkpoint_candidates(path: str) -> list[str]:
@@ -103,10 +106,14 @@ def checkpoint_candidates(path: str) -> list[str]:
     training code falls back to older ones past damaged ones); one of a checkpoint's own files (`.index`,
     `.data-*-of-*`) means that checkpoint; anything else is a prefix.
 
+    `path` is taken as a user types it (`fileio.user_path`: `~`, relative to the working directory, a
+    trailing slash or a symlink all name the same checkpoint); the prefixes returned are absolute.
+
     Raises:
       NoCheckpointError: nothing at `path`, no checkpoint in the directory, or a file that is not a
         checkpoint.
     """
+    path = fileio.user_path(path)
     if tf.io.gfile.isdir(path):
         candidates = checkpoint_paths(path)
         if not candidates:
@@ -370,7 +377,7 @@ def load(path: str | os.PathLike[str], *, head: bool = True, activation: str = "
     """
     if activation not in ACTIVATIONS:
         raise CheckpointError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    path = os.fspath(path)
+    path = fileio.user_path(path)
     if path.endswith(".keras"):
         if not os.path.isfile(path):
             raise CheckpointError(f"{path} not found")

@@ -21,7 +21,7 @@ from typing import Any
 import keras
 from absl import app, flags
 
-from data import image_files, images
+from data import fileio, image_files, images
 from models import pretrained
 from training import config as config_lib
 from training import recipes
@@ -365,6 +365,27 @@ def parse_image_sizes(values: list[str]) -> tuple[tuple[int, int], ...]:
     return tuple(sizes)
 
 
+def _user_paths(config: config_lib.TrainConfig) -> config_lib.TrainConfig:
+    """The config's local paths as typed made absolute (`fileio.user_path`), so that a relative
+    `--model_dir`, `~` or a trailing slash means the same run wherever the path is used later."""
+
+    def absolute(path: str) -> str:
+        return fileio.user_path(path) if path else path
+
+    data = config.data
+    return dataclasses.replace(
+        config,
+        model_dir=absolute(config.model_dir),
+        init_checkpoint=absolute(config.init_checkpoint),
+        data=dataclasses.replace(
+            data,
+            data_dir=absolute(data.data_dir),
+            tfds_data_dir=absolute(data.tfds_data_dir),
+            tfds_manual_dir=absolute(data.tfds_manual_dir),
+        ),
+    )
+
+
 def resolve_config(
     flag_values: flags.FlagValues, *, recipe_name: str, num_ranks: int
 ) -> config_lib.TrainConfig:
@@ -376,6 +397,7 @@ def resolve_config(
         data=dataclasses.replace(config.data, **_given(flag_values, _DATA_FIELDS)),
         **_given(flag_values, _RUN_FIELDS),
     )
+    config = _user_paths(config)
     if flag_values["topk"].value:
         config = dataclasses.replace(config, topk=tuple(int(k) for k in flag_values["topk"].value))
     if not flag_values["scale_schedule"].value:
