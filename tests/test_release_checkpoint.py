@@ -111,15 +111,16 @@ def test_load_tf1_checkpoint_reproduces_the_graph_and_sorts_the_entries(release,
 
 
 def _convert(release, output):
-    """tools/convert_checkpoint.py's conversion of the graph's pretraining checkpoint to ours at `output`."""
-    _, meta = release
-    return convert_checkpoint.convert(
-        _pretrain(release), depth=14, num_classes=None, output=str(output), base_width=meta["base_width"]
-    )
+    """tools/convert_checkpoint.py's conversion of the graph's pretraining checkpoint to ours at `output`
+    (the architecture read from the file, as the command line does by default)."""
+    return convert_checkpoint.convert(_pretrain(release), output=str(output))
 
 
 def test_convert_tool(release, tmp_path):
+    _, meta = release
     summary = _convert(release, tmp_path / "ours")
+    assert (summary["depth"], summary["base_width"]) == (14, meta["base_width"])
+    assert summary["head_classes"] == meta["num_classes"]
     assert "Momentum slots" in summary["source"] and "loss counters" in summary["source"]
     model, info = pretrained.load_model(summary["path"])  # ours now: what evaluate.py reads back
     assert info.kind == "ours"

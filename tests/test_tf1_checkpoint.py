@@ -5,14 +5,15 @@ reference scopes, tf.compat.v1.train.Saver, plus `global_step` and Momentum slot
 compared with an independent forward pass written with plain tf.nn ops from docs/REFERENCE.md section 2.
 """
 
-import subprocess
-import sys
+import contextlib
+import io
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from models import resnet, tf1_checkpoint
+from tests.scripts import run_in_process, run_script
 from tools import convert_checkpoint
 
 BLOCKS = (1, 1, 1, 1)  # depth 14
@@ -196,10 +197,9 @@ def test_head_of_another_size_needs_skip_head(checkpoints):
 
 def test_convert_writes_our_format(checkpoints, tmp_path):
     prefix, values = checkpoints[7]
-    summary = convert_checkpoint.convert(
-        prefix, depth=14, num_classes=None, output=str(tmp_path / "ours"), base_width=BASE_WIDTH
-    )
-    assert summary["head_classes"] == 7 and summary["variables"] == len(values)
+    summary = convert_checkpoint.convert(prefix, output=str(tmp_path / "ours"))  # the architecture read
+    assert (summary["depth"], summary["base_width"], summary["head_classes"]) == (14, BASE_WIDTH, 7)
+    assert summary["variables"] == len(values)
     assert summary["parameters"] == sum(v.size for v in values.values())
     restored = tiny_model(7)
     tf.train.Checkpoint(model=restored).read(summary["path"]).assert_consumed()
@@ -207,21 +207,81 @@ def test_convert_writes_our_format(checkpoints, tmp_path):
         np.testing.assert_array_equal(variable.numpy(), values[name])
 
 
-def test_convert_cli(checkpoints, tmp_path, repo_root):
+def _convert_cli(*args):
+    """`python tools/convert_checkpoint.py *args` in this process: (stdout, the refusal or None)."""
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            run_in_process(convert_checkpoint, args)
+    except SystemExit as e:
+        return out.getvalue(), str(e.code)
+    return out.getvalue(), None
+
+
+def test_convert_cli_reads_the_architecture_and_asserts_the_given_one(checkpoints, tmp_path):
     prefix, _ = checkpoints[11]
-    cmd = [
-        sys.executable,
+    stdout, error = _convert_cli(f"--tf1_checkpoint={prefix}", f"--output={tmp_path / 'inferred'}")
+    assert error is None and "ResNet-14 (base width 8)" in stdout and "11-way head" in stdout
+    assert tf.io.gfile.exists(str(tmp_path / "inferred") + ".index")
+    asserted = ["--depth=14", "--base_width=8", "--num_classes=11"]
+    stdout, error = _convert_cli(f"--tf1_checkpoint={prefix}", f"--output={tmp_path / 'asserted'}", *asserted)
+    assert error is None and "11-way head" in stdout
+
+
+@pytest.mark.parametrize(
+    ("flag", "wrong"),
+    [
+        ("--depth=101", "--depth=101"),
+        ("--base_width=64", "--base_width=64"),
+        ("--num_classes=7", "--num_classes=7"),
+    ],
+)
+def test_convert_cli_refuses_another_architecture_in_one_line(checkpoints, tmp_path, flag, wrong):
+    prefix, _ = checkpoints[11]
+    stdout, error = _convert_cli(f"--tf1_checkpoint={prefix}", f"--output={tmp_path / 'out'}", flag)
+    assert error == (
+        f"convert_checkpoint.py: error: {prefix} holds ResNet-14, base width 8, 11 classes, not the asked {wrong}"
+    )
+    assert not stdout and not list(tmp_path.iterdir())  # nothing written
+
+
+def test_convert_cli_refuses_what_is_not_a_release_checkpoint(checkpoints, tmp_path):
+    ours = convert_checkpoint.convert(checkpoints[7][0], output=str(tmp_path / "ours"))["path"]
+    (tmp_path / "random.bin").write_bytes(np.random.default_rng(0).bytes(1000))
+    (tmp_path / "garbage.index").write_bytes(np.random.default_rng(1).bytes(1000))
+    (tmp_path / "garbage.data-00000-of-00001").write_bytes(b"")
+    other = tf.train.Checkpoint(v=tf.Variable(tf.ones([3]))).write(str(tmp_path / "other"))
+    expected = {
+        ours: "is already one of this project's checkpoints (ResNet-14, base width 8, 7 classes)",
+        str(tmp_path / "random.bin"): "is not a checkpoint",
+        str(tmp_path / "missing" / "model.ckpt"): "not found",
+        str(tmp_path / "garbage"): "is not a readable checkpoint",
+        other: "is not a released TF1 checkpoint of the reference ResNet",
+    }
+    for path, message in expected.items():
+        _, error = _convert_cli(f"--tf1_checkpoint={path}", f"--output={tmp_path / 'out'}")
+        assert error is not None and error.startswith("convert_checkpoint.py: error: "), path
+        assert message in error and "\n" not in error, error
+    assert not list(tmp_path.glob("out*"))
+
+
+def test_convert_refusal_is_one_line_in_the_shell(checkpoints, tmp_path, repo_root):
+    """What a shell shows for another architecture than asked: one line, exit status 1, no traceback."""
+    prefix, _ = checkpoints[11]
+    proc = run_script(
+        repo_root,
         "tools/convert_checkpoint.py",
         f"--tf1_checkpoint={prefix}",
-        "--depth=14",
-        "--base_width=8",
-        "--num_classes=11",
+        "--depth=101",
         f"--output={tmp_path / 'cli'}",
-    ]
-    proc = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "11-way head" in proc.stdout
-    assert tf.io.gfile.exists(str(tmp_path / "cli") + ".index")
+        timeout=120,
+    )
+    assert proc.returncode == 1 and not proc.stdout
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"convert_checkpoint.py: error: {prefix} holds ResNet-14, base width 8, 11 classes, not the asked "
+        "--depth=101"
+    )
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def test_entries_are_sorted_by_meaning():

@@ -1,7 +1,13 @@
-"""Converts a released TF1 checkpoint of the reference ResNet into this project's checkpoint format.
+r"""Converts a released TF1 checkpoint of the reference ResNet into this project's checkpoint format.
 
-    python tools/convert_checkpoint.py --tf1_checkpoint ckpt-resnet101-mlimages/model.ckpt \\
-        --depth 101 --num_classes 11166 --output converted/mlimages
+    python tools/convert_checkpoint.py --tf1_checkpoint ckpt-resnet101-mlimages/model.ckpt \
+        --output converted/mlimages
+
+The architecture (depth, stem width, head size) is read from the file itself
+(`models.pretrained.checkpoint_architecture`, from its variables' names and shapes), as every other tool
+does; `--depth`, `--base_width` and `--num_classes` only assert it: a file that holds another network is
+refused in one line naming the one it holds. So are a missing file, a file that is not a checkpoint, a
+damaged one, and one that is already in our format (it needs no conversion).
 
 The output is `tf.train.Checkpoint(model=model)`, the format the training and evaluation code restore
 the `model` from. The conversion is strict on the model (see models/tf1_checkpoint.py): any missing, extra
@@ -12,47 +18,123 @@ with them, give the TF1 file itself to `train.py --init_checkpoint ... --init_op
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Sequence
+
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from models import resnet, tf1_checkpoint
+if __package__ in (None, ""):  # run as a script: tools/ is not an installed package (as tools/export.py)
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from models import pretrained, resnet, tf1_checkpoint  # noqa: E402  (after the path set-up above)
+from training import tf_logs  # noqa: E402
+
+_ERROR_CHARS = 500  # a refusal is one line: a long list of variable names is cut here
+
+
+def _describe(info: pretrained.CheckpointInfo) -> str:
+    return f"ResNet-{info.depth}, base width {info.base_width}, {info.num_classes} classes"
+
+
+def source_architecture(
+    path: str,
+    *,
+    depth: int | None = None,
+    base_width: int | None = None,
+    num_classes: int | None = None,
+) -> pretrained.CheckpointInfo:
+    """Which reference ResNet the released TF1 checkpoint at `path` holds, checked against what was asked.
+
+    Args:
+      path: a TF1 checkpoint prefix (or one of its files, or a directory with a `checkpoint` file).
+      depth, base_width, num_classes: the architecture the caller expects; None accepts what the file holds.
+
+    Returns:
+      The checkpoint's resolved prefix and architecture (kind "tf1").
+
+    Raises:
+      pretrained.CheckpointError: nothing at `path`, not a checkpoint, a damaged one, no reference ResNet in
+        it, one of our checkpoints (nothing to convert), or another architecture than asked (named).
+    """
+    prefix = pretrained.resolve_checkpoint(path)  # missing, not a checkpoint, damaged: one-line errors
+    try:
+        found = pretrained.checkpoint_architecture(prefix)
+    except tf.errors.OpError as e:
+        raise pretrained.CheckpointError(f"cannot read {prefix}: {pretrained.error_line(e)}") from None
+    except pretrained.CheckpointError:
+        if pretrained.is_tf1_checkpoint(prefix):
+            raise  # the release's names, but not a whole reference ResNet: its message says what is missing
+        raise pretrained.CheckpointError(
+            f"{prefix} is not a released TF1 checkpoint of the reference ResNet (no variable is named like "
+            "init/init_conv/conv2d/kernel)"
+        ) from None
+    info = pretrained.CheckpointInfo(
+        path=prefix,
+        kind=str(found["kind"]),
+        depth=int(found["depth"]),
+        base_width=int(found["base_width"]),
+        num_classes=int(found["num_classes"]),
+    )
+    if info.kind != "tf1":
+        raise pretrained.CheckpointError(
+            f"{prefix} is already one of this project's checkpoints ({_describe(info)}), not a released TF1 "
+            "one: it needs no conversion (--init_checkpoint, evaluate.py and the tools read it as it is)"
+        )
+    asked = {"depth": depth, "base_width": base_width, "num_classes": num_classes}
+    wrong = [f"--{name}={value}" for name, value in asked.items() if value not in (None, getattr(info, name))]
+    if wrong:
+        raise pretrained.CheckpointError(
+            f"{prefix} holds {_describe(info)}, not the asked {', '.join(wrong)}"
+        )
+    return info
 
 
 def convert(
     tf1_checkpoint_path: str,
     *,
-    depth: int,
-    num_classes: int | None,
     output: str,
-    base_width: int = 64,
+    depth: int | None = None,
+    base_width: int | None = None,
+    num_classes: int | None = None,
 ) -> dict[str, int | str]:
-    """Loads the TF1 checkpoint into `build_resnet(depth, num_classes)` and writes it as ours.
+    """Loads the TF1 checkpoint into the ResNet it holds and writes it in our format.
 
     Args:
       tf1_checkpoint_path: prefix of the TF1 checkpoint.
-      depth: ResNet depth (101 for the released checkpoints).
-      num_classes: head size; None reads it from the checkpoint's `logits/dense/bias`.
       output: prefix of the checkpoint to write.
-      base_width: stem width (64 for the released checkpoints).
+      depth, base_width, num_classes: the expected architecture (see `source_architecture`); None: what the
+        checkpoint holds.
 
     Returns:
-      A summary: the written path, variables, parameters (trainable and all) and head size.
+      A summary: the written path, the architecture, variables, parameters (trainable and all) and what
+      else the TF1 file held.
+
+    Raises:
+      pretrained.CheckpointError: see `source_architecture`.
+      tf1_checkpoint.TF1CheckpointMismatchError: the file's model variables do not match the ResNet its
+        names and shapes describe (listing every one).
+      OSError: the output cannot be written.
     """
-    if num_classes is None:
-        num_classes = int(
-            tf.train.load_checkpoint(tf1_checkpoint_path).get_tensor("logits/dense/bias").shape[0]
-        )
-    model = resnet.build_resnet(depth, num_classes, base_width=base_width)
-    contents = tf1_checkpoint.load_tf1_checkpoint(model, tf1_checkpoint_path)
-    path = tf.train.Checkpoint(model=model).write(output)
+    info = source_architecture(
+        tf1_checkpoint_path, depth=depth, base_width=base_width, num_classes=num_classes
+    )
+    model = resnet.build_resnet(info.depth, info.num_classes, base_width=info.base_width)
+    contents = tf1_checkpoint.load_tf1_checkpoint(model, info.path)
+    try:
+        path = tf.train.Checkpoint(model=model).write(output)
+    except tf.errors.OpError as e:
+        raise OSError(f"cannot write {output}: {pretrained.error_line(e)}") from None
     return {
         "path": path,
-        "depth": depth,
+        "depth": info.depth,
+        "base_width": info.base_width,
         "variables": len(model.weights),
         "trainable_parameters": int(sum(np.prod(v.shape) for v in model.trainable_weights)),
         "parameters": int(sum(np.prod(v.shape) for v in model.weights)),
-        "head_classes": num_classes,
+        "head_classes": info.num_classes,
         "source": contents.summary(),  # what the TF1 file held; only the model weights are converted
     }
 
@@ -60,39 +142,69 @@ def convert(
 FLAGS = flags.FLAGS
 
 
-def define_flags() -> None:
-    flags.DEFINE_string("tf1_checkpoint", None, "Prefix of the released TF1 checkpoint (.../model.ckpt).")
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Defines the script's flags on `flag_values` (a fresh one runs it in-process)."""
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_string(
+        "tf1_checkpoint", None, "Prefix of the released TF1 checkpoint (.../model.ckpt).", **fv
+    )
+    flags.DEFINE_string(
+        "output", None, "Prefix of the checkpoint to write (tf.train.Checkpoint(model=...)).", **fv
+    )
     flags.DEFINE_integer(
         "depth",
-        101,
-        "ResNet depth: 50, 101 or 152 (the released checkpoints are 101); 14 is a test-only variant.",
+        None,
+        "Expected ResNet depth (the released checkpoints are 101); default: read from the checkpoint. "
+        "Another depth is an error.",
+        **fv,
+    )
+    flags.DEFINE_integer(
+        "base_width",
+        None,
+        "Expected stem width (64 for the released checkpoints); default: read from the checkpoint.",
+        **fv,
     )
     flags.DEFINE_integer(
         "num_classes",
         None,
-        "Head size: 11166 (ML-Images) or 1000 (ImageNet); default: read from the checkpoint.",
+        "Expected head size: 11166 (ML-Images) or 1000 (ImageNet); default: read from the checkpoint.",
+        **fv,
     )
-    flags.DEFINE_integer("base_width", 64, "Stem width; 64 for the released checkpoints (smaller for tests).")
-    flags.DEFINE_string("output", None, "Prefix of the checkpoint to write (tf.train.Checkpoint(model=...)).")
-    flags.mark_flags_as_required(["tf1_checkpoint", "output"])
+    flags.mark_flags_as_required(["tf1_checkpoint", "output"], **fv)
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    summary = convert(
-        FLAGS.tf1_checkpoint,
-        depth=FLAGS.depth,
-        num_classes=FLAGS.num_classes,
-        output=FLAGS.output,
-        base_width=FLAGS.base_width,
+def _one_line(error: BaseException) -> str:
+    """The error's message on one line (a strict mismatch lists its variables on several)."""
+    text = (
+        pretrained.error_line(error) if isinstance(error, tf.errors.OpError) else " ".join(str(error).split())
     )
+    return text if len(text) <= _ERROR_CHARS else text[: _ERROR_CHARS - 4] + " ..."
+
+
+def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
+    """The script: `argv` as left by absl's parsing of `flag_values` (app.run passes only argv)."""
+    f = flag_values
+    if len(argv) > 1:
+        sys.exit(f"convert_checkpoint.py: error: unexpected arguments {argv[1:]}; see --help")
+    try:
+        summary = convert(
+            f.tf1_checkpoint,
+            output=f.output,
+            depth=f.depth,
+            base_width=f.base_width,
+            num_classes=f.num_classes,
+        )
+    except (ValueError, OSError, tf.errors.OpError) as e:  # CheckpointError is a ValueError
+        sys.exit(f"convert_checkpoint.py: error: {_one_line(e)}")
     print(
-        f"wrote {summary['path']}: ResNet-{summary['depth']}, {summary['variables']} variables, "
-        f"{summary['trainable_parameters']:,} trainable parameters ({summary['parameters']:,} with BN "
-        f"statistics), {summary['head_classes']}-way head; the TF1 file held {summary['source']}"
+        f"wrote {summary['path']}: ResNet-{summary['depth']} (base width {summary['base_width']}), "
+        f"{summary['variables']} variables, {summary['trainable_parameters']:,} trainable parameters "
+        f"({summary['parameters']:,} with BN statistics), {summary['head_classes']}-way head; the TF1 file "
+        f"held {summary['source']}"
     )
 
 
 if __name__ == "__main__":
+    tf_logs.quiet_tensorflow()  # TensorFlow's own INFO lines stay out of the output
     define_flags()
     app.run(main)
