@@ -18,7 +18,9 @@ validation, so a long run silently produced empty and truncated files. This vers
 - names files deterministically and without collisions: `ab/<24 hex of sha1(url)><ext>` (two-level fan-out
   so that 17.6M files never land in one directory);
 - writes the image list (`filename idx:conf ...`, the reference "image list" format, in URL-list order) and
-  a failed list (`URL<TAB>reason`), and shows progress with rate and ETA (tqdm);
+  a failed list (`URL<TAB>reason`), and shows progress with rate and ETA (tqdm); it replaces an existing
+  file of those names only when the file is one of its own lists (a previous run's, recognised by its
+  lines), never e.g. the release's `train_im_list.txt` given as `--image_list` by mistake;
 - stops cleanly on Ctrl-C: the downloads in flight are aborted within a fraction of a second, finished
   files are kept and listed, the interrupted URLs go to the failed list as "interrupted", and the command
   exits with status 130 after logging its summary (run it again to resume).
@@ -79,6 +81,12 @@ _POLL_S: Final = 0.05
 T = TypeVar("T")
 # The records' class count when --output_records is given without --num_classes (ML-Images).
 _DEFAULT_NUM_CLASSES: Final = 11166
+# The lines of this downloader's own lists, by which an existing file is recognised as safe to replace:
+# the image list names files `filename_for_url` made (`ab/ab<22 hex>.<ext>`), the failed list holds
+# `URL<TAB>reason` (a reason, not the `idx:conf` labels of a URL list).
+_OWN_IMAGE_LINE: Final = re.compile(r"([0-9a-f]{2})/\1[0-9a-f]{22}\.[a-z]+(\t.*)?")
+_OWN_FAILED_LINE: Final = re.compile(r"\S+\t(?!\d+:)[^\t]+")
+_RECOGNISED_LINES: Final = 1000  # lines of an existing list looked at: a foreign file fails on its first
 
 
 @dataclasses.dataclass(frozen=True)
@@ -668,6 +676,38 @@ def fetch_all(
                 yield url, future.result()
 
 
+def is_own_list(path: str | os.PathLike[str], line: re.Pattern[str]) -> bool:
+    """Whether an existing `path` is one of this downloader's lists (its first lines all match `line`).
+
+    An empty file counts as one (nothing is lost by replacing it); a missing one too. Only the first
+    `_RECOGNISED_LINES` lines are read: an image list of 17.6M lines is recognised at once, and a foreign
+    file (the release's own `train_im_list.txt`, a URL list) differs from the first line on.
+    """
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = [text.rstrip("\r\n") for text in itertools.islice(f, _RECOGNISED_LINES)]
+    except FileNotFoundError:
+        return True
+    return all(line.fullmatch(text) for text in lines if text.strip())
+
+
+def refuse_foreign_lists(image_list: str | os.PathLike[str], failed_list: str | os.PathLike[str]) -> None:
+    """Raises FileExistsError when an output list would replace a file this downloader did not write.
+
+    A re-run (resuming) replaces its own previous lists; anything else, e.g. the release's own
+    `train_im_list.txt` (`name.jpg<TAB>idx:conf ...`) or a URL list, is left alone.
+    """
+    for path, line, what in (
+        (image_list, _OWN_IMAGE_LINE, "image list"),
+        (failed_list, _OWN_FAILED_LINE, "failed list"),
+    ):
+        if not is_own_list(path, line):
+            raise FileExistsError(
+                f"{os.fspath(path)} exists and is not one of data/download.py's {what}s; not replacing it: "
+                "give another file name, or move that file away"
+            )
+
+
 def _count_lines(path: pathlib.Path) -> int:
     with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 24), b""))
@@ -743,7 +783,12 @@ def download_url_list(
 
     Returns:
       The run's counts.
+
+    Raises:
+      FileExistsError: `image_list` or `failed_list` is a file that this downloader did not write (see
+        `refuse_foreign_lists`); nothing was downloaded or written.
     """
+    refuse_foreign_lists(image_list, failed_list)
     url_list = pathlib.Path(url_list)
     pathlib.Path(output_dir).mkdir(parents=True, exist_ok=True)
     stop = stop or threading.Event()
@@ -820,16 +865,19 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(
             "--output_dir (download image files) or --output_records (the one pass) is required"
         )
-    summary = download_url_list(
-        f.url_list,
-        output_dir=f.output_dir,
-        image_list=f.image_list or os.path.join(f.output_dir, "image_list.txt"),
-        failed_list=f.failed_list or os.path.join(f.output_dir, "failed_urls.txt"),
-        config=config,
-        num_classes=f.num_classes,
-        bad_lines_report=f.bad_lines_report,
-        show_progress=f.progress,
-    )
+    try:
+        summary = download_url_list(
+            f.url_list,
+            output_dir=f.output_dir,
+            image_list=f.image_list or os.path.join(f.output_dir, "image_list.txt"),
+            failed_list=f.failed_list or os.path.join(f.output_dir, "failed_urls.txt"),
+            config=config,
+            num_classes=f.num_classes,
+            bad_lines_report=f.bad_lines_report,
+            show_progress=f.progress,
+        )
+    except FileExistsError as e:  # an output list would replace a file it did not write: one line
+        raise SystemExit(f"download.py: error: {e}") from None
     logging.info(
         "%d URLs: %d downloaded, %d already present, %d failed, %d interrupted, %d malformed lines skipped; "
         "%.1f MB in %.0f s",

@@ -422,6 +422,40 @@ def test_download_url_list_writes_lists_and_resumes(server, tmp_path):
     assert (tmp_path / "list.txt").read_text().splitlines() == listed
 
 
+# The first lines of the release's own train_im_list.txt: an image list, but not one the downloader wrote.
+RELEASE_IM_LIST = (
+    "17382017900_f7152f6e1c_o.jpg\t940:0.8\t860:0.8\t17:1\t1:1\n74229536_063452179d_o.jpg\t3:1.0\n"
+)
+
+
+@pytest.mark.parametrize("output", ["image_list", "failed_list"])
+def test_a_list_it_did_not_write_is_not_replaced(server, tmp_path, output):
+    """The release's train_im_list.txt given as --image_list, or the URL list as --failed_list: refused
+    before anything is fetched or written; the downloader's own lists (and empty files) are replaced."""
+    _write_url_list(tmp_path / "urls.txt", server, ["good1.jpg", "missing.jpg"])
+    (tmp_path / "train_im_list.txt").write_text(RELEASE_IM_LIST)
+    foreign = {"image_list": tmp_path / "train_im_list.txt", "failed_list": tmp_path / "urls.txt"}[output]
+    before = foreign.read_bytes()
+    kwargs = dict(
+        output_dir=tmp_path / "images",
+        image_list=tmp_path / "list.txt",
+        failed_list=tmp_path / "failed.txt",
+        config=FAST,
+        show_progress=False,
+    )
+    what = output.replace("_", " ")
+    with pytest.raises(FileExistsError, match=f"is not one of data/download.py's {what}s"):
+        download.download_url_list(tmp_path / "urls.txt", **{**kwargs, output: foreign})
+    assert foreign.read_bytes() == before
+    assert not server.hits and not (tmp_path / "images").exists()
+    # An empty file, then the downloader's own lists from that run, are replaced (a re-run resumes).
+    (tmp_path / "list.txt").write_text("")
+    for _ in range(2):
+        summary = download.download_url_list(tmp_path / "urls.txt", **kwargs)
+        assert (summary.downloaded + summary.existing, summary.failed) == (1, 1)
+        assert len((tmp_path / "list.txt").read_text().splitlines()) == 1
+
+
 def test_stop_aborts_downloads_in_flight_and_lists_them(server, tmp_path):
     """Setting `stop` (what Ctrl-C does) ends the run at once; finished work is kept and listed in order."""
     names = ["good1.jpg", "trickle_a.jpg", "good2.jpg", "trickle_b.jpg", "good3.jpg"]
@@ -486,6 +520,18 @@ def test_cli(server, tmp_path, repo_root):
         assert flag in helptext
     for flag in ("--failed_list", "--max_pixels"):
         assert flag in helptext
+
+
+def test_cli_refuses_to_replace_the_release_list_in_one_line(server, tmp_path, repo_root):
+    _write_url_list(tmp_path / "urls.txt", server, ["good1.jpg"])
+    (tmp_path / "train_im_list.txt").write_text(RELEASE_IM_LIST)
+    cmd = _cli(repo_root, tmp_path, "--image_list", str(tmp_path / "train_im_list.txt"))
+    proc = subprocess.run(cmd, env=_env(), timeout=60, capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        f"download.py: error: {tmp_path / 'train_im_list.txt'} exists and is not one of data/download.py's "
+        "image lists; not replacing it: give another file name, or move that file away"
+    )
+    assert (tmp_path / "train_im_list.txt").read_text() == RELEASE_IM_LIST and not server.hits
 
 
 def test_cli_ctrl_c_stops_within_two_seconds(server, tmp_path, repo_root):
