@@ -103,6 +103,32 @@ def test_the_lock_of_a_killed_run_is_taken_over_with_a_warning(tmp_path, caplog)
     assert "taking over" not in caplog.text
 
 
+def test_a_lock_file_removed_before_its_flock_is_taken_is_opened_anew(tmp_path, monkeypatch):
+    """A run that did not start removes its lock file while holding it (`release(discard=True)`); a run
+    that had opened that file just before must not hold the removed file while a third run locks a new one."""
+    model_dir = tmp_path / "run"
+    lock = run_dir.RunLock(str(model_dir)).acquire()
+    removed_fd = os.open(lock.path, os.O_RDWR)  # opened by a second run just before the first one gives up
+    lock.release(discard=True)
+    assert not model_dir.exists()  # the first run left nothing: it created the directory and the file
+    second = run_dir.RunLock(str(model_dir))
+    opened = []
+    real_open = second._open
+
+    def first_the_removed_file():
+        opened.append(1)
+        return (removed_fd, False) if len(opened) == 1 else real_open()
+
+    monkeypatch.setattr(second, "_open", first_the_removed_file)
+    second.acquire()
+    try:
+        assert len(opened) == 2  # the removed file was let go, the path opened again
+        with pytest.raises(run_dir.RunDirError, match="is in use by another run"):
+            run_dir.RunLock(str(model_dir)).acquire()  # a third run sees the second one's lock
+    finally:
+        second.release()
+
+
 def test_train_py_refuses_a_busy_directory_in_one_line(tmp_path, data, capfd):
     model_dir = tmp_path / "run"
     holder = _hold_lock_in_a_subprocess(model_dir)
@@ -193,6 +219,28 @@ def test_another_models_checkpoint_is_named_in_our_words(finished_run, tmp_path,
     assert "holds another model: base_width 4 (this run: 8)" in message
     assert "init_conv/kernel is (7, 7, 3, 4) there, (7, 7, 3, 8) here" in message
     assert "\n" not in message and "Unresolved object" not in caplog.text
+
+
+@pytest.mark.parametrize("refusal", ["num_classes", "init_checkpoint"])
+def test_a_run_refused_before_its_first_step_leaves_the_directory_as_it_was(tmp_path, data, caplog, refusal):
+    """A class count the data does not have (in a directory that does not exist yet, nor its parent), or an
+    unreadable --init_checkpoint (in an empty directory): one line, nothing left behind (no config.json,
+    event files or lock file), and the next run starts without "configuration changed"."""
+    if refusal == "num_classes":
+        model_dir, bad = tmp_path / "runs" / "run", f"--num_classes={data.num_classes + 1}"
+    else:
+        model_dir, bad = tmp_path / "run", f"--init_checkpoint={tmp_path / 'missing' / 'model.ckpt'}"
+        model_dir.mkdir()
+    with pytest.raises(SystemExit) as info:
+        entry_points.run(_train_args(data, model_dir, "--train_steps=1", bad))
+    assert str(info.value.code).startswith("error: ") and "\n" not in str(info.value.code)
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["run"] if refusal == "init_checkpoint" else [])
+    assert not model_dir.exists() or not list(model_dir.iterdir())
+    with caplog.at_level(logging.WARNING):
+        entry_points.run(_train_args(data, model_dir, "--train_steps=1"))
+    assert "configuration changed" not in caplog.text
+    history = [json.loads(x) for x in (model_dir / "config_history.jsonl").read_text().splitlines()]
+    assert [(h["resumed"], h["changed"]) for h in history] == [(False, [])]
 
 
 # ------------------------------------------------------------------------------------------ 3. preemption
@@ -506,11 +554,11 @@ def test_too_small_image_sizes_name_the_minimum(value, sizes):
 def test_the_config_check_reads_the_history_when_config_json_is_damaged(tmp_path, data):
     model_dir = tmp_path / "run"
     model_dir.mkdir()
-    run_dir.record_config(_config(data, model_dir), resuming=False)
+    run_dir.check_config(_config(data, model_dir), resuming=False).write()
     _truncate(model_dir / "config.json")
     smaller = dataclasses.replace(_config(data, model_dir), per_rank_batch=4)
     with pytest.raises(run_dir.RunDirError, match="per_rank_batch 8 -> 4"):
-        run_dir.record_config(smaller, resuming=True)
+        run_dir.check_config(smaller, resuming=True)
 
 
 def test_on_another_number_of_ranks_only_what_resolve_cannot_change_is_compared(data):

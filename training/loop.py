@@ -4,13 +4,17 @@
 
 1. the chief locks the run directory (one run at a time) and checks the configuration against the saved
    `config.json` before writing anything: a change the checkpoint cannot take is refused on every rank,
-   a change it can take is recorded (training/run_dir.py);
+   a change it can take is recorded once the run starts (training/run_dir.py);
 2. the model, optimizer, loss state and step are created, then restored — on EVERY rank, from the newest
    checkpoint that is intact on every rank (state and input positions; damaged ones are set aside with a
    warning), whose step the chief announces to all ranks so no rank can disagree about it — or
    initialised (`init_checkpoint`: ours or a released TF1 checkpoint, head skipped when asked), and
    finally broadcast from rank 0 so all ranks start identical. A checkpoint saved on another global batch
-   has its step re-counted in this one (the schedule follows the images seen);
+   has its step re-counted in this one (the schedule follows the images seen). Only then, with the data
+   opened and the state in place, is the run known to start: the chief writes `config.json` and opens
+   TensorBoard's event files. A run refused before (a class count the data does not have, an unreadable
+   `init_checkpoint`) leaves the run directory as it was, so the next run has no stale configuration
+   to compare with;
 3. the steps run phase by phase (one phase per training image size); each phase builds its own input
    pipeline, and a resumed run restores this rank's iterator to the exact next batch (or, when the saved
    positions belong to another number of ranks, restarts the input with a new permutation and says so);
@@ -61,7 +65,7 @@ class _Run:
     manager: tf.train.CheckpointManager | None  # chief only
     train_source: input_pipeline.Source
     eval_source: input_pipeline.Source | None
-    summaries: summaries_lib.Writers | None  # chief only: TensorBoard
+    summaries: summaries_lib.Writers | None  # chief only, from the start (`_start`): TensorBoard
     # The input: its seed (the config's, or a new one where saved positions could not be used), and
     # whether this rank's position at the resumed step is restored (False: the input restarts, `input_note`
     # says why).
@@ -137,7 +141,6 @@ def _build(config: TrainConfig, dist: distributed.Distributed) -> _Run:
     if loss is not None:
         state["loss"] = loss
     checkpoint = tf.train.Checkpoint(**state)
-    writers = summaries_lib.Writers(config.model_dir) if dist.is_chief else None
     train_source, eval_source = _sources(config)
     # The manager (chief) is made after the resume is agreed: see _set_aside.
     return _Run(
@@ -149,7 +152,7 @@ def _build(config: TrainConfig, dist: distributed.Distributed) -> _Run:
         None,
         train_source,
         eval_source,
-        writers,
+        None,
         input_seed=config.seed,
     )
 
@@ -345,22 +348,27 @@ def _set_intra_op_threads(num_threads: int) -> None:
     logging.info("TensorFlow intra-op threads: %d", num_threads)
 
 
-def _prepare_run_dir(config: TrainConfig, dist: distributed.Distributed) -> run_dir.RunLock | None:
-    """Chief: locks the run directory and checks and records the configuration; agreed by every rank.
+def _prepare_run_dir(
+    config: TrainConfig, dist: distributed.Distributed
+) -> tuple[run_dir.RunLock | None, run_dir.ConfigRecord | None]:
+    """Chief: locks the run directory and checks the configuration; agreed by every rank.
+
+    Returns:
+      The chief's lock and the configuration record that `_start` writes (None on the other ranks).
 
     Raises:
       RunDirError: (on every rank) the directory is unwritable or busy, or the configuration cannot resume
         its checkpoint; nothing in the directory was changed.
     """
-    lock, refusal = None, None
+    lock, record, refusal = None, None, None
     if dist.is_chief:
         try:
             lock = run_dir.RunLock(config.model_dir).acquire()
             resuming = bool(checkpoints.checkpoint_paths(config.model_dir))
-            run_dir.record_config(config, resuming=resuming)
+            record = run_dir.check_config(config, resuming=resuming)
         except run_dir.RunDirError as e:
             if lock is not None:
-                lock.release()
+                lock.release(discard=True)
             refusal = e
     # Horovod: the other ranks learn the chief's refusal instead of waiting for it in the first collective.
     refused = resume_lib.announce(dist, [int(refusal is not None)])[0]
@@ -368,7 +376,16 @@ def _prepare_run_dir(config: TrainConfig, dist: distributed.Distributed) -> run_
         raise refusal
     if refused:
         raise run_dir.RunDirError(f"the chief refused to start in {config.model_dir} (see its error)")
-    return lock
+    return lock, record
+
+
+def _start(run: _Run, record: run_dir.ConfigRecord | None) -> None:
+    """The run is known to start (data opened, state restored or initialised): the chief writes its
+    configuration and opens TensorBoard's writers, the run directory's first files of this run."""
+    if record is not None:
+        record.write()
+    if run.dist.is_chief:
+        run.summaries = summaries_lib.Writers(run.config.model_dir)
 
 
 def train(
@@ -390,18 +407,18 @@ def train(
     dist = dist or distributed.Distributed()
     if config.intra_op_threads:
         _set_intra_op_threads(config.intra_op_threads)
-    lock = _prepare_run_dir(config, dist)
+    lock, record = _prepare_run_dir(config, dist)
     profiler = None
     if profile_steps is not None and dist.is_chief:
         profiler = summaries_lib.StepProfiler(*profile_steps, logdir=os.path.join(config.model_dir, "train"))
     try:
         with preemption.StopRequest() as stop:
-            return _train(config, dist, stop, profiler)
+            return _train(config, dist, stop, profiler, record)
     finally:
         if profiler is not None:
             profiler.close()  # a run that stopped inside the profiled steps
-        if lock is not None:
-            lock.release()
+        if lock is not None:  # a run refused before it started leaves the directory as it found it
+            lock.release(discard=record is not None and not record.written)
 
 
 def _stop_requested(
@@ -449,6 +466,7 @@ def _train(
     dist: distributed.Distributed,
     stop: preemption.StopRequest,
     profiler: summaries_lib.StepProfiler | None,
+    record: run_dir.ConfigRecord | None,
 ) -> dict[str, Any]:
     run = _build(config, dist)
     step = _initialise(run)
@@ -456,6 +474,7 @@ def _train(
         run.manager = tf.train.CheckpointManager(
             run.checkpoint, config.model_dir, max_to_keep=config.keep_checkpoints, checkpoint_name="ckpt"
         )
+    _start(run, record)
     result: dict[str, Any] = {"step": step}
     if step >= config.train_steps:
         logging.info("training already finished at step %d (train_steps %d)", step, config.train_steps)

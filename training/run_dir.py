@@ -11,15 +11,21 @@ that says so. On a file system without shared flock (NFSv3 without lockd, Lustre
 hosts can both take it: there, only the warning tells.
 
 The configuration. A resume must run the configuration its checkpoint was trained with. Before anything is
-written, the new configuration is compared with the saved `config.json`: a change that the checkpoint cannot
-take (the model, the task, the batch, the image sizes, the schedule, ...) is refused in one line naming the
-fields, and the directory is left untouched; a change that it can take (train_steps, logging, checkpoint
-and evaluation intervals, data locations, ...) is allowed, and every configuration a run started with is
-appended to `config_history.jsonl`, so the original is never lost when `config.json` is replaced.
+written, the new configuration is compared with the saved `config.json` (`check_config`): a change that the
+checkpoint cannot take (the model, the task, the batch, the image sizes, the schedule, ...) is refused in one
+line naming the fields, and the directory is left untouched; a change that it can take (train_steps,
+logging, checkpoint and evaluation intervals, data locations, ...) is allowed. The check's `ConfigRecord` is
+written only once the run is known to start (its data opened, its state restored or initialised): every
+configuration a run started with is appended to `config_history.jsonl`, so the original is never lost when
+`config.json` is replaced, and a run refused on the way (a wrong class count, an unreadable
+--init_checkpoint) records nothing that the next run would report as a change. Such a run also gives its
+lock back with `release(discard=True)`: the lock file and the directories that it created are removed, so
+the directory is left as it was.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import errno
 import fcntl
@@ -85,27 +91,53 @@ def _check_writable(model_dir: str) -> None:
         raise RunDirError(f"--model_dir {model_dir} is not writable: {reason}") from None
 
 
+def _missing_dirs(path: str) -> list[str]:
+    """`path` and those of its parents that do not exist yet, innermost first (what makedirs would create)."""
+    missing = []
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
 class RunLock:
     """An exclusive lock on a run directory, held by one process (the chief) until `release`."""
+
+    _ATTEMPTS = 5  # takes of a lock file that a run giving up removed meanwhile, before "busy"
 
     def __init__(self, model_dir: str) -> None:
         self.path = os.path.join(model_dir, LOCK_FILE)
         self._fd: int | None = None
+        self._created: list[
+            str
+        ] = []  # what `acquire` created: the lock file, then directories innermost first
 
     def acquire(self) -> RunLock:
         """Takes the lock, or raises RunDirError naming the holder; creates (and checks) the directory."""
+        created_dirs = _missing_dirs(os.path.dirname(self.path))
         _check_writable(os.path.dirname(self.path))
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise RunDirError(f"cannot lock {self.path}: {e.strerror}") from None
-            raise RunDirError(
-                f"{os.path.dirname(self.path)} is in use by another run ({_describe(_read(self.path))}); "
-                "wait for it to finish or give another --model_dir"
-            ) from None
+        for _ in range(self._ATTEMPTS):
+            fd, created = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                os.close(fd)
+                if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise RunDirError(f"cannot lock {self.path}: {e.strerror}") from None
+                raise RunDirError(
+                    f"{os.path.dirname(self.path)} is in use by another run ({_describe(_read(self.path))}); "
+                    "wait for it to finish or give another --model_dir"
+                ) from None
+            if self._is_current(fd):
+                break
+            os.close(fd)  # a run that did not start removed this file (`release(discard=True)`): open anew
+        else:
+            raise RunDirError(f"cannot lock {self.path}: it keeps being removed by another process")
+        self._created = ([self.path] if created else []) + created_dirs
         previous = _read(self.path)
         if previous:
             same_host = previous.get("host") == socket.gethostname()
@@ -128,17 +160,49 @@ class RunLock:
         self._fd = fd
         return self
 
-    def release(self) -> None:
-        """Empties the lock file (no holder) and releases the flock."""
+    def _open(self) -> tuple[int, bool]:
+        """The lock file's descriptor, and whether this call created the file."""
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
+        except FileExistsError:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644), False
+
+    def _is_current(self, fd: int) -> bool:
+        """Whether the locked descriptor is still the file at `path` (not one removed before the flock)."""
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(fd)
+        return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
+
+    def release(self, *, discard: bool = False) -> None:
+        """Empties the lock file (no holder) and releases the flock.
+
+        Args:
+          discard: the run did not start: also remove the lock file and the directories `acquire` created
+            (those still empty), so the run directory is as it was. The file is removed while it is still
+            locked; a run that opened it meanwhile sees that it is gone once it holds the flock and opens
+            the path anew (`acquire`), so two runs never hold two different files.
+        """
         if self._fd is None:
             return
+        created, self._created = self._created, []
         try:
             os.ftruncate(self._fd, 0)
+            if discard and self.path in created:
+                os.remove(self.path)
         except OSError:
             pass
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = None
+        if discard:
+            for directory in (p for p in created if p != self.path):
+                try:
+                    os.rmdir(directory)  # only an empty one: anything written there since stays
+                except OSError:
+                    break
 
     def __enter__(self) -> RunLock:
         return self.acquire()
@@ -197,13 +261,53 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def record_config(config: config_lib.TrainConfig, *, resuming: bool) -> None:
-    """Checks `config` against the saved one (when `resuming`), then records it; chief only.
+@dataclasses.dataclass
+class ConfigRecord:
+    """What `check_config` found, to be written by `write` once the run is known to start.
+
+    Attributes:
+      config: the run's configuration.
+      resuming: the run continues a checkpoint of the directory.
+      saved: the configuration saved in the directory (None: none, or unreadable).
+      changed: the fields that differ from it (and that this run may change).
+      written: `write` ran.
+    """
+
+    config: config_lib.TrainConfig
+    resuming: bool
+    saved: dict[str, Any] | None
+    changed: list[str]
+    written: bool = False
+
+    def write(self) -> None:
+        """Appends the start to `config_history.jsonl` (when new) and writes `config.json`; chief only."""
+        model_dir = self.config.model_dir
+        if self.changed:
+            logging.warning(
+                "configuration changed since the last start: %s (recorded in %s)", self.changed, HISTORY_FILE
+            )
+        history = os.path.join(model_dir, HISTORY_FILE)
+        entry = {
+            "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "resumed": self.resuming,
+            "changed": self.changed,
+            "config": json.loads(self.config.to_json()),
+        }
+        if self.saved is not None and not os.path.exists(history):
+            # A directory from before the history existed: keep its original configuration first.
+            _append(history, {"time": None, "resumed": None, "changed": [], "config": self.saved})
+        if self.changed or self.saved is None or not os.path.exists(history):
+            _append(history, entry)
+        fileio.write_text(os.path.join(model_dir, CONFIG_FILE), self.config.to_json())
+        self.written = True
+
+
+def check_config(config: config_lib.TrainConfig, *, resuming: bool) -> ConfigRecord:
+    """Checks `config` against the saved one (when `resuming`); writes nothing (see `ConfigRecord.write`).
 
     Raises:
-      RunDirError: `resuming` and a field the checkpoint cannot take changed. Nothing is written.
+      RunDirError: `resuming` and a field the checkpoint cannot take changed.
     """
-    path = os.path.join(config.model_dir, CONFIG_FILE)
     new = json.loads(config.to_json())  # as it reads back (tuples become lists)
     saved = _saved_config(config.model_dir)
     changed: list[str] = []
@@ -220,23 +324,9 @@ def record_config(config: config_lib.TrainConfig, *, resuming: bool) -> None:
                 f"this one: {shown}{more}. Use the original flags, or another --model_dir"
             )
         changed = changed + ([] if resuming else refused)
-        if changed:
-            logging.warning(
-                "configuration changed since the last start: %s (recorded in %s)", changed, HISTORY_FILE
-            )
-    history = os.path.join(config.model_dir, HISTORY_FILE)
-    entry = {
-        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "resumed": resuming,
-        "changed": changed,
-        "config": new,
-    }
-    if isinstance(saved, dict) and not os.path.exists(history):
-        # A directory from before the history existed: keep its original configuration first.
-        _append(history, {"time": None, "resumed": None, "changed": [], "config": saved})
-    if changed or not isinstance(saved, dict) or not os.path.exists(history):
-        _append(history, entry)
-    fileio.write_text(path, config.to_json())
+    return ConfigRecord(
+        config, resuming=resuming, saved=saved if isinstance(saved, dict) else None, changed=changed
+    )
 
 
 def _saved_config(model_dir: str) -> dict[str, Any] | None:
