@@ -18,8 +18,9 @@ Saved predictions (arrays `scores` [N, C] and `labels`: [N, C] float confidences
     python evaluate.py --predictions val_scores.npz --topk 5,10 --output_json results.json
 
 Prints a table (percent) on stdout and writes the JSON report (fractions in [0, 1]); see
-training/report.py for its layout and training/metrics.py for the metric definitions. Under horovodrun
-every rank evaluates its own shard and only the chief prints and writes the report.
+training/report.py for its layout and training/metrics.py for the metric definitions; a progress bar
+(images, rate, ETA) goes to stderr, `--noprogress` hides it, as in the tools. Under horovodrun every rank
+evaluates its own shard and only the chief prints and writes the report.
 """
 
 from __future__ import annotations
@@ -160,6 +161,8 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
         "Rows of the predictions file read and evaluated at a time (memory vs speed).",
         **fv,
     )
+    # As the inference tools' --progress (training/cli.py define_inference_flags).
+    flags.DEFINE_bool("progress", True, "Show a progress bar (images, rate, ETA) on stderr.", **fv)
     flags.register_validator(
         "topk",
         _positive_ints,
@@ -215,7 +218,9 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
     dist = distributed.init()
     try:
         if f.predictions:
-            result = predictions.evaluate_predictions(f.predictions, settings, show_progress=dist.is_chief)
+            result = predictions.evaluate_predictions(
+                f.predictions, settings, show_progress=f.progress and dist.is_chief
+            )
         else:
             config = evaluation.ModelEvalConfig(
                 checkpoint=f.checkpoint,
@@ -232,7 +237,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
                 depth=f.depth,
                 save_predictions=f.save_predictions or "",
             )
-            result = evaluation.evaluate_checkpoint(config, settings, dist=dist)
+            result = evaluation.evaluate_checkpoint(config, settings, dist=dist, show_progress=f.progress)
     except (report.EvaluationInputError, input_pipeline.BadRecordError) as e:
         sys.exit(f"evaluate.py: error: {e}")
     if dist.is_chief:  # Horovod: every rank holds the global report; only the chief prints and writes it.

@@ -83,6 +83,16 @@ def test_cli_multilabel_json_matches_direct_computation(tmp_path, multilabel_npz
     assert "100%" in stderr  # tqdm finished
 
 
+def test_noprogress_hides_the_bar_and_nothing_else(multilabel_npz, multilabel_setup):
+    path = multilabel_npz[0]
+    shown, bar = run_cli(f"--predictions={path}", "--topk=1,3")
+    hidden, nothing = run_cli(f"--predictions={path}", "--topk=1,3", "--noprogress")
+    assert "100%" in bar and "100%" not in nothing and hidden == shown
+    checkpoint = [f"--checkpoint={multilabel_setup['prefix']}", f"--data_dir={multilabel_setup['records']}"]
+    _, stderr = run_cli(*checkpoint, "--image_size=32", "--topk=1,3", "--batch_size=4", "--noprogress")
+    assert "evaluate @32" not in stderr and "10/10" not in stderr
+
+
 def test_cli_single_label_json_matches_direct_computation(tmp_path, single_label_npz):
     path, scores, labels = single_label_npz
     out = tmp_path / "report.json"
@@ -126,6 +136,7 @@ def test_cli_help_explains_every_flag_and_rejects_bad_topk(repo_root):
         "batch_size",
         "max_batches",
         "save_predictions",
+        "progress",
     ):
         assert f"--{flag}" in proc.stdout or f"--[no]{flag}" in proc.stdout, flag
     with pytest.raises(flags.IllegalFlagValueError, match="comma-separated list of positive integers"):
