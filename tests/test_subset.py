@@ -183,6 +183,16 @@ def test_config_validation():
     assert subset.resolve_classes(["3", "n00000005", " "], _hierarchy()) == (3, 5)
 
 
+def test_the_summary_names_only_the_filters_given():
+    result = subset.SubsetResult(lines_read=10, after_fraction=6, after_classes=4, kept=3, kept_classes=None)
+    line = subset.summary_line(result, SubsetConfig(), "out.txt")
+    assert line == "10 lines read; 3 written to out.txt"
+    line = subset.summary_line(result, SubsetConfig(fraction=0.5, max_per_class=2), "out.txt")
+    assert line == "10 lines read, 6 after --fraction=0.5, 3 after --max_per_class=2; 3 written to out.txt"
+    line = subset.summary_line(result, SubsetConfig(classes=(1, 2)), "out.txt")
+    assert line == "10 lines read, 4 with one of the 2 classes; 3 written to out.txt"
+
+
 def test_cli(tmp_path, repo_root):
     h = _hierarchy()
     from data.hierarchy import write_hierarchy
@@ -192,7 +202,8 @@ def test_cli(tmp_path, repo_root):
     cmd = [sys.executable, str(repo_root / "tools" / "subset.py")]
     args = ["--input_list=in.txt", "--output_list=out.txt", "--hierarchy=h.txt", "--classes=n00000005"]
     args += ["--remap", "--output_hierarchy=sub.txt", "--class_map=map.tsv", "--bad_lines_report=bad.tsv"]
-    subprocess.run(cmd + args, cwd=tmp_path, check=True, capture_output=True, timeout=120)
+    proc = subprocess.run(cmd + args, cwd=tmp_path, check=True, capture_output=True, text=True, timeout=120)
+    assert "2 lines read, 1 with one of the 1 classes; 1 written to out.txt" in proc.stderr  # no --fraction
     assert _read(tmp_path / "out.txt") == [("a.jpg", ((1, 1.0), (0, 1.0)))]
     assert load_hierarchy(tmp_path / "sub.txt").names == ("c4", "c5")
     assert (tmp_path / "map.tsv").read_text().splitlines()[1:] == [

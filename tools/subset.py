@@ -246,6 +246,18 @@ def write_class_map(path: str | os.PathLike[str], kept_classes: Sequence[int], h
             f.write(f"{new}\t{old}\t{hierarchy.wnid(old)}\t{hierarchy.name(old)}\n")
 
 
+def summary_line(result: SubsetResult, config: SubsetConfig, output_list: str | os.PathLike[str]) -> str:
+    """The counts of a run, one after each filter that was given (a filter not given removed nothing)."""
+    steps = [f"{result.lines_read} lines read"]
+    if config.fraction < 1.0:
+        steps.append(f"{result.after_fraction} after --fraction={config.fraction:g}")
+    if config.classes is not None:
+        steps.append(f"{result.after_classes} with one of the {len(config.classes)} classes")
+    if config.max_per_class is not None:
+        steps.append(f"{result.kept} after --max_per_class={config.max_per_class}")
+    return f"{', '.join(steps)}; {result.kept} written to {os.fspath(output_list)}"
+
+
 def main(argv: list[str]) -> None:
     from absl import flags
 
@@ -280,14 +292,7 @@ def main(argv: list[str]) -> None:
             write_hierarchy(f.output_hierarchy, restricted)
         if f.class_map:
             write_class_map(f.class_map, result.kept_classes, hierarchy)
-    logging.info(
-        "%d lines read, %d after --fraction, %d after --classes, %d written to %s",
-        result.lines_read,
-        result.after_fraction,
-        result.after_classes,
-        result.kept,
-        f.output_list,
-    )
+    logging.info("%s", summary_line(result, config, f.output_list))
 
 
 def _define_flags() -> None:
