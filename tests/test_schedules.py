@@ -191,6 +191,20 @@ def test_train_dry_run_prints_the_reference_values():
     assert math.isclose(report["lr"]["35199"], 0.01 * 1.297**7, rel_tol=1e-11)
 
 
+def test_dry_run_prints_a_key_per_line_and_the_probes_in_step_order():
+    text = entry_points.run(["--dry_run", "--lr_probe_steps=110001,4400,0,35200,4399"])
+    report = json.loads(text)  # one JSON object, whose text keeps its key order
+    assert list(report["lr"]) == ["0", "4399", "4400", "35200", "110001"]
+    assert list(report) == sorted(report) and list(report["model"]) == sorted(report["model"])
+    lines = text.splitlines()
+    assert len(lines) > len(report) and '  "lr": {' in lines
+    start = lines.index('  "lr": {') + 1
+    assert [line.split(":")[0] for line in lines[start : start + 5]] == [
+        f'    "{step}"' for step in (0, 4399, 4400, 35200, 110001)
+    ]
+    assert '  "image_sizes": [[0, 224]],' in lines  # short lists stay on their line
+
+
 def test_finetune_dry_run_probes_lr_and_image_size():
     report = _dry_run(
         "--ckpt=ckpt3", "--simulate_workers=4", "--lr_probe_steps=0,150000,300000", finetune=True

@@ -213,7 +213,11 @@ def define_flags(
         "eval_steps", None, "Batches per rank per evaluation (0: the whole split).", lower_bound=0
     )
     f.DEFINE_list("topk", None, "k values of the multi-label validation metrics (default 5,10).")
-    f.DEFINE_bool("dry_run", False, "Print the resolved config as one JSON object and exit (reads no data).")
+    f.DEFINE_bool(
+        "dry_run",
+        False,
+        "Print the resolved config as one JSON object, a key per line, and exit (reads no data).",
+    )
     f.DEFINE_list(
         "lr_probe_steps", [], "With --dry_run: add the learning rate (and image size) at these steps."
     )
@@ -410,8 +414,20 @@ def resolve_config(
     return config
 
 
+def _json_text(value: Any, depth: int = 0) -> str:
+    """JSON of `value` with one key per line (objects indented by 2) and lists kept on one line; keys in
+    order, numbers as numbers (the probed steps 4399, 4400, 35200, not the string order 35200, 4399, 4400)."""
+    if not isinstance(value, dict) or not value:
+        return json.dumps(value)
+    keys = sorted(value, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k))
+    inner = "  " * (depth + 1)
+    lines = [f"{inner}{json.dumps(key)}: {_json_text(value[key], depth + 1)}" for key in keys]
+    return "{\n" + ",\n".join(lines) + "\n" + "  " * depth + "}"
+
+
 def dry_run_report(config: config_lib.TrainConfig, probe_steps: list[str], *, with_image_size: bool) -> str:
-    """The resolved config as one JSON object, with the probed learning rates (and image sizes)."""
+    """The resolved config as one JSON object, a key per line, with the probed learning rates (and image
+    sizes) in step order."""
     report = config_lib.to_dict(config)
     steps = [int(s) for s in probe_steps]
     if steps:
@@ -420,7 +436,7 @@ def dry_run_report(config: config_lib.TrainConfig, probe_steps: list[str], *, wi
         report["lr"] = {str(s): float(f"{config.schedule(s):.12g}") for s in steps}
         if with_image_size:
             report["image_size"] = {str(s): config.image_size_at(s) for s in steps}
-    return json.dumps(report, sort_keys=True)
+    return _json_text(report)
 
 
 def parse_profile_steps(values: list[str]) -> tuple[int, int] | None:
