@@ -166,10 +166,25 @@ def test_plots(small_list, tmp_path):
             assert image.format == "PNG" and image.size[0] > 100
 
 
+def test_the_summary_reports_skipped_lines(tmp_path):
+    path = tmp_path / "list.txt"
+    path.write_text("a.jpg\t7:1\nbad\t1:2.5\nb.jpg\t2:1\n")
+    summary = dataset_stats.format_summary(dataset_stats.stats_from_list(path)).splitlines()
+    assert summary[0] == "images            2" and summary[-1] == "malformed lines   1 (skipped)"
+
+
 def test_cli(small_list, tmp_path, repo_root):
     cmd = [sys.executable, str(repo_root / "tools" / "dataset_stats.py")]
     args = ["--list", str(small_list), "--num_classes=6", f"--output_json={tmp_path / 's.json'}"]
-    subprocess.run(cmd + args, check=True, capture_output=True, timeout=120)
+    proc = subprocess.run(
+        cmd + [*args, "--trainable_min=1"], check=True, capture_output=True, text=True, timeout=120
+    )
+    assert proc.stdout.splitlines() == [  # the figures of test_list_statistics_by_hand
+        "images            5",
+        "classes           6 (4 with images, 2 trainable: with more than 1 images)",
+        "tags per image    1.40 mean, 1 median, 0-3",
+        "images per class  1.8 mean over the classes with images (1.2 over all), 1.5 median, 3 max",
+    ]
     stats = json.loads((tmp_path / "s.json").read_text())
     assert stats["num_images"] == 5 and stats["images_per_class"] == [3, 2, 1, 1, 0, 0]
     helptext = subprocess.run([*cmd, "--help"], capture_output=True, text=True, timeout=120).stdout

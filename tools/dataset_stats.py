@@ -3,7 +3,8 @@ r"""Dataset statistics in the style of the original README, from a list file or 
 The release's README reports, for ML-Images train: 17,609,752 images, 11,166 classes, 10,505 trainable
 classes (more than 100 images), 8.72 tags per image on average and 13,843 images per class on average, with
 a plot of images per class and of tags per image. This tool computes the same figures for any list or
-written dataset (e.g. a subset from tools/subset.py) as JSON, plus two PNG plots.
+written dataset (e.g. a subset from tools/subset.py): a short table of the headline figures on stdout, all of
+them as JSON (`--output_json`), plus two PNG plots.
 
 Definitions used here:
 - a tag counts when its confidence is > 0 and >= `--min_confidence` (a dense TFRecord label cannot hold a
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import array
 import glob
-import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -286,6 +286,35 @@ def write_plots(stats: dict[str, Any], plot_dir: str | os.PathLike[str]) -> list
     return paths
 
 
+def format_summary(stats: dict[str, Any]) -> str:
+    """The headline figures of `stats` as a short table, in the release README's terms (its numbers for
+    ML-Images train: 17,609,752 images, 11,166 classes, 10,505 trainable, 8.72 tags per image, 13,843 images
+    per class)."""
+    tags = stats["tags_per_image"]
+    rows = [
+        ("images", f"{stats['num_images']:,}"),
+        (
+            "classes",
+            f"{stats['num_classes']:,} ({stats['classes_with_images']:,} with images, "
+            f"{stats['trainable_classes']:,} trainable: with more than {stats['trainable_min']:,} images)",
+        ),
+        (
+            "tags per image",
+            f"{stats['avg_tags_per_image']:.2f} mean, {tags['median']:g} median, {tags['min']}-{tags['max']}",
+        ),
+        (
+            "images per class",
+            f"{stats['avg_images_per_class']:,.1f} mean over the classes with images "
+            f"({stats['avg_images_per_class_all']:,.1f} over all), {stats['median_images_per_class']:,g} "
+            f"median, {stats['max_images_per_class']:,} max",
+        ),
+    ]
+    if stats.get("malformed_lines"):
+        rows.append(("malformed lines", f"{stats['malformed_lines']:,} (skipped)"))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
 def main(argv: list[str]) -> None:
     from absl import flags
 
@@ -325,8 +354,7 @@ def main(argv: list[str]) -> None:
         fileio.write_json(f.output_json, stats)
     if f.plot_dir:
         write_plots(stats, f.plot_dir)
-    summary = {k: v for k, v in stats.items() if k not in ("images_per_class", "tags_per_image")}
-    logging.info("Statistics: %s", json.dumps(summary))
+    print(format_summary(stats))
 
 
 def _define_flags() -> None:
