@@ -1,6 +1,4 @@
-"""The Python interface of models/pretrained.py: load, preprocess, decode_predictions, and the README example."""
-
-import re
+"""The Python interface of models/pretrained.py: load, preprocess and decode_predictions (the README example runs in tests/test_readme_runs.py)."""
 
 import keras
 import numpy as np
@@ -10,10 +8,8 @@ from PIL import Image
 
 from data import preprocessing
 from models import pretrained, resnet, tf1_checkpoint
-from tests.conftest import REPO_ROOT
-from tests.test_evaluate import BASE_WIDTH, tiny_model, write_jpegs
+from tests.test_evaluate import BASE_WIDTH, tiny_model
 from tests.test_pretrained import write_release_checkpoint
-from tools import export
 
 SIZE = 32
 X = np.random.default_rng(0).uniform(-1, 1, (3, SIZE, SIZE, 3)).astype(np.float32)
@@ -108,26 +104,3 @@ def test_decode_predictions_table(tmp_path):
         pretrained.decode_predictions(scores, top=5)
     with pytest.raises(ValueError, match="3 class names for 4 scores"):
         pretrained.decode_predictions(scores, class_names=["a", "b", "c"], top=2)
-
-
-def test_readme_example_runs(tmp_path, capsys):
-    """The README's Python block, with its paths pointed at an export of a tiny checkpoint made here."""
-    section = (
-        (REPO_ROOT / "README.md")
-        .read_text(encoding="utf-8")
-        .split("## Use the pretrained network in Python")[1]
-    )
-    code = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
-    assert len(code.strip().splitlines()) <= 8
-    model = tiny_model(7, seed=10)
-    prefix = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt" / "ckpt-1"))
-    export.export(prefix, str(tmp_path / "exported"), image_size=SIZE)
-    write_jpegs(tmp_path / "images", 2)
-    code = code.replace("exported/mlimages", str(tmp_path / "exported"))
-    for name in ("im_0.jpg", "im_1.jpg"):
-        code = code.replace(f'"{name}"', repr(str(tmp_path / "images" / name)))
-    namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)
-    assert namespace["features"].shape == (2, 32 * BASE_WIDTH)
-    printed = capsys.readouterr().out.strip().splitlines()
-    assert len(printed) == 2 and printed[0].startswith("[(") and printed[0].count("(") == 5

@@ -22,7 +22,7 @@ from tests.conftest import REPO_ROOT
 README = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
 
 
-def _code_lines(text: str) -> list[str]:
+def code_lines(text: str) -> list[str]:
     lines = []
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         for line in block.replace("\\\n", " ").splitlines():
@@ -44,7 +44,7 @@ def _python_commands(lines: list[str]) -> list[tuple[str, list[str]]]:
     return commands
 
 
-COMMANDS = _python_commands(_code_lines(README))
+COMMANDS = _python_commands(code_lines(README))
 
 
 # `python SCRIPT --helpfull` for every SCRIPT given, each in a process of its own forked from one that has
@@ -109,14 +109,14 @@ def test_readme_has_the_user_commands():
     scripts = [s for s, _ in COMMANDS]
     for script in ("train.py", "finetune.py", "evaluate.py"):
         assert script in scripts
-    assert any(line.startswith("horovodrun -np 128 python train.py") for line in _code_lines(README))
+    assert any(line.startswith("horovodrun -np 128 python train.py") for line in code_lines(README))
     assert any(a[:2] == ["--ckpt", "ckpt3"] for s, a in COMMANDS if s == "finetune.py")
     assert any(a[:2] == ["--topk", "5,10"] for s, a in COMMANDS if s == "evaluate.py")
 
 
 def test_quickstart_has_exactly_two_commands():
     quickstart = README.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
-    assert len(_code_lines(quickstart)) == 3  # the first command is install && demo
+    assert len(code_lines(quickstart)) == 3  # the first command is install && demo
     blocks = re.findall(r"```bash\n(.*?)```", quickstart, flags=re.S)
     assert len(blocks) == 1 and len([x for x in blocks[0].splitlines() if x.strip()]) == 2
     assert "DEMO_" not in README, "the demo's figures are not filled in"

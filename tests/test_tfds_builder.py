@@ -4,12 +4,9 @@ input skipped with reasons and counted, and training on it through train.py --tf
 import io
 import json
 import logging
-import os
 import re
 import shlex
 import struct
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -27,7 +24,6 @@ from data.ml_images import ml_images_dataset_builder as mlb  # noqa: E402  (afte
 from data.ml_images import pipeline as mlp  # noqa: E402
 
 C = mlb.NUM_CLASSES
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", OMP_NUM_THREADS="1")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -404,28 +400,3 @@ def test_readme_tfds_build_commands_name_the_builder_and_a_beam_runner(repo_root
         options = dict(o.split("=", 1) for o in flags["beam_pipeline_options"].split(","))
         runners.add(options["runner"])
     assert {"DirectRunner", "DataflowRunner"} <= runners
-
-
-@pytest.mark.slow
-def test_readme_direct_runner_command_builds_the_dataset(built, repo_root, tmp_path):
-    """The README's DirectRunner command, as written (its folders replaced), through TFDS's command line."""
-    (tokens,) = [t for t in _readme_tfds_builds(repo_root) if "runner=DirectRunner" in " ".join(t)]
-    out = tmp_path / "tfds"
-    folders = {"manual_dir": built["manual"], "data_dir": out}
-    args = [
-        f"--{t[2:].split('=', 1)[0]}={folders[t[2:].split('=', 1)[0]]}"
-        if t[2:].split("=", 1)[0] in folders
-        else t
-        for t in tokens[2:]
-    ]
-    proc = subprocess.run(
-        [sys.executable, "-m", "tensorflow_datasets.scripts.cli.main", "build", *args],
-        cwd=repo_root,
-        env=dict(ENV, PYTHONPATH=str(repo_root)),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    ours = _tfds_examples(out, "train")
-    assert ours.keys() == _tfds_examples(built["root"] / "tfds", "train").keys()
