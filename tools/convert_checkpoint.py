@@ -29,7 +29,8 @@ from absl import app, flags
 if __package__ in (None, ""):  # run as a script: tools/ is not an installed package (as tools/export.py)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from models import pretrained, resnet, tf1_checkpoint  # noqa: E402  (after the path set-up above)
+from data import fileio  # noqa: E402  (after the path set-up above)
+from models import pretrained, resnet, tf1_checkpoint  # noqa: E402
 from training import tf_logs  # noqa: E402
 
 _ERROR_CHARS = 500  # a refusal is one line: a long list of variable names is cut here
@@ -189,7 +190,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
     try:
         summary = convert(
             f.tf1_checkpoint,
-            output=f.output,
+            output=fileio.user_path(f.output),
             depth=f.depth,
             base_width=f.base_width,
             num_classes=f.num_classes,

@@ -230,7 +230,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
     try:
         manifest = export(
             f.checkpoint,
-            f.output_dir,
+            fileio.user_path(f.output_dir),
             head=f.head,
             transform=f.transform,
             image_size=f.image_size,
