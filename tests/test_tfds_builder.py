@@ -4,9 +4,12 @@ input skipped with reasons and counted, and training on it through train.py --tf
 import io
 import json
 import logging
+import os
 import re
 import shlex
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -400,3 +403,75 @@ def test_readme_tfds_build_commands_name_the_builder_and_a_beam_runner(repo_root
         options = dict(o.split("=", 1) for o in flags["beam_pipeline_options"].split(","))
         runners.add(options["runner"])
     assert {"DirectRunner", "DataflowRunner"} <= runners
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A quiet build: Beam's INFO lines only when asked for.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_quiet_beam_sets_the_workers_level_unless_the_options_set_it(monkeypatch):
+    monkeypatch.setattr(logging.getLogger("apache_beam"), "level", logging.NOTSET)  # restored afterwards
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    pipeline = beam.Pipeline(options=beam.options.pipeline_options.PipelineOptions(["--runner=DirectRunner"]))
+    assert mlp.quiet_beam(pipeline)
+    worker = pipeline.options.view_as(beam.options.pipeline_options.WorkerOptions)
+    assert worker.default_sdk_harness_log_level == "WARNING"
+    assert worker.sdk_harness_log_level_overrides == {"absl": "INFO"}  # our lines, e.g. each split's summary
+    assert logging.getLogger("apache_beam").level == logging.WARNING
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1"
+    monkeypatch.setattr(logging.getLogger("apache_beam"), "level", logging.NOTSET)
+    asked = beam.options.pipeline_options.PipelineOptions(
+        ["--runner=DirectRunner", "--default_sdk_harness_log_level=INFO"]
+    )
+    assert not mlp.quiet_beam(beam.Pipeline(options=asked))
+    assert asked.view_as(beam.options.pipeline_options.WorkerOptions).sdk_harness_log_level_overrides is None
+    assert logging.getLogger("apache_beam").level == logging.NOTSET
+
+
+# Beam's INFO lines of a multi-process build: the type-hint conversions, the job service forwarding each
+# worker's lines, the runner's servers, the workers' own start-up.
+BEAM_INFO = re.compile(
+    r"^INFO(\[(native_type_compatibility|local_job_service|worker_handlers)\.py\]|:apache_beam)"
+)
+
+
+@pytest.mark.slow
+def test_tfds_build_prints_our_lines_and_not_beams_info(tmp_path, repo_root):
+    """The README's `tfds build` of the tiny config, on 6 images: the summary of each split once, no Beam
+    INFO line; with default_sdk_harness_log_level=INFO in the options, Beam's lines are back."""
+    names = [f"rgb_{i}.jpg" for i in range(6)]
+    manual = _make_manual_dir(
+        tmp_path,
+        train_lines=[f"{name} {i}" for i, name in enumerate(names)],
+        val_lines=[f"{names[0]} 1"],
+        files={name: data for name, data in _image_files(np.random.default_rng(0)).items() if name in names},
+    )
+    options = "runner=DirectRunner,direct_num_workers=0,direct_running_mode=multi_processing"
+    outputs = []
+    for data_dir, extra in (("quiet", ""), ("verbose", ",default_sdk_harness_log_level=INFO")):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from tensorflow_datasets.scripts.cli.main import launch_cli; sys.exit(launch_cli())",
+                "build",
+                "data/ml_images",
+                "--config=tiny",
+                f"--manual_dir={manual}",
+                f"--data_dir={tmp_path / data_dir}",
+                f"--beam_pipeline_options={options}{extra}",
+            ],
+            cwd=repo_root,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outputs.append((proc.stdout + proc.stderr).splitlines())
+    quiet, verbose = outputs
+    assert not [line for line in quiet if BEAM_INFO.match(line)]
+    for split in ("train", "validation"):
+        summary = [line for line in quiet if f"ml_images {split} (" in line]
+        assert len(summary) == 1 and "0 line(s) skipped" in summary[0], summary
+    assert len([line for line in verbose if BEAM_INFO.match(line)]) > 20  # what the quiet build leaves out

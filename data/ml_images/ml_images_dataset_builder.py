@@ -30,6 +30,10 @@ reason the writer gives, logged as one line, counted in Beam metrics counters (n
 ``{split}/skipped/{reason}``) and summarised in the dataset's ``metadata.json`` (``{split}_summary``: the
 count per reason and the first skipped lines), with one summary log line per split.
 
+The build prints our lines (each list's size, each split's summary, every skipped line) and Beam's
+warnings, not Beam's INFO lines; ``default_sdk_harness_log_level=INFO`` in ``--beam_pipeline_options``
+brings those back (`pipeline.quiet_beam`).
+
 Apache Beam is needed only to generate the dataset (``pip install -e .[beam]``); reading a built dataset
 needs only TFDS.
 """
@@ -131,6 +135,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager, pipeline):
+        steps.quiet_beam(pipeline)  # Beam's INFO lines only when the pipeline options ask for them
         config = self.builder_config
         manual_dir = os.fspath(dl_manager.manual_dir)
         image_root = os.path.join(manual_dir, config.image_dir)
