@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 
 from data import preprocessing
-from models import pretrained, resnet, tf1_checkpoint
+from models import portable, pretrained, resnet, tf1_checkpoint
 from tests.scripts import run_in_process, run_script
 from tests.test_evaluate import BASE_WIDTH, tiny_model, write_jpegs
 from tests.test_pretrained import write_release_checkpoint
@@ -183,8 +183,8 @@ def test_keras_files_and_class_names(tmp_path, reference_dir):
     expected = model(x, training=False).numpy()
     loaded = keras.saving.load_model(out / export.KERAS_FILE)
     np.testing.assert_array_equal(loaded(x, training=False).numpy(), expected)
-    other = resnet.build_resnet(14, 1000, base_width=BASE_WIDTH)
-    other.load_weights(out / export.WEIGHTS_FILE)
+    other = portable.standard_layers(resnet.build_resnet(14, 1000, base_width=BASE_WIDTH))
+    other.load_weights(out / export.WEIGHTS_FILE)  # the weights of model.keras's (standard) layers
     np.testing.assert_array_equal(other(x, training=False).numpy(), expected)
     manifest = json.loads((out / export.MANIFEST_FILE).read_text())
     assert manifest["checkpoint_kind"] == "ours" and manifest["num_classes"] == 1000

@@ -8,8 +8,10 @@ r"""Exports a trained network for use outside this project: Keras files, a Saved
 The checkpoint is ours (a run directory or a prefix) or a released TF1 one (`models.pretrained.load_model`).
 `--output_dir` receives:
 
-- `model.keras`: the logits network (`models.resnet.build_resnet`; `keras.saving.load_model` or
-  `models.pretrained.load`), and `model.weights.h5`, its weights alone;
+- `model.keras`: the logits network (`models.resnet.build_resnet`) with standard Keras layers only
+  (`models.portable.standard_layers`: the same inference math and weights), so `keras.saving.load_model`
+  reads it in a process with Keras and TensorFlow and nothing of this project (as `models.pretrained.load`
+  does here); `model.weights.h5`, its weights alone (`load_weights` of the model in `model.keras`);
 - `saved_model/`: a TF SavedModel whose `serving_default` signature takes `image_bytes`, a 1-D string
   tensor of encoded images (JPEG, PNG, GIF, BMP), and returns `probabilities` [N, C] and `features` [N, D]
   (the pooled `global_pool` feature: 2048-d for the released ResNet-101, 32 x base width in general).
@@ -42,7 +44,7 @@ if __package__ in (None, ""):  # run as a script: tools/ is not an installed pac
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data import fileio, preprocessing  # noqa: E402  (after the path set-up above)
-from models import pretrained, resnet  # noqa: E402
+from models import portable, pretrained, resnet  # noqa: E402
 from tools import image_classification  # noqa: E402  (the class names and the head rule of the tools)
 
 SAVED_MODEL_DIR = "saved_model"
@@ -145,8 +147,9 @@ def export(
         imagenet_dictionary=imagenet_dictionary, hierarchy=hierarchy, num_classes=info.num_classes
     )
     os.makedirs(output_dir, exist_ok=True)
-    model.save(os.path.join(output_dir, KERAS_FILE))
-    model.save_weights(os.path.join(output_dir, WEIGHTS_FILE))
+    standard = portable.standard_layers(model)  # loads with Keras alone: no class of ours in the file
+    standard.save(os.path.join(output_dir, KERAS_FILE))
+    standard.save_weights(os.path.join(output_dir, WEIGHTS_FILE))
     serving = _Serving(model, activation=activation, transform=transform, image_size=image_size)
     saved_model = os.path.join(output_dir, SAVED_MODEL_DIR)
     tf.saved_model.save(serving, saved_model, signatures={"serving_default": serving.serve})
