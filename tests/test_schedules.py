@@ -147,6 +147,7 @@ def test_resolve_keeps_the_reference_at_its_batch_and_scales_linearly_otherwise(
     on8 = config_lib.resolve(recipes.PRETRAIN, num_ranks=8)  # global 256 = reference / 16
     assert on8.global_batch == 256
     assert on8.train_steps == 440000 * 16 and on8.checkpoint_every == 4400 * 16
+    assert on8.log_every == 100 * 16 and on8.eval_every == 0  # no periodic evaluation stays none
     assert on8.schedule(0) == pytest.approx(0.01 / 16)
     assert on8.schedule(35200 * 16) == pytest.approx(0.08 / 16)
     assert on8.schedule(110000 * 16) == pytest.approx(0.08 / 16)
@@ -203,6 +204,22 @@ def test_dry_run_prints_a_key_per_line_and_the_probes_in_step_order():
         f'    "{step}"' for step in (0, 4399, 4400, 35200, 110001)
     ]
     assert '  "image_sizes": [[0, 224]],' in lines  # short lists stay on their line
+
+
+def test_log_checkpoint_and_eval_intervals_scale_alike_and_flags_are_as_run():
+    """The demo recipe (batch 32: log 250, save 500, evaluate 1000) on 2 ranks logs, saves and evaluates
+    after the same images as on one: every 125, 250 and 500 steps, so a 200-step run logs twice; a value
+    typed on the command line is the interval as run, for all three alike."""
+    one = _dry_run("--recipe=demo", "--train_steps=200")
+    two = _dry_run("--recipe=demo", "--simulate_workers=2", "--train_steps=200")
+    every = ("log_every", "checkpoint_every", "eval_every")
+    assert [one[k] for k in every] == [250, 500, 1000] and [two[k] for k in every] == [125, 250, 500]
+    given = ["--log_every=7", "--checkpoint_every=11", "--eval_every=13"]
+    for workers in ("1", "2", "8"):
+        report = _dry_run("--recipe=demo", f"--simulate_workers={workers}", *given)
+        assert [report[k] for k in every] == [7, 11, 13]
+    help_text = entry_points.parsed_flags([], finetune=False)["log_every"].help
+    assert "as run" in help_text and "scaled like --checkpoint_every" in help_text
 
 
 def test_finetune_dry_run_probes_lr_and_image_size():

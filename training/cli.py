@@ -4,10 +4,11 @@ Nothing here runs at import: `define_flags` is called by an entry script before 
 `resolve_config` reads an explicit `FlagValues`. Flags that override the recipe default to None (shown as
 "default: the recipe's"), so only what the user types changes the published run.
 
-Step counts: the recipe's schedule, steps and size switches are defined at its reference global batch and
-scaled by `config.resolve` (linear LR scaling, step counts kept in epochs). The step flags below
-(--train_steps, --checkpoint_every, --eval_every, --image_sizes switches) are in steps AS RUN, applied
-after that scaling.
+Step counts: the recipe's schedule, steps, size switches and its log, checkpoint and evaluation intervals are
+defined at its reference global batch and scaled by `config.resolve` (linear LR scaling, step counts kept in
+epochs: on twice the global batch a run has half the steps, and logs, saves and evaluates every half as many
+steps, after the same number of images). The step flags below (--train_steps, --log_every,
+--checkpoint_every, --eval_every, --image_sizes switches) are in steps AS RUN, applied after that scaling.
 """
 
 from __future__ import annotations
@@ -203,11 +204,28 @@ def define_flags(
     f.DEFINE_integer(
         "shuffle_buffer", None, "Per-rank shuffle buffer of records (part of the input position)."
     )
-    f.DEFINE_integer("log_every", None, "Log loss, lr, images/s and ETA every N steps.", **_POSITIVE)
-    f.DEFINE_integer("checkpoint_every", None, "Save a checkpoint every N steps (as run).", **_POSITIVE)
+    f.DEFINE_integer(
+        "log_every",
+        None,
+        "Log loss, lr, images/s and ETA every N steps (as run). Default: the recipe's, scaled like "
+        "--checkpoint_every and --eval_every.",
+        **_POSITIVE,
+    )
+    f.DEFINE_integer(
+        "checkpoint_every",
+        None,
+        "Save a checkpoint every N steps (as run). Default: the recipe's, defined at its reference global "
+        "batch and scaled to this run's (2 ranks of a 1-rank recipe: every half as many steps, the same "
+        "images), as are --log_every and --eval_every.",
+        **_POSITIVE,
+    )
     f.DEFINE_integer("keep_checkpoints", None, "Keep the newest K checkpoints.", **_POSITIVE)
     f.DEFINE_integer(
-        "eval_every", None, "Evaluate the validation split every N steps (0: never).", lower_bound=0
+        "eval_every",
+        None,
+        "Evaluate the validation split every N steps (as run; 0: never). Default: the recipe's, scaled like "
+        "--checkpoint_every and --log_every.",
+        lower_bound=0,
     )
     f.DEFINE_integer(
         "eval_steps", None, "Batches per rank per evaluation (0: the whole split).", lower_bound=0
@@ -338,10 +356,9 @@ _RUN_FIELDS = (
     "mask_thres",
     "neg_select",
     "keep_checkpoints",
-    "log_every",
     "eval_steps",
 )
-_STEP_FIELDS = ("train_steps", "checkpoint_every", "eval_every")  # as run: applied after scaling
+_STEP_FIELDS = ("train_steps", "log_every", "checkpoint_every", "eval_every")  # as run: applied after scaling
 
 
 def _given(flag_values: flags.FlagValues, names) -> dict[str, Any]:

@@ -124,7 +124,9 @@ def resolve(config: TrainConfig, *, num_ranks: int) -> TrainConfig:
     A recipe is defined at its reference global batch. On another global batch the learning rates scale
     linearly (lr x global / reference) and every step count scales inversely, so the run covers the same
     number of epochs with the same schedule shape: train_steps, the schedule's boundaries, the image-size
-    switches and the snapshot interval. At the reference global batch nothing changes.
+    switches, and the log, snapshot and evaluation intervals (logging, saving and evaluating after as many
+    images as the recipe does; no periodic evaluation stays none). At the reference global batch nothing
+    changes.
     """
     if num_ranks < 1:
         raise ValueError(f"num_ranks must be >= 1, got {num_ranks}")
@@ -141,7 +143,9 @@ def resolve(config: TrainConfig, *, num_ranks: int) -> TrainConfig:
         schedule=schedules.scale(config.schedule, lr_factor=lr_factor, step_factor=step_factor),
         train_steps=steps(config.train_steps),
         image_sizes=tuple((0 if start == 0 else steps(start), size) for start, size in config.image_sizes),
+        log_every=steps(config.log_every),
         checkpoint_every=steps(config.checkpoint_every),
+        eval_every=steps(config.eval_every) if config.eval_every else 0,
         reference_global_batch=global_batch,
     )
 

@@ -71,7 +71,15 @@ RESUMABLE_FIELDS = frozenset(
 # Fields that follow the number of ranks (config.resolve): on another number of ranks they are re-resolved
 # for the new global batch, and the restored step is re-counted in it (training/loop.py).
 RANK_FIELDS = frozenset(
-    {"num_ranks", "reference_global_batch", "train_steps", "checkpoint_every", "schedule"}
+    {
+        "num_ranks",
+        "reference_global_batch",
+        "train_steps",
+        "log_every",
+        "checkpoint_every",
+        "eval_every",
+        "schedule",
+    }
 )
 
 
