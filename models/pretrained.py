@@ -14,9 +14,11 @@ Two kinds of checkpoint are recognised:
   have the variables' shapes), and the release's unnamed loss counters `Variable` and `Variable_1`.
 
 For use from Python (README "Use the pretrained network in Python"): `load(path, head=...)` returns a
-plain `keras.Model` from any of these checkpoints or from an exported `.keras` file (tools/export.py);
-`preprocess(image_bytes)` makes its input as the release's tools do; `decode_predictions` names the top
-classes (from `read_class_names`, e.g. the `class_names.txt` tools/export.py writes).
+plain `keras.Model` from any of these checkpoints or from an exported `.keras` file (tools/export.py), with
+the network's input contract attached (`model.input_contract`: image size, transform, class names;
+models/input_contract.py); `preprocess(image_bytes, model)` makes its input as that contract says (without
+a model: as the release's tools do); `decode_predictions` names the top classes (e.g.
+`model.input_contract.class_names`, or the `class_names.txt` tools/export.py writes).
 """
 
 from __future__ import annotations
@@ -32,18 +34,20 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from data import fileio
-from data.preprocessing import preprocess
-from models import resnet, tf1_checkpoint
+from data import fileio, images, preprocessing
+from models import input_contract, resnet, tf1_checkpoint
+from models.input_contract import InputContract
 
 __all__ = [
     "ACTIVATIONS",
     "CheckpointError",
     "CheckpointInfo",
+    "InputContract",
     "NoCheckpointError",
     "UnusableCheckpointError",
     "checkpoint_problem",
     "checkpoint_architecture",
+    "checkpoint_contract",
     "decode_predictions",
     "default_activation",
     "inspect_checkpoint",
@@ -72,6 +76,8 @@ class CheckpointInfo:
     depth: int
     base_width: int
     num_classes: int
+    # What the network expects as input (`checkpoint_contract`); the release's tools' input by default.
+    contract: InputContract = input_contract.RELEASE
 
 
 class NoCheckpointError(CheckpointError, FileNotFoundError):
@@ -301,7 +307,31 @@ def inspect_checkpoint(path: str, *, depth: int | None = None) -> CheckpointInfo
         depth=int(found["depth"]),
         base_width=int(found["base_width"]),
         num_classes=int(found["num_classes"]),
+        contract=checkpoint_contract(prefix, kind=str(found["kind"]), num_classes=int(found["num_classes"])),
     )
+
+
+def checkpoint_contract(prefix: str, *, kind: str, num_classes: int) -> InputContract:
+    """The input contract of the checkpoint `prefix` (models/input_contract.py).
+
+    Ours, in a run directory: its `config.json` (the size of the checkpoint's image-size phase, the
+    evaluation transform) and `class_names.txt`. A released TF1 checkpoint, or ours without a
+    `config.json` beside it (tools/convert_checkpoint.py's output): the release's tools' input.
+
+    Raises:
+      CheckpointError: a `config.json` or `class_names.txt` that cannot be used.
+    """
+    if kind != "ours":
+        return input_contract.RELEASE
+    try:
+        found = input_contract.from_run_dir(
+            os.path.dirname(prefix), step=input_contract.checkpoint_step(prefix)
+        )
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    if found is None:
+        return input_contract.RELEASE
+    return input_contract.check_class_names(found, num_classes)
 
 
 def load_model(path: str, *, depth: int | None = None) -> tuple[keras.Model, CheckpointInfo]:
@@ -370,7 +400,10 @@ def load(path: str | os.PathLike[str], *, head: bool = True, activation: str = "
 
     Returns:
       A model sharing its weights with the loaded network (named `probabilities` / `logits` /
-      `features` by its output layer); call it with `training=False` or through `predict`.
+      `features` by its output layer); call it with `training=False` or through `predict`. Its
+      `input_contract` attribute is what the network expects (`preprocess(images, model)` follows it): a
+      `.keras` file's stored contract (tools/export.py; the release's tools' input for a file without one),
+      a run directory's `config.json` and `class_names.txt`, the release's tools' input for a TF1 checkpoint.
 
     Raises:
       CheckpointError: nothing usable at `path`, or an unknown `activation`.
@@ -382,18 +415,62 @@ def load(path: str | os.PathLike[str], *, head: bool = True, activation: str = "
         if not os.path.isfile(path):
             raise CheckpointError(f"{path} not found")
         network = keras.saving.load_model(path, compile=False)
+        try:
+            contract = input_contract.read_keras_file(path) or input_contract.RELEASE
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
+        num_classes = int(network.get_layer(resnet.LOGITS_LAYER).output.shape[-1])
+        contract = input_contract.check_class_names(contract, num_classes)
     else:
-        network, _ = load_model(path)
+        network, info = load_model(path)
+        contract = info.contract
     if not head:
         features = network.get_layer(resnet.FEATURE_LAYER).output
-        return keras.Model(network.input, features, name=FEATURES)
-    logits = network.get_layer(resnet.LOGITS_LAYER).output
-    if activation == "auto":
-        activation = default_activation(int(logits.shape[-1]))
-    if activation == "logits":
-        return keras.Model(network.input, logits, name="logits")
-    scores = keras.layers.Activation(activation, name=PROBABILITIES, dtype="float32")(logits)
-    return keras.Model(network.input, scores, name=PROBABILITIES)
+        model = keras.Model(network.input, features, name=FEATURES)
+    else:
+        logits = network.get_layer(resnet.LOGITS_LAYER).output
+        if activation == "auto":
+            activation = default_activation(int(logits.shape[-1]))
+        if activation == "logits":
+            model = keras.Model(network.input, logits, name="logits")
+        else:
+            scores = keras.layers.Activation(activation, name=PROBABILITIES, dtype="float32")(logits)
+            model = keras.Model(network.input, scores, name=PROBABILITIES)
+    model.input_contract = contract
+    return model
+
+
+def preprocess(
+    image_bytes: bytes | Sequence[bytes],
+    model: keras.Model | InputContract | None = None,
+    *,
+    transform: str | None = None,
+    image_size: int | None = None,
+    max_pixels: int = images.DEFAULT_MAX_PIXELS,
+) -> tf.Tensor:
+    """Encoded image(s) -> the input batch float32[N, S, S, 3] of `model`, as its input contract says.
+
+    The same path as the inference tools for a file (`data.preprocessing.preprocess`: checked, converted
+    where TF cannot decode it, the EXIF orientation applied by `demo`).
+
+    Args:
+      image_bytes: one encoded image (JPEG, PNG, ...) or a sequence of them.
+      model: a model from `load` (its `input_contract`) or an `InputContract`; None: the release's tools'
+        input (`demo` at 224), which is also what a released checkpoint expects.
+      transform: a name of `data.preprocessing.TRANSFORMS` instead of the contract's.
+      image_size: the crop side S instead of the contract's (a warning says when it differs from it).
+      max_pixels: larger images are refused (0: only Pillow's own limit).
+
+    Raises:
+      ValueError: an unknown transform; `data.images.BadImage` (a ValueError) for an unusable image.
+    """
+    contract = model if isinstance(model, InputContract) else getattr(model, "input_contract", None)
+    transform, image_size = (contract or input_contract.RELEASE).settings(
+        transform=transform, image_size=image_size
+    )
+    return preprocessing.preprocess(
+        image_bytes, transform=transform, image_size=image_size, max_pixels=max_pixels
+    )
 
 
 def read_class_names(path: str | os.PathLike[str]) -> list[str]:
@@ -403,10 +480,9 @@ def read_class_names(path: str | os.PathLike[str]) -> list[str]:
       CheckpointError: the file cannot be read.
     """
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"cannot read class names {os.fspath(path)}: {e}") from None
+        return input_contract.read_class_names(path)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def decode_predictions(

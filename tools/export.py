@@ -6,12 +6,17 @@ r"""Exports a trained network for use outside this project: Keras files, a Saved
         --image_size 299 --output_dir exported/ckpt3
 
 The checkpoint is ours (a run directory or a prefix) or a released TF1 one (`models.pretrained.load_model`).
-`--output_dir` receives:
+Its input contract (models/input_contract.py: the image size its checkpoint was trained at, its run's
+evaluation transform and class names; the release's tools' `demo` at 224 for a released checkpoint) is
+what the export expects and stores, unless `--transform`, `--image_size` (warned about when it differs) or
+`--hierarchy` / `--imagenet_dictionary` say otherwise. `--output_dir` receives:
 
 - `model.keras`: the logits network (`models.resnet.build_resnet`) with standard Keras layers only
   (`models.portable.standard_layers`: the same inference math and weights), so `keras.saving.load_model`
   reads it in a process with Keras and TensorFlow and nothing of this project (as `models.pretrained.load`
-  does here); `model.weights.h5`, its weights alone (`load_weights` of the model in `model.keras`);
+  does here); the input contract is its zip member `input_contract.json` (image size, transform, class
+  names; Keras ignores it, `models.pretrained.load` reads it); `model.weights.h5`, its weights alone
+  (`load_weights` of the model in `model.keras`);
 - `saved_model/`: a TF SavedModel whose `serving_default` signature takes `image_bytes`, a 1-D string
   tensor of encoded images (JPEG, PNG, GIF, BMP), and returns `probabilities` [N, C] and `features` [N, D]
   (the pooled `global_pool` feature: 2048-d for the released ResNet-101, 32 x base width in general).
@@ -21,9 +26,12 @@ The checkpoint is ours (a run directory or a prefix) or a released TF1 one (`mod
   tools/image_classification.py. As in the tools (`demo`: `cv.imread`), a JPEG's EXIF orientation is
   applied, read from its header by TF ops (`exif_orientation`). Images the tools first convert through
   Pillow (16-bit PNG, CMYK JPEG without the Adobe marker, WebP, TIFF) are left to TF's own decoder.
-- `class_names.txt`: one name per line, line i = class i, from `--hierarchy` or `--imagenet_dictionary`
-  (the class indices when neither is given), as tools/image_classification.py reads them;
-- `export.json`: what was exported (checkpoint, architecture, head, transform, image size, files).
+  Its second signature, `input_contract`, takes nothing and returns `image_size`, `transform` and
+  `class_names` (string[C], empty when unknown), so a client can ask the server what it expects.
+- `class_names.txt`: one name per line, line i = class i, from `--hierarchy` or `--imagenet_dictionary`,
+  else the network's own (its run directory's `class_names.txt`), else the class indices, as
+  tools/image_classification.py reads them;
+- `export.json`: what was exported (checkpoint, architecture, head, the input contract, files).
 
 tools/convert_checkpoint.py stays a separate tool: it writes a TF1 checkpoint in OUR checkpoint format,
 an input of training (`--init_checkpoint`) rather than a deliverable, while this tool writes the
@@ -44,7 +52,7 @@ if __package__ in (None, ""):  # run as a script: tools/ is not an installed pac
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data import fileio, preprocessing  # noqa: E402  (after the path set-up above)
-from models import portable, pretrained, resnet  # noqa: E402
+from models import input_contract, portable, pretrained, resnet  # noqa: E402
 from tools import image_classification  # noqa: E402  (the class names and the head rule of the tools)
 
 SAVED_MODEL_DIR = "saved_model"
@@ -53,6 +61,7 @@ WEIGHTS_FILE = "model.weights.h5"
 NAMES_FILE = "class_names.txt"
 MANIFEST_FILE = "export.json"
 SIGNATURE_INPUT = "image_bytes"
+CONTRACT_SIGNATURE = "input_contract"
 
 
 _EXIF_MARK = "Exif\x00\x00"  # the APP1 payload's start; the TIFF header follows it
@@ -94,12 +103,23 @@ def exif_orientation(image_bytes: tf.Tensor) -> tf.Tensor:
 class _Serving(tf.Module):
     """The SavedModel's root: the network (its variables) and the serving function."""
 
-    def __init__(self, model: keras.Model, *, activation: str, transform: str, image_size: int):
+    def __init__(self, model: keras.Model, *, activation: str, contract: input_contract.InputContract):
         super().__init__()
         self.network = resnet.with_features(model)
         score_fn = tf.sigmoid if activation == "sigmoid" else tf.nn.softmax
-        transform_fn = preprocessing.file_transform(transform, image_size=image_size)
+        image_size, names = contract.image_size, list(contract.class_names or ())
+        transform_fn = preprocessing.file_transform(contract.transform, image_size=image_size)
         image_spec = tf.TensorSpec([image_size, image_size, 3], tf.float32)
+
+        @tf.function(input_signature=[])
+        def describe() -> dict[str, tf.Tensor]:
+            return {
+                "image_size": tf.constant(image_size, tf.int32),
+                "transform": tf.constant(contract.transform),
+                "class_names": tf.constant(names, tf.string, shape=[len(names)]),
+            }
+
+        self.describe = describe
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SIGNATURE_INPUT)])
         def serve(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -119,8 +139,8 @@ def export(
     output_dir: str,
     *,
     head: str = "auto",
-    transform: str = "demo",
-    image_size: int = 224,
+    transform: str | None = None,
+    image_size: int | None = None,
     hierarchy: str = "",
     imagenet_dictionary: str = "",
     depth: int | None = None,
@@ -131,28 +151,42 @@ def export(
       checkpoint: ours (run directory or prefix) or a released TF1 checkpoint prefix.
       output_dir: created if missing; existing files of the same names are replaced.
       head: `auto`, `sigmoid` or `softmax`: the SavedModel's `probabilities`.
-      transform: the pre-processing inside the SavedModel (`data.preprocessing.TRANSFORMS`).
-      image_size: the network's input side in the SavedModel.
-      hierarchy: the ML-Images hierarchy file, for the class names.
+      transform: the pre-processing inside the SavedModel (`data.preprocessing.TRANSFORMS`); None: the
+        checkpoint's input contract's (`models.pretrained.checkpoint_contract`).
+      image_size: the network's input side in the SavedModel; None: the contract's (another is warned about).
+      hierarchy: the ML-Images hierarchy file, for the class names (default: the contract's, else indices).
       imagenet_dictionary: the release's ImageNet dictionary, for the class names.
       depth: the expected depth (None: what the checkpoint holds).
 
     Raises:
       ValueError: a bad checkpoint (`pretrained.CheckpointError`), transform, head or names file.
     """
-    preprocessing.get_transform(transform)  # an unknown name fails before the checkpoint is read
+    if transform is not None:
+        preprocessing.get_transform(transform)  # an unknown name fails before the checkpoint is read
     model, info = pretrained.load_model(checkpoint, depth=depth)  # past a damaged latest one
     activation = image_classification.resolve_head(head, info.num_classes)
     names = image_classification.load_class_names(
-        imagenet_dictionary=imagenet_dictionary, hierarchy=hierarchy, num_classes=info.num_classes
+        imagenet_dictionary=imagenet_dictionary,
+        hierarchy=hierarchy,
+        num_classes=info.num_classes,
+        default=info.contract.class_names,
+    )
+    names_source = (
+        hierarchy or imagenet_dictionary or (info.contract.source if info.contract.class_names else "indices")
+    )
+    transform, image_size = info.contract.settings(transform=transform, image_size=image_size)
+    contract = input_contract.InputContract(
+        image_size=image_size, transform=transform, class_names=tuple(names), source=output_dir
     )
     os.makedirs(output_dir, exist_ok=True)
     standard = portable.standard_layers(model)  # loads with Keras alone: no class of ours in the file
     standard.save(os.path.join(output_dir, KERAS_FILE))
+    input_contract.write_keras_file(os.path.join(output_dir, KERAS_FILE), contract)
     standard.save_weights(os.path.join(output_dir, WEIGHTS_FILE))
-    serving = _Serving(model, activation=activation, transform=transform, image_size=image_size)
+    serving = _Serving(model, activation=activation, contract=contract)
     saved_model = os.path.join(output_dir, SAVED_MODEL_DIR)
-    tf.saved_model.save(serving, saved_model, signatures={"serving_default": serving.serve})
+    signatures = {"serving_default": serving.serve, CONTRACT_SIGNATURE: serving.describe}
+    tf.saved_model.save(serving, saved_model, signatures=signatures)
     fileio.write_text(os.path.join(output_dir, NAMES_FILE), "".join(name + "\n" for name in names))
     manifest = {
         "checkpoint": info.path,
@@ -164,7 +198,8 @@ def export(
         "probabilities": activation,
         "transform": transform,
         "image_size": image_size,
-        "class_names": hierarchy or imagenet_dictionary or "indices",
+        "class_names": names_source,
+        "input_contract": contract.to_json(),
         "files": [KERAS_FILE, WEIGHTS_FILE, SAVED_MODEL_DIR, NAMES_FILE],
         "signature": {"inputs": {SIGNATURE_INPUT: "string[N]"}, "outputs": ["probabilities", "features"]},
     }
@@ -200,15 +235,21 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     )
     flags.DEFINE_enum(
         "transform",
-        "demo",
+        None,
         sorted(preprocessing.TRANSFORMS),
-        "Pre-processing inside the SavedModel: demo = the release's tools' (shorter side 256/224 x S, centre "
-        "crop S; with the EXIF orientation); reference = its evaluation transform (central 80% crop, "
-        "resize); full = the whole image resized.",
+        "Pre-processing inside the SavedModel; default: the network's (its run's evaluation transform; demo "
+        "for a released checkpoint). demo = the release's tools' (shorter side 256/224 x S, centre crop S; "
+        "with the EXIF orientation); reference = its evaluation transform (central 80% crop, resize); full = "
+        "the whole image resized.",
         **fv,
     )
     flags.DEFINE_integer(
-        "image_size", 224, "The SavedModel's input side (the crop side).", lower_bound=1, **fv
+        "image_size",
+        None,
+        "The SavedModel's input side (the crop side); default: the network's (the size its checkpoint was "
+        "trained at; 224 for a released checkpoint). Another size is allowed, with a warning.",
+        lower_bound=1,
+        **fv,
     )
     flags.DEFINE_string(
         "hierarchy",

@@ -14,13 +14,15 @@ are reported with the reason on stderr and skipped (their rows are simply absent
 stderr; `--noprogress` hides it.
 
 Crops (`--crop`):
-- `center`: one view per image through `--transform` (`demo`, the default: the release's tools' input,
-  OpenCV's decode with the EXIF orientation, shorter side to 256 and centre crop 224; or `reference`:
-  central 80 % crop and resize).
+- `center`: one view per image through `--transform` at `--image_size` (by default the network's input
+  contract, models/input_contract.py; for a released checkpoint `demo`, the release's tools' input:
+  OpenCV's decode with the EXIF orientation, shorter side to 256 and centre crop 224; `reference`: central
+  80 % crop and resize; `full`: the whole image resized).
 - `ten_crop`: the demo geometry's shorter-side resize, then the four corner crops and the centre crop
   and the horizontal flip of each; the feature is the mean of the 10 crops' pooled features. (The
   release's `10crop` branch, which its script never enables, would have averaged the numbers of the
-  first crop's feature instead: `np.mean(np.squeeze(feats[0]), axis=0)`.) It needs `--transform=demo`.
+  first crop's feature instead: `np.mean(np.squeeze(feats[0]), axis=0)`.) It is the demo geometry
+  whatever the network's transform; an explicit `--transform` other than `demo` is refused.
 
 Output formats (`--format`):
 - `npz` (default): `features` float32[N, D] and `names` (the image paths as given), row-aligned.
@@ -33,6 +35,7 @@ Output formats (`--format`):
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Sequence
 
@@ -96,7 +99,7 @@ def extract_features(
       model: a model from `build_resnet` (e.g. `models.pretrained.load_model`); its `global_pool` is read.
       paths: image files.
       crop: `center` or `ten_crop` (see the module docstring).
-      transform: `demo` or `reference`, for `center` (`ten_crop` uses the demo geometry).
+      transform: a name of `data.preprocessing.TRANSFORMS`, for `center` (`ten_crop` is the demo geometry).
       image_size: crop side.
       batch_size: images per forward pass (times 10 crops for `ten_crop`).
       max_pixels: larger images are skipped (0: only Pillow's own limit, about 179 MP).
@@ -190,8 +193,12 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
     """The script: `argv` as left by absl's parsing of `flag_values` (app.run passes only argv)."""
     f = flag_values
     try:
-        paths, model, _ = cli.inference_inputs(argv[1:], f)
-        names, features, skipped = extract_features(model, paths, crop=f.crop, **cli.inference_settings(f))
+        paths, model, info = cli.inference_inputs(argv[1:], f)
+        contract = info.contract
+        if f.crop == "ten_crop" and f.transform is None:  # its own geometry: the demo resize, then crops
+            contract = dataclasses.replace(contract, transform="demo")
+        settings = cli.inference_settings(f, contract)
+        names, features, skipped = extract_features(model, paths, crop=f.crop, **settings)
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError
         sys.exit(f"extract_feature.py: error: {e}")
     if skipped:  # each was logged as a warning when it was read

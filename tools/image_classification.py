@@ -20,12 +20,15 @@ Class names: `--imagenet_dictionary` reads the release's `imagenet2012_dictionar
 in the released file the synonyms' words are all TAB separated, so the name shown is every field after
 the index joined by spaces; the release printed only the first field, e.g. "great" for class 2);
 `--hierarchy` reads the ML-Images `dictionary_and_semantic_hierarchy.txt` (`data.hierarchy`). Without
-either, classes are shown as their indices. The name count must equal the head size.
+either, the network's own class names are used where its run directory has them (`class_names.txt`,
+models/input_contract.py), else the indices. The name count must equal the head size.
 
-Pre-processing (`--transform`): `demo` (default) is the release's tools' transform, as their OpenCV code
-makes the network input (`cv.imread`: accurate IDCT and the EXIF orientation; shorter side to 256 with
+Pre-processing (`--transform`, `--image_size`): by default the network's input contract (its run's image
+size and evaluation transform; for a released checkpoint the release's tools' input, `demo` at 224);
+another size than the network's is warned about. `demo` is the release's tools' transform, as their OpenCV
+code makes the network input (`cv.imread`: accurate IDCT and the EXIF orientation; shorter side to 256 with
 `cv.resize`, centre crop 224, scaled to [-1, 1]; `data.preprocessing.demo_transform`); `reference` its
-evaluation transform (central 80 % crop, resize).
+evaluation transform (central 80 % crop, resize); `full` the whole image resized (the demo recipe's).
 
 Output (`--output_format`): `text` (default) is one `rank. score  [index] name` line per class under each
 file; `release` is the layout of the release's `label_pred.txt`: per image `+++ the predictions of PATH is:`
@@ -98,8 +101,15 @@ def load_imagenet_dictionary(path: str) -> list[str]:
     return [names[i] for i in range(len(names))]
 
 
-def load_class_names(*, imagenet_dictionary: str = "", hierarchy: str = "", num_classes: int) -> list[str]:
-    """Class names from one of the two dictionaries (or the indices), checked against the head size.
+def load_class_names(
+    *,
+    imagenet_dictionary: str = "",
+    hierarchy: str = "",
+    num_classes: int,
+    default: Sequence[str] | None = None,
+) -> list[str]:
+    """Class names from one of the two dictionaries, else `default` (e.g. the network's input contract's),
+    else the indices; checked against the head size.
 
     Raises:
       ValueError: both dictionaries, an unreadable one, or a name count other than `num_classes`.
@@ -110,6 +120,8 @@ def load_class_names(*, imagenet_dictionary: str = "", hierarchy: str = "", num_
         names, source = load_imagenet_dictionary(imagenet_dictionary), imagenet_dictionary
     elif hierarchy:
         names, source = list(hierarchy_lib.load_hierarchy(hierarchy).names), hierarchy
+    elif default is not None:
+        names, source = list(default), "the network's class names"
     else:
         return [str(i) for i in range(num_classes)]
     if len(names) != num_classes:
@@ -136,7 +148,7 @@ def classify(
       paths: image files.
       head: `sigmoid` or `softmax` (see `resolve_head`).
       topk: classes per image (at most the head size).
-      transform: `demo` or `reference` (data/preprocessing.py).
+      transform: a name of `data.preprocessing.TRANSFORMS` (`demo`, `reference`, `full`).
       image_size: the model's input side.
       batch_size: images per forward pass.
       max_pixels: larger images are skipped (0: only Pillow's own limit, about 179 MP).
@@ -290,14 +302,12 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
             imagenet_dictionary=f.imagenet_dictionary or "",
             hierarchy=f.hierarchy or "",
             num_classes=info.num_classes,
+            default=info.contract.class_names,
         )
         head = resolve_head(f.head, info.num_classes)
+        settings = cli.inference_settings(f, info.contract)
         predictions, skipped = classify(
-            model,
-            paths,
-            head=head,
-            topk=min(f.topk, info.num_classes),
-            **cli.inference_settings(f),
+            model, paths, head=head, topk=min(f.topk, info.num_classes), **settings
         )
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError
         sys.exit(f"image_classification.py: error: {e}")
@@ -320,8 +330,8 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
             checkpoint=info.path,
             head=head,
             topk=f.topk,
-            transform=f.transform,
-            image_size=f.image_size,
+            transform=settings["transform"],
+            image_size=settings["image_size"],
             max_pixels=f.max_pixels,
         )
         fileio.write_json(f.output_json, report, indent=2)

@@ -22,8 +22,8 @@ from typing import Any
 import keras
 from absl import app, flags
 
-from data import fileio, image_files, images
-from models import pretrained
+from data import fileio, image_files, images, preprocessing
+from models import input_contract, pretrained
 from training import config as config_lib
 from training import recipes
 
@@ -271,13 +271,20 @@ def define_inference_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     f.DEFINE_string("image_root", "", "Folder that relative names in --image_list are relative to.")
     f.DEFINE_enum(
         "transform",
-        "demo",
-        ["demo", "reference"],
-        "Pre-processing (extract_feature.py: of --crop=center): demo = the release's tools' (OpenCV decode "
-        "with the EXIF orientation, shorter side 256, centre crop 224); reference = its evaluation transform "
-        "(central 80% crop, resize).",
+        None,
+        sorted(preprocessing.TRANSFORMS),
+        "Pre-processing (extract_feature.py: of --crop=center); default: the network's (its run's evaluation "
+        "transform; demo for a released checkpoint). demo = the release's tools' (OpenCV decode with the EXIF "
+        "orientation, shorter side 256/224 x S, centre crop S); reference = its evaluation transform (central "
+        "80% crop, resize); full = the whole image resized (what the demo recipe trains and evaluates with).",
     )
-    f.DEFINE_integer("image_size", 224, "Model input side (the crop side).", lower_bound=1)
+    f.DEFINE_integer(
+        "image_size",
+        None,
+        "Model input side (the crop side); default: the network's (the size its checkpoint was trained at; "
+        "224 for a released checkpoint). Another size is allowed, with a warning.",
+        lower_bound=1,
+    )
     f.DEFINE_integer("batch_size", 32, "Images per forward pass.", lower_bound=1)
     f.DEFINE_integer(
         "max_pixels",
@@ -311,16 +318,22 @@ def inference_inputs(
     return paths, model, info
 
 
-def inference_settings(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:
+def inference_settings(
+    flag_values: flags.FlagValues = flags.FLAGS, contract: input_contract.InputContract | None = None
+) -> dict[str, Any]:
     """The keyword arguments that `define_inference_flags` sets for the tools' batch functions.
 
     (`classify` of tools/image_classification.py, `extract_features` of tools/extract_feature.py): the
-    pre-processing, the batch size, the pixel limit and the progress bar.
+    pre-processing (--transform and --image_size, or where not given the network's `contract`, e.g.
+    `inference_inputs`' `info.contract`, else the release's tools' input; another size than the network's
+    is warned about), the batch size, the pixel limit and the progress bar.
     """
     f = flag_values
+    contract = contract or input_contract.RELEASE
+    transform, image_size = contract.settings(transform=f.transform, image_size=f.image_size)
     return {
-        "transform": f.transform,
-        "image_size": f.image_size,
+        "transform": transform,
+        "image_size": image_size,
         "batch_size": f.batch_size,
         "max_pixels": f.max_pixels,
         "show_progress": f.progress,

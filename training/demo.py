@@ -25,6 +25,7 @@ from absl import logging
 
 from data import demo as demo_data
 from data import demo_scenes, fileio, schema
+from models import input_contract
 from training import distributed, loop
 from training.config import TrainConfig
 from training.metrics import MultiLabelMetrics
@@ -126,7 +127,12 @@ def check_config(config: TrainConfig) -> str:
 
 
 def prepare(config: TrainConfig, dist: distributed.Distributed) -> TrainConfig:
-    """Generates the demo set (the chief; the others wait) and points the config at it."""
+    """Generates the demo set (the chief; the others wait) and points the config at it.
+
+    The chief also writes the classes' names into the run directory (`class_names.txt`), where the
+    inference tools, tools/export.py and `models.pretrained.load` find them with the run's image size and
+    transform (its `config.json`).
+    """
     data_dir = check_config(config)  # every rank, before anything is written: a refusal stops them all
     dist.barrier()  # Horovod: no rank checks a folder that the chief has started writing.
     if dist.is_chief:
@@ -134,6 +140,9 @@ def prepare(config: TrainConfig, dist: distributed.Distributed) -> TrainConfig:
     dist.barrier()  # Horovod: the data exist before any rank reads them.
     if not dist.is_chief:
         dataset = demo_data.make_demo_dataset(data_dir)  # finds the finished set and returns it
+    if dist.is_chief:  # the class names of the run's input contract (models/input_contract.py)
+        names = "".join(name + "\n" for name in dataset.class_names)
+        fileio.write_text(os.path.join(config.model_dir, input_contract.CLASS_NAMES_FILE), names)
     return dataclasses.replace(
         config,
         model=dataclasses.replace(config.model, num_classes=dataset.num_classes),
