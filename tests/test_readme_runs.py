@@ -72,7 +72,7 @@ LINES = (
         "tools/run_tests.sh ran it before this suite (install.sh's own test is test_install_script.py)",
     ),
     Line(
-        r"^\.venv/bin/python train\.py --recipe=demo --model_dir=demo_run$",
+        r"^\.venv/bin/python train\.py --recipe=demo ",
         "demo",
         "the demo's 3,000 steps, shortened; a checkpoint every 20 to kill -9 after",
         TINY_DEMO,
@@ -80,68 +80,64 @@ LINES = (
     Line(r"^bash tools/run_tests\.sh$", "skip", "it is this suite"),
     Line(r"^horovodrun -np 128 python train\.py", "skip", "128 GPUs and the 17.6M-image record set"),
     Line(
-        r"^python finetune\.py --ckpt ckpt3 --init_checkpoint=runs/pretrain --tfds_name=imagenet2012",
+        r"^python finetune\.py .*--tfds_name=imagenet2012",
         "skip",
         "the real ImageNet archives and a pre-training run on ML-Images",
     ),
     Line(
-        r"^python evaluate\.py --topk 5,10 --checkpoint=runs/pretrain",
+        r"^python evaluate\.py .*--checkpoint=runs/pretrain",
         "skip",
         "the real ML-Images records and a pre-training run",
     ),
-    Line(r"^python train\.py --dry_run --simulate_workers=128", "dry_run"),
-    Line(r"^python finetune\.py --ckpt ckpt3 --dry_run --simulate_workers=4", "dry_run"),
+    Line(r"^python train\.py --dry_run ", "dry_run"),
+    Line(r"^python finetune\.py .*--dry_run ", "dry_run"),
     Line(
-        r"^horovodrun --gloo -np 2 -H localhost:2 python train\.py --recipe=demo",
+        r"^horovodrun --gloo ",
         "demo",
         "200 steps on 2 ranks, shortened",
         ("--train_steps=10",),
     ),
+    Line(r"^python data/demo\.py ", "demo"),
     Line(
-        r"^python data/demo\.py --output_dir=demo_run/data --single_label_dir=demo_run/data_single$", "demo"
-    ),
-    Line(
-        r"^python finetune\.py --ckpt ckpt3 --init_checkpoint=demo_run --data_dir=demo_run/data_single",
+        r"^python finetune\.py .*--init_checkpoint=demo_run",
         "demo",
         "200 steps, shortened (the size switch moved into them)",
         ("--train_steps=20", "--image_sizes=56,64@10"),
     ),
-    Line(r"^python evaluate\.py --topk 5,10 --checkpoint=demo_run --data_dir=demo_run/data", "demo"),
-    Line(r"^python data/download\.py --url_list=train_urls\.txt --output_dir=images", "dataset"),
+    Line(r"^python evaluate\.py .*--checkpoint=demo_run", "demo"),
+    Line(r"^python data/download\.py .*--output_dir=", "dataset"),
     Line(
-        r"^python data/tfrecord\.py --image_list=train_im_list\.txt --image_root=images --output_dir=records",
+        r"^python data/tfrecord\.py ",
         "dataset",
     ),
-    Line(r"^python data/download\.py --url_list=train_urls\.txt --output_records=records", "one_pass"),
-    Line(r"^python tools/subset\.py --input_list=train_im_list\.txt", "dataset"),
-    Line(r"^python tools/dataset_stats\.py --list=train_im_list\.txt", "dataset"),
-    Line(r"^tfds build data/ml_images --config=tiny --manual_dir=mlimages --data_dir=tfds_data", "dataset"),
+    Line(r"^python data/download\.py .*--output_records=", "one_pass"),
+    Line(r"^python tools/subset\.py ", "dataset"),
+    Line(r"^python tools/dataset_stats\.py ", "dataset"),
+    Line(r"^tfds build .*--config=tiny ", "dataset"),
     Line(
-        r"^tfds build data/ml_images --config=full .*runner=DataflowRunner",
+        r"^tfds build .*runner=DataflowRunner",
         "skip",
         "Google Cloud Dataflow and the full list of images",
     ),
     Line(
-        r"^tfds build data/ml_images --config=full .*runner=FlinkRunner",
+        r"^tfds build .*runner=FlinkRunner",
         "skip",
         "a Flink cluster and the full list of images",
     ),
     Line(
-        r"^python train\.py --tfds_name=ml_images/full",
+        r"^python train\.py .*--tfds_name=ml_images/full",
         "skip",
         "the full ml_images build (17.6M images); the tiny build is trained on in test_tfds_builder.py",
     ),
     Line(
-        r"^python tools/convert_checkpoint\.py --tf1_checkpoint=ckpt-resnet101-mlimages/model\.ckpt",
+        r"^python tools/convert_checkpoint\.py ",
         "released",
     ),
+    Line(r"^python tools/image_classification\.py ", "released"),
+    Line(r"^python tools/extract_feature\.py ", "released"),
+    Line(r"^python tools/export\.py ", "released"),
     Line(
-        r"^python tools/image_classification\.py --checkpoint=ckpt-resnet101-mlimages/model\.ckpt", "released"
-    ),
-    Line(r"^python tools/extract_feature\.py --checkpoint=ckpt-resnet101-mlimages/model\.ckpt", "released"),
-    Line(r"^python tools/export\.py --checkpoint=ckpt-resnet101-mlimages/model\.ckpt", "released"),
-    Line(
-        r"^python train\.py --init_checkpoint=ckpt-resnet101-mlimages/model\.ckpt --init_optimizer_state",
+        r"^python train\.py .*--init_optimizer_state",
         "released",
         "the reference run's ResNet-101 at 224 for 440k steps, made the tiny release checkpoint's network for 2 steps after its 2",
         (
@@ -163,8 +159,11 @@ def readme_lines() -> list[str]:
 
 
 def entry(line: str) -> Line:
-    (match,) = [e for e in LINES if re.search(e.pattern, line)]
-    return match
+    """The one entry of `LINES` that claims `line` (patterns name a line by its script and what sets it apart
+    from the others, so that a changed flag still reaches the scenario that runs it, and fails there)."""
+    matches = [e for e in LINES if re.search(e.pattern, line)]
+    assert len(matches) == 1, f"README line {line!r} is claimed by {len(matches)} entries of LINES"
+    return matches[0]
 
 
 def scenario_lines(scenario: str) -> list[tuple[str, Line]]:
@@ -395,7 +394,9 @@ def test_dataset_building_block(tmp_path, image_host):
     (manual / "train_im_list_tiny.txt").write_text("\n".join(listed[:16]) + "\n")
     (manual / "val_im_list_tiny.txt").write_text("\n".join(listed[16:]) + "\n")
     built = run(*tfds_build, cwd)
-    assert len(built.stdout.splitlines()) + len(built.stderr.splitlines()) < 60, built.stderr[-3000:]
+    printed = (built.stdout + built.stderr).splitlines()
+    beam_info = [x for x in printed if x.startswith("INFO:apache_beam")]  # ~150 of them when not quiet
+    assert not beam_info and len(printed) < 100, "\n".join(printed[-100:])
     info = json.loads(next((cwd / "tfds_data").glob("ml_images/tiny/*/dataset_info.json")).read_text())
     counts = {
         s["name"]: int(s["shardLengths"][0])
