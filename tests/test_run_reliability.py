@@ -129,6 +129,27 @@ def test_a_lock_file_removed_before_its_flock_is_taken_is_opened_anew(tmp_path, 
         second.release()
 
 
+@pytest.mark.parametrize("code", [errno.ENOSYS, errno.ENOLCK])
+def test_a_file_system_without_flock_runs_with_one_warning(tmp_path, monkeypatch, caplog, code):
+    """Lustre without `-o flock` (ENOSYS), NFS without a lock manager (ENOLCK): the run starts unguarded."""
+
+    def no_flock(fd, operation):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(run_dir.fcntl, "flock", no_flock)
+    model_dir = tmp_path / "run"
+    with caplog.at_level(logging.WARNING):
+        lock = run_dir.RunLock(str(model_dir)).acquire()
+    try:
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == 1 and "mutual exclusion is off" in warnings[0]
+        assert "\n" not in warnings[0] and os.strerror(code) in warnings[0]
+        assert json.loads((model_dir / ".lock").read_text())["pid"] == os.getpid()
+    finally:
+        lock.release(discard=True)  # never calls the missing flock to unlock
+    assert not model_dir.exists()
+
+
 def test_train_py_refuses_a_busy_directory_in_one_line(tmp_path, data, capfd):
     model_dir = tmp_path / "run"
     holder = _hold_lock_in_a_subprocess(model_dir)

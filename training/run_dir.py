@@ -8,7 +8,9 @@ naming the holder. Across hosts: on a shared file system that propagates flock (
 `-o flock`, GPFS, CephFS) a run on another host is refused the same way; a PID on another host cannot be
 checked, so when the flock is free but the file names another host, the lock is taken over with a warning
 that says so. On a file system without shared flock (NFSv3 without lockd, Lustre with `-o localflock`) two
-hosts can both take it: there, only the warning tells.
+hosts can both take it: there, only the warning tells. Where flock is not implemented at all (Lustre
+mounted without `-o flock` fails with ENOSYS, NFS without a lock manager with ENOLCK) the run starts with
+a one-line warning that mutual exclusion is off: refusing would make the file system unusable.
 
 The configuration. A resume must run the configuration its checkpoint was trained with. Before anything is
 written, the new configuration is compared with the saved `config.json` (`check_config`): a change that the
@@ -83,6 +85,11 @@ RANK_FIELDS = frozenset(
 )
 
 
+# flock's errors on a file system that does not implement it (Lustre mounted without `-o flock` gives
+# ENOSYS; NFS without a lock manager ENOLCK; some FUSE file systems EOPNOTSUPP).
+_NO_FLOCK = frozenset({errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP})
+
+
 class RunDirError(ValueError):
     """The run directory cannot be used as asked (busy, unwritable, or a configuration it cannot resume)."""
 
@@ -120,6 +127,7 @@ class RunLock:
     def __init__(self, model_dir: str) -> None:
         self.path = os.path.join(model_dir, LOCK_FILE)
         self._fd: int | None = None
+        self._locked = False  # False on a file system without flock (`_NO_FLOCK`): the run is unguarded
         self._created: list[
             str
         ] = []  # what `acquire` created: the lock file, then directories innermost first
@@ -133,6 +141,17 @@ class RunLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
+                if e.errno in _NO_FLOCK:
+                    # A file system without flock (Lustre without `-o flock`, some NFS set-ups): refusing
+                    # would stop every run there, so run unguarded and say so.
+                    logging.warning(
+                        "%s cannot be locked (%s): mutual exclusion is off, make sure no other run uses %s",
+                        self.path,
+                        e.strerror or errno.errorcode.get(e.errno, e.errno),
+                        os.path.dirname(self.path),
+                    )
+                    self._locked = False
+                    break
                 os.close(fd)
                 if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                     raise RunDirError(f"cannot lock {self.path}: {e.strerror}") from None
@@ -140,6 +159,7 @@ class RunLock:
                     f"{os.path.dirname(self.path)} is in use by another run ({_describe(_read(self.path))}); "
                     "wait for it to finish or give another --model_dir"
                 ) from None
+            self._locked = True
             if self._is_current(fd):
                 break
             os.close(fd)  # a run that did not start removed this file (`release(discard=True)`): open anew
@@ -147,7 +167,7 @@ class RunLock:
             raise RunDirError(f"cannot lock {self.path}: it keeps being removed by another process")
         self._created = ([self.path] if created else []) + created_dirs
         previous = _read(self.path)
-        if previous:
+        if previous and self._locked:
             same_host = previous.get("host") == socket.gethostname()
             logging.warning(
                 "taking over the lock of %s: %s",
@@ -202,7 +222,8 @@ class RunLock:
                 os.remove(self.path)
         except OSError:
             pass
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        if self._locked:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = None
         if discard:
