@@ -183,8 +183,11 @@ class RecordWriter:
         self._file = open(path, "wb")  # noqa: SIM115 - closed by `close` / `__exit__`.
 
     def write(self, record: bytes) -> None:
-        """Appends one record."""
-        self._file.write(frame(record))
+        """Appends one record (as `frame` gives it, without copying the record into a joined frame)."""
+        length = _LENGTH.pack(len(record))
+        self._file.write(length + _CRC.pack(masked_crc32c(length)))
+        self._file.write(record)
+        self._file.write(_CRC.pack(masked_crc32c(record)))
 
     def close(self) -> None:
         self._file.close()
