@@ -20,6 +20,7 @@ batch and exactly the same augmentation as an uninterrupted run.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 import os
@@ -31,25 +32,114 @@ from absl import logging
 from data import preprocessing, record_files, schema
 
 AUTOTUNE = tf.data.AUTOTUNE
-_TFDS_FORMATS = ("tfds", "tfds_sparse")
+_PARSE_BATCH = 64  # records parsed at a time by `RecordFiles.parse`
 
 
-@dataclasses.dataclass(frozen=True)
-class Source:
-    """Where the records of one split come from."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Source(abc.ABC):
+    """One split of a data set behind the one interface the pipelines use (as big_vision's
+    ``datasets/core.py``): the pipelines ask a source for this rank's elements (`records`) and how to turn
+    them into ``(jpeg_bytes, label)`` (`parse`), never which storage it is.
+
+    Implementations: `RecordFiles` (our TFRecord folders with a manifest and the release's folders without
+    one; see `tfrecord_source`) and `TfdsSplit` (tensorflow-datasets; see `tfds_source`).
+    """
 
     num_classes: int
-    label_format: str  # "dense" | "sparse" | "int64" | "tfds" (class index) | "tfds_sparse" (ml_images)
-    files: tuple[str, ...] = ()
-    tfds_name: str = ""
-    tfds_split: str = ""
-    tfds_data_dir: str = ""
-    tfds_manual_dir: str = ""
-    num_records: int | None = None
+    num_records: int | None = None  # the split's size where known (a manifest, TFDS's info, a count)
+
+    @property
+    @abc.abstractmethod
+    def label_format(self) -> str:
+        """What the labels are, for logs and reports: a `schema.LABEL_FORMATS` name, ``tfds`` or
+        ``tfds_sparse``."""
+
+    @property
+    @abc.abstractmethod
+    def single_label(self) -> bool:
+        """True when a label is a class index (softmax), False for a confidence vector (multi-label)."""
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The record files a damaged-file error may name (none for sources that own their storage)."""
+        return ()
+
+    @abc.abstractmethod
+    def records(self, *, num_shards: int, shard_index: int, training: bool, seed: int) -> tf.data.Dataset:
+        """This rank's share, unparsed (training: endless, files in a seeded order per epoch)."""
+
+    @abc.abstractmethod
+    def parse(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+        """`records`' elements -> ``(jpeg_bytes, label)``, in the same order (the element index seeds the
+        augmentation)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RecordFiles(Source):
+    """TFRecord files in a `schema.LABEL_FORMATS` layout: our folders (manifest) and the release's (none).
+
+    Each rank reads whole files (``files[shard_index::num_shards]``); every record travels with its origin
+    (file index * `_ORIGIN_STRIDE` + index in the file) in the label slot until it is parsed, so that a bad
+    record can be named by file and record.
+    """
+
+    record_files: tuple[str, ...]
+    record_label_format: str  # "dense" | "sparse" | "int64"
+
+    @property
+    def label_format(self) -> str:
+        return self.record_label_format
 
     @property
     def single_label(self) -> bool:
-        return self.label_format in ("int64", "tfds")
+        return self.record_label_format == "int64"
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return self.record_files
+
+    def records(self, *, num_shards: int, shard_index: int, training: bool, seed: int) -> tf.data.Dataset:
+        files = self.files[shard_index::num_shards]
+        record_shard = False
+        if len(self.files) < num_shards and not training:
+            # Evaluation must see every record once: with fewer files than ranks, EVERY rank reads all files
+            # and keeps every num_shards-th record (if only the ranks left without a file did, the records of
+            # the other ranks' files would be counted twice).
+            files, record_shard = self.files, True
+        if not files:
+            raise ValueError(
+                f"{len(self.files)} record files cannot be shared by {num_shards} ranks: write at least as many "
+                "shards as ranks (data/tfrecord.py --shards)"
+            )
+        ids = range(len(self.files)) if record_shard else range(len(self.files))[shard_index::num_shards]
+        ds = tf.data.Dataset.from_tensor_slices((list(files), tf.constant(list(ids), tf.int64)))
+        if training:
+            ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
+        ds = ds.interleave(
+            _read_with_origin,
+            cycle_length=min(8, len(files)),
+            block_length=1,
+            num_parallel_calls=AUTOTUNE if len(files) > 1 else None,
+            deterministic=True if len(files) > 1 else None,
+        )
+        if record_shard:
+            ds = ds.shard(num_shards, shard_index)
+        return ds
+
+    def parse(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+        """Parsed `_PARSE_BATCH` records at a time: `schema.parse_records` is vectorised, and one
+        `parse_example` and one label decode (or scatter) per block costs a fraction of one per record."""
+
+        def decode(record, origin):
+            parsed = schema.parse_records(
+                record,
+                label_format=self.record_label_format,
+                num_classes=self.num_classes,
+                describe=_describe_fn(self.files, origin),
+            )
+            return parsed["image"], parsed["label"]
+
+        return ds.batch(_PARSE_BATCH).map(decode, num_parallel_calls=AUTOTUNE).unbatch()
 
 
 def tfrecord_source(
@@ -99,10 +189,10 @@ def tfrecord_source(
             raise ValueError(
                 f"{data_dir} ({prefix}) has {manifest.num_classes} classes but {head} has {num_classes}: {hint}"
             )
-        return Source(
+        return RecordFiles(
             num_classes=num_classes,
-            label_format=manifest.label_format,
-            files=tuple(manifest.files),
+            record_label_format=manifest.label_format,
+            record_files=tuple(manifest.files),
             num_records=manifest.num_records,
         )
     split = schema.read_release_split(data_dir, prefix)
@@ -112,7 +202,9 @@ def tfrecord_source(
             f"{folder} has dense labels of {4 * split.num_classes} bytes = {split.num_classes} classes but "
             f"{head} has {num_classes}: {hint}"
         )
-    source = Source(num_classes=num_classes, label_format=split.label_format, files=split.files)
+    source = RecordFiles(
+        num_classes=num_classes, record_label_format=split.label_format, record_files=tuple(split.files)
+    )
     if count_records:
         source = dataclasses.replace(source, num_records=count_release_records(source))
     logging.info(
@@ -181,30 +273,30 @@ def _sparse_tfds_label(label: dict, num_classes: int) -> tf.Tensor:
 # -----------------------------------------------------------------------------------------------------------
 
 
-def tfds_source(
-    name: str, split: str, *, num_classes: int, data_dir: str = "", manual_dir: str = ""
-) -> Source:
-    """A TFDS dataset: single-label (a class index, e.g. `imagenet2012` prepared from its manual-download
-    folder) or, for this project's `ml_images` builder, multi-label with sparse labels."""
-    sparse = _project_tfds_label_format(name, num_classes=num_classes, data_dir=data_dir)
-    return Source(
-        num_classes=num_classes,
-        label_format=sparse or "tfds",
-        tfds_name=name,
-        tfds_split=split,
-        tfds_data_dir=data_dir,
-        tfds_manual_dir=manual_dir,
-    )
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TfdsSplit(Source):
+    """A tensorflow-datasets split: single-label (a class index, e.g. `imagenet2012`) or, for this project's
+    `ml_images` builder, sparse multi-label labels made dense here. TFDS shards by rank itself
+    (`tfds.ReadConfig.input_context`)."""
 
+    name: str
+    split: str
+    data_dir: str = ""
+    manual_dir: str = ""
+    sparse: bool = False  # the project's multi-label builders: ``{indices, confidences}`` labels
 
-def _records(
-    source: Source, *, num_shards: int, shard_index: int, training: bool, seed: int
-) -> tf.data.Dataset:
-    """This rank's records as `(encoded, label)` before decoding: disjoint files per rank."""
-    if source.label_format in _TFDS_FORMATS:
+    @property
+    def label_format(self) -> str:
+        return "tfds_sparse" if self.sparse else "tfds"
+
+    @property
+    def single_label(self) -> bool:
+        return not self.sparse
+
+    def records(self, *, num_shards: int, shard_index: int, training: bool, seed: int) -> tf.data.Dataset:
         import tensorflow_datasets as tfds
 
-        download_config = tfds.download.DownloadConfig(manual_dir=source.tfds_manual_dir or None)
+        download_config = tfds.download.DownloadConfig(manual_dir=self.manual_dir or None)
         read_config = tfds.ReadConfig(
             input_context=tf.distribute.InputContext(
                 num_input_pipelines=num_shards, input_pipeline_id=shard_index
@@ -213,51 +305,46 @@ def _records(
             interleave_cycle_length=8,
         )
         ds = tfds.load(
-            source.tfds_name,
-            split=source.tfds_split,
-            data_dir=source.tfds_data_dir or None,
+            self.name,
+            split=self.split,
+            data_dir=self.data_dir or None,
             shuffle_files=training,
             read_config=read_config,
             decoders={"image": tfds.decode.SkipDecoding()},
             download_and_prepare_kwargs={"download_config": download_config},
         )
-        if source.label_format == "tfds_sparse":
-            ds = ds.map(
-                lambda x: (x["image"], _sparse_tfds_label(x["label"], source.num_classes)),
-                num_parallel_calls=AUTOTUNE,
-            )
-        else:
-            ds = ds.map(lambda x: (x["image"], x["label"]), num_parallel_calls=AUTOTUNE)
         return ds.repeat() if training else ds
 
-    files = source.files[shard_index::num_shards]
-    record_shard = False
-    if len(source.files) < num_shards and not training:
-        # Evaluation must see every record once: with fewer files than ranks, EVERY rank reads all files
-        # and keeps every num_shards-th record (if only the ranks left without a file did, the records of
-        # the other ranks' files would be counted twice).
-        files, record_shard = source.files, True
-    if not files:
-        raise ValueError(
-            f"{len(source.files)} record files cannot be shared by {num_shards} ranks: write at least as many "
-            "shards as ranks (data/tfrecord.py --shards)"
-        )
-    # Each record travels with its origin (file index * _ORIGIN_STRIDE + index in the file) in the label slot,
-    # so that a bad record can be named (see `_describe_fn`); it is replaced by the parsed label later.
-    ids = range(len(source.files)) if record_shard else range(len(source.files))[shard_index::num_shards]
-    ds = tf.data.Dataset.from_tensor_slices((list(files), tf.constant(list(ids), tf.int64)))
-    if training:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.interleave(
-        _read_with_origin,
-        cycle_length=min(8, len(files)),
-        block_length=1,
-        num_parallel_calls=AUTOTUNE if len(files) > 1 else None,
-        deterministic=True if len(files) > 1 else None,
+    def parse(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+        if self.sparse:
+            return ds.map(
+                lambda x: (x["image"], _sparse_tfds_label(x["label"], self.num_classes)),
+                num_parallel_calls=AUTOTUNE,
+            )
+        return ds.map(lambda x: (x["image"], tf.cast(x["label"], tf.int64)), num_parallel_calls=AUTOTUNE)
+
+
+def tfds_source(
+    name: str, split: str, *, num_classes: int, data_dir: str = "", manual_dir: str = ""
+) -> TfdsSplit:
+    """A TFDS dataset: single-label (a class index, e.g. `imagenet2012` prepared from its manual-download
+    folder) or, for this project's `ml_images` builder, multi-label with sparse labels."""
+    sparse = _project_tfds_label_format(name, num_classes=num_classes, data_dir=data_dir)
+    return TfdsSplit(
+        num_classes=num_classes,
+        name=name,
+        split=split,
+        data_dir=data_dir,
+        manual_dir=manual_dir,
+        sparse=sparse is not None,
     )
-    if record_shard:
-        ds = ds.shard(num_shards, shard_index)
-    return ds  # parsed after the shuffle buffer
+
+
+def _records(
+    source: Source, *, num_shards: int, shard_index: int, training: bool, seed: int
+) -> tf.data.Dataset:
+    """This rank's records before parsing (`Source.records`)."""
+    return source.records(num_shards=num_shards, shard_index=shard_index, training=training, seed=seed)
 
 
 _ORIGIN_STRIDE = 1 << 40  # records per file are far fewer; files up to 2^23
@@ -269,9 +356,10 @@ def _read_with_origin(file: tf.Tensor, file_id: tf.Tensor) -> tf.data.Dataset:
     return records.map(lambda index, record: (record, file_id * _ORIGIN_STRIDE + index))
 
 
-def _describe_fn(source: Source, origins: tf.Tensor):
+def _describe_fn(files: tuple[str, ...], origins: tf.Tensor):
     """`describe(i)` for `schema.parse_records`: "file: record n" of the i-th record of a parsed block."""
-    files = tf.constant(list(source.files))
+    files = tf.constant(list(files))
+    origins = tf.reshape(origins, [-1])
 
     def describe(i):
         origin = origins[i]
@@ -284,25 +372,6 @@ def _describe_fn(source: Source, origins: tf.Tensor):
         )
 
     return describe
-
-
-def _decode_fn(source: Source):
-    """(record, label) -> (jpeg_bytes, label) for the source's format."""
-    if source.label_format == "tfds":
-        return lambda image, label: (image, tf.cast(label, tf.int64))
-    if source.label_format == "tfds_sparse":
-        return lambda image, label: (image, label)  # made dense in `_records`
-
-    def decode(record, origin):
-        parsed = schema.parse_records(
-            record,
-            label_format=source.label_format,
-            num_classes=source.num_classes,
-            describe=_describe_fn(source, tf.reshape(origin, [-1])),
-        )
-        return parsed["image"], parsed["label"]
-
-    return decode
 
 
 def train_dataset(
@@ -326,10 +395,10 @@ def train_dataset(
     `phase` (the index of the image-size phase) and `shard_index` enter the augmentation seeds, so phases
     and ranks draw different augmentations while each stays reproducible.
     """
-    ds = _records(source, num_shards=num_shards, shard_index=shard_index, training=True, seed=seed + phase)
+    ds = source.records(num_shards=num_shards, shard_index=shard_index, training=True, seed=seed + phase)
     if shuffle_buffer > 1:
         ds = ds.shuffle(shuffle_buffer, seed=seed + 7919 * (phase + 1), reshuffle_each_iteration=True)
-    ds = _parse_in_batches(ds, source)
+    ds = source.parse(ds)
     stream = tf.constant([seed, shard_index * 1000 + phase], tf.int64)
 
     def transform(index, image_bytes, label):
@@ -351,21 +420,9 @@ def train_dataset(
     return ds.prefetch(AUTOTUNE).with_options(_pipeline_options())
 
 
-_PARSE_BATCH = 64
-
-
 def _parse_in_batches(ds: tf.data.Dataset, source: Source) -> tf.data.Dataset:
-    """(record, origin) -> (jpeg_bytes, label), parsed `_PARSE_BATCH` records at a time.
-
-    `schema.parse_records` is vectorised: one `parse_example` and one label decode (or scatter) per block
-    costs a fraction of doing it per record. The order of the elements is unchanged, so the element index
-    that seeds each augmentation is the same as with a per-record parse.
-    """
-    decode = _decode_fn(source)
-    if source.label_format in _TFDS_FORMATS:
-        return ds.map(decode, num_parallel_calls=AUTOTUNE)
-    ds = ds.batch(_PARSE_BATCH).map(decode, num_parallel_calls=AUTOTUNE)
-    return ds.unbatch()
+    """(record, origin) -> (jpeg_bytes, label) in the same order (`Source.parse`)."""
+    return source.parse(ds)
 
 
 def _pipeline_options() -> tf.data.Options:
@@ -392,15 +449,13 @@ def eval_dataset(
     max_batches: int = 0,
 ) -> tf.data.Dataset:
     """One pass over this rank's share of an evaluation split: `(images, labels)`, last batch partial."""
-    decode = _decode_fn(source)
     eval_fn = preprocessing.get_transform(transform)
-    ds = _records(source, num_shards=num_shards, shard_index=shard_index, training=False, seed=0)
+    ds = source.records(num_shards=num_shards, shard_index=shard_index, training=False, seed=0)
 
-    def apply(*element):
-        image_bytes, label = decode(*element)
+    def apply(image_bytes, label):
         return eval_fn(image_bytes, image_size=image_size), label
 
-    ds = ds.map(apply, num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch_size)
+    ds = source.parse(ds).map(apply, num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch_size)
     if max_batches:
         ds = ds.take(max_batches)
     return ds.prefetch(AUTOTUNE)
