@@ -17,17 +17,28 @@ what the export expects and stores, unless `--transform`, `--image_size` (warned
   does here); the input contract is its zip member `input_contract.json` (image size, transform, class
   names; Keras ignores it, `models.pretrained.load` reads it); `model.weights.h5`, its weights alone
   (`load_weights` of the model in `model.keras`);
-- `saved_model/`: a TF SavedModel whose `serving_default` signature takes `image_bytes`, a 1-D string
-  tensor of encoded images (JPEG, PNG, GIF, BMP), and returns `probabilities` [N, C] and `features` [N, D]
-  (the pooled `global_pool` feature: 2048-d for the released ResNet-101, 32 x base width in general).
-  The pre-processing is inside the graph (`tf.map_fn` over `data.preprocessing`'s `--transform`, pure TF
-  ops), so a server needs nothing of this project. `probabilities` follow `--head`: `auto` is softmax for a
-  1000-class head (ImageNet) and sigmoid for any other (the 11,166-class multi-label head), as in
-  tools/image_classification.py. As in the tools (`demo`: `cv.imread`), a JPEG's EXIF orientation is
-  applied, read from its header by TF ops (`exif_orientation`). Images the tools first convert through
-  Pillow (16-bit PNG, CMYK JPEG without the Adobe marker, WebP, TIFF) are left to TF's own decoder.
-  Its second signature, `input_contract`, takes nothing and returns `image_size`, `transform` and
-  `class_names` (string[C], empty when unknown), so a client can ask the server what it expects.
+- `saved_model/`: a TF SavedModel for a server (it needs nothing of this project: the pre-processing is
+  inside the graph, pure TF ops). Its `serving_default` signature:
+  - input `image_bytes`: string[N], encoded images (JPEG, PNG, GIF, BMP), any number, any content;
+  - output `valid`: bool[N], whether image i was used; `error`: string[N], why not ("" for a valid one):
+    `not a JPEG, PNG, GIF or BMP image`, `unreadable header`, `needs P pixels (W x H image), over the
+    limit M`, or `cannot be decoded (corrupt or truncated)`;
+  - output `probabilities`: float32[N, C] and `features`: float32[N, D] (the pooled `global_pool`
+    feature: 2048-d for the released ResNet-101, 32 x base width in general): row i is image i's when it
+    is valid, zeros when it is not. A bad image never fails the call or changes another image's row.
+  Before any pixel is decoded, each image's header is read in the graph (tools/serving_input.py: format,
+  size, a GIF's frames) and an image whose decode or transform would hold more than `--max_pixels`
+  (default 100 MP, the tools' limit) is refused: a 389 KB PNG of 20000 x 20000 zeros costs no memory. The
+  others are decoded in a `tf.data` pipeline whose `ignore_errors` drops a corrupt or truncated image
+  alone. Memory is bounded by `--max_pixels` per image decoded at a time (one per core). `probabilities`
+  follow `--head`: `auto` is softmax for a 1000-class head (ImageNet) and sigmoid for any other (the
+  11,166-class multi-label head), as in tools/image_classification.py. As in the tools (`demo`:
+  `cv.imread`), a JPEG's EXIF orientation is applied, read from its header by TF ops
+  (`serving_input.exif_orientation`). Images the tools first convert through Pillow (16-bit PNG, CMYK JPEG
+  without the Adobe marker) are left to TF's own decoder; formats without a header check here (WebP, JPEG
+  XL, TIFF) are refused.
+  Its second signature, `input_contract`, takes nothing and returns `image_size`, `transform`,
+  `class_names` (string[C], empty when unknown) and `max_pixels`, so a client can ask what it expects.
 - `class_names.txt`: one name per line, line i = class i, from `--hierarchy` or `--imagenet_dictionary`,
   else the network's own (its run directory's `class_names.txt`), else the class indices, as
   tools/image_classification.py reads them;
@@ -51,9 +62,9 @@ from absl import app, flags, logging
 if __package__ in (None, ""):  # run as a script: tools/ is not an installed package (as tools/benchmark.py)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data import fileio, preprocessing  # noqa: E402  (after the path set-up above)
+from data import fileio, images, preprocessing  # noqa: E402  (after the path set-up above)
 from models import input_contract, portable, pretrained, resnet  # noqa: E402
-from tools import image_classification  # noqa: E402  (the class names and the head rule of the tools)
+from tools import image_classification, serving_input  # noqa: E402  (class names and head rule of the tools)
 
 SAVED_MODEL_DIR = "saved_model"
 KERAS_FILE = "model.keras"
@@ -64,52 +75,21 @@ SIGNATURE_INPUT = "image_bytes"
 CONTRACT_SIGNATURE = "input_contract"
 
 
-_EXIF_MARK = "Exif\x00\x00"  # the APP1 payload's start; the TIFF header follows it
-_EXIF_SEARCH_BYTES = 65536  # APP1 (at most 64 KB) comes before the image data
-_ORIENTATION_TAG = 0x0112
-
-
-def exif_orientation(image_bytes: tf.Tensor) -> tf.Tensor:
-    """The EXIF orientation (int32 1..8) of an encoded JPEG, in TF ops; 1 when absent, invalid or not a JPEG.
-
-    What `data.preprocessing.load_image_file` reads with Pillow for the tools, so that the SavedModel
-    applies the orientation as they (and `cv.imread`) do. Reads the TIFF header after the first
-    `Exif\0\0` in the first 64 KB (byte order `II` or `MM`), the IFD0 offset, and the entries of IFD0,
-    all as vectorised gathers (no loop); any read past the end yields 1.
-    """
-    head = tf.strings.substr(image_bytes, 0, _EXIF_SEARCH_BYTES)
-    parts = tf.strings.split(head, sep=_EXIF_MARK, maxsplit=1)
-    found = tf.logical_and(tf.io.is_jpeg(image_bytes), tf.size(parts) == 2)
-    tiff = tf.cond(found, lambda: parts[-1], lambda: tf.constant(b"")) + b"\x00" * 16  # room for reads
-    data = tf.cast(tf.io.decode_raw(tiff, tf.uint8), tf.int32)
-    little = tf.equal(tf.strings.substr(tiff, 0, 2), "II")
-
-    def uint(at: tf.Tensor, size: int) -> tf.Tensor:  # an unsigned integer of `size` bytes at `at`
-        values = tf.gather(data, at[..., tf.newaxis] + tf.range(size))
-        order = tf.where(little, 256 ** tf.range(size), 256 ** tf.range(size - 1, -1, -1))
-        return tf.reduce_sum(values * order, axis=-1)
-
-    length = tf.shape(data)[0] - 16
-    ifd = uint(tf.constant(4), 4)
-    valid = tf.logical_and(ifd >= 8, ifd + 2 <= length)
-    ifd = tf.where(valid, ifd, 0)
-    count = tf.clip_by_value(tf.where(valid, uint(ifd, 2), 0), 0, tf.maximum(length - ifd - 2, 0) // 12)
-    entries = ifd + 2 + 12 * tf.range(count)
-    values = tf.where(tf.equal(uint(entries, 2), _ORIENTATION_TAG), uint(entries + 8, 2), 0)
-    value = tf.reduce_max(tf.concat([values, [0]], axis=0))
-    return tf.where(tf.logical_and(value >= 1, value <= 8), value, 1)
-
-
 class _Serving(tf.Module):
     """The SavedModel's root: the network (its variables) and the serving function."""
 
-    def __init__(self, model: keras.Model, *, activation: str, contract: input_contract.InputContract):
+    def __init__(
+        self,
+        model: keras.Model,
+        *,
+        activation: str,
+        contract: input_contract.InputContract,
+        max_pixels: int,
+    ):
         super().__init__()
         self.network = resnet.with_features(model)
         score_fn = tf.sigmoid if activation == "sigmoid" else tf.nn.softmax
         image_size, names = contract.image_size, list(contract.class_names or ())
-        transform_fn = preprocessing.file_transform(contract.transform, image_size=image_size)
-        image_spec = tf.TensorSpec([image_size, image_size, 3], tf.float32)
 
         @tf.function(input_signature=[])
         def describe() -> dict[str, tf.Tensor]:
@@ -117,19 +97,29 @@ class _Serving(tf.Module):
                 "image_size": tf.constant(image_size, tf.int32),
                 "transform": tf.constant(contract.transform),
                 "class_names": tf.constant(names, tf.string, shape=[len(names)]),
+                "max_pixels": tf.constant(max_pixels, tf.int64),
             }
 
         self.describe = describe
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SIGNATURE_INPUT)])
         def serve(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-            images = tf.map_fn(
-                lambda data: transform_fn(data, exif_orientation(data)),  # `demo` applies it
-                image_bytes,
-                fn_output_signature=image_spec,
+            indices, images, errors = serving_input.decode_batch(
+                image_bytes, transform=contract.transform, image_size=image_size, max_pixels=max_pixels
             )
             outputs = self.network(images, training=False)
-            return {"probabilities": score_fn(outputs["logits"]), "features": outputs["features"]}
+            rows = tf.shape(image_bytes, out_type=tf.int64)[:1]
+
+            def per_image(values: tf.Tensor) -> tf.Tensor:  # the valid images' rows; zeros for the others
+                shape = tf.concat([rows, tf.shape(values, out_type=tf.int64)[1:]], axis=0)
+                return tf.scatter_nd(indices[:, tf.newaxis], values, shape)
+
+            return {
+                "probabilities": per_image(score_fn(outputs["logits"])),
+                "features": per_image(outputs["features"]),
+                "valid": tf.equal(errors, ""),
+                "error": errors,
+            }
 
         self.serve = serve
 
@@ -144,6 +134,7 @@ def export(
     hierarchy: str = "",
     imagenet_dictionary: str = "",
     depth: int | None = None,
+    max_pixels: int = images.DEFAULT_MAX_PIXELS,
 ) -> dict:
     """Writes the files listed in the module docstring into `output_dir` and returns the manifest.
 
@@ -157,6 +148,8 @@ def export(
       hierarchy: the ML-Images hierarchy file, for the class names (default: the contract's, else indices).
       imagenet_dictionary: the release's ImageNet dictionary, for the class names.
       depth: the expected depth (None: what the checkpoint holds).
+      max_pixels: the SavedModel refuses an image whose decode or transform would hold more pixels
+        (checked from its header; 0: no limit).
 
     Raises:
       ValueError: a bad checkpoint (`pretrained.CheckpointError`), transform, head or names file.
@@ -183,7 +176,7 @@ def export(
     standard.save(os.path.join(output_dir, KERAS_FILE))
     input_contract.write_keras_file(os.path.join(output_dir, KERAS_FILE), contract)
     standard.save_weights(os.path.join(output_dir, WEIGHTS_FILE))
-    serving = _Serving(model, activation=activation, contract=contract)
+    serving = _Serving(model, activation=activation, contract=contract, max_pixels=max_pixels)
     saved_model = os.path.join(output_dir, SAVED_MODEL_DIR)
     signatures = {"serving_default": serving.serve, CONTRACT_SIGNATURE: serving.describe}
     tf.saved_model.save(serving, saved_model, signatures=signatures)
@@ -201,7 +194,16 @@ def export(
         "class_names": names_source,
         "input_contract": contract.to_json(),
         "files": [KERAS_FILE, WEIGHTS_FILE, SAVED_MODEL_DIR, NAMES_FILE],
-        "signature": {"inputs": {SIGNATURE_INPUT: "string[N]"}, "outputs": ["probabilities", "features"]},
+        "max_pixels": max_pixels,
+        "signature": {
+            "inputs": {SIGNATURE_INPUT: "string[N]"},
+            "outputs": {
+                "probabilities": "float32[N, C]",
+                "features": "float32[N, D]",
+                "valid": "bool[N]",
+                "error": "string[N]",
+            },
+        },
     }
     fileio.write_json(os.path.join(output_dir, MANIFEST_FILE), manifest, indent=2)
     logging.info("exported %s to %s", info.path, output_dir)
@@ -251,6 +253,15 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
         lower_bound=1,
         **fv,
     )
+    flags.DEFINE_integer(
+        "max_pixels",
+        images.DEFAULT_MAX_PIXELS,
+        "The SavedModel refuses (valid=false, with the reason in `error`) an image whose decode or transform "
+        "would hold more pixels, checked from its header before any pixel is decoded (the tools' limit; 0: "
+        "none).",
+        lower_bound=0,
+        **fv,
+    )
     flags.DEFINE_string(
         "hierarchy",
         None,
@@ -281,6 +292,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
             hierarchy=f.hierarchy or "",
             imagenet_dictionary=f.imagenet_dictionary or "",
             depth=f.depth,
+            max_pixels=f.max_pixels,
         )
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError
         sys.exit(f"export.py: error: {e}")
