@@ -289,7 +289,7 @@ def test_pipeline_equals_the_per_image_transform_and_resumes_exactly(tiny_record
 
     # The same records in the same order, transformed one by one in graph mode with the same seeds.
     records = input_pipeline._records(source, num_shards=1, shard_index=0, training=True, seed=5)
-    records = records.shuffle(8, seed=5 + 7919, reshuffle_each_iteration=True)
+    records = input_pipeline.window_shuffle(records, 8, seed=5 + 7919)
     stream = tf.constant([5, 0], tf.int64)
     one_by_one = (
         input_pipeline._parse_in_batches(records, source)

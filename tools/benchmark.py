@@ -45,6 +45,8 @@ commands that produced them.
 - ``download``: images/s of the one pass (``data/download.py --output_records``: URLs straight into TFRecord
   shards) against a local HTTP server of generated JPEGs; ``--compare`` adds download-then-write (our
   downloader, then our writer) and img2dataset (from ``--img2dataset_venv``) on the same URLs.
+- ``input_position``: bytes and save time of one rank's saved input position at the reference settings;
+  ``--compare`` adds the pipeline before #22 (a `tf.data.Dataset.shuffle` buffer saved with its contents).
 
 Every subcommand starts with a ``<name>/machine`` line (CPU count and model, TensorFlow version).
 """
@@ -75,6 +77,7 @@ SUBCOMMANDS: dict[str, str] = {
     "overlap": "tools.benchmarks.overlap",
     "memory": "tools.benchmarks.memory",
     "download": "tools.benchmarks.download",
+    "input_position": "tools.benchmarks.input_position",
 }
 
 

@@ -12,10 +12,14 @@ that fails at run time (a dense label of the wrong length, an int64 label out of
 and record index: every record carries its origin through the pipeline, and `next_batch` turns the
 failure into `BadRecordError`.
 
-Determinism and resume: every random choice is reproducible. File order and the shuffle buffer use fixed
-seeds, and each element's augmentation is drawn with stateless ops from (run seed, rank, phase, element
-index), so restoring the iterator with `tf.train.Checkpoint(iterator=...)` continues with exactly the next
-batch and exactly the same augmentation as an uninterrupted run.
+Determinism and resume: every random choice is a stateless function of the position. Each epoch's file
+order is a permutation drawn from (seed, epoch), the records are mixed in windows of `shuffle_buffer`
+permuted by (seed, window) (`window_shuffle`), and each element's augmentation is drawn from (run seed,
+rank, phase, element index). The pipeline uses tf.data's symbolic checkpointing, so
+`tf.train.Checkpoint(iterator=...)` saves where each stage's input stands (tens of KB per rank), not the
+buffers' contents (188 MB at the reference settings with a `tf.data.Dataset.shuffle` buffer of 1,024
+JPEGs: docs/BENCHMARKS.md), and a restore continues with exactly the next batch and exactly the same
+augmentation as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -112,9 +116,11 @@ class RecordFiles(Source):
                 "shards as ranks (data/tfrecord.py --shards)"
             )
         ids = range(len(self.files)) if record_shard else range(len(self.files))[shard_index::num_shards]
-        ds = tf.data.Dataset.from_tensor_slices((list(files), tf.constant(list(ids), tf.int64)))
+        files_and_ids = (tf.constant(list(files)), tf.constant(list(ids), tf.int64))
         if training:
-            ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
+            ds = _epochs_in_seeded_order(files_and_ids, seed=seed)
+        else:
+            ds = tf.data.Dataset.from_tensor_slices(files_and_ids)
         ds = ds.interleave(
             _read_with_origin,
             cycle_length=min(8, len(files)),
@@ -347,6 +353,45 @@ def _records(
     return source.records(num_shards=num_shards, shard_index=shard_index, training=training, seed=seed)
 
 
+def _epochs_in_seeded_order(elements: tuple[tf.Tensor, ...], *, seed: int) -> tf.data.Dataset:
+    """`elements` (sliced on their first axis) endlessly, each epoch in a stateless permutation drawn from
+    (`seed`, epoch): an order that is a function of the position alone, so that a saved position needs no
+    buffer (see `train_dataset`)."""
+    count = int(elements[0].shape[0])
+
+    def epoch(index):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(count), seed=tf.stack([tf.constant(seed, tf.int64), index])
+        )
+        return tf.data.Dataset.from_tensor_slices(tuple(tf.gather(e, order) for e in elements))
+
+    return tf.data.Dataset.range(_ENDLESS).flat_map(epoch)
+
+
+_ENDLESS = 1 << 62  # epochs (or windows): more than any run
+
+
+def window_shuffle(ds: tf.data.Dataset, window: int, *, seed: int) -> tf.data.Dataset:
+    """`ds` in consecutive windows of `window` elements, each in a stateless permutation drawn from
+    (`seed`, window index).
+
+    It mixes like a shuffle buffer of the same size (an element moves at most `window` - 1 places) but holds
+    no state of its own: with tf.data's symbolic checkpointing the saved position is where the input
+    stands (a few KB), where `tf.data.Dataset.shuffle` saves its whole buffer (1,024 encoded JPEGs).
+    Elements may be nested and of varying length (a sparse TFDS label): windows are ragged batches.
+    """
+
+    def permute(index, block):
+        size = tf.shape(tf.nest.flatten(block)[0], out_type=tf.int64)[0]
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(size), seed=tf.stack([tf.constant(seed, tf.int64), index])
+        )
+        return tf.nest.map_structure(lambda t: tf.gather(t, order), block)
+
+    ds = ds.ragged_batch(window).enumerate().map(permute, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.unbatch()
+
+
 _ORIGIN_STRIDE = 1 << 40  # records per file are far fewer; files up to 2^23
 
 
@@ -397,7 +442,7 @@ def train_dataset(
     """
     ds = source.records(num_shards=num_shards, shard_index=shard_index, training=True, seed=seed + phase)
     if shuffle_buffer > 1:
-        ds = ds.shuffle(shuffle_buffer, seed=seed + 7919 * (phase + 1), reshuffle_each_iteration=True)
+        ds = window_shuffle(ds, shuffle_buffer, seed=seed + 7919 * (phase + 1))
     ds = source.parse(ds)
     stream = tf.constant([seed, shard_index * 1000 + phase], tf.int64)
 
@@ -433,6 +478,8 @@ def _pipeline_options() -> tf.data.Options:
     so that it does not queue behind the training step's inter-op work.
     """
     options = tf.data.Options()
+    # The saved position is where each stage's input stands, not the buffers' contents (`window_shuffle`).
+    options.experimental_symbolic_checkpoint = True
     options.threading.max_intra_op_parallelism = 1
     options.threading.private_threadpool_size = max(len(os.sched_getaffinity(0)), 1)
     return options

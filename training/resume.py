@@ -140,6 +140,34 @@ class InputPlan:
     note: str = ""  # why it restarts
 
 
+def read_run_state(
+    checkpoint: tf.train.Checkpoint, model: keras.Model, *, path: str, config: TrainConfig
+) -> str | None:
+    """Chief: reads the run state at `path` into `checkpoint`; returns why it cannot (None: restored).
+
+    The reasons are one line: the file is missing, it holds another model (named by layer and shape) or
+    another run's state.
+    """
+    if not tf.io.gfile.exists(path + ".index"):
+        return f"cannot read the checkpoint {path}: it is gone (was it moved during the start?)"
+    expected = {
+        "depth": config.model.depth,
+        "base_width": config.model.base_width,
+        "num_classes": config.model.num_classes,
+    }
+    mismatch = checkpoints.model_mismatch(path, model, expected)
+    if mismatch:
+        return f"cannot resume in {config.model_dir}: {mismatch}"
+    try:
+        checkpoint.read(path).assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
+        return (
+            f"cannot resume from {path}: it does not hold this run's state "
+            f"({str(e).strip().splitlines()[0][:200]})"
+        )
+    return None
+
+
 def restore(
     resume: Resume,
     *,
@@ -149,32 +177,21 @@ def restore(
     config: TrainConfig,
     dist: distributed.Distributed,
 ) -> InputPlan:
-    """Restores the run state on this rank; re-counts the step when the global batch changed.
+    """Restores the run state (read by the chief alone: `read_run_state`, the other ranks receive it by the
+    broadcast after this) and plans this rank's input; re-counts the step when the global batch changed.
 
     Raises:
       ValueError: the checkpoint holds another model (named by layer and shape) or another run's state.
     """
     path = resume.path
-    if not tf.io.gfile.exists(path + ".index"):
-        raise FileNotFoundError(
-            f"rank {dist.rank} cannot read the chief's checkpoint {path}: the model_dir must be on "
-            "storage that every rank sees"
-        )
-    expected = {
-        "depth": config.model.depth,
-        "base_width": config.model.base_width,
-        "num_classes": config.model.num_classes,
-    }
-    mismatch = checkpoints.model_mismatch(path, model, expected)
-    if mismatch:
-        raise ValueError(f"cannot resume in {config.model_dir}: {mismatch}")
-    try:
-        checkpoint.read(path).assert_existing_objects_matched()
-    except (AssertionError, ValueError, tf.errors.OpError) as e:
-        raise ValueError(
-            f"cannot resume from {path}: it does not hold this run's state "
-            f"({str(e).strip().splitlines()[0][:200]})"
-        ) from None
+    problem = read_run_state(checkpoint, model, path=path, config=config) if dist.is_chief else None
+    # Horovod: the chief alone reads the run state; the others learn whether it could, and receive its values
+    # by the broadcast that follows the restore (training/loop.py), so a resume on 128 ranks reads it once.
+    refused = announce(dist, [int(problem is not None)])[0]
+    if problem is not None:
+        raise ValueError(problem)
+    if refused:
+        raise ValueError(f"cannot resume from {path}: the chief could not read it (see its error)")
     logging.info("rank %d resumed from %s", dist.rank, path)
     plan = InputPlan(seed=resume.input_seed, restore=True)
     if resume.num_ranks not in (0, dist.size):
