@@ -21,8 +21,17 @@ def run(dist: distributed.Distributed, out_dir: str) -> None:
     averaged = dist.average_gradients(grads)
     metric = dist.allreduce_sum(tf.constant([rank + 1.0, 10.0 * rank]))
     mean = dist.allreduce_mean(tf.constant(2.0 * rank))
+    # Two ranks on one GPU, with made-up GPU names (this machine has none): distinct ones pass, the same one
+    # ("0", as CUDA_VISIBLE_DEVICES=0 exported to both would give) is an error on every rank.
+    distributed.check_distinct_gpus(dist, f"GPU-fake-{rank}")
+    try:
+        distributed.check_distinct_gpus(dist, "0")
+        shared_gpu_error = None
+    except ValueError as e:
+        shared_gpu_error = str(e)
     dist.barrier()
     result = {
+        "shared_gpu_error": shared_gpu_error,
         "rank": rank,
         "is_chief": dist.is_chief,
         "variables": [v.numpy().tolist() for v in variables],

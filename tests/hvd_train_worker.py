@@ -123,7 +123,7 @@ def run(dist: distributed.Distributed, out_dir: str) -> None:
         )
         for n, state in states.items():
             np.savez(out / f"{name}_step{n}_rank{dist.rank}.npz", **state)
-    # The wire format itself: known tensors (one whose plain sum, not its average, is beyond float16) averaged both ways.
+    # The wire format itself: known tensors (one whose float16 sum is beyond float16) averaged both ways.
     rng = np.random.default_rng(dist.rank)
     tensors = [rng.normal(size=1000).astype("float32"), np.full(3, 40000.0 * (dist.rank + 1), "float32")]
     exact = dist.average_gradients(tensors)

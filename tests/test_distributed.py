@@ -45,6 +45,38 @@ def test_two_ranks(tmp_path_factory):
         np.testing.assert_allclose(r["averaged"][1], np.arange(5.0) * 1.5)
         np.testing.assert_allclose(r["metric"], [1.0 + 2.0, 0.0 + 10.0])
         assert r["mean"] == pytest.approx(1.0)
+        # Both ranks claimed GPU "0" of this host: both refuse, naming the two ranks.
+        assert r["shared_gpu_error"].startswith("several ranks on one GPU: ranks 0, 1 on GPU 0 of ")
+        assert "\n" not in r["shared_gpu_error"]
+
+
+def test_gpu_identity_is_the_physical_gpu_the_plan_picks():
+    plan = distributed.plan_devices(1, local_rank=3, local_size=8, cuda_visible_devices="3")
+    assert distributed.gpu_identity(plan, "3") == "3"  # SLURM --gpus-per-task=1: each rank its own
+    plan = distributed.plan_devices(8, local_rank=5, local_size=8)
+    assert distributed.gpu_identity(plan, None) == "5"
+    assert distributed.gpu_identity(plan, "7,6,5,4,3,2,1,0") == "2"
+    uuid = "GPU-8c1e3b3a-0000-1111-2222-333344445555"
+    assert distributed.gpu_identity(distributed.plan_devices(1, local_rank=0, local_size=1), uuid) == uuid
+    assert distributed.gpu_identity(distributed.plan_devices(0, local_rank=0, local_size=2), None) is None
+
+
+def test_shared_gpus_names_the_ranks_in_one_line():
+    # CUDA_VISIBLE_DEVICES=0 exported to all 8 ranks of node2: every one of them plans "GPU 0".
+    devices = [("node1", str(i)) for i in range(8)] + [("node2", "0")] * 8
+    problem = distributed.shared_gpus(devices)
+    assert problem.startswith(
+        "several ranks on one GPU: ranks 8, 9, 10, 11, 12, 13, 14, 15 on GPU 0 of node2;"
+    )
+    assert "\n" not in problem
+    # The same GPU number on two hosts, and CPU ranks sharing a host, are fine.
+    assert distributed.shared_gpus([("a", "0"), ("b", "0"), ("c", None), ("c", None)]) is None
+    many = distributed.shared_gpus([(f"h{i}", "0") for i in range(6) for _ in range(2)])
+    assert many.count("on GPU 0 of") == 4 and "(and 2 more GPUs)" in many
+
+
+def test_check_distinct_gpus_on_one_process():
+    distributed.check_distinct_gpus(distributed.Distributed(), "0")  # one rank cannot share
 
 
 @pytest.mark.parametrize("local_rank", range(8))

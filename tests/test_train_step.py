@@ -99,15 +99,20 @@ def test_two_micro_batches_equal_the_mean_of_their_gradients():
     for half in (slice(0, 4), slice(4, 8)):
         for v, s in zip(ref_step.bn_statistics, stats0, strict=True):
             v.assign(s)
-        g, _ = ref_step._gradients(images[half], multi[half], weights)
+        g, _, _ = ref_step._gradients(images[half], multi[half], weights)  # of the cross-entropy
         grads.append(_values(g))
         stats.append(_values(ref_step.bn_statistics))
     step(images, multi)
-    # One TF1 momentum step from zero slots: w <- w - lr * mean(g).
-    for w0, v, g0, g1 in zip(
-        _values(ref_step.train_variables), step.train_variables, grads[0], grads[1], strict=True
+    # One TF1 momentum step from zero slots: w <- w - lr * (mean(g) + decay x w), the decay added after.
+    for w0, v, g0, g1, decay in zip(
+        _values(ref_step.train_variables),
+        step.train_variables,
+        grads[0],
+        grads[1],
+        ref_step._decay_factors,
+        strict=True,
     ):
-        np.testing.assert_allclose(v.numpy(), w0 - 0.1 * (g0 + g1) / 2, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(v.numpy(), w0 - 0.1 * ((g0 + g1) / 2 + decay * w0), rtol=1e-4, atol=1e-6)
     for v, s0, s1 in zip(step.bn_statistics, stats[0], stats[1], strict=True):
         np.testing.assert_allclose(v.numpy(), (s0 + s1) / 2, rtol=1e-5, atol=1e-7)
 

@@ -77,6 +77,7 @@ SUBCOMMANDS: dict[str, str] = {
     "overlap": "tools.benchmarks.overlap",
     "memory": "tools.benchmarks.memory",
     "download": "tools.benchmarks.download",
+    "xla_ops": "tools.benchmarks.xla_ops",
     "input_position": "tools.benchmarks.input_position",
 }
 

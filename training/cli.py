@@ -505,7 +505,10 @@ def main(flag_values: flags.FlagValues, *, recipe_name: str, finetune: bool) -> 
         return
     from training import demo, distributed, loop  # not needed by --dry_run: no data, no model
 
-    dist = distributed.init()
+    try:
+        dist = distributed.init()
+    except ValueError as e:  # e.g. more ranks than GPUs, or two ranks on one GPU: one line, not a traceback
+        sys.exit(f"error: {e}")
     config = _resolve_or_usage_error(flag_values, recipe_name, dist.size)
     if profile_steps and config.recipe == "demo":
         raise app.UsageError("--profile_steps profiles train.py/finetune.py runs, not --recipe=demo")

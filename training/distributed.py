@@ -14,13 +14,42 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 from collections.abc import Sequence
+from typing import Any
 
 import tensorflow as tf
 from absl import logging
 
 # Wire formats of the gradient all-reduce. Horovod has fp16 compression but no bfloat16 all-reduce.
 ALLREDUCE_DTYPES = ("fp32", "fp16")
+
+
+def to_wire(tensor: tf.Tensor, wire: str) -> tf.Tensor:
+    """`tensor` as it travels in the all-reduce: "fp16" sends float32 as float16, unscaled.
+
+    The order is cast, sum in float16, then scale by 1/size in float32 (`from_wire`): Horovod's own fp16
+    compression with its Average post-scale. A float32 pre-scale by 1/size before the cast (what this
+    project did first) flushes every value under 2^-25 x size to zero (3.8e-6 at 128 ranks), e.g. the weight
+    decay term of the head's weights; unscaled, only values under 2^-25 (3e-8) are lost, as with Horovod's
+    own, and the float32 post-scale adds no second underflow. The sum overflows only if the average of an
+    element exceeds 65,504 / size (512 at 128 ranks); gradients are far below that, and a loss-scaled fp16
+    run that gets there has its scale lowered by the loss-scale optimizer (training/train_step.py).
+
+    Raises:
+      ValueError: an unknown wire format.
+    """
+    if wire not in ALLREDUCE_DTYPES:
+        raise ValueError(f"the all-reduce dtype must be one of {ALLREDUCE_DTYPES}, got {wire!r}")
+    tensor = tf.convert_to_tensor(tensor)
+    if wire == "fp16" and tensor.dtype == tf.float32:
+        return tf.cast(tensor, tf.float16)
+    return tensor
+
+
+def from_wire(summed: tf.Tensor, *, size: int, dtype: tf.DType) -> tf.Tensor:
+    """The mean from a sum over `size` ranks of `to_wire` values: back to `dtype`, then scaled by 1/size."""
+    return tf.cast(summed, dtype) * tf.constant(1.0 / size, dtype)
 
 
 class Distributed:
@@ -44,20 +73,25 @@ class Distributed:
         """Element-wise mean of `tensor` over all ranks."""
         return tf.convert_to_tensor(tensor)
 
+    def sum_group(self, tensors: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+        """Element-wise sum of each tensor over all ranks: one grouped all-reduce (one per dtype present).
+
+        The building block of the training step: it sends what it is given (cast to the wire format with
+        `to_wire` first) and leaves the averaging to the caller (`from_wire`), which can then run inside XLA.
+        """
+        return [tf.convert_to_tensor(t) for t in tensors]
+
     def average_gradients(self, gradients: Sequence[tf.Tensor], *, wire: str = "fp32") -> list[tf.Tensor]:
         """Mean of each gradient over all ranks (one grouped all-reduce for the whole list).
 
         Args:
           gradients: the tensors to average (any float dtype; each keeps its own).
-          wire: "fp32" sends them as they are; "fp16" sends float32 tensors as float16 (Horovod's fp16
-            compression: half the bytes). Each rank first multiplies by 1/size in float32 (the pre-scale),
-            then the float16 values are summed, so the sum is bounded by the largest rank's value and cannot
-            overflow where the plain sum of `size` values could; the post-scale is then 1. float16 keeps
-            11 significant bits: gradients differ from the fp32 average by ~1e-3 relative.
+          wire: "fp32" sends them as they are; "fp16" sends float32 tensors as float16 (half the bytes):
+            see `to_wire` for the order of cast, sum and scale, which keeps small averages.
         """
-        if wire not in ALLREDUCE_DTYPES:
-            raise ValueError(f"the all-reduce dtype must be one of {ALLREDUCE_DTYPES}, got {wire!r}")
-        return [tf.convert_to_tensor(g) for g in gradients]
+        gradients = [tf.convert_to_tensor(g) for g in gradients]
+        sums = self.sum_group([to_wire(g, wire) for g in gradients])
+        return [from_wire(s, size=self.size, dtype=g.dtype) for s, g in zip(sums, gradients, strict=True)]
 
     def broadcast_variables(self, variables: Sequence[tf.Variable], root_rank: int = 0) -> None:
         """Assigns rank `root_rank`'s values to `variables` on every rank."""
@@ -65,6 +99,10 @@ class Distributed:
 
     def barrier(self) -> None:
         """Blocks until every rank has reached this point."""
+
+    def allgather_object(self, obj: Any) -> list[Any]:
+        """Every rank's `obj` (picklable), in rank order; a start-up check, not for the step."""
+        return [obj]
 
 
 class _HorovodDistributed(Distributed):
@@ -83,26 +121,16 @@ class _HorovodDistributed(Distributed):
     def allreduce_mean(self, tensor: tf.Tensor) -> tf.Tensor:
         return self._hvd.allreduce(tensor, op=self._hvd.Average)  # Horovod: mean over ranks.
 
-    def average_gradients(self, gradients: Sequence[tf.Tensor], *, wire: str = "fp32") -> list[tf.Tensor]:
-        super().average_gradients([], wire=wire)  # validates `wire`
-        gradients = [tf.convert_to_tensor(g) for g in gradients]
-        compress = wire == "fp16"
-        averaged: list[tf.Tensor | None] = [None] * len(gradients)
+    def sum_group(self, tensors: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+        tensors = [tf.convert_to_tensor(t) for t in tensors]
+        summed: list[tf.Tensor | None] = [None] * len(tensors)
         # Horovod: one grouped all-reduce per dtype (a group must share one), fused into few ring operations.
-        for dtype in dict.fromkeys(g.dtype for g in gradients):
-            index = [i for i, g in enumerate(gradients) if g.dtype == dtype]
-            group = [gradients[i] for i in index]
-            if compress and dtype == tf.float32:
-                # Horovod: fp16 compression after a float32 pre-scale by 1/size, summed (post-scale 1).
-                fp16 = self._hvd.Compression.fp16
-                packed = [fp16.compress(g * (1.0 / self.size)) for g in group]
-                summed = self._hvd.grouped_allreduce([p for p, _ in packed], op=self._hvd.Sum)
-                reduced = [fp16.decompress(r, ctx) for r, (_, ctx) in zip(summed, packed, strict=True)]
-            else:
-                reduced = self._hvd.grouped_allreduce(group, op=self._hvd.Average)
+        for dtype in dict.fromkeys(t.dtype for t in tensors):
+            index = [i for i, t in enumerate(tensors) if t.dtype == dtype]
+            reduced = self._hvd.grouped_allreduce([tensors[i] for i in index], op=self._hvd.Sum)
             for i, r in zip(index, reduced, strict=True):
-                averaged[i] = r
-        return averaged
+                summed[i] = r
+        return summed
 
     def broadcast_variables(self, variables: Sequence[tf.Variable], root_rank: int = 0) -> None:
         # Horovod: broadcast values (Keras 3 variables are not hashable by .ref()).
@@ -112,6 +140,9 @@ class _HorovodDistributed(Distributed):
 
     def barrier(self) -> None:
         self._hvd.allreduce(tf.constant(0.0), op=self._hvd.Sum, name="barrier")
+
+    def allgather_object(self, obj: Any) -> list[Any]:
+        return list(self._hvd.allgather_object(obj))  # Horovod: pickled, gathered in rank order.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +206,64 @@ def pin_devices(dist: Distributed) -> DevicePlan:
     return plan
 
 
+def gpu_identity(plan: DevicePlan, cuda_visible_devices: str | None) -> str | None:
+    """The physical GPU a rank computes on, as its host names it; None on the CPU.
+
+    TensorFlow numbers the GPUs a process sees from 0, so two ranks whose CUDA_VISIBLE_DEVICES differ both
+    say "GPU 0": the name is the CUDA_VISIBLE_DEVICES entry the plan's index picks (an index or a UUID, as
+    the launcher wrote it), else the index itself (all of the host's GPUs visible).
+
+    Args:
+      plan: this rank's `plan_devices` decision.
+      cuda_visible_devices: the CUDA_VISIBLE_DEVICES value (None: unset).
+    """
+    if plan.gpu_index is None:
+        return None
+    entries = [e.strip() for e in (cuda_visible_devices or "").split(",") if e.strip()]
+    if plan.gpu_index < len(entries):
+        return entries[plan.gpu_index]
+    return str(plan.gpu_index)
+
+
+def shared_gpus(devices: Sequence[tuple[str, str | None]]) -> str | None:
+    """The ranks that share one GPU, described in one line; None when every rank has its own.
+
+    Args:
+      devices: per rank (in rank order), its host name and `gpu_identity` (None: the CPU, which ranks may
+        share).
+    """
+    ranks_of: dict[tuple[str, str], list[int]] = {}
+    for rank, (host, gpu) in enumerate(devices):
+        if gpu is not None:
+            ranks_of.setdefault((host, gpu), []).append(rank)
+    shared = [(key, ranks) for key, ranks in ranks_of.items() if len(ranks) > 1]
+    if not shared:
+        return None
+    described = "; ".join(
+        f"ranks {', '.join(map(str, ranks))} on GPU {gpu} of {host}" for (host, gpu), ranks in shared[:4]
+    )
+    more = f" (and {len(shared) - 4} more GPUs)" if len(shared) > 4 else ""
+    return (
+        f"several ranks on one GPU: {described}{more}; give each rank its own GPU (do not export one "
+        "CUDA_VISIBLE_DEVICES to all ranks of a host, or set it per rank)"
+    )
+
+
+def check_distinct_gpus(dist: Distributed, gpu: str | None) -> None:
+    """All-gathers (host, GPU) and raises ValueError in one line if two ranks share a GPU.
+
+    `CUDA_VISIBLE_DEVICES=0` exported to every rank of a host makes each of them see one GPU, so
+    `plan_devices` cannot tell; only the ranks together can. Every rank must call this (a collective).
+
+    Args:
+      dist: the data-parallel context.
+      gpu: this rank's `gpu_identity` (tests pass a made-up one).
+    """
+    problem = shared_gpus(dist.allgather_object((socket.gethostname(), gpu)))
+    if problem:
+        raise ValueError(problem)
+
+
 def launched_by_horovodrun() -> bool:
     """True when this process was started by horovodrun (its rank variables are set)."""
     return "HOROVOD_RANK" in os.environ or "OMPI_COMM_WORLD_RANK" in os.environ
@@ -190,6 +279,9 @@ def init(use_horovod: bool | None = None, *, pin_gpu: bool = True) -> Distribute
 
     Returns:
       The `Distributed` for this process.
+
+    Raises:
+      ValueError: more ranks on a host than GPUs, or two ranks on one GPU (`check_distinct_gpus`).
     """
     if use_horovod is None:
         use_horovod = launched_by_horovodrun()
@@ -209,7 +301,9 @@ def init(use_horovod: bool | None = None, *, pin_gpu: bool = True) -> Distribute
     dist = _HorovodDistributed(hvd)
     logging.info("Horovod: rank %d of %d (local rank %d)", dist.rank, dist.size, dist.local_rank)
     if pin_gpu:
-        pin_devices(dist)  # Horovod: one GPU per rank, before anything touches a GPU.
+        plan = pin_devices(dist)  # Horovod: one GPU per rank, before anything touches a GPU.
+        # Horovod: every rank tells its (host, GPU); two on one GPU is an error naming them.
+        check_distinct_gpus(dist, gpu_identity(plan, os.environ.get("CUDA_VISIBLE_DEVICES")))
     return dist
 
 

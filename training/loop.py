@@ -422,15 +422,16 @@ def train(
 
 
 def _stop_requested(
-    dist: distributed.Distributed, stop: preemption.StopRequest, *, step: int, saved: bool
+    dist: distributed.Distributed, stop: preemption.StopRequest, *, step: int, saved: bool, votes: tf.Tensor
 ) -> bool:
-    """Whether to stop after `step`: this process's flag, or under Horovod any rank's, agreed every
-    `preemption.HOROVOD_CHECK_EVERY` steps and at checkpoint steps (one scalar all-reduce)."""
+    """Whether to stop after `step`: this process's flag, or under Horovod any rank's, read every
+    `preemption.HOROVOD_CHECK_EVERY` steps and at checkpoint steps from `votes`, the step's sum of the flags
+    (summed in the step's own all-reduce of its scalars: no collective of its own)."""
     if dist.size == 1:
         return stop.requested
     if not saved and step % preemption.HOROVOD_CHECK_EVERY:
         return False
-    return int(dist.allreduce_sum(tf.constant(int(stop.requested), tf.int64)).numpy()) > 0  # Horovod
+    return float(votes) > 0  # Horovod: the same sum on every rank
 
 
 def _raise_if_non_finite(run: _Run) -> None:
@@ -522,7 +523,9 @@ def _train(
             if profiler is not None:
                 profiler.before(step + 1)
             images, labels = input_pipeline.next_batch(iterator, run.train_source)  # bad record: one line
-            logs = run.step(images, labels, check_finite=False)  # dispatched: no per-step host wait
+            # Dispatched: no per-step host wait. The stop flag rides in the step's own all-reduce.
+            logs = run.step(images, labels, check_finite=False, stop_requested=stop.requested)
+            stop_votes = logs.pop("stop_votes")
             step += 1
             # A NaN/Inf step (and every one after it) was discarded on the device; look before anything is
             # logged, saved or evaluated, so the run stops within log_every steps with nothing written.
@@ -558,7 +561,7 @@ def _train(
             saved = step % config.checkpoint_every == 0 or step == config.train_steps
             if saved:
                 _save(run, iterator, step)
-            if _stop_requested(dist, stop, step=step, saved=saved):
+            if _stop_requested(dist, stop, step=step, saved=saved, votes=stop_votes):
                 if not saved:
                     _raise_if_non_finite(run)  # never save the state of a discarded step as step `step`
                     _save(run, iterator, step)

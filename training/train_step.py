@@ -1,17 +1,22 @@
 """One training step: forward/backward (optionally XLA), cross-rank averaging, SGD momentum, NaN guard.
 
-The step is split in two because Horovod ops cannot be XLA-compiled:
+The step is split because Horovod ops cannot be XLA-compiled:
 
 - `_gradients` (jit-compilable): forward in training mode (BatchNorm uses and updates batch statistics),
-  the loss (adaptive multi-label or softmax cross-entropy) plus weight decay, and its gradients;
+  the loss (adaptive multi-label or softmax cross-entropy) and its gradients, cast to the wire format;
 - `_step` (a plain `tf.function` around it): the multi-label class weights (the counters and the
   negative draw, with the class status of the global batch, or of each rank's own batch with
-  class_status "local"), one grouped all-reduce of the gradients (in fp32, or fp16 on the wire with
-  `allreduce_dtype="fp16"`), one of the
-  BatchNorm moving statistics and the logged losses through `training/distributed.py`, the learning rate
-  of this step, and the update — applied only when the global loss is finite; otherwise the weights,
-  optimizer slots, moving statistics and step stay as they were (only the loss counters have advanced).
-  The first such step is recorded on the device (`first_bad_step`, `bad_loss`) and every later step is
+  class_status "local"), then the grouped all-reduces through `training/distributed.py` (sums, in fp32 or
+  fp16 on the wire with `allreduce_dtype="fp16"`): the gradients, and with the last gradient group the
+  BatchNorm moving statistics, the loss and the stop flag (one collective per group: K + 1 per step with
+  the class status);
+- `_update` (jit-compilable): everything after the all-reduce as one XLA computation with `xla`: the means
+  (in float32), the weight decay's gradient (added here, in float32: every rank holds the same weights, so
+  it needs no communication and never meets the fp16 wire), the learning rate of this step, the NaN guard
+  and the update, applied only when the global loss is finite; otherwise the weights, optimizer slots,
+  moving statistics and step stay as they were (only the loss counters have advanced). With loss scaling
+  (fp16) non-finite gradients are the loss-scale optimizer's: it skips the step and lowers its scale.
+  The first non-finite step is recorded on the device (`first_bad_step`, `bad_loss`) and every later step is
   discarded too (the model is frozen at its last good state), so the host need not read anything per step:
   `TrainStep.__call__(..., check_finite=False)` only dispatches, and `raise_if_non_finite()`, called by
   the loop when it logs, saves or evaluates anyway, raises `NonFiniteLossError`, so the run stops within
@@ -22,8 +27,8 @@ layers (`resnet.split_segments`: ..., stage 3, the 11,166-way head). `_step` run
 (each its own XLA function) under one tape each, then differentiates them head first, passing each
 segment's input gradient to the one before, and hands each segment's gradients to its own grouped
 all-reduce as soon as they exist, so Horovod sends them while the earlier segments' backward still runs.
-Each segment's tape also holds its share of the weight decay, so the loss, the gradients and the BN
-updates are those of K = 1 (bit-identical without XLA, tests/test_segments.py).
+The loss, the gradients and the BN updates are those of K = 1 (bit-identical without XLA,
+tests/test_segments.py).
 
 Equivalence: with `accum_steps = k` one process splits its batch into k micro-batches, each normalised by
 its own batch statistics, and averages their gradients; this is exactly what k ranks with the same
@@ -37,6 +42,8 @@ counters, and so the class weights, differ between ranks: this equivalence then 
 """
 
 from __future__ import annotations
+
+import math
 
 import keras
 import tensorflow as tf
@@ -160,7 +167,8 @@ class TrainStep:
           schedule: a pure function step -> learning rate (training/schedules.py).
           dist: the data-parallel context (None: one process).
           loss: the stateful adaptive loss for "multilabel".
-          weight_decay: the L2 factor on conv/dense weights (0.5 ||w||^2 each).
+          weight_decay: the L2 factor on conv/dense weights (0.5 ||w||^2 each); its gradient is added after
+            the all-reduce.
           bn_weight_decay_scale: BatchNorm gamma/beta get this x weight_decay (fine-tuning: 0.1).
           frozen_stages: the stem and stages below this are not trained (their BN statistics still update,
             as in the release's FixBlock2); -1 trains everything.
@@ -173,8 +181,8 @@ class TrainStep:
             first, each with its own grouped all-reduce issued as soon as its gradients exist, so Horovod
             sends them while the earlier segments' backward still runs. 1: one all-reduce after the whole
             backward. Needs accum_steps = 1. The results equal K = 1's up to float32 summation order.
-          allreduce_dtype: "fp32", or "fp16" (Horovod's fp16 compression, half the bytes; pre-scaled by
-            1/size so the float16 sum cannot overflow). Horovod has no bfloat16 all-reduce.
+          allreduce_dtype: "fp32", or "fp16" (half the bytes: cast, summed in float16, averaged in float32;
+            see `distributed.to_wire`). Horovod has no bfloat16 all-reduce.
         """
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -217,36 +225,52 @@ class TrainStep:
         optimizer.build(self.train_variables)  # slots exist before a restore or a broadcast
         # One trace per batch shape (one per image-size phase): a resumed run builds exactly the graph of
         # an uninterrupted one (a shape-relaxed retrace would differ in the last bits).
+        # Weight decay is not part of the differentiated loss: `_update` adds its gradient (factor x w) to the
+        # all-reduced mean in float32. Every rank holds the same weights, so it needs no communication, and
+        # it never meets the float16 wire (where 1e-4 x |w| was flushed to zero).
+        factors = {id(v): weight_decay for v in losses.weight_decay_variables(model)}
+        if bn_weight_decay_scale:
+            factors.update(
+                {
+                    id(v): bn_weight_decay_scale * weight_decay
+                    for v in losses.weight_decay_variables(model, batch_norm=True)
+                }
+            )
+        self._decay_factors = [factors.get(id(v), 0.0) for v in self.train_variables]
         self._compiled_gradients = tf.function(self._gradients, jit_compile=xla)
         # Segments: each forward XLA-compiled on its own; differentiated from the plain `_step`, whose tape
         # then compiles each segment's backward too (Horovod ops stay outside XLA).
         self._segment_forward = [tf.function(self._segment_call(m), jit_compile=xla) for m in self.segments]
         self._compiled_head_loss = tf.function(self._head_loss, jit_compile=xla)
+        # Everything between and after the all-reduces is compiled too, so that with `xla` the plain
+        # `_step` is little more than the calls of these functions and of Horovod's ops (the host does not
+        # walk hundreds of small ops per step: tools/benchmarks/xla_ops.py counts them).
+        self._read_statistics = tf.function(self._statistics, jit_compile=xla)
+        self._restore_statistics = tf.function(self._assign_statistics, jit_compile=xla)
+        self._wire = tf.function(self._to_wire, jit_compile=xla)
+        self._compiled_update = tf.function(self._update, jit_compile=xla)
         self._compiled_step = tf.function(self._step)
 
     # ------------------------------------------------------------------------------------------- pieces
 
     def _gradients(self, images, labels, class_weights):
+        """This rank's gradients of the (scaled) cross-entropy in the wire format, the loss, and the moving
+        statistics the forward left."""
         with tf.GradientTape() as tape:
             logits = self.model(images, training=True)
-            if self.task == "multilabel":
-                ce = self.loss(labels, logits, class_weights)
-            else:
-                ce = tf.reduce_mean(
-                    tf.nn.sparse_softmax_cross_entropy_with_logits(
-                        labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32)
-                    )
-                )
-            wd = losses.weight_decay_loss(
-                self.model,
-                weight_decay=self.weight_decay,
-                bn_scale=self.bn_weight_decay_scale,
-                variables=self.train_variables,
-            )
-            total = ce + wd
-            scaled = self.optimizer.scale_loss(total) if self.loss_scaling else total
+            ce = self._cross_entropy(labels, logits, class_weights)
+            scaled = self.optimizer.scale_loss(ce) if self.loss_scaling else ce
         gradients = tape.gradient(scaled, self.train_variables)
-        return gradients, tf.stack([total, ce, wd])
+        return self._to_wire(gradients), ce, self._statistics()
+
+    def _to_wire(self, tensors):
+        return [distributed.to_wire(t, self.allreduce_dtype) for t in tensors]
+
+    def _statistics(self):
+        return [tf.identity(v) for v in self.bn_statistics]
+
+    def _assign_statistics(self, values):
+        self._assign(self.bn_statistics, values)
 
     @staticmethod
     def _segment_call(segment: keras.Model):
@@ -267,83 +291,90 @@ class TrainStep:
     def _segmented_gradients(self, images, labels, class_weights):
         """Segment by segment backward, head first, each segment's gradients all-reduced when they exist.
 
-        Returns the all-reduced gradients (in `train_variables` order) and this rank's logged losses.
+        The last segment differentiated (the earliest that trains something) is not all-reduced here: its
+        gradients go with the step's scalars in one group (`_step`).
+
+        Returns:
+          The summed gradients of the other segments by variable id (wire format), the last segment's
+          local gradients (wire format) and variables, and this rank's cross-entropy.
         """
         trained = {id(v) for v in self.train_variables}
         scale = self.optimizer.scale_loss(tf.constant(1.0)) if self.loss_scaling else tf.constant(1.0)
-        tapes, inputs, outputs, decays, seg_vars = [], [], [], [], []
+        tapes, inputs, outputs, seg_vars = [], [], [], []
         x = images
         for segment, forward in zip(self.segments, self._segment_forward, strict=True):
-            variables = [v for v in segment.trainable_variables if id(v) in trained]
             with tf.GradientTape() as tape:
                 tape.watch(x)
                 y = forward(x)
-                # This segment's share of the weight decay: the sum over segments is the step's.
-                decay = (
-                    losses.weight_decay_loss(
-                        self.model,
-                        weight_decay=self.weight_decay,
-                        bn_scale=self.bn_weight_decay_scale,
-                        variables=variables,
-                    )
-                    if variables
-                    else tf.constant(0.0)
-                )
                 if len(tapes) == len(self.segments) - 1:
                     ce = self._compiled_head_loss(y, labels, class_weights)
             tapes.append(tape)
             inputs.append(x)
             outputs.append(y)
-            decays.append(decay)
-            seg_vars.append(variables)
+            seg_vars.append([v for v in segment.trainable_variables if id(v) in trained])
             x = y
-        wd = tf.add_n(decays)
-        total = ce + wd
-        reduced = {}
+        summed = {}
         # The earliest segment that trains something: below it no input gradient is needed.
         first = next((i for i, v in enumerate(seg_vars) if v), len(seg_vars))
         upstream = None  # d(scaled loss)/d(segment output)
+        last_grads: list[tf.Tensor] = []
         for i in reversed(range(first, len(self.segments))):
-            targets = [ce, decays[i]] if upstream is None else [outputs[i], decays[i]]
-            heads = [scale, scale] if upstream is None else [upstream, scale]
+            target, head = (ce, scale) if upstream is None else (outputs[i], upstream)
             sources = [*seg_vars[i], inputs[i]] if i > first else list(seg_vars[i])
-            grads = tapes[i].gradient(targets, sources, output_gradients=heads)
-            if seg_vars[i]:
+            grads = tapes[i].gradient(target, sources, output_gradients=head)
+            if i == first:
+                last_grads = grads[: len(seg_vars[i])]  # sent by `_step`, with the scalars
+            elif seg_vars[i]:
                 # Horovod: this segment's own grouped all-reduce, while the earlier segments' backward runs.
-                done = self.dist.average_gradients(grads[: len(seg_vars[i])], wire=self.allreduce_dtype)
-                reduced.update({id(v): g for v, g in zip(seg_vars[i], done, strict=True)})
+                done = self.dist.sum_group(self._wire(grads[: len(seg_vars[i])]))
+                summed.update({id(v): g for v, g in zip(seg_vars[i], done, strict=True)})
             if i > first:
                 upstream = grads[-1]
-        return [reduced[id(v)] for v in self.train_variables], tf.stack([total, ce, wd])
+        last_vars = seg_vars[first] if first < len(seg_vars) else []
+        return summed, list(last_grads), last_vars, ce
 
     def _micro_batches(self, images, labels, class_weights, start_statistics):
-        """Gradients, losses and moving statistics averaged over the micro-batches of this rank."""
+        """Gradients (wire format), cross-entropy and moving statistics averaged over this rank's
+        micro-batches."""
         if self.accum_steps == 1:
-            gradients, logged = self._compiled_gradients(images, labels, class_weights)
-            return list(gradients), logged, [tf.convert_to_tensor(v) for v in self.bn_statistics]
-        total_grads = total_logged = total_stats = None
+            gradients, ce, stats = self._compiled_gradients(images, labels, class_weights)
+            return list(gradients), ce, list(stats)
+        total_grads = total_ce = total_stats = None
         for images_k, labels_k in zip(
             tf.split(images, self.accum_steps), tf.split(labels, self.accum_steps), strict=True
         ):
-            self._assign(self.bn_statistics, start_statistics)
-            gradients, logged = self._compiled_gradients(images_k, labels_k, class_weights)
-            stats = [tf.convert_to_tensor(v) for v in self.bn_statistics]
+            self._restore_statistics(start_statistics)
+            gradients, ce, stats = self._compiled_gradients(images_k, labels_k, class_weights)
             if total_grads is None:
-                total_grads, total_logged, total_stats = list(gradients), logged, stats
+                total_grads, total_ce, total_stats = list(gradients), ce, list(stats)
             else:
                 total_grads = [a + b for a, b in zip(total_grads, gradients, strict=True)]
-                total_logged += logged
+                total_ce += ce
                 total_stats = [a + b for a, b in zip(total_stats, stats, strict=True)]
         k = float(self.accum_steps)
-        return [g / k for g in total_grads], total_logged / k, [s / k for s in total_stats]
+        return [g / tf.cast(k, g.dtype) for g in total_grads], total_ce / k, [s / k for s in total_stats]
 
     @staticmethod
     def _assign(variables, values) -> None:
         for variable, value in zip(variables, values, strict=True):
             variable.assign(value)
 
-    def _step(self, images, labels):
-        start_statistics = [tf.identity(v) for v in self.bn_statistics]
+    def _last_group_in_fp32(self, last_vars) -> bool:
+        """Whether the last gradient group travels in float32 with the scalars (one collective, not two).
+
+        With the fp16 wire that costs its values twice the bytes, so only a small group (at most 1/8 of the
+        gradient values: ResNet-101's stem - stage 1 segment is 2.2 %) is sent that way; it is all-reduced
+        after the whole backward, where one Horovod cycle more would cost more than its extra bytes.
+        """
+        if self.allreduce_dtype == "fp32":
+            return True
+        if not last_vars or len(self.segments) == 1:
+            return False
+        size = sum(math.prod(v.shape) for v in last_vars)
+        return 8 * size <= sum(math.prod(v.shape) for v in self.train_variables)
+
+    def _step(self, images, labels, stop):
+        start_statistics = self._read_statistics()
         class_weights = tf.zeros([0])
         if self.task == "multilabel":
             # Horovod: with "global", the class status is that of the global batch (per-class positives summed
@@ -352,21 +383,57 @@ class TrainStep:
                 labels, sum_across_ranks=self.dist.allreduce_sum if self.class_status == "global" else None
             )
         if len(self.segments) > 1:
-            gradients, logged = self._segmented_gradients(images, labels, class_weights)
-            stats = [tf.convert_to_tensor(v) for v in self.bn_statistics]
+            summed, last, last_vars, ce = self._segmented_gradients(images, labels, class_weights)
+            stats = self._read_statistics()
+            if not self._last_group_in_fp32(last_vars):
+                last = self._wire(last)
         else:
-            gradients, logged, stats = self._micro_batches(images, labels, class_weights, start_statistics)
-            # Horovod: one grouped all-reduce of the gradients after the whole backward.
-            gradients = self.dist.average_gradients(gradients, wire=self.allreduce_dtype)
-        # Horovod: the moving statistics and the logged losses, always in float32.
-        n_stats = len(stats)
-        reduced = self.dist.average_gradients([*stats, logged])
-        stats, logged = reduced[:n_stats], reduced[-1]
+            last, ce, stats = self._micro_batches(images, labels, class_weights, start_statistics)
+            summed, last_vars = {}, self.train_variables
+        # Horovod: the last gradients, the moving statistics, the loss and the stop flag in one group (two
+        # when the gradients travel in float16: a group shares one dtype), summed; `_update` averages.
+        scalars = tf.stack([tf.cast(ce, tf.float32), tf.cast(stop, tf.float32)])
+        sums = self.dist.sum_group([*last, *stats, scalars])
+        summed.update({id(v): g for v, g in zip(last_vars, sums[: len(last)], strict=True)})
+        return self._compiled_update(
+            [summed[id(v)] for v in self.train_variables],
+            sums[len(last) : len(last) + len(stats)],
+            sums[-1],
+            start_statistics,
+            labels,
+        )
+
+    def _update(self, gradient_sums, statistic_sums, scalar_sums, start_statistics, labels):
+        """Everything after the all-reduce, one XLA computation with `xla`: the means, the weight decay, the
+        learning rate, the NaN guard and the update (optimizer, moving statistics, step)."""
+        size = self.dist.size
+        gradients = [
+            distributed.from_wire(g, size=size, dtype=v.dtype)
+            for g, v in zip(gradient_sums, self.train_variables, strict=True)
+        ]
+        stats = [distributed.from_wire(s, size=size, dtype=tf.float32) for s in statistic_sums]
+        ce = scalar_sums[0] / size
+        # The weight decay's gradient, in float32 on the averaged gradient (with loss scaling: scaled alike,
+        # by a power of two, so the optimizer's unscaling returns it exactly).
+        scale = self.optimizer.scale_loss(tf.constant(1.0)) if self.loss_scaling else None
+        gradients = [
+            g + tf.cast(factor * (v if scale is None else v * scale), g.dtype) if factor else g
+            for g, v, factor in zip(gradients, self.train_variables, self._decay_factors, strict=True)
+        ]
+        wd = losses.weight_decay_loss(
+            self.model,
+            weight_decay=self.weight_decay,
+            bn_scale=self.bn_weight_decay_scale,
+            variables=self.train_variables,
+        )
+        logged = tf.stack([ce + wd, ce, wd])
         lr = tf.cast(self.schedule(self.global_step), tf.float32)
         # The global loss is the same on every rank, so every rank takes the same branch. After a bad step
         # every later step is discarded too: nothing moves until the host notices and stops the run.
         finite = tf.reduce_all(tf.math.is_finite(logged))
-        if self.allreduce_dtype == "fp16":  # a float16 overflow would give Inf gradients at a finite loss
+        if self.allreduce_dtype == "fp16" and not self.loss_scaling:
+            # A float16 overflow on the wire gives Inf gradients at a finite loss. With loss scaling the
+            # optimizer sees them instead: it skips the step and lowers its scale, as for any fp16 overflow.
             finite = tf.logical_and(
                 finite, tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients])
             )
@@ -395,11 +462,14 @@ class TrainStep:
             "weight_decay": logged[2],
             "lr": lr,
             "applied": applied,
+            "stop_votes": scalar_sums[1],
         }
 
     # ----------------------------------------------------------------------------------------------- API
 
-    def __call__(self, images, labels, *, check_finite: bool = True) -> dict[str, tf.Tensor]:
+    def __call__(
+        self, images, labels, *, check_finite: bool = True, stop_requested: bool | None = None
+    ) -> dict[str, tf.Tensor]:
         """Runs one step on this rank's batch.
 
         Args:
@@ -408,12 +478,18 @@ class TrainStep:
           check_finite: raise NonFiniteLossError at once if this (or an earlier) step was not finite. That
             reads a device value, so the host waits for the step to finish; the training loop passes False
             (the step is only dispatched, the host runs ahead) and calls `raise_if_non_finite` when it logs.
+          stop_requested: this rank's stop flag (preemption), summed over the ranks in the step's own
+            all-reduce of its scalars (no collective of its own): the result is `stop_votes`. None: not
+            returned.
 
         Returns:
-          The step's loss, cross_entropy, weight_decay and lr (device tensors).
+          The step's loss, cross_entropy, weight_decay and lr (device tensors), and `stop_votes` (how many
+          ranks asked to stop) when `stop_requested` is given.
         """
-        logs = self._compiled_step(images, labels)
+        logs = self._compiled_step(images, labels, tf.constant(float(bool(stop_requested))))
         logs.pop("applied")
+        if stop_requested is None:
+            logs.pop("stop_votes")
         if check_finite:
             self.raise_if_non_finite()
         return logs
