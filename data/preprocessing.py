@@ -373,11 +373,28 @@ def _augment_branch_0(crop: tf.Tensor, flip: tf.Tensor, source: tf.Tensor, color
     return _finish(_pixels(_adjust_contrast(planes, color[3])))
 
 
+# Branch 1 is two XLA computations, the contrast and then the saturation and hue. As one, XLA's CPU backend
+# materialises the brightened planes only for the contrast's mean, and computes the saturation and hue
+# (and, apart, their max(r, g, b)) in loops over the INTERLEAVED [S, S, 3] output, each loop element
+# recomputing the flip, the transpose, the brightness and the contrast of its pixel's three values from the
+# crop: 3.4 - 4.3 CPU ms per 224 x 224 image on the AMD EPYC of docs/BENCHMARKS.md (AVX2), against 0.7 as
+# two computations (section 3, `tools/benchmark.py augment`), the same values to 2e-6 (float rounding).
+# Branch 0 does not need this: its gather output is materialised as planes before the colour steps.
 @tf.function(jit_compile=True)
-def _augment_branch_1(crop: tf.Tensor, flip: tf.Tensor, color: tf.Tensor) -> tf.Tensor:
-    """Flip, colour order 1: brightness, contrast, saturation, hue."""
-    planes = _adjust_contrast(_planes(_start(crop, flip)) + color[0], color[3])
+def _augment_branch_1_contrast(crop: tf.Tensor, flip: tf.Tensor, color: tf.Tensor) -> tf.Tensor:
+    """Flip, brightness and contrast of colour order 1, as planes [3, S, S]."""
+    return _adjust_contrast(_planes(_start(crop, flip)) + color[0], color[3])
+
+
+@tf.function(jit_compile=True)
+def _augment_branch_1_saturation_hue(planes: tf.Tensor, color: tf.Tensor) -> tf.Tensor:
+    """Saturation and hue of colour order 1 on planes, then clip and scale to [S, S, 3]."""
     return _finish(_pixels(_saturation_and_hue(planes, color[1], color[2])))
+
+
+def _augment_branch_1(crop: tf.Tensor, flip: tf.Tensor, color: tf.Tensor) -> tf.Tensor:
+    """Flip, colour order 1: brightness, contrast, saturation, hue (two XLA computations, see above)."""
+    return _augment_branch_1_saturation_hue(_augment_branch_1_contrast(crop, flip, color), color)
 
 
 @tf.function(jit_compile=True)
