@@ -115,6 +115,45 @@ def keras_weight_name(tf1_name: str) -> tuple[str, str]:
     raise ValueError(f"{tf1_name!r} is not a variable of the reference ResNet")
 
 
+def onednn_enabled() -> bool:
+    """Whether this process's TensorFlow runs its oneDNN CPU kernels.
+
+    TensorFlow reads ``TF_ENABLE_ONEDNN_OPTS`` once, when it is imported; unset, it turns oneDNN on only on
+    CPUs with AVX-512 VNNI/BF16, AVX-VNNI or AMX (recent Xeons), so two x86 machines running the same code
+    can run different kernels (docs/BENCHMARKS.md records the state with every figure). Asked of
+    TensorFlow itself where it can say (a private binding), else read from the variable.
+    """
+    import os
+
+    import tensorflow as tf  # noqa: F401  (the binding below needs TensorFlow loaded)
+
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower() in ("1", "true")
+
+
+def channels_first_problem() -> str | None:
+    """Why this process cannot run a channels_first model (one line naming the fix), or None if it can.
+
+    TensorFlow's own CPU convolution and pooling kernels take NHWC only: on a CPU, NCHW runs only through
+    its oneDNN kernels, or on a GPU. Without either, the model builds and its first call fails deep inside
+    with "The Conv2D op currently only supports the NHWC tensor format on the CPU"; `build_resnet` raises
+    this message instead.
+    """
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU") or onednn_enabled():
+        return None
+    return (
+        "data_format='channels_first' cannot run here: TensorFlow's CPU kernels take NHWC only and its oneDNN "
+        "kernels (which take NCHW) are off on this CPU; set TF_ENABLE_ONEDNN_OPTS=1 before Python starts, "
+        "or use data_format='channels_last' (the same weights)"
+    )
+
+
 def build_resnet(
     depth: int,
     num_classes: int,
@@ -135,6 +174,7 @@ def build_resnet(
         base_width * 2^i. 64 is the reference; tests use small values to stay fast.
       data_format: internal layout. The input is always NHWC (as the release's); with "channels_first"
         the model transposes it once, as the release does for NCHW. Weights are layout independent.
+        "channels_first" needs a GPU or TensorFlow's oneDNN CPU kernels (`channels_first_problem`).
       bn_momentum: BatchNorm moving-average decay (the reference 0.997).
       bn_epsilon: BatchNorm epsilon (the reference 1e-5).
       input_shape: NHWC input shape without the batch dimension.
@@ -143,11 +183,17 @@ def build_resnet(
     Returns:
       A functional model whose layer `global_pool` outputs the pooled feature and `logits` the logits.
       The logits (and the pooled feature) are float32 under a mixed-precision policy.
+
+    Raises:
+      ValueError: an unknown depth or data format, or "channels_first" in a process that cannot run it
+        (one line naming the fix, instead of an op error deep inside the first call).
     """
     if depth not in BLOCKS_PER_STAGE:
         raise ValueError(f"depth must be one of {sorted(BLOCKS_PER_STAGE)}, got {depth}")
     if data_format not in ("channels_last", "channels_first"):
         raise ValueError(f"data_format must be channels_last or channels_first, got {data_format!r}")
+    if data_format == "channels_first" and (problem := channels_first_problem()) is not None:
+        raise ValueError(problem)
     ops = _Ops(data_format=data_format, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon)
 
     images = keras.Input(shape=input_shape, name="images")

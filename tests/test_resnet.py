@@ -1,5 +1,11 @@
 """models/resnet.py: parameter counts, shapes and strides, TF1 names, mixed precision, data formats."""
 
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -212,10 +218,15 @@ def test_mixed_precision_logits_are_float32():
     assert outputs["features"].dtype == "float32"
 
 
-def test_channels_first_gives_the_same_logits():
+def channels_first_outcome() -> str:
+    """The depth-14 model built channels_last and channels_first with the same weights, called on the same
+    images: "same logits", or "error: <message>" when `build_resnet` refuses channels_first here."""
     rng = np.random.default_rng(1)
     last = resnet.build_resnet(14, 5, base_width=8)
-    first = resnet.build_resnet(14, 5, base_width=8, data_format="channels_first")
+    try:
+        first = resnet.build_resnet(14, 5, base_width=8, data_format="channels_first")
+    except ValueError as e:
+        return f"error: {e}"
     assert [tuple(w.shape) for w in first.weights] == [tuple(w.shape) for w in last.weights]
     weights = [rng.normal(size=w.shape).astype("float32") for w in last.weights]
     weights = [
@@ -225,6 +236,53 @@ def test_channels_first_gives_the_same_logits():
     first.set_weights(weights)
     x = rng.uniform(-1, 1, (2, 64, 64, 3)).astype("float32")
     np.testing.assert_allclose(first(x, training=False), last(x, training=False), rtol=1e-4, atol=1e-4)
+    return "same logits"
+
+
+def _check_channels_first_outcome(outcome: str, *, can_run: bool) -> None:
+    if can_run:
+        assert outcome == "same logits"
+        return
+    message = outcome.removeprefix("error: ")
+    assert outcome.startswith("error: ") and "\n" not in message, outcome
+    for fix in ("TF_ENABLE_ONEDNN_OPTS=1", "data_format='channels_last'"):
+        assert fix in message, message
+
+
+def test_channels_first_gives_the_same_logits_where_it_runs_else_a_one_line_error():
+    """In this process: the same logits where channels_first can run (a GPU, or oneDNN on: CPUs with
+    AVX-512 VNNI/BF16 or AMX by default), else the build refuses it in one line naming both fixes (on an
+    AVX2 CPU, where TensorFlow leaves oneDNN off, the model used to fail inside its first call)."""
+    can_run = resnet.channels_first_problem() is None
+    assert can_run == (bool(tf.config.list_physical_devices("GPU")) or resnet.onednn_enabled())
+    _check_channels_first_outcome(channels_first_outcome(), can_run=can_run)
+
+
+def test_channels_first_with_the_other_onednn_setting():
+    """The other case of the test above, in a CPU-only process with TF_ENABLE_ONEDNN_OPTS flipped: oneDNN on
+    gives the same logits (the fix the error names works), oneDNN off gives the error."""
+    flipped = "0" if resnet.onednn_enabled() else "1"
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "TF_ENABLE_ONEDNN_OPTS": flipped,
+        "CUDA_VISIBLE_DEVICES": "",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PYTHONPATH": str(root),
+    }
+    code = (
+        "import json\n"
+        "from models import resnet\n"
+        "from tests.test_resnet import channels_first_outcome\n"
+        "print(json.dumps([resnet.onednn_enabled(), channels_first_outcome()]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    enabled, outcome = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert enabled == (flipped == "1")
+    _check_channels_first_outcome(outcome, can_run=enabled)
 
 
 def test_rejects_unknown_depth_and_format():
