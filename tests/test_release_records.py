@@ -274,12 +274,17 @@ def test_release_files_are_sharded_by_file_and_fewer_files_than_ranks(release_di
     # Training: rank r reads files r, r + n, ... (the release's own `idx % workers == task` split).
     assert {f for f, _ in _origins(source, num_shards=2, shard_index=0, training=True, n=40)} == {0, 2}
     assert {f for f, _ in _origins(source, num_shards=2, shard_index=1, training=True, n=40)} == {1}
-    # Fewer files than ranks: training refuses (every rank would read every file)...
-    with pytest.raises(ValueError, match="3 record files cannot be shared by 4 ranks"):
-        input_pipeline._records(source, num_shards=4, shard_index=3, training=True, seed=0)
-    # ... evaluation shards the records instead: every record exactly once over the 4 ranks.
-    seen = [o for rank in range(4) for o in _origins(source, num_shards=4, shard_index=rank, training=False)]
-    assert sorted(seen) == sorted((f, r) for f, n in enumerate([5, 4, 3]) for r in range(n))
+    # Fewer files than ranks (3 files of 5, 4 and 3 records, 4 ranks): rank r reads file r % 3 alone and
+    # every k-th of its records (ranks 0 and 3 share file 0); no rank reads the whole split, and one pass
+    # (evaluation) or one epoch of each rank (training) holds every record exactly once.
+    everything = sorted((f, r) for f, n in enumerate([5, 4, 3]) for r in range(n))
+    for training in (False, True):
+        seen = []
+        for rank, per_epoch in enumerate([3, 4, 3, 2]):
+            origins = _origins(source, num_shards=4, shard_index=rank, training=training, n=per_epoch)
+            assert {f for f, _ in origins} == {rank % 3} and len(origins) == per_epoch
+            seen += origins
+        assert sorted(seen) == everything
 
 
 def test_a_bad_dense_record_is_one_line_naming_file_and_index(tmp_path):

@@ -195,14 +195,18 @@ def define_flags(
     f.DEFINE_integer(
         "intra_op_threads",
         None,
-        "TensorFlow's intra-op thread pool (0: one thread per core). 1 keeps the input pipeline's XLA "
-        "augmentation on its own thread (less CPU per image, docs/BENCHMARKS.md section 3) but gives the "
-        "step's CPU kernels one thread: for GPU hosts, not CPU training. Default: the recipe's, 0.",
+        "TensorFlow's intra-op thread pool (0: the host's cores divided by its ranks, as the inter-op and "
+        "tf.data pools). 1 keeps the input pipeline's XLA augmentation on its own thread (less CPU per "
+        "image, docs/BENCHMARKS.md section 3) but gives the step's CPU kernels one thread: for GPU hosts, "
+        "not CPU training. Default: the recipe's, 0.",
         lower_bound=0,
     )
     f.DEFINE_integer("seed", None, "Seed of the initialisation, input order and augmentation.")
     f.DEFINE_integer(
-        "shuffle_buffer", None, "Per-rank shuffle buffer of records (part of the input position)."
+        "shuffle_buffer",
+        None,
+        "Per-rank shuffle window: records are mixed in windows of this many, each in its own seeded "
+        "order (an order of the position alone: the saved input position stays a few KB).",
     )
     f.DEFINE_integer(
         "log_every",

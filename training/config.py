@@ -37,7 +37,7 @@ class DataConfig:
     tfds_name: str = ""  # e.g. "imagenet2012": read through tensorflow-datasets instead of data_dir
     tfds_data_dir: str = ""
     tfds_manual_dir: str = ""
-    shuffle_buffer: int = 1024  # per rank; its contents are part of the saved input position
+    shuffle_buffer: int = 1024  # per rank: the window of `input_pipeline.window_shuffle` (not saved)
     area_cover: float = 0.7  # lower bound of the crop's area fraction
     object_cover: float = 0.7  # min_object_covered of the sampled crop
     distort: bool = True  # the reference's rotation and colour distortion (False: crop and flip only)
@@ -77,9 +77,10 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 with dynamic loss scaling)
     xla: bool = False
     deterministic: bool = False  # TF op determinism: bit-exact reruns on CPU (slower on GPU)
-    # TF's intra-op thread pool (0: TF's default, one thread per core). 1 runs the input pipeline's XLA
-    # augmentation on its own thread instead of handing it to the pool (docs/BENCHMARKS.md); it also gives
-    # the train step's CPU kernels one thread, so it suits GPU hosts, not CPU training.
+    # TF's intra-op thread pool (0: this rank's share of its host's cores, training/host_resources.py). 1
+    # runs the input pipeline's XLA augmentation on its own thread instead of handing it to the pool
+    # (docs/BENCHMARKS.md); it also gives the train step's CPU kernels one thread, so it suits GPU hosts,
+    # not CPU training.
     intra_op_threads: int = 0
     accum_steps: int = 1  # micro-batches per step: k ranks' worth of batches on one (training/train_step.py)
     # Backward in K segments, each all-reduced while the earlier ones' backward runs (0: 4 on several ranks

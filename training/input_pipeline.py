@@ -27,6 +27,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
+import functools
 import os
 import re
 
@@ -34,6 +35,7 @@ import tensorflow as tf
 from absl import logging
 
 from data import preprocessing, record_files, schema
+from training import host_resources
 
 AUTOTUNE = tf.data.AUTOTUNE
 _PARSE_BATCH = 64  # records parsed at a time by `RecordFiles.parse`
@@ -103,34 +105,38 @@ class RecordFiles(Source):
         return self.record_files
 
     def records(self, *, num_shards: int, shard_index: int, training: bool, seed: int) -> tf.data.Dataset:
-        files = self.files[shard_index::num_shards]
-        record_shard = False
-        if len(self.files) < num_shards and not training:
-            # Evaluation must see every record once: with fewer files than ranks, EVERY rank reads all files
-            # and keeps every num_shards-th record (if only the ranks left without a file did, the records of
-            # the other ranks' files would be counted twice).
-            files, record_shard = self.files, True
-        if not files:
-            raise ValueError(
-                f"{len(self.files)} record files cannot be shared by {num_shards} ranks: write at least as many "
-                "shards as ranks (data/tfrecord.py --shards)"
-            )
-        ids = range(len(self.files)) if record_shard else range(len(self.files))[shard_index::num_shards]
-        files_and_ids = (tf.constant(list(files)), tf.constant(list(ids), tf.int64))
+        """This rank's records; no rank reads the whole split, every record is read by exactly one rank.
+
+        With at least as many files as ranks, rank r reads files r, r + n, ... whole (the release's
+        ``idx % workers == task``). When the files do not divide by the ranks, the first ``files % ranks``
+        ranks have one file more: in evaluation they read more records (each still once); in training
+        their epochs are longer, so their records come round less often than the others'.
+
+        With fewer files than ranks, rank r reads only file ``r % files`` and keeps every k-th of its
+        records (k: the ranks sharing that file, ``r // files`` this rank's turn). When the ranks do not
+        divide by the files, some files are shared by one rank more, whose ranks then get fewer records
+        per epoch (training) or per pass (evaluation); every record is still read once per pass.
+        """
+        count = len(self.files)
+        if not count:
+            raise ValueError("no record files to read")
+        if count >= num_shards:
+            ids, sharing, turn = list(range(count))[shard_index::num_shards], 1, 0
+        else:
+            ids = [shard_index % count]
+            sharing, turn = len(range(shard_index % count, num_shards, count)), shard_index // count
+        files_and_ids = (tf.constant([self.files[i] for i in ids]), tf.constant(ids, tf.int64))
         if training:
             ds = _epochs_in_seeded_order(files_and_ids, seed=seed)
         else:
             ds = tf.data.Dataset.from_tensor_slices(files_and_ids)
-        ds = ds.interleave(
-            _read_with_origin,
-            cycle_length=min(8, len(files)),
+        return ds.interleave(
+            functools.partial(_read_with_origin, sharing=sharing, turn=turn),
+            cycle_length=min(8, len(ids)),
             block_length=1,
-            num_parallel_calls=AUTOTUNE if len(files) > 1 else None,
-            deterministic=True if len(files) > 1 else None,
+            num_parallel_calls=AUTOTUNE if len(ids) > 1 else None,
+            deterministic=True if len(ids) > 1 else None,
         )
-        if record_shard:
-            ds = ds.shard(num_shards, shard_index)
-        return ds
 
     def parse(self, ds: tf.data.Dataset) -> tf.data.Dataset:
         """Parsed `_PARSE_BATCH` records at a time: `schema.parse_records` is vectorised, and one
@@ -395,9 +401,12 @@ def window_shuffle(ds: tf.data.Dataset, window: int, *, seed: int) -> tf.data.Da
 _ORIGIN_STRIDE = 1 << 40  # records per file are far fewer; files up to 2^23
 
 
-def _read_with_origin(file: tf.Tensor, file_id: tf.Tensor) -> tf.data.Dataset:
-    """One file's records as `(record, origin)`."""
+def _read_with_origin(file: tf.Tensor, file_id: tf.Tensor, *, sharing: int, turn: int) -> tf.data.Dataset:
+    """One file's records as `(record, origin)`: every `sharing`-th from record `turn` (a file several ranks
+    share, see `RecordFiles.records`)."""
     records = tf.data.TFRecordDataset(file).enumerate()
+    if sharing > 1:
+        records = records.shard(sharing, turn)
     return records.map(lambda index, record: (record, file_id * _ORIGIN_STRIDE + index))
 
 
@@ -432,10 +441,14 @@ def train_dataset(
     object_cover: float = 0.7,
     shuffle_buffer: int = 1024,
     distort: bool = True,
+    threads: int = 0,
 ) -> tf.data.Dataset:
     """Endless training batches `(images[B, S, S, 3] in [-1, 1], labels)` for one rank.
 
     `distort=False` trains with the crop and the flip only (see `preprocessing.train_transform`).
+
+    `threads` sizes the pipeline's own tf.data pool: this rank's share of its host's cores
+    (`host_resources.plan_threads`; 0: every core this process may use, for one rank per host).
 
     `phase` (the index of the image-size phase) and `shard_index` enter the augmentation seeds, so phases
     and ranks draw different augmentations while each stays reproducible.
@@ -462,7 +475,7 @@ def train_dataset(
         lambda index, element: transform(index, *element), num_parallel_calls=AUTOTUNE, deterministic=True
     )
     ds = ds.batch(batch_size, drop_remainder=True)
-    return ds.prefetch(AUTOTUNE).with_options(_pipeline_options())
+    return ds.prefetch(AUTOTUNE).with_options(_pipeline_options(threads))
 
 
 def _parse_in_batches(ds: tf.data.Dataset, source: Source) -> tf.data.Dataset:
@@ -470,7 +483,7 @@ def _parse_in_batches(ds: tf.data.Dataset, source: Source) -> tf.data.Dataset:
     return source.parse(ds)
 
 
-def _pipeline_options() -> tf.data.Options:
+def _pipeline_options(threads: int = 0) -> tf.data.Options:
     """tf.data options of the training pipeline.
 
     Ops inside the pipeline run single-threaded (parallelism comes from processing many elements at once,
@@ -481,7 +494,7 @@ def _pipeline_options() -> tf.data.Options:
     # The saved position is where each stage's input stands, not the buffers' contents (`window_shuffle`).
     options.experimental_symbolic_checkpoint = True
     options.threading.max_intra_op_parallelism = 1
-    options.threading.private_threadpool_size = max(len(os.sched_getaffinity(0)), 1)
+    options.threading.private_threadpool_size = threads or host_resources.cpu_count()
     return options
 
 

@@ -47,7 +47,16 @@ import tensorflow as tf
 from absl import logging
 
 from models import losses, resnet, tf1_checkpoint
-from training import checkpoints, distributed, evaluation, input_pipeline, preemption, run_dir, train_step
+from training import (
+    checkpoints,
+    distributed,
+    evaluation,
+    host_resources,
+    input_pipeline,
+    preemption,
+    run_dir,
+    train_step,
+)
 from training import resume as resume_lib
 from training import summaries as summaries_lib
 from training.config import TrainConfig
@@ -72,6 +81,7 @@ class _Run:
     input_seed: int = 0
     restore_input: bool = True
     input_note: str = ""
+    data_threads: int = 0  # tf.data's pool of the training input: this rank's share of the host's cores
 
     @property
     def global_step(self) -> int:
@@ -329,23 +339,13 @@ def _phase_dataset(run: _Run, phase: int) -> tf.data.Dataset:
         object_cover=config.data.object_cover,
         shuffle_buffer=config.data.shuffle_buffer,
         distort=config.data.distort,
+        threads=run.data_threads,
     )
 
 
 def _format_eta(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def _set_intra_op_threads(num_threads: int) -> None:
-    """Sizes TF's intra-op pool; possible only before this process runs its first TF op."""
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(num_threads)
-    except RuntimeError as e:
-        raise ValueError(
-            f"intra_op_threads={num_threads} cannot be applied: TensorFlow already started ({e})"
-        ) from None
-    logging.info("TensorFlow intra-op threads: %d", num_threads)
 
 
 def _prepare_run_dir(
@@ -405,8 +405,11 @@ def train(
         resume, a full disk, bad labels ...); train_step.NonFiniteLossError: the loss diverged.
     """
     dist = dist or distributed.Distributed()
-    if config.intra_op_threads:
-        _set_intra_op_threads(config.intra_op_threads)
+    # Horovod: the ranks of a host share its cores (training/host_resources.py).
+    threads = host_resources.plan_threads(
+        host_resources.cpu_count(), dist.local_size, intra_op_threads=config.intra_op_threads
+    )
+    host_resources.apply_op_pools(threads, intra_op_given=bool(config.intra_op_threads))
     lock, record = _prepare_run_dir(config, dist)
     profiler = None
     if profile_steps is not None and dist.is_chief:
@@ -470,6 +473,7 @@ def _train(
     record: run_dir.ConfigRecord | None,
 ) -> dict[str, Any]:
     run = _build(config, dist)
+    run.data_threads = host_resources.plan_threads(host_resources.cpu_count(), dist.local_size).data
     step = _initialise(run)
     if dist.is_chief:
         run.manager = tf.train.CheckpointManager(
