@@ -27,7 +27,8 @@ import dataclasses
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import keras
 import numpy as np
@@ -55,10 +56,13 @@ __all__ = [
     "load_model",
     "preprocess",
     "read_class_names",
+    "read_newest",
     "resolve_checkpoint",
+    "rotated_away",
 ]
 
 KINDS = ("ours", "tf1")
+T = TypeVar("T")
 _TF1_STEM = "init/init_conv/conv2d/kernel"
 _TF1_HEAD = "logits/dense/kernel"
 
@@ -173,7 +177,10 @@ def checkpoint_problem(prefix: str) -> str | None:
     shards = {int(m.group(1)) for f in data if (m := re.search(r"-of-(\d+)$", f))}
     if not data or len(shards) != 1 or len(data) != shards.pop():
         return f"the data files of {prefix} are missing or incomplete ({len(data)} found)"
-    have = sum(tf.io.gfile.stat(f).length for f in data)
+    try:
+        have = sum(tf.io.gfile.stat(f).length for f in data)
+    except tf.errors.NotFoundError:  # deleted since the glob (a run's rotation)
+        return f"the data files of {prefix} were deleted while checked"
     fixed = {n: d for n, d in dtypes.items() if d not in (tf.string, tf.variant, tf.resource)}
     need = sum(math.prod(shapes[n]) * d.size for n, d in fixed.items())
     if have < need:
@@ -192,27 +199,81 @@ def checkpoint_problem(prefix: str) -> str | None:
     return None
 
 
+# How often a reader of a run directory takes the newest checkpoint again after the one it took was deleted
+# by the run's rotation (`keep_checkpoints`) while it read it; a run saving faster than a checkpoint can be
+# read would otherwise keep it busy for ever.
+MAX_ROTATIONS = 20
+
+
+def rotated_away(prefix: str) -> bool:
+    """Whether the checkpoint `prefix` is gone: its index or every data file deleted (a run's rotation)."""
+    try:
+        return not tf.io.gfile.exists(prefix + ".index") or not tf.io.gfile.glob(prefix + ".data-*")
+    except tf.errors.OpError:
+        return True
+
+
 def resolve_checkpoint(path: str) -> str:
     """The intact checkpoint prefix `path` (a run directory, a prefix, or one of its files) means.
 
     A directory's damaged checkpoints (`checkpoint_problem`: cut short by a crash during a save or a full
     disk) are skipped with a warning naming them, and left on disk, for its newest intact one; a damaged
-    prefix is refused. Training's resume, evaluate.py, the tools and `load` all go through here.
+    prefix is refused. A directory's checkpoint that the run deletes while it is checked (its rotation keeps
+    only the newest `keep_checkpoints`) is not damaged: the state file is read again for the newest.
+    Training's resume, evaluate.py, the tools and `load` all go through here.
 
     Raises:
       NoCheckpointError: nothing at `path`, or not a checkpoint (see `checkpoint_candidates`).
       UnusableCheckpointError: `path` is damaged (for a directory: all of its checkpoints).
     """
-    for prefix in checkpoint_candidates(path):
-        problem = checkpoint_problem(prefix)
-        if problem is None:
-            return prefix
-        if not tf.io.gfile.isdir(path):
-            raise UnusableCheckpointError(f"{prefix} is not a readable checkpoint: {problem}")
-        logging.warning("skipping the damaged checkpoint %s: %s (its files are kept)", prefix, problem)
-    raise UnusableCheckpointError(
-        f"every checkpoint in {path} is damaged (see the warnings); the files are kept"
+    for _ in range(MAX_ROTATIONS):
+        rotated = False
+        for prefix in checkpoint_candidates(path):
+            problem = checkpoint_problem(prefix)
+            if problem is None:
+                return prefix
+            if not tf.io.gfile.isdir(path):
+                raise UnusableCheckpointError(f"{prefix} is not a readable checkpoint: {problem}")
+            if rotated_away(prefix):  # deleted by the run since its state file was read
+                rotated = True
+                break
+            logging.warning("skipping the damaged checkpoint %s: %s (its files are kept)", prefix, problem)
+        if not rotated:
+            raise UnusableCheckpointError(
+                f"every checkpoint in {path} is damaged (see the warnings); the files are kept"
+            )
+        logging.info("a checkpoint of %s was deleted by its run while checked; taking the newest again", path)
+    raise UnusableCheckpointError(_too_fast(path))
+
+
+def _too_fast(path: str) -> str:
+    return (
+        f"the checkpoints of {path} were deleted {MAX_ROTATIONS} times while being read (the run saves "
+        "faster than they can be read): give a checkpoint prefix, or raise the run's --keep_checkpoints"
     )
+
+
+def read_newest(path: str, read: Callable[[str], T]) -> T:
+    """`read(prefix)` of the checkpoint `path` means (`resolve_checkpoint`), on the newest one again when
+    the run deletes it while it is read.
+
+    A training run that saves often with few `keep_checkpoints` deletes its older checkpoints as it
+    saves; a reader (evaluate.py, the tools, export, `load`) that took the newest one can find its files
+    gone half way ("Failed to find any matching files"). Then, and only for a run directory whose
+    checkpoint is really gone, the state file is read again and the newest complete checkpoint read.
+
+    Raises:
+      whatever `read` raises for any other reason; UnusableCheckpointError after `MAX_ROTATIONS` deletions.
+    """
+    for _ in range(MAX_ROTATIONS):
+        prefix = resolve_checkpoint(path)
+        try:
+            return read(prefix)
+        except (CheckpointError, tf.errors.OpError, ValueError, AssertionError, IndexError):
+            if not (tf.io.gfile.isdir(fileio.user_path(path)) and rotated_away(prefix)):
+                raise
+        logging.warning("%s was deleted by its run while it was read; reading the newest checkpoint", prefix)
+    raise UnusableCheckpointError(_too_fast(path))
 
 
 def is_tf1_checkpoint(prefix: str) -> bool:
@@ -230,7 +291,11 @@ def checkpoint_architecture(path: str) -> dict[str, int | str]:
       CheckpointError: no checkpoint, or no reference ResNet in it.
       tf.errors.OpError: an unreadable checkpoint file.
     """
-    prefix = resolve_checkpoint(path)
+    return _prefix_architecture(resolve_checkpoint(path))
+
+
+def _prefix_architecture(prefix: str) -> dict[str, int | str]:
+    """`checkpoint_architecture` of an intact checkpoint prefix (not checked again)."""
     shapes = dict(tf.train.list_variables(prefix))
     if any(name.startswith("init/init_conv/") for name in shapes):
         return {**_tf1_architecture(prefix, shapes), "kind": "tf1"}
@@ -287,16 +352,21 @@ def inspect_checkpoint(path: str, *, depth: int | None = None) -> CheckpointInfo
     """Kind, depth, base width and head size of the ResNet in a checkpoint of either kind.
 
     Args:
-      path: a run directory (its latest checkpoint) or a checkpoint prefix, ours or a released TF1 one.
+      path: a run directory (its newest intact checkpoint, `read_newest`) or a checkpoint prefix, ours or
+        a released TF1 one.
       depth: the expected depth (None: accept what the checkpoint holds).
 
     Raises:
       CheckpointError: no checkpoint there, an unreadable one, no reference ResNet in it, or a depth
         other than `depth`.
     """
-    prefix = resolve_checkpoint(path)
+    return read_newest(path, lambda prefix: _inspect_prefix(prefix, depth=depth))
+
+
+def _inspect_prefix(prefix: str, *, depth: int | None) -> CheckpointInfo:
+    """`inspect_checkpoint` of an intact checkpoint prefix (not checked again)."""
     try:
-        found = checkpoint_architecture(prefix)
+        found = _prefix_architecture(prefix)
     except tf.errors.OpError as e:
         raise CheckpointError(f"cannot read checkpoint {prefix}: {e.message.splitlines()[0]}") from None
     if depth is not None and depth != found["depth"]:
@@ -338,7 +408,8 @@ def load_model(path: str, *, depth: int | None = None) -> tuple[keras.Model, Che
     """Builds the ResNet a checkpoint (ours or a released TF1 one) holds and loads its weights strictly.
 
     Args:
-      path: a run directory (its latest checkpoint) or a checkpoint prefix.
+      path: a run directory (its newest intact checkpoint, the newest again if the run deletes it while
+        it is read: `read_newest`) or a checkpoint prefix.
       depth: the expected depth (None: what the checkpoint holds).
 
     Returns:
@@ -347,8 +418,23 @@ def load_model(path: str, *, depth: int | None = None) -> tuple[keras.Model, Che
     Raises:
       CheckpointError: see `inspect_checkpoint`; also any model weight that is missing or mis-shaped.
     """
-    info = inspect_checkpoint(path, depth=depth)
-    model = resnet.build_resnet(info.depth, info.num_classes, base_width=info.base_width)
+    built: dict[tuple[int, int, int], keras.Model] = {}
+    return read_newest(path, lambda prefix: _load_prefix(prefix, depth=depth, built=built))
+
+
+def _load_prefix(
+    prefix: str, *, depth: int | None, built: dict[tuple[int, int, int], keras.Model]
+) -> tuple[keras.Model, CheckpointInfo]:
+    """`load_model` of an intact checkpoint prefix, into the model of `built` of its architecture if any.
+
+    Reusing the model built for a checkpoint the run deleted while it was read keeps the model's
+    construction (most of a load's time) out of the next attempt, so the next read is quick.
+    """
+    info = _inspect_prefix(prefix, depth=depth)
+    architecture = (info.depth, info.base_width, info.num_classes)
+    if architecture not in built:
+        built[architecture] = resnet.build_resnet(info.depth, info.num_classes, base_width=info.base_width)
+    model = built[architecture]
     try:
         if info.kind == "tf1":
             tf1_checkpoint.load_tf1_checkpoint(model, info.path)

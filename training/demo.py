@@ -151,7 +151,13 @@ def prepare(config: TrainConfig, dist: distributed.Distributed) -> TrainConfig:
 
 
 def report(config: TrainConfig, result: dict[str, Any]) -> dict[str, Any]:
-    """The final validation metrics next to the most-frequent-classes baseline."""
+    """The final validation metrics next to the most-frequent-classes baseline.
+
+    `--eval_every=0` means no evaluation (the loop then returns no `eval`): the report says so, with
+    `validation` None, rather than evaluating anyway.
+    """
+    if "eval" not in result:
+        return {"steps": result["step"], "final_loss": result.get("loss"), "validation": None}
     baseline = most_frequent_baseline(config.data.data_dir, topk=config.topk)
     rows = {}
     for k in config.topk:
@@ -162,6 +168,8 @@ def report(config: TrainConfig, result: dict[str, Any]) -> dict[str, Any]:
 
 def format_report(summary: dict[str, Any]) -> str:
     """The report as printed at the end of the run."""
+    if summary["validation"] is None:
+        return f"demo after {summary['steps']} steps — not evaluated (--eval_every=0)"
     lines = [f"demo after {summary['steps']} steps — validation metrics (model vs most-frequent baseline):"]
     for name, row in summary["validation"].items():
         lines.append(f"  {name:>6}: model {row['model']:.3f}   most frequent {row['most_frequent']:.3f}")
@@ -171,7 +179,7 @@ def format_report(summary: dict[str, Any]) -> str:
 def run(config: TrainConfig, *, dist: distributed.Distributed) -> dict[str, Any]:
     """Data, training, final evaluation and the comparison with the baseline."""
     config = prepare(config, dist)
-    result = loop.train(config, dist=dist)  # ends with an evaluation (also when already finished)
+    result = loop.train(config, dist=dist)  # ends with an evaluation unless --eval_every=0
     summary = report(config, result)
     if dist.is_chief:
         path = os.path.join(config.model_dir, REPORT_FILENAME)
