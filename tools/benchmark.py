@@ -11,6 +11,7 @@ r"""Benchmarks, one subcommand each; every measurement is printed as one JSON li
     horovodrun --gloo -np 2 -H localhost:2 python tools/benchmark.py overlap --depth=14 --link_gbits=0.25
     python tools/benchmark.py memory
     python tools/benchmark.py download --num_images=1000 --workers=2 --threads=16 --compare
+    python tools/benchmark.py check      # the regression guard of .ci/run: every headline ratio, ~2 min
 
 Each subcommand is a module of tools/benchmarks/ (`SUBCOMMANDS`) with `FLAGS_USED` and `run(flag_values)`;
 this script defines only the chosen subcommand's flags (``<subcommand> --help`` lists them; without a
@@ -45,10 +46,14 @@ commands that produced them.
 - ``download``: images/s of the one pass (``data/download.py --output_records``: URLs straight into TFRecord
   shards) against a local HTTP server of generated JPEGs; ``--compare`` adds download-then-write (our
   downloader, then our writer) and img2dataset (from ``--img2dataset_venv``) on the same URLs.
+- ``check``: the regression guard (tools/benchmarks/check.py): each headline ratio above measured side by
+  side at a small size and held against its floor in tools/benchmarks/floors.toml; exits 1 with one line
+  per ratio below its floor. ``.ci/run`` runs it.
 - ``input_position``: bytes and save time of one rank's saved input position at the reference settings;
   ``--compare`` adds the pipeline before #22 (a `tf.data.Dataset.shuffle` buffer saved with its contents).
 
-Every subcommand starts with a ``<name>/machine`` line (CPU count and model, TensorFlow version).
+Every subcommand starts with a ``<name>/machine`` line (CPU count, model and flags, TensorFlow version,
+whether its oneDNN kernels are on, the load average).
 """
 
 from __future__ import annotations
@@ -77,6 +82,7 @@ SUBCOMMANDS: dict[str, str] = {
     "overlap": "tools.benchmarks.overlap",
     "memory": "tools.benchmarks.memory",
     "download": "tools.benchmarks.download",
+    "check": "tools.benchmarks.check",
     "xla_ops": "tools.benchmarks.xla_ops",
     "input_position": "tools.benchmarks.input_position",
 }

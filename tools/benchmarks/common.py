@@ -39,6 +39,35 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The CPU flags that decide which kernels TensorFlow runs (oneDNN's default, AVX-512, AMX for bf16) and
+# how fast the CRC of the records is (sse4_2): printed with every figure, since two "x86" machines differ.
+_CPU_FLAGS_SHOWN = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_bf16",
+)
+
+
+def _cpu_flags() -> list[str]:
+    """The flags of `_CPU_FLAGS_SHOWN` that /proc/cpuinfo lists (empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    present = set(line.split(":", 1)[1].split())
+                    return [flag for flag in _CPU_FLAGS_SHOWN if flag in present]
+    except OSError:
+        pass
+    return []
+
+
 def _tensorflow_version() -> str:
     from importlib import metadata
 
@@ -53,19 +82,27 @@ def _tensorflow_version() -> str:
 def emit_machine(benchmark: str, *, load_tensorflow: bool = True, **extra) -> None:
     """The `<benchmark>/machine` line: where the figures that follow were measured.
 
-    `load_tensorflow=False` reads TensorFlow's version from the package metadata without importing it
-    (the memory benchmark keeps its own process small).
+    Besides the CPU model and count, it gives the CPU flags that matter here and whether TensorFlow runs its
+    oneDNN kernels (``onednn``): TensorFlow turns them on by default only on some CPUs, and they alone moved
+    the ResNet-101 step by 1.45x on the AMD EPYC of docs/BENCHMARKS.md. `load_tensorflow=False` reads
+    TensorFlow's version from the package metadata without importing it (the memory benchmark keeps its
+    own process small); ``onednn`` is then only what ``TF_ENABLE_ONEDNN_OPTS`` asks for.
     """
     machine = {
         "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "cpu": _cpu_model(),
+        "cpu_flags": _cpu_flags(),
         "tensorflow": _tensorflow_version(),
         "python": sys.version.split()[0],
         "load_average": [round(x, 2) for x in os.getloadavg()],
+        "onednn": {"TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS")},
     }
     if load_tensorflow:
         import tensorflow as tf
 
+        from models.resnet import onednn_enabled
+
+        machine["onednn"]["enabled"] = onednn_enabled()
         machine["gpus"] = len(tf.config.list_physical_devices("GPU"))
         machine["intra_op_threads"] = tf.config.threading.get_intra_op_parallelism_threads()  # 0: default
     emit(f"{benchmark}/machine", **machine, **extra)
@@ -97,12 +134,14 @@ def random_tags(rng: np.random.Generator, *, num_classes: int, tags: int) -> dic
 
 _IMAGE_CACHE = os.path.join(tempfile.gettempdir(), "mlimages_benchmark_jpegs")
 _MEMORY_DIR = os.path.join(tempfile.gettempdir(), "mlimages_benchmark_lists")
+# `check`'s floors: one file, each ratio's floor with its reason.
+FLOORS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "floors.toml")
 
 FLAG_DEFINITIONS: dict[str, Callable[[flags.FlagValues], object]] = {
     "image_cache": lambda fv: flags.DEFINE_string(
         "image_cache",
         _IMAGE_CACHE,
-        "writer, pipeline, download: folder of generated JPEGs (and lists, records), reused across runs.",
+        "writer, pipeline, download, check: folder of generated JPEGs (and lists, records), reused across runs.",
         flag_values=fv,
     ),
     "num_images": lambda fv: flags.DEFINE_integer(
@@ -188,7 +227,7 @@ FLAG_DEFINITIONS: dict[str, Callable[[flags.FlagValues], object]] = {
     "rounds": lambda fv: flags.DEFINE_integer(
         "rounds",
         1,
-        "pipeline, download: measure every variant this many times, interleaved.",
+        "writer, pipeline, download, step: measure every variant this many times, interleaved.",
         lower_bound=1,
         flag_values=fv,
     ),
@@ -272,6 +311,18 @@ FLAG_DEFINITIONS: dict[str, Callable[[flags.FlagValues], object]] = {
     ),
     "memory_dir": lambda fv: flags.DEFINE_string(
         "memory_dir", _MEMORY_DIR, "memory: generated lists.", flag_values=fv
+    ),
+    "floors": lambda fv: flags.DEFINE_string(
+        "floors",
+        FLOORS_FILE,
+        "check: the file of the ratios' floors, each with its reason.",
+        flag_values=fv,
+    ),
+    "check_only": lambda fv: flags.DEFINE_list(
+        "check_only",
+        [],
+        "check: measure only these ratios (default: all; names as in tools/benchmarks/check.py RATIOS).",
+        flag_values=fv,
     ),
     "memory_child": lambda fv: flags.DEFINE_string(
         "memory_child",

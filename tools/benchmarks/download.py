@@ -184,7 +184,9 @@ def _img2dataset(url_list: str, out: str, f: flags.FlagValues) -> int:
 
 def run(f: flags.FlagValues) -> None:
     """The one pass's images/s and, with --compare, download-then-write's and img2dataset's, interleaved."""
-    emit_machine("download", workers=f.workers, threads=f.threads)
+    from data import record_writer
+
+    emit_machine("download", workers=f.workers, threads=f.threads, crc32c=record_writer.IMPLEMENTATION)
     list_path, names = photos.benchmark_images(f)
     input_bytes = sum(os.path.getsize(os.path.join(f.image_cache, n)) for n in names)
     emit("download/images", num_images=len(names), mean_jpeg_kb=round(input_bytes / len(names) / 1024, 1))

@@ -5,6 +5,8 @@ by step.py, or ``--step_ms``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from absl import flags
 
 from tools.benchmarks.common import Timer, emit, emit_machine
@@ -26,16 +28,14 @@ FLAGS_USED: tuple[str, ...] = (
 )
 
 
-def run(f: flags.FlagValues) -> None:
-    """The adaptive loss (class weights + weighted sigmoid CE, forward and backward w.r.t. the logits) vs
-    plain sigmoid cross-entropy, and both as a fraction of the train step."""
+def prepared_losses(*, num_classes: int, batch_size: int, tags: int) -> dict[str, Callable[[], object]]:
+    """``adaptive`` and ``plain_sigmoid``: each a call of that loss's forward and backward w.r.t. the logits
+    on one synthetic batch (the gradient is returned, so that nothing is pruned)."""
     import tensorflow as tf
 
     from models import losses
 
-    emit_machine("loss")
-    num_classes, batch_size = f.num_classes, f.batch_size
-    _, labels = synthetic_batch(batch_size=batch_size, image_size=8, num_classes=num_classes, tags=f.tags)
+    _, labels = synthetic_batch(batch_size=batch_size, image_size=8, num_classes=num_classes, tags=tags)
     logits = tf.random.stateless_normal([batch_size, num_classes], [0, 2])
     adaptive = losses.AdaptiveMultiLabelLoss(num_classes)
 
@@ -45,24 +45,38 @@ def run(f: flags.FlagValues) -> None:
         with tf.GradientTape() as tape:
             tape.watch(logits)
             value = adaptive(labels, logits, weights)
-        return value, tape.gradient(value, logits)
+        return tape.gradient(value, logits)
 
     @tf.function
     def plain(labels, logits):
         with tf.GradientTape() as tape:
             tape.watch(logits)
             value = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
-        return value, tape.gradient(value, logits)
+        return tape.gradient(value, logits)
 
+    return {"adaptive": lambda: ours(labels, logits), "plain_sigmoid": lambda: plain(labels, logits)}
+
+
+def time_calls(call: Callable[[], object], *, calls: int, warmup: int) -> Timer:
+    """Wall and CPU time of `calls` calls after `warmup + 1` untimed ones (the first traces)."""
+    for _ in range(warmup + 1):
+        call().numpy()
+    with Timer() as t:
+        for _ in range(calls):
+            out = call()
+        out.numpy()
+    return t
+
+
+def run(f: flags.FlagValues) -> None:
+    """The adaptive loss (class weights + weighted sigmoid CE, forward and backward w.r.t. the logits) vs
+    plain sigmoid cross-entropy, and both as a fraction of the train step."""
+    emit_machine("loss")
+    num_classes, batch_size = f.num_classes, f.batch_size
     calls = max(f.steps * 10, 100)  # a loss call takes about a millisecond: time many
     timings = {}
-    for name, fn in (("adaptive", ours), ("plain_sigmoid", plain)):
-        for _ in range(f.warmup + 1):
-            fn(labels, logits)[1].numpy()
-        with Timer() as t:
-            for _ in range(calls):
-                out = fn(labels, logits)
-            out[1].numpy()
+    for name, call in prepared_losses(num_classes=num_classes, batch_size=batch_size, tags=f.tags).items():
+        t = time_calls(call, calls=calls, warmup=f.warmup)
         timings[name] = t.wall / calls * 1e3
         emit(
             f"loss/{name}",

@@ -1,5 +1,6 @@
 """``step``: images/s of `training.train_step.TrainStep` (the project's training step) on synthetic inputs
-for our ResNet; ``--compare`` runs the same step on ``keras.applications`` ResNet-V2 of the same depth.
+for our ResNet; ``--compare`` runs the same step on ``keras.applications`` ResNet-V2 of the same depth, and
+``--rounds`` times both that many times, interleaved.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ FLAGS_USED: tuple[str, ...] = (
     "reference_model",
     "steps",
     "warmup",
+    "rounds",
 )
 
 
@@ -109,65 +111,102 @@ def build_model(kind: str, settings: StepSettings, *, reference_model: str = "au
     )
 
 
-def time_train_step(kind: str, settings: StepSettings, *, reference_model: str = "auto") -> dict:
-    """Images/s of `training.train_step.TrainStep` (multi-label task, adaptive loss) on one synthetic batch.
+class PreparedStep:
+    """One model in `training.train_step.TrainStep` on one synthetic batch, traced, ready to be timed.
 
-    Both models go through exactly the same step object, optimizer and loss, so the ratio isolates the
-    model.
+    Building and tracing happen once (`__init__`); `time` can then be called in rounds interleaved with
+    another model's, so that both see the same machine state (``--rounds``). Both models go through exactly
+    the same step object, optimizer and loss, so the ratio isolates the model.
     """
-    import keras
 
-    from models import losses
-    from training import train_step
+    def __init__(self, kind: str, settings: StepSettings, *, reference_model: str = "auto") -> None:
+        import keras
 
-    s = settings
-    train_step.set_precision(s.precision)
-    try:
-        model = build_model(kind, s, reference_model=reference_model)
-        step = train_step.TrainStep(
-            model,
-            train_step.make_optimizer(precision=s.precision),
-            task="multilabel",
-            schedule=lambda global_step: 1e-4,
-            loss=losses.AdaptiveMultiLabelLoss(s.num_classes),
-            xla=s.xla,
-        )
-        images, labels = synthetic_batch(
-            batch_size=s.batch_size, image_size=s.image_size, num_classes=s.num_classes, tags=s.tags
-        )
-        with Timer() as first:
-            float(step(images, labels)["loss"])  # tracing (and XLA compilation) happen here
-        for _ in range(max(s.warmup - 1, 0)):
-            float(step(images, labels)["loss"])
+        from models import losses
+        from training import train_step
+
+        s = self.settings = settings
+        train_step.set_precision(s.precision)
+        try:
+            self.model = build_model(kind, s, reference_model=reference_model)
+            self._step = train_step.TrainStep(
+                self.model,
+                train_step.make_optimizer(precision=s.precision),
+                task="multilabel",
+                schedule=lambda global_step: 1e-4,
+                loss=losses.AdaptiveMultiLabelLoss(s.num_classes),
+                xla=s.xla,
+            )
+            self._batch = synthetic_batch(
+                batch_size=s.batch_size, image_size=s.image_size, num_classes=s.num_classes, tags=s.tags
+            )
+            with Timer() as first:
+                self._run(1)  # tracing (and XLA compilation) happen here
+            self.first_step_s = first.wall
+            self._run(max(s.warmup - 1, 0))
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+
+    def _run(self, steps: int) -> None:
+        out = None
+        for _ in range(steps):
+            out = self._step(*self._batch)
+        if out is not None:
+            float(out["loss"])  # waits for the last step
+
+    def time(self) -> dict:
+        """Images/s (wall) and CPU ms per step of `settings.steps` steps."""
+        s = self.settings
         with Timer() as t:
-            for _ in range(s.steps):
-                out = step(images, labels)
-            float(out["loss"])
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-    return {
-        "model": model.name,
-        "params": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
-        "images_per_s": round(s.steps * s.batch_size / t.wall, 2),
-        "ms_per_step": round(t.wall / s.steps * 1e3, 1),
-        "cpu_ms_per_step": round(t.cpu / s.steps * 1e3, 1),
-        "first_step_s": round(first.wall, 1),
-        "steps": s.steps,
-    }
+            self._run(s.steps)
+        return {
+            "model": self.model.name,
+            "params": int(sum(np.prod(v.shape) for v in self.model.trainable_variables)),
+            "images_per_s": round(s.steps * s.batch_size / t.wall, 2),
+            "ms_per_step": round(t.wall / s.steps * 1e3, 1),
+            "cpu_ms_per_step": round(t.cpu / s.steps * 1e3, 1),
+            "first_step_s": round(self.first_step_s, 1),
+            "steps": s.steps,
+        }
+
+
+def time_train_step(kind: str, settings: StepSettings, *, reference_model: str = "auto") -> dict:
+    """Images/s of `training.train_step.TrainStep` (multi-label task, adaptive loss) on one synthetic batch."""
+    return PreparedStep(kind, settings, reference_model=reference_model).time()
 
 
 def run(f: flags.FlagValues) -> None:
-    """Train-step images/s of our ResNet and, with --compare, of the Keras ResNet-V2 in the same step."""
+    """Train-step images/s of our ResNet and, with --compare, of the Keras ResNet-V2 in the same step.
+
+    With --compare and --rounds=R, both models are built and traced first, then timed R times alternately
+    (ours, Keras, Keras, ours, ...); the ratio is the median of the per-round ratios.
+    """
     emit_machine("step")
     settings = StepSettings.from_flags(f)
     common = {**settings.described(), "num_classes": settings.num_classes, "base_width": settings.base_width}
-    ours = time_train_step("ours", settings)
-    emit("step/ours", **common, **ours)
+    steps = {"ours": PreparedStep("ours", settings)}
     if f.compare:
-        reference = time_train_step("keras", settings, reference_model=f.reference_model)
-        emit("step/keras_reference", **common, **reference)
+        steps["keras_reference"] = PreparedStep("keras", settings, reference_model=f.reference_model)
+    results: dict[str, list[dict]] = {name: [] for name in steps}
+    for round_index in range(f.rounds):
+        order = list(steps) if round_index % 2 == 0 else list(steps)[::-1]
+        for name in order:
+            result = steps[name].time()
+            results[name].append(result)
+            emit(f"step/{name}", round=round_index, **common, **result)
+    if f.compare:
+        ratios = [
+            ours["images_per_s"] / reference["images_per_s"]
+            for ours, reference in zip(results["ours"], results["keras_reference"], strict=True)
+        ]
+        cpu_ratios = [
+            reference["cpu_ms_per_step"] / ours["cpu_ms_per_step"]
+            for ours, reference in zip(results["ours"], results["keras_reference"], strict=True)
+        ]
         emit(
             "step/ratio",
-            ours_vs_keras_reference=round(ours["images_per_s"] / reference["images_per_s"], 3),
+            ours_vs_keras_reference=round(float(np.median(ratios)), 3),
+            per_round=[round(r, 3) for r in ratios],
+            cpu_time_ours_vs_keras_reference=round(float(np.median(cpu_ratios)), 3),
             target=0.95,
         )

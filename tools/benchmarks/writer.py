@@ -1,6 +1,7 @@
 """``writer``: images/s and MB/s of data/tfrecord.py's writer (cold and warm, dense and sparse, verify full
 and fast) on the benchmark JPEGs and, with ``--compare``, of a naive single-process writer that decodes every
-image with TensorFlow and writes the dense reference layout (what the original writer does). Also the size
+image with TensorFlow and writes the dense reference layout (what the original writer does); ``--rounds``
+repeats every variant, interleaved, and the speed-ups are medians of the ratios within each round. Also the size
 of the label field, dense vs sparse, and the CPU cost per JPEG of ``verify=full`` against a full-size decode.
 """
 
@@ -25,6 +26,7 @@ FLAGS_USED: tuple[str, ...] = (
     "shards",
     "compare",
     "output_dir",
+    "rounds",
 )
 
 
@@ -108,7 +110,9 @@ def verify_cost(image_root: str, names: Sequence[str]) -> None:
 
 def run(f: flags.FlagValues) -> None:
     """Images/s and MB/s of our writer (cold and warm) and, with --compare, of the naive writer."""
-    emit_machine("writer")
+    from data import record_writer
+
+    emit_machine("writer", crc32c=record_writer.IMPLEMENTATION)
     for label_format in ("dense", "sparse"):
         emit(
             "writer/label_field_bytes",
@@ -145,17 +149,7 @@ def run(f: flags.FlagValues) -> None:
             )
             return rate
 
-        # Cold: includes starting the worker processes (one TensorFlow import in the forkserver). Warm: the
-        # forkserver is up, as for every later shard of a long run.
-        rates = {}
-        for label_format, workers, verify, run_kind in (
-            ("dense", f.workers, "full", "cold"),
-            ("dense", f.workers, "full", "warm"),
-            ("dense", f.workers, "fast", "warm"),
-            ("sparse", f.workers, "full", "warm"),
-            ("sparse", f.workers, "fast", "warm"),
-            ("dense", 1, "full", "warm"),
-        ):
+        def ours(label_format: str, workers: int, verify: str, run_kind: str, round_index: int) -> float:
             out_dir = os.path.join(output_root, f"ours-{label_format}-{workers}-{verify}-{run_kind}")
             shutil.rmtree(out_dir, ignore_errors=True)
             t0 = time.perf_counter()
@@ -165,25 +159,61 @@ def run(f: flags.FlagValues) -> None:
             seconds = time.perf_counter() - t0
             assert manifest["num_records"] == len(names), manifest["num_records"]
             key = f"ours_{label_format}_w{workers}_{verify}_{run_kind}"
-            rates[key] = report(
-                key, seconds, out_dir, label_format=label_format, workers=workers, verify=verify, run=run_kind
-            )
+            extra = {"label_format": label_format, "workers": workers, "verify": verify, "run": run_kind}
+            rate = report(key, seconds, out_dir, **extra, round=round_index)
+            shutil.rmtree(out_dir, ignore_errors=True)  # the next run writes ~400 MB again
+            return rate
 
-        if f.compare:
+        def naive(round_index: int) -> float:
             out_dir = os.path.join(output_root, "naive")
             os.makedirs(out_dir, exist_ok=True)
-            import tensorflow as tf
-
-            tf.io.decode_image(tf.io.read_file(os.path.join(f.image_cache, names[0])))  # Runtime start-up.
             t0 = time.perf_counter()
             count = naive_writer(
                 list_path, f.image_cache, os.path.join(out_dir, "naive.tfrecord"), num_classes=f.num_classes
             )
             seconds = time.perf_counter() - t0
             assert count == len(names)
-            naive = report("naive_tf_decode_dense", seconds, out_dir, label_format="dense", workers=1)
+            rate = report(
+                "naive_tf_decode_dense", seconds, out_dir, label_format="dense", workers=1, round=round_index
+            )
+            shutil.rmtree(out_dir, ignore_errors=True)
+            return rate
+
+        if f.compare:
+            import tensorflow as tf
+
+            tf.io.decode_image(tf.io.read_file(os.path.join(f.image_cache, names[0])))  # Runtime start-up.
+        # Cold: includes starting the worker processes (the forkserver). Warm: the forkserver is up, as for
+        # every later shard of a long run. Each round runs every variant, the naive writer first in every
+        # other round; each speed-up is the median over the rounds of the ratio within a round.
+        warm = [
+            ("dense", f.workers, "full"),
+            ("dense", f.workers, "fast"),
+            ("sparse", f.workers, "full"),
+            ("sparse", f.workers, "fast"),
+            ("dense", 1, "full"),
+        ]
+        ratios: dict[str, list[float]] = {}
+        for round_index in range(f.rounds):
+            rates = {}
+            if round_index == 0:
+                rates[f"ours_dense_w{f.workers}_full_cold"] = ours("dense", f.workers, "full", "cold", 0)
+            naive_rate = naive(round_index) if f.compare and round_index % 2 else None
+            for label_format, workers, verify in warm:
+                rates[f"ours_{label_format}_w{workers}_{verify}_warm"] = ours(
+                    label_format, workers, verify, "warm", round_index
+                )
+            if f.compare and naive_rate is None:
+                naive_rate = naive(round_index)
+            if naive_rate is not None:
+                for key, rate in rates.items():
+                    ratios.setdefault(f"{key}_vs_naive", []).append(rate / naive_rate)
+        if ratios:
             emit(
-                "writer/speedup", **{f"{key}_vs_naive": round(rate / naive, 2) for key, rate in rates.items()}
+                "writer/speedup",
+                **{key: round(float(np.median(values)), 2) for key, values in ratios.items()},
+                per_round={key: [round(v, 2) for v in values] for key, values in ratios.items()},
+                load_average=[round(x, 2) for x in os.getloadavg()],
             )
     finally:
         if f.output_dir is None:
