@@ -21,6 +21,15 @@ Prints a table (percent) on stdout and writes the JSON report (fractions in [0, 
 training/report.py for its layout and training/metrics.py for the metric definitions; a progress bar
 (images, rate, ETA) goes to stderr, `--noprogress` hides it, as in the tools. Under horovodrun every rank
 evaluates its own shard and only the chief prints and writes the report.
+
+For multi-label data the JSON also holds each class's AP (with its name, its positives and, where known,
+its training frequency), the micro-averaged precision-recall curve and, with `--hierarchy`, the mAP per
+hierarchy level; `--plot_dir` draws them as PNGs (training/plots.py), with the first evaluated images and
+their top-5 tags:
+
+    python evaluate.py --checkpoint demo_run --data_dir demo_run/data --image_size 64 --transform full \
+        --hierarchy demo_run/data/dictionary_and_semantic_hierarchy.txt --train_prefix train \
+        --output_json demo_eval.json --plot_dir demo_plots
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from training import distributed, evaluation, input_pipeline, metrics, predictions, report, tf_logs
+from training import distributed, evaluation, input_pipeline, metrics, plots, predictions, report, tf_logs
 
 FLAGS = flags.FLAGS
 
@@ -161,6 +170,34 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
         "Rows of the predictions file read and evaluated at a time (memory vs speed).",
         **fv,
     )
+    flags.DEFINE_string(
+        "hierarchy",
+        None,
+        "Multi-label: the class hierarchy (dictionary_and_semantic_hierarchy.txt): the classes' names in the "
+        "JSON and plots (default: the checkpoint's own class_names.txt, else indices) and the mAP per level.",
+        **fv,
+    )
+    flags.DEFINE_string(
+        "train_prefix",
+        None,
+        "Multi-label: the training split of --data_dir whose labels are counted for each class's training "
+        "frequency (one pass over its labels; for ML-Images' 17.6M images use --class_stats).",
+        **fv,
+    )
+    flags.DEFINE_string(
+        "class_stats",
+        None,
+        "Multi-label: tools/dataset_stats.py's --output_json of the training data: each class's training "
+        "frequency (images_per_class / num_images).",
+        **fv,
+    )
+    flags.DEFINE_string(
+        "plot_dir",
+        None,
+        "Multi-label: also draw pr_curve.png, ap_vs_frequency.png, ap_per_level.png (with --hierarchy) and "
+        "predictions.png (--checkpoint: the first 16 images with their top-5 tags) here (needs matplotlib).",
+        **fv,
+    )
     # As the inference tools' --progress (training/cli.py define_inference_flags).
     flags.DEFINE_bool("progress", True, "Show a progress bar (images, rate, ETA) on stderr.", **fv)
     flags.register_validator(
@@ -216,10 +253,14 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
         chunk_size=f.chunk_size,
     )
     dist = distributed.init()
+    samples = evaluation.Samples() if f.plot_dir else None
     try:
         if f.predictions:
             result = predictions.evaluate_predictions(
-                f.predictions, settings, show_progress=f.progress and dist.is_chief
+                f.predictions,
+                settings,
+                show_progress=f.progress and dist.is_chief,
+                classes=_class_info(f, predictions.PredictionsFile.open(f.predictions).num_classes, settings),
             )
         else:
             config = evaluation.ModelEvalConfig(
@@ -236,14 +277,38 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
                 max_batches=f.max_batches,
                 depth=f.depth,
                 save_predictions=f.save_predictions or "",
+                hierarchy=f.hierarchy or "",
+                train_prefix=f.train_prefix or "",
+                class_stats=f.class_stats or "",
             )
-            result = evaluation.evaluate_checkpoint(config, settings, dist=dist, show_progress=f.progress)
+            result = evaluation.evaluate_checkpoint(
+                config, settings, dist=dist, show_progress=f.progress, samples=samples
+            )
     except (report.EvaluationInputError, input_pipeline.BadRecordError) as e:
         sys.exit(f"evaluate.py: error: {e}")
     if dist.is_chief:  # Horovod: every rank holds the global report; only the chief prints and writes it.
         print(report.format_table(result))
         if f.output_json:
             report.write_json(result, f.output_json)
+        if f.plot_dir:
+            try:
+                for path in plots.evaluation_plots(result, f.plot_dir, samples=samples):
+                    print(f"wrote {path}")
+            except plots.PlotsUnavailable as e:
+                sys.exit(f"evaluate.py: error: {e}")
+
+
+def _class_info(flag_values: flags.FlagValues, num_classes: int, settings: report.EvalSettings):
+    """`--predictions`: what the flags say about the classes (`report.load_class_info`)."""
+    f = flag_values
+    return report.load_class_info(
+        num_classes,
+        hierarchy=f.hierarchy or "",
+        data_dir=f.data_dir or "",
+        train_prefix=f.train_prefix or "",
+        class_stats=f.class_stats or "",
+        label_threshold=settings.label_threshold,
+    )
 
 
 if __name__ == "__main__":

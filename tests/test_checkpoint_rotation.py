@@ -4,8 +4,9 @@ A run that saves every step with `keep_checkpoints=2` deletes a checkpoint two s
 reader (evaluate.py, the tools, export, `load`) goes through `models.pretrained.load_model`: it takes the
 newest complete checkpoint and, when the run deletes it while it is checked or read, the newest again.
 The race is made deterministic by saving two more checkpoints between the reader's resolve and its read;
-one test then lets a writer thread save as fast as it can while the reader loads. Also `--eval_every=0`:
-the demo's report says "not evaluated" instead of failing on the missing evaluation.
+one test then lets a writer thread save every "step" while the reader loads. Also `--eval_every=0`: the
+demo's report says "not evaluated" instead of failing on the missing evaluation (and the run ends with its
+training curves drawn, training/plots.py).
 """
 
 import dataclasses
@@ -18,7 +19,8 @@ import tensorflow as tf
 
 from models import pretrained, resnet
 from tests import datasets, tiny_runs
-from training import demo, distributed
+from tests.test_pictures import assert_picture
+from training import demo, distributed, plots
 
 NUM_CLASSES = 5
 KEEP = 2  # the run's keep_checkpoints
@@ -164,3 +166,4 @@ def test_eval_every_0_means_no_evaluation(tmp_path, monkeypatch, capsys):
     assert "not evaluated (--eval_every=0)" in capsys.readouterr().out
     kinds = {line.split('"kind": "')[1].split('"')[0] for line in (tmp_path / "run" / "metrics.jsonl").open()}
     assert kinds == {"train"}  # no evaluation ran
+    assert_picture(tmp_path / "run" / plots.TRAINING_CURVES_FILE)  # drawn at the end of the run

@@ -19,16 +19,16 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from data import demo as demo_data
-from data import demo_scenes, fileio, schema
+from data import demo_scenes, fileio
 from models import input_contract
 from training import distributed, loop
 from training.config import TrainConfig
 from training.metrics import MultiLabelMetrics
+from training.report import class_frequencies, label_batches
 
 REPORT_FILENAME = "demo_report.json"
 
@@ -36,33 +36,6 @@ REPORT_FILENAME = "demo_report.json"
 # ---------------------------------------------------------------------------------------------------------
 # The most-frequent-classes baseline.
 # ---------------------------------------------------------------------------------------------------------
-
-
-def label_batches(data_dir: str | os.PathLike, prefix: str, *, batch_size: int = 256) -> tf.data.Dataset:
-    """The split's labels, float32[B, num_classes] batches parsed from its records (vectorised)."""
-    manifest = schema.read_manifest(data_dir, prefix)
-
-    def parse(serialized: tf.Tensor) -> tf.Tensor:
-        return schema.parse_records(
-            serialized, label_format=manifest.label_format, num_classes=manifest.num_classes
-        )[schema.LABEL_KEY]
-
-    return tf.data.TFRecordDataset(list(manifest.files)).batch(batch_size).map(parse)
-
-
-def class_frequencies(
-    data_dir: str | os.PathLike, prefix: str = "train", *, label_threshold: float = 0.5
-) -> np.ndarray:
-    """float64[num_classes]: the fraction of the split's images where each class is a positive."""
-    num_classes = schema.read_manifest(data_dir, prefix).num_classes
-    positives = np.zeros(num_classes, np.float64)
-    num_images = 0
-    for labels in label_batches(data_dir, prefix):
-        positives += np.sum(labels.numpy() >= label_threshold, axis=0)
-        num_images += labels.shape[0]
-    if num_images == 0:
-        raise ValueError(f"{data_dir} ({prefix}) has no records")
-    return positives / num_images
 
 
 def most_frequent_baseline(

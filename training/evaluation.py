@@ -5,7 +5,8 @@
 - `evaluate_checkpoint` is `evaluate.py --checkpoint`: load it, of either kind (a run directory: its newest
   intact checkpoint, `models.pretrained.load_model`), pick the split (`eval_source`), evaluate at every
   image size, optionally save the scores (training/predictions.py), assemble the report
-  (training/report.py).
+  (training/report.py) with, for multi-label data, the per-class AP, the PR curve and AP per hierarchy
+  level (`report.class_details`), and keep a few images with their top tags for a picture (`Samples`).
 
 Saved predictions (`evaluate.py --predictions`) are evaluated by training/predictions.py; the tasks, the
 metric settings and the report layout are in training/report.py (imported here under the same names, which
@@ -19,13 +20,14 @@ import dataclasses
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 import tqdm
 from absl import logging
 
 from data import preprocessing
 from models import pretrained
-from training import distributed, input_pipeline
+from training import distributed, input_pipeline, metrics, report
 from training.predictions import PredictionsWriter, predictions_path
 from training.report import (
     MULTILABEL,
@@ -43,10 +45,12 @@ __all__ = [
     "EvalSettings",
     "EvaluationInputError",
     "ModelEvalConfig",
+    "Samples",
     "eval_source",
     "evaluate_checkpoint",
     "evaluate_model",
     "scores_from_logits",
+    "stream_metrics",
 ]
 
 
@@ -54,6 +58,36 @@ def scores_from_logits(logits: tf.Tensor, task: str) -> tf.Tensor:
     """Multi-label: sigmoid probabilities (mAP needs them); single-label: softmax (top-k order unchanged)."""
     logits = tf.cast(logits, tf.float32)
     return tf.sigmoid(logits) if task == MULTILABEL else tf.nn.softmax(logits, axis=-1)
+
+
+@dataclasses.dataclass
+class Samples:
+    """The first `limit` images an evaluation sees, with their top-k classes: a picture's worth.
+
+    `images` are uint8[H, W, 3] (the network's input, back from [-1, 1]); `top` per image its k best
+    (class, score) pairs, best first; `positives` its ground-truth classes (label >= the threshold).
+    """
+
+    limit: int = 16
+    k: int = 5
+    images: list[np.ndarray] = dataclasses.field(default_factory=list)
+    top: list[list[tuple[int, float]]] = dataclasses.field(default_factory=list)
+    positives: list[set[int]] = dataclasses.field(default_factory=list)
+
+    def add(
+        self, images: np.ndarray, scores: np.ndarray, labels: np.ndarray, *, label_threshold: float
+    ) -> None:
+        """Keeps images of a batch until `limit` are held (multi-label labels [B, C])."""
+        room = self.limit - len(self.images)
+        if room <= 0:
+            return
+        images, scores, labels = images[:room], scores[:room], labels[:room]
+        pixels = np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, : self.k]  # ties: the lower class first
+        for image, row, best, label in zip(pixels, scores, order, labels, strict=True):
+            self.images.append(image)
+            self.top.append([(int(j), float(row[j])) for j in best])
+            self.positives.append({int(j) for j in np.flatnonzero(label >= label_threshold)})
 
 
 def evaluate_model(
@@ -102,6 +136,44 @@ def evaluate_model(
     Raises:
       EvaluationInputError: a k larger than the class count, or logits / labels of the wrong shape.
     """
+    return stream_metrics(
+        model,
+        dataset,
+        task=task,
+        num_classes=num_classes,
+        settings=settings,
+        dist=dist,
+        max_batches=max_batches,
+        show_progress=show_progress,
+        predictions_writer=predictions_writer,
+        expected_images=expected_images,
+        description=description,
+        source=source,
+    ).result()
+
+
+def stream_metrics(
+    model: keras.Model,
+    dataset: tf.data.Dataset,
+    *,
+    task: str,
+    num_classes: int,
+    settings: EvalSettings,
+    dist: distributed.Distributed | None = None,
+    max_batches: int = 0,
+    show_progress: bool = True,
+    predictions_writer: PredictionsWriter | None = None,
+    expected_images: int | None = None,
+    description: str = "evaluate",
+    source: input_pipeline.Source | None = None,
+    samples: Samples | None = None,
+) -> metrics.MultiLabelMetrics | metrics.SingleLabelMetrics:
+    """`evaluate_model`, returning the streaming metrics themselves (all ranks' sums), whose state holds
+    more than `result()` (the per-class score histograms of `report.class_details`).
+
+    `samples` (multi-label) keeps this rank's first images with their top classes. The other arguments
+    are `evaluate_model`'s.
+    """
     dist = dist or distributed.Distributed()
     streaming = make_metrics(task, num_classes, settings)
     _check_model_and_dataset(model, dataset, task=task, num_classes=num_classes)
@@ -125,10 +197,14 @@ def evaluate_model(
             streaming.update(scores, labels)
             if predictions_writer is not None:
                 predictions_writer.add(scores.numpy(), labels.numpy())
+            if samples is not None and task == MULTILABEL:
+                samples.add(
+                    images.numpy(), scores.numpy(), labels.numpy(), label_threshold=settings.label_threshold
+                )
             progress.update(int(images.shape[0]))
     if dist.size > 1:
         streaming.all_reduce(dist.allreduce_sum)  # Horovod: one all-reduce per sum, after every batch.
-    return streaming.result()
+    return streaming
 
 
 def _check_model_and_dataset(
@@ -233,6 +309,12 @@ class ModelEvalConfig:
     max_batches: int = 0
     depth: int | None = None  # None: as stored in the checkpoint
     save_predictions: str = ""  # a `.npz` path (see `predictions_path`); "" saves nothing
+    # What is known about the classes (`report.load_class_info`): the names (default: the checkpoint's
+    # input contract's) and levels of a hierarchy file, training frequencies from tools/dataset_stats.py's
+    # JSON or counted in the `train_prefix` split of `data_dir`.
+    hierarchy: str = ""
+    class_stats: str = ""
+    train_prefix: str = ""
 
 
 def evaluate_checkpoint(
@@ -241,11 +323,14 @@ def evaluate_checkpoint(
     *,
     dist: distributed.Distributed | None = None,
     show_progress: bool = True,
+    samples: Samples | None = None,
 ) -> dict[str, Any]:
     """Evaluates a checkpoint on a split at every image size of `config`; the report of `make_report`.
 
     Every rank of `dist` reads its own shard of the split and gets the same (global) report; every rank
     writes its own predictions file when `config.save_predictions` is set (see `predictions_path`).
+    Multi-label reports hold `report.class_details` per image size; `samples` keeps the first images of
+    the first size with their top classes (this rank's).
 
     Raises:
       EvaluationInputError: a missing or unreadable checkpoint, a bad source or class count, a bad k.
@@ -273,12 +358,24 @@ def evaluate_checkpoint(
     )
     task = SINGLE_LABEL if source.single_label else MULTILABEL
     make_metrics(task, info.num_classes, settings)  # fail on a bad k before reading any image
+    classes = None
+    if task == MULTILABEL:
+        classes = report.load_class_info(
+            info.num_classes,
+            names=info.contract.class_names,
+            hierarchy=config.hierarchy,
+            data_dir=config.data_dir,
+            train_prefix=config.train_prefix,
+            class_stats=config.class_stats,
+            label_threshold=settings.label_threshold,
+        )
     expected = None
     if source.num_records is not None:
         expected = -(-source.num_records // dist.size)
         if config.max_batches:
             expected = min(expected, config.max_batches * config.batch_size)
     results: dict[str, dict[str, float]] = {}
+    details: dict[str, dict[str, Any]] = {}
     saved: list[str] = []
     for image_size in config.image_sizes:
         dataset = input_pipeline.eval_dataset(
@@ -290,7 +387,7 @@ def evaluate_checkpoint(
             transform=config.transform,
         )
         writer = PredictionsWriter() if config.save_predictions else None
-        results[str(image_size)] = evaluate_model(
+        streaming = stream_metrics(
             model,
             dataset,
             task=task,
@@ -303,7 +400,11 @@ def evaluate_checkpoint(
             expected_images=expected,
             description=f"evaluate @{image_size}",
             source=source,
+            samples=samples if image_size == config.image_sizes[0] else None,
         )
+        results[str(image_size)] = streaming.result()
+        if classes is not None:
+            details[str(image_size)] = report.class_details(streaming.state()["score_histogram"], classes)
         if writer is not None:
             path = predictions_path(
                 config.save_predictions,
@@ -328,6 +429,7 @@ def evaluate_checkpoint(
     return make_report(
         results,
         task=task,
+        details_by_key=details,
         settings={
             **metric_settings,
             "checkpoint": info.path,
@@ -339,6 +441,11 @@ def evaluate_checkpoint(
             "label_format": source.label_format,
             "image_sizes": tuple(config.image_sizes),
             "transform": config.transform,
+            **{
+                name: getattr(config, name)
+                for name in ("hierarchy", "class_stats", "train_prefix")
+                if getattr(config, name)
+            },
             "batch_size": config.batch_size,
             "max_batches": config.max_batches,
             "num_ranks": dist.size,

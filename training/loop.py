@@ -28,7 +28,8 @@
 5. a SIGTERM or SIGINT saves the current step on every rank and raises `preemption.Preempted`
    (training/preemption.py); the ranks agree on the step to stop at;
 6. a NaN/Inf loss stops the run with `NonFiniteLossError` (naming the labels when they are the cause);
-   nothing is saved after it, so the last good checkpoint stays the latest.
+   nothing is saved after it, so the last good checkpoint stays the latest;
+7. at the end the chief draws `training_curves.png` from `metrics.jsonl` (training/plots.py).
 
 A run that is already finished returns at once on every rank (the step is agreed on first), instead of
 leaving the other ranks waiting for a rank that exited.
@@ -53,6 +54,7 @@ from training import (
     evaluation,
     host_resources,
     input_pipeline,
+    plots,
     preemption,
     run_dir,
     train_step,
@@ -416,12 +418,26 @@ def train(
         profiler = summaries_lib.StepProfiler(*profile_steps, logdir=os.path.join(config.model_dir, "train"))
     try:
         with preemption.StopRequest() as stop:
-            return _train(config, dist, stop, profiler, record)
+            result = _train(config, dist, stop, profiler, record)
+        if dist.is_chief:
+            _draw_training_curves(config.model_dir)
+        return result
     finally:
         if profiler is not None:
             profiler.close()  # a run that stopped inside the profiled steps
         if lock is not None:  # a run refused before it started leaves the directory as it found it
             lock.release(discard=record is not None and not record.written)
+
+
+def _draw_training_curves(model_dir: str) -> None:
+    """Chief, at the end of a run: `training_curves.png` from metrics.jsonl (training/plots.py). A figure
+    that cannot be drawn (no matplotlib, nothing logged) is a warning: the run itself succeeded."""
+    try:
+        path = plots.training_curves(model_dir)
+    except (plots.PlotsUnavailable, OSError, ValueError) as e:
+        logging.warning("no training curves: %s", e)
+        return
+    logging.info("training curves: %s", path)
 
 
 def _stop_requested(

@@ -31,8 +31,10 @@ from training.report import (
     MULTILABEL,
     SINGLE_LABEL,
     SINGLE_LABEL_KS,
+    ClassInfo,
     EvalSettings,
     EvaluationInputError,
+    class_details,
     make_metrics,
     make_report,
 )
@@ -108,13 +110,17 @@ class PredictionsFile:
             yield from zip(scores, labels, strict=True)
 
 
-def evaluate_predictions(path: str, settings: EvalSettings, *, show_progress: bool = True) -> dict[str, Any]:
+def evaluate_predictions(
+    path: str, settings: EvalSettings, *, show_progress: bool = True, classes: ClassInfo | None = None
+) -> dict[str, Any]:
     """Evaluates a saved-predictions `.npz` (see the module docstring) chunk by chunk.
 
     Args:
       path: the `.npz` with `scores`, `labels` and optionally `image_size`.
       settings: the metric settings.
       show_progress: a tqdm bar (images, rate, ETA) on stderr.
+      classes: multi-label: also report per-class AP, the PR curve (and AP per level) with what is known
+        about the classes (`report.class_details`); None: the metrics only.
 
     Returns:
       The report (see `make_report`).
@@ -143,8 +149,12 @@ def evaluate_predictions(path: str, settings: EvalSettings, *, show_progress: bo
             first_row += len(labels)
             streaming.update(scores, labels)
             progress.update(len(scores))
+    details = None
+    if classes is not None and predictions.task == MULTILABEL:
+        details = {predictions.results_key: class_details(streaming.state()["score_histogram"], classes)}
     return make_report(
         {predictions.results_key: streaming.result()},
+        details_by_key=details,
         task=predictions.task,
         settings={
             **dataclasses.asdict(settings),
