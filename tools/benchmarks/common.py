@@ -83,8 +83,8 @@ def emit_machine(benchmark: str, *, load_tensorflow: bool = True, **extra) -> No
     """The `<benchmark>/machine` line: where the figures that follow were measured.
 
     Besides the CPU model and count, it gives the CPU flags that matter here and whether TensorFlow runs its
-    oneDNN kernels (``onednn``): TensorFlow turns them on by default only on some CPUs, and they alone moved
-    the ResNet-101 step by 1.45x on the AMD EPYC of docs/BENCHMARKS.md. `load_tensorflow=False` reads
+    oneDNN kernels (``onednn``): TensorFlow turns them on by default only on some CPUs, and they alone cut
+    the CPU time of a ResNet step 1.4 - 1.5x on the AMD EPYC of docs/BENCHMARKS.md (section 0). `load_tensorflow=False` reads
     TensorFlow's version from the package metadata without importing it (the memory benchmark keeps its
     own process small); ``onednn`` is then only what ``TF_ENABLE_ONEDNN_OPTS`` asks for.
     """
