@@ -21,8 +21,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from data import download, download_records, schema, tfrecord
-from data.download import DownloadConfig
+from data import download_records, schema, tfrecord
+from data.fetch import to_files, transport
+from data.fetch.transport import DownloadConfig
 from tests import local_http
 from tests.test_download import _png_bomb
 
@@ -138,7 +139,7 @@ def test_one_pass_writes_the_records_of_download_then_write(server, tmp_path):
     _url_list(tmp_path / "urls.txt", server)
     summary = _one_pass(tmp_path / "urls.txt", tmp_path / "one_pass")
 
-    download.download_url_list(
+    to_files.download_url_list(
         tmp_path / "urls.txt",
         output_dir=tmp_path / "images",
         image_list=tmp_path / "image_list.txt",
@@ -161,7 +162,7 @@ def test_one_pass_writes_the_records_of_download_then_write(server, tmp_path):
     assert one_pass == two_pass
     names = [r.features.feature[schema.NAME_KEY].bytes_list.value[0].decode() for r in one_pass]
     assert names == [
-        download.filename_for_url(server.url(f"good{i}{'.png' if i == 1 else '.jpg'}")) for i in range(5)
+        transport.filename_for_url(server.url(f"good{i}{'.png' if i == 1 else '.jpg'}")) for i in range(5)
     ]
     assert summary.manifest["converted"] == {"PNG": 1}
 
@@ -320,7 +321,7 @@ def test_kill_9_then_rerun_fetches_only_unfinished_shards(server, tmp_path, repo
     ],
 )
 def test_reason_category(reason, category):
-    assert download.reason_category(reason) == category
+    assert transport.reason_category(reason) == category
 
 
 def test_start_workers_early_leaves_a_forkserver_that_run_tasks_uses():

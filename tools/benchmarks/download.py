@@ -8,7 +8,7 @@ every image and stores it unchanged in shards:
 
 - ``one_pass``: `download_records.download_records` (``--workers`` processes x ``--threads`` threads), in
   this process (its imports already done).
-- ``download_then_write``: `download.download_url_list` (``--workers`` x ``--threads`` threads) into image
+- ``download_then_write``: `to_files.download_url_list` (``--workers`` x ``--threads`` threads) into image
   files, then `tfrecord.write_dataset` (``--workers`` processes) of the image list, in this process.
 - ``one_pass_cli`` and ``img2dataset``: the two commands as subprocesses, wall time from start to exit
   (interpreter start-up and imports included for both; neither imports TensorFlow: ours writes the
@@ -91,7 +91,8 @@ def _url_lists(list_path: str, base: str, out_dir: str) -> tuple[str, str]:
 
 
 def _one_pass(url_list: str, out: str, f: flags.FlagValues) -> int:
-    from data import download, download_records
+    from data import download_records
+    from data.fetch import transport
 
     summary = download_records.download_records(
         url_list,
@@ -99,7 +100,7 @@ def _one_pass(url_list: str, out: str, f: flags.FlagValues) -> int:
         label_format="sparse",
         num_classes=f.num_classes,
         shards=f.shards,
-        config=download.DownloadConfig(threads=f.threads),
+        config=transport.DownloadConfig(threads=f.threads),
         workers=f.workers,
         progress=False,
     )
@@ -107,15 +108,16 @@ def _one_pass(url_list: str, out: str, f: flags.FlagValues) -> int:
 
 
 def _download_then_write(url_list: str, out: str, f: flags.FlagValues) -> int:
-    from data import download, tfrecord
+    from data import tfrecord
+    from data.fetch import to_files, transport
 
     image_list = os.path.join(out, "image_list.txt")
-    download.download_url_list(
+    to_files.download_url_list(
         url_list,
         output_dir=os.path.join(out, "images"),
         image_list=image_list,
         failed_list=os.path.join(out, "failed.txt"),
-        config=download.DownloadConfig(threads=f.threads * f.workers),
+        config=transport.DownloadConfig(threads=f.threads * f.workers),
         num_classes=f.num_classes,
         show_progress=False,
     )
