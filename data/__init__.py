@@ -1,1 +1,13 @@
-"""Dataset tooling: the TFRecord schema, the semantic hierarchy, annotation lists, downloading and writing."""
+"""Dataset tooling, one folder per concern (docs/DESIGN.md has the map).
+
+- records: the record format (schema, TFRecord framing, manifest, TFDS metadata);
+- labels: list formats and the semantic hierarchy;
+- pixels: the image check, augmentation and evaluation transforms, image files;
+- synthetic: the demo set's scenes;
+- shards: image lists into crash-safe TFRecord shards;
+- fetch: URLs into image files or straight into shards;
+- ml_images: the TFDS builder.
+
+The scripts the README and the release name stay here as command lines: tfrecord.py, download.py, demo.py,
+cooccurrence.py. fileio.py (atomic writes, paths as users type them) is shared by all.
+"""

@@ -36,8 +36,8 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 from absl import logging
 
-from data import annotations
-from data.hierarchy import Hierarchy, load_hierarchy
+from data.labels import annotations
+from data.labels.hierarchy import Hierarchy, load_hierarchy
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,11 +3,11 @@ r"""The demo's data set: the README's demo trains on it; written like the real d
     python data/demo.py --output_dir=/tmp/mlimages_demo            # 2,000 train + 500 val images, 64 px
 
 The pictures and their 30 classes (a forest of depth 5, long-tailed, soft tags for small shapes) are
-data/demo_scenes.py's. Everything is written with the project's own machinery, exactly as for the real data:
-the hierarchy with `data.hierarchy.write_hierarchy` (the release's TSV, read back by `load_hierarchy`), the
-image lists (``filename idx:conf ...``) with `data.annotations.write_entries`, the TFRecords of both splits
+data/synthetic/demo_scenes.py's. Everything is written with the project's own machinery, exactly as for the real data:
+the hierarchy with `data.labels.hierarchy.write_hierarchy` (the release's TSV, read back by `load_hierarchy`), the
+image lists (``filename idx:conf ...``) with `data.labels.annotations.write_entries`, the TFRecords of both splits
 with `data.tfrecord.write_dataset` into one folder (prefixes ``train`` and ``val``, each with its manifest for
-`data.schema.read_manifest`). The JPEGs stay in ``images/`` so the lists can be re-written by hand.
+`data.records.schema.read_manifest`). The JPEGs stay in ``images/`` so the lists can be re-written by hand.
 
 A seed gives the same bytes on every run, and a finished folder with the same parameters (recorded in
 ``demo.json``, the first file a demo run writes) is returned as it is. The demo writes only into a new or
@@ -31,8 +31,11 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from absl import logging
 
-from data import annotations, fileio, schema, tfrecord
-from data.demo_scenes import (
+from data import fileio, tfrecord
+from data.labels import annotations
+from data.labels.hierarchy import Hierarchy, load_hierarchy, write_hierarchy
+from data.records import schema
+from data.synthetic.demo_scenes import (
     CLASS_INDEX,
     CLASS_NAMES,
     COUNT_TAGS,
@@ -41,7 +44,6 @@ from data.demo_scenes import (
     demo_hierarchy,
     make_example,
 )
-from data.hierarchy import Hierarchy, load_hierarchy, write_hierarchy
 
 DEMO_LABEL_FORMATS: tuple[str, ...] = schema.MULTI_LABEL_FORMATS
 HIERARCHY_FILENAME = "dictionary_and_semantic_hierarchy.txt"

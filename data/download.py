@@ -25,8 +25,9 @@ from typing import Final
 
 from absl import app, flags, logging
 
-from data import images, split_flags, worker_pool
 from data.fetch import to_files, transport
+from data.pixels import images
+from data.shards import split_flags, worker_pool
 
 # The records' class count when --output_records is given without --num_classes (ML-Images).
 _DEFAULT_NUM_CLASSES: Final = 11166
@@ -91,11 +92,11 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> No
 def _write_records(f: flags.FlagValues, config: transport.DownloadConfig) -> None:
     """``--output_records``: the one pass (`data.fetch.to_records`), URLs straight into TFRecord shards."""
     if f.workers > 1:  # The workers' imports (numpy, Pillow; no TensorFlow) run beside this process's.
-        worker_pool.start_workers_early("data.download_records")
-    from data import download_records  # No TensorFlow: records are framed by data/record_writer.py.
+        worker_pool.start_workers_early("data.fetch.to_records")
+    from data.fetch import to_records  # No TensorFlow: records are framed by data/records/record_writer.py.
 
     try:
-        download_records.download_records(
+        to_records.download_records(
             f.url_list,
             output_dir=f.output_records,
             label_format=f.label_format,

@@ -5,20 +5,20 @@ r"""The parallel, crash-safe TFRecord writer: an image list + image folder -> sh
 
 How it stays correct on a 17.6M-image run (each part in its own module):
 
-- Deterministic assignment (`data.list_index`). The list is split into `shards` contiguous blocks of
+- Deterministic assignment (`data.shards.list_index`). The list is split into `shards` contiguous blocks of
   lines, found by one streaming pass that records only the shards' byte offsets, so no process ever holds
   the list. Records keep list order inside a shard, so the same list always gives the same shard files,
   whatever ``--workers``. (The input pipeline interleaves shards and shuffles, which is where mixing
   belongs.)
-- Whole shards per worker (`data.shard_writer`, `data.worker_pool`). Each worker process writes one shard
+- Whole shards per worker (`data.shards.shard_writer`, `data.shards.worker_pool`). Each worker process writes one shard
   at a time under a temporary name, fsyncs and renames it, then writes its sidecar ``<shard>.done.json``
   (counts, byte size, skipped images), also atomically. A re-run after ``kill -9`` keeps the finished
   shards and rewrites the rest: exactly the same records, none lost or doubled. Workers exit when the
   main process dies.
-- Several machines (`data.manifest`). ``--task_index=t --num_tasks=T`` writes the shards s with
+- Several machines (`data.records.manifest`). ``--task_index=t --num_tasks=T`` writes the shards s with
   ``s % T == t`` and a per-task manifest; ``--merge`` then checks that every shard exists with the
   recorded size and counts and writes ``{prefix}-manifest.json``.
-- Images never crash the run (`data.images.prepare_image`). A JPEG that TensorFlow decodes as it is (RGB,
+- Images never crash the run (`data.pixels.images.prepare_image`). A JPEG that TensorFlow decodes as it is (RGB,
   greyscale, Adobe CMYK) is stored byte for byte, as the release did; PNG, GIF, BMP, WebP, TIFF, 16-bit
   images (scaled, not clipped) and other JPEGs become RGB JPEGs (``--jpeg_quality``, 95 by default; the
   release converted PNGs at quality 100). Truncated, corrupt, empty, missing and non-image files, images
@@ -26,7 +26,7 @@ How it stays correct on a 17.6M-image run (each part in its own module):
   skipped with the reason (``--on_error=fail`` stops instead): each shard's sidecar lists all of its own,
   the manifest their count and the first ``MANIFEST_SKIPPED_EXAMPLES``.
 
-``--tfds_metadata`` also writes ``dataset_info.json`` and ``features.json`` (`data.tfds_metadata`) so that
+``--tfds_metadata`` also writes ``dataset_info.json`` and ``features.json`` (`data.records.tfds_metadata`) so that
 ``tfds.builder_from_directory(output_dir).as_dataset(split=prefix)`` reads the same files.
 """
 
@@ -37,10 +37,11 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from data import images, shard_writer, split_flags
-from data.images import DEFAULT_JPEG_QUALITY, VERIFY_MODES, prepare_image
-from data.list_index import index_list
-from data.manifest import merge_manifests
+from data.pixels import images
+from data.pixels.images import DEFAULT_JPEG_QUALITY, VERIFY_MODES, prepare_image
+from data.records.manifest import merge_manifests
+from data.shards import shard_writer, split_flags
+from data.shards.list_index import index_list
 
 # The writer's API: other code calls `tfrecord.write_dataset` and `tfrecord.merge_manifests`;
 # tools/benchmark.py times `tfrecord.prepare_image` and `tfrecord.index_list` as parts of the writer.

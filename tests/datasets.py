@@ -5,7 +5,8 @@ import pathlib
 import numpy as np
 from PIL import Image
 
-from data import annotations, demo, tfrecord
+from data import demo, tfrecord
+from data.labels import annotations
 
 
 def multilabel(

@@ -1,12 +1,12 @@
-"""Tests for data/annotations.py: every list format, the release's lists, bad lines and the round trip."""
+"""Tests for data/labels/annotations.py: every list format, the release's lists, bad lines and the round trip."""
 
 import gzip
 import pathlib
 
 import pytest
 
-from data import annotations
-from data.annotations import Entry, ErrorLog, LineError
+from data.labels import annotations
+from data.labels.annotations import Entry, ErrorLog, LineError
 
 
 def _write(tmp_path: pathlib.Path, text: str, name: str = "list.txt") -> pathlib.Path:

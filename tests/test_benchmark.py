@@ -212,7 +212,7 @@ def test_memory_writer_tools(tmp_path, capsys):
 
 
 def test_synthetic_image_list_reads_back(tmp_path):
-    from data import annotations
+    from data.labels import annotations
     from tools.benchmarks import memory
 
     path = memory.synthetic_image_list(str(tmp_path / "list.txt"), num_lines=500, num_classes=100, tags=9)
@@ -223,13 +223,13 @@ def test_synthetic_image_list_reads_back(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The pipeline's speed-ups keep its outputs (data/preprocessing.py and training/input_pipeline.py).
+# The pipeline's speed-ups keep its outputs (data/pixels/preprocessing.py and training/input_pipeline.py).
 # ----------------------------------------------------------------------------------------------------------
 
 
 def test_fused_colour_ops_equal_the_tf_image_kernels_at_full_size():
     tf = pytest.importorskip("tensorflow")
-    from data import preprocessing
+    from data.pixels import preprocessing
 
     rng = np.random.default_rng(0)
     # In range, out of range (after a brightness shift nothing is clipped) and greys (ties, zero chroma).
@@ -256,7 +256,8 @@ def tiny_records(tmp_path):
     pytest.importorskip("tensorflow")
     from PIL import Image
 
-    from data import annotations, tfrecord
+    from data import tfrecord
+    from data.labels import annotations
 
     rng = np.random.default_rng(0)
     entries = []
@@ -279,7 +280,7 @@ def tiny_records(tmp_path):
 def test_pipeline_equals_the_per_image_transform_and_resumes_exactly(tiny_records, tmp_path):
     import tensorflow as tf
 
-    from data import preprocessing
+    from data.pixels import preprocessing
     from training import input_pipeline
 
     source = input_pipeline.tfrecord_source(str(tiny_records), "train", num_classes=12)

@@ -1,4 +1,4 @@
-"""Tests for data/demo.py and data/demo_scenes.py (and the baseline in training/demo.py): hierarchy, closed
+"""Tests for data/demo.py and data/synthetic/demo_scenes.py (and the baseline in training/demo.py): hierarchy, closed
 label sets, records vs lists, determinism, reuse, refusing foreign folders, baseline, CLI."""
 
 import json
@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data import annotations, demo, demo_scenes, schema
-from data.hierarchy import load_hierarchy
+from data import demo
+from data.labels import annotations
+from data.labels.hierarchy import load_hierarchy
+from data.records import schema
+from data.synthetic import demo_scenes
 from training import demo as demo_training
 
 SMALL = dict(num_train=60, num_val=20, image_size=32, shards=2)

@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data import images
 from data.fetch import to_files, transport
 from data.fetch.transport import DownloadConfig
+from data.pixels import images
 from tests import local_http
 
 FAST = DownloadConfig(threads=4, timeout_s=0.5, deadline_s=5.0, retries=2, backoff_s=0.01, backoff_max_s=0.05)
@@ -256,7 +256,7 @@ def test_filename_for_url_is_deterministic_and_keeps_the_extension():
         ("ratelimit.jpg", "failed", "http 429 (after 3 attempts)", 3),  # 429: retried
         ("flaky.jpg", "downloaded", "", 2),
         ("cut_connection.jpg", "failed", "incomplete body", 3),
-        # The image checks are data.images' (the project's one image check), with its reasons.
+        # The image checks are data.pixels.images' (the project's one image check), with its reasons.
         ("truncated_file.jpg", "failed", "corrupt or truncated", 1),
         ("text.jpg", "failed", "not an image", 1),
         ("empty.jpg", "failed", "empty file", 1),
@@ -573,7 +573,7 @@ def test_reference_url_list_through_local_server(server, tmp_path, reference_dir
     """The release's 100-line URL list, its hosts replaced by the local server: 100 images, same labels."""
     from urllib.parse import urlsplit
 
-    from data import annotations
+    from data.labels import annotations
 
     original = list(
         annotations.iter_entries(reference_dir / "train_urls_tiny.txt", num_classes=11166, on_error="fail")

@@ -1,4 +1,4 @@
-"""Tests for the one pass (data/download_records.py, `data/download.py --output_records`) against a local server.
+"""Tests for the one pass (data/fetch/to_records.py, `data/download.py --output_records`) against a local server.
 
 The server is a thread of this process on 127.0.0.1 that counts the requests per path, so that the tests can
 see which URLs a re-run fetched again.
@@ -21,9 +21,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from data import download_records, schema, tfrecord
-from data.fetch import to_files, transport
+from data import tfrecord
+from data.fetch import to_files, to_records, transport
 from data.fetch.transport import DownloadConfig
+from data.records import schema
 from tests import local_http
 from tests.test_download import _png_bomb
 
@@ -121,7 +122,7 @@ def _records(directory: pathlib.Path, prefix: str = "train") -> list[tf.train.Ex
     return [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(files)]
 
 
-def _one_pass(url_list: pathlib.Path, out: pathlib.Path, **kwargs) -> download_records.RecordsSummary:
+def _one_pass(url_list: pathlib.Path, out: pathlib.Path, **kwargs) -> to_records.RecordsSummary:
     options = dict(
         output_dir=out,
         label_format="sparse",
@@ -131,7 +132,7 @@ def _one_pass(url_list: pathlib.Path, out: pathlib.Path, **kwargs) -> download_r
         workers=1,
         progress=False,
     )
-    return download_records.download_records(url_list, **{**options, **kwargs})
+    return to_records.download_records(url_list, **{**options, **kwargs})
 
 
 def test_one_pass_writes_the_records_of_download_then_write(server, tmp_path):
@@ -327,7 +328,7 @@ def test_reason_category(reason, category):
 def test_start_workers_early_leaves_a_forkserver_that_run_tasks_uses():
     from multiprocessing import forkserver
 
-    from data import worker_pool
+    from data.shards import worker_pool
 
     worker_pool.start_workers_early(__name__)
     pid = forkserver._forkserver._forkserver_pid  # noqa: SLF001 -- the only way to see which server runs
@@ -398,7 +399,7 @@ def test_benchmark_at_toy_size(tmp_path, capsys, server):
 
 def test_two_tasks_and_merge_give_the_single_task_records(server, tmp_path):
     """--task_index/--num_tasks split the shards between machines; `merge_manifests` completes the split."""
-    from data import manifest
+    from data.records import manifest
 
     _url_list(tmp_path / "urls.txt", server)
     single = _one_pass(tmp_path / "urls.txt", tmp_path / "single")

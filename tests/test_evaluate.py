@@ -289,7 +289,8 @@ def write_records(root, model, *, num_images=10, num_classes=NUM_CLASSES, seed=0
     are neither all 0 nor all 1."""
     import tensorflow as tf
 
-    from data import preprocessing, tfrecord
+    from data import tfrecord
+    from data.pixels import preprocessing
 
     names = write_jpegs(root / "images", num_images, seed=seed)
     images = np.stack(

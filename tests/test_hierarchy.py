@@ -1,4 +1,4 @@
-"""Tests for data/hierarchy.py: the real file's figures, ancestor correctness, propagation and errors."""
+"""Tests for data/labels/hierarchy.py: the real file's figures, ancestor correctness, propagation and errors."""
 
 import functools
 import pathlib
@@ -6,8 +6,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from data import hierarchy
-from data.hierarchy import Hierarchy, HierarchyError, load_hierarchy
+from data.labels import hierarchy
+from data.labels.hierarchy import Hierarchy, HierarchyError, load_hierarchy
 
 HEADER = "category_index\tcategory_id\tindex_of_parent_category\tcategory name\n"
 

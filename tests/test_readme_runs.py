@@ -32,7 +32,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from data import schema
+from data.records import schema
 from tests import datasets, local_http
 from tests.conftest import REPO_ROOT
 from tests.test_readme import code_lines

@@ -16,7 +16,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from data import schema, tfrecord
+from data import tfrecord
+from data.records import schema
 from tests import entry_points
 from tests.png_bomb import bomb_png
 from training import input_pipeline

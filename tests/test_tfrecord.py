@@ -21,8 +21,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageFile
 
-from data import images, schema, tfrecord
-from data import manifest as manifest_files
+from data import tfrecord
+from data.pixels import images
+from data.records import manifest as manifest_files
+from data.records import schema
 
 NUM_CLASSES = 50
 SIZE = (24, 16)  # (width, height) of the test images.

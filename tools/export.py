@@ -20,7 +20,7 @@ what the export expects and stores, unless `--transform`, `--image_size` (warned
 - `saved_model/`: a TF SavedModel whose `serving_default` signature takes `image_bytes`, a 1-D string
   tensor of encoded images (JPEG, PNG, GIF, BMP), and returns `probabilities` [N, C] and `features` [N, D]
   (the pooled `global_pool` feature: 2048-d for the released ResNet-101, 32 x base width in general).
-  The pre-processing is inside the graph (`tf.map_fn` over `data.preprocessing`'s `--transform`, pure TF
+  The pre-processing is inside the graph (`tf.map_fn` over `data.pixels.preprocessing`'s `--transform`, pure TF
   ops), so a server needs nothing of this project. `probabilities` follow `--head`: `auto` is softmax for a
   1000-class head (ImageNet) and sigmoid for any other (the 11,166-class multi-label head), as in
   tools/image_classification.py. As in the tools (`demo`: `cv.imread`), a JPEG's EXIF orientation is
@@ -51,7 +51,8 @@ from absl import app, flags, logging
 if __package__ in (None, ""):  # run as a script: tools/ is not an installed package (as tools/benchmark.py)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data import fileio, preprocessing  # noqa: E402  (after the path set-up above)
+from data import fileio  # noqa: E402  (after the path set-up above)
+from data.pixels import preprocessing
 from models import input_contract, portable, pretrained, resnet  # noqa: E402
 from tools import image_classification  # noqa: E402  (the class names and the head rule of the tools)
 
@@ -72,7 +73,7 @@ _ORIENTATION_TAG = 0x0112
 def exif_orientation(image_bytes: tf.Tensor) -> tf.Tensor:
     """The EXIF orientation (int32 1..8) of an encoded JPEG, in TF ops; 1 when absent, invalid or not a JPEG.
 
-    What `data.preprocessing.load_image_file` reads with Pillow for the tools, so that the SavedModel
+    What `data.pixels.preprocessing.load_image_file` reads with Pillow for the tools, so that the SavedModel
     applies the orientation as they (and `cv.imread`) do. Reads the TIFF header after the first
     `Exif\0\0` in the first 64 KB (byte order `II` or `MM`), the IFD0 offset, and the entries of IFD0,
     all as vectorised gathers (no loop); any read past the end yields 1.
@@ -151,7 +152,7 @@ def export(
       checkpoint: ours (run directory or prefix) or a released TF1 checkpoint prefix.
       output_dir: created if missing; existing files of the same names are replaced.
       head: `auto`, `sigmoid` or `softmax`: the SavedModel's `probabilities`.
-      transform: the pre-processing inside the SavedModel (`data.preprocessing.TRANSFORMS`); None: the
+      transform: the pre-processing inside the SavedModel (`data.pixels.preprocessing.TRANSFORMS`); None: the
         checkpoint's input contract's (`models.pretrained.checkpoint_contract`).
       image_size: the network's input side in the SavedModel; None: the contract's (another is warned about).
       hierarchy: the ML-Images hierarchy file, for the class names (default: the contract's, else indices).

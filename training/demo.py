@@ -24,7 +24,9 @@ import tensorflow as tf
 from absl import logging
 
 from data import demo as demo_data
-from data import demo_scenes, fileio, schema
+from data import fileio
+from data.records import schema
+from data.synthetic import demo_scenes
 from models import input_contract
 from training import distributed, loop
 from training.config import TrainConfig

@@ -23,7 +23,7 @@ import tensorflow as tf
 import tqdm
 from absl import logging
 
-from data import preprocessing
+from data.pixels import preprocessing
 from models import pretrained
 from training import distributed, input_pipeline
 from training.predictions import PredictionsWriter, predictions_path

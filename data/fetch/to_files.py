@@ -27,7 +27,7 @@ from typing import Final
 import tqdm
 from absl import logging
 
-from data import annotations, fileio
+from data import fileio
 from data.fetch.transport import (
     INTERRUPTED,
     DownloadConfig,
@@ -36,6 +36,7 @@ from data.fetch.transport import (
     filename_for_url,
     reason_category,
 )
+from data.labels import annotations
 
 # How often the thread that orders the results looks at the stop flag while it waits for a download.
 _POLL_S: Final = 0.05
@@ -205,7 +206,7 @@ def download_url_list(
 
     The image list holds `filename<TAB>idx:conf...` for each success (downloaded now or before), in URL-list
     order, with `filename` relative to `output_dir`; the failed list holds `URL<TAB>reason`. Both are written
-    atomically at the end. Malformed URL-list lines are skipped and counted (see `data.annotations`).
+    atomically at the end. Malformed URL-list lines are skipped and counted (see `data.labels.annotations`).
 
     Ctrl-C (when called from the main thread) or setting `stop` ends the run early but cleanly: finished
     files are kept and listed, the URLs in flight are listed as failed with reason "interrupted", and the

@@ -31,7 +31,8 @@ import urllib.request
 from collections.abc import Callable
 from typing import Final, TypeVar
 
-from data import fileio, images
+from data import fileio
+from data.pixels import images
 
 IMAGE_EXTENSIONS: Final = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 DEFAULT_EXTENSION: Final = ".jpg"

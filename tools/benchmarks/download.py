@@ -6,13 +6,13 @@ The server is a separate process on 127.0.0.1 (so that it does not share the mea
 serving the benchmark's photo-like JPEGs (`photos.benchmark_images`). Every variant fetches and validates
 every image and stores it unchanged in shards:
 
-- ``one_pass``: `download_records.download_records` (``--workers`` processes x ``--threads`` threads), in
+- ``one_pass``: `to_records.download_records` (``--workers`` processes x ``--threads`` threads), in
   this process (its imports already done).
 - ``download_then_write``: `to_files.download_url_list` (``--workers`` x ``--threads`` threads) into image
   files, then `tfrecord.write_dataset` (``--workers`` processes) of the image list, in this process.
 - ``one_pass_cli`` and ``img2dataset``: the two commands as subprocesses, wall time from start to exit
   (interpreter start-up and imports included for both; neither imports TensorFlow: ours writes the
-  records with data/record_writer.py). ``img2dataset_work`` is img2dataset's own timing from its shards' stats
+  records with data/records/record_writer.py). ``img2dataset_work`` is img2dataset's own timing from its shards' stats
   (first start to last end: no start-up), to compare with ``one_pass`` (in this process, warm). img2dataset runs from ``--img2dataset_venv`` with
   ``--processes_count=--workers --thread_count=--threads --resize_mode=no --skip_reencode`` (it decodes each
   image to check it, and keeps the original bytes) writing webdataset shards (its TFRecord output needs
@@ -91,10 +91,9 @@ def _url_lists(list_path: str, base: str, out_dir: str) -> tuple[str, str]:
 
 
 def _one_pass(url_list: str, out: str, f: flags.FlagValues) -> int:
-    from data import download_records
-    from data.fetch import transport
+    from data.fetch import to_records, transport
 
-    summary = download_records.download_records(
+    summary = to_records.download_records(
         url_list,
         output_dir=out,
         label_format="sparse",

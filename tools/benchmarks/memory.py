@@ -83,7 +83,7 @@ def memory_child(tool: str, list_path: str, *, num_classes: int) -> None:
     elif tool.startswith("writer"):
         from data import tfrecord
     else:
-        from data import annotations  # noqa: F401  (the common import of the list tools)
+        from data.labels import annotations  # noqa: F401  (the common import of the list tools)
 
     after_imports = _peak_rss_mb()
     work_dir = tempfile.mkdtemp(prefix="mlimages_memory_")

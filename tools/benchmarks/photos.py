@@ -41,7 +41,8 @@ def ensure_images(
     cache: str, *, num_images: int, width: int, height: int, num_classes: int, tags: int
 ) -> str:
     """Generates the JPEGs and an image list once; returns the list's path."""
-    from data import annotations, fileio
+    from data import fileio
+    from data.labels import annotations
 
     list_path = os.path.join(cache, f"list-{num_images}-{width}x{height}-{num_classes}-{tags}.txt")
     if os.path.exists(list_path):

@@ -32,7 +32,8 @@ def naive_writer(list_path: str, image_root: str, output_path: str, *, num_class
     """What the original writer does: decode every image with TensorFlow, write the dense label layout."""
     import tensorflow as tf
 
-    from data import annotations, schema
+    from data.labels import annotations
+    from data.records import schema
 
     count = 0
     with tf.io.TFRecordWriter(output_path) as writer:
@@ -58,7 +59,7 @@ def label_field_bytes(label_format: str, *, num_classes: int, tags: int) -> int:
     """Bytes the label takes in a serialized record: the record minus the same record without a label."""
     import tensorflow as tf
 
-    from data import schema
+    from data.records import schema
 
     label = random_tags(np.random.default_rng(1), num_classes=num_classes, tags=tags)
     record = schema.encode_example(

@@ -5,7 +5,7 @@ r"""The one pass: a URL list -> validated images -> sharded TFRecords + manifest
 
 Downloading into 17.6M files and then reading them all back to write records costs a second pass over the
 data and a file system full of small files. Here each worker process takes whole shards (contiguous blocks
-of the URL list, `data.list_index`, as the writer's shards are blocks of the image list), fetches a shard's
+of the URL list, `data.shards.list_index`, as the writer's shards are blocks of the image list), fetches a shard's
 URLs with a pool of threads (downloads wait on the network, and Pillow releases the GIL while it decodes),
 and writes the records in list order through the writer's own code (`shard_writer.write_records`,
 `shard_writer.write_split`): the same schema, sidecars, manifest, per-shard atomic finalisation, and
@@ -31,9 +31,12 @@ from collections.abc import Callable, Iterator
 
 from absl import logging
 
-from data import fileio, images, manifest, shard_writer
+from data import fileio
 from data.fetch import transport
-from data.shard_writer import LineResult
+from data.pixels import images
+from data.records import manifest
+from data.shards import shard_writer
+from data.shards.shard_writer import LineResult
 
 # A bad line's reason starts so (`shard_writer.skip_reason`); the summary counts those apart.
 _BAD_LINE = "bad line"
@@ -164,7 +167,7 @@ def download_records(
     Args:
       url_list: The URL list (``URL idx:conf ...``; ``URL label_int`` for ``label_format="int64"``).
       output_dir: Where shards, sidecars, the manifest and the failed list go.
-      label_format: ``dense``, ``sparse`` or ``int64`` (`data.schema`).
+      label_format: ``dense``, ``sparse`` or ``int64`` (`data.records.schema`).
       num_classes: Number of classes; indices at or above it make a line malformed.
       shards: Total shards of the split (across all tasks).
       config: How to fetch (default `DownloadConfig()`) (threads per worker, deadlines, retries); its ``max_pixels`` is the limit of

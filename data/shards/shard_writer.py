@@ -1,7 +1,7 @@
 """Writing shards: a block of list lines -> one ``.tfrecord`` file + its sidecar; a split's shards + manifest.
 
 Two producers share this code: the writer (data/tfrecord.py: `write_shard` reads each line's image file)
-and the one-pass downloader (data/download_records.py: each line's URL is fetched). Each turns its lines
+and the one-pass downloader (data/fetch/to_records.py: each line's URL is fetched). Each turns its lines
 into `LineResult`s in list order; `write_records` writes them, and `write_split` runs a split's shards
 (finished ones reused, the rest in worker processes) and writes the manifest.
 
@@ -31,9 +31,13 @@ from typing import Any
 
 from absl import logging
 
-from data import annotations, fileio, images, list_index, manifest, record_writer, schema, worker_pool
-from data.list_index import ListIndex
-from data.tfds_metadata import write_tfds_metadata
+from data import fileio
+from data.labels import annotations
+from data.pixels import images
+from data.records import manifest, record_writer, schema
+from data.records.tfds_metadata import write_tfds_metadata
+from data.shards import list_index, worker_pool
+from data.shards.list_index import ListIndex
 
 OUTSIDE_ROOT = "outside image_root"
 _PROGRESS_EVERY = 16
@@ -296,7 +300,7 @@ def finished_sidecar(task: ShardTask) -> dict | None:
 
 # ---------------------------------------------------------------------------------------------------------
 # A whole split: this task's shards, reused when finished, the rest written by worker processes, then the
-# manifest. Shared by the writer (data/tfrecord.py) and the one-pass downloader (data/download_records.py).
+# manifest. Shared by the writer (data/tfrecord.py) and the one-pass downloader (data/fetch/to_records.py).
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -320,7 +324,7 @@ def split_settings(
 ) -> dict[str, Any]:
     """The `ShardTask` fields every shard of a split shares (`write_split`'s settings), after checking them.
 
-    Shared by the writer (data/tfrecord.py) and the one-pass downloader (data/download_records.py), so that
+    Shared by the writer (data/tfrecord.py) and the one-pass downloader (data/fetch/to_records.py), so that
     both refuse the same settings and hand the workers the same kind of paths: the list and the output
     folder made absolute (`ShardTask`), the output folder created. The arguments are `ShardTask`'s fields
     of the same names, but `image_root` (given as the shards use it: absolute, or "" for a URL list) and

@@ -1,0 +1,1 @@
+"""The built-in demo set's scenes: its classes, hierarchy and rasteriser."""
