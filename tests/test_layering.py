@@ -10,7 +10,6 @@ Every folder's docstring says in one sentence what it owns.
 """
 
 import ast
-import pathlib
 import subprocess
 import sys
 
