@@ -1,10 +1,10 @@
 """Dataset tooling, one folder per concern (docs/DESIGN.md has the map).
 
 - records: the record format (schema, TFRecord framing, manifest, TFDS metadata);
-- labels: list formats and the semantic hierarchy;
+- labels: list formats, the semantic hierarchy, co-occurrence;
 - pixels: the image check, augmentation and evaluation transforms, image files;
-- synthetic: the demo set's scenes;
-- shards: image lists into crash-safe TFRecord shards;
+- synthetic: the demo set;
+- shards: image lists into crash-safe TFRecord shards, a whole dataset;
 - fetch: URLs into image files or straight into shards;
 - ml_images: the TFDS builder.
 

@@ -46,6 +46,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> No
         backoff_s=f.backoff,
         max_pixels=f.max_pixels,
         full_decode=f.full_decode,
+        allow_private_addresses=f.allow_private_addresses,
     )
     if f.output_records:
         if f.output_dir or f.image_list:
@@ -218,6 +219,14 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "bad_lines_report",
         None,
         "If set, malformed URL-list lines are written there with the reason.",
+        **fv,
+    )
+    flags.DEFINE_boolean(
+        "allow_private_addresses",
+        False,
+        "Also connect to loopback, private, link-local, multicast and reserved addresses (an intranet "
+        "mirror, a test server). Off: such a URL, or a redirect to one (e.g. the cloud metadata service "
+        "169.254.169.254), is skipped with the reason; the proxies the environment sets are always allowed.",
         **fv,
     )
     flags.DEFINE_boolean("progress", True, "Show a progress bar with rate and ETA.", **fv)

@@ -252,3 +252,13 @@ def test_format_confidence_is_shortest_exact():
         "0.25",
     ]
     assert float(annotations.format_confidence(1 / 3)) == 1 / 3
+
+
+def test_a_byte_order_mark_and_crlf_are_not_part_of_the_fields(tmp_path):
+    path = tmp_path / "list.txt"
+    path.write_bytes(b"\xef\xbb\xbfa.jpg\t3:1\r\nb.jpg\t4:0.9\r\n")
+    entries = list(annotations.iter_entries(path, num_classes=10, on_error="fail"))
+    assert [(e.path, e.labels, e.line_no) for e in entries] == [
+        ("a.jpg", ((3, 1.0),), 1),
+        ("b.jpg", ((4, 0.9),), 2),
+    ]

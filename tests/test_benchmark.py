@@ -256,8 +256,8 @@ def tiny_records(tmp_path):
     pytest.importorskip("tensorflow")
     from PIL import Image
 
-    from data import tfrecord
     from data.labels import annotations
+    from data.shards import dataset_writer
 
     rng = np.random.default_rng(0)
     entries = []
@@ -265,7 +265,7 @@ def tiny_records(tmp_path):
         Image.fromarray(rng.integers(0, 256, (40 + i, 56, 3), dtype=np.uint8)).save(tmp_path / f"{i}.jpg")
         entries.append(annotations.Entry(f"{i}.jpg", ((i % 7, 1.0), (7 + i % 5, 0.9)), i + 1))
     annotations.write_entries(tmp_path / "list.txt", entries)
-    tfrecord.write_dataset(
+    dataset_writer.write_dataset(
         image_list=str(tmp_path / "list.txt"),
         image_root=str(tmp_path),
         output_dir=str(tmp_path / "records"),

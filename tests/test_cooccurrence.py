@@ -6,9 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from data import cooccurrence
-from data.cooccurrence import CooccurrenceConfig, CooccurrenceCounter
-from data.labels import annotations
+from data.labels import annotations, cooccurrence
+from data.labels.cooccurrence import CooccurrenceConfig, CooccurrenceCounter
 from data.labels.hierarchy import Hierarchy, load_hierarchy
 
 # 0 (root) -> 1 (ImageNet class A) -> 3 (an OI class below A)

@@ -100,11 +100,11 @@ def test_data_dir_written_by_the_writer(small_list, tmp_path):
     pytest.importorskip("tensorflow")
     from PIL import Image
 
-    from data import tfrecord
+    from data.shards import dataset_writer
 
     for line in LINES:
         Image.new("RGB", (8, 8), (200, 10, 10)).save(tmp_path / line.split()[0], format="JPEG")
-    tfrecord.write_dataset(
+    dataset_writer.write_dataset(
         image_list=str(small_list),
         image_root=str(tmp_path),
         output_dir=str(tmp_path / "records"),

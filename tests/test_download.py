@@ -29,7 +29,15 @@ from data.fetch.transport import DownloadConfig
 from data.pixels import images
 from tests import local_http
 
-FAST = DownloadConfig(threads=4, timeout_s=0.5, deadline_s=5.0, retries=2, backoff_s=0.01, backoff_max_s=0.05)
+FAST = DownloadConfig(
+    allow_private_addresses=True,
+    threads=4,
+    timeout_s=0.5,
+    deadline_s=5.0,
+    retries=2,
+    backoff_s=0.01,
+    backoff_max_s=0.05,
+)
 TRICKLE_PERIOD_S = 0.2  # The trickling routes send one byte this often ...
 TRICKLE_MAX_BYTES = 50  # ... and give up after this many (10 s), so that they end by themselves.
 
@@ -150,6 +158,10 @@ class _Server:
                     self._redirect("/img/good_target.jpg")
                 elif name == "redirect_ftp.jpg":
                     self._redirect("ftp://127.0.0.1/x.jpg")
+                elif name == "redirect_metadata.jpg":  # A cloud metadata service's address.
+                    self._redirect("http://169.254.169.254/latest/meta-data/x.jpg")
+                elif name == "redirect_other_loopback.jpg":
+                    self._redirect("http://127.0.0.2:1/img/good_x.jpg")  # refused before any connect
                 elif name.startswith("bomb"):  # bomb_<width>x<height>.png
                     width, height = map(int, name[5:-4].split("x"))
                     self._send(200, _png_bomb(width, height))
@@ -382,7 +394,9 @@ def test_resume_recognises_a_file_whose_header_is_past_the_first_read(server, tm
 
 def test_fetch_all_keeps_input_order(server, tmp_path):
     names = ["slow.jpg", *(f"good{i}.jpg" for i in range(10)), "missing.jpg", "flaky.jpg"]
-    config = DownloadConfig(threads=4, timeout_s=0.3, retries=0, backoff_s=0.01, window=3)
+    config = DownloadConfig(
+        allow_private_addresses=True, threads=4, timeout_s=0.3, retries=0, backoff_s=0.01, window=3
+    )
     urls = [server.url(n) for n in names]
     out = list(to_files.fetch_all(urls, tmp_path, config))
     assert [u for u, _ in out] == urls
@@ -462,7 +476,7 @@ def test_stop_aborts_downloads_in_flight_and_lists_them(server, tmp_path):
     names = ["good1.jpg", "trickle_a.jpg", "good2.jpg", "trickle_b.jpg", "good3.jpg"]
     urls = _write_url_list(tmp_path / "urls.txt", server, names)
     stop = threading.Event()
-    config = DownloadConfig(threads=8, timeout_s=30, deadline_s=60, retries=0)
+    config = DownloadConfig(allow_private_addresses=True, threads=8, timeout_s=30, deadline_s=60, retries=0)
     threading.Timer(1.0, stop.set).start()
     start = time.monotonic()
     summary = to_files.download_url_list(
@@ -496,6 +510,7 @@ def _cli(repo_root: pathlib.Path, tmp_path: pathlib.Path, *flags: str) -> list[s
         "--output_dir",
         str(tmp_path / "out"),
         "--noprogress",
+        "--allow_private_addresses",
         *flags,
     ]
 
@@ -586,7 +601,7 @@ def test_reference_url_list_through_local_server(server, tmp_path, reference_dir
         output_dir=tmp_path / "images",
         image_list=tmp_path / "list.txt",
         failed_list=tmp_path / "failed.txt",
-        config=DownloadConfig(threads=8, timeout_s=5, retries=0),
+        config=DownloadConfig(allow_private_addresses=True, threads=8, timeout_s=5, retries=0),
         num_classes=11166,
         show_progress=False,
     )
@@ -594,3 +609,66 @@ def test_reference_url_list_through_local_server(server, tmp_path, reference_dir
     listed = list(annotations.iter_entries(tmp_path / "list.txt", num_classes=11166, on_error="fail"))
     assert [e.labels for e in listed] == [e.labels for e in original]
     assert [e.path for e in listed] == [transport.filename_for_url(e.path) for e in local]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A crawler's manners: a URL list is untrusted input, so no connection to this machine's or a private network.
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "address, kind",
+    [
+        ("127.0.0.1", "loopback"),
+        ("::1", "loopback"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("169.254.169.254", "link-local"),
+        ("fe80::1%eth0", "link-local"),
+        ("10.1.2.3", "private"),
+        ("172.16.0.1", "private"),
+        ("192.168.1.1", "private"),
+        ("fd00::1", "private"),
+        ("224.0.0.1", "multicast"),
+        ("0.0.0.0", "unspecified"),
+        ("93.184.216.34", None),
+        ("2606:4700::1111", None),
+    ],
+)
+def test_address_problem(address, kind):
+    problem = transport.address_problem(address)
+    assert (problem is None) if kind is None else problem.startswith(f"{kind} address")
+
+
+def test_a_url_to_this_machine_is_refused_by_default(server, tmp_path):
+    config = dataclasses.replace(FAST, allow_private_addresses=False)
+    result = transport.fetch(server.url("good_1.jpg"), tmp_path, config)
+    assert result.status == "failed"
+    assert result.reason == "refused: loopback address 127.0.0.1 (see --allow_private_addresses)"
+    assert result.attempts == 1 and not server.hits  # no retry, and no connection was made
+    assert transport.fetch(server.url("good_1.jpg"), tmp_path, FAST).status == "downloaded"
+
+
+@pytest.mark.parametrize(
+    "name, refused",
+    [
+        ("redirect_metadata.jpg", "link-local address 169.254.169.254"),
+        ("redirect_other_loopback.jpg", "loopback address 127.0.0.2"),
+    ],
+)
+def test_a_redirect_to_a_private_address_is_refused(server, tmp_path, monkeypatch, name, refused):
+    """The check is on the address each connection uses, so it holds for redirects too: here the test
+    server's own 127.0.0.1 plays a public host (everything else is judged as by default)."""
+    judge = transport.address_problem
+    monkeypatch.setattr(transport, "address_problem", lambda ip: None if ip == "127.0.0.1" else judge(ip))
+    config = dataclasses.replace(FAST, allow_private_addresses=False)
+    result = transport.fetch(server.url(name), tmp_path, config)
+    assert (result.status, result.reason) == ("failed", f"refused: {refused} (see --allow_private_addresses)")
+    assert server.hits[f"/img/{name}"] == 1
+
+
+def test_the_cli_refuses_this_machine_without_the_flag(server, tmp_path, repo_root):
+    (tmp_path / "urls.txt").write_text(f"{server.url('good_1.jpg')}\t1:1\n")
+    cmd = [c for c in _cli(repo_root, tmp_path) if c != "--allow_private_addresses"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
+    failed = (tmp_path / "out" / "failed_urls.txt").read_text()
+    assert "refused: loopback address 127.0.0.1" in failed and not server.hits

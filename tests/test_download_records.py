@@ -21,15 +21,21 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from data import tfrecord
 from data.fetch import to_files, to_records, transport
 from data.fetch.transport import DownloadConfig
 from data.records import schema
+from data.shards import dataset_writer
 from tests import local_http
 from tests.test_download import _png_bomb
 
 FAST = DownloadConfig(
-    threads=4, timeout_s=2.0, deadline_s=10.0, retries=1, backoff_s=0.01, backoff_max_s=0.05
+    allow_private_addresses=True,
+    threads=4,
+    timeout_s=2.0,
+    deadline_s=10.0,
+    retries=1,
+    backoff_s=0.01,
+    backoff_max_s=0.05,
 )
 NUM_CLASSES = 20
 
@@ -149,7 +155,7 @@ def test_one_pass_writes_the_records_of_download_then_write(server, tmp_path):
         num_classes=NUM_CLASSES,
         show_progress=False,
     )
-    tfrecord.write_dataset(
+    dataset_writer.write_dataset(
         image_list=str(tmp_path / "image_list.txt"),
         image_root=str(tmp_path / "images"),
         output_dir=str(tmp_path / "two_pass"),
@@ -234,6 +240,7 @@ def test_cli_one_pass(server, tmp_path, repo_root):
         "--threads=2",
         "--label_format=dense",
         "--noprogress",
+        "--allow_private_addresses",
     ]
     proc = subprocess.run(cmd, env=_env(), timeout=120, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -269,6 +276,7 @@ def _four_shard_command(repo_root, url_list, out, *, workers: int) -> list[str]:
         f"--workers={workers}",
         "--threads=2",
         "--noprogress",
+        "--allow_private_addresses",
     ]
 
 
@@ -470,6 +478,7 @@ def test_one_pass_never_imports_tensorflow(server, tmp_path, repo_root, workers)
         f"--workers={workers}",
         "--threads=2",
         "--noprogress",
+        "--allow_private_addresses",
     ]
     proc = subprocess.run(cmd, env=_env(), cwd=repo_root, timeout=120, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

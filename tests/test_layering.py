@@ -2,8 +2,7 @@
 and inside data/ each folder imports only the folders below it:
 
     scripts (data/*.py: tfrecord, download, demo, cooccurrence) -> anything in data/
-    ml_images (the TFDS builder), fetch -> shards -> records, labels, pixels
-    synthetic -> labels
+    ml_images (the TFDS builder), fetch, synthetic (the demo set) -> shards -> records, labels, pixels
     records, labels, pixels -> nothing but themselves (and data/fileio.py, which every folder may use)
 
 Every folder's docstring says in one sentence what it owns.
@@ -20,7 +19,7 @@ ALLOWED = {
     "records": set(),
     "labels": set(),
     "pixels": set(),
-    "synthetic": {"labels"},
+    "synthetic": {"shards", "records", "labels", "pixels"},
     "shards": {"records", "labels", "pixels"},
     "fetch": {"shards", "records", "labels", "pixels"},
     "ml_images": {"shards", "records", "labels", "pixels"},

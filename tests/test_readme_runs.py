@@ -52,6 +52,7 @@ CLONE_ENTRIES = (
     "tools",
 )
 
+LOCAL_HOST = ("--allow_private_addresses",)  # the image hosts are a server on 127.0.0.1 here
 TINY_DEMO = ("--train_steps=40", "--checkpoint_every=20")  # the demo's 3,000 steps take minutes
 
 
@@ -105,12 +106,22 @@ LINES = (
         ("--train_steps=20", "--image_sizes=56,64@10"),
     ),
     Line(r"^python evaluate\.py .*--checkpoint=demo_run", "demo"),
-    Line(r"^python data/download\.py .*--output_dir=", "dataset"),
+    Line(
+        r"^python data/download\.py .*--output_dir=",
+        "dataset",
+        "the image hosts are a server on 127.0.0.1",
+        LOCAL_HOST,
+    ),
     Line(
         r"^python data/tfrecord\.py ",
         "dataset",
     ),
-    Line(r"^python data/download\.py .*--output_records=", "one_pass"),
+    Line(
+        r"^python data/download\.py .*--output_records=",
+        "one_pass",
+        "the image hosts are a server on 127.0.0.1",
+        LOCAL_HOST,
+    ),
     Line(r"^python tools/subset\.py ", "dataset"),
     Line(r"^python tools/dataset_stats\.py ", "dataset"),
     Line(r"^tfds build .*--config=tiny ", "dataset"),

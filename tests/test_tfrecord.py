@@ -21,10 +21,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageFile
 
-from data import tfrecord
 from data.pixels import images
 from data.records import manifest as manifest_files
 from data.records import schema
+from data.shards import dataset_writer
 
 NUM_CLASSES = 50
 SIZE = (24, 16)  # (width, height) of the test images.
@@ -111,7 +111,7 @@ def _write(image_list, output_dir, **kwargs) -> dict:
         progress=False,
     )
     args.update(kwargs)
-    return tfrecord.write_dataset(**args)
+    return dataset_writer.write_dataset(**args)
 
 
 def _examples(files) -> list[tf.train.Example]:
@@ -445,7 +445,7 @@ def test_full_verify_rejects_exactly_what_a_full_decode_rejects():
     assert sum(full for full, _ in verdicts) >= 25  # every truncation, and some corruptions, fail
 
 
-@pytest.mark.parametrize("verify", tfrecord.VERIFY_MODES)
+@pytest.mark.parametrize("verify", images.VERIFY_MODES)
 def test_bad_input_corpus(tmp_path, verify):
     image_list, expected = _bad_corpus(tmp_path / "img")
     manifest = _write(image_list, tmp_path / "out", shards=3, verify=verify)
@@ -732,7 +732,7 @@ def test_two_tasks_then_merge_equal_a_single_task_run(tmp_path):
     assert not any(p["complete"] for p in parts)
     with pytest.raises(FileNotFoundError, match="--merge"):
         schema.read_manifest(shared)
-    merged = tfrecord.merge_manifests(str(shared), "train")
+    merged = manifest_files.merge_manifests(str(shared), "train")
     assert merged["complete"] and merged["num_records"] == 10
     assert merged["shards"] == single["shards"] and merged["skipped"] == single["skipped"]
     merged_read, single_read = schema.read_manifest(shared), schema.read_manifest(tmp_path / "single")
@@ -753,26 +753,26 @@ def test_merge_errors(tmp_path):
     image_list = _make_corpus(tmp_path / "img", 6)
     out = tmp_path / "out"
     with pytest.raises(FileNotFoundError, match="no task manifests"):
-        tfrecord.merge_manifests(str(out))
+        manifest_files.merge_manifests(str(out))
     _write(image_list, out, shards=3, task_index=0, num_tasks=2)
     with pytest.raises(FileNotFoundError, match=r"missing for tasks \[1\] of 2"):
-        tfrecord.merge_manifests(str(out))
+        manifest_files.merge_manifests(str(out))
     _write(image_list, out, shards=3, task_index=1, num_tasks=2)
-    tfrecord.merge_manifests(str(out))
+    manifest_files.merge_manifests(str(out))
     # A shard that changed after its task finished.
     with open(out / "train-00001-of-00003.tfrecord", "ab") as f:
         f.write(b"x")
     with pytest.raises(ValueError, match="train-00001-of-00003.tfrecord: size or record count"):
-        tfrecord.merge_manifests(str(out))
+        manifest_files.merge_manifests(str(out))
     os.remove(out / "train-00001-of-00003.tfrecord")
     with pytest.raises(FileNotFoundError, match="train-00001-of-00003.tfrecord"):
-        tfrecord.merge_manifests(str(out))
+        manifest_files.merge_manifests(str(out))
     # Tasks that used different settings.
     other = tmp_path / "other"
     _write(image_list, other, shards=3, task_index=0, num_tasks=2)
     _write(image_list, other, shards=3, task_index=1, num_tasks=2, jpeg_quality=80)
     with pytest.raises(ValueError, match="other settings"):
-        tfrecord.merge_manifests(str(other))
+        manifest_files.merge_manifests(str(other))
 
 
 def test_merge_accepts_the_list_at_another_path_on_another_machine(tmp_path):
@@ -782,7 +782,7 @@ def test_merge_accepts_the_list_at_another_path_on_another_machine(tmp_path):
     out = tmp_path / "out"
     _write(image_list, out, shards=2, task_index=0, num_tasks=2)
     _write(copy, out, shards=2, task_index=1, num_tasks=2)
-    assert tfrecord.merge_manifests(str(out))["num_records"] == 6
+    assert manifest_files.merge_manifests(str(out))["num_records"] == 6
     # But not a different list.
     changed = tmp_path / "changed.txt"
     changed.write_text(image_list.read_text().replace("im_0005.jpg", "im_0004.jpg"))
@@ -790,7 +790,7 @@ def test_merge_accepts_the_list_at_another_path_on_another_machine(tmp_path):
     _write(image_list, out2, shards=2, task_index=0, num_tasks=2)
     _write(changed, out2, shards=2, task_index=1, num_tasks=2)
     with pytest.raises(ValueError, match="other settings"):
-        tfrecord.merge_manifests(str(out2))
+        manifest_files.merge_manifests(str(out2))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -839,7 +839,7 @@ def test_tfds_metadata_after_merge(tmp_path):
     for t in range(2):
         _write(image_list, out, shards=2, task_index=t, num_tasks=2, tfds_metadata=True)
     assert not (out / "dataset_info.json").exists()  # Only the merge knows the whole split.
-    tfrecord.merge_manifests(str(out), tfds_metadata=True)
+    manifest_files.merge_manifests(str(out), tfds_metadata=True)
     assert len(list(tfds.builder_from_directory(str(out)).as_dataset(split="train"))) == 5
 
 
@@ -1011,3 +1011,18 @@ def test_kill_9_mid_run_then_rerun_gives_the_same_records(tmp_path, repo_root, w
     records = _record_multiset(out)
     assert records == _record_multiset(tmp_path / "uninterrupted")
     assert sum(records.values()) == len(records) == 24  # None lost, none doubled.
+
+
+def test_a_list_with_a_byte_order_mark_and_crlf_loses_no_line(tmp_path):
+    """Editors on Windows write a UTF-8 BOM and CRLF line ends: line 1 is still an image, no name ends in
+    a carriage return."""
+    image_list = _make_corpus(tmp_path / "img", 6)
+    lines = image_list.read_text().splitlines()
+    image_list.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")
+    manifest = _write(image_list, tmp_path / "out", shards=2)
+    assert (manifest["num_records"], manifest["num_skipped"]) == (6, 0)
+    names = {
+        tf.train.Example.FromString(r.numpy()).features.feature["name"].bytes_list.value[0]
+        for r in tf.data.TFRecordDataset(schema.list_record_files(tmp_path / "out"))
+    }
+    assert names == {f"im_{i:04d}.jpg".encode() for i in range(6)}

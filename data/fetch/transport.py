@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import heapq
 import http.client
+import ipaddress
 import itertools
 import os
 import pathlib
@@ -67,6 +68,10 @@ class DownloadConfig:
       user_agent: Sent with every request.
       window: Downloads in flight ahead of the oldest unwritten one (0: 8 x threads); bounds memory while
         keeping the output in URL-list order.
+      allow_private_addresses: Connect to loopback, private, link-local, multicast and reserved addresses
+        too. Off by default: a URL list is untrusted input, and a URL (or a redirect) to 127.0.0.1, to the
+        machine's network or to a cloud metadata service (169.254.169.254) must not be fetched. Turn it on
+        for an intranet mirror or a test server.
     """
 
     threads: int = 16
@@ -80,6 +85,7 @@ class DownloadConfig:
     full_decode: bool = True
     user_agent: str = "mlimages-downloader/0.1 (+https://github.com/Tencent/tencent-ml-images)"
     window: int = 0
+    allow_private_addresses: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +126,28 @@ class _DeadlineExceeded(Exception):
 
 class _Interrupted(Exception):
     """The run is stopping (Ctrl-C)."""
+
+
+def address_problem(ip: str) -> str | None:
+    """Why a connection to the address `ip` is refused by default, or None for a public address.
+
+    Checked on the address a connection is about to use (after DNS, for the URL and every redirect), so a
+    host name that resolves to a private address is refused like the address itself.
+    """
+    address = ipaddress.ip_address(ip.split("%", 1)[0])  # an IPv6 scope id (`fe80::1%eth0`) is dropped
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    for kind, matches in (
+        ("loopback", address.is_loopback),
+        ("link-local", address.is_link_local),
+        ("multicast", address.is_multicast),
+        ("unspecified", address.is_unspecified),
+        ("private", address.is_private),
+        ("reserved", address.is_reserved),
+    ):
+        if matches:
+            return f"{kind} address {address}"
+    return None
 
 
 def filename_for_url(url: str) -> str:
@@ -250,6 +278,8 @@ class _Deadline:
         self.at = at
         self.seconds = seconds
         self.sockets: list[socket.socket] = []
+        # Host names whose addresses may be private (the configured proxies); None: every address may be.
+        self.private_hosts: frozenset[str] | None = None
 
     def __enter__(self) -> _Deadline:
         return self
@@ -274,6 +304,10 @@ class _Deadline:
         host, port = address
         last_error: OSError | None = None
         for family, kind, proto, _, sockaddr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+            if self.private_hosts is not None and host not in self.private_hosts:
+                problem = address_problem(sockaddr[0])
+                if problem:
+                    raise _PermanentError(f"refused: {problem} (see --allow_private_addresses)")
             sock = socket.socket(family, kind, proto)
             try:
                 self.watchdog.watch(self, sock)
@@ -445,6 +479,11 @@ class Fetcher:
         self._config = config
         self._stop = threading.Event()
         self._watchdog = _Watchdog()
+        # The proxies the environment configures are the user's choice: they may be on a private network.
+        self._private_hosts = None
+        if not config.allow_private_addresses:
+            proxies = urllib.request.getproxies().values()
+            self._private_hosts = frozenset(urllib.parse.urlsplit(p).hostname or "" for p in proxies) - {""}
 
     def __enter__(self) -> Fetcher:
         return self
@@ -498,6 +537,7 @@ class Fetcher:
             return FetchResult("failed", filename, reason="unsupported URL scheme"), None
         rng = random.Random(url)  # Jitter that is reproducible per URL.
         with self._watchdog.deadline(config.deadline_s) as deadline:
+            deadline.private_hosts = self._private_hosts
             opener = urllib.request.build_opener(
                 _WatchedHTTPHandler(deadline), _WatchedHTTPSHandler(deadline), _RedirectHandler()
             )

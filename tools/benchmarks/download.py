@@ -9,7 +9,7 @@ every image and stores it unchanged in shards:
 - ``one_pass``: `to_records.download_records` (``--workers`` processes x ``--threads`` threads), in
   this process (its imports already done).
 - ``download_then_write``: `to_files.download_url_list` (``--workers`` x ``--threads`` threads) into image
-  files, then `tfrecord.write_dataset` (``--workers`` processes) of the image list, in this process.
+  files, then `dataset_writer.write_dataset` (``--workers`` processes) of the image list, in this process.
 - ``one_pass_cli`` and ``img2dataset``: the two commands as subprocesses, wall time from start to exit
   (interpreter start-up and imports included for both; neither imports TensorFlow: ours writes the
   records with data/records/record_writer.py). ``img2dataset_work`` is img2dataset's own timing from its shards' stats
@@ -99,7 +99,7 @@ def _one_pass(url_list: str, out: str, f: flags.FlagValues) -> int:
         label_format="sparse",
         num_classes=f.num_classes,
         shards=f.shards,
-        config=transport.DownloadConfig(threads=f.threads),
+        config=transport.DownloadConfig(allow_private_addresses=True, threads=f.threads),
         workers=f.workers,
         progress=False,
     )
@@ -107,8 +107,8 @@ def _one_pass(url_list: str, out: str, f: flags.FlagValues) -> int:
 
 
 def _download_then_write(url_list: str, out: str, f: flags.FlagValues) -> int:
-    from data import tfrecord
     from data.fetch import to_files, transport
+    from data.shards import dataset_writer
 
     image_list = os.path.join(out, "image_list.txt")
     to_files.download_url_list(
@@ -116,11 +116,11 @@ def _download_then_write(url_list: str, out: str, f: flags.FlagValues) -> int:
         output_dir=os.path.join(out, "images"),
         image_list=image_list,
         failed_list=os.path.join(out, "failed.txt"),
-        config=transport.DownloadConfig(threads=f.threads * f.workers),
+        config=transport.DownloadConfig(allow_private_addresses=True, threads=f.threads * f.workers),
         num_classes=f.num_classes,
         show_progress=False,
     )
-    manifest = tfrecord.write_dataset(
+    manifest = dataset_writer.write_dataset(
         image_list=image_list,
         image_root=os.path.join(out, "images"),
         output_dir=os.path.join(out, "records"),
@@ -145,6 +145,7 @@ def _one_pass_cli(url_list: str, out: str, f: flags.FlagValues) -> int:
             f"--workers={f.workers}",
             f"--threads={f.threads}",
             "--noprogress",
+            "--allow_private_addresses",
         ],
         check=True,
         capture_output=True,

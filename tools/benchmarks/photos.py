@@ -87,10 +87,10 @@ def read_jpegs(image_root: str, names: list[str]) -> list[bytes]:
 def our_writer(
     list_path: str, out_dir: str, *, f: flags.FlagValues, label_format: str, workers: int, verify: str
 ) -> dict:
-    """`data.tfrecord.write_dataset` of the benchmark images into `out_dir` (resumes what is there)."""
-    from data import tfrecord
+    """`data.shards.dataset_writer.write_dataset` of the benchmark images into `out_dir` (resumes what is there)."""
+    from data.shards import dataset_writer
 
-    return tfrecord.write_dataset(
+    return dataset_writer.write_dataset(
         image_list=list_path,
         image_root=f.image_cache,
         output_dir=out_dir,

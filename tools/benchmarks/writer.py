@@ -87,7 +87,7 @@ def verify_cost(image_root: str, names: Sequence[str]) -> None:
     of a kept JPEG) and of a full-size Pillow decode, the check it replaced."""
     from PIL import Image
 
-    from data import tfrecord
+    from data.pixels import images
 
     jpegs = photos.read_jpegs(image_root, list(names))
 
@@ -97,7 +97,7 @@ def verify_cost(image_root: str, names: Sequence[str]) -> None:
 
     cost = {}
     for key, check in (
-        ("verify_full_ms", lambda data: tfrecord.prepare_image(data, verify="full")),
+        ("verify_full_ms", lambda data: images.prepare_image(data, verify="full")),
         ("full_size_decode_ms", full_size_decode),
     ):
         with Timer() as t:
