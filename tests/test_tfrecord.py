@@ -1026,3 +1026,33 @@ def test_a_list_with_a_byte_order_mark_and_crlf_loses_no_line(tmp_path):
         for r in tf.data.TFRecordDataset(schema.list_record_files(tmp_path / "out"))
     }
     assert names == {f"im_{i:04d}.jpg".encode() for i in range(6)}
+
+
+def test_fifos_devices_and_oversized_files_are_skipped_without_blocking(tmp_path, monkeypatch):
+    """A FIFO would block `open` forever and a link to /dev/zero would grow the writer without bound: only
+    regular files are read, and none past the size cap."""
+    image_list = _make_corpus(tmp_path / "img", 3)
+    os.mkfifo(tmp_path / "img" / "fifo.jpg")
+    os.symlink("/dev/zero", tmp_path / "img" / "zero.jpg")
+    (tmp_path / "img" / "huge.jpg").write_bytes(_image_bytes(0) + b"\0" * 4096)
+    monkeypatch.setattr(images, "DEFAULT_MAX_FILE_BYTES", 4096)
+    with image_list.open("a") as f:
+        f.write("fifo.jpg\t1:1\nzero.jpg\t1:1\nhuge.jpg\t1:1\n")
+
+    def hung(signum, frame):
+        raise TimeoutError("the writer blocked")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    try:
+        manifest = _write(image_list, tmp_path / "out", shards=1)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert (manifest["num_records"], manifest["num_skipped"]) == (3, 3)
+    reasons = {s["reason"] for s in manifest["skipped"]}
+    assert reasons == {
+        "not a regular file (a fifo)",
+        "not a regular file (a character device)",
+        f"too large: {len(_image_bytes(0)) + 4096} bytes (over 4096)",
+    }

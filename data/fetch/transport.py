@@ -80,7 +80,7 @@ class DownloadConfig:
     retries: int = 3
     backoff_s: float = 1.0
     backoff_max_s: float = 30.0
-    max_bytes: int = 64 << 20
+    max_bytes: int = images.DEFAULT_MAX_FILE_BYTES
     max_pixels: int = images.DEFAULT_MAX_PIXELS
     full_decode: bool = True
     user_agent: str = "mlimages-downloader/0.1 (+https://github.com/Tencent/tencent-ml-images)"
