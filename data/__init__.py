@@ -3,6 +3,7 @@
 - records: the record format (schema, TFRecord framing, manifest, TFDS metadata);
 - labels: list formats, the semantic hierarchy, co-occurrence;
 - pixels: the image check, augmentation and evaluation transforms, image files;
+- archives: ImageNet images by ID from the archive as shipped;
 - synthetic: the demo set;
 - shards: image lists into crash-safe TFRecord shards, a whole dataset;
 - fetch: URLs into image files or straight into shards;

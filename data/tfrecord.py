@@ -52,6 +52,14 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     )
     flags.DEFINE_string("image_root", ".", "Folder that the list's file names are relative to.", **fv)
     flags.DEFINE_string(
+        "imagenet_archive",
+        None,
+        "The ImageNet part: read the list's ImageNet IDs (nXXXXXXXX/nXXXXXXXX_N.JPEG) straight from this "
+        "archive instead of --image_root: a folder of per-synset tars, the uncompressed outer tar of them "
+        "(fall11_whole.tar), or an extracted tree. IDs it lacks are skipped with the reason.",
+        **fv,
+    )
+    flags.DEFINE_string(
         "output_dir",
         None,
         "Output folder for shards, sidecars and the manifest.",
@@ -119,6 +127,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> No
         allow_outside_root=f.allow_outside_root,
         tfds_metadata=f.tfds_metadata,
         progress=f.progress,
+        imagenet_archive=f.imagenet_archive or "",
     )
 
 

@@ -2,7 +2,8 @@
 and inside data/ each folder imports only the folders below it:
 
     scripts (data/*.py: tfrecord, download, demo, cooccurrence) -> anything in data/
-    ml_images (the TFDS builder), fetch, synthetic (the demo set) -> shards -> records, labels, pixels
+    ml_images (the TFDS builder), fetch, synthetic (the demo set) -> shards -> archives -> pixels;
+    shards -> records, labels, pixels
     records, labels, pixels -> nothing but themselves (and data/fileio.py, which every folder may use)
 
 Every folder's docstring says in one sentence what it owns.
@@ -19,10 +20,11 @@ ALLOWED = {
     "records": set(),
     "labels": set(),
     "pixels": set(),
-    "synthetic": {"shards", "records", "labels", "pixels"},
-    "shards": {"records", "labels", "pixels"},
-    "fetch": {"shards", "records", "labels", "pixels"},
-    "ml_images": {"shards", "records", "labels", "pixels"},
+    "synthetic": {"shards", "archives", "records", "labels", "pixels"},
+    "archives": {"pixels"},
+    "shards": {"archives", "records", "labels", "pixels"},
+    "fetch": {"shards", "archives", "records", "labels", "pixels"},
+    "ml_images": {"shards", "archives", "records", "labels", "pixels"},
 }
 
 

@@ -37,6 +37,7 @@ def write_dataset(
     allow_outside_root: bool = False,
     tfds_metadata: bool = False,
     progress: bool = True,
+    imagenet_archive: str = "",
 ) -> dict:
     """Writes (or finishes writing) this task's shards of an image list and its manifest.
 
@@ -65,6 +66,9 @@ def write_dataset(
         default they are skipped as ``outside image_root``.
       tfds_metadata: Also write TFDS's dataset_info.json/features.json (single-task runs; else at merge).
       progress: Show a tqdm progress bar with rate and ETA.
+      imagenet_archive: The list names ImageNet IDs (``nXXXXXXXX/nXXXXXXXX_N.JPEG``) to read from this
+        archive (a folder of per-synset tars, the outer tar of them, or an extracted tree;
+        `data.archives.imagenet`) instead of files under `image_root`; the records are the same.
 
     Returns:
       The manifest that was written: the final ``{prefix}-manifest.json`` when ``num_tasks == 1``, else
@@ -90,6 +94,7 @@ def write_dataset(
         verify=verify,
         max_pixels=max_pixels,
         allow_outside_root=allow_outside_root,
+        imagenet_archive=imagenet_archive,
     )
     return shard_writer.write_split(
         settings,
