@@ -938,20 +938,45 @@ def _wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
+# Loaded by every interpreter of the killed run (main process and pool workers) through PYTHONPATH: reading
+# the file whose name ends in MLIMAGES_TEST_BLOCK_READ's first part blocks while its second part exists. (A
+# FIFO blocked the run before; the writer now refuses FIFOs without opening them for reading.)
+_BLOCK_ON_READ = """
+import os, time
+name, _, gate = os.environ.get("MLIMAGES_TEST_BLOCK_READ", "").partition("::")
+if name:
+    from data.pixels import images
+
+    read_file = images.read_file
+
+    def blocking(path, **kwargs):
+        while path.endswith(name) and os.path.exists(gate):
+            time.sleep(0.05)
+        return read_file(path, **kwargs)
+
+    images.read_file = blocking
+"""
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.isdir("/proc"), reason="needs mkfifo and /proc")
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc")
 @pytest.mark.parametrize("workers, kill, label_format", [(1, "group", "dense"), (2, "main", "sparse")])
 def test_kill_9_mid_run_then_rerun_gives_the_same_records(tmp_path, repo_root, workers, kill, label_format):
-    """The run blocks on a named pipe in shard 2 of 4 (a deterministic "mid-run"), is killed, and re-run.
+    """The run blocks reading an image of shard 2 of 4 (a deterministic "mid-run"), is killed, and re-run.
 
     ``kill="main"`` kills only the main process: its pool workers must notice and exit by themselves,
     rather than go on writing shards that the re-run writes too.
     """
     image_list = _make_corpus(tmp_path / "img", 24)
-    blocker = tmp_path / "img" / "im_0013.jpg"  # Line 14 of 24: in shard 2 of 4 (lines 13-18).
-    blocker_bytes = blocker.read_bytes()
-    os.remove(blocker)
-    os.mkfifo(blocker)
+    gate = tmp_path / "gate"
+    gate.touch()
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(_BLOCK_ON_READ)
+    blocking_env = {
+        **_cli_env(repo_root),
+        "PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{repo_root}",
+        "MLIMAGES_TEST_BLOCK_READ": f"im_0013.jpg::{gate}",  # line 14 of 24: in shard 2 of 4 (lines 13-18)
+    }
     out = tmp_path / "out"
     command = _cli(
         repo_root,
@@ -969,7 +994,7 @@ def test_kill_9_mid_run_then_rerun_gives_the_same_records(tmp_path, repo_root, w
     )
     with open(tmp_path / "killed.log", "wb") as log:
         process = subprocess.Popen(
-            command, stdout=log, stderr=log, env=_cli_env(repo_root), cwd=repo_root, start_new_session=True
+            command, stdout=log, stderr=log, env=blocking_env, cwd=repo_root, start_new_session=True
         )
     try:
         _wait_for(
@@ -994,8 +1019,7 @@ def test_kill_9_mid_run_then_rerun_gives_the_same_records(tmp_path, repo_root, w
     assert glob.glob(str(out / ".train-00002-of-00004.tfrecord.*.tmp"))  # Killed mid-shard.
     inodes = {s: os.stat(out / f"{s}.tfrecord").st_ino for s in finished}
 
-    os.remove(blocker)
-    blocker.write_bytes(blocker_bytes)
+    gate.unlink()
     rerun = subprocess.run(
         command, capture_output=True, text=True, env=_cli_env(repo_root), cwd=repo_root, timeout=300
     )
