@@ -12,7 +12,7 @@ because its dependency on the `tensorflow` distribution would install a second T
 tensorflow-cpu.
 """
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 TF_VERSION = "2.21.*"
 
@@ -23,7 +23,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=["data", "data.ml_images", "models", "training"],
+    packages=find_packages(include=["data", "data.*", "models", "training"]),
     install_requires=[
         "tensorflow-datasets>=4.9",
         # TFDS 4.9.10 imports it for every builder defined in a package (data/ml_images) but does not declare
@@ -34,7 +34,7 @@ setup(
         "absl-py>=2.1",
         "tqdm>=4.66",
         "tensorboard>=2.19",  # tf.summary needs it; TensorFlow 2.21 no longer installs it
-        # CRC-32C of the TFRecord framing (data/record_writer.py): C, ~100x the numpy fallback's speed.
+        # CRC-32C of the TFRecord framing (data/records/record_writer.py): C, ~100x the numpy fallback's speed.
         "google-crc32c>=1.5",
     ],
     extras_require={

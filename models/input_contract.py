@@ -30,7 +30,8 @@ from typing import Any
 
 from absl import logging
 
-from data import fileio, preprocessing
+from data import fileio
+from data.pixels import preprocessing
 
 __all__ = [
     "CLASS_NAMES_FILE",
@@ -60,7 +61,7 @@ class InputContract:
 
     Attributes:
       image_size: the side S of the network's input (the crop side of `demo`).
-      transform: a name of `data.preprocessing.TRANSFORMS` (`reference`, `demo`, `full`).
+      transform: a name of `data.pixels.preprocessing.TRANSFORMS` (`reference`, `demo`, `full`).
       class_names: one name per class, by index; None where unknown.
       source: where the contract was read, for messages (e.g. `runs/demo/config.json`).
     """

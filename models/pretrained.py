@@ -35,7 +35,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from data import fileio, images, preprocessing
+from data import fileio
+from data.pixels import images, preprocessing
 from models import input_contract, resnet, tf1_checkpoint
 from models.input_contract import InputContract
 
@@ -536,19 +537,19 @@ def preprocess(
 ) -> tf.Tensor:
     """Encoded image(s) -> the input batch float32[N, S, S, 3] of `model`, as its input contract says.
 
-    The same path as the inference tools for a file (`data.preprocessing.preprocess`: checked, converted
+    The same path as the inference tools for a file (`data.pixels.preprocessing.preprocess`: checked, converted
     where TF cannot decode it, the EXIF orientation applied by `demo`).
 
     Args:
       image_bytes: one encoded image (JPEG, PNG, ...) or a sequence of them.
       model: a model from `load` (its `input_contract`) or an `InputContract`; None: the release's tools'
         input (`demo` at 224), which is also what a released checkpoint expects.
-      transform: a name of `data.preprocessing.TRANSFORMS` instead of the contract's.
+      transform: a name of `data.pixels.preprocessing.TRANSFORMS` instead of the contract's.
       image_size: the crop side S instead of the contract's (a warning says when it differs from it).
       max_pixels: larger images are refused (0: only Pillow's own limit).
 
     Raises:
-      ValueError: an unknown transform; `data.images.BadImage` (a ValueError) for an unusable image.
+      ValueError: an unknown transform; `data.pixels.images.BadImage` (a ValueError) for an unusable image.
     """
     contract = model if isinstance(model, InputContract) else getattr(model, "input_contract", None)
     transform, image_size = (contract or input_contract.RELEASE).settings(

@@ -5,14 +5,16 @@ import pathlib
 import numpy as np
 from PIL import Image
 
-from data import annotations, demo, tfrecord
+from data.labels import annotations
+from data.shards import dataset_writer
+from data.synthetic import demo_set
 
 
 def multilabel(
     root: pathlib.Path, *, num_train: int = 64, num_val: int = 16, size: int = 32
-) -> demo.DemoDataset:
+) -> demo_set.DemoDataset:
     """The demo's procedural multi-label set (30 classes), 2 shards per split so that 2 ranks can share it."""
-    return demo.make_demo_dataset(root, num_train=num_train, num_val=num_val, image_size=size, shards=2)
+    return demo_set.make_demo_dataset(root, num_train=num_train, num_val=num_val, image_size=size, shards=2)
 
 
 def single_label(root: pathlib.Path, *, num_images: int = 48, num_classes: int = 10, size: int = 32) -> str:
@@ -31,7 +33,7 @@ def single_label(root: pathlib.Path, *, num_images: int = 48, num_classes: int =
             entries.append(annotations.Entry(name, label, i + 1))
         list_path = root / f"{prefix}.txt"
         annotations.write_entries(list_path, entries, kind="single")
-        tfrecord.write_dataset(
+        dataset_writer.write_dataset(
             image_list=str(list_path),
             image_root=str(images),
             output_dir=str(out),

@@ -1,12 +1,12 @@
-"""Tests for data/annotations.py: every list format, the release's lists, bad lines and the round trip."""
+"""Tests for data/labels/annotations.py: every list format, the release's lists, bad lines and the round trip."""
 
 import gzip
 import pathlib
 
 import pytest
 
-from data import annotations
-from data.annotations import Entry, ErrorLog, LineError
+from data.labels import annotations
+from data.labels.annotations import Entry, ErrorLog, LineError
 
 
 def _write(tmp_path: pathlib.Path, text: str, name: str = "list.txt") -> pathlib.Path:
@@ -252,3 +252,13 @@ def test_format_confidence_is_shortest_exact():
         "0.25",
     ]
     assert float(annotations.format_confidence(1 / 3)) == 1 / 3
+
+
+def test_a_byte_order_mark_and_crlf_are_not_part_of_the_fields(tmp_path):
+    path = tmp_path / "list.txt"
+    path.write_bytes(b"\xef\xbb\xbfa.jpg\t3:1\r\nb.jpg\t4:0.9\r\n")
+    entries = list(annotations.iter_entries(path, num_classes=10, on_error="fail"))
+    assert [(e.path, e.labels, e.line_no) for e in entries] == [
+        ("a.jpg", ((3, 1.0),), 1),
+        ("b.jpg", ((4, 0.9),), 2),
+    ]

@@ -231,7 +231,7 @@ def test_memory_writer_tools(tmp_path, capsys):
 
 
 def test_synthetic_image_list_reads_back(tmp_path):
-    from data import annotations
+    from data.labels import annotations
     from tools.benchmarks import memory
 
     path = memory.synthetic_image_list(str(tmp_path / "list.txt"), num_lines=500, num_classes=100, tags=9)
@@ -242,13 +242,13 @@ def test_synthetic_image_list_reads_back(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The pipeline's speed-ups keep its outputs (data/preprocessing.py and training/input_pipeline.py).
+# The pipeline's speed-ups keep its outputs (data/pixels/preprocessing.py and training/input_pipeline.py).
 # ----------------------------------------------------------------------------------------------------------
 
 
 def test_fused_colour_ops_equal_the_tf_image_kernels_at_full_size():
     tf = pytest.importorskip("tensorflow")
-    from data import preprocessing
+    from data.pixels import preprocessing
 
     rng = np.random.default_rng(0)
     # In range, out of range (after a brightness shift nothing is clipped) and greys (ties, zero chroma).
@@ -275,7 +275,8 @@ def tiny_records(tmp_path):
     pytest.importorskip("tensorflow")
     from PIL import Image
 
-    from data import annotations, tfrecord
+    from data.labels import annotations
+    from data.shards import dataset_writer
 
     rng = np.random.default_rng(0)
     entries = []
@@ -283,7 +284,7 @@ def tiny_records(tmp_path):
         Image.fromarray(rng.integers(0, 256, (40 + i, 56, 3), dtype=np.uint8)).save(tmp_path / f"{i}.jpg")
         entries.append(annotations.Entry(f"{i}.jpg", ((i % 7, 1.0), (7 + i % 5, 0.9)), i + 1))
     annotations.write_entries(tmp_path / "list.txt", entries)
-    tfrecord.write_dataset(
+    dataset_writer.write_dataset(
         image_list=str(tmp_path / "list.txt"),
         image_root=str(tmp_path),
         output_dir=str(tmp_path / "records"),
@@ -298,7 +299,7 @@ def tiny_records(tmp_path):
 def test_pipeline_equals_the_per_image_transform_and_resumes_exactly(tiny_records, tmp_path):
     import tensorflow as tf
 
-    from data import preprocessing
+    from data.pixels import preprocessing
     from training import input_pipeline
 
     source = input_pipeline.tfrecord_source(str(tiny_records), "train", num_classes=12)

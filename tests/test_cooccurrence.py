@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pytest
 
-from data import annotations, cooccurrence
-from data.cooccurrence import CooccurrenceConfig, CooccurrenceCounter
-from data.hierarchy import Hierarchy, load_hierarchy
+from data.labels import annotations, cooccurrence
+from data.labels.cooccurrence import CooccurrenceConfig, CooccurrenceCounter
+from data.labels.hierarchy import Hierarchy, load_hierarchy
 
 # 0 (root) -> 1 (ImageNet class A) -> 3 (an OI class below A)
 #          -> 2 (ImageNet class B)

@@ -69,7 +69,7 @@ def test_single_label_list(tmp_path):
 @pytest.mark.parametrize("label_format", ["dense", "sparse"])
 def test_tfrecords_agree_with_the_list(small_list, tmp_path, label_format):
     tf = pytest.importorskip("tensorflow")
-    from data import schema
+    from data.records import schema
 
     path = str(tmp_path / "records.tfrecord")
     with tf.io.TFRecordWriter(path) as writer:
@@ -100,11 +100,11 @@ def test_data_dir_written_by_the_writer(small_list, tmp_path):
     pytest.importorskip("tensorflow")
     from PIL import Image
 
-    from data import tfrecord
+    from data.shards import dataset_writer
 
     for line in LINES:
         Image.new("RGB", (8, 8), (200, 10, 10)).save(tmp_path / line.split()[0], format="JPEG")
-    tfrecord.write_dataset(
+    dataset_writer.write_dataset(
         image_list=str(small_list),
         image_root=str(tmp_path),
         output_dir=str(tmp_path / "records"),
@@ -122,7 +122,7 @@ def test_data_dir_written_by_the_writer(small_list, tmp_path):
 
 def test_int64_tfrecords(tmp_path):
     tf = pytest.importorskip("tensorflow")
-    from data import schema
+    from data.records import schema
 
     path = str(tmp_path / "records.tfrecord")
     with tf.io.TFRecordWriter(path) as writer:
@@ -140,7 +140,7 @@ def test_reference_tfrecords(reference_dir):
     tf = pytest.importorskip("tensorflow")
     files = sorted(str(p) for p in (reference_dir / "tfrecords").glob("*.tfrecords"))
     stats = dataset_stats.stats_from_tfrecords(files, label_format="dense", num_classes=11166)
-    # Oracle: decode each Example with protobuf + numpy, independently of data.schema.
+    # Oracle: decode each Example with protobuf + numpy, independently of data.records.schema.
     per_class = np.zeros(11166, dtype=np.int64)
     tags = []
     for file in files:

@@ -1,4 +1,4 @@
-"""Tests for data/demo.py and data/demo_scenes.py (and the baseline in training/demo.py): hierarchy, closed
+"""Tests for data/demo.py and data/synthetic/demo_scenes.py (and the baseline in training/demo.py): hierarchy, closed
 label sets, records vs lists, determinism, reuse, refusing foreign folders, baseline, CLI."""
 
 import json
@@ -10,16 +10,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data import annotations, demo, demo_scenes, schema
-from data.hierarchy import load_hierarchy
+from data.labels import annotations
+from data.labels.hierarchy import load_hierarchy
+from data.records import schema
+from data.synthetic import demo_scenes, demo_set
 from training import demo as demo_training
 
 SMALL = dict(num_train=60, num_val=20, image_size=32, shards=2)
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> demo.DemoDataset:
-    return demo.make_demo_dataset(tmp_path_factory.mktemp("demo") / "set", seed=0, **SMALL)
+def dataset(tmp_path_factory) -> demo_set.DemoDataset:
+    return demo_set.make_demo_dataset(tmp_path_factory.mktemp("demo") / "set", seed=0, **SMALL)
 
 
 def _record_files(data_dir) -> list[str]:
@@ -121,18 +123,18 @@ def test_records_decode_to_images_and_labels_of_the_lists(dataset):
 
 
 def test_same_seed_gives_the_same_bytes_another_seed_differs_and_dense_parses_the_same(dataset, tmp_path):
-    again = demo.make_demo_dataset(tmp_path / "again", seed=0, workers=2, **SMALL)
+    again = demo_set.make_demo_dataset(tmp_path / "again", seed=0, workers=2, **SMALL)
     assert not again.reused
     assert _read_bytes(_record_files(again.data_dir)) == _read_bytes(_record_files(dataset.data_dir))
     assert _read_bytes([again.train_list, again.hierarchy_path]) == _read_bytes(
         [dataset.train_list, dataset.hierarchy_path]
     )
 
-    other = demo.make_demo_dataset(tmp_path / "other", seed=1, **SMALL)
+    other = demo_set.make_demo_dataset(tmp_path / "other", seed=1, **SMALL)
     assert _read_bytes(_record_files(other.data_dir)) != _read_bytes(_record_files(dataset.data_dir))
     assert _read_bytes([other.train_list]) != _read_bytes([dataset.train_list])
 
-    dense = demo.make_demo_dataset(tmp_path / "dense", seed=0, label_format="dense", **SMALL)
+    dense = demo_set.make_demo_dataset(tmp_path / "dense", seed=0, label_format="dense", **SMALL)
     assert schema.read_manifest(dense.data_dir, "val").label_format == "dense"
     ours, theirs = _parse_split(dataset.data_dir, "val"), _parse_split(dense.data_dir, "val")
     np.testing.assert_array_equal(ours["label"], theirs["label"])
@@ -142,7 +144,7 @@ def test_same_seed_gives_the_same_bytes_another_seed_differs_and_dense_parses_th
 def test_a_complete_set_with_the_same_parameters_is_reused_without_writing(dataset):
     paths = [os.path.join(root, name) for root, _, names in os.walk(dataset.data_dir) for name in names]
     before = {path: os.stat(path).st_mtime_ns for path in paths}
-    again = demo.make_demo_dataset(dataset.data_dir, seed=0, workers=3, **SMALL)
+    again = demo_set.make_demo_dataset(dataset.data_dir, seed=0, workers=3, **SMALL)
     assert again.reused and again == dataset
     after = {
         os.path.join(root, name): os.stat(os.path.join(root, name)).st_mtime_ns
@@ -154,22 +156,24 @@ def test_a_complete_set_with_the_same_parameters_is_reused_without_writing(datas
 
 def test_an_interrupted_set_is_finished_with_the_same_bytes(tmp_path):
     out = tmp_path / "set"
-    first = demo.make_demo_dataset(out, num_train=6, num_val=3, image_size=32, shards=2)
+    first = demo_set.make_demo_dataset(out, num_train=6, num_val=3, image_size=32, shards=2)
     records = _read_bytes(_record_files(out))
     (out / "val-manifest.json").unlink()  # as if killed while writing val
     os.remove(schema.read_manifest(out, "train").files[1])
-    again = demo.make_demo_dataset(out, num_train=6, num_val=3, image_size=32, shards=2)
+    again = demo_set.make_demo_dataset(out, num_train=6, num_val=3, image_size=32, shards=2)
     assert not again.reused and again == first
     assert _read_bytes(_record_files(out)) == records
 
 
 def test_other_parameters_need_overwrite_which_replaces_only_demo_files(tmp_path):
     out = tmp_path / "set"
-    demo.make_demo_dataset(out, num_train=6, num_val=3, image_size=32, shards=2)
+    demo_set.make_demo_dataset(out, num_train=6, num_val=3, image_size=32, shards=2)
     (out / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="other parameters"):
-        demo.make_demo_dataset(out, num_train=5, num_val=3, image_size=32, shards=1)
-    replaced = demo.make_demo_dataset(out, num_train=5, num_val=3, image_size=32, shards=1, overwrite=True)
+        demo_set.make_demo_dataset(out, num_train=5, num_val=3, image_size=32, shards=1)
+    replaced = demo_set.make_demo_dataset(
+        out, num_train=5, num_val=3, image_size=32, shards=1, overwrite=True
+    )
     assert (replaced.num_train, schema.read_manifest(out, "train").num_records) == (5, 5)
     assert sorted(os.listdir(out / "images" / "train")) == [f"{i:06d}.jpg" for i in range(5)]
     assert not list(out.glob("train-*-of-00002*"))
@@ -179,10 +183,10 @@ def test_other_parameters_need_overwrite_which_replaces_only_demo_files(tmp_path
 def test_refuses_a_folder_of_other_records_and_bad_arguments(tmp_path):
     (tmp_path / "train-manifest.json").write_text("{}")
     with pytest.raises(ValueError, match="not a demo set"):
-        demo.make_demo_dataset(tmp_path, num_train=2, num_val=2)
+        demo_set.make_demo_dataset(tmp_path, num_train=2, num_val=2)
     for bad in (dict(label_format="int64"), dict(num_train=0), dict(image_size=8)):
         with pytest.raises(ValueError):
-            demo.make_demo_dataset(tmp_path / "x", **bad)
+            demo_set.make_demo_dataset(tmp_path / "x", **bad)
 
 
 def test_most_frequent_baseline_equals_a_direct_numpy_computation(dataset):
@@ -299,9 +303,9 @@ def test_refuses_a_non_empty_folder_without_its_record_and_writes_nothing_there(
     mine.mkdir()
     (mine / "holiday.jpg").write_bytes(b"not the demo's")
     with pytest.raises(ValueError, match="not empty and is not a demo set"):
-        demo.make_demo_dataset(mine, num_train=2, num_val=2, image_size=16, shards=1)
+        demo_set.make_demo_dataset(mine, num_train=2, num_val=2, image_size=16, shards=1)
     with pytest.raises(ValueError, match="not empty and is not a demo set"):
-        demo.check_output_dir(mine, num_train=2, num_val=2, image_size=16, shards=1)
+        demo_set.check_output_dir(mine, num_train=2, num_val=2, image_size=16, shards=1)
     assert sorted(os.listdir(mine)) == ["holiday.jpg"]
     assert (mine / "holiday.jpg").read_bytes() == b"not the demo's"
 
@@ -309,19 +313,19 @@ def test_refuses_a_non_empty_folder_without_its_record_and_writes_nothing_there(
 def test_writes_into_a_new_or_empty_folder_and_reuses_its_own(tmp_path, dataset):
     empty = tmp_path / "empty"
     empty.mkdir()
-    demo.check_output_dir(empty, num_train=2, num_val=2, image_size=16, shards=1)
-    demo.check_output_dir(tmp_path / "new" / "deeper", num_train=2, num_val=2, image_size=16, shards=1)
-    written = demo.make_demo_dataset(empty, num_train=2, num_val=2, image_size=16, shards=1)
-    assert (empty / demo.PARAMS_FILENAME).is_file() and written.num_train == 2
+    demo_set.check_output_dir(empty, num_train=2, num_val=2, image_size=16, shards=1)
+    demo_set.check_output_dir(tmp_path / "new" / "deeper", num_train=2, num_val=2, image_size=16, shards=1)
+    written = demo_set.make_demo_dataset(empty, num_train=2, num_val=2, image_size=16, shards=1)
+    assert (empty / demo_set.PARAMS_FILENAME).is_file() and written.num_train == 2
     # The demo's own folder: same parameters are reused, other ones need `overwrite` (checked without writing).
-    demo.check_output_dir(dataset.data_dir, seed=0, **SMALL)
+    demo_set.check_output_dir(dataset.data_dir, seed=0, **SMALL)
     with pytest.raises(ValueError, match="other parameters"):
-        demo.check_output_dir(dataset.data_dir, seed=1, **SMALL)
-    demo.check_output_dir(dataset.data_dir, seed=1, overwrite=True, **SMALL)
-    assert demo.make_demo_dataset(dataset.data_dir, seed=0, **SMALL).reused
+        demo_set.check_output_dir(dataset.data_dir, seed=1, **SMALL)
+    demo_set.check_output_dir(dataset.data_dir, seed=1, overwrite=True, **SMALL)
+    assert demo_set.make_demo_dataset(dataset.data_dir, seed=0, **SMALL).reused
 
 
 def test_a_json_that_is_not_the_demos_record_is_no_marker(tmp_path):
-    (tmp_path / demo.PARAMS_FILENAME).write_text('["someone else\'s demo.json"]')
+    (tmp_path / demo_set.PARAMS_FILENAME).write_text('["someone else\'s demo.json"]')
     with pytest.raises(ValueError, match="not empty and is not a demo set"):
-        demo.make_demo_dataset(tmp_path, num_train=2, num_val=2, image_size=16, shards=1)
+        demo_set.make_demo_dataset(tmp_path, num_train=2, num_val=2, image_size=16, shards=1)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from data import demo_scenes
+from data.synthetic import demo_scenes
 from training import demo, distributed, recipes
 
 

@@ -24,11 +24,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data import download, images
-from data.download import DownloadConfig
+from data.fetch import to_files, transport
+from data.fetch.transport import DownloadConfig
+from data.pixels import images
 from tests import local_http
 
-FAST = DownloadConfig(threads=4, timeout_s=0.5, deadline_s=5.0, retries=2, backoff_s=0.01, backoff_max_s=0.05)
+FAST = DownloadConfig(
+    allow_private_addresses=True,
+    threads=4,
+    timeout_s=0.5,
+    deadline_s=5.0,
+    retries=2,
+    backoff_s=0.01,
+    backoff_max_s=0.05,
+)
 TRICKLE_PERIOD_S = 0.2  # The trickling routes send one byte this often ...
 TRICKLE_MAX_BYTES = 50  # ... and give up after this many (10 s), so that they end by themselves.
 
@@ -149,6 +158,10 @@ class _Server:
                     self._redirect("/img/good_target.jpg")
                 elif name == "redirect_ftp.jpg":
                     self._redirect("ftp://127.0.0.1/x.jpg")
+                elif name == "redirect_metadata.jpg":  # A cloud metadata service's address.
+                    self._redirect("http://169.254.169.254/latest/meta-data/x.jpg")
+                elif name == "redirect_other_loopback.jpg":
+                    self._redirect("http://127.0.0.2:1/img/good_x.jpg")  # refused before any connect
                 elif name.startswith("bomb"):  # bomb_<width>x<height>.png
                     width, height = map(int, name[5:-4].split("x"))
                     self._send(200, _png_bomb(width, height))
@@ -236,12 +249,12 @@ def _no_temporary_files(directory: pathlib.Path) -> bool:
 
 
 def test_filename_for_url_is_deterministic_and_keeps_the_extension():
-    a = download.filename_for_url("https://farm2.staticflickr.com/2034/1557324960_1ae893fed8_o.jpg")
-    assert a == download.filename_for_url("https://farm2.staticflickr.com/2034/1557324960_1ae893fed8_o.jpg")
+    a = transport.filename_for_url("https://farm2.staticflickr.com/2034/1557324960_1ae893fed8_o.jpg")
+    assert a == transport.filename_for_url("https://farm2.staticflickr.com/2034/1557324960_1ae893fed8_o.jpg")
     assert a.endswith(".jpg") and a[:2] == a[3:5] and len(a) == 2 + 1 + 24 + 4
-    assert download.filename_for_url("http://x/a.PNG").endswith(".png")
-    assert download.filename_for_url("http://x/a.php?id=3").endswith(".jpg")
-    names = {download.filename_for_url(f"http://x/{i}.jpg") for i in range(5000)}
+    assert transport.filename_for_url("http://x/a.PNG").endswith(".png")
+    assert transport.filename_for_url("http://x/a.php?id=3").endswith(".jpg")
+    names = {transport.filename_for_url(f"http://x/{i}.jpg") for i in range(5000)}
     assert len(names) == 5000
 
 
@@ -255,7 +268,7 @@ def test_filename_for_url_is_deterministic_and_keeps_the_extension():
         ("ratelimit.jpg", "failed", "http 429 (after 3 attempts)", 3),  # 429: retried
         ("flaky.jpg", "downloaded", "", 2),
         ("cut_connection.jpg", "failed", "incomplete body", 3),
-        # The image checks are data.images' (the project's one image check), with its reasons.
+        # The image checks are data.pixels.images' (the project's one image check), with its reasons.
         ("truncated_file.jpg", "failed", "corrupt or truncated", 1),
         ("text.jpg", "failed", "not an image", 1),
         ("empty.jpg", "failed", "empty file", 1),
@@ -268,12 +281,12 @@ def test_filename_for_url_is_deterministic_and_keeps_the_extension():
 )
 def test_fetch_outcomes(server, tmp_path, name, status, reason, hits):
     url = server.url(name)
-    result = download.fetch(url, tmp_path, FAST)
+    result = transport.fetch(url, tmp_path, FAST)
     assert result.status == status, result
     assert result.reason.startswith(reason), result
     assert "<" not in result.reason and " at 0x" not in result.reason  # Never an object's repr.
     assert server.hits[f"/img/{name}"] == hits
-    dest = tmp_path / download.filename_for_url(url)
+    dest = tmp_path / transport.filename_for_url(url)
     assert dest.exists() == (status == "downloaded")
     if status == "downloaded":
         assert result.num_bytes == dest.stat().st_size
@@ -299,7 +312,7 @@ def test_image_over_max_pixels_is_refused_without_decoding(
     monkeypatch.setattr(Image.Image, "load", must_not_decode)
     config = dataclasses.replace(FAST, max_pixels=max_pixels, timeout_s=10.0, retries=0)
     name = f"bomb_{size[0]}x{size[1]}.png"
-    result = download.fetch(server.url(name), tmp_path, config)
+    result = transport.fetch(server.url(name), tmp_path, config)
     assert (result.status, result.reason[: len(reason)]) == ("failed", reason), result
     assert server.hits[f"/img/{name}"] == 1 and not list(tmp_path.rglob("*.png"))
 
@@ -307,11 +320,11 @@ def test_image_over_max_pixels_is_refused_without_decoding(
 def test_max_pixels_applies_to_ordinary_images(server, tmp_path):
     """GOOD_PNG is 48 x 40 = 1920 pixels: refused under a 1000-pixel limit, fine under 1920."""
     url = server.url("good5.png")
-    refused = download.fetch(url, tmp_path, dataclasses.replace(FAST, max_pixels=1000))
+    refused = transport.fetch(url, tmp_path, dataclasses.replace(FAST, max_pixels=1000))
     assert refused.status == "failed" and refused.reason.startswith("too many pixels: 48x40"), refused
-    assert download.fetch(url, tmp_path, dataclasses.replace(FAST, max_pixels=1920)).status == "downloaded"
+    assert transport.fetch(url, tmp_path, dataclasses.replace(FAST, max_pixels=1920)).status == "downloaded"
     # A re-run under a lower limit does not list the file it has: it is checked (and refused) again.
-    again = download.fetch(url, tmp_path, dataclasses.replace(FAST, max_pixels=1000))
+    again = transport.fetch(url, tmp_path, dataclasses.replace(FAST, max_pixels=1000))
     assert again.status == "failed" and again.reason.startswith("too many pixels")
 
 
@@ -320,7 +333,7 @@ def test_deadline_bounds_a_trickling_server(server, tmp_path, name):
     """One byte every 0.2 s never trips the 5 s read timeout; only the 1 s deadline can end the fetch."""
     config = dataclasses.replace(FAST, timeout_s=5.0, deadline_s=1.0, retries=3)
     start = time.monotonic()
-    result = download.fetch(server.url(name), tmp_path, config)
+    result = transport.fetch(server.url(name), tmp_path, config)
     elapsed = time.monotonic() - start
     assert result.status == "failed" and result.reason.startswith("deadline of 1s exceeded"), result
     assert 0.9 < elapsed < 1.5, elapsed
@@ -333,7 +346,7 @@ def test_deadline_bounds_a_silent_server(silent_port, tmp_path, scheme):
     """A server that accepts and never answers: the headers (http) or the TLS handshake (https) hang."""
     config = dataclasses.replace(FAST, timeout_s=5.0, deadline_s=1.0)
     start = time.monotonic()
-    result = download.fetch(f"{scheme}://127.0.0.1:{silent_port}/x.jpg", tmp_path, config)
+    result = transport.fetch(f"{scheme}://127.0.0.1:{silent_port}/x.jpg", tmp_path, config)
     elapsed = time.monotonic() - start
     assert result.status == "failed" and result.reason.startswith("deadline of 1s exceeded"), result
     assert 0.9 < elapsed < 1.5, elapsed
@@ -343,14 +356,14 @@ def test_deadline_and_stop_bound_a_connect_that_hangs(hung_connect_port, tmp_pat
     url = f"http://127.0.0.1:{hung_connect_port}/x.jpg"
     config = dataclasses.replace(FAST, timeout_s=10.0, deadline_s=1.0)
     start = time.monotonic()
-    result = download.fetch(url, tmp_path, config)
+    result = transport.fetch(url, tmp_path, config)
     assert result.reason.startswith("deadline of 1s exceeded") and time.monotonic() - start < 1.5, result
     # Ctrl-C's path: the stop aborts the connect itself, long before its 10 s timeout or 30 s deadline.
     stop = threading.Event()
     threading.Timer(0.5, stop.set).start()
     start = time.monotonic()
     config = dataclasses.replace(config, deadline_s=30.0)
-    out = list(download.fetch_all([url], tmp_path, config, stop=stop))
+    out = list(to_files.fetch_all([url], tmp_path, config, stop=stop))
     assert [(r.status, r.reason) for _, r in out] == [("interrupted", "interrupted")]
     assert time.monotonic() - start < 1.0
 
@@ -358,32 +371,34 @@ def test_deadline_and_stop_bound_a_connect_that_hangs(hung_connect_port, tmp_pat
 def test_fetch_refuses_other_schemes(tmp_path):
     secret = tmp_path / "secret.jpg"
     secret.write_bytes(GOOD_JPEG)
-    result = download.fetch(secret.as_uri(), tmp_path / "out", FAST)
+    result = transport.fetch(secret.as_uri(), tmp_path / "out", FAST)
     assert result.status == "failed" and result.reason == "unsupported URL scheme"
 
 
 def test_fetch_resumes_and_replaces_invalid_existing_file(server, tmp_path):
     url = server.url("good3.jpg")
-    assert download.fetch(url, tmp_path, FAST).status == "downloaded"
-    assert download.fetch(url, tmp_path, FAST).status == "existing"
+    assert transport.fetch(url, tmp_path, FAST).status == "downloaded"
+    assert transport.fetch(url, tmp_path, FAST).status == "existing"
     assert server.hits["/img/good3.jpg"] == 1
-    (tmp_path / download.filename_for_url(url)).write_bytes(b"")  # e.g. left by another tool
-    assert download.fetch(url, tmp_path, FAST).status == "downloaded"
+    (tmp_path / transport.filename_for_url(url)).write_bytes(b"")  # e.g. left by another tool
+    assert transport.fetch(url, tmp_path, FAST).status == "downloaded"
     assert server.hits["/img/good3.jpg"] == 2
 
 
 def test_resume_recognises_a_file_whose_header_is_past_the_first_read(server, tmp_path):
     url = server.url("big_header.jpg")
-    assert download.fetch(url, tmp_path, FAST).status == "downloaded"
-    assert download.fetch(url, tmp_path, FAST).status == "existing"
+    assert transport.fetch(url, tmp_path, FAST).status == "downloaded"
+    assert transport.fetch(url, tmp_path, FAST).status == "existing"
     assert server.hits["/img/big_header.jpg"] == 1
 
 
 def test_fetch_all_keeps_input_order(server, tmp_path):
     names = ["slow.jpg", *(f"good{i}.jpg" for i in range(10)), "missing.jpg", "flaky.jpg"]
-    config = DownloadConfig(threads=4, timeout_s=0.3, retries=0, backoff_s=0.01, window=3)
+    config = DownloadConfig(
+        allow_private_addresses=True, threads=4, timeout_s=0.3, retries=0, backoff_s=0.01, window=3
+    )
     urls = [server.url(n) for n in names]
-    out = list(download.fetch_all(urls, tmp_path, config))
+    out = list(to_files.fetch_all(urls, tmp_path, config))
     assert [u for u, _ in out] == urls
     assert [r.status for _, r in out] == ["failed"] + ["downloaded"] * 10 + ["failed", "failed"]
 
@@ -404,11 +419,11 @@ def test_download_url_list_writes_lists_and_resumes(server, tmp_path):
         config=FAST,
         show_progress=False,
     )
-    summary = download.download_url_list(tmp_path / "urls.txt", **kwargs)
+    summary = to_files.download_url_list(tmp_path / "urls.txt", **kwargs)
     assert (summary.total, summary.downloaded, summary.existing, summary.failed) == (5, 3, 0, 2)
     assert (summary.malformed_lines, summary.interrupted, summary.stopped) == (1, 0, False)
     listed = (tmp_path / "list.txt").read_text().splitlines()
-    assert listed == [f"{download.filename_for_url(urls[i])}\t{i}:1\t{i + 100}:0.9" for i in (0, 2, 4)]
+    assert listed == [f"{transport.filename_for_url(urls[i])}\t{i}:1\t{i + 100}:0.9" for i in (0, 2, 4)]
     for line in listed:
         images.open_image((tmp_path / "images" / line.split("\t")[0]).read_bytes())
     failed = [line.split("\t") for line in (tmp_path / "failed.txt").read_text().splitlines()]
@@ -416,7 +431,7 @@ def test_download_url_list_writes_lists_and_resumes(server, tmp_path):
     assert failed[0][1] == "http 404" and failed[1][1].startswith("not an image")
 
     before = sum(server.hits.values())
-    again = download.download_url_list(tmp_path / "urls.txt", **kwargs)
+    again = to_files.download_url_list(tmp_path / "urls.txt", **kwargs)
     assert (again.downloaded, again.existing, again.failed) == (0, 3, 2)
     assert sum(server.hits.values()) - before == 2  # Only the failures were asked again.
     assert (tmp_path / "list.txt").read_text().splitlines() == listed
@@ -445,13 +460,13 @@ def test_a_list_it_did_not_write_is_not_replaced(server, tmp_path, output):
     )
     what = output.replace("_", " ")
     with pytest.raises(FileExistsError, match=f"is not one of data/download.py's {what}s"):
-        download.download_url_list(tmp_path / "urls.txt", **{**kwargs, output: foreign})
+        to_files.download_url_list(tmp_path / "urls.txt", **{**kwargs, output: foreign})
     assert foreign.read_bytes() == before
     assert not server.hits and not (tmp_path / "images").exists()
     # An empty file, then the downloader's own lists from that run, are replaced (a re-run resumes).
     (tmp_path / "list.txt").write_text("")
     for _ in range(2):
-        summary = download.download_url_list(tmp_path / "urls.txt", **kwargs)
+        summary = to_files.download_url_list(tmp_path / "urls.txt", **kwargs)
         assert (summary.downloaded + summary.existing, summary.failed) == (1, 1)
         assert len((tmp_path / "list.txt").read_text().splitlines()) == 1
 
@@ -461,10 +476,10 @@ def test_stop_aborts_downloads_in_flight_and_lists_them(server, tmp_path):
     names = ["good1.jpg", "trickle_a.jpg", "good2.jpg", "trickle_b.jpg", "good3.jpg"]
     urls = _write_url_list(tmp_path / "urls.txt", server, names)
     stop = threading.Event()
-    config = DownloadConfig(threads=8, timeout_s=30, deadline_s=60, retries=0)
+    config = DownloadConfig(allow_private_addresses=True, threads=8, timeout_s=30, deadline_s=60, retries=0)
     threading.Timer(1.0, stop.set).start()
     start = time.monotonic()
-    summary = download.download_url_list(
+    summary = to_files.download_url_list(
         tmp_path / "urls.txt",
         output_dir=tmp_path / "images",
         image_list=tmp_path / "list.txt",
@@ -477,11 +492,11 @@ def test_stop_aborts_downloads_in_flight_and_lists_them(server, tmp_path):
     assert elapsed < 1.0 + 0.5, elapsed  # Not the trickle's 10 s, nor the 60 s deadline.
     assert summary.stopped and (summary.downloaded, summary.interrupted, summary.failed) == (3, 2, 0)
     listed = [line.split("\t")[0] for line in (tmp_path / "list.txt").read_text().splitlines()]
-    assert listed == [download.filename_for_url(urls[i]) for i in (0, 2, 4)]
+    assert listed == [transport.filename_for_url(urls[i]) for i in (0, 2, 4)]
     failed = [line.split("\t") for line in (tmp_path / "failed.txt").read_text().splitlines()]
     assert failed == [[urls[1], "interrupted"], [urls[3], "interrupted"]]
     assert sorted(p.name for p in (tmp_path / "images").rglob("*.jpg")) == sorted(
-        pathlib.Path(download.filename_for_url(urls[i])).name for i in (0, 2, 4)
+        pathlib.Path(transport.filename_for_url(urls[i])).name for i in (0, 2, 4)
     )
     assert _no_temporary_files(tmp_path)
 
@@ -495,6 +510,7 @@ def _cli(repo_root: pathlib.Path, tmp_path: pathlib.Path, *flags: str) -> list[s
         "--output_dir",
         str(tmp_path / "out"),
         "--noprogress",
+        "--allow_private_addresses",
         *flags,
     ]
 
@@ -541,7 +557,7 @@ def test_cli_ctrl_c_stops_within_two_seconds(server, tmp_path, repo_root):
     cmd = _cli(repo_root, tmp_path, "--threads", "8", "--timeout", "30", "--deadline", "60", "--retries", "0")
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        goods = [tmp_path / "out" / download.filename_for_url(u) for u in urls[:3]]
+        goods = [tmp_path / "out" / transport.filename_for_url(u) for u in urls[:3]]
         for _ in range(200):  # Up to 10 s for the interpreter to start and the good files to land.
             if all(p.exists() for p in goods) and server.hits["/img/trickle_d.jpg"]:
                 break
@@ -561,7 +577,7 @@ def test_cli_ctrl_c_stops_within_two_seconds(server, tmp_path, repo_root):
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "Interrupted" in stderr, stderr
     listed = [line.split("\t")[0] for line in (tmp_path / "out" / "image_list.txt").read_text().splitlines()]
-    assert listed == [download.filename_for_url(u) for u in urls[:3]]
+    assert listed == [transport.filename_for_url(u) for u in urls[:3]]
     assert all(p.exists() for p in goods)
     failed = (tmp_path / "out" / "failed_urls.txt").read_text().splitlines()
     assert failed == [f"{urls[3]}\tinterrupted", f"{urls[4]}\tinterrupted"]
@@ -572,7 +588,7 @@ def test_reference_url_list_through_local_server(server, tmp_path, reference_dir
     """The release's 100-line URL list, its hosts replaced by the local server: 100 images, same labels."""
     from urllib.parse import urlsplit
 
-    from data import annotations
+    from data.labels import annotations
 
     original = list(
         annotations.iter_entries(reference_dir / "train_urls_tiny.txt", num_classes=11166, on_error="fail")
@@ -580,16 +596,79 @@ def test_reference_url_list_through_local_server(server, tmp_path, reference_dir
     assert len(original) == 100
     local = [dataclasses.replace(e, path=f"{server.base}/flickr{urlsplit(e.path).path}") for e in original]
     annotations.write_entries(tmp_path / "urls.txt", local)
-    summary = download.download_url_list(
+    summary = to_files.download_url_list(
         tmp_path / "urls.txt",
         output_dir=tmp_path / "images",
         image_list=tmp_path / "list.txt",
         failed_list=tmp_path / "failed.txt",
-        config=DownloadConfig(threads=8, timeout_s=5, retries=0),
+        config=DownloadConfig(allow_private_addresses=True, threads=8, timeout_s=5, retries=0),
         num_classes=11166,
         show_progress=False,
     )
     assert summary.downloaded == 100 and summary.failed == 0
     listed = list(annotations.iter_entries(tmp_path / "list.txt", num_classes=11166, on_error="fail"))
     assert [e.labels for e in listed] == [e.labels for e in original]
-    assert [e.path for e in listed] == [download.filename_for_url(e.path) for e in local]
+    assert [e.path for e in listed] == [transport.filename_for_url(e.path) for e in local]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A crawler's manners: a URL list is untrusted input, so no connection to this machine's or a private network.
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "address, kind",
+    [
+        ("127.0.0.1", "loopback"),
+        ("::1", "loopback"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("169.254.169.254", "link-local"),
+        ("fe80::1%eth0", "link-local"),
+        ("10.1.2.3", "private"),
+        ("172.16.0.1", "private"),
+        ("192.168.1.1", "private"),
+        ("fd00::1", "private"),
+        ("224.0.0.1", "multicast"),
+        ("0.0.0.0", "unspecified"),
+        ("93.184.216.34", None),
+        ("2606:4700::1111", None),
+    ],
+)
+def test_address_problem(address, kind):
+    problem = transport.address_problem(address)
+    assert (problem is None) if kind is None else problem.startswith(f"{kind} address")
+
+
+def test_a_url_to_this_machine_is_refused_by_default(server, tmp_path):
+    config = dataclasses.replace(FAST, allow_private_addresses=False)
+    result = transport.fetch(server.url("good_1.jpg"), tmp_path, config)
+    assert result.status == "failed"
+    assert result.reason == "refused: loopback address 127.0.0.1 (see --allow_private_addresses)"
+    assert result.attempts == 1 and not server.hits  # no retry, and no connection was made
+    assert transport.fetch(server.url("good_1.jpg"), tmp_path, FAST).status == "downloaded"
+
+
+@pytest.mark.parametrize(
+    "name, refused",
+    [
+        ("redirect_metadata.jpg", "link-local address 169.254.169.254"),
+        ("redirect_other_loopback.jpg", "loopback address 127.0.0.2"),
+    ],
+)
+def test_a_redirect_to_a_private_address_is_refused(server, tmp_path, monkeypatch, name, refused):
+    """The check is on the address each connection uses, so it holds for redirects too: here the test
+    server's own 127.0.0.1 plays a public host (everything else is judged as by default)."""
+    judge = transport.address_problem
+    monkeypatch.setattr(transport, "address_problem", lambda ip: None if ip == "127.0.0.1" else judge(ip))
+    config = dataclasses.replace(FAST, allow_private_addresses=False)
+    result = transport.fetch(server.url(name), tmp_path, config)
+    assert (result.status, result.reason) == ("failed", f"refused: {refused} (see --allow_private_addresses)")
+    assert server.hits[f"/img/{name}"] == 1
+
+
+def test_the_cli_refuses_this_machine_without_the_flag(server, tmp_path, repo_root):
+    (tmp_path / "urls.txt").write_text(f"{server.url('good_1.jpg')}\t1:1\n")
+    cmd = [c for c in _cli(repo_root, tmp_path) if c != "--allow_private_addresses"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
+    failed = (tmp_path / "out" / "failed_urls.txt").read_text()
+    assert "refused: loopback address 127.0.0.1" in failed and not server.hits

@@ -1,4 +1,4 @@
-"""Tests for the one pass (data/download_records.py, `data/download.py --output_records`) against a local server.
+"""Tests for the one pass (data/fetch/to_records.py, `data/download.py --output_records`) against a local server.
 
 The server is a thread of this process on 127.0.0.1 that counts the requests per path, so that the tests can
 see which URLs a re-run fetched again.
@@ -21,13 +21,21 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from data import download, download_records, schema, tfrecord
-from data.download import DownloadConfig
+from data.fetch import to_files, to_records, transport
+from data.fetch.transport import DownloadConfig
+from data.records import schema
+from data.shards import dataset_writer
 from tests import local_http
 from tests.test_download import _png_bomb
 
 FAST = DownloadConfig(
-    threads=4, timeout_s=2.0, deadline_s=10.0, retries=1, backoff_s=0.01, backoff_max_s=0.05
+    allow_private_addresses=True,
+    threads=4,
+    timeout_s=2.0,
+    deadline_s=10.0,
+    retries=1,
+    backoff_s=0.01,
+    backoff_max_s=0.05,
 )
 NUM_CLASSES = 20
 
@@ -120,7 +128,7 @@ def _records(directory: pathlib.Path, prefix: str = "train") -> list[tf.train.Ex
     return [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(files)]
 
 
-def _one_pass(url_list: pathlib.Path, out: pathlib.Path, **kwargs) -> download_records.RecordsSummary:
+def _one_pass(url_list: pathlib.Path, out: pathlib.Path, **kwargs) -> to_records.RecordsSummary:
     options = dict(
         output_dir=out,
         label_format="sparse",
@@ -130,7 +138,7 @@ def _one_pass(url_list: pathlib.Path, out: pathlib.Path, **kwargs) -> download_r
         workers=1,
         progress=False,
     )
-    return download_records.download_records(url_list, **{**options, **kwargs})
+    return to_records.download_records(url_list, **{**options, **kwargs})
 
 
 def test_one_pass_writes_the_records_of_download_then_write(server, tmp_path):
@@ -138,7 +146,7 @@ def test_one_pass_writes_the_records_of_download_then_write(server, tmp_path):
     _url_list(tmp_path / "urls.txt", server)
     summary = _one_pass(tmp_path / "urls.txt", tmp_path / "one_pass")
 
-    download.download_url_list(
+    to_files.download_url_list(
         tmp_path / "urls.txt",
         output_dir=tmp_path / "images",
         image_list=tmp_path / "image_list.txt",
@@ -147,7 +155,7 @@ def test_one_pass_writes_the_records_of_download_then_write(server, tmp_path):
         num_classes=NUM_CLASSES,
         show_progress=False,
     )
-    tfrecord.write_dataset(
+    dataset_writer.write_dataset(
         image_list=str(tmp_path / "image_list.txt"),
         image_root=str(tmp_path / "images"),
         output_dir=str(tmp_path / "two_pass"),
@@ -161,7 +169,7 @@ def test_one_pass_writes_the_records_of_download_then_write(server, tmp_path):
     assert one_pass == two_pass
     names = [r.features.feature[schema.NAME_KEY].bytes_list.value[0].decode() for r in one_pass]
     assert names == [
-        download.filename_for_url(server.url(f"good{i}{'.png' if i == 1 else '.jpg'}")) for i in range(5)
+        transport.filename_for_url(server.url(f"good{i}{'.png' if i == 1 else '.jpg'}")) for i in range(5)
     ]
     assert summary.manifest["converted"] == {"PNG": 1}
 
@@ -232,6 +240,7 @@ def test_cli_one_pass(server, tmp_path, repo_root):
         "--threads=2",
         "--label_format=dense",
         "--noprogress",
+        "--allow_private_addresses",
     ]
     proc = subprocess.run(cmd, env=_env(), timeout=120, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -267,6 +276,7 @@ def _four_shard_command(repo_root, url_list, out, *, workers: int) -> list[str]:
         f"--workers={workers}",
         "--threads=2",
         "--noprogress",
+        "--allow_private_addresses",
     ]
 
 
@@ -320,13 +330,13 @@ def test_kill_9_then_rerun_fetches_only_unfinished_shards(server, tmp_path, repo
     ],
 )
 def test_reason_category(reason, category):
-    assert download.reason_category(reason) == category
+    assert transport.reason_category(reason) == category
 
 
 def test_start_workers_early_leaves_a_forkserver_that_run_tasks_uses():
     from multiprocessing import forkserver
 
-    from data import worker_pool
+    from data.shards import worker_pool
 
     worker_pool.start_workers_early(__name__)
     pid = forkserver._forkserver._forkserver_pid  # noqa: SLF001 -- the only way to see which server runs
@@ -397,7 +407,7 @@ def test_benchmark_at_toy_size(tmp_path, capsys, server):
 
 def test_two_tasks_and_merge_give_the_single_task_records(server, tmp_path):
     """--task_index/--num_tasks split the shards between machines; `merge_manifests` completes the split."""
-    from data import manifest
+    from data.records import manifest
 
     _url_list(tmp_path / "urls.txt", server)
     single = _one_pass(tmp_path / "urls.txt", tmp_path / "single")
@@ -468,6 +478,7 @@ def test_one_pass_never_imports_tensorflow(server, tmp_path, repo_root, workers)
         f"--workers={workers}",
         "--threads=2",
         "--noprogress",
+        "--allow_private_addresses",
     ]
     proc = subprocess.run(cmd, env=_env(), cwd=repo_root, timeout=120, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

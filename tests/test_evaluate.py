@@ -289,7 +289,8 @@ def write_records(root, model, *, num_images=10, num_classes=NUM_CLASSES, seed=0
     are neither all 0 nor all 1."""
     import tensorflow as tf
 
-    from data import preprocessing, tfrecord
+    from data.pixels import preprocessing
+    from data.shards import dataset_writer
 
     names = write_jpegs(root / "images", num_images, seed=seed)
     images = np.stack(
@@ -314,7 +315,7 @@ def write_records(root, model, *, num_images=10, num_classes=NUM_CLASSES, seed=0
             tags = {c: 0.4 for c in tags}  # an image without positives
         lines.append(name + " " + " ".join(f"{c}:{conf}" for c, conf in tags.items()))
     (root / "val_list.txt").write_text("\n".join(lines) + "\n")
-    tfrecord.write_dataset(
+    dataset_writer.write_dataset(
         image_list=str(root / "val_list.txt"),
         image_root=str(root / "images"),
         output_dir=str(root / "records"),

@@ -2,7 +2,7 @@
 
 The fresh process is what is tested: `tf.saved_model.load` there has nothing of this project imported, so
 the pre-processing must be inside the graph. It runs the signature on the release's sample JPEGs (or, where
-those are absent, JPEGs written here) and saves its outputs; the Python path is `data.preprocessing`'s
+those are absent, JPEGs written here) and saves its outputs; the Python path is `data.pixels.preprocessing`'s
 transform of the same files and the Keras model. One such process loads every SavedModel exported here.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data import preprocessing
+from data.pixels import preprocessing
 from models import portable, pretrained, resnet, tf1_checkpoint
 from tests.scripts import run_in_process, run_script
 from tests.test_evaluate import BASE_WIDTH, tiny_model, write_jpegs
@@ -66,7 +66,7 @@ def run_saved_models(saved_models, paths, folder):
 
 
 def python_path(model, paths, *, transform, activation):
-    """The Keras model on the tools' pre-processing of the files (`data.preprocessing.preprocess`: the
+    """The Keras model on the tools' pre-processing of the files (`data.pixels.preprocessing.preprocess`: the
     transform with the EXIF orientation): (probabilities, features)."""
     images = preprocessing.preprocess(
         [open(p, "rb").read() for p in paths], transform=transform, image_size=SIZE

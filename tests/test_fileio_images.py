@@ -1,4 +1,4 @@
-"""The project's one atomic write (data/fileio.py) and one image check (data/images.py)."""
+"""The project's one atomic write (data/fileio.py) and one image check (data/pixels/images.py)."""
 
 import io
 import os
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data import fileio, images
+from data import fileio
+from data.pixels import images
 from tests.png_bomb import bomb_png
 
 

@@ -1,13 +1,14 @@
-"""Tests for data/hierarchy.py: the real file's figures, ancestor correctness, propagation and errors."""
+"""Tests for data/labels/hierarchy.py: the real file's figures, ancestor correctness, propagation and errors."""
 
 import functools
 import pathlib
+import re
 
 import numpy as np
 import pytest
 
-from data import hierarchy
-from data.hierarchy import Hierarchy, HierarchyError, load_hierarchy
+from data.labels import hierarchy
+from data.labels.hierarchy import Hierarchy, HierarchyError, load_hierarchy
 
 HEADER = "category_index\tcategory_id\tindex_of_parent_category\tcategory name\n"
 
@@ -210,3 +211,21 @@ def test_restrict_and_write_round_trip(tmp_path):
     again = load_hierarchy(tmp_path / "sub.txt")
     assert again.names == sub.names and again.wnids == sub.wnids
     np.testing.assert_array_equal(again.parents, sub.parents)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_header(tmp_path):
+    path = tmp_path / "h.txt"
+    text = "category_index\tcategory_id\tindex_of_parent_category\tcategory name\n0\tn1\t-1\tthing\n1\tn2\t0\tsub\n"
+    path.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    assert load_hierarchy(path).num_classes == 2
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes(
+        "category_index\tcategory_id\tindex_of_parent_category\tcategory name\n0\tn1\t-1\tcaf\xe9\n".encode(
+            "latin-1"
+        )
+    )
+    with pytest.raises(HierarchyError, match=rf"^{re.escape(str(path))}: not UTF-8 text"):
+        load_hierarchy(path)

@@ -9,7 +9,7 @@ def no_network(*args, **kwargs):
     raise AssertionError("network access at import time")
 socket.socket.connect = no_network
 import data, models, training
-import data.schema, data.tfrecord, data.preprocessing, data.demo, models.resnet, models.losses
+import data.records.schema, data.tfrecord, data.pixels.preprocessing, data.demo, models.resnet, models.losses
 import training.loop, training.cli, training.train_step, training.evaluation, training.distributed
 import train, finetune, evaluate
 from absl import flags

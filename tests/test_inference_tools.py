@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data import image_files, preprocessing
+from data.pixels import image_files, preprocessing
 from models import pretrained, resnet, tf1_checkpoint
 from tests.scripts import run_in_process, run_script
 from tests.test_evaluate import BASE_WIDTH, tiny_model, write_jpegs

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from data import preprocessing
+from data.pixels import preprocessing
 from models import input_contract, pretrained, tf1_checkpoint
 from tests.scripts import run_in_process
 from tests.test_evaluate import tiny_model

@@ -1,9 +1,31 @@
-"""The import direction: data/ and models/ never import training/ (entry scripts -> training -> models, data)."""
+"""The import direction: data/ and models/ never import training/ (entry scripts -> training -> models, data),
+and inside data/ each folder imports only the folders below it:
+
+    scripts (data/*.py: tfrecord, download, demo, cooccurrence) -> anything in data/
+    ml_images (the TFDS builder), fetch, synthetic (the demo set) -> shards -> archives -> pixels;
+    shards -> records, labels, pixels
+    records, labels, pixels -> nothing but themselves (and data/fileio.py, which every folder may use)
+
+Every folder's docstring says in one sentence what it owns.
+"""
 
 import ast
-import pathlib
 import subprocess
 import sys
+
+import pytest
+
+# What each folder of data/ may import besides itself and data.fileio.
+ALLOWED = {
+    "records": set(),
+    "labels": set(),
+    "pixels": set(),
+    "synthetic": {"shards", "archives", "records", "labels", "pixels"},
+    "archives": {"pixels"},
+    "shards": {"archives", "records", "labels", "pixels"},
+    "fetch": {"shards", "archives", "records", "labels", "pixels"},
+    "ml_images": {"shards", "archives", "records", "labels", "pixels"},
+}
 
 
 def _imports(tree: ast.Module) -> list[str]:
@@ -16,6 +38,8 @@ def _imports(tree: ast.Module) -> list[str]:
             names += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.append(node.module)
+            if node.module == "data":  # `from data import fileio, tfrecord`: the names are modules
+                names += [f"data.{alias.name}" for alias in node.names]
         stack.extend(ast.iter_child_nodes(node))
     return names
 
@@ -30,9 +54,46 @@ def test_no_data_or_models_module_imports_training(repo_root):
     assert not offenders
 
 
+def test_every_data_folder_is_listed_and_says_what_it_owns(repo_root):
+    folders = {p.parent.name for p in (repo_root / "data").glob("*/__init__.py")}
+    assert folders == set(ALLOWED)
+    for folder in folders:
+        doc = ast.get_docstring(ast.parse((repo_root / "data" / folder / "__init__.py").read_text()))
+        first = doc.split("\n\n")[0] if doc else ""
+        assert first.endswith(".") and ". " not in first, f"data/{folder}: {first!r} is not one sentence"
+
+
+def test_data_folders_import_only_the_folders_below_them(repo_root):
+    offenders = {}
+    for folder, allowed in ALLOWED.items():
+        for path in sorted((repo_root / "data" / folder).rglob("*.py")):
+            for name in _imports(ast.parse(path.read_text(encoding="utf-8"))):
+                parts = name.split(".")
+                if parts[0] != "data" or len(parts) < 2 or parts[1] in (folder, "fileio"):
+                    continue
+                if parts[1] not in allowed:
+                    offenders.setdefault(str(path.relative_to(repo_root)), []).append(name)
+    assert not offenders
+
+
+@pytest.mark.parametrize(
+    "folder, forbidden", [("records", "data.pixels"), ("shards", "data.fetch"), ("labels", "data.records")]
+)
+def test_the_layering_check_sees_a_forbidden_import(repo_root, tmp_path, folder, forbidden):
+    """The check above walks the sub-packages: a forbidden import planted in a copy is found."""
+    copy = tmp_path / "repo"
+    (copy / "data" / folder).mkdir(parents=True)
+    for other in ALLOWED:
+        (copy / "data" / other).mkdir(parents=True, exist_ok=True)
+    (copy / "data" / folder / "planted.py").write_text(f"from {forbidden} import x\n")
+    with pytest.raises(AssertionError):
+        test_data_folders_import_only_the_folders_below_them(copy)
+
+
 def test_importing_every_data_module_loads_no_training_module(repo_root):
     modules = sorted(
-        f"data.{p.stem}" for p in pathlib.Path(repo_root / "data").glob("*.py") if p.stem != "__init__"
+        ".".join(p.relative_to(repo_root).with_suffix("").parts).removesuffix(".__init__")
+        for p in (repo_root / "data").rglob("*.py")
     )
     code = f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n" + (
         "print(sorted(m for m in sys.modules if m == 'training' or m.startswith('training.')))"

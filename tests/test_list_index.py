@@ -1,8 +1,8 @@
-"""Tests for data/list_index.py: the writer's split of a list into contiguous blocks of lines."""
+"""Tests for data/shards/list_index.py: the writer's split of a list into contiguous blocks of lines."""
 
 import pytest
 
-from data import list_index
+from data.shards import list_index
 
 
 @pytest.mark.parametrize(

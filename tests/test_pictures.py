@@ -14,7 +14,7 @@ import tensorflow as tf
 from PIL import Image
 
 import evaluate
-from data import hierarchy as hierarchy_lib
+from data.labels import hierarchy as hierarchy_lib
 from tests import datasets
 from tests.scripts import run_in_process
 from tests.test_evaluate import run_cli, tiny_model

@@ -1,4 +1,4 @@
-"""Tests of data/preprocessing.py: shapes and ranges, determinism, the augmentation probabilities
+"""Tests of data/pixels/preprocessing.py: shapes and ranges, determinism, the augmentation probabilities
 (statistically), crop statistics, equivalence of the fused JPEG path with decode + crop, and file loading."""
 
 import io
@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageOps, features
 
-from data import images, preprocessing
+from data.pixels import images, preprocessing
 
 SIZE = 32
 PRETRAIN = {"area_cover": 0.7, "object_cover": 0.7}

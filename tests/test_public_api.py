@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from data import preprocessing
+from data.pixels import preprocessing
 from models import pretrained, resnet, tf1_checkpoint
 from tests.test_evaluate import BASE_WIDTH, tiny_model
 from tests.test_pretrained import write_release_checkpoint

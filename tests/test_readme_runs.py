@@ -32,8 +32,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from data import schema
+from data.records import schema
 from tests import datasets, local_http
+from tests import test_imagenet_archive as archive_tests
 from tests.conftest import REPO_ROOT
 from tests.test_readme import code_lines
 
@@ -52,6 +53,7 @@ CLONE_ENTRIES = (
     "tools",
 )
 
+LOCAL_HOST = ("--allow_private_addresses",)  # the image hosts are a server on 127.0.0.1 here
 TINY_DEMO = ("--train_steps=40", "--checkpoint_every=20")  # the demo's 3,000 steps take minutes
 
 
@@ -105,12 +107,23 @@ LINES = (
         ("--train_steps=20", "--image_sizes=56,64@10"),
     ),
     Line(r"^python evaluate\.py .*--checkpoint=demo_run", "demo"),
-    Line(r"^python data/download\.py .*--output_dir=", "dataset"),
     Line(
-        r"^python data/tfrecord\.py ",
+        r"^python data/download\.py .*--output_dir=",
+        "dataset",
+        "the image hosts are a server on 127.0.0.1",
+        LOCAL_HOST,
+    ),
+    Line(
+        r"^python data/tfrecord\.py .*--image_root=",
         "dataset",
     ),
-    Line(r"^python data/download\.py .*--output_records=", "one_pass"),
+    Line(
+        r"^python data/download\.py .*--output_records=",
+        "one_pass",
+        "the image hosts are a server on 127.0.0.1",
+        LOCAL_HOST,
+    ),
+    Line(r"^python data/tfrecord\.py .*--imagenet_archive=", "dataset"),
     Line(r"^python tools/subset\.py ", "dataset"),
     Line(r"^python tools/dataset_stats\.py ", "dataset"),
     Line(r"^tfds build .*--config=tiny ", "dataset"),
@@ -375,13 +388,19 @@ def test_dataset_building_block(tmp_path, image_host):
     base, paths = image_host
     cwd = clone_layout(tmp_path / "clone")
     _url_list(cwd, base, paths)
-    download, write, subset, stats, tfds_build = scenario_lines("dataset")
+    download, write, write_imagenet, subset, stats, tfds_build = scenario_lines("dataset")
     run(*download, cwd)
     listed = (cwd / "train_im_list.txt").read_text().splitlines()
     assert len(listed) == NUM_URL_IMAGES and all((cwd / "images" / x.split()[0]).is_file() for x in listed)
     run(*write, cwd)
     manifest = schema.read_manifest(str(cwd / "records"), "train")
     assert sum(manifest.counts) == NUM_URL_IMAGES and manifest.num_classes == 11166
+    # The ImageNet part: an outer tar of per-synset tars and an ID list, in the release's names.
+    (cwd / "fall11_whole.tar").write_bytes(archive_tests.outer_tar(archive_tests.synset_members()))
+    ids = [f"{member.split('_')[0]}/{member}\t{k}:1" for k, member in enumerate(archive_tests.member_names())]
+    (cwd / "train_image_id_from_imagenet.txt").write_text("\n".join(ids) + "\n")
+    run(*write_imagenet, cwd)
+    assert sum(schema.read_manifest(str(cwd / "records_imagenet"), "train").counts) == len(ids)
     run(*subset, cwd)
     assert 1 <= len((cwd / "train_10pct.txt").read_text().splitlines()) <= 4
     shown = run(*stats, cwd)

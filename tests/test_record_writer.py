@@ -1,4 +1,4 @@
-"""data/record_writer.py: the CRC-32C comes from google-crc32c, and without it from the numpy fallback, which
+"""data/records/record_writer.py: the CRC-32C comes from google-crc32c, and without it from the numpy fallback, which
 gives the same CRCs and the same files, with a warning (tests/test_schema.py checks the files against
 tf.io.TFRecordWriter's)."""
 
@@ -10,14 +10,14 @@ import sys
 import numpy as np
 import pytest
 
-from data import record_writer
+from data.records import record_writer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _bitwise_crc32c(data: bytes) -> int:
     """CRC-32C one bit at a time from its definition (reflected polynomial 0x82F63B78, all-ones initial
-    register and final inversion): no table, nothing shared with data/record_writer.py."""
+    register and final inversion): no table, nothing shared with data/records/record_writer.py."""
     crc = 0xFFFFFFFF
     for byte in data:
         crc ^= byte
@@ -51,7 +51,7 @@ if sys.argv[1] == "missing":
     sys.modules["google_crc32c"] = None
 else:
     sys.modules["google_crc32c"] = types.SimpleNamespace(implementation="python", value=None)
-from data import record_writer
+from data.records import record_writer
 print(record_writer.IMPLEMENTATION)
 with record_writer.RecordWriter(sys.argv[2]) as writer:
     for n in (0, 5, 5000, 150_000):

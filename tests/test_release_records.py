@@ -18,7 +18,7 @@ import tensorflow as tf
 from PIL import Image
 
 import evaluate
-from data import record_files, schema
+from data.records import record_files, schema
 from models import resnet
 from tests import datasets, entry_points
 from tests.scripts import run_in_process
@@ -111,7 +111,7 @@ def _tf_records(path) -> list[bytes]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# data/record_files.py: the framing.
+# data/records/record_files.py: the framing.
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -174,7 +174,7 @@ def test_cut_at_a_record_boundary_is_a_shorter_valid_file_and_a_bad_header_is_na
 
 
 # ---------------------------------------------------------------------------------------------------------
-# data/schema.py: the release's layout.
+# data/records/schema.py: the release's layout.
 # ---------------------------------------------------------------------------------------------------------
 
 

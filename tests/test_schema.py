@@ -1,4 +1,4 @@
-"""Tests for data/schema.py: the original writer's records, the three label layouts, batch parsing, manifests."""
+"""Tests for data/records/schema.py: the original writer's records, the three label layouts, batch parsing, manifests."""
 
 import json
 import os
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data import schema
+from data.records import schema
 
 REFERENCE_CLASSES = 11166
 
@@ -43,7 +43,7 @@ def _reference_serialized(reference_dir: pathlib.Path, file: str) -> list[bytes]
 
 
 def _raw_fields(serialized: bytes) -> dict:
-    """The independent oracle: protobuf + numpy, no code from data/schema.py."""
+    """The independent oracle: protobuf + numpy, no code from data/records/schema.py."""
     feature = tf.train.Example.FromString(serialized).features.feature
     (label_bytes,) = feature["label"].bytes_list.value
     (image,) = feature["image"].bytes_list.value
@@ -482,7 +482,7 @@ def test_list_record_files(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Writing without TensorFlow: the hand-written Example encoder and data/record_writer.py, checked byte for
+# Writing without TensorFlow: the hand-written Example encoder and data/records/record_writer.py, checked byte for
 # byte against TensorFlow's own serializer and writer.
 # ---------------------------------------------------------------------------------------------------------
 
@@ -554,7 +554,7 @@ def test_encode_example_is_byte_identical_to_tf_train_example(label_format):
     ids=["empty", "short", "threshold", "long"],
 )
 def test_record_writer_is_byte_identical_to_tf_record_writer(tmp_path, lengths):
-    from data import record_writer
+    from data.records import record_writer
 
     rng = np.random.default_rng(len(lengths))
     records = [rng.bytes(n) for n in lengths] + [bytes(5000), b"\xff" * 3000]
@@ -571,7 +571,7 @@ def test_record_writer_is_byte_identical_to_tf_record_writer(tmp_path, lengths):
 
 def _bitwise_crc32c(data: bytes) -> int:
     """CRC-32C one bit at a time from its definition (reflected polynomial 0x82F63B78, all-ones initial
-    register and final inversion): no table, nothing shared with data/record_writer.py."""
+    register and final inversion): no table, nothing shared with data/records/record_writer.py."""
     crc = 0xFFFFFFFF
     for byte in data:
         crc ^= byte
@@ -581,7 +581,7 @@ def _bitwise_crc32c(data: bytes) -> int:
 
 
 def test_crc32c_known_value_and_both_paths_agree():
-    from data import record_writer
+    from data.records import record_writer
 
     assert _bitwise_crc32c(b"123456789") == 0xE3069283  # the oracle gives the CRC-32C check value
     assert record_writer.crc32c(b"123456789") == 0xE3069283
@@ -602,7 +602,7 @@ def test_writing_records_does_not_import_tensorflow():
 
     code = (
         "import sys\n"
-        "from data import record_writer, schema\n"
+        "from data.records import record_writer, schema\n"
         "record = schema.encode_example(image=b'x', name='a', height=1, width=2, label={1: 0.5},"
         " label_format='sparse', num_classes=3)\n"
         "with record_writer.RecordWriter(sys.argv[1]) as w:\n"

@@ -1,10 +1,11 @@
-"""Tests for data/shard_writer.py: which file a list name reads (the rest is tested through the writer)."""
+"""Tests for data/shards/shard_writer.py: which file a list name reads (the rest is tested through the writer)."""
 
 import os
 
 import pytest
 
-from data import images, shard_writer
+from data.pixels import images
+from data.shards import shard_writer
 
 ROOT = "/data/images"
 

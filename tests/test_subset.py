@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from data import annotations
-from data.hierarchy import Hierarchy, load_hierarchy
+from data.labels import annotations
+from data.labels.hierarchy import Hierarchy, load_hierarchy
 from tools import subset
 from tools.subset import SubsetConfig
 
@@ -195,7 +195,7 @@ def test_the_summary_names_only_the_filters_given():
 
 def test_cli(tmp_path, repo_root):
     h = _hierarchy()
-    from data.hierarchy import write_hierarchy
+    from data.labels.hierarchy import write_hierarchy
 
     write_hierarchy(tmp_path / "h.txt", h)
     _write_list(tmp_path / "in.txt", ["a.jpg\t5:1\t4:1", "b.jpg\t3:1\t1:1\t0:1", "bad line 9:x"])

@@ -16,7 +16,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from data import schema, tfrecord
+from data.records import schema
+from data.shards import dataset_writer
 from tests import entry_points
 from tests.png_bomb import bomb_png
 from training import input_pipeline
@@ -122,7 +123,7 @@ def _write_records(
     manual, out, splits=(("train", "train_im_list_tiny.txt"), ("val", "val_im_list_tiny.txt"))
 ):
     return {
-        prefix: tfrecord.write_dataset(
+        prefix: dataset_writer.write_dataset(
             image_list=str(manual / list_name),
             image_root=str(manual / "images"),
             output_dir=str(out),

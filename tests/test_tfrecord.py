@@ -21,8 +21,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageFile
 
-from data import images, schema, tfrecord
-from data import manifest as manifest_files
+from data.pixels import images
+from data.records import manifest as manifest_files
+from data.records import schema
+from data.shards import dataset_writer
 
 NUM_CLASSES = 50
 SIZE = (24, 16)  # (width, height) of the test images.
@@ -109,7 +111,7 @@ def _write(image_list, output_dir, **kwargs) -> dict:
         progress=False,
     )
     args.update(kwargs)
-    return tfrecord.write_dataset(**args)
+    return dataset_writer.write_dataset(**args)
 
 
 def _examples(files) -> list[tf.train.Example]:
@@ -443,7 +445,7 @@ def test_full_verify_rejects_exactly_what_a_full_decode_rejects():
     assert sum(full for full, _ in verdicts) >= 25  # every truncation, and some corruptions, fail
 
 
-@pytest.mark.parametrize("verify", tfrecord.VERIFY_MODES)
+@pytest.mark.parametrize("verify", images.VERIFY_MODES)
 def test_bad_input_corpus(tmp_path, verify):
     image_list, expected = _bad_corpus(tmp_path / "img")
     manifest = _write(image_list, tmp_path / "out", shards=3, verify=verify)
@@ -730,7 +732,7 @@ def test_two_tasks_then_merge_equal_a_single_task_run(tmp_path):
     assert not any(p["complete"] for p in parts)
     with pytest.raises(FileNotFoundError, match="--merge"):
         schema.read_manifest(shared)
-    merged = tfrecord.merge_manifests(str(shared), "train")
+    merged = manifest_files.merge_manifests(str(shared), "train")
     assert merged["complete"] and merged["num_records"] == 10
     assert merged["shards"] == single["shards"] and merged["skipped"] == single["skipped"]
     merged_read, single_read = schema.read_manifest(shared), schema.read_manifest(tmp_path / "single")
@@ -751,26 +753,26 @@ def test_merge_errors(tmp_path):
     image_list = _make_corpus(tmp_path / "img", 6)
     out = tmp_path / "out"
     with pytest.raises(FileNotFoundError, match="no task manifests"):
-        tfrecord.merge_manifests(str(out))
+        manifest_files.merge_manifests(str(out))
     _write(image_list, out, shards=3, task_index=0, num_tasks=2)
     with pytest.raises(FileNotFoundError, match=r"missing for tasks \[1\] of 2"):
-        tfrecord.merge_manifests(str(out))
+        manifest_files.merge_manifests(str(out))
     _write(image_list, out, shards=3, task_index=1, num_tasks=2)
-    tfrecord.merge_manifests(str(out))
+    manifest_files.merge_manifests(str(out))
     # A shard that changed after its task finished.
     with open(out / "train-00001-of-00003.tfrecord", "ab") as f:
         f.write(b"x")
     with pytest.raises(ValueError, match="train-00001-of-00003.tfrecord: size or record count"):
-        tfrecord.merge_manifests(str(out))
+        manifest_files.merge_manifests(str(out))
     os.remove(out / "train-00001-of-00003.tfrecord")
     with pytest.raises(FileNotFoundError, match="train-00001-of-00003.tfrecord"):
-        tfrecord.merge_manifests(str(out))
+        manifest_files.merge_manifests(str(out))
     # Tasks that used different settings.
     other = tmp_path / "other"
     _write(image_list, other, shards=3, task_index=0, num_tasks=2)
     _write(image_list, other, shards=3, task_index=1, num_tasks=2, jpeg_quality=80)
     with pytest.raises(ValueError, match="other settings"):
-        tfrecord.merge_manifests(str(other))
+        manifest_files.merge_manifests(str(other))
 
 
 def test_merge_accepts_the_list_at_another_path_on_another_machine(tmp_path):
@@ -780,7 +782,7 @@ def test_merge_accepts_the_list_at_another_path_on_another_machine(tmp_path):
     out = tmp_path / "out"
     _write(image_list, out, shards=2, task_index=0, num_tasks=2)
     _write(copy, out, shards=2, task_index=1, num_tasks=2)
-    assert tfrecord.merge_manifests(str(out))["num_records"] == 6
+    assert manifest_files.merge_manifests(str(out))["num_records"] == 6
     # But not a different list.
     changed = tmp_path / "changed.txt"
     changed.write_text(image_list.read_text().replace("im_0005.jpg", "im_0004.jpg"))
@@ -788,7 +790,7 @@ def test_merge_accepts_the_list_at_another_path_on_another_machine(tmp_path):
     _write(image_list, out2, shards=2, task_index=0, num_tasks=2)
     _write(changed, out2, shards=2, task_index=1, num_tasks=2)
     with pytest.raises(ValueError, match="other settings"):
-        tfrecord.merge_manifests(str(out2))
+        manifest_files.merge_manifests(str(out2))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -837,7 +839,7 @@ def test_tfds_metadata_after_merge(tmp_path):
     for t in range(2):
         _write(image_list, out, shards=2, task_index=t, num_tasks=2, tfds_metadata=True)
     assert not (out / "dataset_info.json").exists()  # Only the merge knows the whole split.
-    tfrecord.merge_manifests(str(out), tfds_metadata=True)
+    manifest_files.merge_manifests(str(out), tfds_metadata=True)
     assert len(list(tfds.builder_from_directory(str(out)).as_dataset(split="train"))) == 5
 
 
@@ -936,20 +938,45 @@ def _wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
+# Loaded by every interpreter of the killed run (main process and pool workers) through PYTHONPATH: reading
+# the file whose name ends in MLIMAGES_TEST_BLOCK_READ's first part blocks while its second part exists. (A
+# FIFO blocked the run before; the writer now refuses FIFOs without opening them for reading.)
+_BLOCK_ON_READ = """
+import os, time
+name, _, gate = os.environ.get("MLIMAGES_TEST_BLOCK_READ", "").partition("::")
+if name:
+    from data.pixels import images
+
+    read_file = images.read_file
+
+    def blocking(path, **kwargs):
+        while path.endswith(name) and os.path.exists(gate):
+            time.sleep(0.05)
+        return read_file(path, **kwargs)
+
+    images.read_file = blocking
+"""
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.isdir("/proc"), reason="needs mkfifo and /proc")
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc")
 @pytest.mark.parametrize("workers, kill, label_format", [(1, "group", "dense"), (2, "main", "sparse")])
 def test_kill_9_mid_run_then_rerun_gives_the_same_records(tmp_path, repo_root, workers, kill, label_format):
-    """The run blocks on a named pipe in shard 2 of 4 (a deterministic "mid-run"), is killed, and re-run.
+    """The run blocks reading an image of shard 2 of 4 (a deterministic "mid-run"), is killed, and re-run.
 
     ``kill="main"`` kills only the main process: its pool workers must notice and exit by themselves,
     rather than go on writing shards that the re-run writes too.
     """
     image_list = _make_corpus(tmp_path / "img", 24)
-    blocker = tmp_path / "img" / "im_0013.jpg"  # Line 14 of 24: in shard 2 of 4 (lines 13-18).
-    blocker_bytes = blocker.read_bytes()
-    os.remove(blocker)
-    os.mkfifo(blocker)
+    gate = tmp_path / "gate"
+    gate.touch()
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(_BLOCK_ON_READ)
+    blocking_env = {
+        **_cli_env(repo_root),
+        "PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{repo_root}",
+        "MLIMAGES_TEST_BLOCK_READ": f"im_0013.jpg::{gate}",  # line 14 of 24: in shard 2 of 4 (lines 13-18)
+    }
     out = tmp_path / "out"
     command = _cli(
         repo_root,
@@ -967,7 +994,7 @@ def test_kill_9_mid_run_then_rerun_gives_the_same_records(tmp_path, repo_root, w
     )
     with open(tmp_path / "killed.log", "wb") as log:
         process = subprocess.Popen(
-            command, stdout=log, stderr=log, env=_cli_env(repo_root), cwd=repo_root, start_new_session=True
+            command, stdout=log, stderr=log, env=blocking_env, cwd=repo_root, start_new_session=True
         )
     try:
         _wait_for(
@@ -992,8 +1019,7 @@ def test_kill_9_mid_run_then_rerun_gives_the_same_records(tmp_path, repo_root, w
     assert glob.glob(str(out / ".train-00002-of-00004.tfrecord.*.tmp"))  # Killed mid-shard.
     inodes = {s: os.stat(out / f"{s}.tfrecord").st_ino for s in finished}
 
-    os.remove(blocker)
-    blocker.write_bytes(blocker_bytes)
+    gate.unlink()
     rerun = subprocess.run(
         command, capture_output=True, text=True, env=_cli_env(repo_root), cwd=repo_root, timeout=300
     )
@@ -1009,3 +1035,48 @@ def test_kill_9_mid_run_then_rerun_gives_the_same_records(tmp_path, repo_root, w
     records = _record_multiset(out)
     assert records == _record_multiset(tmp_path / "uninterrupted")
     assert sum(records.values()) == len(records) == 24  # None lost, none doubled.
+
+
+def test_a_list_with_a_byte_order_mark_and_crlf_loses_no_line(tmp_path):
+    """Editors on Windows write a UTF-8 BOM and CRLF line ends: line 1 is still an image, no name ends in
+    a carriage return."""
+    image_list = _make_corpus(tmp_path / "img", 6)
+    lines = image_list.read_text().splitlines()
+    image_list.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")
+    manifest = _write(image_list, tmp_path / "out", shards=2)
+    assert (manifest["num_records"], manifest["num_skipped"]) == (6, 0)
+    names = {
+        tf.train.Example.FromString(r.numpy()).features.feature["name"].bytes_list.value[0]
+        for r in tf.data.TFRecordDataset(schema.list_record_files(tmp_path / "out"))
+    }
+    assert names == {f"im_{i:04d}.jpg".encode() for i in range(6)}
+
+
+def test_fifos_devices_and_oversized_files_are_skipped_without_blocking(tmp_path, monkeypatch):
+    """A FIFO would block `open` forever and a link to /dev/zero would grow the writer without bound: only
+    regular files are read, and none past the size cap."""
+    image_list = _make_corpus(tmp_path / "img", 3)
+    os.mkfifo(tmp_path / "img" / "fifo.jpg")
+    os.symlink("/dev/zero", tmp_path / "img" / "zero.jpg")
+    (tmp_path / "img" / "huge.jpg").write_bytes(_image_bytes(0) + b"\0" * 4096)
+    monkeypatch.setattr(images, "DEFAULT_MAX_FILE_BYTES", 4096)
+    with image_list.open("a") as f:
+        f.write("fifo.jpg\t1:1\nzero.jpg\t1:1\nhuge.jpg\t1:1\n")
+
+    def hung(signum, frame):
+        raise TimeoutError("the writer blocked")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    try:
+        manifest = _write(image_list, tmp_path / "out", shards=1)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert (manifest["num_records"], manifest["num_skipped"]) == (3, 3)
+    reasons = {s["reason"] for s in manifest["skipped"]}
+    assert reasons == {
+        "not a regular file (a fifo)",
+        "not a regular file (a character device)",
+        f"too large: {len(_image_bytes(0)) + 4096} bytes (over 4096)",
+    }

@@ -15,7 +15,7 @@ Definitions used here:
   (`avg_images_per_class_all` divides by `num_classes`).
 
 Both paths stream: the list is read line by line (per-class counters, O(classes) memory) and TFRecords
-are parsed in batches with `data.schema.parse_records` (TensorFlow is imported only for that path).
+are parsed in batches with `data.records.schema.parse_records` (TensorFlow is imported only for that path).
 matplotlib is optional (`pip install .[plots]`); without it the JSON is still written.
 
 Usage:
@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from data import annotations, fileio
+from data import fileio
+from data.labels import annotations
 
 CONFIDENCE_BINS = 101  # Confidences are histogrammed at 0.01 resolution: bounded memory for any input.
 
@@ -177,14 +178,14 @@ def stats_from_tfrecords(
     trainable_min: int = 100,
     batch_size: int = 256,
 ) -> dict[str, Any]:
-    """Statistics of TFRecord files of any label format, parsed with `data.schema.parse_records`.
+    """Statistics of TFRecord files of any label format, parsed with `data.records.schema.parse_records`.
 
     Each batch is reduced inside the tf.data pipeline (per-class sums, tag-count and confidence
     histograms), so only small count vectors reach Python.
     """
     import tensorflow as tf
 
-    from data import schema
+    from data.records import schema
 
     def reduce_batch(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         parsed = schema.parse_records(serialized, label_format=label_format, num_classes=num_classes)
@@ -224,7 +225,7 @@ def stats_from_data_dir(
     trainable_min: int = 100,
 ) -> dict[str, Any]:
     """Statistics of a split written by data/tfrecord.py, found through its manifest (format, classes)."""
-    from data import schema
+    from data.records import schema
 
     manifest = schema.read_manifest(data_dir, prefix)
     stats = stats_from_tfrecords(

@@ -62,7 +62,8 @@ from absl import app, flags, logging
 if __package__ in (None, ""):  # run as a script: tools/ is not an installed package (as tools/benchmark.py)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data import fileio, images, preprocessing  # noqa: E402  (after the path set-up above)
+from data import fileio  # noqa: E402  (after the path set-up above)
+from data.pixels import images, preprocessing
 from models import input_contract, portable, pretrained, resnet  # noqa: E402
 from tools import image_classification, serving_input  # noqa: E402  (class names and head rule of the tools)
 
@@ -142,7 +143,7 @@ def export(
       checkpoint: ours (run directory or prefix) or a released TF1 checkpoint prefix.
       output_dir: created if missing; existing files of the same names are replaced.
       head: `auto`, `sigmoid` or `softmax`: the SavedModel's `probabilities`.
-      transform: the pre-processing inside the SavedModel (`data.preprocessing.TRANSFORMS`); None: the
+      transform: the pre-processing inside the SavedModel (`data.pixels.preprocessing.TRANSFORMS`); None: the
         checkpoint's input contract's (`models.pretrained.checkpoint_contract`).
       image_size: the network's input side in the SavedModel; None: the contract's (another is warned about).
       hierarchy: the ML-Images hierarchy file, for the class names (default: the contract's, else indices).

@@ -44,8 +44,9 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from data import fileio, image_files, preprocessing
-from data import images as images_lib
+from data import fileio
+from data.pixels import image_files, preprocessing
+from data.pixels import images as images_lib
 from models import resnet
 from training import cli, tf_logs
 
@@ -63,7 +64,7 @@ def ten_crop_transform(
 ) -> tf.Tensor:
     """The 10 crops of one encoded image: 4 corners and the centre, then the horizontal flip of each.
 
-    The resize is `data.preprocessing.demo_resize`, the one `demo_transform` uses, so crop 4 (the centre)
+    The resize is `data.pixels.preprocessing.demo_resize`, the one `demo_transform` uses, so crop 4 (the centre)
     equals `demo_transform`'s output; a test checks that.
 
     Returns:
@@ -99,7 +100,7 @@ def extract_features(
       model: a model from `build_resnet` (e.g. `models.pretrained.load_model`); its `global_pool` is read.
       paths: image files.
       crop: `center` or `ten_crop` (see the module docstring).
-      transform: a name of `data.preprocessing.TRANSFORMS`, for `center` (`ten_crop` is the demo geometry).
+      transform: a name of `data.pixels.preprocessing.TRANSFORMS`, for `center` (`ten_crop` is the demo geometry).
       image_size: crop side.
       batch_size: images per forward pass (times 10 crops for `ten_crop`).
       max_pixels: larger images are skipped (0: only Pillow's own limit, about 179 MP).

@@ -6,7 +6,7 @@ r"""Top-k classes of image files from a checkpoint, the release's `image_classif
         --hierarchy data/dictionary_and_semantic_hierarchy.txt --topk 10 photo1.jpg photo2.png
 
 Images come as arguments and/or `--image_list` (one file per line, the first field; see
-`data.image_files.read_image_list`); unusable files (missing, truncated, not an image, over `--max_pixels`)
+`data.pixels.image_files.read_image_list`); unusable files (missing, truncated, not an image, over `--max_pixels`)
 are reported with the reason on stderr and in the JSON and skipped. A progress bar over the files
 (images, rate, ETA) goes to stderr; `--noprogress` hides it. The checkpoint is ours or a released TF1
 one (`models.pretrained.load_model`).
@@ -19,7 +19,7 @@ sigmoid for any other size (11,166 ML-Images classes or another multi-label head
 Class names: `--imagenet_dictionary` reads the release's `imagenet2012_dictionary.txt` (`index<TAB>words`;
 in the released file the synonyms' words are all TAB separated, so the name shown is every field after
 the index joined by spaces; the release printed only the first field, e.g. "great" for class 2);
-`--hierarchy` reads the ML-Images `dictionary_and_semantic_hierarchy.txt` (`data.hierarchy`). Without
+`--hierarchy` reads the ML-Images `dictionary_and_semantic_hierarchy.txt` (`data.labels.hierarchy`). Without
 either, the network's own class names are used where its run directory has them (`class_names.txt`,
 models/input_contract.py), else the indices. The name count must equal the head size.
 
@@ -27,7 +27,7 @@ Pre-processing (`--transform`, `--image_size`): by default the network's input c
 size and evaluation transform; for a released checkpoint the release's tools' input, `demo` at 224);
 another size than the network's is warned about. `demo` is the release's tools' transform, as their OpenCV
 code makes the network input (`cv.imread`: accurate IDCT and the EXIF orientation; shorter side to 256 with
-`cv.resize`, centre crop 224, scaled to [-1, 1]; `data.preprocessing.demo_transform`); `reference` its
+`cv.resize`, centre crop 224, scaled to [-1, 1]; `data.pixels.preprocessing.demo_transform`); `reference` its
 evaluation transform (central 80 % crop, resize); `full` the whole image resized (the demo recipe's).
 
 Output (`--output_format`): `text` (default) is one `rank. score  [index] name` line per class under each
@@ -48,9 +48,10 @@ import keras
 import tensorflow as tf
 from absl import app, flags, logging
 
-from data import fileio, image_files, preprocessing
-from data import hierarchy as hierarchy_lib
-from data import images as images_lib
+from data import fileio
+from data.labels import hierarchy as hierarchy_lib
+from data.pixels import image_files, preprocessing
+from data.pixels import images as images_lib
 from models import pretrained
 from training import cli, tf_logs
 
@@ -148,7 +149,7 @@ def classify(
       paths: image files.
       head: `sigmoid` or `softmax` (see `resolve_head`).
       topk: classes per image (at most the head size).
-      transform: a name of `data.preprocessing.TRANSFORMS` (`demo`, `reference`, `full`).
+      transform: a name of `data.pixels.preprocessing.TRANSFORMS` (`demo`, `reference`, `full`).
       image_size: the model's input side.
       batch_size: images per forward pass.
       max_pixels: larger images are skipped (0: only Pillow's own limit, about 179 MP).

@@ -11,7 +11,7 @@ undecodable image fails the whole batch. So, per image of a batch (`decode_batch
    are known; anything else is refused, as is a header that cannot be read.
 2. `pixels_to_allocate` bounds what the decode and the transform will hold (the decoded pixels; for the
    `demo` transform also its resized image, which a long thin image makes large); over `max_pixels`, the
-   image is refused before a pixel is decoded: the same limit as the Python tools' (`data/images.py`,
+   image is refused before a pixel is decoded: the same limit as the Python tools' (`data/pixels/images.py`,
    100 MP by default), checked in the graph instead of by Pillow.
 3. The others are decoded and transformed in a `tf.data` pipeline with `ignore_errors`, so a corrupt or
    truncated image drops out alone; the indices of the survivors say which.
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from data import preprocessing
+from data.pixels import preprocessing
 
 # Formats, in `image_header`'s `format` output.
 UNKNOWN, JPEG, PNG, GIF, BMP = 0, 1, 2, 3, 4
@@ -220,7 +220,7 @@ def pixels_to_allocate(header: dict[str, tf.Tensor], *, transform: str, image_si
 def exif_orientation(image_bytes: tf.Tensor) -> tf.Tensor:
     """The EXIF orientation (int32 1..8) of an encoded JPEG, in TF ops; 1 when absent, invalid or not a JPEG.
 
-    What `data.preprocessing.load_image_file` reads with Pillow for the tools, so that the SavedModel
+    What `data.pixels.preprocessing.load_image_file` reads with Pillow for the tools, so that the SavedModel
     applies the orientation as they (and `cv.imread`) do. Reads the TIFF header after the first
     `Exif\0\0` in the first 64 KB (byte order `II` or `MM`), the IFD0 offset, and the entries of IFD0,
     all as vectorised gathers (no loop); any read past the end yields 1.
@@ -255,7 +255,7 @@ def decode_batch(
 
     Args:
       image_bytes: string[N], encoded images.
-      transform: a name of `data.preprocessing.TRANSFORMS` (`demo` applies the EXIF orientation).
+      transform: a name of `data.pixels.preprocessing.TRANSFORMS` (`demo` applies the EXIF orientation).
       image_size: the network's input side S.
       max_pixels: images whose decode or transform would hold more pixels are refused (0: no limit).
 

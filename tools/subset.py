@@ -38,8 +38,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from absl import logging
 
-from data import annotations
-from data.hierarchy import Hierarchy, load_hierarchy, write_hierarchy
+from data.labels import annotations
+from data.labels.hierarchy import Hierarchy, load_hierarchy, write_hierarchy
 
 _TWO64 = float(2**64)
 
@@ -169,7 +169,7 @@ def subset_list(
       output_list: Output list, same format.
       config: The filters.
       hierarchy: Needed for a class subset (ancestors) and used to validate indices.
-      kind: List kind, as in `data.annotations`.
+      kind: List kind, as in `data.labels.annotations`.
       num_classes: Validates indices when there is no hierarchy.
       errors: Receives malformed lines, which are skipped.
 

@@ -22,7 +22,8 @@ from typing import Any
 import keras
 from absl import app, flags
 
-from data import fileio, image_files, images, preprocessing
+from data import fileio
+from data.pixels import image_files, images, preprocessing
 from models import input_contract, pretrained
 from training import config as config_lib
 from training import recipes

@@ -41,7 +41,9 @@ class DataConfig:
     area_cover: float = 0.7  # lower bound of the crop's area fraction
     object_cover: float = 0.7  # min_object_covered of the sampled crop
     distort: bool = True  # the reference's rotation and colour distortion (False: crop and flip only)
-    eval_transform: str = "reference"  # data/preprocessing.py TRANSFORMS: reference (80 % centre), full, demo
+    eval_transform: str = (
+        "reference"  # data/pixels/preprocessing.py TRANSFORMS: reference (80 % centre), full, demo
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,8 +22,9 @@ from typing import Any
 import tensorflow as tf
 from absl import logging
 
-from data import demo as demo_data
-from data import demo_scenes, fileio
+from data import fileio
+from data.synthetic import demo_scenes
+from data.synthetic import demo_set as demo_data
 from models import input_contract
 from training import distributed, loop
 from training.config import TrainConfig

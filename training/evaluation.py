@@ -25,7 +25,7 @@ import tensorflow as tf
 import tqdm
 from absl import logging
 
-from data import preprocessing
+from data.pixels import preprocessing
 from models import pretrained
 from training import distributed, input_pipeline, metrics, report
 from training.predictions import PredictionsWriter, predictions_path

@@ -1,6 +1,6 @@
 """The input pipeline: file-level sharding by rank, interleaved reads, seeded augmentation, batching.
 
-Sources are our TFRecords (any label format of `data/schema.py`, described by the writer's manifest), a
+Sources are our TFRecords (any label format of `data/records/schema.py`, described by the writer's manifest), a
 folder written by the original release (``{data_dir}/{prefix}/*.tfrecords``, no manifest: the label format
 and class count are read from the records) or tensorflow-datasets (ImageNet; ML-Images built by
 data/ml_images, whose sparse labels are made dense here). All become a stream of `(jpeg_bytes, label)`
@@ -34,7 +34,8 @@ import re
 import tensorflow as tf
 from absl import logging
 
-from data import preprocessing, record_files, schema
+from data.pixels import preprocessing
+from data.records import record_files, schema
 from training import host_resources
 
 AUTOTUNE = tf.data.AUTOTUNE

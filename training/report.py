@@ -34,8 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from data import fileio, schema
-from data import hierarchy as hierarchy_lib
+from data import fileio
+from data.labels import hierarchy as hierarchy_lib
+from data.records import schema
 from training import metrics
 
 MULTILABEL = "multilabel"

@@ -48,9 +48,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from data import images, schema
 from data.ml_images import pipeline as steps
 from data.ml_images.pipeline import NUM_CLASSES, PrepareSettings
+from data.pixels import images
+from data.records import schema
 
 __all__ = ["NUM_CLASSES", "Builder", "MlImagesConfig"]
 

@@ -24,7 +24,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from data import annotations, images, list_index, schema, shard_writer
+from data.labels import annotations
+from data.pixels import images
+from data.records import schema
+from data.shards import list_index, shard_writer
 
 NUM_CLASSES = 11166
 # Beam metrics counters live in this namespace: `{split}/examples`, `{split}/skipped`,

@@ -1,5 +1,5 @@
 """``augment``: single-threaded CPU ms per image of each augmentation branch of
-`data.preprocessing.train_transform` after the crop, and of the rotation alone, ours (the XLA gather) vs the
+`data.pixels.preprocessing.train_transform` after the crop, and of the rotation alone, ours (the XLA gather) vs the
 release's op (`release_pipeline.release_rotate`).
 """
 
@@ -20,7 +20,7 @@ def run(f: flags.FlagValues) -> None:
     thread, --batch_size random --image_size crops per timed call, --steps calls after --warmup."""
     import tensorflow as tf
 
-    from data import preprocessing as pre
+    from data.pixels import preprocessing as pre
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)

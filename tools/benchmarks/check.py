@@ -15,7 +15,7 @@ slower gives.
 
 The ratios (`RATIOS`; higher is better for each):
 
-- ``record_framing_vs_tf``: data/record_writer.py's `RecordWriter` against ``tf.io.TFRecordWriter``, 64
+- ``record_framing_vs_tf``: data/records/record_writer.py's `RecordWriter` against ``tf.io.TFRecordWriter``, 64
   records of 140 KB to /dev/null: the framing and its CRC-32C alone;
 - ``writer_dense_vs_naive``, ``writer_sparse_vs_naive``: data/tfrecord.py's writer (2 workers, the default
   ``verify=full``) against the naive TensorFlow-decoding writer (one process), 600 generated JPEGs, wall;
@@ -180,7 +180,7 @@ class _Check:
         import numpy as np
         import tensorflow as tf
 
-        from data import record_writer
+        from data.records import record_writer
 
         records = [np.random.default_rng(i).bytes(140_000) for i in range(64)]
 
@@ -233,11 +233,11 @@ class _Check:
 
     def _write(self, label_format: str, workers: int, verify: str = "full") -> Timer:
         """One run of data/tfrecord.py's writer; its records are kept (the pipeline reads the latest)."""
-        from data import tfrecord
+        from data.shards import dataset_writer
 
         out = self._out(f"records-{label_format}-w{workers}")
         timer = _timed(
-            lambda: tfrecord.write_dataset(
+            lambda: dataset_writer.write_dataset(
                 image_list=self._images(),
                 image_root=self.image_cache,
                 output_dir=out,

@@ -6,13 +6,13 @@ The server is a separate process on 127.0.0.1 (so that it does not share the mea
 serving the benchmark's photo-like JPEGs (`photos.benchmark_images`). Every variant fetches and validates
 every image and stores it unchanged in shards:
 
-- ``one_pass``: `download_records.download_records` (``--workers`` processes x ``--threads`` threads), in
+- ``one_pass``: `to_records.download_records` (``--workers`` processes x ``--threads`` threads), in
   this process (its imports already done).
-- ``download_then_write``: `download.download_url_list` (``--workers`` x ``--threads`` threads) into image
-  files, then `tfrecord.write_dataset` (``--workers`` processes) of the image list, in this process.
+- ``download_then_write``: `to_files.download_url_list` (``--workers`` x ``--threads`` threads) into image
+  files, then `dataset_writer.write_dataset` (``--workers`` processes) of the image list, in this process.
 - ``one_pass_cli`` and ``img2dataset``: the two commands as subprocesses, wall time from start to exit
   (interpreter start-up and imports included for both; neither imports TensorFlow: ours writes the
-  records with data/record_writer.py). ``img2dataset_work`` is img2dataset's own timing from its shards' stats
+  records with data/records/record_writer.py). ``img2dataset_work`` is img2dataset's own timing from its shards' stats
   (first start to last end: no start-up), to compare with ``one_pass`` (in this process, warm). img2dataset runs from ``--img2dataset_venv`` with
   ``--processes_count=--workers --thread_count=--threads --resize_mode=no --skip_reencode`` (it decodes each
   image to check it, and keeps the original bytes) writing webdataset shards (its TFRecord output needs
@@ -91,15 +91,15 @@ def _url_lists(list_path: str, base: str, out_dir: str) -> tuple[str, str]:
 
 
 def _one_pass(url_list: str, out: str, f: flags.FlagValues) -> int:
-    from data import download, download_records
+    from data.fetch import to_records, transport
 
-    summary = download_records.download_records(
+    summary = to_records.download_records(
         url_list,
         output_dir=out,
         label_format="sparse",
         num_classes=f.num_classes,
         shards=f.shards,
-        config=download.DownloadConfig(threads=f.threads),
+        config=transport.DownloadConfig(allow_private_addresses=True, threads=f.threads),
         workers=f.workers,
         progress=False,
     )
@@ -107,19 +107,20 @@ def _one_pass(url_list: str, out: str, f: flags.FlagValues) -> int:
 
 
 def _download_then_write(url_list: str, out: str, f: flags.FlagValues) -> int:
-    from data import download, tfrecord
+    from data.fetch import to_files, transport
+    from data.shards import dataset_writer
 
     image_list = os.path.join(out, "image_list.txt")
-    download.download_url_list(
+    to_files.download_url_list(
         url_list,
         output_dir=os.path.join(out, "images"),
         image_list=image_list,
         failed_list=os.path.join(out, "failed.txt"),
-        config=download.DownloadConfig(threads=f.threads * f.workers),
+        config=transport.DownloadConfig(allow_private_addresses=True, threads=f.threads * f.workers),
         num_classes=f.num_classes,
         show_progress=False,
     )
-    manifest = tfrecord.write_dataset(
+    manifest = dataset_writer.write_dataset(
         image_list=image_list,
         image_root=os.path.join(out, "images"),
         output_dir=os.path.join(out, "records"),
@@ -144,6 +145,7 @@ def _one_pass_cli(url_list: str, out: str, f: flags.FlagValues) -> int:
             f"--workers={f.workers}",
             f"--threads={f.threads}",
             "--noprogress",
+            "--allow_private_addresses",
         ],
         check=True,
         capture_output=True,
@@ -184,7 +186,7 @@ def _img2dataset(url_list: str, out: str, f: flags.FlagValues) -> int:
 
 def run(f: flags.FlagValues) -> None:
     """The one pass's images/s and, with --compare, download-then-write's and img2dataset's, interleaved."""
-    from data import record_writer
+    from data.records import record_writer
 
     emit_machine("download", workers=f.workers, threads=f.threads, crc32c=record_writer.IMPLEMENTATION)
     list_path, names = photos.benchmark_images(f)

@@ -36,7 +36,7 @@ def buffered_pipeline(source, *, batch_size: int, image_size: int, shuffle_buffe
     (non-symbolic) checkpointing, as `train_dataset` was before #22 item 1."""
     import tensorflow as tf
 
-    from data import preprocessing
+    from data.pixels import preprocessing
     from training import input_pipeline
 
     ds = source.records(num_shards=1, shard_index=0, training=True, seed=0)

@@ -81,9 +81,9 @@ def memory_child(tool: str, list_path: str, *, num_classes: int) -> None:
     elif tool == "dataset_stats":
         from tools import dataset_stats
     elif tool.startswith("writer"):
-        from data import tfrecord
+        from data.shards import dataset_writer, list_index
     else:
-        from data import annotations  # noqa: F401  (the common import of the list tools)
+        from data.labels import annotations  # noqa: F401  (the common import of the list tools)
 
     after_imports = _peak_rss_mb()
     work_dir = tempfile.mkdtemp(prefix="mlimages_memory_")
@@ -101,12 +101,12 @@ def memory_child(tool: str, list_path: str, *, num_classes: int) -> None:
             stats = dataset_stats.stats_from_list(list_path, num_classes=num_classes)
             detail = {"avg_tags_per_image": round(stats["avg_tags_per_image"], 3)}
         elif tool == "writer_index":
-            index = tfrecord.index_list(list_path, 1024)
+            index = list_index.index_list(list_path, 1024)
             detail = {"shards": 1024, "lines_indexed": index.num_lines}
         elif tool == "writer_missing_images":
             # The whole writer on a list whose images are all missing: every line is a skipped entry, which
             # the sidecars and the manifest list (with its reason).
-            manifest = tfrecord.write_dataset(
+            manifest = dataset_writer.write_dataset(
                 image_list=list_path,
                 image_root=os.path.join(work_dir, "no-images"),
                 output_dir=os.path.join(work_dir, "records"),

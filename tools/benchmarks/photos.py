@@ -41,7 +41,8 @@ def ensure_images(
     cache: str, *, num_images: int, width: int, height: int, num_classes: int, tags: int
 ) -> str:
     """Generates the JPEGs and an image list once; returns the list's path."""
-    from data import annotations, fileio
+    from data import fileio
+    from data.labels import annotations
 
     list_path = os.path.join(cache, f"list-{num_images}-{width}x{height}-{num_classes}-{tags}.txt")
     if os.path.exists(list_path):
@@ -86,10 +87,10 @@ def read_jpegs(image_root: str, names: list[str]) -> list[bytes]:
 def our_writer(
     list_path: str, out_dir: str, *, f: flags.FlagValues, label_format: str, workers: int, verify: str
 ) -> dict:
-    """`data.tfrecord.write_dataset` of the benchmark images into `out_dir` (resumes what is there)."""
-    from data import tfrecord
+    """`data.shards.dataset_writer.write_dataset` of the benchmark images into `out_dir` (resumes what is there)."""
+    from data.shards import dataset_writer
 
-    return tfrecord.write_dataset(
+    return dataset_writer.write_dataset(
         image_list=list_path,
         image_root=f.image_cache,
         output_dir=out_dir,

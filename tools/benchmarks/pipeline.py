@@ -50,7 +50,7 @@ def pipeline_prefix(source, stage: str, *, batch_size: int, image_size: int, shu
     augmentation draws), "decode" (+ the JPEG decode) or "crop" (+ the draws, crop and resize)."""
     import tensorflow as tf
 
-    from data import preprocessing
+    from data.pixels import preprocessing
     from training import input_pipeline
 
     ds = input_pipeline._records(source, num_shards=1, shard_index=0, training=True, seed=0)

@@ -34,7 +34,8 @@ def naive_writer(list_path: str, image_root: str, output_path: str, *, num_class
     """What the original writer does: decode every image with TensorFlow, write the dense label layout."""
     import tensorflow as tf
 
-    from data import annotations, schema
+    from data.labels import annotations
+    from data.records import schema
 
     count = 0
     with tf.io.TFRecordWriter(output_path) as writer:
@@ -60,7 +61,7 @@ def label_field_bytes(label_format: str, *, num_classes: int, tags: int) -> int:
     """Bytes the label takes in a serialized record: the record minus the same record without a label."""
     import tensorflow as tf
 
-    from data import schema
+    from data.records import schema
 
     label = random_tags(np.random.default_rng(1), num_classes=num_classes, tags=tags)
     record = schema.encode_example(
@@ -88,7 +89,7 @@ def verify_cost(image_root: str, names: Sequence[str]) -> None:
     of a kept JPEG) and of a full-size Pillow decode, the check it replaced."""
     from PIL import Image
 
-    from data import tfrecord
+    from data.pixels import images
 
     jpegs = photos.read_jpegs(image_root, list(names))
 
@@ -98,7 +99,7 @@ def verify_cost(image_root: str, names: Sequence[str]) -> None:
 
     cost = {}
     for key, check in (
-        ("verify_full_ms", lambda data: tfrecord.prepare_image(data, verify="full")),
+        ("verify_full_ms", lambda data: images.prepare_image(data, verify="full")),
         ("full_size_decode_ms", full_size_decode),
     ):
         with Timer() as t:
@@ -110,7 +111,7 @@ def verify_cost(image_root: str, names: Sequence[str]) -> None:
 
 def run(f: flags.FlagValues) -> None:
     """Images/s and MB/s of our writer (cold and warm) and, with --compare, of the naive writer."""
-    from data import record_writer
+    from data.records import record_writer
 
     emit_machine("writer", crc32c=record_writer.IMPLEMENTATION)
     for label_format in ("dense", "sparse"):

@@ -23,7 +23,7 @@ import numpy as np
 
 # One CRC for reading and writing: the writer's (google-crc32c, or its numpy fallback), also for the 8-byte
 # length headers this module checks. Re-exported: callers know it as record_files.masked_crc32c.
-from data.record_writer import masked_crc32c
+from data.records.record_writer import masked_crc32c
 
 _HEADER = 12  # uint64 length + uint32 masked CRC of the length
 _FOOTER = 4  # uint32 masked CRC of the data

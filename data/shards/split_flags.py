@@ -1,6 +1,6 @@
 """The flags of a split's shards, shared by the writer (data/tfrecord.py) and the one pass (data/download.py).
 
-Kept apart from `data.shard_writer` so that defining them imports no TensorFlow: data/download.py defines
+Kept apart from `data.shards.shard_writer` so that defining them imports no TensorFlow: data/download.py defines
 them whether or not it writes records, and a plain download should start in a fraction of a second.
 """
 
@@ -10,9 +10,11 @@ import os
 
 from absl import flags
 
-from data import annotations, images, schema
+from data.labels import annotations
+from data.pixels import images
+from data.records import schema
 
-LABEL_FORMATS: tuple[str, ...] = schema.LABEL_FORMATS  # importing data/schema.py loads no TensorFlow
+LABEL_FORMATS: tuple[str, ...] = schema.LABEL_FORMATS  # importing data/records/schema.py loads no TensorFlow
 SPLIT_FLAGS: tuple[str, ...] = (
     "label_format",
     "shards",

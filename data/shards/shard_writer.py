@@ -1,7 +1,7 @@
 """Writing shards: a block of list lines -> one ``.tfrecord`` file + its sidecar; a split's shards + manifest.
 
 Two producers share this code: the writer (data/tfrecord.py: `write_shard` reads each line's image file)
-and the one-pass downloader (data/download_records.py: each line's URL is fetched). Each turns its lines
+and the one-pass downloader (data/fetch/to_records.py: each line's URL is fetched). Each turns its lines
 into `LineResult`s in list order; `write_records` writes them, and `write_split` runs a split's shards
 (finished ones reused, the rest in worker processes) and writes the manifest.
 
@@ -31,9 +31,14 @@ from typing import Any
 
 from absl import logging
 
-from data import annotations, fileio, images, list_index, manifest, record_writer, schema, worker_pool
-from data.list_index import ListIndex
-from data.tfds_metadata import write_tfds_metadata
+from data import fileio
+from data.archives import imagenet
+from data.labels import annotations
+from data.pixels import images
+from data.records import manifest, record_writer, schema
+from data.records.tfds_metadata import write_tfds_metadata
+from data.shards import list_index, worker_pool
+from data.shards.list_index import ListIndex
 
 OUTSIDE_ROOT = "outside image_root"
 _PROGRESS_EVERY = 16
@@ -61,6 +66,8 @@ class ShardTask:
       max_pixels: Images with more pixels are skipped (0: no limit).
       allow_outside_root: Read names that are absolute or leave `image_root`.
       list_sha256: Hash of the list (recorded so that shards of another list are never mixed in).
+      imagenet_archive: Read the list's ImageNet IDs from this archive (`data.archives.imagenet`) instead of
+        files under `image_root`; the records are the same as from the extracted files.
     """
 
     index: int
@@ -80,6 +87,7 @@ class ShardTask:
     max_pixels: int
     allow_outside_root: bool
     list_sha256: str
+    imagenet_archive: str = ""
 
     @property
     def path(self) -> str:
@@ -177,7 +185,10 @@ def first_field(raw: bytes) -> str:
 
 
 def _file_results(task: ShardTask) -> Iterator[LineResult]:
-    """The writer's lines: each image read from `image_root` and prepared."""
+    """The writer's lines: each image read from `image_root` (or the ImageNet archive) and prepared."""
+    if task.imagenet_archive:
+        yield from _archive_results(task)
+        return
     kind = label_kind(task.label_format)
     for line_no, raw in iter_lines(task):
         if not raw.strip():
@@ -197,6 +208,60 @@ def _file_results(task: ShardTask) -> Iterator[LineResult]:
             yield LineResult(line_no, name or first_field(raw), reason=skip_reason(e))
             continue
         yield LineResult(line_no, name, labels, image)
+
+
+def _archive_results(task: ShardTask) -> Iterator[LineResult]:
+    """The writer's lines from an ImageNet archive: the shard's lines are parsed first, then each synset's
+    tar is read once, front to back, keeping only this shard's members of it (the ID lists are grouped by
+    synset, so a shard holds a few synsets' runs; a synset that comes back later in the block is read
+    again), and the lines are yielded in list order."""
+    kind = label_kind(task.label_format)
+    parsed: list[tuple[int, bytes, str, Any, tuple[str, str] | None]] = []
+    wanted: dict[str, set[str]] = {}
+    for line_no, raw in iter_lines(task):
+        if not raw.strip():
+            parsed.append((line_no, raw, "", None, None))
+            continue
+        try:
+            name, labels = parse_list_line(raw, kind=kind, num_classes=task.num_classes)
+            synset, member = imagenet.parse_id(name)
+        except ValueError as e:
+            parsed.append((line_no, raw, skip_reason(e), None, None))
+            continue
+        wanted.setdefault(synset, set()).add(member)
+        parsed.append((line_no, raw, name, labels, (synset, member)))
+    with imagenet.ImageNetArchive(task.imagenet_archive) as archive:
+        loaded_synset, members, synset_error = None, {}, None
+        for line_no, raw, name, labels, key in parsed:
+            if key is None:
+                yield (
+                    LineResult(line_no)
+                    if not raw.strip()
+                    else LineResult(line_no, first_field(raw), reason=name)
+                )
+                continue
+            synset, member = key
+            if synset != loaded_synset:
+                loaded_synset, members, synset_error = synset, {}, None
+                try:
+                    members = archive.synset(synset, wanted[synset])
+                except images.BadImage as e:
+                    synset_error = e.reason
+            try:
+                if synset_error:
+                    raise images.BadImage(synset_error)
+                data = members.get(member)
+                if data is None:
+                    raise images.BadImage(imagenet.MISSING_IMAGE)
+                if isinstance(data, images.BadImage):
+                    raise data
+                image = images.prepare_image(
+                    data, jpeg_quality=task.jpeg_quality, verify=task.verify, max_pixels=task.max_pixels
+                )
+            except ValueError as e:
+                yield LineResult(line_no, name, reason=skip_reason(e))
+                continue
+            yield LineResult(line_no, name, labels, image)
 
 
 def write_shard(task: ShardTask, report: Callable[[int], None] | None = None) -> dict:
@@ -296,7 +361,7 @@ def finished_sidecar(task: ShardTask) -> dict | None:
 
 # ---------------------------------------------------------------------------------------------------------
 # A whole split: this task's shards, reused when finished, the rest written by worker processes, then the
-# manifest. Shared by the writer (data/tfrecord.py) and the one-pass downloader (data/download_records.py).
+# manifest. Shared by the writer (data/tfrecord.py) and the one-pass downloader (data/fetch/to_records.py).
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -317,10 +382,11 @@ def split_settings(
     verify: str,
     max_pixels: int,
     allow_outside_root: bool,
+    imagenet_archive: str = "",
 ) -> dict[str, Any]:
     """The `ShardTask` fields every shard of a split shares (`write_split`'s settings), after checking them.
 
-    Shared by the writer (data/tfrecord.py) and the one-pass downloader (data/download_records.py), so that
+    Shared by the writer (data/tfrecord.py) and the one-pass downloader (data/fetch/to_records.py), so that
     both refuse the same settings and hand the workers the same kind of paths: the list and the output
     folder made absolute (`ShardTask`), the output folder created. The arguments are `ShardTask`'s fields
     of the same names, but `image_root` (given as the shards use it: absolute, or "" for a URL list) and
@@ -344,6 +410,9 @@ def split_settings(
         raise ValueError(f"jpeg_quality must be in [1, 100], got {jpeg_quality}")
     if max_pixels < 0:
         raise ValueError(f"max_pixels must be >= 0 (0: no limit), got {max_pixels}")
+    if imagenet_archive:
+        imagenet_archive = os.path.abspath(imagenet_archive)
+        imagenet.ImageNetArchive(imagenet_archive).close()  # a path that is no archive: one line, now
     output_dir = os.path.abspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     return {
@@ -358,6 +427,7 @@ def split_settings(
         "verify": verify,
         "max_pixels": max_pixels,
         "allow_outside_root": allow_outside_root,
+        "imagenet_archive": imagenet_archive,
     }
 
 

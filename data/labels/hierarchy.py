@@ -333,24 +333,31 @@ def load_hierarchy(path: str | os.PathLike[str]) -> Hierarchy:
     """
     source = os.fspath(path)
     rows: list[tuple[int, str, int, str, int]] = []
-    with open(source, encoding="utf-8") as f:
-        header = f.readline().rstrip("\r\n")
-        if tuple(field.strip() for field in header.split("\t")) != HEADER:
-            raise HierarchyError(f"{source}:1: expected the header {' / '.join(HEADER)!r}, got {header!r}")
-        for line_no, line in enumerate(f, start=2):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            fields = line.split("\t", 3)
-            if len(fields) != 4:
-                raise HierarchyError(f"{source}:{line_no}: expected 4 TAB-separated columns, got {line!r}")
-            try:
-                index, parent = int(fields[0]), int(fields[2])
-            except ValueError:
+    try:
+        with open(source, encoding="utf-8-sig") as f:  # a byte order mark is not part of the header
+            header = f.readline().rstrip("\r\n")
+            if tuple(field.strip() for field in header.split("\t")) != HEADER:
                 raise HierarchyError(
-                    f"{source}:{line_no}: non-integer class or parent index in {line!r}"
-                ) from None
-            rows.append((index, fields[1].strip(), parent, fields[3].strip(), line_no))
+                    f"{source}:1: expected the header {' / '.join(HEADER)!r}, got {header!r}"
+                )
+            for line_no, line in enumerate(f, start=2):
+                line = line.rstrip("\r\n")
+                if not line.strip():
+                    continue
+                fields = line.split("\t", 3)
+                if len(fields) != 4:
+                    raise HierarchyError(
+                        f"{source}:{line_no}: expected 4 TAB-separated columns, got {line!r}"
+                    )
+                try:
+                    index, parent = int(fields[0]), int(fields[2])
+                except ValueError:
+                    raise HierarchyError(
+                        f"{source}:{line_no}: non-integer class or parent index in {line!r}"
+                    ) from None
+                rows.append((index, fields[1].strip(), parent, fields[3].strip(), line_no))
+    except UnicodeDecodeError as e:  # name the file: Python's message names only the codec
+        raise HierarchyError(f"{source}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
     num = len(rows)
     index = np.array([r[0] for r in rows], dtype=np.int64)

@@ -19,7 +19,7 @@ import tensorflow as tf
 import tqdm
 from absl import logging
 
-from data import images, preprocessing
+from data.pixels import images, preprocessing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,9 +83,9 @@ def iter_image_batches(
     pixel is decoded.
 
     Args:
-      paths: image files (any format `data.preprocessing.load_image_file` reads).
+      paths: image files (any format `data.pixels.preprocessing.load_image_file` reads).
       preprocess: (encoded bytes, EXIF orientation) -> float32 array, e.g.
-        `data.preprocessing.file_transform(name, image_size=S)`; run as a `tf.function`.
+        `data.pixels.preprocessing.file_transform(name, image_size=S)`; run as a `tf.function`.
       batch_size: files per batch.
       skipped: receives the files that were left out.
       max_pixels: largest width x height read (the tools' --max_pixels; 0: only Pillow's own limit).

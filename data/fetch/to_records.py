@@ -5,14 +5,14 @@ r"""The one pass: a URL list -> validated images -> sharded TFRecords + manifest
 
 Downloading into 17.6M files and then reading them all back to write records costs a second pass over the
 data and a file system full of small files. Here each worker process takes whole shards (contiguous blocks
-of the URL list, `data.list_index`, as the writer's shards are blocks of the image list), fetches a shard's
+of the URL list, `data.shards.list_index`, as the writer's shards are blocks of the image list), fetches a shard's
 URLs with a pool of threads (downloads wait on the network, and Pillow releases the GIL while it decodes),
 and writes the records in list order through the writer's own code (`shard_writer.write_records`,
 `shard_writer.write_split`): the same schema, sidecars, manifest, per-shard atomic finalisation, and
 resumption after ``kill -9`` (finished shards are kept, the others fetched again).
 
 Each body is checked and prepared by `images.prepare_image`, the writer's function (JPEGs kept byte for
-byte, other formats converted), and a record's name is the file name `download.filename_for_url` gives the
+byte, other formats converted), and a record's name is the file name `transport.filename_for_url` gives the
 URL, so the one pass writes exactly the records that downloading and then running data/tfrecord.py on the
 downloaded image list would write. Malformed lines, dead URLs, non-images and decompression bombs are
 skipped with their reason in the shard's sidecar; the failed list (``URL<TAB>reason``, in list order) and
@@ -31,8 +31,12 @@ from collections.abc import Callable, Iterator
 
 from absl import logging
 
-from data import download, fileio, images, manifest, shard_writer
-from data.shard_writer import LineResult
+from data import fileio
+from data.fetch import transport
+from data.pixels import images
+from data.records import manifest
+from data.shards import shard_writer
+from data.shards.shard_writer import LineResult
 
 # A bad line's reason starts so (`shard_writer.skip_reason`); the summary counts those apart.
 _BAD_LINE = "bad line"
@@ -43,7 +47,7 @@ class DownloadShardJob:
     """One shard of the one pass, as a worker process gets it (picklable)."""
 
     shard: shard_writer.ShardTask
-    config: download.DownloadConfig
+    config: transport.DownloadConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +108,7 @@ def _fetched_results(job: DownloadShardJob) -> Iterator[LineResult]:
         return LineResult(line, result.filename, labels, image)
 
     with (
-        download.Fetcher(task.output_dir, config) as fetcher,
+        transport.Fetcher(task.output_dir, config) as fetcher,
         concurrent.futures.ThreadPoolExecutor(config.threads, thread_name_prefix="download") as pool,
     ):
         try:
@@ -143,7 +147,7 @@ def download_records(
     label_format: str,
     num_classes: int,
     shards: int,
-    config: download.DownloadConfig | None = None,
+    config: transport.DownloadConfig | None = None,
     workers: int = 1,
     prefix: str = "train",
     on_error: str = "skip",
@@ -163,7 +167,7 @@ def download_records(
     Args:
       url_list: The URL list (``URL idx:conf ...``; ``URL label_int`` for ``label_format="int64"``).
       output_dir: Where shards, sidecars, the manifest and the failed list go.
-      label_format: ``dense``, ``sparse`` or ``int64`` (`data.schema`).
+      label_format: ``dense``, ``sparse`` or ``int64`` (`data.records.schema`).
       num_classes: Number of classes; indices at or above it make a line malformed.
       shards: Total shards of the split (across all tasks).
       config: How to fetch (default `DownloadConfig()`) (threads per worker, deadlines, retries); its ``max_pixels`` is the limit of
@@ -188,7 +192,7 @@ def download_records(
       ValueError: Bad arguments, shards left by a run with other settings, or (``on_error="fail"``) the
         first failed URL or bad line, named as ``list:line``.
     """
-    config = config or download.DownloadConfig()
+    config = config or transport.DownloadConfig()
     started = time.monotonic()
     settings = shard_writer.split_settings(
         image_list=url_list,
@@ -266,7 +270,7 @@ def _summarise(
                     malformed += 1
                 else:
                     failed += 1
-                    reasons[download.reason_category(skip["reason"])] += 1
+                    reasons[transport.reason_category(skip["reason"])] += 1
     shards = written["shards"]
     return RecordsSummary(
         lines=written["num_records"] + written["num_skipped"],

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import re
+import stat
 
 import numpy as np
 from PIL import Image
@@ -28,6 +30,8 @@ from PIL import Image
 # One limit for every tool (--max_pixels): 100 MP is a 10,000 x 10,000 image, far above any photo in the
 # lists, and about 300 MB as 8-bit RGB; beyond it a single image could exhaust a worker's memory.
 DEFAULT_MAX_PIXELS = 100_000_000
+# No image file is read past this (the downloader's limit for a body): the Flickr `_o` originals are a few MB.
+DEFAULT_MAX_FILE_BYTES = 64 << 20
 
 # Quality of the JPEG written for an image that cannot be stored as it is (the release used 100 for PNGs).
 DEFAULT_JPEG_QUALITY = 95
@@ -66,17 +70,50 @@ class ImageHeader:
         return self.width * self.height
 
 
-def read_file(path: str) -> bytes:
-    """The file's bytes, or `BadImage` with the reason when it cannot be read."""
+def _kind_of(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISFIFO, "a fifo"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a directory"),
+    ):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def read_file(path: str, *, max_bytes: int | None = None) -> bytes:
+    """The bytes of the regular file `path` (a symlink is followed to it), or `BadImage` with the reason.
+
+    An image folder is untrusted input like a URL list: a FIFO must not hang the run (it is opened
+    non-blocking and refused), a link to `/dev/zero` or another device must not fill the memory (only a
+    regular file is read), and no file is read past `max_bytes` (default `DEFAULT_MAX_FILE_BYTES`, the
+    downloader's limit for a body; 0: no limit).
+    """
+    max_bytes = DEFAULT_MAX_FILE_BYTES if max_bytes is None else max_bytes
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise BadImage("missing file") from None
     except IsADirectoryError:
         raise BadImage("is a directory") from None
     except OSError as e:
         raise BadImage(f"unreadable: {e.strerror or type(e).__name__}") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = _kind_of(info.st_mode)
+            raise BadImage("is a directory" if kind == "a directory" else f"not a regular file ({kind})")
+        if max_bytes > 0 and info.st_size > max_bytes:
+            raise BadImage(f"too large: {info.st_size} bytes (over {max_bytes})")
+        try:
+            data = f.read(max_bytes + 1 if max_bytes > 0 else -1)
+        except OSError as e:
+            raise BadImage(f"unreadable: {e.strerror or type(e).__name__}") from None
+    if max_bytes > 0 and len(data) > max_bytes:  # it grew while being read
+        raise BadImage(f"too large: over {max_bytes} bytes")
+    return data
 
 
 def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:

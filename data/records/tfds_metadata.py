@@ -12,7 +12,7 @@ import os
 import numpy as np
 from absl import logging
 
-from data import schema
+from data.records import schema
 
 
 def write_tfds_metadata(output_dir: str) -> None:

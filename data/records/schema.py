@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from data import record_files
+from data.records import record_files
 
 if TYPE_CHECKING:  # TensorFlow is imported where records are parsed: writing them does not need it.
     import tensorflow as tf
@@ -103,7 +103,7 @@ def dense_label_bytes(label: Mapping[int, float], *, num_classes: int) -> bytes:
 
 
 # A tf.train.Example written by hand (example.proto, feature.proto): the writers run without TensorFlow, whose
-# import costs 10-30 s of start-up per process (data/record_writer.py). Deterministic protobuf encoding:
+# import costs 10-30 s of start-up per process (data/records/record_writer.py). Deterministic protobuf encoding:
 # map entries sorted by key, each with its key (field 1) and value (field 2); repeated numbers packed.
 # tests/test_schema.py checks the bytes against tf.train.Example.SerializeToString(deterministic=True).
 # A feature is a list of byte strings whose concatenation is its encoding, and the Example is joined once

@@ -1,6 +1,6 @@
 """Writing TFRecord files without TensorFlow: the framing, with CRC-32C from the `google-crc32c` C library.
 
-The shard writers (data/tfrecord.py and the one-pass downloader, through data/shard_writer.py) run in worker
+The shard writers (data/tfrecord.py and the one-pass downloader, through data/shards/shard_writer.py) run in worker
 processes whose only use of TensorFlow was ``tf.io.TFRecordWriter``; importing TensorFlow costs each run
 10-30 s of start-up on a loaded machine (docs/BENCHMARKS.md section 8). A record is framed as ``uint64
 length | uint32 masked_crc32c(length) | data | uint32 masked_crc32c(data)`` (little-endian), which is all

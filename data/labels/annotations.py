@@ -150,7 +150,8 @@ def parse_line(text: str, *, kind: Kind = "multi", num_classes: int | None = Non
     exactly the same rules as `iter_entries`.
 
     Args:
-      text: The line, with or without its newline.
+      text: The line, with or without its newline (``\r\n`` too). A UTF-8 byte order mark at its start
+        (what some editors write at the start of a file) is not part of the path.
       kind: ``"multi"`` (``path idx[:conf] ...``) or ``"single"`` (``path label_int``).
       num_classes: When given, indices must be below it.
 
@@ -161,7 +162,7 @@ def parse_line(text: str, *, kind: Kind = "multi", num_classes: int | None = Non
       ValueError: The line does not follow the format; the message says why (without file:line, which
         the caller adds).
     """
-    fields = text.split()
+    fields = text.removeprefix("\ufeff").split()
     if not fields:
         raise ValueError("blank line")
     path, tokens = fields[0], fields[1:]

@@ -31,7 +31,7 @@ Evaluation (`eval_transform`) is the release's `eval_image`: central crop of 80 
 (`image_classification.py`, `extract_feature.py`) use another transform, `demo_transform`: the image read
 as `cv.imread` reads it (accurate integer IDCT, EXIF orientation applied), shorter side to 256 with OpenCV's
 bilinear resize into uint8, then a centre crop of 224 (within one grey level of OpenCV's own pixels).
-`load_image_file` reads an image file for the tools through data/images.py (header check, --max_pixels).
+`load_image_file` reads an image file for the tools through data/pixels/images.py (header check, --max_pixels).
 
 Speed (docs/BENCHMARKS.md has the figures): after the decode, crop and resize, each training image goes
 through the small XLA computation of its own branch (rotation and colour order 0, colour order 1, or
@@ -57,7 +57,7 @@ from typing import Final
 import tensorflow as tf
 from absl import logging
 
-from data import images
+from data.pixels import images
 
 # Crop sampling of the release's `distort_image`.
 ASPECT_RATIO_RANGE: Final = (0.75, 1.33)
@@ -666,7 +666,7 @@ def file_transform(name: str, *, image_size: int) -> FileTransform:
 # ------------------------------------------------------------------------------------------ file loading
 
 # Passed to TF unchanged: the JPEGs TF decodes to the right RGB (`images.tensorflow_decodes_as_is`: grey,
-# RGB, Adobe CMYK) and 8-bit PNG. Everything else is converted by `data.images.to_rgb8` (the pixels OpenCV's
+# RGB, Adobe CMYK) and 8-bit PNG. Everything else is converted by `data.pixels.images.to_rgb8` (the pixels OpenCV's
 # `imread` gives: 16-bit PNG keeps the high byte, CMYK without the Adobe marker is converted) and
 # re-encoded as a lossless PNG; other formats (WebP, TIFF, ...) TF cannot read at all.
 _TF_READABLE_PNG_MODES: Final = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA"})
@@ -685,7 +685,7 @@ class ImageFile:
 def load_image_file(
     path: str | os.PathLike[str], *, max_pixels: int = images.DEFAULT_MAX_PIXELS
 ) -> ImageFile:
-    """Reads and checks an image file through data/images.py (the one image check) for the inference tools.
+    """Reads and checks an image file through data/pixels/images.py (the one image check) for the inference tools.
 
     The header is checked first (`images.open_image`: format, size, and `max_pixels`, so a 30000 x 30000
     PNG is refused before a pixel is decoded), then the whole file is decoded once (`images.verify_decodes`,

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from data.hierarchy import Hierarchy
+from data.labels.hierarchy import Hierarchy
 
 # ---------------------------------------------------------------------------------------------------------
 # The classes and what is drawn.

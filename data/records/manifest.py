@@ -20,8 +20,9 @@ from collections.abc import Sequence
 
 from absl import logging
 
-from data import fileio, schema
-from data.tfds_metadata import write_tfds_metadata
+from data import fileio
+from data.records import schema
+from data.records.tfds_metadata import write_tfds_metadata
 
 MANIFEST_SKIPPED_EXAMPLES = 1000
 SHARD_KEYS: tuple[str, ...] = ("file", "index", "num_records", "bytes", "first_line", "end_line")

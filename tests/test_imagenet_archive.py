@@ -1,0 +1,161 @@
+"""The ImageNet part of ML-Images straight from the archives: a folder of per-synset tars, the outer tar of
+them, or an extracted tree give the same records as data/tfrecord.py on the extracted files; IDs the archive
+lacks are skipped with the reason."""
+
+import io
+import os
+import pathlib
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data.archives import imagenet
+from data.records import schema
+from data.shards import dataset_writer
+
+NUM_CLASSES = 20
+# synset -> its images in the archive (the list asks for more: see _id_list)
+SYNSETS = {"n01440764": 4, "n02102040": 3, "n03000134": 2}
+
+
+def _image(seed: int, fmt: str = "JPEG") -> bytes:
+    rng = np.random.default_rng(seed)
+    out = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (40 + seed, 48, 3), dtype=np.uint8)).save(out, format=fmt)
+    return out.getvalue()
+
+
+def _tar_bytes(members: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def synset_members() -> dict[str, dict[str, bytes]]:
+    """{synset: {member name: image bytes}}: SYNSETS' images, one of them a PNG (converted the same way
+    from both sources)."""
+    members_by_synset, seed = {}, 0
+    for synset, count in SYNSETS.items():
+        members = {}
+        for i in range(count):
+            fmt = "PNG" if (synset, i) == ("n02102040", 1) else "JPEG"
+            members[f"{synset}_{100 + i}.JPEG"] = _image(seed, fmt)
+            seed += 1
+        members_by_synset[synset] = members
+    return members_by_synset
+
+
+def member_names() -> list[str]:
+    return [name for members in synset_members().values() for name in members]
+
+
+def outer_tar(members_by_synset: dict[str, dict[str, bytes]]) -> bytes:
+    """An uncompressed tar of per-synset tars, as `fall11_whole.tar`."""
+    return _tar_bytes({f"{synset}.tar": _tar_bytes(members) for synset, members in members_by_synset.items()})
+
+
+@pytest.fixture(scope="module")
+def archives(tmp_path_factory) -> dict[str, pathlib.Path]:
+    """The same images as an extracted tree, a folder of per-synset tars and an outer tar of those tars,
+    plus an ID list in the release's format that also names a missing synset and a missing image."""
+    root = tmp_path_factory.mktemp("imagenet")
+    members_by_synset = synset_members()
+    tree, tars = root / "tree", root / "tars"
+    tars.mkdir()
+    for synset, members in members_by_synset.items():
+        (tree / synset).mkdir(parents=True)
+        for name, data in members.items():
+            (tree / synset / name).write_bytes(data)
+        (tars / f"{synset}.tar").write_bytes(_tar_bytes(members))
+    (root / "fall11_whole.tar").write_bytes(outer_tar(members_by_synset))
+    lines = []
+    for k, (synset, count) in enumerate(SYNSETS.items()):
+        for i in range(count):
+            lines.append(f"{synset}/{synset}_{100 + i}.JPEG\t{k}:1\t{10 + i}:0.9")
+        if synset == "n02102040":
+            lines.append(f"{synset}/{synset}_999.JPEG\t{k}:1")  # an image the archive lacks
+    lines.append("n09999999/n09999999_1.JPEG\t7:1")  # a synset later releases removed
+    (root / "ids.txt").write_text("\n".join(lines) + "\n")
+    return {
+        "root": root,
+        "tree": tree,
+        "tars": tars,
+        "outer": root / "fall11_whole.tar",
+        "list": root / "ids.txt",
+    }
+
+
+def _write(archives, out: pathlib.Path, **kwargs) -> dict:
+    args = dict(
+        image_list=str(archives["list"]),
+        image_root=str(archives["tree"]),
+        output_dir=str(out),
+        label_format="sparse",
+        num_classes=NUM_CLASSES,
+        shards=2,
+        progress=False,
+    )
+    return dataset_writer.write_dataset(**{**args, **kwargs})
+
+
+def _shard_bytes(out: pathlib.Path) -> list[bytes]:
+    return [pathlib.Path(f).read_bytes() for f in schema.list_record_files(out)]
+
+
+@pytest.mark.parametrize("source", ["tars", "outer", "tree"])
+def test_records_from_an_archive_equal_those_from_the_extracted_files(archives, tmp_path, source):
+    extracted = _write(archives, tmp_path / "extracted")
+    from_archive = _write(
+        archives, tmp_path / source, image_root="/nonexistent", imagenet_archive=str(archives[source])
+    )
+    assert _shard_bytes(tmp_path / source) == _shard_bytes(tmp_path / "extracted")
+    assert from_archive["num_records"] == extracted["num_records"] == sum(SYNSETS.values())
+    reasons = {(s["path"], s["reason"]) for s in from_archive["skipped"]}
+    assert reasons == {
+        ("n09999999/n09999999_1.JPEG", imagenet.MISSING_SYNSET),
+        ("n02102040/n02102040_999.JPEG", imagenet.MISSING_IMAGE),
+    }
+
+
+def test_each_synset_tar_is_read_once_per_shard(archives, tmp_path, monkeypatch):
+    reads = []
+    original = imagenet.ImageNetArchive.synset
+    monkeypatch.setattr(
+        imagenet.ImageNetArchive,
+        "synset",
+        lambda self, wnid, wanted: reads.append(wnid) or original(self, wnid, wanted),
+    )
+    _write(archives, tmp_path / "out", imagenet_archive=str(archives["outer"]), shards=1)
+    assert reads == [*SYNSETS, "n09999999"]  # the ID list is grouped by synset: each tar read once
+
+
+def test_a_gzipped_or_missing_archive_is_one_line(archives, tmp_path):
+    gz = tmp_path / "winter21_whole.tar.gz"
+    with tarfile.open(gz, "w:gz") as tar:
+        tar.add(archives["tars"] / "n01440764.tar", arcname="n01440764.tar")
+    with pytest.raises(ValueError, match="is gzipped: .* unpack its outer layer"):
+        _write(archives, tmp_path / "gz", imagenet_archive=str(gz))
+    with pytest.raises(ValueError, match="not found"):
+        _write(archives, tmp_path / "missing", imagenet_archive=str(tmp_path / "nowhere"))
+    assert not os.path.exists(tmp_path / "gz" / "train-manifest.json")
+
+
+def test_a_rerun_rewrites_only_the_unfinished_shards_from_the_archive(archives, tmp_path):
+    """The archive path goes through the writer's shard machinery: a shard that a killed run did not finish
+    (its file and sidecar absent) is written again, the finished ones are kept as they are."""
+    out = tmp_path / "out"
+    _write(archives, out, imagenet_archive=str(archives["outer"]), shards=3)
+    before = _shard_bytes(out)
+    first, second = sorted(out.glob("train-*-of-00003.tfrecord"))[:2]
+    kept_mtime = first.stat().st_mtime_ns
+    second.unlink()
+    second.with_suffix(".done.json").unlink()
+    (out / "train-manifest.json").unlink()
+    _write(archives, out, imagenet_archive=str(archives["outer"]), shards=3)
+    assert _shard_bytes(out) == before and first.stat().st_mtime_ns == kept_mtime
