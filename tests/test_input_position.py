@@ -41,7 +41,10 @@ def data(tmp_path_factory):
     return datasets.multilabel(tmp_path_factory.mktemp("data"), num_train=48, num_val=8)
 
 
-def test_the_saved_position_is_small_and_continues_with_exactly_the_next_batches(data, tmp_path):
+@pytest.mark.parametrize("part", ["exact", "small"])
+def test_the_saved_position_is_small_and_continues_with_exactly_the_next_batches(data, tmp_path, part):
+    if part == "small" and not input_pipeline.SYMBOLIC_CHECKPOINT:
+        pytest.xfail("symbolic checkpointing is off (a TensorFlow 2.21 crash): the buffers are saved")
     source = input_pipeline.tfrecord_source(data.data_dir, "train", num_classes=data.num_classes)
 
     def make():
@@ -56,7 +59,8 @@ def test_the_saved_position_is_small_and_continues_with_exactly_the_next_batches
     expected = [next(iterator) for _ in range(20)]  # across the end of the 48-record epoch
     folder = tmp_path / "input" / "rank-0"
     # The buffers' contents (16 JPEGs, the prefetched float batches) are not in it: 0.49 MB before.
-    assert sum(f.stat().st_size for f in folder.iterdir()) < 32_000
+    if part == "small":
+        assert sum(f.stat().st_size for f in folder.iterdir()) < 32_000
     restored = iter(make())
     assert checkpoints.restore_input_position(restored, **kw)
     got = [next(restored) for _ in range(20)]

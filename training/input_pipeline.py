@@ -39,6 +39,13 @@ from data.records import record_files, schema
 from training import host_resources
 
 AUTOTUNE = tf.data.AUTOTUNE
+# tf.data's symbolic checkpointing (a saved input position of a few KB instead of the shuffle and prefetch
+# buffers' contents, ~188 MB per rank at the reference settings) is off: with it, TensorFlow 2.21 crashes
+# with a segmentation fault when an iterator is destroyed while its parallel maps are in flight (a bad
+# record's error, an early stop: tests/test_release_records.py and tests/test_benchmark.py's pipeline run
+# showed it). The order needs no buffer state either way (`window_shuffle`), so turning it on again changes
+# only the size of the saved position.
+SYMBOLIC_CHECKPOINT = False
 _PARSE_BATCH = 64  # records parsed at a time by `RecordFiles.parse`
 
 
@@ -492,8 +499,9 @@ def _pipeline_options(threads: int = 0) -> tf.data.Options:
     so that it does not queue behind the training step's inter-op work.
     """
     options = tf.data.Options()
-    # The saved position is where each stage's input stands, not the buffers' contents (`window_shuffle`).
-    options.experimental_symbolic_checkpoint = True
+    # With symbolic checkpointing the saved position is where each stage's input stands, not the buffers'
+    # contents (`window_shuffle`): see SYMBOLIC_CHECKPOINT for why it is off.
+    options.experimental_symbolic_checkpoint = SYMBOLIC_CHECKPOINT
     options.threading.max_intra_op_parallelism = 1
     options.threading.private_threadpool_size = threads or host_resources.cpu_count()
     return options
