@@ -290,7 +290,9 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
         print(report.format_table(result))
         if f.output_json:
             report.write_json(result, f.output_json)
-        if f.plot_dir:
+        if f.plot_dir and result["task"] != report.MULTILABEL:
+            print("--plot_dir: no figures for single-label results (the table says it all)", file=sys.stderr)
+        elif f.plot_dir:
             try:
                 for path in plots.evaluation_plots(result, f.plot_dir, samples=samples):
                     print(f"wrote {path}")
