@@ -100,11 +100,12 @@ def read_file(path: str, *, max_bytes: int | None = None) -> bytes:
         raise BadImage("is a directory") from None
     except OSError as e:
         raise BadImage(f"unreadable: {e.strerror or type(e).__name__}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):  # before fdopen, which refuses a directory with its own error
+        os.close(fd)
+        kind = _kind_of(info.st_mode)
+        raise BadImage("is a directory" if kind == "a directory" else f"not a regular file ({kind})")
     with os.fdopen(fd, "rb") as f:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            kind = _kind_of(info.st_mode)
-            raise BadImage("is a directory" if kind == "a directory" else f"not a regular file ({kind})")
         if max_bytes > 0 and info.st_size > max_bytes:
             raise BadImage(f"too large: {info.st_size} bytes (over {max_bytes})")
         try:
