@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -70,7 +71,10 @@ def test_train_py_runs_logs_checkpoints_and_finishes(repo_root, tmp_path, multil
     )
     config = json.loads((model_dir / "config.json").read_text())
     assert config["recipe"] == "pretrain_mlimages" and config["model"]["num_classes"] == 30
-    assert config["intra_op_threads"] == 1 and "TensorFlow intra-op threads: 1" in proc.stderr
+    assert config["intra_op_threads"] == 1
+    assert re.search(
+        r"thread pools of this rank: ThreadPlan\(data=\d+, intra_op=1, inter_op=\d+\)", proc.stderr
+    )
     lines = [json.loads(x) for x in (model_dir / "metrics.jsonl").read_text().splitlines()]
     train = [x for x in lines if x["kind"] == "train"]
     assert [x["step"] for x in train] == [1, 2, 3, 4]
