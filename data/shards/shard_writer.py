@@ -27,7 +27,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from absl import logging
 
@@ -210,47 +210,55 @@ def _file_results(task: ShardTask) -> Iterator[LineResult]:
         yield LineResult(line_no, name, labels, image)
 
 
+class _ArchiveLine(NamedTuple):
+    """One parsed line of `_archive_results`: its image is `member` of `synset`'s tar, or it is a blank line
+    (`raw` blank) or a skip (`reason`)."""
+
+    line: int
+    raw: bytes
+    name: str = ""
+    labels: annotations.Labels | None = None
+    synset: str = ""
+    member: str = ""
+    reason: str = ""
+
+
 def _archive_results(task: ShardTask) -> Iterator[LineResult]:
     """The writer's lines from an ImageNet archive: the shard's lines are parsed first, then each synset's
     tar is read once, front to back, keeping only this shard's members of it (the ID lists are grouped by
     synset, so a shard holds a few synsets' runs; a synset that comes back later in the block is read
     again), and the lines are yielded in list order."""
     kind = label_kind(task.label_format)
-    parsed: list[tuple[int, bytes, str, Any, tuple[str, str] | None]] = []
+    parsed: list[_ArchiveLine] = []
     wanted: dict[str, set[str]] = {}
     for line_no, raw in iter_lines(task):
         if not raw.strip():
-            parsed.append((line_no, raw, "", None, None))
+            parsed.append(_ArchiveLine(line_no, raw))
             continue
         try:
             name, labels = parse_list_line(raw, kind=kind, num_classes=task.num_classes)
             synset, member = imagenet.parse_id(name)
         except ValueError as e:
-            parsed.append((line_no, raw, skip_reason(e), None, None))
+            parsed.append(_ArchiveLine(line_no, raw, first_field(raw), reason=skip_reason(e)))
             continue
         wanted.setdefault(synset, set()).add(member)
-        parsed.append((line_no, raw, name, labels, (synset, member)))
+        parsed.append(_ArchiveLine(line_no, raw, name, labels, synset, member))
     with imagenet.ImageNetArchive(task.imagenet_archive) as archive:
         loaded_synset, members, synset_error = None, {}, None
-        for line_no, raw, name, labels, key in parsed:
-            if key is None:
-                yield (
-                    LineResult(line_no)
-                    if not raw.strip()
-                    else LineResult(line_no, first_field(raw), reason=name)
-                )
+        for entry in parsed:
+            if not entry.synset:
+                yield LineResult(entry.line, entry.name, reason=entry.reason)
                 continue
-            synset, member = key
-            if synset != loaded_synset:
-                loaded_synset, members, synset_error = synset, {}, None
+            if entry.synset != loaded_synset:
+                loaded_synset, members, synset_error = entry.synset, {}, None
                 try:
-                    members = archive.synset(synset, wanted[synset])
+                    members = archive.synset(entry.synset, wanted[entry.synset])
                 except images.BadImage as e:
                     synset_error = e.reason
             try:
                 if synset_error:
                     raise images.BadImage(synset_error)
-                data = members.get(member)
+                data = members.get(entry.member)
                 if data is None:
                     raise images.BadImage(imagenet.MISSING_IMAGE)
                 if isinstance(data, images.BadImage):
@@ -259,9 +267,9 @@ def _archive_results(task: ShardTask) -> Iterator[LineResult]:
                     data, jpeg_quality=task.jpeg_quality, verify=task.verify, max_pixels=task.max_pixels
                 )
             except ValueError as e:
-                yield LineResult(line_no, name, reason=skip_reason(e))
+                yield LineResult(entry.line, entry.name, reason=skip_reason(e))
                 continue
-            yield LineResult(line_no, name, labels, image)
+            yield LineResult(entry.line, entry.name, entry.labels, image)
 
 
 def write_shard(task: ShardTask, report: Callable[[int], None] | None = None) -> dict:
