@@ -120,6 +120,30 @@ class Timer:
         self.cpu = time.process_time() - self.cpu
 
 
+def multilabel_train_step(f: flags.FlagValues, dist, *, segments: int, wire: str, precision: str = "fp32"):
+    """The `TrainStep` of the Horovod benchmarks (`overlap`, `xla_ops`): our ResNet of ``--depth`` with the
+    adaptive multi-label loss, `segments` backward segments and `wire` on the all-reduce, seeded."""
+    import keras
+
+    from models import losses, resnet
+    from training import schedules, train_step
+
+    keras.utils.set_random_seed(0)
+    train_step.set_precision(precision)
+    model = resnet.build_resnet(int(f.depth), f.num_classes, base_width=f.base_width)
+    return train_step.TrainStep(
+        model,
+        train_step.make_optimizer(precision=precision),
+        task="multilabel",
+        schedule=schedules.StaircaseSchedule(base_lr=1e-3, decay=1.0, decay_every=1000),
+        dist=dist,
+        loss=losses.AdaptiveMultiLabelLoss(f.num_classes, seed=1),
+        backward_segments=segments,
+        allreduce_dtype=wire,
+        xla=f.xla,
+    )
+
+
 def random_tags(rng: np.random.Generator, *, num_classes: int, tags: int) -> dict[int, float]:
     """`tags` distinct classes with confidences 1, 0.9 or 0.8, like a line of the release's lists."""
     indices = rng.choice(num_classes, size=min(tags, num_classes), replace=False)

@@ -25,7 +25,7 @@ import socket
 import numpy as np
 from absl import flags
 
-from tools.benchmarks.common import Timer, emit, emit_machine
+from tools.benchmarks.common import Timer, emit, emit_machine, multilabel_train_step
 
 FLAGS_USED: tuple[str, ...] = (
     "depth",
@@ -66,27 +66,6 @@ def pace_tcp_sockets(gbits: float) -> int:
         finally:
             sock.detach()  # the descriptor stays open, owned by whoever opened it
     return paced
-
-
-def _make_step(f: flags.FlagValues, dist, *, segments: int, wire: str):
-    import keras
-
-    from models import losses, resnet
-    from training import schedules, train_step
-
-    keras.utils.set_random_seed(0)
-    model = resnet.build_resnet(int(f.depth), f.num_classes, base_width=f.base_width)
-    return train_step.TrainStep(
-        model,
-        train_step.make_optimizer(),
-        task="multilabel",
-        schedule=schedules.StaircaseSchedule(base_lr=1e-3, decay=1.0, decay_every=1000),
-        dist=dist,
-        loss=losses.AdaptiveMultiLabelLoss(f.num_classes, seed=1),
-        backward_segments=segments,
-        allreduce_dtype=wire,
-        xla=f.xla,
-    )
 
 
 def _time(step, batch, *, steps: int, warmup: int, check_finite: bool, sync) -> float:
@@ -202,8 +181,8 @@ def run(f: flags.FlagValues) -> None:
     wires = [_WIRE[w] for w in f.allreduce_dtypes]
     for wire in wires:
         for segments in SEGMENTS:
-            real = _make_step(f, dist, segments=segments, wire=wire)
-            alone = _make_step(f, local, segments=segments, wire="fp32")
+            real = multilabel_train_step(f, dist, segments=segments, wire=wire)
+            alone = multilabel_train_step(f, local, segments=segments, wire="fp32")
             kw = {"steps": f.steps, "warmup": f.warmup, "check_finite": False, "sync": dist.barrier}
             real_s, alone_s = [], []
             for _ in range(2):  # alternate, so both see the same machine load

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 from absl import flags
 
-from tools.benchmarks.common import emit, emit_machine
+from tools.benchmarks.common import emit, emit_machine, multilabel_train_step
 
 FLAGS_USED: tuple[str, ...] = (
     "depth",
@@ -99,28 +99,6 @@ def trace_step(step, images, labels) -> collections.Counter:
     return outside_xla(concrete.graph.as_graph_def())
 
 
-def _step(f: flags.FlagValues, dist, *, segments: int, wire: str):
-    import keras
-
-    from models import losses, resnet
-    from training import schedules, train_step
-
-    keras.utils.set_random_seed(0)
-    train_step.set_precision(f.precision)
-    model = resnet.build_resnet(int(f.depth), f.num_classes, base_width=f.base_width)
-    return train_step.TrainStep(
-        model,
-        train_step.make_optimizer(precision=f.precision),
-        task="multilabel",
-        schedule=schedules.StaircaseSchedule(base_lr=1e-3, decay=1.0, decay_every=1000),
-        dist=dist,
-        loss=losses.AdaptiveMultiLabelLoss(f.num_classes, seed=1),
-        backward_segments=segments,
-        allreduce_dtype=wire,
-        xla=f.xla,
-    )
-
-
 def run(f: flags.FlagValues) -> None:
     import tensorflow as tf
 
@@ -133,7 +111,8 @@ def run(f: flags.FlagValues) -> None:
     labels = tf.zeros([f.batch_size, f.num_classes])
     for segments in SEGMENTS:
         for wire in wires:
-            counts = trace_step(_step(f, dist, segments=segments, wire=wire), images, labels)
+            step = multilabel_train_step(f, dist, segments=segments, wire=wire, precision=f.precision)
+            counts = trace_step(step, images, labels)
             emit(
                 "xla_ops/step",
                 depth=int(f.depth),
