@@ -3,7 +3,6 @@
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -54,7 +53,7 @@ def _run_here(script, *args):
 
 
 def test_train_py_runs_logs_checkpoints_and_finishes(repo_root, tmp_path, multilabel_data, caplog):
-    """The real script in a fresh process (--intra_op_threads applies only before TensorFlow starts)."""
+    """The real script in a fresh process (the op pools' flags apply only before TensorFlow starts)."""
     model_dir = tmp_path / "run"
     proc = _run(
         repo_root,
@@ -67,14 +66,14 @@ def test_train_py_runs_logs_checkpoints_and_finishes(repo_root, tmp_path, multil
             "--eval_every=4",
             "--eval_steps=1",
             "--intra_op_threads=1",
+            "--inter_op_threads=2",
+            "--data_threads=3",
         ),
     )
     config = json.loads((model_dir / "config.json").read_text())
     assert config["recipe"] == "pretrain_mlimages" and config["model"]["num_classes"] == 30
-    assert config["intra_op_threads"] == 1
-    assert re.search(
-        r"thread pools of this rank: ThreadPlan\(data=\d+, intra_op=1, inter_op=\d+\)", proc.stderr
-    )
+    assert (config["intra_op_threads"], config["inter_op_threads"], config["data_threads"]) == (1, 2, 3)
+    assert "thread pools of this rank: ThreadPlan(data=3, intra_op=1, inter_op=2)" in proc.stderr
     lines = [json.loads(x) for x in (model_dir / "metrics.jsonl").read_text().splitlines()]
     train = [x for x in lines if x["kind"] == "train"]
     assert [x["step"] for x in train] == [1, 2, 3, 4]

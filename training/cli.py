@@ -202,6 +202,20 @@ def define_flags(
         "not CPU training. Default: the recipe's, 0.",
         lower_bound=0,
     )
+    f.DEFINE_integer(
+        "inter_op_threads",
+        None,
+        "TensorFlow's inter-op thread pool (0: the host's cores divided by its ranks). Default: the "
+        "recipe's, 0.",
+        lower_bound=0,
+    )
+    f.DEFINE_integer(
+        "data_threads",
+        None,
+        "The training input's tf.data thread pool (0: the host's cores divided by its ranks, so that the "
+        "ranks of a host do not each start one thread per core). Default: the recipe's, 0.",
+        lower_bound=0,
+    )
     f.DEFINE_integer("seed", None, "Seed of the initialisation, input order and augmentation.")
     f.DEFINE_integer(
         "shuffle_buffer",
@@ -359,6 +373,8 @@ _RUN_FIELDS = (
     "model_dir",
     "deterministic",
     "intra_op_threads",
+    "inter_op_threads",
+    "data_threads",
     "per_rank_batch",
     "accum_steps",
     "backward_segments",

@@ -84,6 +84,9 @@ class TrainConfig:
     # (docs/BENCHMARKS.md); it also gives the train step's CPU kernels one thread, so it suits GPU hosts,
     # not CPU training.
     intra_op_threads: int = 0
+    # TF's inter-op pool and the training input's tf.data pool (0: this rank's share of its host's cores).
+    inter_op_threads: int = 0
+    data_threads: int = 0
     accum_steps: int = 1  # micro-batches per step: k ranks' worth of batches on one (training/train_step.py)
     # Backward in K segments, each all-reduced while the earlier ones' backward runs (0: 4 on several ranks
     # with accum_steps 1, else 1); and the all-reduce's wire dtype, fp32 or fp16 (no bf16 in Horovod).
@@ -189,8 +192,9 @@ def validate(config: TrainConfig) -> None:
         )
     if config.init_optimizer_state and not config.init_checkpoint:
         problems.append("init_optimizer_state needs an init_checkpoint (a released TF1 checkpoint)")
-    if config.intra_op_threads < 0:
-        problems.append(f"intra_op_threads must be >= 0, got {config.intra_op_threads}")
+    for name in ("intra_op_threads", "inter_op_threads", "data_threads"):
+        if getattr(config, name) < 0:
+            problems.append(f"{name} must be >= 0, got {getattr(config, name)}")
     if not -1 <= config.frozen_stages <= 4:
         problems.append(f"frozen_stages must be in [-1, 4], got {config.frozen_stages}")
     for name in ("train_steps", "checkpoint_every", "log_every", "keep_checkpoints", "per_rank_batch"):

@@ -29,35 +29,42 @@ def cpu_count() -> int:
     return max(len(os.sched_getaffinity(0)), 1)
 
 
-def plan_threads(cpus: int, local_size: int, *, intra_op_threads: int = 0) -> ThreadPlan:
+def plan_threads(
+    cpus: int, local_size: int, *, intra_op_threads: int = 0, inter_op_threads: int = 0, data_threads: int = 0
+) -> ThreadPlan:
     """Each rank's share of `cpus` among the `local_size` ranks of its host (at least 1 thread).
 
-    `intra_op_threads` (the flag; 0: not given) overrides the intra-op pool. A share that does not divide
-    evenly is rounded down: 3 ranks on 8 cores get 2 threads each, leaving 2 cores to Horovod's background
-    thread and the OS.
+    A pool size given by its flag (`intra_op_threads`, `inter_op_threads`, `data_threads`; 0: not given)
+    wins over the share. A share that does not divide evenly is rounded down: 3 ranks on 8 cores get 2
+    threads each, leaving 2 cores to Horovod's background thread and the OS.
     """
     share = max(cpus // max(local_size, 1), 1)
-    return ThreadPlan(data=share, intra_op=intra_op_threads or share, inter_op=share)
+    return ThreadPlan(
+        data=data_threads or share, intra_op=intra_op_threads or share, inter_op=inter_op_threads or share
+    )
 
 
-def apply_op_pools(plan: ThreadPlan, *, intra_op_given: bool) -> bool:
+def apply_op_pools(plan: ThreadPlan, *, given: tuple[str, ...] = ()) -> bool:
     """Sizes TensorFlow's op pools to `plan`; possible only before this process runs its first op.
+
+    Args:
+      plan: The pools' sizes.
+      given: The pools whose size a flag asked for (``intra_op``, ``inter_op``).
 
     Returns:
       False when TensorFlow had already started (e.g. a run inside a test or notebook): the pools stay as
       they are, with a log line.
 
     Raises:
-      ValueError: TensorFlow already started and the intra-op size was asked for (`intra_op_given`).
+      ValueError: TensorFlow already started and a size was asked for (`given`).
     """
     try:
         tf.config.threading.set_intra_op_parallelism_threads(plan.intra_op)
         tf.config.threading.set_inter_op_parallelism_threads(plan.inter_op)
     except RuntimeError as e:
-        if intra_op_given:
-            raise ValueError(
-                f"intra_op_threads={plan.intra_op} cannot be applied: TensorFlow already started ({e})"
-            ) from None
+        if given:
+            asked = ", ".join(f"{name}_threads={getattr(plan, name)}" for name in given)
+            raise ValueError(f"{asked} cannot be applied: TensorFlow already started ({e})") from None
         logging.info("TensorFlow already started: its op pools keep their sizes (planned %s)", plan)
         return False
     logging.info("thread pools of this rank: %s", plan)

@@ -409,9 +409,14 @@ def train(
     dist = dist or distributed.Distributed()
     # Horovod: the ranks of a host share its cores (training/host_resources.py).
     threads = host_resources.plan_threads(
-        host_resources.cpu_count(), dist.local_size, intra_op_threads=config.intra_op_threads
+        host_resources.cpu_count(),
+        dist.local_size,
+        intra_op_threads=config.intra_op_threads,
+        inter_op_threads=config.inter_op_threads,
+        data_threads=config.data_threads,
     )
-    host_resources.apply_op_pools(threads, intra_op_given=bool(config.intra_op_threads))
+    given = tuple(name for name in ("intra_op", "inter_op") if getattr(config, f"{name}_threads"))
+    host_resources.apply_op_pools(threads, given=given)
     lock, record = _prepare_run_dir(config, dist)
     profiler = None
     if profile_steps is not None and dist.is_chief:
@@ -489,7 +494,9 @@ def _train(
     record: run_dir.ConfigRecord | None,
 ) -> dict[str, Any]:
     run = _build(config, dist)
-    run.data_threads = host_resources.plan_threads(host_resources.cpu_count(), dist.local_size).data
+    run.data_threads = host_resources.plan_threads(
+        host_resources.cpu_count(), dist.local_size, data_threads=config.data_threads
+    ).data
     step = _initialise(run)
     if dist.is_chief:
         run.manager = tf.train.CheckpointManager(

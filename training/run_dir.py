@@ -62,6 +62,8 @@ RESUMABLE_FIELDS = frozenset(
         "xla",
         "deterministic",
         "intra_op_threads",
+        "inter_op_threads",
+        "data_threads",
         "accum_steps",  # the same global batch, in other micro-batches
         "data.data_dir",  # the same data, moved
         "data.tfds_data_dir",
