@@ -57,7 +57,6 @@ from training import cli, tf_logs
 
 HEADS = ("auto", "sigmoid", "softmax")
 OUTPUT_FORMATS = ("text", "release")
-IMAGENET_CLASSES = pretrained.IMAGENET_CLASSES
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,7 @@ from absl import app, flags
 
 from data import fileio
 from data.pixels import image_files, images, preprocessing
-from models import input_contract, pretrained
+from models import architecture, input_contract, pretrained
 from training import config as config_lib
 from training import recipes
 
@@ -304,7 +304,7 @@ def define_inference_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 def inference_inputs(
     image_args: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
-) -> tuple[list[str], keras.Model, pretrained.CheckpointInfo]:
+) -> tuple[list[str], keras.Model, architecture.CheckpointInfo]:
     """The image files and the model that an inference tool's arguments and `define_inference_flags` name.
 
     Args:
@@ -315,7 +315,7 @@ def inference_inputs(
       (the files, the ResNet of --checkpoint at --depth, what the checkpoint holds).
 
     Raises:
-      ValueError: no image, an unreadable list, or no usable checkpoint (`pretrained.CheckpointError`).
+      ValueError: no image, an unreadable list, or no usable checkpoint (`models.checkpoint_files.CheckpointError`).
     """
     f = flag_values
     paths = image_files.collect_image_paths(image_args, image_list=f.image_list, image_root=f.image_root)
