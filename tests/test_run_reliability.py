@@ -163,7 +163,8 @@ def test_train_py_refuses_a_busy_directory_in_one_line(tmp_path, data, capfd):
     message = str(info.value.code)  # what train.py prints as its last line, exiting with status 1
     assert "\n" not in message and "Traceback" not in capfd.readouterr().err
     assert (
-        message.startswith(f"error: {model_dir} is in use by another run") and f"PID {holder.pid}" in message
+        message.startswith(f"train.py: error: {model_dir} is in use by another run")
+        and f"PID {holder.pid}" in message
     )
 
 
@@ -255,7 +256,7 @@ def test_a_run_refused_before_its_first_step_leaves_the_directory_as_it_was(tmp_
         model_dir.mkdir()
     with pytest.raises(SystemExit) as info:
         entry_points.run(_train_args(data, model_dir, "--train_steps=1", bad))
-    assert str(info.value.code).startswith("error: ") and "\n" not in str(info.value.code)
+    assert str(info.value.code).startswith("train.py: error: ") and "\n" not in str(info.value.code)
     assert sorted(p.name for p in tmp_path.iterdir()) == (["run"] if refusal == "init_checkpoint" else [])
     assert not model_dir.exists() or not list(model_dir.iterdir())
     with caplog.at_level(logging.WARNING):

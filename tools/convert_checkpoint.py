@@ -18,14 +18,13 @@ with them, give the TF1 file itself to `train.py --init_checkpoint ... --init_op
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 
-from data import fileio
+from data import command_line, fileio
 from models import architecture, checkpoint_files, resnet, tf1_checkpoint
 from models.architecture import CheckpointInfo
 from models.checkpoint_files import CheckpointError
@@ -184,7 +183,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
     """The script: `argv` as left by absl's parsing of `flag_values` (app.run passes only argv)."""
     f = flag_values
     if len(argv) > 1:
-        sys.exit(f"convert_checkpoint.py: error: unexpected arguments {argv[1:]}; see --help")
+        raise command_line.error(__file__, f"unexpected arguments {argv[1:]}; see --help")
     try:
         summary = convert(
             f.tf1_checkpoint,
@@ -194,7 +193,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
             num_classes=f.num_classes,
         )
     except (ValueError, OSError, tf.errors.OpError) as e:  # CheckpointError is a ValueError
-        sys.exit(f"convert_checkpoint.py: error: {_one_line(e)}")
+        raise command_line.error(__file__, _one_line(e)) from None
     print(
         f"wrote {summary['path']}: ResNet-{summary['depth']} (base width {summary['base_width']}), "
         f"{summary['variables']} variables, {summary['trainable_parameters']:,} trainable parameters "
@@ -205,5 +204,4 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
 
 if __name__ == "__main__":
     tf_logs.quiet_tensorflow()  # TensorFlow's own INFO lines stay out of the output
-    define_flags()
-    app.run(main)
+    command_line.run(main, define_flags, script=__file__)

@@ -52,14 +52,13 @@ formats for use elsewhere, all at once.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
 from absl import app, flags, logging
 
-from data import fileio
+from data import command_line, fileio
 from data.pixels import images, preprocessing
 from models import input_contract, portable, pretrained, resnet
 from tools import image_classification, serving_input  # the class names and head rule of the tools
@@ -293,7 +292,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
             max_pixels=f.max_pixels,
         )
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError
-        sys.exit(f"export.py: error: {e}")
+        raise command_line.error(__file__, e) from None
     print(
         f"ResNet-{manifest['depth']} ({manifest['num_classes']} classes, {manifest['probabilities']}, "
         f"transform {manifest['transform']} at {manifest['image_size']}) -> {f.output_dir}"
@@ -301,5 +300,4 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    command_line.run(main, define_flags, script=__file__)
