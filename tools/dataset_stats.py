@@ -360,69 +360,38 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> No
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Defines the script's flags on `flag_values` (a fresh one runs it in-process)."""
+    fv = {"flag_values": flag_values}
     flags.DEFINE_string(
-        "list",
-        None,
-        "A list file (URL, ImageNet-id, image or single-label list; .gz ok).",
-        flag_values=flag_values,
+        "list", None, "A list file (URL, ImageNet-id, image or single-label list; .gz ok).", **fv
     )
     flags.DEFINE_enum(
-        "kind",
-        "multi",
-        ["multi", "single"],
-        "List kind: `multi` (`path idx:conf ...`) or `single`.",
-        flag_values=flag_values,
+        "kind", "multi", ["multi", "single"], "List kind: `multi` (`path idx:conf ...`) or `single`.", **fv
     )
     flags.DEFINE_string(
-        "data_dir",
-        None,
-        "A folder written by data/tfrecord.py (read through its manifest).",
-        flag_values=flag_values,
+        "data_dir", None, "A folder written by data/tfrecord.py (read through its manifest).", **fv
     )
-    flags.DEFINE_string("prefix", "train", "With --data_dir: the split prefix.", flag_values=flag_values)
+    flags.DEFINE_string("prefix", "train", "With --data_dir: the split prefix.", **fv)
     flags.DEFINE_string(
-        "tfrecords",
-        None,
-        "Glob of TFRecord files without a manifest (e.g. the reference samples).",
-        flag_values=flag_values,
+        "tfrecords", None, "Glob of TFRecord files without a manifest (e.g. the reference samples).", **fv
     )
     flags.DEFINE_enum(
-        "label_format",
-        "dense",
-        ["dense", "sparse", "int64"],
-        "With --tfrecords: the label layout.",
-        flag_values=flag_values,
+        "label_format", "dense", ["dense", "sparse", "int64"], "With --tfrecords: the label layout.", **fv
     )
     flags.DEFINE_integer(
-        "num_classes",
-        None,
-        "Number of classes (11166 for ML-Images); required with --tfrecords.",
-        flag_values=flag_values,
+        "num_classes", None, "Number of classes (11166 for ML-Images); required with --tfrecords.", **fv
     )
     flags.DEFINE_float(
-        "min_confidence",
-        0.0,
-        "Count a tag only if its confidence is >= this (and > 0).",
-        flag_values=flag_values,
+        "min_confidence", 0.0, "Count a tag only if its confidence is >= this (and > 0).", **fv
     )
     flags.DEFINE_integer(
-        "trainable_min",
-        100,
-        "A class is trainable with strictly more images than this.",
-        flag_values=flag_values,
+        "trainable_min", 100, "A class is trainable with strictly more images than this.", **fv
     )
-    flags.DEFINE_string("output_json", None, "Write the statistics here (JSON).", flag_values=flag_values)
+    flags.DEFINE_string("output_json", None, "Write the statistics here (JSON).", **fv)
     flags.DEFINE_string(
-        "plot_dir",
-        None,
-        "Write images_per_class.png and tags_per_image.png here (needs matplotlib).",
-        flag_values=flag_values,
+        "plot_dir", None, "Write images_per_class.png and tags_per_image.png here (needs matplotlib).", **fv
     )
     flags.DEFINE_string(
-        "bad_lines_report",
-        None,
-        "With --list: malformed lines are written there with the reason.",
-        flag_values=flag_values,
+        "bad_lines_report", None, "With --list: malformed lines are written there with the reason.", **fv
     )
 
 

@@ -298,90 +298,56 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> No
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Defines the script's flags on `flag_values` (a fresh one runs it in-process)."""
+    fv = {"flag_values": flag_values}
     flags.DEFINE_string(
         "input_list",
         None,
         "Input list (URL, ImageNet-id, image or single-label list; .gz ok).",
         required=True,
-        flag_values=flag_values,
+        **fv,
     )
     flags.DEFINE_string(
-        "output_list",
-        None,
-        "Output list in the same format (written atomically).",
-        required=True,
-        flag_values=flag_values,
+        "output_list", None, "Output list in the same format (written atomically).", required=True, **fv
     )
     flags.DEFINE_enum(
         "kind",
         "multi",
         ["multi", "single"],
         "`multi`: `path idx:conf ...` lists; `single`: `path label_int`.",
-        flag_values=flag_values,
+        **fv,
     )
     flags.DEFINE_float(
-        "fraction",
-        1.0,
-        "Keep this fraction of the lines, chosen by seeded hash of the path.",
-        flag_values=flag_values,
+        "fraction", 1.0, "Keep this fraction of the lines, chosen by seeded hash of the path.", **fv
     )
     flags.DEFINE_list(
-        "classes",
-        None,
-        "Class subset: comma-separated indices or WordNet ids (needs --hierarchy).",
-        flag_values=flag_values,
+        "classes", None, "Class subset: comma-separated indices or WordNet ids (needs --hierarchy).", **fv
     )
     flags.DEFINE_string(
-        "class_file",
-        None,
-        "File with one class index or WordNet id per line (adds to --classes).",
-        flag_values=flag_values,
+        "class_file", None, "File with one class index or WordNet id per line (adds to --classes).", **fv
     )
     flags.DEFINE_string(
-        "hierarchy",
-        None,
-        "dictionary_and_semantic_hierarchy.txt (needed for a class subset).",
-        flag_values=flag_values,
+        "hierarchy", None, "dictionary_and_semantic_hierarchy.txt (needed for a class subset).", **fv
     )
     flags.DEFINE_boolean(
-        "remap",
-        False,
-        "Renumber the kept classes (subset + ancestors) 0..K-1 in the output.",
-        flag_values=flag_values,
+        "remap", False, "Renumber the kept classes (subset + ancestors) 0..K-1 in the output.", **fv
     )
+    flags.DEFINE_string("output_hierarchy", None, "With --remap: write the renumbered hierarchy here.", **fv)
     flags.DEFINE_string(
-        "output_hierarchy",
-        None,
-        "With --remap: write the renumbered hierarchy here.",
-        flag_values=flag_values,
-    )
-    flags.DEFINE_string(
-        "class_map",
-        None,
-        "With --remap: write `new_index original_index wnid name` here.",
-        flag_values=flag_values,
+        "class_map", None, "With --remap: write `new_index original_index wnid name` here.", **fv
     )
     flags.DEFINE_integer(
         "max_per_class",
         None,
         "Each class selects at most this many lines (seeded hash order).",
         lower_bound=1,
-        flag_values=flag_values,
+        **fv,
     )
+    flags.DEFINE_integer("seed", 0, "Seed of the hashes: the same seed gives the same subset.", **fv)
     flags.DEFINE_integer(
-        "seed", 0, "Seed of the hashes: the same seed gives the same subset.", flag_values=flag_values
-    )
-    flags.DEFINE_integer(
-        "num_classes",
-        None,
-        "Validate class indices against this (default: from --hierarchy).",
-        flag_values=flag_values,
+        "num_classes", None, "Validate class indices against this (default: from --hierarchy).", **fv
     )
     flags.DEFINE_string(
-        "bad_lines_report",
-        None,
-        "If set, malformed input lines are written there with the reason.",
-        flag_values=flag_values,
+        "bad_lines_report", None, "If set, malformed input lines are written there with the reason.", **fv
     )
 
 
