@@ -37,8 +37,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from absl import app, flags
+from absl import flags
 
+from data import command_line
 from training import distributed, evaluation, input_pipeline, metrics, plots, predictions, report, tf_logs
 
 FLAGS = flags.FLAGS
@@ -237,14 +238,13 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
     f = flag_values
     # One line, not absl's usage text (the whole module docstring) under the error.
     if len(argv) > 1:
-        sys.exit(f"evaluate.py: error: unexpected arguments {argv[1:]}; see --help")
+        raise command_line.error(__file__, f"unexpected arguments {argv[1:]}; see --help")
     if not f.predictions and not f.checkpoint:
-        sys.exit(
-            "evaluate.py: error: give --checkpoint (with --data_dir or --tfds_name) or --predictions; "
-            "see --help"
+        raise command_line.error(
+            __file__, "give --checkpoint (with --data_dir or --tfds_name) or --predictions; see --help"
         )
     if f.predictions and f.checkpoint:
-        sys.exit("evaluate.py: error: give --checkpoint or --predictions, not both; see --help")
+        raise command_line.error(__file__, "give --checkpoint or --predictions, not both; see --help")
     settings = report.EvalSettings(
         topk=_unique_ints(f.topk),
         label_threshold=f.label_threshold,
@@ -285,7 +285,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
                 config, settings, dist=dist, show_progress=f.progress, samples=samples
             )
     except (report.EvaluationInputError, input_pipeline.BadRecordError) as e:
-        sys.exit(f"evaluate.py: error: {e}")
+        raise command_line.error(__file__, e) from None
     if dist.is_chief:  # Horovod: every rank holds the global report; only the chief prints and writes it.
         print(report.format_table(result))
         if f.output_json:
@@ -297,7 +297,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
                 for path in plots.evaluation_plots(result, f.plot_dir, samples=samples):
                     print(f"wrote {path}")
             except plots.PlotsUnavailable as e:
-                sys.exit(f"evaluate.py: error: {e}")
+                raise command_line.error(__file__, e) from None
 
 
 def _class_info(flag_values: flags.FlagValues, num_classes: int, settings: report.EvalSettings):
@@ -315,5 +315,4 @@ def _class_info(flag_values: flags.FlagValues, num_classes: int, settings: repor
 
 if __name__ == "__main__":
     tf_logs.quiet_tensorflow()  # TensorFlow's own INFO lines (e.g. on every save) stay out of the output
-    define_flags()
-    app.run(main)
+    command_line.run(main, define_flags, script=__file__)

@@ -23,7 +23,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["data", "data.*", "models", "training"]),
+    # tools/ too: `python tools/export.py` imports tools.serving_input, tools/benchmark.py tools.benchmarks.
+    packages=find_packages(include=["data", "data.*", "models", "training", "tools", "tools.*"]),
+    package_data={"tools.benchmarks": ["floors.toml"]},
     install_requires=[
         "tensorflow-datasets>=4.9",
         # TFDS 4.9.10 imports it for every builder defined in a package (data/ml_images) but does not declare

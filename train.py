@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
+from data import command_line
 from training import tf_logs
 
 FLAGS = flags.FLAGS
@@ -49,4 +50,4 @@ if __name__ == "__main__":
 
     define_flags()
     flags.adopt_module_key_flags(cli)  # --help lists the flags defined in training/cli.py
-    app.run(main)
+    command_line.run(main, script=__file__)

@@ -10,5 +10,6 @@
 - ml_images: the TFDS builder.
 
 The scripts the README and the release name stay here as command lines: tfrecord.py, download.py, demo.py,
-cooccurrence.py. fileio.py (atomic writes, paths as users type them) is shared by all.
+cooccurrence.py. fileio.py (atomic writes, paths as users type them) is shared by all; command_line.py is
+the convention of every script of the project (its flags, its one-line errors).
 """

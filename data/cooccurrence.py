@@ -34,6 +34,7 @@ from collections.abc import Sequence
 import numpy as np
 from absl import app, flags
 
+from data import command_line
 from data.labels.cooccurrence import CooccurrenceConfig, augment_list, read_oi_mapping
 from data.labels.hierarchy import load_hierarchy
 
@@ -46,7 +47,9 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> No
     hierarchy = load_hierarchy(f.hierarchy)
     scores = np.load(f.scores, mmap_mode="r")
     if scores.ndim != 2:
-        raise ValueError(f"{f.scores}: expected a 2-D [images, oi_classes] array, got shape {scores.shape}")
+        raise command_line.error(
+            __file__, f"{f.scores}: expected a 2-D [images, oi_classes] array, got shape {scores.shape}"
+        )
     oi_to_class = read_oi_mapping(f.oi_classes, num_classes=hierarchy.num_classes)
     config = CooccurrenceConfig(
         score_threshold=f.score_threshold,
@@ -121,5 +124,5 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    # A missing or malformed list, hierarchy, mapping or scores file: one line.
+    command_line.run(main, define_flags, script=__file__, refusals=(ValueError, OSError))

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import time
 from collections.abc import Sequence
 
 from absl import app, flags
 
-from data import fileio
+from data import command_line, fileio
 from data.synthetic.demo_set import (
     COUNT_CLASSES,
     DEMO_LABEL_FORMATS,
@@ -130,7 +129,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> No
         params = {field.name: f[field.name].value for field in dataclasses.fields(DemoParams)}
         dataset = make_demo_dataset(f.output_dir, overwrite=f.overwrite, **params)
     except ValueError as e:  # a refused folder or bad parameters: one line, not a traceback
-        sys.exit(f"error: {e}")
+        raise command_line.error(__file__, e) from None
     summary = summarize(dataset, wall_seconds=time.monotonic() - started)
     fileio.write_json(f.summary_json or os.path.join(dataset.data_dir, SUMMARY_FILENAME), summary)
     _print_summary(summary)
@@ -141,5 +140,4 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> No
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    command_line.run(main, define_flags, script=__file__)

@@ -19,12 +19,12 @@ TFRecord shards, with the writer's flags, schema, manifest and crash safety, and
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 from typing import Final
 
 from absl import app, flags, logging
 
+from data import command_line
 from data.fetch import to_files, transport
 from data.pixels import images
 from data.shards import split_flags, worker_pool
@@ -69,7 +69,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> No
             show_progress=f.progress,
         )
     except FileExistsError as e:  # an output list would replace a file it did not write: one line
-        sys.exit(f"download.py: error: {e}")
+        raise command_line.error(__file__, e) from None
     logging.info(
         "%d URLs: %d downloaded, %d already present, %d failed, %d interrupted, %d malformed lines skipped; "
         "%.1f MB in %.0f s",
@@ -235,5 +235,4 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    command_line.run(main, define_flags, script=__file__)

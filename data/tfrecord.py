@@ -36,6 +36,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
+from data import command_line
 from data.pixels import images
 from data.records.manifest import merge_manifests
 from data.shards import split_flags
@@ -132,5 +133,5 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> No
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    # Bad settings, an unreadable list, shards of other settings, --on_error=fail's first bad image: one line.
+    command_line.run(main, define_flags, script=__file__, refusals=(ValueError, OSError))

@@ -67,7 +67,7 @@ def parse_layer_name(name: str) -> BlockLayer | None:
     """The (stage, block, part) of one of our block layers, None for the stem, the head or other names.
 
     The one parser of our layer names: the TF1 name mapping, the TF1 architecture inference
-    (models/pretrained.py) and the frozen stages of fine-tuning (training/train_step.py) all use it.
+    (models/architecture.py) and the frozen stages of fine-tuning (training/train_step.py) all use it.
     """
     match = _BLOCK_LAYER.fullmatch(name)
     if match is None:

@@ -358,7 +358,7 @@ def _parse(argv: list[str]):
     from tools import benchmark
 
     flag_values = flags.FlagValues()
-    benchmark.define_flags(benchmark.chosen_subcommand(argv), flag_values)
+    benchmark.define_flags(flag_values, subcommand=benchmark.chosen_subcommand(argv))
     flag_values(argv)
     return flag_values
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models import pretrained, resnet
+from models import architecture, checkpoint_files, pretrained, resnet
 from tests import datasets, tiny_runs
 from tests.test_pictures import assert_picture
 from training import demo, distributed, plots
@@ -87,7 +87,7 @@ def test_a_checkpoint_deleted_between_resolve_and_read_gives_the_newest(run, mon
 
 def test_a_checkpoint_deleted_while_checked_is_not_called_damaged(run, monkeypatch, caplog):
     """The state file listed ckpt-3 as the newest; the run deletes it before its integrity check."""
-    check = pretrained.checkpoint_problem
+    check = checkpoint_files.checkpoint_problem
     saved = []
 
     def rotate_then_check(prefix):
@@ -97,7 +97,7 @@ def test_a_checkpoint_deleted_while_checked_is_not_called_damaged(run, monkeypat
 
     monkeypatch.setattr(pretrained, "checkpoint_problem", rotate_then_check)
     with caplog.at_level(logging.WARNING, logger="absl"):
-        assert pretrained.resolve_checkpoint(str(run.model_dir)) == str(run.model_dir / "ckpt-5")
+        assert checkpoint_files.resolve_checkpoint(str(run.model_dir)) == str(run.model_dir / "ckpt-5")
     assert "damaged" not in caplog.text
 
 
@@ -111,12 +111,12 @@ def test_a_prefix_deleted_while_read_is_an_error_not_another_checkpoint(run, mon
         return build(*args, **kwargs)
 
     monkeypatch.setattr(resnet, "build_resnet", build_then_rotate)
-    with pytest.raises(pretrained.CheckpointError, match="ckpt-3"):
+    with pytest.raises(checkpoint_files.CheckpointError, match="ckpt-3"):
         pretrained.load_model(str(run.model_dir / "ckpt-3"))
 
 
 def test_a_run_that_always_rotates_first_is_a_one_line_error(run, monkeypatch):
-    contract = pretrained.checkpoint_contract
+    contract = architecture.checkpoint_contract
 
     def rotate_after_inspecting(*args, **kwargs):  # between the architecture's read and the weights'
         for _ in range(KEEP):
@@ -125,7 +125,7 @@ def test_a_run_that_always_rotates_first_is_a_one_line_error(run, monkeypatch):
 
     monkeypatch.setattr(pretrained, "checkpoint_contract", rotate_after_inspecting)
     monkeypatch.setattr(pretrained, "MAX_ROTATIONS", 3)
-    with pytest.raises(pretrained.UnusableCheckpointError, match="deleted 3 times while being read"):
+    with pytest.raises(checkpoint_files.UnusableCheckpointError, match="deleted 3 times while being read"):
         pretrained.load_model(str(run.model_dir))
 
 

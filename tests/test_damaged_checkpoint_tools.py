@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from models import pretrained, resnet
+from models import checkpoint_files, pretrained, resnet
 from tools import export
 from training import cli
 
@@ -76,5 +76,5 @@ def _stop_after(seen):
 
 
 def test_a_cut_short_prefix_is_a_checkpoint_error(run_dir):
-    with pytest.raises(pretrained.CheckpointError, match="ckpt-4 is not a readable checkpoint"):
+    with pytest.raises(checkpoint_files.CheckpointError, match="ckpt-4 is not a readable checkpoint"):
         pretrained.load_model(str(run_dir / "ckpt-4"))

@@ -278,7 +278,8 @@ def test_cli_writes_the_summary_and_help_lists_the_flags(tmp_path, repo_root):
     )
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert (
-        refused.stderr.strip().splitlines()[-1].startswith("error: ") and "not a demo set" in refused.stderr
+        refused.stderr.strip().splitlines()[-1].startswith("demo.py: error: ")
+        and "not a demo set" in refused.stderr
     )
     assert os.listdir(foreign) == ["mine.txt"]
 

@@ -369,7 +369,7 @@ def test_benchmark_at_toy_size(tmp_path, capsys, server):
     from tools.benchmarks import download as download_benchmark
 
     flag_values = flags.FlagValues()
-    benchmark.define_flags("download", flag_values)
+    benchmark.define_flags(flag_values, subcommand="download")
     flag_values(
         [
             "benchmark.py",

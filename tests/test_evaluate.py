@@ -11,7 +11,7 @@ import pytest
 from absl import flags
 
 import evaluate
-from models import pretrained
+from models import architecture, checkpoint_files, pretrained
 from tests.scripts import run_in_process, run_script
 from tests.test_metrics import random_multilabel, reference_multilabel, reference_single_label
 from training import evaluation
@@ -539,12 +539,12 @@ def test_predictions_path(several_sizes, num_ranks, expected):
 
 
 def test_checkpoint_and_source_errors(multilabel_setup, tmp_path):
-    with pytest.raises(pretrained.CheckpointError, match="not found"):
+    with pytest.raises(checkpoint_files.CheckpointError, match="not found"):
         pretrained.load_model(str(tmp_path / "absent" / "model"))
-    with pytest.raises(pretrained.CheckpointError, match="no checkpoint in directory"):
+    with pytest.raises(checkpoint_files.CheckpointError, match="no checkpoint in directory"):
         pretrained.load_model(str(tmp_path))
-    with pytest.raises(pretrained.CheckpointError, match="holds a ResNet-14"):
-        pretrained.inspect_checkpoint(multilabel_setup["prefix"], depth=101)
+    with pytest.raises(checkpoint_files.CheckpointError, match="holds a ResNet-14"):
+        architecture.inspect_checkpoint(multilabel_setup["prefix"], depth=101)
     with pytest.raises(report_lib.EvaluationInputError, match="no manifest"):
         evaluation.eval_source(num_classes=NUM_CLASSES, data_dir=str(tmp_path))
     with pytest.raises(

@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 
 from data.pixels import preprocessing
-from models import portable, pretrained, resnet, tf1_checkpoint
+from models import checkpoint_files, portable, resnet, tf1_checkpoint
 from tests.scripts import run_in_process, run_script
 from tests.test_evaluate import BASE_WIDTH, tiny_model, write_jpegs
 from tests.test_pretrained import write_release_checkpoint
@@ -204,7 +204,7 @@ def test_release_tf1_checkpoint(exported):
 def test_bad_inputs_are_one_line_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown transform"):
         export.export(str(tmp_path / "nothing"), str(tmp_path / "out"), transform="bogus")
-    with pytest.raises(pretrained.CheckpointError, match="not found"):
+    with pytest.raises(checkpoint_files.CheckpointError, match="not found"):
         export.export(str(tmp_path / "nothing"), str(tmp_path / "out"))
 
 

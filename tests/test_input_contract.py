@@ -16,7 +16,7 @@ import tensorflow as tf
 from PIL import Image
 
 from data.pixels import preprocessing
-from models import input_contract, pretrained, tf1_checkpoint
+from models import architecture, checkpoint_files, input_contract, pretrained, tf1_checkpoint
 from tests.scripts import run_in_process
 from tests.test_evaluate import tiny_model
 from tests.test_pretrained import write_release_checkpoint
@@ -65,7 +65,7 @@ def test_the_run_directory_gives_size_by_step_transform_and_names(tmp_path):
     assert input_contract.from_run_dir(str(tmp_path), step=301).image_size == 299
     assert input_contract.from_run_dir(str(tmp_path)).image_size == 299  # no step: the last phase
     assert input_contract.from_run_dir(str(tmp_path / "elsewhere")) is None
-    info = pretrained.inspect_checkpoint(str(tmp_path))
+    info = architecture.inspect_checkpoint(str(tmp_path))
     assert (info.contract.image_size, info.contract.transform, info.contract.class_names) == (
         224,
         "full",
@@ -161,5 +161,5 @@ def test_a_keras_file_without_a_contract_and_a_bad_one(tmp_path):
     assert pretrained.load(str(tmp_path / "plain.keras")).input_contract == input_contract.RELEASE
     with zipfile.ZipFile(tmp_path / "plain.keras", "a") as archive:
         archive.writestr(input_contract.KERAS_MEMBER, json.dumps({"image_size": 32, "transform": "bogus"}))
-    with pytest.raises(pretrained.CheckpointError, match="not an input contract .*unknown transform"):
+    with pytest.raises(checkpoint_files.CheckpointError, match="not an input contract .*unknown transform"):
         pretrained.load(str(tmp_path / "plain.keras"))

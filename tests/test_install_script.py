@@ -204,6 +204,6 @@ def test_command_line_failure_is_one_line(tmp_path):
     )
     assert res.returncode == 1 and res.stdout == ""
     assert (
-        res.stderr.startswith("cuda_paths.py: no CUDA 99 toolkit with nvcc found")
+        res.stderr.startswith("cuda_paths.py: error: no CUDA 99 toolkit with nvcc found")
         and res.stderr.count("\n") == 1
     )

@@ -7,6 +7,9 @@ and inside data/ each folder imports only the folders below it:
     records, labels, pixels -> nothing but themselves (and data/fileio.py, which every folder may use)
 
 Every folder's docstring says in one sentence what it owns.
+
+Inside models/, reading a checkpoint goes one way: checkpoint_files (where a checkpoint is, whether it is
+intact) -> architecture (which ResNet it holds) -> pretrained (the loader and the public interface).
 """
 
 import ast
@@ -27,6 +30,14 @@ ALLOWED = {
     "ml_images": {"shards", "archives", "records", "labels", "pixels"},
 }
 
+# What each module of models/ may import from models/ (besides the package itself); a module not listed
+# imports none of these three.
+MODELS_ALLOWED = {
+    "checkpoint_files": set(),
+    "architecture": {"checkpoint_files", "input_contract", "resnet"},
+    "pretrained": {"checkpoint_files", "architecture", "input_contract", "resnet", "tf1_checkpoint"},
+}
+
 
 def _imports(tree: ast.Module) -> list[str]:
     """Modules imported anywhere in the file, its `__main__` block and function bodies included."""
@@ -38,8 +49,11 @@ def _imports(tree: ast.Module) -> list[str]:
             names += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.append(node.module)
-            if node.module == "data":  # `from data import fileio, tfrecord`: the names are modules
-                names += [f"data.{alias.name}" for alias in node.names]
+            if node.module in (
+                "data",
+                "models",
+            ):  # `from data import fileio, tfrecord`: the names are modules
+                names += [f"{node.module}.{alias.name}" for alias in node.names]
         stack.extend(ast.iter_child_nodes(node))
     return names
 
@@ -103,3 +117,81 @@ def test_importing_every_data_module_loads_no_training_module(repo_root):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "[]"
+
+
+def _models_offenders(repo_root) -> dict[str, list[str]]:
+    """models/ modules importing a module of models/ that MODELS_ALLOWED does not allow them."""
+    offenders = {}
+    for path in sorted((repo_root / "models").glob("*.py")):
+        if path.stem == "__init__":
+            continue
+        allowed = MODELS_ALLOWED.get(path.stem)
+        for name in _imports(ast.parse(path.read_text(encoding="utf-8"))):
+            parts = name.split(".")
+            if parts[0] != "models" or len(parts) < 2 or parts[1] == path.stem:
+                continue
+            if allowed is None:
+                bad = parts[1] in MODELS_ALLOWED
+            else:
+                bad = parts[1] not in allowed
+            if bad:
+                offenders.setdefault(str(path.relative_to(repo_root)), []).append(name)
+    return offenders
+
+
+def test_models_read_a_checkpoint_in_one_direction(repo_root):
+    assert all((repo_root / "models" / f"{name}.py").is_file() for name in MODELS_ALLOWED)
+    assert not _models_offenders(repo_root)
+
+
+@pytest.mark.parametrize(
+    "module, planted, found",
+    [
+        ("checkpoint_files", "from models import architecture", "models.architecture"),
+        ("architecture", "from models.pretrained import load", "models.pretrained"),
+        ("losses", "from models import checkpoint_files", "models.checkpoint_files"),
+    ],
+)
+def test_the_models_check_sees_a_backward_import(tmp_path, module, planted, found):
+    """The check above finds a backward import planted in a copy (an unlisted module may import none)."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / f"{module}.py").write_text(f"{planted}\n")
+    assert _models_offenders(tmp_path) == {f"models/{module}.py": [found]}
+
+
+def _aliases(tree: ast.Module) -> list[str]:
+    """Module-level `name = models_module.attribute` lines: a name of models/ re-exported under another."""
+    models_modules = {
+        alias.asname or alias.name
+        for node in tree.body
+        if isinstance(node, ast.ImportFrom) and node.module == "models"
+        for alias in node.names
+    }
+    return [
+        ast.unparse(node)
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.Attribute)
+        and isinstance(node.value.value, ast.Name)
+        and node.value.value.id in models_modules
+    ]
+
+
+def test_no_caller_renames_what_models_owns(repo_root):
+    """training/, tools/ and the entry scripts use models/' names from the module that owns them, never
+    under an alias of their own (training/checkpoints.py once re-exported the loader's under old names)."""
+    paths = [
+        *(repo_root / "training").glob("*.py"),
+        *(repo_root / "tools").rglob("*.py"),
+        *repo_root.glob("*.py"),
+    ]
+    found = {
+        str(path.relative_to(repo_root)): aliases
+        for path in sorted(paths)
+        if (aliases := _aliases(ast.parse(path.read_text(encoding="utf-8"))))
+    }
+    assert not found
+    planted = (
+        "from models import checkpoint_files\nresolve_checkpoint_path = checkpoint_files.resolve_checkpoint\n"
+    )
+    assert _aliases(ast.parse(planted)) == ["resolve_checkpoint_path = checkpoint_files.resolve_checkpoint"]

@@ -1,4 +1,4 @@
-"""models/pretrained.py (which ResNet a checkpoint holds; load_model) and models/resnet.parse_layer_name."""
+"""models/architecture.py (which ResNet a checkpoint holds), models/pretrained.py (load_model) and models/resnet.parse_layer_name."""
 
 import subprocess
 import sys
@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models import pretrained, resnet, tf1_checkpoint
-from training import checkpoints
+from models import architecture, checkpoint_files, pretrained, resnet, tf1_checkpoint
 
 NUM_CLASSES = 7
 BASE_WIDTH = 2
@@ -77,12 +76,9 @@ def test_tf1_architecture_ignores_step_slots_and_loss_counters(tmp_path):
     names = {name for name, _ in tf.train.list_variables(prefix)}
     assert {"global_step", "Variable", "Variable_1", "logits/dense/kernel/Momentum"} <= names
     expected = {"depth": 50, "base_width": BASE_WIDTH, "num_classes": NUM_CLASSES, "kind": "tf1"}
-    assert pretrained.checkpoint_architecture(prefix) == expected
-    assert pretrained.checkpoint_architecture(str(tmp_path)) == expected  # a directory: its latest
-    assert pretrained.is_tf1_checkpoint(prefix)
-    assert checkpoints.infer_model_config(prefix) == {
-        k: expected[k] for k in ("depth", "base_width", "num_classes")
-    }
+    assert architecture.checkpoint_architecture(prefix) == expected
+    assert architecture.checkpoint_architecture(str(tmp_path)) == expected  # a directory: its latest
+    assert architecture.is_tf1_checkpoint(prefix)
 
 
 def test_tf1_architecture_rejects_blocks_of_no_known_depth(tmp_path):
@@ -90,8 +86,10 @@ def test_tf1_architecture_rejects_blocks_of_no_known_depth(tmp_path):
     values = {name: v.numpy() for name, v in tf1_checkpoint.tf1_variable_map(model).items()}
     values = {n: v for n, v in values.items() if not n.startswith("stages_3_block_0/")}  # stage 3 gone
     prefix = write_release_checkpoint(tmp_path / "model.ckpt", values, num_classes=NUM_CLASSES)
-    with pytest.raises(pretrained.CheckpointError, match=r"blocks per stage \(1, 1, 1\) match no ResNet"):
-        pretrained.checkpoint_architecture(prefix)
+    with pytest.raises(
+        checkpoint_files.CheckpointError, match=r"blocks per stage \(1, 1, 1\) match no ResNet"
+    ):
+        architecture.checkpoint_architecture(prefix)
 
 
 def test_our_run_checkpoint_architecture_and_strict_load(tmp_path):
@@ -103,23 +101,23 @@ def test_our_run_checkpoint_architecture_and_strict_load(tmp_path):
     step = tf.Variable(5, dtype=tf.int64)
     prefix = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step).write(str(tmp_path / "ckpt-5"))
     expected = {"depth": 14, "base_width": BASE_WIDTH, "num_classes": NUM_CLASSES, "kind": "ours"}
-    assert pretrained.checkpoint_architecture(prefix) == expected
-    assert not pretrained.is_tf1_checkpoint(prefix)
+    assert architecture.checkpoint_architecture(prefix) == expected
+    assert not architecture.is_tf1_checkpoint(prefix)
     loaded, info = pretrained.load_model(prefix)
     assert (info.kind, info.depth, info.base_width, info.num_classes, info.path) == ("ours", 14, 2, 7, prefix)
     images = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(loaded(images, training=False), model(images, training=False), rtol=1e-6)
-    with pytest.raises(pretrained.CheckpointError, match="depth 50 was asked for"):
+    with pytest.raises(checkpoint_files.CheckpointError, match="depth 50 was asked for"):
         pretrained.load_model(prefix, depth=50)
 
 
 def test_checkpoint_errors_are_checkpoint_errors(tmp_path):
-    with pytest.raises(pretrained.CheckpointError, match="not found"):
+    with pytest.raises(checkpoint_files.CheckpointError, match="not found"):
         pretrained.load_model(str(tmp_path / "absent"))
-    with pytest.raises(pretrained.CheckpointError, match="no checkpoint in directory"):
-        pretrained.checkpoint_architecture(str(tmp_path))
+    with pytest.raises(checkpoint_files.CheckpointError, match="no checkpoint in directory"):
+        architecture.checkpoint_architecture(str(tmp_path))
     prefix = tf.train.Checkpoint(x=tf.Variable([1.0, 2.0])).write(str(tmp_path / "other"))
-    with pytest.raises(pretrained.CheckpointError, match="does not hold one of our ResNet checkpoints"):
+    with pytest.raises(checkpoint_files.CheckpointError, match="does not hold one of our ResNet checkpoints"):
         pretrained.load_model(prefix)
 
 

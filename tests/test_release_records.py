@@ -477,4 +477,4 @@ def test_train_py_names_a_truncated_release_file_in_one_line(tmp_path):
         )
     line = info.value.code
     assert isinstance(line, str) and "\n" not in line
-    assert line.startswith(f"error: {path}: record 2 (at byte ") and "is cut short" in line
+    assert line.startswith(f"train.py: error: {path}: record 2 (at byte ") and "is cut short" in line

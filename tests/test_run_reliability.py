@@ -18,6 +18,7 @@ import pytest
 import tensorflow as tf
 from absl import app
 
+from models import checkpoint_files
 from tests import datasets, entry_points, hvd, tiny_runs
 from training import checkpoints, cli, evaluation, loop, preemption, recipes, run_dir, train_step
 from training import config as config_lib
@@ -162,7 +163,8 @@ def test_train_py_refuses_a_busy_directory_in_one_line(tmp_path, data, capfd):
     message = str(info.value.code)  # what train.py prints as its last line, exiting with status 1
     assert "\n" not in message and "Traceback" not in capfd.readouterr().err
     assert (
-        message.startswith(f"error: {model_dir} is in use by another run") and f"PID {holder.pid}" in message
+        message.startswith(f"train.py: error: {model_dir} is in use by another run")
+        and f"PID {holder.pid}" in message
     )
 
 
@@ -254,7 +256,7 @@ def test_a_run_refused_before_its_first_step_leaves_the_directory_as_it_was(tmp_
         model_dir.mkdir()
     with pytest.raises(SystemExit) as info:
         entry_points.run(_train_args(data, model_dir, "--train_steps=1", bad))
-    assert str(info.value.code).startswith("error: ") and "\n" not in str(info.value.code)
+    assert str(info.value.code).startswith("train.py: error: ") and "\n" not in str(info.value.code)
     assert sorted(p.name for p in tmp_path.iterdir()) == (["run"] if refusal == "init_checkpoint" else [])
     assert not model_dir.exists() or not list(model_dir.iterdir())
     with caplog.at_level(logging.WARNING):
@@ -369,7 +371,8 @@ def test_a_second_signal_during_the_save_aborts_at_once_leaving_the_previous_che
     # The half-written ckpt-5 is not the latest: ckpt-4 is, intact, and a resume continues from it.
     assert (model_dir / "ckpt-5.data-00000-of-00001").exists()
     assert (
-        _latest(model_dir) == "ckpt-4" and checkpoints.checkpoint_problem(str(model_dir / "ckpt-4")) is None
+        _latest(model_dir) == "ckpt-4"
+        and checkpoint_files.checkpoint_problem(str(model_dir / "ckpt-4")) is None
     )
     config = dataclasses.replace(_config(data, model_dir), train_steps=6)
     assert loop.train(config)["step"] == 6
@@ -403,13 +406,13 @@ def test_evaluation_resolves_a_directory_to_its_newest_intact_checkpoint(
     finished_run, tmp_path, damage, caplog
 ):
     model_dir = _copy(finished_run, tmp_path)
-    assert checkpoints.resolve_checkpoint_path(str(model_dir)).endswith("ckpt-4")
+    assert checkpoint_files.resolve_checkpoint(str(model_dir)).endswith("ckpt-4")
     _truncate(model_dir / damage)
     with caplog.at_level(logging.WARNING):
-        assert checkpoints.resolve_checkpoint_path(str(model_dir)).endswith("ckpt-2")
+        assert checkpoint_files.resolve_checkpoint(str(model_dir)).endswith("ckpt-2")
     assert "ckpt-4" in caplog.text and (model_dir / damage).exists()
     with pytest.raises(ValueError, match="not a readable checkpoint"):
-        checkpoints.resolve_checkpoint_path(str(model_dir / "ckpt-4"))
+        checkpoint_files.resolve_checkpoint(str(model_dir / "ckpt-4"))
 
 
 def test_evaluate_checkpoint_of_a_run_directory_skips_a_damaged_latest_checkpoint(
@@ -435,12 +438,12 @@ def test_a_file_that_is_not_a_checkpoint_says_so(tmp_path, data, finished_run):
     notes = tmp_path / "notes.txt"
     notes.write_text("hello")
     with pytest.raises(ValueError, match="notes.txt is not a checkpoint"):
-        checkpoints.resolve_checkpoint_path(str(notes))
+        checkpoint_files.resolve_checkpoint(str(notes))
     with pytest.raises(FileNotFoundError, match="not found"):
-        checkpoints.resolve_checkpoint_path(str(tmp_path / "missing"))
+        checkpoint_files.resolve_checkpoint(str(tmp_path / "missing"))
     # One of a checkpoint's own files stands for the checkpoint.
     index = finished_run / "ckpt-2.index"
-    assert checkpoints.resolve_checkpoint_path(str(index)) == str(finished_run / "ckpt-2")
+    assert checkpoint_files.resolve_checkpoint(str(index)) == str(finished_run / "ckpt-2")
     config = dataclasses.replace(_config(data, tmp_path / "run"), init_checkpoint=str(notes), train_steps=1)
     with pytest.raises(ValueError, match="is not a checkpoint"):
         loop.train(config)

@@ -95,7 +95,7 @@ def test_train_py_runs_logs_checkpoints_and_finishes(repo_root, tmp_path, multil
 def test_num_classes_mismatch_is_a_clear_error(tmp_path, multilabel_data):
     args = tiny_runs.train_args(multilabel_data, tmp_path / "run", "--train_steps=1")
     args[1] = "--num_classes=31"
-    with pytest.raises(SystemExit, match="^error: .*30 classes but the model has 31") as info:
+    with pytest.raises(SystemExit, match="^train.py: error: .*30 classes but the model has 31") as info:
         _run_here("train.py", *args)
     assert "\n" not in str(info.value.code)
 

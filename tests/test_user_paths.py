@@ -14,7 +14,7 @@ import pytest
 
 import evaluate
 from data import fileio
-from models import pretrained
+from models import architecture, checkpoint_files, pretrained
 from tests import datasets, entry_points, scripts, tiny_runs
 
 
@@ -50,11 +50,11 @@ def test_every_spelling_of_a_run_directory_resolves_to_its_latest_checkpoint(rel
     os.symlink("run", "link")
     latest = os.path.join(relative_run, "run", "ckpt-4")
     for spelling in ("run", "run/", "./run", str(relative_run / "run"), "~/run", "~/run/", "link", "link/"):
-        prefix = pretrained.resolve_checkpoint(spelling)
+        prefix = checkpoint_files.resolve_checkpoint(spelling)
         assert os.path.realpath(prefix) == os.path.realpath(latest), spelling
-        assert pretrained.checkpoint_architecture(spelling)["depth"] == 14
+        assert architecture.checkpoint_architecture(spelling)["depth"] == 14
     for spelling in ("run/ckpt-4", "~/run/ckpt-4", "run/ckpt-4.index", "link/ckpt-4"):
-        assert os.path.realpath(pretrained.resolve_checkpoint(spelling)) == os.path.realpath(latest)
+        assert os.path.realpath(checkpoint_files.resolve_checkpoint(spelling)) == os.path.realpath(latest)
     model = pretrained.load("run", activation="logits")
     assert model.output_shape[-1] == 30
 
@@ -94,5 +94,5 @@ def test_a_really_damaged_checkpoint_is_still_reported(relative_run, monkeypatch
     os.makedirs("broken")
     with open("broken/ckpt-1.index", "wb") as f:
         f.write(b"not an index")
-    with pytest.raises(pretrained.UnusableCheckpointError, match="broken/ckpt-1"):
-        pretrained.resolve_checkpoint("broken/ckpt-1")
+    with pytest.raises(checkpoint_files.UnusableCheckpointError, match="broken/ckpt-1"):
+        checkpoint_files.resolve_checkpoint("broken/ckpt-1")

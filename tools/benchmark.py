@@ -59,17 +59,14 @@ whether its oneDNN kernels are on, the load average).
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
 
 from absl import app, flags
 
-if __package__ in (None, ""):  # run as a script: tools/ is not an installed package
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tools.benchmarks import common  # noqa: E402  (after the path set-up above)
+from data import command_line
+from tools.benchmarks import common
 
 # Subcommand -> its module (imported only when chosen: the memory benchmark's fresh processes stay small).
 SUBCOMMANDS: dict[str, str] = {
@@ -98,7 +95,7 @@ def chosen_subcommand(argv: Sequence[str]) -> str | None:
     return next((arg for arg in argv[1:] if arg in SUBCOMMANDS), None)
 
 
-def define_flags(subcommand: str | None, flag_values: flags.FlagValues = flags.FLAGS) -> None:
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS, *, subcommand: str | None = None) -> None:
     """Defines `subcommand`'s flags (and the global ones) on `flag_values`; every flag when None."""
     if subcommand is None:
         names = tuple(common.FLAG_DEFINITIONS)
@@ -109,14 +106,15 @@ def define_flags(subcommand: str | None, flag_values: flags.FlagValues = flags.F
         flags.declare_key_flag(name, flag_values=flag_values)
 
 
-def main(argv: Sequence[str], f: flags.FlagValues = flags.FLAGS) -> None:
+def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """The script: `argv` (the subcommand) as left by absl's parsing of `flag_values`."""
     if len(argv) != 2 or argv[1] not in SUBCOMMANDS:
         raise app.UsageError(f"usage: benchmark.py {{{'|'.join(SUBCOMMANDS)}}} [--flags]")
-    if f.intra_op_threads:
+    if flag_values.intra_op_threads:
         import tensorflow as tf
 
-        tf.config.threading.set_intra_op_parallelism_threads(f.intra_op_threads)
-    subcommand_module(argv[1]).run(f)
+        tf.config.threading.set_intra_op_parallelism_threads(flag_values.intra_op_threads)
+    subcommand_module(argv[1]).run(flag_values)
 
 
 def run(args: Sequence[str]) -> None:
@@ -126,10 +124,10 @@ def run(args: Sequence[str]) -> None:
     """
     argv = ["benchmark.py", *args]
     flag_values = flags.FlagValues()
-    define_flags(chosen_subcommand(argv), flag_values)
+    define_flags(flag_values, subcommand=chosen_subcommand(argv))
     main(flag_values(argv), flag_values)
 
 
 if __name__ == "__main__":
-    define_flags(chosen_subcommand(sys.argv))
-    app.run(main)
+    define_flags(subcommand=chosen_subcommand(sys.argv))
+    command_line.run(main, script=__file__)

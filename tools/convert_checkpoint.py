@@ -4,7 +4,7 @@ r"""Converts a released TF1 checkpoint of the reference ResNet into this project
         --output converted/mlimages
 
 The architecture (depth, stem width, head size) is read from the file itself
-(`models.pretrained.checkpoint_architecture`, from its variables' names and shapes), as every other tool
+(`models.architecture.checkpoint_architecture`, from its variables' names and shapes), as every other tool
 does; `--depth`, `--base_width` and `--num_classes` only assert it: a file that holds another network is
 refused in one line naming the one it holds. So are a missing file, a file that is not a checkpoint, a
 damaged one, and one that is already in our format (it needs no conversion).
@@ -18,25 +18,22 @@ with them, give the TF1 file itself to `train.py --init_checkpoint ... --init_op
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 
-if __package__ in (None, ""):  # run as a script: tools/ is not an installed package (as tools/export.py)
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from data import fileio  # noqa: E402  (after the path set-up above)
-from models import pretrained, resnet, tf1_checkpoint  # noqa: E402
-from training import tf_logs  # noqa: E402
+from data import command_line, fileio
+from models import architecture, checkpoint_files, resnet, tf1_checkpoint
+from models.architecture import CheckpointInfo
+from models.checkpoint_files import CheckpointError
+from training import tf_logs
 
 _ERROR_CHARS = 500  # a refusal is one line: a long list of variable names is cut here
 
 
-def _describe(info: pretrained.CheckpointInfo) -> str:
+def _describe(info: CheckpointInfo) -> str:
     return f"ResNet-{info.depth}, base width {info.base_width}, {info.num_classes} classes"
 
 
@@ -46,7 +43,7 @@ def source_architecture(
     depth: int | None = None,
     base_width: int | None = None,
     num_classes: int | None = None,
-) -> pretrained.CheckpointInfo:
+) -> CheckpointInfo:
     """Which reference ResNet the released TF1 checkpoint at `path` holds, checked against what was asked.
 
     Args:
@@ -57,22 +54,22 @@ def source_architecture(
       The checkpoint's resolved prefix and architecture (kind "tf1").
 
     Raises:
-      pretrained.CheckpointError: nothing at `path`, not a checkpoint, a damaged one, no reference ResNet in
+      CheckpointError: nothing at `path`, not a checkpoint, a damaged one, no reference ResNet in
         it, one of our checkpoints (nothing to convert), or another architecture than asked (named).
     """
-    prefix = pretrained.resolve_checkpoint(path)  # missing, not a checkpoint, damaged: one-line errors
+    prefix = checkpoint_files.resolve_checkpoint(path)  # missing, not a checkpoint, damaged: one-line errors
     try:
-        found = pretrained.checkpoint_architecture(prefix)
+        found = architecture.checkpoint_architecture(prefix)
     except tf.errors.OpError as e:
-        raise pretrained.CheckpointError(f"cannot read {prefix}: {pretrained.error_line(e)}") from None
-    except pretrained.CheckpointError:
-        if pretrained.is_tf1_checkpoint(prefix):
+        raise CheckpointError(f"cannot read {prefix}: {checkpoint_files.error_line(e)}") from None
+    except CheckpointError:
+        if architecture.is_tf1_checkpoint(prefix):
             raise  # the release's names, but not a whole reference ResNet: its message says what is missing
-        raise pretrained.CheckpointError(
+        raise CheckpointError(
             f"{prefix} is not a released TF1 checkpoint of the reference ResNet (no variable is named like "
             "init/init_conv/conv2d/kernel)"
         ) from None
-    info = pretrained.CheckpointInfo(
+    info = CheckpointInfo(
         path=prefix,
         kind=str(found["kind"]),
         depth=int(found["depth"]),
@@ -80,16 +77,14 @@ def source_architecture(
         num_classes=int(found["num_classes"]),
     )
     if info.kind != "tf1":
-        raise pretrained.CheckpointError(
+        raise CheckpointError(
             f"{prefix} is already one of this project's checkpoints ({_describe(info)}), not a released TF1 "
             "one: it needs no conversion (--init_checkpoint, evaluate.py and the tools read it as it is)"
         )
     asked = {"depth": depth, "base_width": base_width, "num_classes": num_classes}
     wrong = [f"--{name}={value}" for name, value in asked.items() if value not in (None, getattr(info, name))]
     if wrong:
-        raise pretrained.CheckpointError(
-            f"{prefix} holds {_describe(info)}, not the asked {', '.join(wrong)}"
-        )
+        raise CheckpointError(f"{prefix} holds {_describe(info)}, not the asked {', '.join(wrong)}")
     return info
 
 
@@ -114,7 +109,7 @@ def convert(
       else the TF1 file held.
 
     Raises:
-      pretrained.CheckpointError: see `source_architecture`.
+      CheckpointError: see `source_architecture`.
       tf1_checkpoint.TF1CheckpointMismatchError: the file's model variables do not match the ResNet its
         names and shapes describe (listing every one).
       OSError: the output cannot be written.
@@ -127,7 +122,7 @@ def convert(
     try:
         path = tf.train.Checkpoint(model=model).write(output)
     except tf.errors.OpError as e:
-        raise OSError(f"cannot write {output}: {pretrained.error_line(e)}") from None
+        raise OSError(f"cannot write {output}: {checkpoint_files.error_line(e)}") from None
     return {
         "path": path,
         "depth": info.depth,
@@ -177,7 +172,9 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 def _one_line(error: BaseException) -> str:
     """The error's message on one line (a strict mismatch lists its variables on several)."""
     text = (
-        pretrained.error_line(error) if isinstance(error, tf.errors.OpError) else " ".join(str(error).split())
+        checkpoint_files.error_line(error)
+        if isinstance(error, tf.errors.OpError)
+        else " ".join(str(error).split())
     )
     return text if len(text) <= _ERROR_CHARS else text[: _ERROR_CHARS - 4] + " ..."
 
@@ -186,7 +183,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
     """The script: `argv` as left by absl's parsing of `flag_values` (app.run passes only argv)."""
     f = flag_values
     if len(argv) > 1:
-        sys.exit(f"convert_checkpoint.py: error: unexpected arguments {argv[1:]}; see --help")
+        raise command_line.error(__file__, f"unexpected arguments {argv[1:]}; see --help")
     try:
         summary = convert(
             f.tf1_checkpoint,
@@ -196,7 +193,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
             num_classes=f.num_classes,
         )
     except (ValueError, OSError, tf.errors.OpError) as e:  # CheckpointError is a ValueError
-        sys.exit(f"convert_checkpoint.py: error: {_one_line(e)}")
+        raise command_line.error(__file__, _one_line(e)) from None
     print(
         f"wrote {summary['path']}: ResNet-{summary['depth']} (base width {summary['base_width']}), "
         f"{summary['variables']} variables, {summary['trainable_parameters']:,} trainable parameters "
@@ -207,5 +204,4 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
 
 if __name__ == "__main__":
     tf_logs.quiet_tensorflow()  # TensorFlow's own INFO lines stay out of the output
-    define_flags()
-    app.run(main)
+    command_line.run(main, define_flags, script=__file__)

@@ -32,6 +32,8 @@ from collections.abc import Mapping, Sequence
 
 from absl import app, flags
 
+from data import command_line
+
 
 @dataclasses.dataclass(frozen=True)
 class Nccl:
@@ -171,19 +173,31 @@ def build_env(nccl: Nccl, nvcc: Nvcc) -> dict[str, str]:
     }
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    site_packages = pathlib.Path(flags.FLAGS.site_packages or sysconfig.get_paths()["purelib"])
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines the script's flags on `flag_values` (a fresh one runs it in-process)."""
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_string(
+        "link_dir", None, "Directory for the libnccl.so symlink the build links against.", **fv
+    )
+    flags.DEFINE_string(
+        "site_packages", None, "site-packages holding nvidia/ (default: this interpreter's).", **fv
+    )
+    flags.mark_flag_as_required("link_dir", **fv)
+
+
+def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """The script: `argv` as left by absl's parsing of `flag_values` (app.run passes only argv)."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {list(argv[1:])}")
+    f = flag_values
+    site_packages = pathlib.Path(f.site_packages or sysconfig.get_paths()["purelib"])
     try:
-        nccl = find_nccl(site_packages, link_dir=pathlib.Path(flags.FLAGS.link_dir))
+        nccl = find_nccl(site_packages, link_dir=pathlib.Path(f.link_dir))
         nvcc = find_nvcc(toolkit_candidates(os.environ), major=cudart_major(site_packages))
     except ValueError as e:
-        sys.exit(f"cuda_paths.py: {e}")
+        raise command_line.error(__file__, e) from None
     sys.stdout.write("".join(f"export {k}={shlex.quote(v)}\n" for k, v in build_env(nccl, nvcc).items()))
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string("link_dir", None, "Directory for the libnccl.so symlink the build links against.")
-    flags.DEFINE_string("site_packages", None, "site-packages holding nvidia/ (default: this interpreter's).")
-    flags.mark_flag_as_required("link_dir")
-    app.run(main)
+    command_line.run(main, define_flags, script=__file__)

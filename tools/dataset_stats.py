@@ -34,9 +34,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from absl import logging
+from absl import app, flags, logging
 
-from data import fileio
+from data import command_line, fileio
 from data.labels import annotations
 
 CONFIDENCE_BINS = 101  # Confidences are histogrammed at 0.01 resolution: bounded memory for any input.
@@ -316,14 +316,14 @@ def format_summary(stats: dict[str, Any]) -> str:
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
-def main(argv: list[str]) -> None:
-    from absl import flags
-
-    del argv
-    f = flags.FLAGS
+def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """The script: `argv` as left by absl's parsing of `flag_values` (app.run passes only argv)."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {list(argv[1:])}")
+    f = flag_values
     sources = sum(bool(x) for x in (f.list, f.data_dir, f.tfrecords))
     if sources != 1:
-        raise flags.ValidationError("give exactly one of --list, --data_dir, --tfrecords")
+        raise app.UsageError("give exactly one of --list, --data_dir, --tfrecords")
     if f.list:
         with annotations.ErrorLog(f.bad_lines_report) as errors:
             stats = stats_from_list(
@@ -341,9 +341,9 @@ def main(argv: list[str]) -> None:
     else:
         files = sorted(glob.glob(f.tfrecords))
         if not files:
-            raise FileNotFoundError(f"no files match {f.tfrecords}")
+            raise command_line.error(__file__, f"no files match {f.tfrecords}")
         if f.num_classes is None:
-            raise flags.ValidationError("--tfrecords needs --num_classes (and --label_format)")
+            raise app.UsageError("--tfrecords needs --num_classes (and --label_format)")
         stats = stats_from_tfrecords(
             files,
             label_format=f.label_format,
@@ -358,37 +358,43 @@ def main(argv: list[str]) -> None:
     print(format_summary(stats))
 
 
-def _define_flags() -> None:
-    from absl import flags
-
-    flags.DEFINE_string("list", None, "A list file (URL, ImageNet-id, image or single-label list; .gz ok).")
-    flags.DEFINE_enum(
-        "kind", "multi", ["multi", "single"], "List kind: `multi` (`path idx:conf ...`) or `single`."
-    )
-    flags.DEFINE_string("data_dir", None, "A folder written by data/tfrecord.py (read through its manifest).")
-    flags.DEFINE_string("prefix", "train", "With --data_dir: the split prefix.")
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines the script's flags on `flag_values` (a fresh one runs it in-process)."""
+    fv = {"flag_values": flag_values}
     flags.DEFINE_string(
-        "tfrecords", None, "Glob of TFRecord files without a manifest (e.g. the reference samples)."
+        "list", None, "A list file (URL, ImageNet-id, image or single-label list; .gz ok).", **fv
     )
     flags.DEFINE_enum(
-        "label_format", "dense", ["dense", "sparse", "int64"], "With --tfrecords: the label layout."
+        "kind", "multi", ["multi", "single"], "List kind: `multi` (`path idx:conf ...`) or `single`.", **fv
+    )
+    flags.DEFINE_string(
+        "data_dir", None, "A folder written by data/tfrecord.py (read through its manifest).", **fv
+    )
+    flags.DEFINE_string("prefix", "train", "With --data_dir: the split prefix.", **fv)
+    flags.DEFINE_string(
+        "tfrecords", None, "Glob of TFRecord files without a manifest (e.g. the reference samples).", **fv
+    )
+    flags.DEFINE_enum(
+        "label_format", "dense", ["dense", "sparse", "int64"], "With --tfrecords: the label layout.", **fv
     )
     flags.DEFINE_integer(
-        "num_classes", None, "Number of classes (11166 for ML-Images); required with --tfrecords."
+        "num_classes", None, "Number of classes (11166 for ML-Images); required with --tfrecords.", **fv
     )
-    flags.DEFINE_float("min_confidence", 0.0, "Count a tag only if its confidence is >= this (and > 0).")
-    flags.DEFINE_integer("trainable_min", 100, "A class is trainable with strictly more images than this.")
-    flags.DEFINE_string("output_json", None, "Write the statistics here (JSON).")
+    flags.DEFINE_float(
+        "min_confidence", 0.0, "Count a tag only if its confidence is >= this (and > 0).", **fv
+    )
+    flags.DEFINE_integer(
+        "trainable_min", 100, "A class is trainable with strictly more images than this.", **fv
+    )
+    flags.DEFINE_string("output_json", None, "Write the statistics here (JSON).", **fv)
     flags.DEFINE_string(
-        "plot_dir", None, "Write images_per_class.png and tags_per_image.png here (needs matplotlib)."
+        "plot_dir", None, "Write images_per_class.png and tags_per_image.png here (needs matplotlib).", **fv
     )
     flags.DEFINE_string(
-        "bad_lines_report", None, "With --list: malformed lines are written there with the reason."
+        "bad_lines_report", None, "With --list: malformed lines are written there with the reason.", **fv
     )
 
 
 if __name__ == "__main__":
-    from absl import app
-
-    _define_flags()
-    app.run(main)
+    # An unreadable list, folder or record file: one line.
+    command_line.run(main, define_flags, script=__file__, refusals=(ValueError, OSError))

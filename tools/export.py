@@ -52,20 +52,16 @@ formats for use elsewhere, all at once.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
 from absl import app, flags, logging
 
-if __package__ in (None, ""):  # run as a script: tools/ is not an installed package (as tools/benchmark.py)
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from data import fileio  # noqa: E402  (after the path set-up above)
+from data import command_line, fileio
 from data.pixels import images, preprocessing
-from models import input_contract, portable, pretrained, resnet  # noqa: E402
-from tools import image_classification, serving_input  # noqa: E402  (class names and head rule of the tools)
+from models import input_contract, portable, pretrained, resnet
+from tools import image_classification, serving_input  # the class names and head rule of the tools
 
 SAVED_MODEL_DIR = "saved_model"
 KERAS_FILE = "model.keras"
@@ -144,7 +140,7 @@ def export(
       output_dir: created if missing; existing files of the same names are replaced.
       head: `auto`, `sigmoid` or `softmax`: the SavedModel's `probabilities`.
       transform: the pre-processing inside the SavedModel (`data.pixels.preprocessing.TRANSFORMS`); None: the
-        checkpoint's input contract's (`models.pretrained.checkpoint_contract`).
+        checkpoint's input contract's (`models.architecture.checkpoint_contract`).
       image_size: the network's input side in the SavedModel; None: the contract's (another is warned about).
       hierarchy: the ML-Images hierarchy file, for the class names (default: the contract's, else indices).
       imagenet_dictionary: the release's ImageNet dictionary, for the class names.
@@ -153,7 +149,7 @@ def export(
         (checked from its header; 0: no limit).
 
     Raises:
-      ValueError: a bad checkpoint (`pretrained.CheckpointError`), transform, head or names file.
+      ValueError: a bad checkpoint (`models.checkpoint_files.CheckpointError`), transform, head or names file.
     """
     if transform is not None:
         preprocessing.get_transform(transform)  # an unknown name fails before the checkpoint is read
@@ -296,7 +292,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
             max_pixels=f.max_pixels,
         )
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError
-        sys.exit(f"export.py: error: {e}")
+        raise command_line.error(__file__, e) from None
     print(
         f"ResNet-{manifest['depth']} ({manifest['num_classes']} classes, {manifest['probabilities']}, "
         f"transform {manifest['transform']} at {manifest['image_size']}) -> {f.output_dir}"
@@ -304,5 +300,4 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    command_line.run(main, define_flags, script=__file__)

@@ -42,9 +42,9 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags, logging
 
-from data import fileio
+from data import command_line, fileio
 from data.pixels import image_files, preprocessing
 from data.pixels import images as images_lib
 from models import resnet
@@ -201,11 +201,11 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
         settings = cli.inference_settings(f, contract)
         names, features, skipped = extract_features(model, paths, crop=f.crop, **settings)
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError
-        sys.exit(f"extract_feature.py: error: {e}")
+        raise command_line.error(__file__, e) from None
     if skipped:  # each was logged as a warning when it was read
         print(f"skipped {len(skipped)} of {len(paths)} images (unreadable or too large)", file=sys.stderr)
     if not names:
-        sys.exit(f"extract_feature.py: error: none of the {len(paths)} images could be read; nothing written")
+        raise command_line.error(__file__, f"none of the {len(paths)} images could be read; nothing written")
     save_features(f.output, names, features, fmt=f.format)
     logging.info("wrote %d x %d features to %s (skipped %d)", *features.shape, f.output, len(skipped))
     print(f"{len(names)} images x {features.shape[1]} features -> {f.output} ({len(skipped)} skipped)")
@@ -215,4 +215,4 @@ if __name__ == "__main__":
     tf_logs.quiet_tensorflow()  # TensorFlow's own INFO lines (e.g. on every save) stay out of the output
     define_flags()
     flags.adopt_module_key_flags(cli)  # --help lists the shared flags of training/cli.py too
-    app.run(main)
+    command_line.run(main, script=__file__)

@@ -46,9 +46,9 @@ from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags, logging
 
-from data import fileio
+from data import command_line, fileio
 from data.labels import hierarchy as hierarchy_lib
 from data.pixels import image_files, preprocessing
 from data.pixels import images as images_lib
@@ -57,7 +57,6 @@ from training import cli, tf_logs
 
 HEADS = ("auto", "sigmoid", "softmax")
 OUTPUT_FORMATS = ("text", "release")
-IMAGENET_CLASSES = pretrained.IMAGENET_CLASSES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,7 +310,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
             model, paths, head=head, topk=min(f.topk, info.num_classes), **settings
         )
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError
-        sys.exit(f"image_classification.py: error: {e}")
+        raise command_line.error(__file__, e) from None
     if f.output_format == "release":
         text = format_release(paths, predictions, skipped, names)
     else:
@@ -337,11 +336,11 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
         )
         fileio.write_json(f.output_json, report, indent=2)
     if not predictions:
-        sys.exit(f"image_classification.py: error: none of the {len(paths)} images could be read")
+        raise command_line.error(__file__, f"none of the {len(paths)} images could be read")
 
 
 if __name__ == "__main__":
     tf_logs.quiet_tensorflow()  # TensorFlow's own INFO lines (e.g. on every save) stay out of the output
     define_flags()
     flags.adopt_module_key_flags(cli)  # --help lists the shared flags of training/cli.py too
-    app.run(main)
+    command_line.run(main, script=__file__)

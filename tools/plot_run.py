@@ -10,12 +10,11 @@ Loss (and its cross-entropy and weight-decay parts), learning rate, images/s and
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
-from absl import app, flags
+from absl import flags
 
-from data import fileio
+from data import command_line, fileio
 from training import plots
 
 FLAGS = flags.FLAGS
@@ -35,17 +34,18 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
     """The script: `argv` as left by absl's parsing of `flag_values` (app.run passes only argv)."""
     f = flag_values
     if len(argv) > 1:
-        sys.exit(f"plot_run.py: error: unexpected arguments {argv[1:]}")
+        raise command_line.error(__file__, f"unexpected arguments {argv[1:]}")
     output = fileio.user_path(f.output) if f.output else None
     try:
         path = plots.training_curves(fileio.user_path(f.model_dir), output)
     except FileNotFoundError:
-        sys.exit(f"plot_run.py: error: {f.model_dir} has no {plots.METRICS_FILE} (not a run directory?)")
+        raise command_line.error(
+            __file__, f"{f.model_dir} has no {plots.METRICS_FILE} (not a run directory?)"
+        ) from None
     except (ValueError, OSError, plots.PlotsUnavailable) as e:
-        sys.exit(f"plot_run.py: error: {e}")
+        raise command_line.error(__file__, e) from None
     print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    command_line.run(main, define_flags, script=__file__)

@@ -36,8 +36,9 @@ import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from absl import logging
+from absl import app, flags, logging
 
+from data import command_line
 from data.labels import annotations
 from data.labels.hierarchy import Hierarchy, load_hierarchy, write_hierarchy
 
@@ -258,21 +259,21 @@ def summary_line(result: SubsetResult, config: SubsetConfig, output_list: str | 
     return f"{', '.join(steps)}; {result.kept} written to {os.fspath(output_list)}"
 
 
-def main(argv: list[str]) -> None:
-    from absl import flags
-
-    del argv
-    f = flags.FLAGS
+def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """The script: `argv` as left by absl's parsing of `flag_values` (app.run passes only argv)."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {list(argv[1:])}")
+    f = flag_values
     hierarchy = load_hierarchy(f.hierarchy) if f.hierarchy else None
     tokens = list(f.classes or [])
     if f.class_file:
         with open(f.class_file, encoding="utf-8") as cf:
             tokens += [line.split("#", 1)[0].strip() for line in cf]
     if tokens and hierarchy is None:
-        raise flags.ValidationError("--classes/--class_file need --hierarchy")
+        raise app.UsageError("--classes/--class_file need --hierarchy")
     classes = resolve_classes(tokens, hierarchy) if tokens else None
     if f.remap and classes is None:
-        raise flags.ValidationError("--remap needs --classes or --class_file")
+        raise app.UsageError("--remap needs --classes or --class_file")
     config = SubsetConfig(
         fraction=f.fraction, classes=classes, remap=f.remap, max_per_class=f.max_per_class, seed=f.seed
     )
@@ -295,56 +296,61 @@ def main(argv: list[str]) -> None:
     logging.info("%s", summary_line(result, config, f.output_list))
 
 
-def _define_flags() -> None:
-    from absl import flags
-
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines the script's flags on `flag_values` (a fresh one runs it in-process)."""
+    fv = {"flag_values": flag_values}
     flags.DEFINE_string(
         "input_list",
         None,
         "Input list (URL, ImageNet-id, image or single-label list; .gz ok).",
         required=True,
+        **fv,
     )
     flags.DEFINE_string(
-        "output_list", None, "Output list in the same format (written atomically).", required=True
+        "output_list", None, "Output list in the same format (written atomically).", required=True, **fv
     )
     flags.DEFINE_enum(
         "kind",
         "multi",
         ["multi", "single"],
         "`multi`: `path idx:conf ...` lists; `single`: `path label_int`.",
+        **fv,
     )
-    flags.DEFINE_float("fraction", 1.0, "Keep this fraction of the lines, chosen by seeded hash of the path.")
+    flags.DEFINE_float(
+        "fraction", 1.0, "Keep this fraction of the lines, chosen by seeded hash of the path.", **fv
+    )
     flags.DEFINE_list(
-        "classes", None, "Class subset: comma-separated indices or WordNet ids (needs --hierarchy)."
+        "classes", None, "Class subset: comma-separated indices or WordNet ids (needs --hierarchy).", **fv
     )
     flags.DEFINE_string(
-        "class_file", None, "File with one class index or WordNet id per line (adds to --classes)."
+        "class_file", None, "File with one class index or WordNet id per line (adds to --classes).", **fv
     )
     flags.DEFINE_string(
-        "hierarchy", None, "dictionary_and_semantic_hierarchy.txt (needed for a class subset)."
+        "hierarchy", None, "dictionary_and_semantic_hierarchy.txt (needed for a class subset).", **fv
     )
     flags.DEFINE_boolean(
-        "remap", False, "Renumber the kept classes (subset + ancestors) 0..K-1 in the output."
+        "remap", False, "Renumber the kept classes (subset + ancestors) 0..K-1 in the output.", **fv
     )
-    flags.DEFINE_string("output_hierarchy", None, "With --remap: write the renumbered hierarchy here.")
-    flags.DEFINE_string("class_map", None, "With --remap: write `new_index original_index wnid name` here.")
+    flags.DEFINE_string("output_hierarchy", None, "With --remap: write the renumbered hierarchy here.", **fv)
+    flags.DEFINE_string(
+        "class_map", None, "With --remap: write `new_index original_index wnid name` here.", **fv
+    )
     flags.DEFINE_integer(
         "max_per_class",
         None,
         "Each class selects at most this many lines (seeded hash order).",
         lower_bound=1,
+        **fv,
     )
-    flags.DEFINE_integer("seed", 0, "Seed of the hashes: the same seed gives the same subset.")
+    flags.DEFINE_integer("seed", 0, "Seed of the hashes: the same seed gives the same subset.", **fv)
     flags.DEFINE_integer(
-        "num_classes", None, "Validate class indices against this (default: from --hierarchy)."
+        "num_classes", None, "Validate class indices against this (default: from --hierarchy).", **fv
     )
     flags.DEFINE_string(
-        "bad_lines_report", None, "If set, malformed input lines are written there with the reason."
+        "bad_lines_report", None, "If set, malformed input lines are written there with the reason.", **fv
     )
 
 
 if __name__ == "__main__":
-    from absl import app
-
-    _define_flags()
-    app.run(main)
+    # An unreadable list, hierarchy or class file, an unknown class: one line.
+    command_line.run(main, define_flags, script=__file__, refusals=(ValueError, OSError))

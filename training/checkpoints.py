@@ -11,8 +11,9 @@ A run directory holds:
 TensorFlow writes a checkpoint's data files first and then renames the `checkpoint` state file into
 place, so a crash (or a kill -9, or a second SIGTERM) mid-write leaves the previous checkpoint as the
 latest. The state file lists the kept checkpoints; a resume takes the newest of them that is intact
-(`checkpoint_problem`) and warns about any damaged one, whose files stay where they are. On resume every
-rank restores the same state from the chief's files (never only rank 0), and its own input position.
+(`models.checkpoint_files.checkpoint_problem`) and warns about any damaged one, whose files stay where they
+are. On resume every rank restores the same state from the chief's files (never only rank 0), and its own
+input position.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import tensorflow as tf
 from absl import logging
 
 from data import fileio
-from models import pretrained, resnet, tf1_checkpoint
+from models import architecture, checkpoint_files, resnet, tf1_checkpoint
 
 # Failures of the storage while writing: a full disk, a lost mount, no permission.
 _WRITE_ERRORS = (
@@ -44,10 +45,6 @@ _WRITE_ERRORS = (
 )
 
 
-# A checkpoint that is there but damaged (`models.pretrained.UnusableCheckpointError`).
-UnusableCheckpointError = pretrained.UnusableCheckpointError
-
-
 class CheckpointWriteError(ValueError):
     """A checkpoint could not be written (full disk, lost mount); the previous one is still the latest."""
 
@@ -58,17 +55,9 @@ def latest_step(model_dir: str) -> int | None:
     return step_of(path) if path else None
 
 
-# The checkpoints a run directory's state file lists, newest first (the resume walks them).
-checkpoint_paths = pretrained.checkpoint_paths
-
-
 def step_of(path: str) -> int:
     """N of a run checkpoint prefix `.../ckpt-N`."""
     return int(re.search(r"ckpt-(\d+)$", path).group(1))
-
-
-# What is wrong with a checkpoint prefix, None when intact (`models.pretrained.checkpoint_problem`).
-checkpoint_problem = pretrained.checkpoint_problem
 
 
 def _remove_partial(prefix: str) -> None:
@@ -86,7 +75,7 @@ def _write_error(what: str, model_dir: str, error: BaseException) -> CheckpointW
     reason = (
         "no space left on device"
         if getattr(error, "errno", None) == errno.ENOSPC
-        else pretrained.error_line(error)
+        else checkpoint_files.error_line(error)
     )
     return CheckpointWriteError(
         f"cannot write {what} in {model_dir}: {reason}; the latest checkpoint stays "
@@ -105,7 +94,8 @@ def save_run_state(manager: tf.train.CheckpointManager, *, model_dir: str, step:
     try:
         return manager.save(checkpoint_number=step)
     except _WRITE_ERRORS as e:
-        if prefix not in checkpoint_paths(model_dir):  # never a listed one (a step number seen before)
+        # Never a listed one (a step number seen before).
+        if prefix not in checkpoint_files.checkpoint_paths(model_dir):
             _remove_partial(prefix)
         raise _write_error(f"ckpt-{step}", model_dir, e) from None
 
@@ -180,7 +170,7 @@ def save_input_position(
 
 def input_position_problem(model_dir: str, *, rank: int, step: int) -> str | None:
     """What is wrong with rank `rank`'s saved input position at `step` (None: intact or never saved)."""
-    return checkpoint_problem(_input_path(model_dir, rank, step))
+    return checkpoint_files.checkpoint_problem(_input_path(model_dir, rank, step))
 
 
 def restore_input_position(iterator, *, model_dir: str, rank: int, step: int) -> bool:
@@ -193,19 +183,10 @@ def restore_input_position(iterator, *, model_dir: str, rank: int, step: int) ->
     return True
 
 
-def infer_model_config(ckpt_path: str) -> dict[str, int]:
-    """Depth, base width and head size of the ResNet in a checkpoint of either kind (`models.pretrained`)."""
-    found = pretrained.checkpoint_architecture(ckpt_path)
+def _model_config(ckpt_path: str) -> dict[str, int]:
+    """Depth, base width and head size of the ResNet in a checkpoint of either kind (`models.architecture`)."""
+    found = architecture.checkpoint_architecture(ckpt_path)
     return {key: int(found[key]) for key in ("depth", "base_width", "num_classes")}
-
-
-def is_tf1_checkpoint(ckpt_path: str) -> bool:
-    """True for the released TF1 checkpoints (`models.pretrained.is_tf1_checkpoint`)."""
-    return pretrained.is_tf1_checkpoint(ckpt_path)
-
-
-# The intact checkpoint a path means, past damaged ones (`models.pretrained.resolve_checkpoint`).
-resolve_checkpoint_path = pretrained.resolve_checkpoint
 
 
 def model_mismatch(path: str, model: keras.Model, expected: dict[str, int]) -> str | None:
@@ -216,7 +197,7 @@ def model_mismatch(path: str, model: keras.Model, expected: dict[str, int]) -> s
     TensorFlow's restore errors and a wall of "unresolved object" warnings.
     """
     try:
-        found = infer_model_config(path)
+        found = _model_config(path)
     except ValueError as e:
         return str(e)
     if all(found[k] == expected[k] for k in found):
@@ -250,12 +231,12 @@ def load_model_weights(
       For a TF1 checkpoint, its entries sorted by meaning (to take over its training state with
       `tf1_checkpoint.restore_release_state`); None for ours.
     """
-    path = resolve_checkpoint_path(path)
-    if is_tf1_checkpoint(path):
+    path = checkpoint_files.resolve_checkpoint(path)
+    if architecture.is_tf1_checkpoint(path):
         contents = tf1_checkpoint.load_tf1_checkpoint(model, path, skip_head=skip_head)
         logging.info("loaded TF1 checkpoint %s (head %s)", path, "skipped" if skip_head else "loaded")
         return contents
-    found = infer_model_config(path)
+    found = _model_config(path)
     source = resnet.build_resnet(found["depth"], found["num_classes"], base_width=found["base_width"])
     tf.train.Checkpoint(model=source).read(path).expect_partial().assert_existing_objects_matched()
     source_layers = {layer.name: layer for layer in source.layers if layer.weights}

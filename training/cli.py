@@ -22,9 +22,9 @@ from typing import Any
 import keras
 from absl import app, flags
 
-from data import fileio
+from data import command_line, fileio
 from data.pixels import image_files, images, preprocessing
-from models import input_contract, pretrained
+from models import architecture, input_contract, pretrained
 from training import config as config_lib
 from training import recipes
 
@@ -318,7 +318,7 @@ def define_inference_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 def inference_inputs(
     image_args: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
-) -> tuple[list[str], keras.Model, pretrained.CheckpointInfo]:
+) -> tuple[list[str], keras.Model, architecture.CheckpointInfo]:
     """The image files and the model that an inference tool's arguments and `define_inference_flags` name.
 
     Args:
@@ -329,7 +329,7 @@ def inference_inputs(
       (the files, the ResNet of --checkpoint at --depth, what the checkpoint holds).
 
     Raises:
-      ValueError: no image, an unreadable list, or no usable checkpoint (`pretrained.CheckpointError`).
+      ValueError: no image, an unreadable list, or no usable checkpoint (`models.checkpoint_files.CheckpointError`).
     """
     f = flag_values
     paths = image_files.collect_image_paths(image_args, image_list=f.image_list, image_root=f.image_root)
@@ -513,7 +513,13 @@ def _resolve_or_usage_error(flag_values: flags.FlagValues, recipe_name: str, num
 
 
 def main(flag_values: flags.FlagValues, *, recipe_name: str, finetune: bool) -> None:
-    """Runs the entry script: --dry_run prints the config; otherwise trains on this process's ranks."""
+    """Runs the entry script: --dry_run prints the config; otherwise trains on this process's ranks.
+
+    Raises:
+      app.UsageError: a bad combination of flags.
+      SystemExit: a refused run, with the script's one error line (`data.command_line.error`).
+    """
+    script = "finetune.py" if finetune else "train.py"
     if flag_values.simulate_workers and not flag_values.dry_run:
         raise app.UsageError("--simulate_workers only applies with --dry_run")
     bad = [s for s in flag_values.lr_probe_steps if not s.strip().isdigit()]
@@ -529,7 +535,7 @@ def main(flag_values: flags.FlagValues, *, recipe_name: str, finetune: bool) -> 
     try:
         dist = distributed.init()
     except ValueError as e:  # e.g. more ranks than GPUs, or two ranks on one GPU: one line, not a traceback
-        sys.exit(f"error: {e}")
+        raise command_line.error(script, e) from None
     config = _resolve_or_usage_error(flag_values, recipe_name, dist.size)
     if profile_steps and config.recipe == "demo":
         raise app.UsageError("--profile_steps profiles train.py/finetune.py runs, not --recipe=demo")
@@ -543,6 +549,6 @@ def main(flag_values: flags.FlagValues, *, recipe_name: str, finetune: bool) -> 
             print(f"preempted: {e}", file=sys.stderr)
         return
     except (ValueError, FileNotFoundError, loop.train_step.NonFiniteLossError) as e:
-        sys.exit(f"error: {e}")
+        raise command_line.error(script, e) from None
     if dist.is_chief:
         print(json.dumps({"final": result}, sort_keys=True, default=float))

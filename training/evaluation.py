@@ -26,7 +26,7 @@ import tqdm
 from absl import logging
 
 from data.pixels import preprocessing
-from models import pretrained
+from models import checkpoint_files, pretrained
 from training import distributed, input_pipeline, metrics, report
 from training.predictions import PredictionsWriter, predictions_path
 from training.report import (
@@ -345,7 +345,7 @@ def evaluate_checkpoint(
     try:
         # A run directory: its newest intact checkpoint (a damaged latest one is skipped with a warning).
         model, info = pretrained.load_model(config.checkpoint, depth=config.depth)
-    except pretrained.CheckpointError as e:
+    except checkpoint_files.CheckpointError as e:
         raise EvaluationInputError(str(e)) from None
     source = eval_source(
         num_classes=info.num_classes,

@@ -47,7 +47,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from models import losses, resnet, tf1_checkpoint
+from models import checkpoint_files, losses, resnet, tf1_checkpoint
 from training import (
     checkpoints,
     distributed,
@@ -366,7 +366,7 @@ def _prepare_run_dir(
     if dist.is_chief:
         try:
             lock = run_dir.RunLock(config.model_dir).acquire()
-            resuming = bool(checkpoints.checkpoint_paths(config.model_dir))
+            resuming = bool(checkpoint_files.checkpoint_paths(config.model_dir))
             record = run_dir.check_config(config, resuming=resuming)
         except run_dir.RunDirError as e:
             if lock is not None:

@@ -17,6 +17,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from models.checkpoint_files import checkpoint_paths, checkpoint_problem
 from training import checkpoints, distributed
 from training.config import TrainConfig
 
@@ -61,7 +62,7 @@ def _set_aside(model_dir: str, step: int, num_ranks: int) -> None:
 
 def _forget(model_dir: str, bad: list[str], good: str) -> None:
     """Chief: the state file without the damaged checkpoints, `good` as the latest."""
-    kept = [p for p in reversed(checkpoints.checkpoint_paths(model_dir)) if p not in bad]
+    kept = [p for p in reversed(checkpoint_paths(model_dir)) if p not in bad]
     tf.compat.v1.train.update_checkpoint_state(model_dir, good, all_model_checkpoint_paths=kept)
 
 
@@ -76,13 +77,13 @@ def agreed_resume(config: TrainConfig, dist: distributed.Distributed) -> Resume 
     Raises:
       ValueError: the directory has checkpoints and every one is damaged.
     """
-    candidates = checkpoints.checkpoint_paths(config.model_dir) if dist.is_chief else []
+    candidates = checkpoint_paths(config.model_dir) if dist.is_chief else []
     bad: list[str] = []
     index = 0
     while True:
         announced = [-1, 0, 0, 0, 0]
         if dist.is_chief:
-            while index < len(candidates) and (problem := checkpoints.checkpoint_problem(candidates[index])):
+            while index < len(candidates) and (problem := checkpoint_problem(candidates[index])):
                 logging.warning(
                     "the checkpoint %s is damaged: %s; trying an older one", candidates[index], problem
                 )
