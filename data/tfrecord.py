@@ -18,6 +18,11 @@ How it stays correct on a 17.6M-image run (each part in its own module):
 - Several machines (`data.records.manifest`). ``--task_index=t --num_tasks=T`` writes the shards s with
   ``s % T == t`` and a per-task manifest; ``--merge`` then checks that every shard exists with the
   recorded size and counts and writes ``{prefix}-manifest.json``.
+- Several sources (`data.records.manifest.join_manifests`). ML-Images' ImageNet part (``--imagenet_archive``)
+  and its Open Images part (data/download.py ``--output_records``) are written into two folders, each its
+  own resumable run; ``--join=DIR,DIR`` then checks that both have the same label format and class count
+  and writes one ``{prefix}-manifest.json`` listing the shards of both, with each source's counts and skip
+  reasons. Training reads it like any other split.
 - Images never crash the run (`data.pixels.images.prepare_image`). A JPEG that TensorFlow decodes as it is (RGB,
   greyscale, Adobe CMYK) is stored byte for byte, as the release did; PNG, GIF, BMP, WebP, TIFF, 16-bit
   images (scaled, not clipped) and other JPEGs become RGB JPEGs (``--jpeg_quality``, 95 by default; the
@@ -32,13 +37,14 @@ How it stays correct on a 17.6M-image run (each part in its own module):
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 from absl import app, flags
 
 from data import command_line
 from data.pixels import images
-from data.records.manifest import merge_manifests
+from data.records.manifest import join_manifests, merge_manifests
 from data.shards import split_flags
 from data.shards.dataset_writer import write_dataset
 
@@ -97,6 +103,16 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "Do not write: check the per-task manifests in --output_dir and write the final manifest.",
         **fv,
     )
+    flags.DEFINE_list(
+        "join",
+        None,
+        "Do not write: join the --prefix splits finished in these folders (e.g. "
+        "records/imagenet,records/openimages) into one split, {output_dir}/{prefix}-manifest.json, that "
+        "lists their shards where they are. Refused in one line unless every part was written with "
+        "--label_format and --num_classes as given here; the manifest's 'sources' gives each part's records "
+        "and skipped lines per reason.",
+        **fv,
+    )
     flags.DEFINE_bool("progress", True, "Show a progress bar with rate and ETA.", **fv)
 
 
@@ -105,11 +121,29 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> No
     f = flag_values
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {list(argv[1:])}")
+    if f.join:
+        if f.merge or f.image_list or f.imagenet_archive or f.tfds_metadata:
+            raise app.UsageError(
+                "--join writes only the joined manifest: drop --merge, --image_list, --imagenet_archive and "
+                "--tfds_metadata (TFDS cannot name shards in several folders; the TFDS builder's full config "
+                "builds both parts)"
+            )
+        try:
+            join_manifests(
+                f.output_dir,
+                f.join,
+                prefix=f.prefix,
+                label_format=f.label_format,
+                num_classes=f.num_classes,
+            )
+        except (FileNotFoundError, ValueError) as e:
+            sys.exit(f"tfrecord.py: error: {e}")
+        return
     if f.merge:
         merge_manifests(f.output_dir, f.prefix, tfds_metadata=f.tfds_metadata)
         return
     if not f.image_list:
-        raise app.UsageError("--image_list is required unless --merge")
+        raise app.UsageError("--image_list is required unless --merge or --join")
     write_dataset(
         image_list=f.image_list,
         image_root=f.image_root,

@@ -34,6 +34,7 @@ from PIL import Image
 
 from data.records import schema
 from tests import datasets, local_http
+from tests import test_combined_dataset as combined
 from tests import test_imagenet_archive as archive_tests
 from tests.conftest import REPO_ROOT
 from tests.test_readme import code_lines
@@ -54,6 +55,7 @@ CLONE_ENTRIES = (
 )
 
 LOCAL_HOST = ("--allow_private_addresses",)  # the image hosts are a server on 127.0.0.1 here
+TINY_PART = "a few images per part, in 2 shards"  # the combined block's parts, at test size
 TINY_DEMO = ("--train_steps=40", "--checkpoint_every=20")  # the demo's 3,000 steps take minutes
 
 
@@ -118,12 +120,38 @@ LINES = (
         "dataset",
     ),
     Line(
-        r"^python data/download\.py .*--output_records=",
+        r"^python data/download\.py (?!.*mlimages_records).*--output_records=",
         "one_pass",
         "the image hosts are a server on 127.0.0.1",
         LOCAL_HOST,
     ),
-    Line(r"^python data/tfrecord\.py .*--imagenet_archive=", "dataset"),
+    Line(r"^python data/tfrecord\.py (?!.*mlimages_records).*--imagenet_archive=", "dataset"),
+    Line(
+        r"^python data/tfrecord\.py .*--imagenet_archive=.*--output_dir=mlimages_records/imagenet --prefix=train ",
+        "combined",
+        TINY_PART,
+        ("--shards=2", "--workers=1"),
+    ),
+    Line(
+        r"^python data/download\.py .*--output_records=mlimages_records/openimages --prefix=train ",
+        "combined",
+        TINY_PART + "; the image hosts are a server on 127.0.0.1",
+        ("--shards=2", "--workers=1", *LOCAL_HOST),
+    ),
+    Line(r"^python data/tfrecord\.py --join=.* --prefix=train ", "combined"),
+    Line(
+        r"^python data/tfrecord\.py .*--imagenet_archive=.*--output_dir=mlimages_records/imagenet --prefix=val ",
+        "combined",
+        TINY_PART,
+        ("--shards=2", "--workers=1"),
+    ),
+    Line(
+        r"^python data/download\.py .*--output_records=mlimages_records/openimages --prefix=val ",
+        "combined",
+        TINY_PART + "; the image hosts are a server on 127.0.0.1",
+        ("--shards=2", "--workers=1", *LOCAL_HOST),
+    ),
+    Line(r"^python data/tfrecord\.py --join=.* --prefix=val ", "combined"),
     Line(r"^python tools/subset\.py ", "dataset"),
     Line(r"^python tools/dataset_stats\.py ", "dataset"),
     Line(r"^tfds build .*--config=tiny ", "dataset"),
@@ -430,6 +458,24 @@ def test_dataset_building_block(tmp_path, image_host):
     _url_list(other, base, paths)
     run(one_pass, e, other)
     assert _record_names(other / "records") == _record_names(cwd / "records")
+
+
+@pytest.mark.slow
+def test_combined_dataset_block(tmp_path):
+    """Both parts of ML-Images, train and val, then the joins, as printed (tiny lists and archive from
+    tests/test_combined_dataset.py); each joined split has both sources' records and skip reasons."""
+    cwd = clone_layout(tmp_path / "clone")
+    httpd, base = local_http.local_server(combined.PhotoHost)
+    with local_http.serving(httpd):
+        expected = combined.write_inputs(cwd, base)
+        for line, e in scenario_lines("combined"):
+            run(line, e, cwd)
+    for prefix, sources in expected.items():
+        manifest = schema.read_manifest(str(cwd / combined.RECORDS), prefix)
+        assert manifest.num_records == sum(records for records, _ in sources.values())
+        joined = json.loads((cwd / combined.RECORDS / f"{prefix}-manifest.json").read_text())
+        counts = {name: (s["num_records"], s["skipped_by_reason"]) for name, s in joined["sources"].items()}
+        assert counts == sources
 
 
 @pytest.fixture(scope="module")
