@@ -476,3 +476,81 @@ def test_tfds_build_prints_our_lines_and_not_beams_info(tmp_path, repo_root):
         summary = [line for line in quiet if f"ml_images {split} (" in line]
         assert len(summary) == 1 and "0 line(s) skipped" in summary[0], summary
     assert len([line for line in verbose if BEAM_INFO.match(line)]) > 20  # what the quiet build leaves out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The `full` config: both parts of ML-Images.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_full_config_takes_both_parts_and_gives_the_joined_records(tmp_path):
+    """`full` reads the ImageNet IDs from the archive and the downloaded Open Images files; each split is
+    both parts, example for example the records of the two parts written by data/tfrecord.py and joined
+    (`--join`), with a summary per source."""
+    from data.records import manifest as manifest_lib
+    from tests import test_imagenet_archive as archive_tests
+
+    manual = tmp_path / "manual"
+    (manual / "images").mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    for i in range(3):
+        (manual / "images" / f"photo_{i}.jpg").write_bytes(_jpeg(_pixels(rng, 16 + i, 20)))
+    (manual / "train_im_list.txt").write_text("photo_0.jpg 3:0.9 1\nphoto_1.jpg 11165\nmissing.jpg 1\n")
+    (manual / "val_im_list.txt").write_text("photo_2.jpg 2\n")
+    (manual / "fall11_whole.tar").write_bytes(archive_tests.outer_tar(archive_tests.synset_members()))
+    members = archive_tests.member_names()
+    ids = [f"{m.split('_')[0]}/{m} {k}:1 {40 + k}:0.8" for k, m in enumerate(members)]
+    (manual / "train_image_id_from_imagenet.txt").write_text(
+        "\n".join([*ids[:5], "n09999999/n09999999_1.JPEG 5"]) + "\n"
+    )
+    (manual / "val_image_id_from_imagenet.txt").write_text("\n".join(ids[7:]) + "\n")
+    builder = _build(manual, tmp_path / "tfds", config="full")
+
+    records = tmp_path / "records"
+    for prefix, open_list, id_list in (
+        ("train", "train_im_list.txt", "train_image_id_from_imagenet.txt"),
+        ("val", "val_im_list.txt", "val_image_id_from_imagenet.txt"),
+    ):
+        common = dict(
+            output_dir="", label_format="sparse", num_classes=C, shards=1, prefix=prefix, progress=False
+        )
+        dataset_writer.write_dataset(
+            **{**common, "output_dir": str(records / "openimages")},
+            image_list=str(manual / open_list),
+            image_root=str(manual / "images"),
+        )
+        dataset_writer.write_dataset(
+            **{**common, "output_dir": str(records / "imagenet")},
+            image_list=str(manual / id_list),
+            image_root=".",
+            imagenet_archive=str(manual / "fall11_whole.tar"),
+        )
+        manifest_lib.join_manifests(
+            records,
+            [records / "openimages", records / "imagenet"],
+            prefix=prefix,
+            label_format="sparse",
+            num_classes=C,
+        )
+    for split, prefix, num_examples in (("train", "train", 7), ("validation", "val", 3)):
+        ours = _tfds_examples(tmp_path / "tfds", split, name="ml_images/full")
+        theirs = _writer_examples(records, prefix)
+        assert ours.keys() == theirs.keys() and len(ours) == num_examples
+        for name, (image, height, width, label) in ours.items():
+            assert image == theirs[name][0] and (height, width) == theirs[name][1:3], name
+            np.testing.assert_array_equal(label, theirs[name][3], err_msg=name)
+    metadata = builder.info.metadata
+    assert metadata["train_imagenet_summary"]["reasons"] == {"synset not in the archive": 1}
+    assert metadata["train_openimages_summary"]["reasons"] == {"missing file": 1}
+    assert metadata["train_summary"]["num_skipped"] == 2
+    assert metadata["validation_imagenet_summary"]["num_skipped"] == 0
+
+
+def test_full_config_refuses_a_split_with_one_part_in_one_line(tmp_path):
+    manual = tmp_path / "manual"
+    (manual / "images").mkdir(parents=True)
+    (manual / "train_im_list.txt").write_text("a.jpg 1\n")
+    with pytest.raises(
+        ValueError, match="train_image_id_from_imagenet.txt not found, but .*train_im_list.txt is"
+    ):
+        _build(manual, tmp_path / "tfds", config="full")

@@ -5,8 +5,9 @@ data/ml_images`` imports the builder under its own module name (``ml_images.ml_i
 which workers cannot import, while this module is always ``data.ml_images.pipeline`` (installed with the
 project, or shipped with ``setup_file``).
 
-Everything that touches one line is plain Python (`list_chunks`, `read_chunk`, `prepare_line`), tested
-without Beam; `read_examples`, `summarize` and `log_summary` assemble them into a pipeline.
+Everything that touches one line is plain Python (`list_chunks`, `read_chunk`, `prepare_line`; for the
+ImageNet part `synset_of_line` and `prepare_synset`), tested without Beam; `read_examples`,
+`read_archive_examples`, `summarize` and `log_summary` assemble them into a pipeline.
 """
 
 from __future__ import annotations
@@ -15,18 +16,19 @@ import collections
 import dataclasses
 import logging as std_logging
 import os
-import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
+from data.archives import imagenet
 from data.labels import annotations
 from data.pixels import images
 from data.records import schema
+from data.records.manifest import reason_category  # the writer's reasons, counted the same way
 from data.shards import list_index, shard_writer
 
 NUM_CLASSES = 11166
@@ -37,14 +39,20 @@ COUNTER_NAMESPACE = "ml_images"
 CHUNK_BYTES = 1 << 20
 # How many skipped lines the summary lists (all of them are logged and counted).
 SUMMARY_SKIPPED_EXAMPLES = 1000
+# The ImageNet part's example keys: this, then the line number (the other part's keys are line numbers).
+IMAGENET_KEY = "imagenet:"
 
 _REPORT = "report"  # tagged output of the per-line step: what was skipped or converted
-_REASON_RE = re.compile(r"\s*[:(]")
 
 
 @dataclasses.dataclass(frozen=True)
 class PrepareSettings:
-    """What a worker needs to turn one line of one list into an example (pickled to the workers)."""
+    """What a worker needs to turn one line of one list into an example (pickled to the workers).
+
+    `imagenet_archive` (a folder of per-synset tars, the uncompressed outer tar, or an extracted tree, on a
+    file system every worker mounts; `data.archives.imagenet`) makes the list an ImageNet ID list whose
+    images are read from that archive; `image_root` is then unused.
+    """
 
     list_path: str
     image_root: str
@@ -52,6 +60,7 @@ class PrepareSettings:
     jpeg_quality: int = images.DEFAULT_JPEG_QUALITY
     verify: str = "full"
     max_pixels: int = images.DEFAULT_MAX_PIXELS
+    imagenet_archive: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,11 +70,6 @@ class Skipped:
     line: int
     path: str
     reason: str
-
-
-def reason_category(reason: str) -> str:
-    """The fixed part of a skip reason (``too many pixels: 1x2 = ...`` -> ``too many pixels``): a counter name."""
-    return _REASON_RE.split(reason, maxsplit=1)[0] or "unknown"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -154,17 +158,75 @@ def prepare_line(
         reason = e.reason if isinstance(e, images.BadImage) else f"bad line: {e}"
         name = name or raw.decode("utf-8", "replace").split(maxsplit=1)[0]
         return Skipped(line_no, name, reason)
+    return line_no, _example(name, labels, image), image.converted_from
+
+
+def _example(name: str, labels: annotations.Labels, image: images.PreparedImage) -> dict:
+    """The TFDS example of a prepared image: the writer's sparse layout (tags sorted by class index)."""
     indices = np.array([index for index, _ in labels], dtype=np.int64)
     confidences = np.array([conf for _, conf in labels], dtype=np.float32)
     order = np.argsort(indices, kind="stable")
-    example = {
+    return {
         schema.IMAGE_KEY: image.jpeg,
         schema.HEIGHT_KEY: image.height,
         schema.WIDTH_KEY: image.width,
         schema.NAME_KEY: name,
         schema.LABEL_KEY: {"indices": indices[order], "confidences": confidences[order]},
     }
-    return line_no, example, image.converted_from
+
+
+def synset_of_line(
+    line_no: int, raw: bytes, settings: PrepareSettings
+) -> tuple[str, tuple[int, str, str, annotations.Labels]] | Skipped:
+    """An ID-list line -> ``(synset, (line_no, name, member, labels))``, or `Skipped` with the writer's reason
+    (a bad line, or a name that is no ImageNet ID)."""
+    name = ""
+    try:
+        name, labels = annotations.parse_line(
+            raw.decode("utf-8"), kind="multi", num_classes=settings.num_classes
+        )
+        synset, member = imagenet.parse_id(name)
+    except ValueError as e:
+        return Skipped(line_no, name or shard_writer.first_field(raw), shard_writer.skip_reason(e))
+    return synset, (line_no, name, member, labels)
+
+
+def prepare_synset(
+    synset: str,
+    lines: Iterable[tuple[int, str, str, annotations.Labels]],
+    settings: PrepareSettings,
+    archive: imagenet.ImageNetArchive,
+) -> Iterator[tuple[str, dict, str | None] | Skipped]:
+    """One synset's lines (`synset_of_line`) -> their examples (key ``imagenet:<line>``) or `Skipped`s.
+
+    The synset's tar is read once, front to back, keeping only the members asked for, as the writer's
+    ``--imagenet_archive`` does (`shard_writer`): the same records, the same skip reasons
+    (``synset not in the archive``, ``not in the archive``).
+    """
+    lines = sorted(lines)
+    members: dict = {}
+    synset_error: images.BadImage | None = None
+    try:
+        members = archive.synset(synset, {member for _, _, member, _ in lines})
+    except images.BadImage as e:
+        synset_error = e
+    for line_no, name, member, labels in lines:
+        try:
+            data = members.get(member) if synset_error is None else synset_error
+            if data is None:
+                raise images.BadImage(imagenet.MISSING_IMAGE)
+            if isinstance(data, images.BadImage):
+                raise data
+            image = images.prepare_image(
+                data,
+                jpeg_quality=settings.jpeg_quality,
+                verify=settings.verify,
+                max_pixels=settings.max_pixels,
+            )
+        except ValueError as e:
+            yield Skipped(line_no, name, shard_writer.skip_reason(e))
+            continue
+        yield f"{IMAGENET_KEY}{line_no}", _example(name, labels, image), image.converted_from
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -172,11 +234,11 @@ def prepare_line(
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _prepare_or_report(element: tuple[int, bytes], *, settings: PrepareSettings, split: str):
-    """Beam step: yields ``(key, example)``, and to the report output what was skipped or converted."""
+def _report(result, *, settings: PrepareSettings, split: str):
+    """Beam: a per-line result -> ``(key, example)``, and to the report output what was skipped or
+    converted (counted and, for a skip, logged)."""
     beam = tfds.core.lazy_imports.apache_beam
     counter = beam.metrics.Metrics.counter
-    result = prepare_line(*element, settings)
     if isinstance(result, Skipped):
         logging.warning(
             "%s:%d: %s: skipped (%s)", settings.list_path, result.line, result.path or "?", result.reason
@@ -191,6 +253,40 @@ def _prepare_or_report(element: tuple[int, bytes], *, settings: PrepareSettings,
         counter(COUNTER_NAMESPACE, f"{split}/converted/{converted_from}").inc()
         yield beam.pvalue.TaggedOutput(_REPORT, ("converted", converted_from))
     yield key, example
+
+
+def _prepare_or_report(element: tuple[int, bytes], *, settings: PrepareSettings, split: str):
+    """Beam step: one list line -> `_report` of its `prepare_line`."""
+    yield from _report(prepare_line(*element, settings), settings=settings, split=split)
+
+
+def _key_by_synset(element: tuple[int, bytes], *, settings: PrepareSettings, split: str):
+    """Beam step: an ID-list line -> ``(synset, line)``; a bad line to the report output."""
+    result = synset_of_line(*element, settings)
+    if isinstance(result, Skipped):
+        yield from _report(result, settings=settings, split=split)
+    else:
+        yield result
+
+
+def _synset_reader(settings: PrepareSettings, split: str):
+    """A DoFn: ``(synset, lines)`` -> `_report` of `prepare_synset`, the archive opened once per instance
+    (the outer tar is indexed by its headers once, not once per synset)."""
+    beam = tfds.core.lazy_imports.apache_beam
+
+    class ReadSynsets(beam.DoFn):
+        def setup(self):
+            self.archive = imagenet.ImageNetArchive(settings.imagenet_archive)
+
+        def teardown(self):
+            self.archive.close()
+
+        def process(self, element):
+            synset, lines = element
+            for result in prepare_synset(synset, lines, settings, self.archive):
+                yield from _report(result, settings=settings, split=split)
+
+    return ReadSynsets()
 
 
 def quiet_beam(pipeline) -> bool:
@@ -260,6 +356,60 @@ def read_examples(pipeline, *, split: str, settings: PrepareSettings, chunk_byte
         )
     )
     return results.examples, results[_REPORT]
+
+
+def read_archive_examples(
+    pipeline,
+    *,
+    split: str,
+    settings: PrepareSettings,
+    label: str = "imagenet",
+    chunk_bytes: int = CHUNK_BYTES,
+):
+    """The examples of an ImageNet ID list read from `settings.imagenet_archive`, and its report.
+
+    Like `read_examples`, but the lines are grouped by synset (a ``GroupByKey`` of the lines, not the
+    images) so that each synset's tar is read once, front to back, by one worker.
+
+    Args:
+      pipeline: The Beam pipeline (or a PBegin).
+      split: Split name; it prefixes the counters.
+      settings: The ID list, the archive and how images are prepared.
+      label: Prefixes the transform labels after `split` (a split may read several lists).
+      chunk_bytes: Size of the blocks the list is read in.
+
+    Returns:
+      ``(examples, report)`` as `read_examples`; the keys are ``imagenet:<line number>``.
+    """
+    beam = tfds.core.lazy_imports.apache_beam
+    imagenet.ImageNetArchive(settings.imagenet_archive).close()  # not an archive: one line, now
+    index, chunks = list_chunks(settings.list_path, chunk_bytes=chunk_bytes)
+    logging.info(
+        "%s (%s, from %s): %d lines, %d bytes, sha256 %s, %d blocks",
+        settings.list_path,
+        split,
+        settings.imagenet_archive,
+        index.num_lines,
+        index.num_bytes,
+        index.sha256[:12],
+        len(chunks),
+    )
+    step = f"{split}/{label}"
+    parsed = (
+        pipeline
+        | f"{step}/ListBlocks" >> beam.Create(chunks)
+        | f"{step}/ReadLines" >> beam.FlatMap(read_chunk, settings.list_path)
+        | f"{step}/BySynset"
+        >> beam.FlatMap(_key_by_synset, settings=settings, split=split).with_outputs(_REPORT, main="lines")
+    )
+    results = (
+        parsed.lines
+        | f"{step}/GroupSynsets" >> beam.GroupByKey()
+        | f"{step}/ReadSynsets"
+        >> beam.ParDo(_synset_reader(settings, split)).with_outputs(_REPORT, main="examples")
+    )
+    report = (parsed[_REPORT], results[_REPORT]) | f"{step}/Report" >> beam.Flatten()
+    return results.examples, report
 
 
 def _summary_combiner(max_examples: int):
