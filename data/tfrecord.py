@@ -37,7 +37,6 @@ How it stays correct on a 17.6M-image run (each part in its own module):
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 from absl import app, flags
@@ -137,7 +136,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> No
                 num_classes=f.num_classes,
             )
         except (FileNotFoundError, ValueError) as e:
-            sys.exit(f"tfrecord.py: error: {e}")
+            raise command_line.error(__file__, e) from None
         return
     if f.merge:
         merge_manifests(f.output_dir, f.prefix, tfds_metadata=f.tfds_metadata)
