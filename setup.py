@@ -35,6 +35,7 @@ setup(
         "pillow>=10",
         "absl-py>=2.1",
         "tqdm>=4.66",
+        "idna>=3.7",  # data/fetch/urls.py: non-ASCII host names as browsers send them (IDNA 2008, UTS #46)
         "tensorboard>=2.19",  # tf.summary needs it; TensorFlow 2.21 no longer installs it
         # CRC-32C of the TFRecord framing (data/records/record_writer.py): C, ~100x the numpy fallback's speed.
         "google-crc32c>=1.5",

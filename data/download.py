@@ -4,7 +4,9 @@ The release's `download_urls_multithreading.sh` fetched each URL once with no ti
 validation, so a long run silently produced empty and truncated files. This one bounds each URL by a
 deadline, retries what is worth retrying, checks every image, writes atomically, resumes, and stops cleanly
 on Ctrl-C (exit status 130; run it again to resume). The transport is `data.fetch.transport`, the run into
-files `data.fetch.to_files`, the one pass `data.fetch.to_records`.
+files `data.fetch.to_files`, the one pass `data.fetch.to_records`. URLs are requested as a browser sends
+them (non-ASCII hosts by IDNA, paths percent-encoded) and URLs with credentials are not fetched, with one
+warning per run (`data.fetch.urls`).
 
 Usage:
   python data/download.py --url_list train_urls.txt --output_dir images/ \
@@ -25,7 +27,7 @@ from typing import Final
 from absl import app, flags, logging
 
 from data import command_line
-from data.fetch import to_files, transport
+from data.fetch import to_files, transport, urls
 from data.pixels import images
 from data.shards import split_flags, worker_pool
 
@@ -48,6 +50,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> No
         full_decode=f.full_decode,
         allow_private_addresses=f.allow_private_addresses,
     )
+    _warn_about_credentials(f.url_list)
     if f.output_records:
         if f.output_dir or f.image_list:
             raise app.UsageError("--output_records writes no image files: drop --output_dir and --image_list")
@@ -88,6 +91,24 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> No
             "list); the rest of the URL list was not read. Run the same command again to resume."
         )
         raise SystemExit(130)  # What a shell reports for a command stopped by Ctrl-C.
+
+
+def _warn_about_credentials(url_list: str) -> None:
+    """One warning line for the URLs with credentials (`urls.find_credentials`), without any password."""
+    try:
+        count, first = urls.find_credentials(url_list)
+    except OSError as e:
+        raise command_line.error(__file__, f"cannot read --url_list {url_list}: {e.strerror or e}") from None
+    if count:
+        logging.warning(
+            "%s: %d URL%s with credentials (user:password@host), the first on line %d: not fetched (each is in "
+            "the failed list, reason '%s')",
+            url_list,
+            count,
+            "" if count == 1 else "s",
+            first,
+            transport.reason_category(urls.CREDENTIALS),
+        )
 
 
 def _write_records(f: flags.FlagValues, config: transport.DownloadConfig) -> None:
@@ -131,7 +152,10 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string(
         "url_list",
         None,
-        "URL list: one `URL idx:conf ...` per line (TABs or spaces).",
+        "URL list: one `URL idx:conf ...` per line (TABs or spaces). Non-ASCII URLs are "
+        "requested as a browser sends them (host by IDNA, path and query percent-encoded; one that cannot "
+        "be encoded is a failure with the reason). URLs with credentials (user:password@host) are not "
+        "fetched: one warning says how many and the first line, and each is a failure with that reason.",
         required=True,
         **fv,
     )

@@ -92,8 +92,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_bool(
         "allow_outside_root",
         False,
-        "Read list names that are absolute or leave --image_root through '..'; by default such lines are "
-        "skipped with the reason 'outside image_root' (symlinks inside --image_root are followed either way).",
+        "Read list names that are absolute or leave --image_root through '..', and follow symlinks that lead "
+        "out of it; by default such lines are skipped with the reason 'outside image_root' (symlinks to files "
+        "inside --image_root are followed either way; FIFOs and devices are never read).",
         **fv,
     )
     flags.DEFINE_bool(

@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import http.server
 import io
+import logging
 import os
 import pathlib
 import signal
@@ -24,10 +25,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.fetch import to_files, transport
+from data import download
+from data.fetch import to_files, transport, urls
 from data.fetch.transport import DownloadConfig
 from data.pixels import images
-from tests import local_http
+from tests import local_http, scripts
 
 FAST = DownloadConfig(
     allow_private_addresses=True,
@@ -66,6 +68,10 @@ def _png_bomb(width: int, height: int) -> bytes:
 
 GOOD_JPEG = _image_bytes("JPEG", 0)
 GOOD_PNG = _image_bytes("PNG", 1)
+NON_ASCII_JPEG = _image_bytes("JPEG", 2)
+# A non-ASCII name with a space and an existing %XX, and the path a browser requests for it.
+NON_ASCII_NAME = "café au lait ☃%41.jpg"
+NON_ASCII_REQUESTED = "caf%C3%A9%20au%20lait%20%E2%98%83%41.jpg"
 
 
 def _jpeg_with_big_header() -> bytes:
@@ -120,7 +126,9 @@ class _Server:
                     server.hits[self.path] += 1
                     hits = server.hits[self.path]
                 name = self.path.rsplit("/", 1)[-1]
-                if self.path.startswith("/flickr/"):
+                if name == NON_ASCII_REQUESTED:  # Only the browser's encoding of the name gets the image.
+                    self._send(200, NON_ASCII_JPEG)
+                elif self.path.startswith("/flickr/"):
                     self._send(200, GOOD_JPEG)
                 elif name.startswith("good") and name.endswith(".png"):
                     self._send(200, GOOD_PNG)
@@ -672,3 +680,121 @@ def test_the_cli_refuses_this_machine_without_the_flag(server, tmp_path, repo_ro
     subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
     failed = (tmp_path / "out" / "failed_urls.txt").read_text()
     assert "refused: loopback address 127.0.0.1" in failed and not server.hits
+
+
+# ---------------------------------------------------------------------------------------------------------
+# URLs as people write them: non-ASCII, with spaces, with credentials.
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url, requested",
+    [
+        ("https://farm1.staticflickr.com/1/2_abc_o.jpg", "https://farm1.staticflickr.com/1/2_abc_o.jpg"),
+        (
+            "http://Bücher.example/café au lait.jpg?q=ä x&y='1'#part",
+            "http://xn--bcher-kva.example/caf%C3%A9%20au%20lait.jpg?q=%C3%A4%20x&y=%271%27",
+        ),
+        ("http://faß.example/", "http://xn--fa-hia.example/"),  # IDNA 2008 (as browsers), not 2003's fass
+        ("http://例え.テスト:8080/写真.png", "http://xn--r8jz45g.xn--zckzah:8080/%E5%86%99%E7%9C%9F.png"),
+        (
+            "http://my_host.bücher.example/",
+            "http://my_host.xn--bcher-kva.example/",
+        ),  # ASCII labels as they are
+        ("http://h.example/100%25/%7Ea%zz b.jpg", "http://h.example/100%25/%7Ea%zz%20b.jpg"),  # %XX kept
+        ("http://[::1]:8080/a{b}", "http://[::1]:8080/a%7Bb%7D"),
+    ],
+)
+def test_request_url_is_what_a_browser_sends(url, requested):
+    assert urls.request_url(url) == requested
+
+
+def test_a_non_ascii_url_is_fetched_percent_encoded(server, tmp_path):
+    url = server.url(NON_ASCII_NAME)
+    result = transport.fetch(url, tmp_path, FAST)
+    assert (result.status, result.reason) == ("downloaded", "")
+    assert (tmp_path / transport.filename_for_url(url)).read_bytes() == NON_ASCII_JPEG
+    assert dict(server.hits) == {f"/img/{NON_ASCII_REQUESTED}": 1}
+
+
+@pytest.mark.parametrize(
+    "url, reason",
+    [
+        ("http://☃.example/x.jpg", "bad URL: cannot encode the host '☃.example' (IDNA: Codepoint U+2603 "),
+        ("http://exa mple.bücher.example/x.jpg", "bad URL: cannot encode the host 'exa mple.bücher.example'"),
+        ("http://[abc/x.jpg", "bad URL: Invalid IPv6 URL"),
+    ],
+)
+def test_a_url_that_cannot_be_encoded_is_a_failure_with_its_reason(tmp_path, monkeypatch, url, reason):
+    looked_up = []
+
+    def getaddrinfo(host, *args, **kwargs):
+        looked_up.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "no such host in this test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    result = transport.fetch(url, tmp_path, FAST)
+    assert result.status == "failed" and result.reason.startswith(reason), result.reason
+    assert result.attempts == 0 and not looked_up  # refused before any look-up or connection
+
+
+def test_a_url_with_credentials_is_not_fetched(server, tmp_path):
+    url = server.url("good_1.jpg").replace("http://", "http://user:secret@")
+    result = transport.fetch(url, tmp_path, FAST)
+    assert (result.status, result.reason) == ("failed", urls.CREDENTIALS)
+    assert not server.hits
+
+
+def test_urls_with_credentials_are_one_warning_with_their_count_and_first_line(server, tmp_path, caplog):
+    lines = [
+        server.url("good_1.jpg"),
+        server.url("good_2.jpg").replace("http://", "http://user:secret@"),
+        f"{server.base}/img/good_3.jpg?a@b",  # an '@' after the host is no credential
+        server.url("good_4.jpg").replace("http://", "http://token@"),
+    ]
+    (tmp_path / "urls.txt").write_text("".join(f"{line}\t{i}:1\n" for i, line in enumerate(lines)))
+    assert urls.find_credentials(tmp_path / "urls.txt") == (2, 2)
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        scripts.run_in_process(
+            download,
+            [
+                f"--url_list={tmp_path / 'urls.txt'}",
+                f"--output_dir={tmp_path / 'out'}",
+                "--noprogress",
+                "--allow_private_addresses",
+                "--retries=0",
+            ],
+        )
+    warnings = [r.getMessage() for r in caplog.records if "credentials" in r.getMessage()]
+    assert warnings == [
+        f"{tmp_path / 'urls.txt'}: 2 URLs with credentials (user:password@host), the first on line 2: not "
+        "fetched (each is in the failed list, reason 'URL carries credentials')"
+    ]
+    assert "secret" not in caplog.text
+    failed = (tmp_path / "out" / "failed_urls.txt").read_text().splitlines()
+    assert [line.split("\t")[1] for line in failed] == [urls.CREDENTIALS] * 2
+    assert sorted(server.hits) == ["/img/good_1.jpg", "/img/good_3.jpg?a@b"]
+
+
+def test_a_fifo_in_place_of_an_image_file_is_replaced_without_blocking(server, tmp_path):
+    """The resume check opens what is at the file's name: a FIFO there must not block the download."""
+    url = server.url("good_1.jpg")
+    dest = tmp_path / transport.filename_for_url(url)
+    dest.parent.mkdir(parents=True)
+    os.mkfifo(dest)
+
+    class Blocked(Exception):  # not an OSError, which the resume check would take for "no such file"
+        pass
+
+    def hung(signum, frame):
+        raise Blocked("the downloader blocked on a FIFO")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)
+    try:
+        result = transport.fetch(url, tmp_path, FAST)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert result.status == "downloaded" and dest.is_file()
+    images.open_image(dest.read_bytes())

@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import shlex
+import socket
 import struct
 import subprocess
 import sys
@@ -237,6 +238,7 @@ def test_beam_counters_and_log_lines_count_every_skip(built, caplog):
         list_path=str(built["manual"] / "train_im_list_tiny.txt"), image_root=str(built["manual"] / "images")
     )
     pipeline = beam.Pipeline(options=beam.options.pipeline_options.PipelineOptions(["--runner=DirectRunner"]))
+    mlp.run_direct_without_download(pipeline)  # as the builder does
     _, report = mlp.read_examples(pipeline, split="train", settings=settings, chunk_bytes=64)
     _ = mlp.summarize(report, split="train") | beam.Map(
         mlp.log_summary, split="train", list_path=settings.list_path
@@ -404,6 +406,51 @@ def test_readme_tfds_build_commands_name_the_builder_and_a_beam_runner(repo_root
         options = dict(o.split("=", 1) for o in flags["beam_pipeline_options"].split(","))
         runners.add(options["runner"])
     assert {"DirectRunner", "DataflowRunner"} <= runners
+
+
+# ---------------------------------------------------------------------------------------------------------
+# An offline build: DirectRunner would first download Beam's Prism runner from GitHub.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_a_direct_runner_build_fetches_nothing_from_the_internet(tmp_path, monkeypatch):
+    """The tiny config built with runner=DirectRunner (the README's line) with the network cut: no
+    connection is tried and Prism is never started; the examples are all there."""
+    from apache_beam.runners.portability import prism_runner
+
+    tried = []
+
+    def no_network(*args, **kwargs):
+        tried.append(("connect", args[:2]))
+        raise OSError("no network in this test")
+
+    def no_prism(self, *args, **kwargs):
+        tried.append(("prism", None))
+        raise RuntimeError("Prism is not to be started")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(prism_runner.PrismRunner, "run_pipeline", no_prism)
+    names = ["rgb_0.jpg", "rgb_1.jpg"]
+    manual = _make_manual_dir(
+        tmp_path,
+        train_lines=[f"{name} {i}" for i, name in enumerate(names)],
+        val_lines=None,
+        files={n: d for n, d in _image_files(np.random.default_rng(0)).items() if n in names},
+    )
+    builder = _build(manual, tmp_path / "tfds")
+    assert not tried
+    assert builder.info.splits["train"].num_examples == len(names)
+
+
+def test_only_direct_runner_is_replaced():
+    options = beam.options.pipeline_options.PipelineOptions
+    direct = beam.Pipeline(options=options(["--runner=DirectRunner"]))
+    assert mlp.run_direct_without_download(direct)
+    assert type(direct.runner).__name__ == "DirectFnApiRunner"
+    bundle_based = beam.Pipeline(options=options(["--runner=BundleBasedDirectRunner"]))
+    runner = bundle_based.runner
+    assert not mlp.run_direct_without_download(bundle_based) and bundle_based.runner is runner
 
 
 # ---------------------------------------------------------------------------------------------------------

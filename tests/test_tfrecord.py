@@ -688,11 +688,9 @@ def test_names_outside_image_root_are_skipped_unless_allowed(tmp_path):
     outside = tmp_path / "secret.jpg"
     outside.write_bytes(_image_bytes(1))
     (root / "inside.jpg").write_bytes(_image_bytes(2))
-    (root / "link.jpg").symlink_to(outside)  # Put there by the folder's owner: followed.
     names = {
         "inside.jpg": True,
         "sub/../inside.jpg": True,  # Stays inside once normalised.
-        "link.jpg": True,
         "../secret.jpg": False,
         "sub/../../secret.jpg": False,
         str(outside): False,  # Absolute.
@@ -714,8 +712,51 @@ def test_names_outside_image_root_are_skipped_unless_allowed(tmp_path):
     written = {_name(e): _image(e) for e in _examples(schema.read_manifest(tmp_path / "allowed").files)}
     assert written["../secret.jpg"] == written[str(outside)] == outside.read_bytes()
 
-    with pytest.raises(ValueError, match=re.escape(f"{image_list}:4: ../secret.jpg: outside image_root")):
+    with pytest.raises(ValueError, match=re.escape(f"{image_list}:3: ../secret.jpg: outside image_root")):
         _write(image_list, tmp_path / "fail", shards=1, on_error="fail")
+
+
+def test_symlinks_are_followed_only_to_files_inside_image_root(tmp_path):
+    """An image folder is untrusted like a list: a link (the file's own or a folder's) that leads out of the
+    root is skipped before its target is opened (/etc/passwd, /dev/zero, a folder elsewhere); links that
+    stay inside are followed, and a root that is itself a link (to another disk) works as before."""
+    real_root = tmp_path / "disk2" / "images"
+    (real_root / "sub").mkdir(parents=True)
+    (tmp_path / "img").symlink_to(real_root)  # The root the writer is given is a link.
+    (real_root / "inside.jpg").write_bytes(_image_bytes(1))
+    (real_root / "sub" / "deep.jpg").write_bytes(_image_bytes(2))
+    (tmp_path / "secret.jpg").write_bytes(_image_bytes(3))
+    (real_root / "link_in.jpg").symlink_to("sub/deep.jpg")
+    (real_root / "dir_in").symlink_to(real_root / "sub")
+    (real_root / "chain.jpg").symlink_to("link_out.jpg")  # inside, then out
+    (real_root / "link_out.jpg").symlink_to(tmp_path / "secret.jpg")
+    (real_root / "dir_out").symlink_to(tmp_path)
+    (real_root / "passwd.jpg").symlink_to("/etc/passwd")
+    (real_root / "zero.jpg").symlink_to("/dev/zero")
+    inside = ["inside.jpg", "sub/deep.jpg", "link_in.jpg", "dir_in/deep.jpg"]
+    outside = ["chain.jpg", "link_out.jpg", "dir_out/secret.jpg", "passwd.jpg", "zero.jpg"]
+    image_list = tmp_path / "list.txt"
+    image_list.write_text("".join(f"{name}\t1\n" for name in inside + outside))
+
+    manifest = _write(image_list, tmp_path / "out", shards=1)
+    assert {s["path"]: s["reason"] for s in manifest["skipped"]} == dict.fromkeys(
+        outside, "outside image_root (through a symlink)"
+    )
+    written = {_name(e): _image(e) for e in _examples(schema.read_manifest(tmp_path / "out").files)}
+    assert written == {
+        "inside.jpg": _image_bytes(1),
+        "sub/deep.jpg": _image_bytes(2),
+        "link_in.jpg": _image_bytes(2),
+        "dir_in/deep.jpg": _image_bytes(2),
+    }
+
+    allowed = _write(image_list, tmp_path / "allowed", shards=1, allow_outside_root=True)
+    reasons = {s["path"]: s["reason"] for s in allowed["skipped"]}
+    assert reasons == {
+        "passwd.jpg": "not an image (unidentified format)",
+        "zero.jpg": "not a regular file (a character device)",
+    }
+    assert allowed["num_records"] == len(inside) + 3  # chain, link_out and dir_out: the secret image
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1077,6 +1118,6 @@ def test_fifos_devices_and_oversized_files_are_skipped_without_blocking(tmp_path
     reasons = {s["reason"] for s in manifest["skipped"]}
     assert reasons == {
         "not a regular file (a fifo)",
-        "not a regular file (a character device)",
+        "outside image_root (through a symlink)",  # not opened (a device is refused after its open)
         f"too large: {len(_image_bytes(0)) + 4096} bytes (over 4096)",
     }

@@ -7,6 +7,8 @@ are retried with exponential back-off within the deadline, permanent ones (other
 body that is not an image) never. The bytes are checked with `data.pixels.images`, the project's one image
 check. `Fetcher` is shared by the URL-list run into files (`data.fetch.to_files`) and the one pass into
 records (`data.fetch.to_records`); files are named by `filename_for_url` (`ab/<24 hex of sha1(url)><ext>`).
+What is requested is the URL as a browser sends it (`data.fetch.urls.request_url`: a non-ASCII host by IDNA,
+path and query percent-encoded); a URL with credentials is not fetched (`urls.CREDENTIALS`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import random
 import re
 import socket
 import ssl
+import stat
 import threading
 import time
 import urllib.error
@@ -33,6 +36,7 @@ from collections.abc import Callable
 from typing import Final, TypeVar
 
 from data import fileio
+from data.fetch import urls
 from data.pixels import images
 
 IMAGE_EXTENSIONS: Final = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
@@ -158,7 +162,11 @@ def filename_for_url(url: str) -> str:
     anything else gets `.jpg`. The same URL always maps to the same file, which makes re-runs resumable.
     """
     digest = hashlib.sha1(url.encode("utf-8")).hexdigest()[:24]
-    ext = pathlib.PurePosixPath(urllib.parse.urlsplit(url).path).suffix.lower()
+    try:
+        path = urllib.parse.urlsplit(url).path
+    except ValueError:  # e.g. "Invalid IPv6 URL": the fetch skips it with the reason; it still has a name
+        path = ""
+    ext = pathlib.PurePosixPath(path).suffix.lower()
     if ext not in IMAGE_EXTENSIONS:
         ext = DEFAULT_EXTENSION
     return f"{digest[:2]}/{digest}{ext}"
@@ -171,10 +179,18 @@ def _is_complete_image(path: pathlib.Path, *, max_pixels: int) -> bool:
     completed the file; an empty or foreign file (e.g. from another tool), or one over a lowered
     `max_pixels`, fails this and is fetched (and checked) again. Only the first `_HEADER_BYTES` are read,
     unless the header does not fit in them (large EXIF/ICC segments): a re-run over millions of files
-    should not read every byte of them.
+    should not read every byte of them. Anything but a regular file (a FIFO, which would block the read,
+    a device, a folder) is not a complete image: it is replaced by the fetched file.
     """
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return False
+    try:
+        with os.fdopen(fd, "rb") as f:
             data = f.read(_HEADER_BYTES)
             try:
                 with images.open_image(data, max_pixels=max_pixels):
@@ -377,6 +393,8 @@ class _RedirectHandler(urllib.request.HTTPRedirectHandler):
         problem = None
         if urllib.parse.urlsplit(newurl).scheme not in ("http", "https"):
             problem = "redirect to an unsupported URL scheme"
+        elif urls.has_credentials(newurl):
+            problem = "redirect to a URL with credentials"
         elif newurl == req.full_url or newurl in visited:
             problem = "redirect loop"
         elif len(visited) >= self.max_redirections:
@@ -533,8 +551,14 @@ class Fetcher:
         filename = filename_for_url(url)
         if self._stop.is_set():
             return FetchResult(INTERRUPTED, filename, reason=INTERRUPTED), None
-        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-            return FetchResult("failed", filename, reason="unsupported URL scheme"), None
+        try:
+            if urls.has_credentials(url):
+                return FetchResult("failed", filename, reason=urls.CREDENTIALS), None
+            if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+                return FetchResult("failed", filename, reason="unsupported URL scheme"), None
+            request = urls.request_url(url)
+        except ValueError as e:  # cannot be encoded (the host for IDNA, a bad port, an invalid IPv6 address)
+            return FetchResult("failed", filename, reason=f"bad URL: {e}"), None
         rng = random.Random(url)  # Jitter that is reproducible per URL.
         with self._watchdog.deadline(config.deadline_s) as deadline:
             deadline.private_hosts = self._private_hosts
@@ -560,7 +584,7 @@ class Fetcher:
                             INTERRUPTED, filename, reason=INTERRUPTED, attempts=attempt - 1
                         ), None
                 try:
-                    data = _read_body(url, config, deadline, opener)
+                    data = _read_body(request, config, deadline, opener)
                 except _Interrupted:
                     return FetchResult(INTERRUPTED, filename, reason=INTERRUPTED, attempts=attempt), None
                 except _DeadlineExceeded:

@@ -43,6 +43,10 @@ reason the writer gives, logged as one line, counted in Beam metrics counters (n
 count per reason and the first skipped lines; for a split of two parts also ``{split}_imagenet_summary``
 and ``{split}_openimages_summary``, the same per source), with one summary log line per split and source.
 
+``runner=DirectRunner`` (and a build that names no runner) runs on Beam's FnApiRunner without first trying
+to download Beam's Prism runner from GitHub, as DirectRunner itself does (`pipeline.run_direct_without_download`):
+a build fetches nothing from the internet.
+
 The build prints our lines (each list's size, each split's summary, every skipped line) and Beam's
 warnings, not Beam's INFO lines; ``default_sdk_harness_log_level=INFO`` in ``--beam_pipeline_options``
 brings those back (`pipeline.quiet_beam`).
@@ -162,6 +166,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager, pipeline):
         steps.quiet_beam(pipeline)  # Beam's INFO lines only when the pipeline options ask for them
+        steps.run_direct_without_download(pipeline)  # DirectRunner would first download Prism from GitHub
         config = self.builder_config
         manual_dir = os.fspath(dl_manager.manual_dir)
         image_root = os.path.join(manual_dir, config.image_dir)

@@ -114,10 +114,10 @@ def read_chunk(chunk: tuple[int, int, int], list_path: str) -> Iterator[tuple[in
 
 
 def _image_path(image_root: str, name: str) -> str:
-    """`shard_writer.image_path` (inside `image_root` only), also for ``gs://``-style roots."""
+    """`shard_writer.ImagePaths` (inside `image_root` only, symlinks too), also for ``gs://``-style roots."""
     scheme, sep, rest = image_root.partition("://")
     if not sep:
-        return shard_writer.image_path(image_root, name, allow_outside_root=False)
+        return shard_writer.ImagePaths(image_root, allow_outside_root=False)(name)
     path = shard_writer.image_path("/" + rest.strip("/"), name, allow_outside_root=False)
     return f"{scheme}:/{path}"
 
@@ -318,6 +318,43 @@ def quiet_beam(pipeline) -> bool:
     if beam_logger.level == std_logging.NOTSET:
         beam_logger.setLevel(std_logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # inherited by the worker processes
+    return True
+
+
+def run_direct_without_download(pipeline) -> bool:
+    """Makes a DirectRunner pipeline run on Beam's FnApiRunner at once, without DirectRunner's try of Prism.
+
+    Beam's DirectRunner (also the runner of a pipeline that names none) first tries Prism, a runner
+    binary that it downloads from GitHub into ``~/.apache_beam/cache`` before anything runs; offline that
+    download fails (or waits on the network) and DirectRunner falls back to the FnApiRunner, the local
+    runner it uses for a batch pipeline. A build reads only what the user gave it, so a DirectRunner
+    pipeline goes to the FnApiRunner straight away, with the pipeline options sent to its workers as
+    DirectRunner sends them (`quiet_beam`'s log levels; ``direct_num_workers`` and ``direct_running_mode``
+    apply as before). Any other runner, ``PrismRunner`` named explicitly included, is left alone.
+
+    Returns:
+      Whether the runner was replaced.
+    """
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.direct import direct_runner
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+    from apache_beam.runners.runner import PipelineRunner
+
+    if type(pipeline.runner) is not direct_runner.SwitchingDirectRunner:  # what `DirectRunner` names
+        return False
+
+    class DirectFnApiRunner(PipelineRunner):
+        """DirectRunner's own fallback for a batch pipeline (`SwitchingDirectRunner.run_pipeline`)."""
+
+        def run_pipeline(self, pipeline, options):
+            encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+            info = fn_runner.ExtendedProvisionInfo(
+                beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
+            )
+            return fn_runner.FnApiRunner(provision_info=info).run_pipeline(pipeline, options)
+
+    pipeline.runner = DirectFnApiRunner()
     return True
 
 

@@ -14,10 +14,12 @@ Each line's image (file or download) goes through `images.prepare_image` (one ch
 header, full decode, JPEGs that TensorFlow decodes kept byte for byte, the rest converted); a bad line or
 image is skipped with its reason in the sidecar, or stops the run with ``on_error="fail"``.
 
-The writer never reads outside ``image_root`` because of what a list says: a name that is absolute or
-climbs out with ``..`` (checked on the normalised path, before any file access) is skipped with the reason
-``outside image_root`` unless ``allow_outside_root``. Symlinks inside ``image_root`` are followed: they
-are put there by whoever owns the folder (a folder of images on another disk), never by a list.
+The writer never reads outside ``image_root``: a name that is absolute or climbs out with ``..`` (checked
+on the normalised path, before any file access) is skipped with the reason ``outside image_root``, and a
+symlink (the file's own or a folder's) is followed only to a file inside ``image_root`` (`ImagePaths`): a
+link to /etc/passwd or /dev/zero is skipped with the reason ``outside image_root (through a symlink)``
+before its target is opened. ``allow_outside_root`` lifts both; `images.read_file` still reads regular files
+only, so a FIFO or a device never blocks or floods the writer.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from data.shards import list_index, worker_pool
 from data.shards.list_index import ListIndex
 
 OUTSIDE_ROOT = "outside image_root"
+LINK_OUTSIDE_ROOT = f"{OUTSIDE_ROOT} (through a symlink)"
 _PROGRESS_EVERY = 16
 
 
@@ -64,7 +67,7 @@ class ShardTask:
       jpeg_quality: Quality of converted images.
       verify: One of `images.VERIFY_MODES`.
       max_pixels: Images with more pixels are skipped (0: no limit).
-      allow_outside_root: Read names that are absolute or leave `image_root`.
+      allow_outside_root: Read names that are absolute or leave `image_root` (by `..` or a symlink).
       list_sha256: Hash of the list (recorded so that shards of another list are never mixed in).
       imagenet_archive: Read the list's ImageNet IDs from this archive (`data.archives.imagenet`) instead of
         files under `image_root`; the records are the same as from the extracted files.
@@ -110,6 +113,9 @@ def run_settings(task: ShardTask) -> dict:
 def image_path(image_root: str, name: str, *, allow_outside_root: bool) -> str:
     """The file to read for list name `name`: normalised, and inside `image_root` unless allowed.
 
+    A check of the name alone (no file is looked at, so it holds for ``gs://`` roots too); `ImagePaths`
+    adds the symlink check for a local folder.
+
     Args:
       image_root: An absolute, normalised folder.
       name: The name as the list gives it.
@@ -119,11 +125,58 @@ def image_path(image_root: str, name: str, *, allow_outside_root: bool) -> str:
       images.BadImage: ``outside image_root``.
     """
     path = os.path.normpath(os.path.join(image_root, name))
-    if not allow_outside_root and (
-        os.path.isabs(name) or os.path.commonpath([image_root, path]) != image_root
-    ):
+    if not allow_outside_root and (os.path.isabs(name) or not _is_inside(path, image_root)):
         raise images.BadImage(OUTSIDE_ROOT)
     return path
+
+
+def _is_inside(path: str, folder: str) -> bool:
+    """Whether the normalised absolute `path` is `folder` or in it (`os.path.commonpath` at 1/50 the cost)."""
+    return path == folder or path.startswith(os.path.join(folder, ""))
+
+
+class ImagePaths:
+    """`image_path` for a local folder, with symlinks followed only to files inside `image_root`.
+
+    An image folder is untrusted input like a list: a link in it to /etc/passwd, /dev/zero or a folder
+    elsewhere is refused before its target is opened (opening some devices has effects of its own). The
+    file's real path must be inside the real path of `image_root` (so a root that is itself a link, to
+    another disk, works as before). Cheap on the writer's hot path: each folder's real path is resolved
+    once per `ImagePaths` (a shard's lines share a few hundred folders) and each file costs one ``lstat``.
+
+    A link changed after the check (by someone writing into the folder during the run) is not caught;
+    `images.read_file` still reads regular files only, so nothing blocks on a FIFO or reads a device.
+
+    Args:
+      image_root: An absolute, normalised folder.
+      allow_outside_root: Accept names and symlinks that lead out of `image_root` (no check at all).
+    """
+
+    def __init__(self, image_root: str, *, allow_outside_root: bool):
+        self.image_root = image_root
+        self.allow_outside_root = allow_outside_root
+        self._real_root = os.path.realpath(image_root)
+        self._real_folders: dict[str, str] = {}
+
+    def __call__(self, name: str) -> str:
+        """The file to read for list name `name`.
+
+        Raises:
+          images.BadImage: ``outside image_root``, or ``outside image_root (through a symlink)``.
+        """
+        path = image_path(self.image_root, name, allow_outside_root=self.allow_outside_root)
+        if not self.allow_outside_root and not _is_inside(self._real_path(path), self._real_root):
+            raise images.BadImage(LINK_OUTSIDE_ROOT)
+        return path
+
+    def _real_path(self, path: str) -> str:
+        """`os.path.realpath(path)`, its folder's part remembered."""
+        folder, base = os.path.split(path)
+        real_folder = self._real_folders.get(folder)
+        if real_folder is None:
+            real_folder = self._real_folders[folder] = os.path.realpath(folder)
+        real = os.path.join(real_folder, base)
+        return os.path.realpath(real) if os.path.islink(real) else real
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +243,7 @@ def _file_results(task: ShardTask) -> Iterator[LineResult]:
         yield from _archive_results(task)
         return
     kind = label_kind(task.label_format)
+    image_paths = ImagePaths(task.image_root, allow_outside_root=task.allow_outside_root)
     for line_no, raw in iter_lines(task):
         if not raw.strip():
             yield LineResult(line_no)
@@ -197,7 +251,7 @@ def _file_results(task: ShardTask) -> Iterator[LineResult]:
         name = ""
         try:
             name, labels = parse_list_line(raw, kind=kind, num_classes=task.num_classes)
-            path = image_path(task.image_root, name, allow_outside_root=task.allow_outside_root)
+            path = image_paths(name)
             image = images.prepare_image(
                 images.read_file(path),
                 jpeg_quality=task.jpeg_quality,
