@@ -34,10 +34,12 @@ from collections.abc import Sequence
 import numpy as np
 from absl import app, flags
 
+from data import exits
 from data.labels.cooccurrence import CooccurrenceConfig, augment_list, read_oi_mapping
 from data.labels.hierarchy import load_hierarchy
 
 
+@exits.one_line_errors("cooccurrence.py")  # a bad hierarchy, list or mapping: one line naming file and line
 def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """The script: `argv` as left by absl's parsing of `flag_values` (app.run passes only argv)."""
     f = flag_values

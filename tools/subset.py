@@ -38,6 +38,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from absl import logging
 
+from data import exits
 from data.labels import annotations
 from data.labels.hierarchy import Hierarchy, load_hierarchy, write_hierarchy
 
@@ -258,6 +259,9 @@ def summary_line(result: SubsetResult, config: SubsetConfig, output_list: str | 
     return f"{', '.join(steps)}; {result.kept} written to {os.fspath(output_list)}"
 
 
+@exits.one_line_errors(
+    "subset.py", errors=(ValueError, OSError, KeyError)
+)  # a bad hierarchy, list or class: `subset.py: error: file:line: ...`
 def main(argv: list[str]) -> None:
     from absl import flags
 
@@ -266,7 +270,7 @@ def main(argv: list[str]) -> None:
     hierarchy = load_hierarchy(f.hierarchy) if f.hierarchy else None
     tokens = list(f.classes or [])
     if f.class_file:
-        with open(f.class_file, encoding="utf-8") as cf:
+        with open(f.class_file, encoding="utf-8-sig") as cf:  # a byte order mark is not part of a class
             tokens += [line.split("#", 1)[0].strip() for line in cf]
     if tokens and hierarchy is None:
         raise flags.ValidationError("--classes/--class_file need --hierarchy")
