@@ -111,6 +111,7 @@ def _fetched_results(job: DownloadShardJob) -> Iterator[LineResult]:
         transport.Fetcher(task.output_dir, config) as fetcher,
         concurrent.futures.ThreadPoolExecutor(config.threads, thread_name_prefix="download") as pool,
     ):
+        finished = False
         try:
             for line, raw in shard_writer.iter_lines(task):
                 if not raw.strip():
@@ -132,8 +133,9 @@ def _fetched_results(job: DownloadShardJob) -> Iterator[LineResult]:
                     yield resolve(pending.popleft())
             while pending:
                 yield resolve(pending.popleft())
-        finally:  # Stopped early: abort what is in flight instead of waiting for it.
-            if pending:
+            finished = True
+        finally:  # Stopped early (also while waiting for a line's fetch): abort what is in flight.
+            if not finished:
                 fetcher.stop()
                 for entry in pending:
                     if not isinstance(entry, LineResult):

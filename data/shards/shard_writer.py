@@ -448,21 +448,16 @@ def one_run(
 
     The writer and the one-pass downloader take the same lock, so neither runs beside another run of the
     same split and task (they would replace each other's shards and lists). The lock file is removed at
-    the end; a run that fails also removes the folders that it created, when still empty.
+    the end, however the run ends (but kill -9: the next run takes it over).
 
     Raises:
       fileio.FolderBusyError: (one line) another run holds the lock, naming it; or the folder is not
         writable.
     """
-    lock = fileio.DirectoryLock(
+    with fileio.DirectoryLock(
         output_dir, name=lock_name(prefix, task_index, num_tasks), flag=flag, remove_on_release=True
-    ).acquire()
-    try:
+    ):
         yield
-    except BaseException:
-        lock.release(discard=True)
-        raise
-    lock.release()
 
 
 def index_for_shards(image_list: str, shards: int) -> ListIndex:
