@@ -114,23 +114,6 @@ def _hold_lock(repo_root, folder: pathlib.Path, name: str) -> subprocess.Popen:
     return proc
 
 
-def test_a_download_into_a_folder_another_download_writes_is_refused_naming_it(tmp_path, repo_root):
-    (tmp_path / "urls.txt").write_text("http://127.0.0.1:9/a.jpg\t1:1\n")
-    holder = _hold_lock(repo_root, tmp_path / "images", to_files.LOCK_FILE)
-    try:
-        with pytest.raises(SystemExit) as info:
-            scripts.run_in_process(
-                download, [f"--url_list={tmp_path / 'urls.txt'}", f"--output_dir={tmp_path / 'images'}"]
-            )
-    finally:
-        holder.kill()
-        holder.wait()
-    message = str(info.value.code)
-    assert message.startswith(f"download.py: error: {tmp_path / 'images'} is in use by another run (host ")
-    assert f"PID {holder.pid}" in message and "\n" not in message
-    assert sorted(os.listdir(tmp_path / "images")) == [to_files.LOCK_FILE]  # nothing fetched or listed
-
-
 def test_the_lock_of_a_killed_writer_is_taken_over_with_a_warning(tmp_path, repo_root, caplog):
     image_list = _corpus(tmp_path, 3)
     out = tmp_path / "out"
@@ -233,10 +216,11 @@ def test_a_running_writer_refuses_a_second_run_and_ends_in_one_line_on_sigterm(t
     assert str(one_pass.value).startswith(busy)
     assert proc.returncode == 143, stderr
     assert "Traceback" not in stderr
-    assert stderr.strip().splitlines()[-1] == (
+    terminated = [line for line in stderr.splitlines() if line.startswith("tfrecord.py: ")]
+    assert terminated == [
         "tfrecord.py: terminated (SIGTERM); the finished shards are kept; run the same command again to "
         "write the rest"
-    )
+    ]
     assert _temp_files(out) == [] and not (out / shard_writer.lock_name("train", 0, 1)).exists()
     finished = sorted(p.name for p in out.glob("*.done.json"))
     assert "train-00002-of-00004.done.json" not in finished
@@ -320,6 +304,33 @@ def _download(repo_root, *args: str) -> subprocess.Popen:
     )
 
 
+@pytest.mark.parametrize("mode", ["files", "records"])
+def test_a_second_download_into_a_folder_being_written_is_refused_naming_it(
+    server, tmp_path, repo_root, mode
+):
+    """A download (into files, or the one pass into records) waits on a URL that trickles; a second one
+    into the same folder is refused at once, in one line naming the first."""
+    _url_list(tmp_path / "urls.txt", server, ["good0.jpg", "slow0.jpg"])
+    out = tmp_path / "out"
+    args = [f"--url_list={tmp_path / 'urls.txt'}", "--threads=2", "--timeout=30"]
+    args += [f"--output_dir={out}"] if mode == "files" else [f"--output_records={out}", "--shards=1"]
+    args += [f"--num_classes={NUM_CLASSES}", "--workers=1", "--noprogress", "--allow_private_addresses"]
+    first = _download(repo_root, *args)
+    try:
+        _wait_for(lambda: {"good0.jpg", "slow0.jpg"} <= server.hits, timeout=60, what="the first download")
+        with pytest.raises(SystemExit) as info:
+            scripts.run_in_process(download, args)
+    finally:
+        first.kill()
+        first.wait()
+    message = str(info.value.code)
+    busy = (
+        f"download.py: error: {out} is in use by another run (host {socket.gethostname()}, PID {first.pid}, "
+    )
+    assert message.startswith(busy) and "\n" not in message
+    assert server.hits == {"good0.jpg", "slow0.jpg"}  # the second run fetched nothing
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc")
 def test_sigterm_ends_the_one_pass_at_once_in_one_line(server, tmp_path, repo_root):
     """Both workers wait on a URL that trickles for 10 s: SIGTERM stops them at once (exit 143, one line),
@@ -352,8 +363,9 @@ def test_sigterm_ends_the_one_pass_at_once_in_one_line(server, tmp_path, repo_ro
     assert proc.returncode == 143, stderr
     assert elapsed < 5, elapsed  # not the trickles' 10 s
     assert "Traceback" not in stderr
-    assert (
-        stderr.strip().splitlines()[-1].startswith("download.py: terminated (SIGTERM); the finished shards")
+    terminated = [line for line in stderr.splitlines() if line.startswith("download.py: ")]
+    assert len(terminated) == 1 and terminated[0].startswith(
+        "download.py: terminated (SIGTERM); the finished"
     )
     assert _temp_files(out) == [] and not list(out.glob("*.tfrecord"))
 
