@@ -39,6 +39,9 @@ from data.labels.cooccurrence import CooccurrenceConfig, augment_list, read_oi_m
 from data.labels.hierarchy import load_hierarchy
 
 
+@command_line.one_line_errors(
+    "cooccurrence.py"
+)  # a bad hierarchy, list or mapping: one line naming file and line
 def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """The script: `argv` as left by absl's parsing of `flag_values` (app.run passes only argv)."""
     f = flag_values

@@ -3,10 +3,11 @@ r"""The downloader's command line: a URL list into image files, or with `--outpu
 The release's `download_urls_multithreading.sh` fetched each URL once with no timeout, retry or
 validation, so a long run silently produced empty and truncated files. This one bounds each URL by a
 deadline, retries what is worth retrying, checks every image, writes atomically, resumes, and stops cleanly
-on Ctrl-C (exit status 130; run it again to resume). The transport is `data.fetch.transport`, the run into
-files `data.fetch.to_files`, the one pass `data.fetch.to_records`. URLs are requested as a browser sends
-them (non-ASCII hosts by IDNA, paths percent-encoded) and URLs with credentials are not fetched, with one
-warning per run (`data.fetch.urls`).
+on Ctrl-C (exit status 130) or SIGTERM (143; run it again to resume). One run at a time writes an output
+folder; a full disk or another refusal ends it in one line (`data.command_line`). The transport is
+`data.fetch.transport`, the run into files `data.fetch.to_files`, the one pass `data.fetch.to_records`. URLs
+are requested as a browser sends them (non-ASCII hosts by IDNA, paths percent-encoded) and URLs with
+credentials are not fetched, with one warning per run (`data.fetch.urls`).
 
 Usage:
   python data/download.py --url_list train_urls.txt --output_dir images/ \
@@ -21,6 +22,7 @@ TFRecord shards, with the writer's flags, schema, manifest and crash safety, and
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Sequence
 from typing import Final
 
@@ -60,19 +62,22 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> No
         raise app.UsageError(
             "--output_dir (download image files) or --output_records (the one pass) is required"
         )
-    try:
+    image_list = f.image_list or os.path.join(f.output_dir, "image_list.txt")
+    with command_line.one_line_errors(
+        "download.py",
+        resume_hint=f"the stored images are kept and listed in {image_list}; run the same command again to "
+        "fetch the rest",
+    ):
         summary = to_files.download_url_list(
             f.url_list,
             output_dir=f.output_dir,
-            image_list=f.image_list or os.path.join(f.output_dir, "image_list.txt"),
+            image_list=image_list,
             failed_list=f.failed_list or os.path.join(f.output_dir, "failed_urls.txt"),
             config=config,
             num_classes=f.num_classes,
             bad_lines_report=f.bad_lines_report,
             show_progress=f.progress,
         )
-    except FileExistsError as e:  # an output list would replace a file it did not write: one line
-        raise command_line.error(__file__, e) from None
     logging.info(
         "%d URLs: %d downloaded, %d already present, %d failed, %d interrupted, %d malformed lines skipped; "
         "%.1f MB in %.0f s",
@@ -87,10 +92,12 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> No
     )
     if summary.stopped:
         logging.warning(
-            "Interrupted: the lists hold the URLs handled so far (the interrupted ones are in the failed "
-            "list); the rest of the URL list was not read. Run the same command again to resume."
+            "%s: the lists hold the URLs handled so far (the interrupted ones are in the failed "
+            "list); the rest of the URL list was not read. Run the same command again to resume.",
+            "Terminated (SIGTERM)" if summary.signal == signal.SIGTERM else "Interrupted",
         )
-        raise SystemExit(130)  # What a shell reports for a command stopped by Ctrl-C.
+        # What a shell reports for a command stopped by that signal: 130 for Ctrl-C, 143 for SIGTERM.
+        raise SystemExit(128 + (summary.signal or signal.SIGINT))
 
 
 def _warn_about_credentials(url_list: str) -> None:
@@ -117,33 +124,36 @@ def _write_records(f: flags.FlagValues, config: transport.DownloadConfig) -> Non
         worker_pool.start_workers_early("data.fetch.to_records")
     from data.fetch import to_records  # No TensorFlow: records are framed by data/records/record_writer.py.
 
-    try:
-        to_records.download_records(
-            f.url_list,
-            output_dir=f.output_records,
-            label_format=f.label_format,
-            num_classes=f.num_classes or _DEFAULT_NUM_CLASSES,
-            shards=f.shards,
-            config=config,
-            workers=f.workers,
-            prefix=f.prefix,
-            on_error=f.on_error,
-            task_index=f.task_index,
-            num_tasks=f.num_tasks,
-            jpeg_quality=f.jpeg_quality,
-            verify=f.verify,
-            failed_list=f.failed_list,
-            tfds_metadata=f.tfds_metadata,
-            progress=f.progress,
-        )
-    except ValueError as e:  # Bad settings, shards of another run, or the first failure with --on_error=fail.
-        raise app.UsageError(str(e)) from None
-    except KeyboardInterrupt:
-        logging.warning(
-            "Interrupted: the finished shards are kept (the others left no file). Run the same command again "
-            "to fetch only the unfinished shards."
-        )
-        raise SystemExit(130) from None  # What a shell reports for a command stopped by Ctrl-C.
+    with command_line.one_line_errors(
+        "download.py",
+        errors=(ValueError, OSError, worker_pool.Stopped),
+        resume_hint="the finished shards are kept; run the same command again to fetch the rest",
+    ):
+        try:
+            to_records.download_records(
+                f.url_list,
+                output_dir=f.output_records,
+                label_format=f.label_format,
+                num_classes=f.num_classes or _DEFAULT_NUM_CLASSES,
+                shards=f.shards,
+                config=config,
+                workers=f.workers,
+                prefix=f.prefix,
+                on_error=f.on_error,
+                task_index=f.task_index,
+                num_tasks=f.num_tasks,
+                jpeg_quality=f.jpeg_quality,
+                verify=f.verify,
+                failed_list=f.failed_list,
+                tfds_metadata=f.tfds_metadata,
+                progress=f.progress,
+            )
+        except KeyboardInterrupt:
+            logging.warning(
+                "Interrupted: the finished shards are kept (the others left no file). Run the same command again "
+                "to fetch only the unfinished shards."
+            )
+            raise SystemExit(130) from None  # What a shell reports for a command stopped by Ctrl-C.
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:

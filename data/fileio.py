@@ -1,20 +1,41 @@
-"""Atomic file writes: the one way this project replaces a file so that no reader ever sees half of it.
+"""Atomic file writes, and the lock that lets one process at a time write a folder.
 
-A file is written under a temporary name in its own directory (so the rename stays on one file system),
-flushed and fsynced, then renamed over the destination; the directory is fsynced too, so that after a
-power loss the new name is either fully there or not at all. On any exception (including
-KeyboardInterrupt and a full disk) the temporary file is removed and the old destination stays as it was.
+Atomic writes: the one way this project replaces a file so that no reader ever sees half of it. A file is
+written under a temporary name in its own directory (so the rename stays on one file system), flushed and
+fsynced, then renamed over the destination; the directory is fsynced too, so that after a power loss the
+new name is either fully there or not at all. On any exception (including KeyboardInterrupt and a full
+disk) the temporary file is removed and the old destination stays as it was.
+
+The folder lock (`DirectoryLock`): training's run directory (training/run_dir.py), the writer's and the
+one-pass downloader's output folder and the downloader's image folder are each written by one run at a
+time. The holder keeps an exclusive `fcntl.flock` on a lock file in the folder for the whole run and writes
+its host, PID and start time into that file. The kernel releases a flock when its process dies, however it
+dies (kill -9 included), so a lock file whose flock can be taken is stale: its recorded holder is named in
+a warning and the lock is taken over. A second run on the same folder fails at once with one line naming
+the holder. Across hosts: on a shared file system that propagates flock (NFSv4, Lustre mounted with
+`-o flock`, GPFS, CephFS) a run on another host is refused the same way; a PID on another host cannot be
+checked, so when the flock is free but the file names another host, the lock is taken over with a warning
+that says so. On a file system without shared flock (NFSv3 without lockd, Lustre with `-o localflock`) two
+hosts can both take it: there, only the warning tells. Where flock is not implemented at all (Lustre
+mounted without `-o flock` fails with ENOSYS, NFS without a lock manager with ENOLCK) the run starts with
+a one-line warning that mutual exclusion is off: refusing would make the file system unusable.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import errno
+import fcntl
 import glob
 import json
 import os
 import secrets
+import socket
 from collections.abc import Iterator
 from typing import IO, Any
+
+from absl import logging
 
 
 def user_path(path: str | os.PathLike[str]) -> str:
@@ -161,3 +182,195 @@ def read_json(path: str | os.PathLike[str]) -> Any | None:
             return json.load(f)
     except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The folder lock: one run at a time writes a folder.
+# ---------------------------------------------------------------------------------------------------------
+
+# flock's errors on a file system that does not implement it (Lustre mounted without `-o flock` gives
+# ENOSYS; NFS without a lock manager ENOLCK; some FUSE file systems EOPNOTSUPP).
+_NO_FLOCK = frozenset({errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP})
+
+
+class FolderBusyError(ValueError):
+    """A folder cannot be locked: another run holds it, or it is not writable (one line, for the user)."""
+
+
+def _check_writable(directory: str, flag: str, error: type[Exception]) -> None:
+    try:
+        os.makedirs(directory, exist_ok=True)
+        probe = os.path.join(directory, f".write-test-{os.getpid()}")
+        with open(probe, "w", encoding="utf-8"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        reason = "no space left on device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        raise error(f"{flag} {directory} is not writable: {reason}") from None
+
+
+def _missing_dirs(path: str) -> list[str]:
+    """`path` and those of its parents that do not exist yet, innermost first (what makedirs would create)."""
+    missing = []
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+class DirectoryLock:
+    """An exclusive lock on a folder, held by one process until `release` (see the module docstring).
+
+    Args:
+      directory: The folder (created when missing, and checked to be writable).
+      name: The lock file's name in it; a hidden name that no data file of the folder can have.
+      flag: The command-line flag that names the folder, for the messages (``--model_dir``).
+      error: The exception raised when the folder is busy or not writable (a `ValueError` subclass).
+      remove_on_release: Remove the lock file at `release` (a data tool's output folder keeps only its
+        data); by default it stays, emptied (a run directory's `.lock`).
+    """
+
+    _ATTEMPTS = 5  # takes of a lock file that a run giving up removed meanwhile, before "busy"
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        name: str,
+        flag: str = "--output_dir",
+        error: type[Exception] = FolderBusyError,
+        remove_on_release: bool = False,
+    ) -> None:
+        self.path = os.path.join(os.fspath(directory), name)
+        self._remove_on_release = remove_on_release
+        self._flag = flag
+        self._error = error
+        self._fd: int | None = None
+        self._locked = False  # False on a file system without flock (`_NO_FLOCK`): the run is unguarded
+        # What `acquire` created: the lock file, then directories innermost first.
+        self._created: list[str] = []
+
+    def acquire(self) -> DirectoryLock:
+        """Takes the lock, or raises `error` naming the holder; creates (and checks) the directory."""
+        directory = os.path.dirname(self.path)
+        created_dirs = _missing_dirs(directory)
+        _check_writable(directory, self._flag, self._error)
+        for _ in range(self._ATTEMPTS):
+            fd, created = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno in _NO_FLOCK:
+                    # A file system without flock (Lustre without `-o flock`, some NFS set-ups): refusing
+                    # would stop every run there, so run unguarded and say so.
+                    logging.warning(
+                        "%s cannot be locked (%s): mutual exclusion is off, make sure no other run uses %s",
+                        self.path,
+                        e.strerror or errno.errorcode.get(e.errno, e.errno),
+                        directory,
+                    )
+                    self._locked = False
+                    break
+                os.close(fd)
+                if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise self._error(f"cannot lock {self.path}: {e.strerror}") from None
+                raise self._error(
+                    f"{directory} is in use by another run ({describe_holder(read_holder(self.path))}); "
+                    f"wait for it to finish or give another {self._flag}"
+                ) from None
+            self._locked = True
+            if self._is_current(fd):
+                break
+            os.close(fd)  # a run that did not start removed this file (`release(discard=True)`): open anew
+        else:
+            raise self._error(f"cannot lock {self.path}: it keeps being removed by another process")
+        self._created = ([self.path] if created else []) + created_dirs
+        previous = read_holder(self.path)
+        if previous and self._locked:
+            same_host = previous.get("host") == socket.gethostname()
+            logging.warning(
+                "taking over the lock of %s: %s",
+                describe_holder(previous),
+                "that process is gone (a crash or kill)"
+                if same_host
+                else "written on another host, whose process cannot be checked from here; its flock is free, "
+                "so it ended, or this file system does not share locks between hosts",
+            )
+        holder = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "start": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        os.fsync(fd)
+        self._fd = fd
+        return self
+
+    def _open(self) -> tuple[int, bool]:
+        """The lock file's descriptor, and whether this call created the file."""
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
+        except FileExistsError:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644), False
+
+    def _is_current(self, fd: int) -> bool:
+        """Whether the locked descriptor is still the file at `path` (not one removed before the flock)."""
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(fd)
+        return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
+
+    def release(self, *, discard: bool = False) -> None:
+        """Empties the lock file (no holder) and releases the flock.
+
+        Args:
+          discard: the run did not start: also remove the lock file and the directories `acquire` created
+            (those still empty), so the folder is as it was. The file is removed while it is still
+            locked; a run that opened it meanwhile sees that it is gone once it holds the flock and opens
+            the path anew (`acquire`), so two runs never hold two different files.
+        """
+        if self._fd is None:
+            return
+        created, self._created = self._created, []
+        try:
+            os.ftruncate(self._fd, 0)
+            if (discard and self.path in created) or self._remove_on_release:
+                os.remove(self.path)
+        except OSError:
+            pass
+        if self._locked:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+        if discard:
+            for directory in (p for p in created if p != self.path):
+                try:
+                    os.rmdir(directory)  # only an empty one: anything written there since stays
+                except OSError:
+                    break
+
+    def __enter__(self) -> DirectoryLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def read_holder(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The holder a lock file names (host, pid, start), or {} when it names none."""
+    content = read_json(path)
+    return content if isinstance(content, dict) else {}
+
+
+def describe_holder(holder: dict[str, Any]) -> str:
+    """A lock holder for a message: ``host H, PID P, started T``."""
+    if not holder:
+        return "holder not recorded yet"
+    return f"host {holder.get('host', '?')}, PID {holder.get('pid', '?')}, started {holder.get('start', '?')}"

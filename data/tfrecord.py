@@ -31,6 +31,11 @@ How it stays correct on a 17.6M-image run (each part in its own module):
   skipped with the reason (``--on_error=fail`` stops instead): each shard's sidecar lists all of its own,
   the manifest their count and the first ``MANIFEST_SKIPPED_EXAMPLES``.
 
+One run at a time writes a split (and task) into an output folder: a second one is refused in one line naming
+the first (`shard_writer.one_run`). A full disk, a refused folder or a bad ``--on_error=fail`` line ends the
+run in one line (``tfrecord.py: error: ...``, status 1); SIGTERM in one line with status 143, the temporary
+files removed and the workers stopped (`data.command_line`). Either way the finished shards are kept.
+
 ``--tfds_metadata`` also writes ``dataset_info.json`` and ``features.json`` (`data.records.tfds_metadata`) so that
 ``tfds.builder_from_directory(output_dir).as_dataset(split=prefix)`` reads the same files.
 """
@@ -44,7 +49,7 @@ from absl import app, flags
 from data import command_line
 from data.pixels import images
 from data.records.manifest import join_manifests, merge_manifests
-from data.shards import split_flags
+from data.shards import split_flags, worker_pool
 from data.shards.dataset_writer import write_dataset
 
 
@@ -139,31 +144,36 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> No
         except (FileNotFoundError, ValueError) as e:
             raise command_line.error(__file__, e) from None
         return
-    if f.merge:
-        merge_manifests(f.output_dir, f.prefix, tfds_metadata=f.tfds_metadata)
-        return
-    if not f.image_list:
-        raise app.UsageError("--image_list is required unless --merge or --join")
-    write_dataset(
-        image_list=f.image_list,
-        image_root=f.image_root,
-        output_dir=f.output_dir,
-        label_format=f.label_format,
-        num_classes=f.num_classes,
-        shards=f.shards,
-        workers=f.workers,
-        prefix=f.prefix,
-        on_error=f.on_error,
-        task_index=f.task_index,
-        num_tasks=f.num_tasks,
-        jpeg_quality=f.jpeg_quality,
-        verify=f.verify,
-        max_pixels=f.max_pixels,
-        allow_outside_root=f.allow_outside_root,
-        tfds_metadata=f.tfds_metadata,
-        progress=f.progress,
-        imagenet_archive=f.imagenet_archive or "",
-    )
+    with command_line.one_line_errors(
+        "tfrecord.py",
+        errors=(ValueError, OSError, worker_pool.Stopped),
+        resume_hint="the finished shards are kept; run the same command again to write the rest",
+    ):
+        if f.merge:
+            merge_manifests(f.output_dir, f.prefix, tfds_metadata=f.tfds_metadata)
+            return
+        if not f.image_list:
+            raise app.UsageError("--image_list is required unless --merge or --join")
+        write_dataset(
+            image_list=f.image_list,
+            image_root=f.image_root,
+            output_dir=f.output_dir,
+            label_format=f.label_format,
+            num_classes=f.num_classes,
+            shards=f.shards,
+            workers=f.workers,
+            prefix=f.prefix,
+            on_error=f.on_error,
+            task_index=f.task_index,
+            num_tasks=f.num_tasks,
+            jpeg_quality=f.jpeg_quality,
+            verify=f.verify,
+            max_pixels=f.max_pixels,
+            allow_outside_root=f.allow_outside_root,
+            tfds_metadata=f.tfds_metadata,
+            progress=f.progress,
+            imagenet_archive=f.imagenet_archive or "",
+        )
 
 
 if __name__ == "__main__":

@@ -172,3 +172,51 @@ def test_count_list_chunk_boundaries(tmp_path):
         np.testing.assert_array_equal(many.images, one.images)
     with pytest.raises(ValueError, match="more entries than the 3 rows"):
         cooccurrence.count_list(tmp_path / "list.txt", SCORES[:3], hierarchy=h, score_threshold=0.95, chunk=2)
+
+
+def test_every_input_list_may_have_a_byte_order_mark_and_crlf(tmp_path):
+    """Editors on Windows write a UTF-8 BOM and CRLF: the mapping, the list and the hierarchy read the same."""
+    _inputs(tmp_path)
+    for name in ("hierarchy.txt", "list.txt", "oi.txt"):
+        text = (tmp_path / name).read_text()
+        (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    assert cooccurrence.read_oi_mapping(tmp_path / "oi.txt", num_classes=6).tolist() == OI_TO_CLASS.tolist()
+    h = load_hierarchy(tmp_path / "hierarchy.txt")
+    stats = cooccurrence.augment_list(
+        tmp_path / "list.txt",
+        tmp_path / "out.txt",
+        SCORES,
+        oi_to_class=OI_TO_CLASS,
+        hierarchy=h,
+    )
+    assert stats["entries"] == 6
+
+
+@pytest.mark.parametrize(
+    "broken, line",
+    [
+        ("hierarchy.txt", "hierarchy.txt:3: expected 4 TAB-separated columns, got 'not a row'"),
+        ("list.txt", "list.txt:2: "),
+        ("oi.txt", "oi.txt:2: expected a class index, got 'x'"),
+    ],
+)
+def test_a_bad_input_line_is_one_line_naming_file_and_line(tmp_path, broken, line):
+    """A broken hierarchy, list or mapping line ends data/cooccurrence.py with `cooccurrence.py: error:
+    <file>:<line>: ...` and exit status 1, not a traceback."""
+    from data import cooccurrence as script
+    from tests import scripts
+
+    _inputs(tmp_path)
+    lines = (tmp_path / broken).read_text().splitlines()
+    lines[1] = {"hierarchy.txt": lines[1], "list.txt": "a0.jpg\t1:x", "oi.txt": "x"}[broken]
+    if broken == "hierarchy.txt":
+        lines[2] = "not a row"
+    (tmp_path / broken).write_text("\n".join(lines) + "\n")
+    args = ["--input_list", "list.txt", "--scores", "scores.npy", "--oi_classes", "oi.txt"]
+    args += ["--hierarchy", "hierarchy.txt", "--output_list", "out.txt"]
+    args = [a if not a.endswith((".txt", ".npy")) else str(tmp_path / a) for a in args]
+    with pytest.raises(SystemExit) as info:
+        scripts.run_in_process(script, args)
+    message = str(info.value.code)
+    assert message.startswith(f"cooccurrence.py: error: {tmp_path / line}") and "\n" not in message
+    assert not (tmp_path / "out.txt").exists()

@@ -6,6 +6,7 @@ themselves even if a client misbehaves.
 
 import collections
 import dataclasses
+import errno
 import functools
 import http.server
 import io
@@ -798,3 +799,80 @@ def test_a_fifo_in_place_of_an_image_file_is_replaced_without_blocking(server, t
         signal.signal(signal.SIGALRM, previous)
     assert result.status == "downloaded" and dest.is_file()
     images.open_image(dest.read_bytes())
+
+
+def test_a_full_disk_ends_the_download_in_one_line_with_every_stored_image_listed(
+    server, tmp_path, monkeypatch
+):
+    """ENOSPC writing the 3rd image: `download.py: error: ...` (no traceback); every image stored before is
+    in the image list (written as the downloads end); the re-run lists each image once, in URL-list order."""
+    from data import download
+    from tests import scripts
+
+    names = ["good1.jpg", "good2.png", "good3.jpg", "good4.jpg", "good5.jpg", "missing.jpg"]
+    urls = _write_url_list(tmp_path / "urls.txt", server, names)
+    full = transport.filename_for_url(urls[2])
+    real_write = transport.fileio.write_bytes
+
+    def full_disk(path, data, **kwargs):
+        if os.fspath(path).endswith(full):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(path))
+        return real_write(path, data, **kwargs)
+
+    out = tmp_path / "out"
+    args = [
+        f"--url_list={tmp_path / 'urls.txt'}",
+        f"--output_dir={out}",
+        "--threads=1",
+        "--retries=0",
+        "--noprogress",
+        "--allow_private_addresses",
+    ]
+    monkeypatch.setattr(transport.fileio, "write_bytes", full_disk)
+    with pytest.raises(SystemExit) as info:
+        scripts.run_in_process(download, args)
+    monkeypatch.undo()
+    message = str(info.value.code)
+    assert message.startswith("download.py: error: ") and "\n" not in message
+    assert (
+        f"{os.strerror(errno.ENOSPC)}; the stored images are kept and listed in {out / 'image_list.txt'}"
+        in message
+    )
+    stored = sorted(str(p.relative_to(out)) for p in out.rglob("*.*") if p.suffix in (".jpg", ".png"))
+    listed = [line.split("\t")[0] for line in (out / "image_list.txt").read_text().splitlines()]
+    assert stored == sorted(listed) and full not in stored
+    assert {transport.filename_for_url(u) for u in urls[:2]} <= set(stored)  # stored before the full disk
+    assert _no_temporary_files(out)
+
+    scripts.run_in_process(download, args)
+    listed = [line.split("\t") for line in (out / "image_list.txt").read_text().splitlines()]
+    assert [line[0] for line in listed] == [transport.filename_for_url(u) for u in urls[:5]]
+    assert (out / "failed_urls.txt").read_text().splitlines() == [f"{urls[5]}\thttp 404"]
+
+
+def test_a_rerun_after_a_kill_appends_no_line_twice(server, tmp_path):
+    """What a killed run listed (in the order its downloads ended) is not listed again by a re-run that
+    is stopped in turn: the lists hold each URL once, the ones the re-run did not reach included."""
+    names = ["good1.jpg", "good2.png", "good3.jpg", "missing.jpg"]
+    urls = _write_url_list(tmp_path / "urls.txt", server, names)
+    images = tmp_path / "images"
+    kwargs = dict(
+        output_dir=images,
+        image_list=tmp_path / "list.txt",
+        failed_list=tmp_path / "failed.txt",
+        config=FAST,
+        show_progress=False,
+    )
+    to_files.download_url_list(tmp_path / "urls.txt", **kwargs)
+    # What a kill -9 leaves: the lists as appended (here in another order), the last line cut short.
+    lines = (tmp_path / "list.txt").read_text().splitlines()
+    (tmp_path / "list.txt").write_text("\n".join(reversed(lines)) + "\n" + lines[0][:10])
+    stop = threading.Event()
+    stop.set()  # the re-run is stopped before it handles any URL
+    summary = to_files.download_url_list(tmp_path / "urls.txt", **kwargs, stop=stop)
+    assert summary.stopped
+    assert (tmp_path / "list.txt").read_text().splitlines() == list(reversed(lines))
+    assert (tmp_path / "failed.txt").read_text().splitlines() == [f"{urls[3]}\thttp 404"]
+    again = to_files.download_url_list(tmp_path / "urls.txt", **kwargs)
+    assert (again.existing, again.failed) == (3, 1)
+    assert (tmp_path / "list.txt").read_text().splitlines() == lines

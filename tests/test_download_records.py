@@ -5,6 +5,7 @@ see which URLs a re-run fetched again.
 """
 
 import collections
+import errno
 import http.server
 import io
 import os
@@ -501,3 +502,48 @@ def test_one_pass_shards_are_what_tensorflow_writes(server, tmp_path):
             for example in examples:
                 writer.write(example.SerializeToString(deterministic=True))
         assert pathlib.Path(file).read_bytes() == pathlib.Path(rewritten).read_bytes()
+
+
+def test_a_full_disk_ends_the_one_pass_in_one_line_keeping_the_finished_shards(server, tmp_path, monkeypatch):
+    """ENOSPC when shard 1 of 2 is renamed into place: `download.py: error: ...` (no traceback), shard 0
+    and its sidecar kept, no temporary file; the re-run fetches only shard 1."""
+    from data import download
+    from tests import scripts
+
+    names = [f"good{i}.jpg" for i in range(4)]
+    (tmp_path / "urls.txt").write_text("".join(f"{server.url(n)}\t1:1\n" for n in names))
+    out = tmp_path / "out"
+    real_replace = os.replace
+
+    def full_disk(src, dst, **kwargs):
+        if os.fspath(dst).endswith("train-00001-of-00002.tfrecord"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(src))
+        return real_replace(src, dst, **kwargs)
+
+    args = [
+        f"--url_list={tmp_path / 'urls.txt'}",
+        f"--output_records={out}",
+        f"--num_classes={NUM_CLASSES}",
+        "--shards=2",
+        "--workers=1",
+        "--threads=2",
+        "--noprogress",
+        "--allow_private_addresses",
+    ]
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(SystemExit) as info:
+        scripts.run_in_process(download, args)
+    monkeypatch.undo()
+    message = str(info.value.code)
+    assert message.startswith("download.py: error: ") and "\n" not in message
+    assert message.endswith(
+        f"{os.strerror(errno.ENOSPC)}; the finished shards are kept; run the same command again to fetch the rest"
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "train-00000-of-00002.done.json",
+        "train-00000-of-00002.tfrecord",
+    ]
+    before = server.hits.copy()
+    scripts.run_in_process(download, args)
+    assert [server.hits[f"/img/{n}"] - before[f"/img/{n}"] for n in names] == [0, 0, 1, 1]
+    assert len(_records(out)) == 4

@@ -18,6 +18,7 @@ import pytest
 import tensorflow as tf
 from absl import app
 
+from data import fileio
 from models import checkpoint_files
 from tests import datasets, entry_points, hvd, tiny_runs
 from training import checkpoints, cli, evaluation, loop, preemption, recipes, run_dir, train_step
@@ -137,7 +138,7 @@ def test_a_file_system_without_flock_runs_with_one_warning(tmp_path, monkeypatch
     def no_flock(fd, operation):
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(run_dir.fcntl, "flock", no_flock)
+    monkeypatch.setattr(fileio.fcntl, "flock", no_flock)  # the lock is data.fileio.DirectoryLock
     model_dir = tmp_path / "run"
     with caplog.at_level(logging.WARNING):
         lock = run_dir.RunLock(str(model_dir)).acquire()

@@ -214,3 +214,46 @@ def test_cli(tmp_path, repo_root):
     helptext = subprocess.run([*cmd, "--help"], capture_output=True, text=True, timeout=120).stdout
     for flag in ("--fraction", "--classes", "--max_per_class", "--seed", "--remap"):
         assert flag in helptext
+
+
+def _subset_cli(tmp_path, repo_root, *args):
+    cmd = [
+        sys.executable,
+        str(repo_root / "tools" / "subset.py"),
+        "--input_list=in.txt",
+        "--output_list=out.txt",
+    ]
+    return subprocess.run([*cmd, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+
+def test_a_class_file_with_a_byte_order_mark_and_crlf(tmp_path, repo_root):
+    from data.labels.hierarchy import write_hierarchy
+
+    write_hierarchy(tmp_path / "h.txt", _hierarchy())
+    _write_list(tmp_path / "in.txt", ["a.jpg\t5:1\t4:1", "b.jpg\t3:1\t1:1\t0:1", "c.jpg\t2:1\t0:1"])
+    (tmp_path / "classes.txt").write_bytes(b"\xef\xbb\xbfn00000005\r\n3  # a comment\r\n")
+    proc = _subset_cli(tmp_path, repo_root, "--hierarchy=h.txt", "--class_file=classes.txt")
+    assert proc.returncode == 0, proc.stderr
+    assert [p for p, _ in _read(tmp_path / "out.txt")] == ["a.jpg", "b.jpg"]
+
+
+@pytest.mark.parametrize(
+    "hierarchy, message",
+    [
+        (
+            b"category_index\tcategory_id\tindex_of_parent_category\tcategory name\n0\tn0\t-1\tc0\nbad\n",
+            "h.txt:3: expected 4 TAB-separated columns, got 'bad'",
+        ),
+        (
+            b"category_index\tcategory_id\tindex_of_parent_category\tcategory name\n0\tn0\t-1\tc\xe9\n",
+            "h.txt: not UTF-8 text",
+        ),
+    ],
+)
+def test_a_bad_hierarchy_is_one_line_naming_the_file(tmp_path, repo_root, hierarchy, message):
+    (tmp_path / "h.txt").write_bytes(hierarchy)
+    _write_list(tmp_path / "in.txt", ["a.jpg\t0:1"])
+    proc = _subset_cli(tmp_path, repo_root, "--hierarchy=h.txt", "--classes=0")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"subset.py: error: {message}")
+    assert not (tmp_path / "out.txt").exists()

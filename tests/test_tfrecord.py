@@ -1,6 +1,7 @@
 """Tests for data/tfrecord.py, the writer: layouts, shard assignment, bad inputs, kill -9, tasks, TFDS, CLI."""
 
 import collections
+import errno
 import functools
 import glob
 import io
@@ -1121,3 +1122,46 @@ def test_fifos_devices_and_oversized_files_are_skipped_without_blocking(tmp_path
         "outside image_root (through a symlink)",  # not opened (a device is refused after its open)
         f"too large: {len(_image_bytes(0)) + 4096} bytes (over 4096)",
     }
+
+
+def test_a_full_disk_ends_the_writer_in_one_line_keeping_the_finished_shards(tmp_path, monkeypatch):
+    """ENOSPC when shard 1 of 2 is renamed into place: `tfrecord.py: error: ...` (no traceback), shard 0 and
+    its sidecar kept, no temporary file left; the re-run keeps shard 0 and writes shard 1."""
+    from data import tfrecord
+    from tests import scripts
+
+    image_list = _make_corpus(tmp_path / "img", 4)
+    out = tmp_path / "out"
+    real_replace = os.replace
+
+    def full_disk(src, dst, **kwargs):
+        if os.fspath(dst).endswith("train-00001-of-00002.tfrecord"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(src))
+        return real_replace(src, dst, **kwargs)
+
+    args = [
+        f"--image_list={image_list}",
+        f"--image_root={tmp_path / 'img'}",
+        f"--output_dir={out}",
+        f"--num_classes={NUM_CLASSES}",
+        "--shards=2",
+        "--workers=1",
+        "--noprogress",
+    ]
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(SystemExit) as info:
+        scripts.run_in_process(tfrecord, args)
+    monkeypatch.undo()
+    message = str(info.value.code)
+    assert message.startswith("tfrecord.py: error: ") and "\n" not in message
+    assert message.endswith(
+        f"{os.strerror(errno.ENOSPC)}; the finished shards are kept; run the same command again to write the rest"
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "train-00000-of-00002.done.json",
+        "train-00000-of-00002.tfrecord",
+    ]
+    inode = os.stat(out / "train-00000-of-00002.tfrecord").st_ino
+    scripts.run_in_process(tfrecord, args)
+    assert os.stat(out / "train-00000-of-00002.tfrecord").st_ino == inode  # kept, not rewritten
+    assert schema.read_manifest(out, "train").num_records == 4

@@ -259,6 +259,9 @@ def summary_line(result: SubsetResult, config: SubsetConfig, output_list: str | 
     return f"{', '.join(steps)}; {result.kept} written to {os.fspath(output_list)}"
 
 
+@command_line.one_line_errors(
+    "subset.py", errors=(ValueError, OSError, KeyError)
+)  # a bad hierarchy, list or class: `subset.py: error: file:line: ...`
 def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """The script: `argv` as left by absl's parsing of `flag_values` (app.run passes only argv)."""
     if len(argv) > 1:
@@ -267,7 +270,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> No
     hierarchy = load_hierarchy(f.hierarchy) if f.hierarchy else None
     tokens = list(f.classes or [])
     if f.class_file:
-        with open(f.class_file, encoding="utf-8") as cf:
+        with open(f.class_file, encoding="utf-8-sig") as cf:  # a byte order mark is not part of a class
             tokens += [line.split("#", 1)[0].strip() for line in cf]
     if tokens and hierarchy is None:
         raise app.UsageError("--classes/--class_file need --hierarchy")

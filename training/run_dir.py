@@ -1,16 +1,10 @@
 """The run directory's guards: one run at a time (a lock), and no resume under a configuration it cannot take.
 
-The lock. The chief holds an exclusive `fcntl.flock` on `{model_dir}/.lock` for the whole run and writes
-its host, PID and start time into that file. The kernel releases a flock when its process dies, however
-it dies (kill -9 included), so a lock file whose flock can be taken is stale: its recorded holder is named
-in a warning and the lock is taken over. A second run on the same directory fails at once with one line
-naming the holder. Across hosts: on a shared file system that propagates flock (NFSv4, Lustre mounted with
-`-o flock`, GPFS, CephFS) a run on another host is refused the same way; a PID on another host cannot be
-checked, so when the flock is free but the file names another host, the lock is taken over with a warning
-that says so. On a file system without shared flock (NFSv3 without lockd, Lustre with `-o localflock`) two
-hosts can both take it: there, only the warning tells. Where flock is not implemented at all (Lustre
-mounted without `-o flock` fails with ENOSYS, NFS without a lock manager with ENOLCK) the run starts with
-a one-line warning that mutual exclusion is off: refusing would make the file system unusable.
+The lock (`RunLock`, a `data.fileio.DirectoryLock` on `{model_dir}/.lock`). The chief holds it for the whole
+run: a second run on the same directory fails at once with one line naming the holder (host, PID, start);
+the lock of a run that was killed (kill -9 included) is taken over with a warning naming it; where the file
+system has no flock the run starts with a one-line warning that mutual exclusion is off. data/fileio.py
+says how it behaves across hosts and file systems.
 
 The configuration. A resume must run the configuration its checkpoint was trained with. Before anything is
 written, the new configuration is compared with the saved `config.json` (`check_config`): a change that the
@@ -29,11 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import errno
-import fcntl
 import json
 import os
-import socket
 from typing import Any
 
 from absl import logging
@@ -87,170 +78,15 @@ RANK_FIELDS = frozenset(
 )
 
 
-# flock's errors on a file system that does not implement it (Lustre mounted without `-o flock` gives
-# ENOSYS; NFS without a lock manager ENOLCK; some FUSE file systems EOPNOTSUPP).
-_NO_FLOCK = frozenset({errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP})
-
-
 class RunDirError(ValueError):
     """The run directory cannot be used as asked (busy, unwritable, or a configuration it cannot resume)."""
 
 
-def _check_writable(model_dir: str) -> None:
-    try:
-        os.makedirs(model_dir, exist_ok=True)
-        probe = os.path.join(model_dir, f".write-test-{os.getpid()}")
-        with open(probe, "w", encoding="utf-8"):
-            pass
-        os.remove(probe)
-    except OSError as e:
-        reason = "no space left on device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-        raise RunDirError(f"--model_dir {model_dir} is not writable: {reason}") from None
-
-
-def _missing_dirs(path: str) -> list[str]:
-    """`path` and those of its parents that do not exist yet, innermost first (what makedirs would create)."""
-    missing = []
-    path = os.path.abspath(path)
-    while not os.path.exists(path):
-        missing.append(path)
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    return missing
-
-
-class RunLock:
+class RunLock(fileio.DirectoryLock):
     """An exclusive lock on a run directory, held by one process (the chief) until `release`."""
 
-    _ATTEMPTS = 5  # takes of a lock file that a run giving up removed meanwhile, before "busy"
-
     def __init__(self, model_dir: str) -> None:
-        self.path = os.path.join(model_dir, LOCK_FILE)
-        self._fd: int | None = None
-        self._locked = False  # False on a file system without flock (`_NO_FLOCK`): the run is unguarded
-        self._created: list[
-            str
-        ] = []  # what `acquire` created: the lock file, then directories innermost first
-
-    def acquire(self) -> RunLock:
-        """Takes the lock, or raises RunDirError naming the holder; creates (and checks) the directory."""
-        created_dirs = _missing_dirs(os.path.dirname(self.path))
-        _check_writable(os.path.dirname(self.path))
-        for _ in range(self._ATTEMPTS):
-            fd, created = self._open()
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno in _NO_FLOCK:
-                    # A file system without flock (Lustre without `-o flock`, some NFS set-ups): refusing
-                    # would stop every run there, so run unguarded and say so.
-                    logging.warning(
-                        "%s cannot be locked (%s): mutual exclusion is off, make sure no other run uses %s",
-                        self.path,
-                        e.strerror or errno.errorcode.get(e.errno, e.errno),
-                        os.path.dirname(self.path),
-                    )
-                    self._locked = False
-                    break
-                os.close(fd)
-                if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise RunDirError(f"cannot lock {self.path}: {e.strerror}") from None
-                raise RunDirError(
-                    f"{os.path.dirname(self.path)} is in use by another run ({_describe(_read(self.path))}); "
-                    "wait for it to finish or give another --model_dir"
-                ) from None
-            self._locked = True
-            if self._is_current(fd):
-                break
-            os.close(fd)  # a run that did not start removed this file (`release(discard=True)`): open anew
-        else:
-            raise RunDirError(f"cannot lock {self.path}: it keeps being removed by another process")
-        self._created = ([self.path] if created else []) + created_dirs
-        previous = _read(self.path)
-        if previous and self._locked:
-            same_host = previous.get("host") == socket.gethostname()
-            logging.warning(
-                "taking over the lock of %s: %s",
-                _describe(previous),
-                "that process is gone (a crash or kill)"
-                if same_host
-                else "written on another host, whose process cannot be checked from here; its flock is free, "
-                "so it ended, or this file system does not share locks between hosts",
-            )
-        holder = {
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "start": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
-        os.fsync(fd)
-        self._fd = fd
-        return self
-
-    def _open(self) -> tuple[int, bool]:
-        """The lock file's descriptor, and whether this call created the file."""
-        try:
-            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
-        except FileExistsError:
-            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644), False
-
-    def _is_current(self, fd: int) -> bool:
-        """Whether the locked descriptor is still the file at `path` (not one removed before the flock)."""
-        try:
-            now = os.stat(self.path)
-        except FileNotFoundError:
-            return False
-        held = os.fstat(fd)
-        return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
-
-    def release(self, *, discard: bool = False) -> None:
-        """Empties the lock file (no holder) and releases the flock.
-
-        Args:
-          discard: the run did not start: also remove the lock file and the directories `acquire` created
-            (those still empty), so the run directory is as it was. The file is removed while it is still
-            locked; a run that opened it meanwhile sees that it is gone once it holds the flock and opens
-            the path anew (`acquire`), so two runs never hold two different files.
-        """
-        if self._fd is None:
-            return
-        created, self._created = self._created, []
-        try:
-            os.ftruncate(self._fd, 0)
-            if discard and self.path in created:
-                os.remove(self.path)
-        except OSError:
-            pass
-        if self._locked:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
-        self._fd = None
-        if discard:
-            for directory in (p for p in created if p != self.path):
-                try:
-                    os.rmdir(directory)  # only an empty one: anything written there since stays
-                except OSError:
-                    break
-
-    def __enter__(self) -> RunLock:
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-def _read(path: str) -> dict[str, Any]:
-    content = fileio.read_json(path)
-    return content if isinstance(content, dict) else {}
-
-
-def _describe(holder: dict[str, Any]) -> str:
-    if not holder:
-        return "holder not recorded yet"
-    return f"host {holder.get('host', '?')}, PID {holder.get('pid', '?')}, started {holder.get('start', '?')}"
+        super().__init__(model_dir, name=LOCK_FILE, flag="--model_dir", error=RunDirError)
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

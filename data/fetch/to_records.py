@@ -111,6 +111,7 @@ def _fetched_results(job: DownloadShardJob) -> Iterator[LineResult]:
         transport.Fetcher(task.output_dir, config) as fetcher,
         concurrent.futures.ThreadPoolExecutor(config.threads, thread_name_prefix="download") as pool,
     ):
+        finished = False
         try:
             for line, raw in shard_writer.iter_lines(task):
                 if not raw.strip():
@@ -132,8 +133,9 @@ def _fetched_results(job: DownloadShardJob) -> Iterator[LineResult]:
                     yield resolve(pending.popleft())
             while pending:
                 yield resolve(pending.popleft())
-        finally:  # Stopped early: abort what is in flight instead of waiting for it.
-            if pending:
+            finished = True
+        finally:  # Stopped early (also while waiting for a line's fetch): abort what is in flight.
+            if not finished:
                 fetcher.stop()
                 for entry in pending:
                     if not isinstance(entry, LineResult):
@@ -190,69 +192,74 @@ def download_records(
 
     Raises:
       ValueError: Bad arguments, shards left by a run with other settings, or (``on_error="fail"``) the
-        first failed URL or bad line, named as ``list:line``.
+        first failed URL or bad line, named as ``list:line``; `fileio.FolderBusyError` (a ValueError) when
+        another run (a download or the writer) writes this split (and task) in `output_dir`.
+      OSError: The disk is full (or another write failed); the finished shards are kept.
     """
     config = config or transport.DownloadConfig()
     started = time.monotonic()
-    settings = shard_writer.split_settings(
-        image_list=url_list,
-        image_root="",
-        output_dir=output_dir,
-        prefix=prefix,
-        label_format=label_format,
-        num_classes=num_classes,
-        shards=shards,
-        workers=workers,
-        on_error=on_error,
-        task_index=task_index,
-        num_tasks=num_tasks,
-        jpeg_quality=jpeg_quality,
-        verify=verify,
-        max_pixels=config.max_pixels,
-        allow_outside_root=False,
-    )
-    url_list, output_dir = settings["image_list"], settings["output_dir"]
-    index = shard_writer.index_for_shards(url_list, shards)
-    fetched: list[int] = []
-
-    def job(task: shard_writer.ShardTask) -> DownloadShardJob:
-        fetched.append(task.index)
-        return DownloadShardJob(task, config)
-
-    written = shard_writer.write_split(
-        settings,
-        index=index,
-        task_index=task_index,
-        num_tasks=num_tasks,
-        workers=workers,
-        progress=progress,
-        tfds_metadata=tfds_metadata,
-        write_fn=download_shard,
-        job=job,
-    )
-    if failed_list is None:
-        name = (
-            f"{prefix}-failed.txt"
-            if num_tasks == 1
-            else f"{prefix}-failed.task-{task_index:05d}-of-{num_tasks:05d}.txt"
+    with shard_writer.one_run(
+        output_dir, prefix=prefix, task_index=task_index, num_tasks=num_tasks, flag="--output_records"
+    ):
+        settings = shard_writer.split_settings(
+            image_list=url_list,
+            image_root="",
+            output_dir=output_dir,
+            prefix=prefix,
+            label_format=label_format,
+            num_classes=num_classes,
+            shards=shards,
+            workers=workers,
+            on_error=on_error,
+            task_index=task_index,
+            num_tasks=num_tasks,
+            jpeg_quality=jpeg_quality,
+            verify=verify,
+            max_pixels=config.max_pixels,
+            allow_outside_root=False,
         )
-        failed_list = os.path.join(output_dir, name)
-    summary = _summarise(written, output_dir=output_dir, failed_list=failed_list, fetched=len(fetched))
-    summary = dataclasses.replace(summary, seconds=time.monotonic() - started)
-    logging.info(
-        "%d lines: %d records, %d failed URLs, %d malformed lines (%d shards fetched, %d reused) in %.0f s; "
-        "failures by reason: %s; failed list: %s",
-        summary.lines,
-        summary.records,
-        summary.failed,
-        summary.malformed_lines,
-        summary.shards_fetched,
-        summary.shards_reused,
-        summary.seconds,
-        summary.failure_reasons,
-        failed_list,
-    )
-    return summary
+        url_list, output_dir = settings["image_list"], settings["output_dir"]
+        index = shard_writer.index_for_shards(url_list, shards)
+        fetched: list[int] = []
+
+        def job(task: shard_writer.ShardTask) -> DownloadShardJob:
+            fetched.append(task.index)
+            return DownloadShardJob(task, config)
+
+        written = shard_writer.write_split(
+            settings,
+            index=index,
+            task_index=task_index,
+            num_tasks=num_tasks,
+            workers=workers,
+            progress=progress,
+            tfds_metadata=tfds_metadata,
+            write_fn=download_shard,
+            job=job,
+        )
+        if failed_list is None:
+            name = (
+                f"{prefix}-failed.txt"
+                if num_tasks == 1
+                else f"{prefix}-failed.task-{task_index:05d}-of-{num_tasks:05d}.txt"
+            )
+            failed_list = os.path.join(output_dir, name)
+        summary = _summarise(written, output_dir=output_dir, failed_list=failed_list, fetched=len(fetched))
+        summary = dataclasses.replace(summary, seconds=time.monotonic() - started)
+        logging.info(
+            "%d lines: %d records, %d failed URLs, %d malformed lines (%d shards fetched, %d reused) in %.0f s; "
+            "failures by reason: %s; failed list: %s",
+            summary.lines,
+            summary.records,
+            summary.failed,
+            summary.malformed_lines,
+            summary.shards_fetched,
+            summary.shards_reused,
+            summary.seconds,
+            summary.failure_reasons,
+            failed_list,
+        )
+        return summary
 
 
 def _summarise(

@@ -163,8 +163,12 @@ def augment(
 def read_oi_mapping(path: str | os.PathLike[str], *, num_classes: int) -> np.ndarray:
     """Reads the OI-column -> ML-Images-class mapping (one int per line; -1 ignores the column)."""
     values = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:  # a byte order mark (line 1) and a CR before the newline are not part of the index
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{line_no}: not UTF-8 text ({e.reason})") from None
             text = line.split("#", 1)[0].strip()
             if not text:
                 continue

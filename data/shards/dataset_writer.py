@@ -76,32 +76,37 @@ def write_dataset(
 
     Raises:
       ValueError: Bad arguments, shards left by a run with other settings, or (``on_error="fail"``) the
-        first bad line or image, named as ``list:line``.
+        first bad line or image, named as ``list:line``; `fileio.FolderBusyError` (a ValueError) when
+        another run writes this split (and task) in `output_dir` (`shard_writer.one_run`).
+      OSError: The disk is full (or another write failed); the finished shards are kept.
     """
-    settings = shard_writer.split_settings(
-        image_list=image_list,
-        image_root=os.path.abspath(image_root),
-        output_dir=output_dir,
-        prefix=prefix,
-        label_format=label_format,
-        num_classes=num_classes,
-        shards=shards,
-        workers=workers,
-        on_error=on_error,
-        task_index=task_index,
-        num_tasks=num_tasks,
-        jpeg_quality=jpeg_quality,
-        verify=verify,
-        max_pixels=max_pixels,
-        allow_outside_root=allow_outside_root,
-        imagenet_archive=imagenet_archive,
-    )
-    return shard_writer.write_split(
-        settings,
-        index=shard_writer.index_for_shards(settings["image_list"], shards),
-        task_index=task_index,
-        num_tasks=num_tasks,
-        workers=workers,
-        progress=progress,
-        tfds_metadata=tfds_metadata,
-    )
+    with shard_writer.one_run(
+        output_dir, prefix=prefix, task_index=task_index, num_tasks=num_tasks, flag="--output_dir"
+    ):
+        settings = shard_writer.split_settings(
+            image_list=image_list,
+            image_root=os.path.abspath(image_root),
+            output_dir=output_dir,
+            prefix=prefix,
+            label_format=label_format,
+            num_classes=num_classes,
+            shards=shards,
+            workers=workers,
+            on_error=on_error,
+            task_index=task_index,
+            num_tasks=num_tasks,
+            jpeg_quality=jpeg_quality,
+            verify=verify,
+            max_pixels=max_pixels,
+            allow_outside_root=allow_outside_root,
+            imagenet_archive=imagenet_archive,
+        )
+        return shard_writer.write_split(
+            settings,
+            index=shard_writer.index_for_shards(settings["image_list"], shards),
+            task_index=task_index,
+            num_tasks=num_tasks,
+            workers=workers,
+            progress=progress,
+            tfds_metadata=tfds_metadata,
+        )

@@ -25,6 +25,7 @@ only, so a FIFO or a device never blocks or floods the writer.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import os
 import time
@@ -491,6 +492,34 @@ def split_settings(
         "allow_outside_root": allow_outside_root,
         "imagenet_archive": imagenet_archive,
     }
+
+
+def lock_name(prefix: str, task_index: int, num_tasks: int) -> str:
+    """The lock file of one task of a split in its output folder: hidden, so no shard, sidecar, manifest
+    or list is ever named so. Another split (prefix) or another task of a multi-machine write may write
+    the same folder at the same time: they write other files."""
+    task = "" if num_tasks == 1 else f".task-{task_index:05d}-of-{num_tasks:05d}"
+    return f".{prefix}{task}.lock"
+
+
+@contextlib.contextmanager
+def one_run(
+    output_dir: str | os.PathLike[str], *, prefix: str, task_index: int, num_tasks: int, flag: str
+) -> Iterator[None]:
+    """Holds the split's lock in `output_dir` (`fileio.DirectoryLock`) while the block writes the split.
+
+    The writer and the one-pass downloader take the same lock, so neither runs beside another run of the
+    same split and task (they would replace each other's shards and lists). The lock file is removed at
+    the end, however the run ends (but kill -9: the next run takes it over).
+
+    Raises:
+      fileio.FolderBusyError: (one line) another run holds the lock, naming it; or the folder is not
+        writable.
+    """
+    with fileio.DirectoryLock(
+        output_dir, name=lock_name(prefix, task_index, num_tasks), flag=flag, remove_on_release=True
+    ):
+        yield
 
 
 def index_for_shards(image_list: str, shards: int) -> ListIndex:

@@ -9,6 +9,10 @@
   `Stopped`, so no worker goes on writing after the run has failed.
 - Workers exit as soon as the main process is gone (``kill -9``, the OOM killer), so that an orphan never
   writes files that a re-run is writing too.
+- A stop reaches a worker at once, also in the middle of a slow step (a download waiting on the network):
+  a thread of the worker waits for the stop event and signals the worker's main thread, which abandons its
+  task there (`Stopped`; the task's temporary files are removed on the way out). SIGTERM sent to a worker
+  (``kill`` of the whole process group, a scheduler's preemption) stops the run in the same way.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import select
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +44,7 @@ class Stopped(RuntimeError):
 # its workers through the initializer, hence module attributes.
 _worker_progress = None
 _worker_stop = None
+_worker_in_task = False  # the worker's main thread runs a task (a stop raises `Stopped` there)
 
 
 def _exit_when_orphaned(main_pid: int) -> None:
@@ -67,10 +73,26 @@ def _exit_when_orphaned(main_pid: int) -> None:
         time.sleep(1.0)
 
 
+def _stop_in_worker(signum, frame) -> None:
+    """SIGTERM in a worker: the run stops (every worker), and a task running here is abandoned at once."""
+    del signum, frame
+    _worker_stop.set()
+    if _worker_in_task:
+        raise Stopped("stopping: the run was stopped or terminated")
+
+
+def _signal_when_stopped(stop) -> None:
+    """Wakes the worker's main thread with SIGTERM when the run stops, wherever that thread waits."""
+    stop.wait()
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _init_worker(progress, stop, main_pid: int) -> None:
     global _worker_progress, _worker_stop
     _worker_progress, _worker_stop = progress, stop
+    signal.signal(signal.SIGTERM, _stop_in_worker)
     threading.Thread(target=_exit_when_orphaned, args=(main_pid,), daemon=True).start()
+    threading.Thread(target=_signal_when_stopped, args=(stop,), daemon=True).start()
 
 
 def _report_in_worker(count: int) -> None:
@@ -81,7 +103,14 @@ def _report_in_worker(count: int) -> None:
 
 
 def _call_in_worker(fn: TaskFn, task: Any) -> Any:
-    return fn(task, _report_in_worker)
+    global _worker_in_task
+    _worker_in_task = True
+    try:
+        if _worker_stop.is_set():
+            raise Stopped("stopping: another task failed")
+        return fn(task, _report_in_worker)
+    finally:
+        _worker_in_task = False
 
 
 def _pool_context(module: str) -> multiprocessing.context.BaseContext:
