@@ -25,6 +25,11 @@ How it stays correct on a 17.6M-image run (each part in its own module):
   over ``--max_pixels`` (checked on the header, never decoded) and names outside ``--image_root`` are
   skipped with the reason (``--on_error=fail`` stops instead): each shard's sidecar lists all of its own,
   the manifest their count and the first ``MANIFEST_SKIPPED_EXAMPLES``.
+- ``--max_side=N`` (off by default) stores images whose longer side exceeds N scaled down to N (aspect
+  ratio kept, Lanczos, ``--jpeg_quality``; counted as ``resized <format>`` in ``converted``), which cuts
+  the dataset's bytes and the training input's decode cost for multi-megapixel originals
+  (docs/BENCHMARKS.md, "Real photo sizes"). For training sets only: the evaluation transform and the
+  reference's numbers assume the original resolution, so write evaluation/validation sets without it.
 
 ``--tfds_metadata`` also writes ``dataset_info.json`` and ``features.json`` (`data.records.tfds_metadata`) so that
 ``tfds.builder_from_directory(output_dir).as_dataset(split=prefix)`` reads the same files.
@@ -83,6 +88,17 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         lower_bound=0,
         **fv,
     )
+    flags.DEFINE_integer(
+        "max_side",
+        0,
+        "Store an image whose longer side exceeds this many pixels as a JPEG scaled down to it (aspect ratio "
+        "kept, Lanczos, --jpeg_quality; the records' height/width are the new size); smaller images are kept "
+        "as without it. 0 = off: the release's bytes are kept. Training sets only: write evaluation and "
+        "validation sets without it (the evaluation transform and the reference numbers assume the original "
+        "resolution). Cost and effect: docs/BENCHMARKS.md, 'Real photo sizes'.",
+        lower_bound=0,
+        **fv,
+    )
     flags.DEFINE_bool(
         "allow_outside_root",
         False,
@@ -128,6 +144,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> No
         tfds_metadata=f.tfds_metadata,
         progress=f.progress,
         imagenet_archive=f.imagenet_archive or "",
+        max_side=f.max_side,
     )
 
 
