@@ -30,6 +30,11 @@ How it stays correct on a 17.6M-image run (each part in its own module):
   over ``--max_pixels`` (checked on the header, never decoded) and names outside ``--image_root`` are
   skipped with the reason (``--on_error=fail`` stops instead): each shard's sidecar lists all of its own,
   the manifest their count and the first ``MANIFEST_SKIPPED_EXAMPLES``.
+- ``--max_side=N`` (off by default) stores images whose longer side exceeds N scaled down to N (aspect
+  ratio kept, Lanczos, ``--jpeg_quality``; counted as ``resized <format>`` in ``converted``), which cuts
+  the dataset's bytes and the training input's decode cost for multi-megapixel originals
+  (docs/BENCHMARKS.md, "Real photo sizes"). For training sets only: the evaluation transform and the
+  reference's numbers assume the original resolution, so write evaluation/validation sets without it.
 
 One run at a time writes a split (and task) into an output folder: a second one is refused in one line naming
 the first (`shard_writer.one_run`). A full disk, a refused folder or a bad ``--on_error=fail`` line ends the
@@ -91,6 +96,17 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         images.DEFAULT_MAX_PIXELS,
         "Images over this many pixels (width x height, read from the file's header) are skipped with the "
         "reason, never decoded; 0 = no limit.",
+        lower_bound=0,
+        **fv,
+    )
+    flags.DEFINE_integer(
+        "max_side",
+        0,
+        "Store an image whose longer side exceeds this many pixels as a JPEG scaled down to it (aspect ratio "
+        "kept, Lanczos, --jpeg_quality; the records' height/width are the new size); smaller images are kept "
+        "as without it. 0 = off: the release's bytes are kept. Training sets only: write evaluation and "
+        "validation sets without it (the evaluation transform and the reference numbers assume the original "
+        "resolution). Cost and effect: docs/BENCHMARKS.md, 'Real photo sizes'.",
         lower_bound=0,
         **fv,
     )
@@ -173,6 +189,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> No
             tfds_metadata=f.tfds_metadata,
             progress=f.progress,
             imagenet_archive=f.imagenet_archive or "",
+            max_side=f.max_side,
         )
 
 

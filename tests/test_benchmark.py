@@ -88,6 +88,64 @@ def test_writer(tmp_path, capsys):
     assert cost["images"] == 8 and cost["verify_full_ms"] > 0 and cost["full_size_decode_ms"] > 0
 
 
+def test_photo_sizes(tmp_path, capsys):
+    from tools.benchmarks import photos
+
+    lines = _run(
+        capsys,
+        "photo_sizes",
+        "--megapixels=0.01",
+        "--max_sides=0,40",
+        "--photos_per_size=4",
+        "--num_classes=50",
+        "--tags=3",
+        "--shards=1",
+        "--image_size=32",
+        "--batch_size=2",
+        "--steps=1",
+        "--warmup=1",
+        "--shuffle_buffer=4",
+        f"--image_cache={tmp_path}",
+    )
+    _check_machine(lines, "photo_sizes")
+    sizes = [(line["width"], line["height"]) for line in lines if line["benchmark"] == "photo_sizes/images"]
+    assert sizes == [photos.photo_size(0.01)] == [(112, 84)]
+    results = {
+        (line["megapixels"], line["max_side"]): line
+        for line in lines
+        if line["benchmark"] == "photo_sizes/result"
+    }
+    assert set(results) == {(0.01, 0), (0.01, 40)}
+    for (_, max_side), result in results.items():
+        assert result["resized"] == (4 if max_side else 0)  # every image is over 40 px
+        assert result["writer_cpu_ms_per_image"] > 0 and result["train_cpu_ms_per_image"] > 0
+        assert result["cores_per_gpu"] == round(1300 * result["train_cpu_ms_per_image"] / 1000, 1)
+        assert (result["eval_pixel_change"] > 0) == (max_side > 0)
+    effects = [line for line in lines if line["benchmark"] == "photo_sizes/max_side_effect"]
+    assert [line["megapixels"] for line in effects] == [0.01]
+    assert effects[0]["max_side_40"]["records_bytes_vs_off"] < 1
+
+
+def test_photo_sizes_refuses_a_bad_size_in_one_line():
+    from absl import app
+
+    from tools import benchmark
+
+    with pytest.raises(app.UsageError, match="--megapixels must be one or more numbers > 0"):
+        benchmark.run(["photo_sizes", "--megapixels=0.5,0"])
+    with pytest.raises(app.UsageError, match="--max_sides"):
+        benchmark.run(["photo_sizes", "--max_sides=big"])
+
+
+def test_camera_photos_have_camera_file_sizes():
+    """Quality 90 and about 2 bits per pixel, like camera originals: 0.5 MP in ~100 - 250 KB."""
+    from tools.benchmarks import photos
+
+    assert photos.photo_size(8) == (3264, 2448) and photos.photo_size(0.5) == (816, 612)
+    data = photos.camera_photo_jpeg(np.random.default_rng(0), width=816, height=612)
+    assert 100_000 < len(data) < 250_000
+
+
 def test_augment():
     # A fresh interpreter: augment sets TensorFlow's thread pools to one thread, which only a process that
     # has not initialised TensorFlow yet can do (the machine line shows it took effect).

@@ -12,6 +12,7 @@ r"""Benchmarks, one subcommand each; every measurement is printed as one JSON li
     python tools/benchmark.py memory
     python tools/benchmark.py download --num_images=1000 --workers=2 --threads=16 --compare
     python tools/benchmark.py check      # the regression guard of .ci/run: every headline ratio, ~2 min
+    python tools/benchmark.py photo_sizes --megapixels=0.5,2,8 --max_sides=0,640,1024
 
 Each subcommand is a module of tools/benchmarks/ (`SUBCOMMANDS`) with `FLAGS_USED` and `run(flag_values)`;
 this script defines only the chosen subcommand's flags (``<subcommand> --help`` lists them; without a
@@ -49,6 +50,10 @@ commands that produced them.
 - ``check``: the regression guard (tools/benchmarks/check.py): each headline ratio above measured side by
   side at a small size and held against its floor in tools/benchmarks/floors.toml; exits 1 with one line
   per ratio below its floor. ``.ci/run`` runs it.
+- ``photo_sizes``: camera-size originals (``--megapixels``, 4:3 JPEGs at quality 90, like the Open Images
+  ``_o.jpg`` files): per size and writer ``--max_side`` (``--max_sides``), the writer's and the training
+  input's CPU ms per image, the records' bytes, and the CPU cores per GPU the input needs at
+  ``--gpu_images_per_s`` (tools/benchmarks/photo_sizes.py).
 - ``input_position``: bytes and save time of one rank's saved input position at the reference settings;
   ``--compare`` adds the pipeline before #22 (a `tf.data.Dataset.shuffle` buffer saved with its contents).
 
@@ -82,6 +87,7 @@ SUBCOMMANDS: dict[str, str] = {
     "check": "tools.benchmarks.check",
     "xla_ops": "tools.benchmarks.xla_ops",
     "input_position": "tools.benchmarks.input_position",
+    "photo_sizes": "tools.benchmarks.photo_sizes",
 }
 
 

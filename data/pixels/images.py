@@ -13,7 +13,8 @@ Pixel conventions follow what the release's tools see through OpenCV's `cv.imrea
   palette image is expanded through its palette (its transparency entry dropped likewise).
 
 `prepare_image` is what the TFRecord writer stores for a file: the original bytes of a JPEG that
-TensorFlow decodes to the right RGB (as the release kept every JPEG), otherwise an RGB JPEG of `to_rgb8`.
+TensorFlow decodes to the right RGB (as the release kept every JPEG), otherwise an RGB JPEG of `to_rgb8`;
+with a `max_side`, an image whose longer side exceeds it is stored as an RGB JPEG of that size instead.
 """
 
 from __future__ import annotations
@@ -218,10 +219,11 @@ class PreparedImage:
 
     Attributes:
       jpeg: The JPEG bytes to store (the original file when TensorFlow decodes it as it is).
-      height: Original height in pixels.
-      width: Original width in pixels.
+      height: Height in pixels of the stored image (the original's unless resized).
+      width: Width in pixels of the stored image.
       converted_from: None when the bytes are the original file, else what was converted
-        (``"PNG"``, ``"JPEG/CMYK"``, ...).
+        (``"PNG"``, ``"JPEG/CMYK"``, ...; ``"resized JPEG"``, ``"resized PNG"``, ... for an image made
+        smaller by `prepare_image`'s `max_side`).
     """
 
     jpeg: bytes
@@ -249,6 +251,7 @@ def prepare_image(
     jpeg_quality: int = DEFAULT_JPEG_QUALITY,
     verify: str = "full",
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_side: int = 0,
 ) -> PreparedImage:
     """Checks one image file and returns the JPEG to store in a record.
 
@@ -270,6 +273,9 @@ def prepare_image(
       verify: ``full`` or ``fast``, see above.
       max_pixels: Largest width x height accepted, checked on the header before any pixel is decoded
         (0: no limit).
+      max_side: When > 0, an image whose longer side exceeds it (read from the header) is stored as an RGB
+        JPEG scaled down to that longer side (`resized_jpeg`); every other image is stored as above. 0:
+        nothing is resized.
 
     Returns:
       A `PreparedImage`.
@@ -281,18 +287,55 @@ def prepare_image(
         raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
     image = open_image(data, max_pixels=max_pixels)
     width, height = image.size
+    if max_side > 0 and max(width, height) > max_side:
+        return resized_jpeg(image, max_side=max_side, jpeg_quality=jpeg_quality)
     if tensorflow_decodes_as_is(image):
         if not (verify == "fast" and data.endswith(_JPEG_END)):
             verify_decodes(image)
         return PreparedImage(data, height, width, None)
-    source = f"JPEG/{image.mode}" if image.format in _JPEG_FORMATS else (image.format or "unknown")
+    return PreparedImage(_encode_jpeg(to_rgb8(image), jpeg_quality), height, width, _converted_source(image))
+
+
+def resized_jpeg(image: Image.Image, *, max_side: int, jpeg_quality: int) -> PreparedImage:
+    """`image` (from `open_image`) scaled down so that its longer side is `max_side`, as an RGB JPEG.
+
+    The aspect ratio is kept (the shorter side rounded, at least 1 pixel). A JPEG is first decoded at the
+    strongest DCT reduction (1/2, 1/4 or 1/8) that still leaves twice the new size (`Image.draft`, as
+    Pillow's `thumbnail` does), which reads the whole entropy-coded stream (so it checks the file as
+    `verify_decodes` does) at a fraction of a full decode's cost; then `to_rgb8` and a Lanczos resize.
+    The pixels keep their stored order: no EXIF rotation, as TensorFlow decodes the original file; the
+    EXIF and ICC data are dropped, as for every converted image.
+
+    Raises:
+      BadImage: corrupt or truncated.
+    """
+    width, height = image.size
+    scale = max_side / max(width, height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    source = image.format if tensorflow_decodes_as_is(image) else _converted_source(image)
+    if image.format in _JPEG_FORMATS:
+        image.draft(None, (2 * size[0], 2 * size[1]))
     rgb = to_rgb8(image)
-    out = io.BytesIO()
     try:
-        rgb.save(out, format="JPEG", quality=jpeg_quality)
+        small = rgb.resize(size, Image.Resampling.LANCZOS)
     except Exception as e:  # noqa: BLE001 -- a lazily decoded frame can still fail here
         raise BadImage(f"corrupt or truncated ({type(e).__name__}: {_short(e)})") from None
-    return PreparedImage(out.getvalue(), height, width, source)
+    return PreparedImage(_encode_jpeg(small, jpeg_quality), size[1], size[0], f"resized {source}")
+
+
+def _converted_source(image: Image.Image) -> str:
+    """What `prepare_image` reports converting: ``"PNG"``, ``"JPEG/CMYK"`` (a JPEG TensorFlow misreads), ..."""
+    return f"JPEG/{image.mode}" if image.format in _JPEG_FORMATS else (image.format or "unknown")
+
+
+def _encode_jpeg(rgb: Image.Image, quality: int) -> bytes:
+    """`rgb` as a JPEG of `quality`; `BadImage` if its pixels cannot be decoded after all."""
+    out = io.BytesIO()
+    try:
+        rgb.save(out, format="JPEG", quality=quality)
+    except Exception as e:  # noqa: BLE001 -- a lazily decoded frame can still fail here
+        raise BadImage(f"corrupt or truncated ({type(e).__name__}: {_short(e)})") from None
+    return out.getvalue()
 
 
 def _short(error: Exception, limit: int = 120) -> str:

@@ -38,6 +38,7 @@ def write_dataset(
     tfds_metadata: bool = False,
     progress: bool = True,
     imagenet_archive: str = "",
+    max_side: int = 0,
 ) -> dict:
     """Writes (or finishes writing) this task's shards of an image list and its manifest.
 
@@ -69,6 +70,8 @@ def write_dataset(
       imagenet_archive: The list names ImageNet IDs (``nXXXXXXXX/nXXXXXXXX_N.JPEG``) to read from this
         archive (a folder of per-synset tars, the outer tar of them, or an extracted tree;
         `data.archives.imagenet`) instead of files under `image_root`; the records are the same.
+      max_side: Store images whose longer side exceeds it scaled down to it (`images.prepare_image`); 0
+        (the default) keeps every image's bytes.
 
     Returns:
       The manifest that was written: the final ``{prefix}-manifest.json`` when ``num_tasks == 1``, else
@@ -100,6 +103,7 @@ def write_dataset(
             max_pixels=max_pixels,
             allow_outside_root=allow_outside_root,
             imagenet_archive=imagenet_archive,
+            max_side=max_side,
         )
         return shard_writer.write_split(
             settings,

@@ -72,6 +72,8 @@ class ShardTask:
       list_sha256: Hash of the list (recorded so that shards of another list are never mixed in).
       imagenet_archive: Read the list's ImageNet IDs from this archive (`data.archives.imagenet`) instead of
         files under `image_root`; the records are the same as from the extracted files.
+      max_side: Images whose longer side exceeds it are stored scaled down to it (`images.prepare_image`;
+        counted as ``resized <format>`` in ``converted``); 0: every image stored as it is.
     """
 
     index: int
@@ -92,6 +94,7 @@ class ShardTask:
     allow_outside_root: bool
     list_sha256: str
     imagenet_archive: str = ""
+    max_side: int = 0
 
     @property
     def path(self) -> str:
@@ -108,7 +111,13 @@ def run_settings(task: ShardTask) -> dict:
         "jpeg_quality": task.jpeg_quality,
         "max_pixels": task.max_pixels,
         "allow_outside_root": task.allow_outside_root,
+        "max_side": task.max_side,
     }
+
+
+# Run settings added after shards were first written, with the value that older sidecars (which lack the
+# key) were written with: such shards stay reusable by a run with that value.
+_SETTINGS_ADDED_LATER: dict[str, Any] = {"max_side": 0}
 
 
 def image_path(image_root: str, name: str, *, allow_outside_root: bool) -> str:
@@ -258,6 +267,7 @@ def _file_results(task: ShardTask) -> Iterator[LineResult]:
                 jpeg_quality=task.jpeg_quality,
                 verify=task.verify,
                 max_pixels=task.max_pixels,
+                max_side=task.max_side,
             )
         except ValueError as e:  # BadImage is a ValueError too; UnicodeDecodeError as well.
             yield LineResult(line_no, name or first_field(raw), reason=skip_reason(e))
@@ -319,7 +329,11 @@ def _archive_results(task: ShardTask) -> Iterator[LineResult]:
                 if isinstance(data, images.BadImage):
                     raise data
                 image = images.prepare_image(
-                    data, jpeg_quality=task.jpeg_quality, verify=task.verify, max_pixels=task.max_pixels
+                    data,
+                    jpeg_quality=task.jpeg_quality,
+                    verify=task.verify,
+                    max_pixels=task.max_pixels,
+                    max_side=task.max_side,
                 )
             except ValueError as e:
                 yield LineResult(entry.line, entry.name, reason=skip_reason(e))
@@ -411,7 +425,7 @@ def finished_sidecar(task: ShardTask) -> dict | None:
     sidecar = fileio.read_json(sidecar_path)
     if not isinstance(sidecar, dict):
         return None
-    settings = {key: sidecar.get(key) for key in run_settings(task)}
+    settings = {key: sidecar.get(key, _SETTINGS_ADDED_LATER.get(key)) for key in run_settings(task)}
     if settings != run_settings(task):
         raise ValueError(
             f"{sidecar_path} was written with other settings ({settings} != {run_settings(task)}); "
@@ -446,6 +460,7 @@ def split_settings(
     max_pixels: int,
     allow_outside_root: bool,
     imagenet_archive: str = "",
+    max_side: int = 0,
 ) -> dict[str, Any]:
     """The `ShardTask` fields every shard of a split shares (`write_split`'s settings), after checking them.
 
@@ -473,6 +488,8 @@ def split_settings(
         raise ValueError(f"jpeg_quality must be in [1, 100], got {jpeg_quality}")
     if max_pixels < 0:
         raise ValueError(f"max_pixels must be >= 0 (0: no limit), got {max_pixels}")
+    if max_side < 0:
+        raise ValueError(f"max_side must be >= 0 (0: off), got {max_side}")
     if imagenet_archive:
         imagenet_archive = os.path.abspath(imagenet_archive)
         imagenet.ImageNetArchive(imagenet_archive).close()  # a path that is no archive: one line, now
@@ -491,6 +508,7 @@ def split_settings(
         "max_pixels": max_pixels,
         "allow_outside_root": allow_outside_root,
         "imagenet_archive": imagenet_archive,
+        "max_side": max_side,
     }
 
 

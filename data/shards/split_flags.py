@@ -91,7 +91,8 @@ def define_split_flags(flag_values: flags.FlagValues = flags.FLAGS) -> tuple[str
         "jpeg_quality",
         images.DEFAULT_JPEG_QUALITY,
         "JPEG quality for converted images (PNG/GIF/BMP/WebP/TIFF, 16-bit images, CMYK JPEGs without Adobe "
-        "marker); JPEGs that TensorFlow decodes as they are (RGB, greyscale, Adobe CMYK) are stored byte for byte.",
+        "marker; for data/tfrecord.py also images scaled down by --max_side); JPEGs that TensorFlow decodes as "
+        "they are (RGB, greyscale, Adobe CMYK) are stored byte for byte.",
         lower_bound=1,
         upper_bound=100,
         flag_values=flag_values,

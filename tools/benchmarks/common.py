@@ -165,7 +165,8 @@ FLAG_DEFINITIONS: dict[str, Callable[[flags.FlagValues], object]] = {
     "image_cache": lambda fv: flags.DEFINE_string(
         "image_cache",
         _IMAGE_CACHE,
-        "writer, pipeline, download, check: folder of generated JPEGs (and lists, records), reused across runs.",
+        "writer, pipeline, download, check, photo_sizes: folder of generated JPEGs (and lists, records), "
+        "reused across runs.",
         flag_values=fv,
     ),
     "num_images": lambda fv: flags.DEFINE_integer(
@@ -183,6 +184,32 @@ FLAG_DEFINITIONS: dict[str, Callable[[flags.FlagValues], object]] = {
     ),
     "image_height": lambda fv: flags.DEFINE_integer(
         "image_height", 375, "writer, pipeline: height of the generated JPEGs.", flag_values=fv
+    ),
+    "megapixels": lambda fv: flags.DEFINE_list(
+        "megapixels",
+        ["0.5", "2", "8"],
+        "photo_sizes: sizes of the generated 4:3 camera-like JPEGs (quality 90; 8 MP is 3264 x 2448).",
+        flag_values=fv,
+    ),
+    "photos_per_size": lambda fv: flags.DEFINE_integer(
+        "photos_per_size",
+        120,
+        "photo_sizes: JPEGs generated (once, into --image_cache) and written per size.",
+        lower_bound=1,
+        flag_values=fv,
+    ),
+    "max_sides": lambda fv: flags.DEFINE_list(
+        "max_sides",
+        ["0"],
+        "photo_sizes: the writer's --max_side values to write each size with (0: off, the original bytes).",
+        flag_values=fv,
+    ),
+    "gpu_images_per_s": lambda fv: flags.DEFINE_float(
+        "gpu_images_per_s",
+        1300.0,
+        "photo_sizes: training images/s one GPU consumes, for the CPU cores per GPU the input needs.",
+        lower_bound=0.0,
+        flag_values=fv,
     ),
     "workers": lambda fv: flags.DEFINE_integer(
         "workers",
@@ -207,7 +234,11 @@ FLAG_DEFINITIONS: dict[str, Callable[[flags.FlagValues], object]] = {
         flag_values=fv,
     ),
     "shards": lambda fv: flags.DEFINE_integer(
-        "shards", 16, "writer, pipeline, download: shards written.", lower_bound=1, flag_values=fv
+        "shards",
+        16,
+        "writer, pipeline, download, photo_sizes: shards written.",
+        lower_bound=1,
+        flag_values=fv,
     ),
     "compare": lambda fv: flags.DEFINE_bool(
         "compare", False, "Also measure the subcommand's baseline in the same run.", flag_values=fv
@@ -229,10 +260,18 @@ FLAG_DEFINITIONS: dict[str, Callable[[flags.FlagValues], object]] = {
         flag_values=fv,
     ),
     "batch_size": lambda fv: flags.DEFINE_integer(
-        "batch_size", 32, "pipeline, step, loss: images per batch (per rank).", lower_bound=1, flag_values=fv
+        "batch_size",
+        32,
+        "pipeline, step, loss, photo_sizes: images per batch (per rank).",
+        lower_bound=1,
+        flag_values=fv,
     ),
     "image_size": lambda fv: flags.DEFINE_integer(
-        "image_size", 224, "pipeline, step, loss: training image side.", lower_bound=8, flag_values=fv
+        "image_size",
+        224,
+        "pipeline, step, loss, photo_sizes: training image side.",
+        lower_bound=8,
+        flag_values=fv,
     ),
     "steps": lambda fv: flags.DEFINE_integer(
         "steps",
@@ -259,11 +298,15 @@ FLAG_DEFINITIONS: dict[str, Callable[[flags.FlagValues], object]] = {
         "label_format",
         "sparse",
         ["dense", "sparse"],
-        "pipeline: label layout of our records.",
+        "pipeline, photo_sizes: label layout of our records.",
         flag_values=fv,
     ),
     "shuffle_buffer": lambda fv: flags.DEFINE_integer(
-        "shuffle_buffer", 256, "pipeline: shuffle buffer of both pipelines.", lower_bound=1, flag_values=fv
+        "shuffle_buffer",
+        256,
+        "pipeline, photo_sizes: shuffle buffer of the pipelines.",
+        lower_bound=1,
+        flag_values=fv,
     ),
     "stages": lambda fv: flags.DEFINE_bool(
         "stages",
