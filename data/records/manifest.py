@@ -41,6 +41,7 @@ HEADER_KEYS: tuple[str, ...] = (
     "jpeg_quality",
     "verify",
     "max_pixels",
+    "max_side",
     "allow_outside_root",
     "image_list",
 )
