@@ -31,6 +31,7 @@ from absl import app, flags, logging
 from data import command_line
 from data.fetch import to_files, transport, urls
 from data.pixels import images
+from data.records import manifest
 from data.shards import split_flags, worker_pool
 
 # The records' class count when --output_records is given without --num_classes (ML-Images).
@@ -114,7 +115,7 @@ def _warn_about_credentials(url_list: str) -> None:
             count,
             "" if count == 1 else "s",
             first,
-            transport.reason_category(urls.CREDENTIALS),
+            manifest.reason_category(urls.CREDENTIALS),
         )
 
 

@@ -24,7 +24,7 @@ from PIL import Image
 
 from data.fetch import to_files, to_records, transport
 from data.fetch.transport import DownloadConfig
-from data.records import schema
+from data.records import manifest, schema
 from data.shards import dataset_writer
 from tests import local_http
 from tests.test_download import _png_bomb
@@ -331,7 +331,7 @@ def test_kill_9_then_rerun_fetches_only_unfinished_shards(server, tmp_path, repo
     ],
 )
 def test_reason_category(reason, category):
-    assert transport.reason_category(reason) == category
+    assert manifest.reason_category(reason) == category
 
 
 def test_start_workers_early_leaves_a_forkserver_that_run_tasks_uses():

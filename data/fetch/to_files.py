@@ -43,9 +43,9 @@ from data.fetch.transport import (
     Fetcher,
     FetchResult,
     filename_for_url,
-    reason_category,
 )
 from data.labels import annotations
+from data.records import manifest
 
 # How often the thread that orders the results looks at the stop flag while it waits for a download.
 _POLL_S: Final = 0.05
@@ -440,7 +440,7 @@ def _download(
             counts[result.status] += 1
             num_bytes += result.num_bytes
             if result.status == "failed":
-                reasons[reason_category(result.reason)] += 1
+                reasons[manifest.reason_category(result.reason)] += 1
             bar.update(1)
             bar.set_postfix(failed=counts["failed"], MB=f"{num_bytes / 1e6:.0f}", refresh=False)
         live_images.close()

@@ -277,7 +277,7 @@ def _summarise(
                     malformed += 1
                 else:
                     failed += 1
-                    reasons[transport.reason_category(skip["reason"])] += 1
+                    reasons[manifest.reason_category(skip["reason"])] += 1
     shards = written["shards"]
     return RecordsSummary(
         lines=written["num_records"] + written["num_skipped"],

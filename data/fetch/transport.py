@@ -619,8 +619,3 @@ def fetch(url: str, output_dir: str | os.PathLike[str], config: DownloadConfig) 
     """Downloads one URL into `output_dir/filename_for_url(url)` (see `Fetcher.fetch`)."""
     with Fetcher(output_dir, config) as fetcher:
         return fetcher.fetch(url)
-
-
-def reason_category(reason: str) -> str:
-    """The reason without its details ("http 404", "timeout", "not an image"), for the summary counts."""
-    return reason.split(" (")[0].split(":")[0]
