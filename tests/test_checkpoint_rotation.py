@@ -95,7 +95,7 @@ def test_a_checkpoint_deleted_while_checked_is_not_called_damaged(run, monkeypat
             saved.extend(run.save() for _ in range(KEEP))
         return check(prefix)
 
-    monkeypatch.setattr(pretrained, "checkpoint_problem", rotate_then_check)
+    monkeypatch.setattr(checkpoint_files, "checkpoint_problem", rotate_then_check)
     with caplog.at_level(logging.WARNING, logger="absl"):
         assert checkpoint_files.resolve_checkpoint(str(run.model_dir)) == str(run.model_dir / "ckpt-5")
     assert "damaged" not in caplog.text
@@ -123,8 +123,8 @@ def test_a_run_that_always_rotates_first_is_a_one_line_error(run, monkeypatch):
             run.save()
         return contract(*args, **kwargs)
 
-    monkeypatch.setattr(pretrained, "checkpoint_contract", rotate_after_inspecting)
-    monkeypatch.setattr(pretrained, "MAX_ROTATIONS", 3)
+    monkeypatch.setattr(architecture, "checkpoint_contract", rotate_after_inspecting)
+    monkeypatch.setattr(checkpoint_files, "MAX_ROTATIONS", 3)
     with pytest.raises(checkpoint_files.UnusableCheckpointError, match="deleted 3 times while being read"):
         pretrained.load_model(str(run.model_dir))
 
