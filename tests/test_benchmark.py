@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 
 import numpy as np
 import pytest
@@ -124,6 +125,32 @@ def test_photo_sizes(tmp_path, capsys):
     effects = [line for line in lines if line["benchmark"] == "photo_sizes/max_side_effect"]
     assert [line["megapixels"] for line in effects] == [0.01]
     assert effects[0]["max_side_40"]["records_bytes_vs_off"] < 1
+
+
+def test_archive(tmp_path, capsys):
+    lines = _run(
+        capsys,
+        "archive",
+        "--num_images=150",  # two synsets, one of them short
+        "--image_width=64",
+        "--image_height=48",
+        "--num_classes=50",
+        "--tags=3",
+        "--shards=2",
+        "--workers=1",
+        "--rounds=1",
+        f"--image_cache={tmp_path}",
+    )
+    _check_machine(lines, "archive")
+    named = _by_name(lines)
+    assert named["archive/layout"]["synsets"] == 2
+    for source in ("tree", "synset_tars", "outer_tar"):
+        assert named[f"archive/{source}"]["records_per_s"] > 0
+        assert named[f"archive/{source}"]["cpu_ms_per_record"] > 0
+    ratio = named["archive/ratio"]
+    assert ratio["identical_records"] and ratio["outer_tar_vs_tree"]["records_per_s"] > 0
+    members = tarfile.open(tmp_path / "imagenet-150-64x48" / "tars" / "n10000001.tar").getnames()
+    assert members == [f"n10000001_{i}.JPEG" for i in range(100, 150)]
 
 
 def test_photo_sizes_refuses_a_bad_size_in_one_line():

@@ -13,6 +13,7 @@ r"""Benchmarks, one subcommand each; every measurement is printed as one JSON li
     python tools/benchmark.py download --num_images=1000 --workers=2 --threads=16 --compare
     python tools/benchmark.py check      # the regression guard of .ci/run: every headline ratio, ~2 min
     python tools/benchmark.py photo_sizes --megapixels=0.5,2,8 --max_sides=0,640,1024
+    python tools/benchmark.py archive --num_images=3000 --workers=1 --rounds=3
 
 Each subcommand is a module of tools/benchmarks/ (`SUBCOMMANDS`) with `FLAGS_USED` and `run(flag_values)`;
 this script defines only the chosen subcommand's flags (``<subcommand> --help`` lists them; without a
@@ -54,6 +55,9 @@ commands that produced them.
   ``_o.jpg`` files): per size and writer ``--max_side`` (``--max_sides``), the writer's and the training
   input's CPU ms per image, the records' bytes, and the CPU cores per GPU the input needs at
   ``--gpu_images_per_s`` (tools/benchmarks/photo_sizes.py).
+- ``archive``: the writer reading the ImageNet part from per-synset tars and from an outer tar of them
+  (``--imagenet_archive``) against the same images extracted: records/s, CPU ms per record, and the records
+  checked identical (tools/benchmarks/archive.py).
 - ``input_position``: bytes and save time of one rank's saved input position at the reference settings;
   ``--compare`` adds the pipeline before #22 (a `tf.data.Dataset.shuffle` buffer saved with its contents).
 
@@ -88,6 +92,7 @@ SUBCOMMANDS: dict[str, str] = {
     "xla_ops": "tools.benchmarks.xla_ops",
     "input_position": "tools.benchmarks.input_position",
     "photo_sizes": "tools.benchmarks.photo_sizes",
+    "archive": "tools.benchmarks.archive",
 }
 
 
