@@ -377,9 +377,7 @@ def test_a_second_signal_during_the_save_aborts_at_once_leaving_the_previous_che
 # ------------------------------------------------------------------------------------ 4. damaged checkpoints
 
 
-@pytest.mark.parametrize(
-    "damage", ["ckpt-4.data-00000-of-00001", "ckpt-4.index", "input/rank-0/ckpt-4.json"]
-)
+@pytest.mark.parametrize("damage", ["ckpt-4.data-00000-of-00001", "ckpt-4.index", "input/rank-0/ckpt-4.json"])
 def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(
     finished_run, tmp_path, data, damage, caplog
 ):
