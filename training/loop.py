@@ -331,7 +331,7 @@ def evaluate(run: _Run, step: int) -> dict[str, float]:
 def _phase_dataset(run: _Run, phase: int, start: int = 0) -> tf.data.Dataset:
     """This rank's batches of phase `phase`, from element `start` of its stream (a restored position)."""
     config = run.config
-    start, size = config.image_sizes[phase]
+    size = config.image_sizes[phase][1]
     return input_pipeline.train_dataset(
         run.train_source,
         batch_size=config.per_rank_batch,
