@@ -49,8 +49,9 @@ commands that produced them.
 - ``check``: the regression guard (tools/benchmarks/check.py): each headline ratio above measured side by
   side at a small size and held against its floor in tools/benchmarks/floors.toml; exits 1 with one line
   per ratio below its floor. ``.ci/run`` runs it.
-- ``input_position``: bytes and save time of one rank's saved input position at the reference settings;
-  ``--compare`` adds the pipeline before #22 (a `tf.data.Dataset.shuffle` buffer saved with its contents).
+- ``input_position``: bytes, save and restore time of one rank's saved input position at the reference
+  settings (restored 10 epochs deep); ``--compare`` adds the same pipeline saved as tf.data's iterator state
+  (the buffers' contents, as before #22 item 1).
 
 Every subcommand starts with a ``<name>/machine`` line (CPU count, model and flags, TensorFlow version,
 whether its oneDNN kernels are on, the load average).
