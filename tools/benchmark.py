@@ -58,8 +58,9 @@ commands that produced them.
 - ``archive``: the writer reading the ImageNet part from per-synset tars and from an outer tar of them
   (``--imagenet_archive``) against the same images extracted: records/s, CPU ms per record, and the records
   checked identical (tools/benchmarks/archive.py).
-- ``input_position``: bytes and save time of one rank's saved input position at the reference settings;
-  ``--compare`` adds the pipeline before #22 (a `tf.data.Dataset.shuffle` buffer saved with its contents).
+- ``input_position``: bytes, save and restore time of one rank's saved input position at the reference
+  settings (restored 10 epochs deep); ``--compare`` adds the same pipeline saved as tf.data's iterator state
+  (the buffers' contents, as before #22 item 1).
 
 Every subcommand starts with a ``<name>/machine`` line (CPU count, model and flags, TensorFlow version,
 whether its oneDNN kernels are on, the load average).

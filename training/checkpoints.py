@@ -2,18 +2,18 @@
 
 A run directory holds:
   ckpt-N.*, checkpoint       model, optimizer slots, loss counters, step (written by rank 0 only)
-  input/rank-R/ckpt-N.*       each rank's input-pipeline position at step N (every rank writes its own)
-  input/rank-R/ckpt-N.json    what that position belongs to: the number of ranks, the global batch and the
-                              input seed of the run that saved it (a resume on another number of ranks
-                              cannot map the positions and restarts the input instead)
+  input/rank-R/ckpt-N.json    each rank's input position at step N (every rank writes its own): the
+                              elements of the phase's stream it has consumed, with the number of ranks,
+                              the global batch and the input seed of the run that saved it (a resume on
+                              another number of ranks cannot map the positions and restarts the input)
   config.json                 the resolved configuration (written before step 0; training/run_dir.py)
 
 TensorFlow writes a checkpoint's data files first and then renames the `checkpoint` state file into
 place, so a crash (or a kill -9, or a second SIGTERM) mid-write leaves the previous checkpoint as the
 latest. The state file lists the kept checkpoints; a resume takes the newest of them that is intact
 (`models.checkpoint_files.checkpoint_problem`) and warns about any damaged one, whose files stay where they
-are. On resume every rank restores the same state from the chief's files (never only rank 0), and its own
-input position.
+are. On resume every rank restores its own input position; the run state is read by the chief and broadcast
+(training/resume.py).
 """
 
 from __future__ import annotations
@@ -106,54 +106,60 @@ def input_checkpoint_prefix(model_dir: str, rank: int) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class InputMeta:
-    """What a saved input position belongs to (input/rank-R/ckpt-N.json)."""
+    """A rank's saved input position (input/rank-R/ckpt-N.json, a few hundred bytes): the elements of which
+    stream it has consumed, and what that stream belongs to (the number of ranks, the global batch and the
+    input seed of the run that saved it: a resume on another number of ranks cannot map the position and
+    restarts the input instead). The stream itself is rebuilt from it (`input_pipeline.train_dataset`'s
+    `start`), so nothing of the pipeline's buffers is saved."""
 
     step: int
     num_ranks: int
     global_batch: int
     input_seed: int
-    saved: bool  # False: the pipeline could not be serialized (a Python generator), only this is known
+    phase: int | None = None  # the image-size phase whose stream this is
+    # Elements of that stream this rank has consumed. None: saved by an earlier version, which wrote
+    # tf.data's iterator state beside it (no longer read: the input restarts).
+    elements: int | None = None
+
+    @property
+    def restorable(self) -> bool:
+        return self.phase is not None and self.elements is not None
 
 
 def _input_path(model_dir: str, rank: int, step: int) -> str:
     return f"{input_checkpoint_prefix(model_dir, rank)}-{step}"
 
 
-def read_input_meta(model_dir: str, *, rank: int, step: int) -> InputMeta | None:
-    """The metadata of rank `rank`'s input position at `step` (None: none, or unreadable)."""
-    content = fileio.read_json(_input_path(model_dir, rank, step) + ".json")
+def _parse_input_meta(content) -> InputMeta | None:
+    if not isinstance(content, dict):
+        return None
+    fields = {f.name for f in dataclasses.fields(InputMeta)}
     try:
-        return InputMeta(**content) if isinstance(content, dict) else None
+        meta = InputMeta(**{k: v for k, v in content.items() if k in fields})
     except TypeError:
         return None
+    counts = [meta.step, meta.num_ranks, meta.global_batch, meta.phase or 0, meta.elements or 0]
+    if not isinstance(meta.input_seed, int) or not all(isinstance(n, int) and n >= 0 for n in counts):
+        return None
+    return meta
 
 
-def save_input_position(
-    iterator, *, model_dir: str, rank: int, step: int, keep: int, meta: InputMeta
-) -> bool:
-    """Writes this rank's iterator state for `step` and its `meta`; removes all but the newest `keep`.
+def read_input_meta(model_dir: str, *, rank: int, step: int) -> InputMeta | None:
+    """Rank `rank`'s input position at `step` (None: none, or unreadable)."""
+    return _parse_input_meta(fileio.read_json(_input_path(model_dir, rank, step) + ".json"))
 
-    Returns False (with a warning) for a pipeline that tf.data cannot serialize (one fed by a Python
-    generator, such as TFDS's mock data): the run goes on, and a resume restarts that rank's input.
+
+def save_input_position(*, model_dir: str, rank: int, step: int, keep: int, meta: InputMeta) -> None:
+    """Writes this rank's input position for `step` (atomically); removes all but the newest `keep`.
 
     Raises:
       CheckpointWriteError: the disk is full or the storage failed (the partial files are removed).
     """
     directory = os.path.dirname(input_checkpoint_prefix(model_dir, rank))
     path = _input_path(model_dir, rank, step)
-    saved = True
     try:
         tf.io.gfile.makedirs(directory)
-        try:
-            tf.train.Checkpoint(iterator=iterator).write(path)
-        except tf.errors.FailedPreconditionError as e:
-            logging.warning(
-                "rank %d: the input position cannot be saved (%s); a resume restarts the input",
-                rank,
-                e.message.splitlines()[-1][:200],
-            )
-            saved = False
-        fileio.write_json(path + ".json", dataclasses.asdict(dataclasses.replace(meta, saved=saved)))
+        fileio.write_json(path + ".json", dataclasses.asdict(meta))
     except _WRITE_ERRORS as e:
         _remove_partial(path)
         raise _write_error(f"rank {rank}'s input position for step {step}", model_dir, e) from None
@@ -163,24 +169,35 @@ def save_input_position(
         key=lambda f: (tf.io.gfile.stat(f).mtime_nsec, int(re.search(r"ckpt-(\d+)\.json$", f).group(1)))
     )
     for old in metas[:-keep]:
-        for f in tf.io.gfile.glob(old[: -len(".json")] + ".*"):
+        for f in tf.io.gfile.glob(old[: -len(".json")] + ".*"):  # with an earlier version's iterator files
             tf.io.gfile.remove(f)
-    return saved
 
 
 def input_position_problem(model_dir: str, *, rank: int, step: int) -> str | None:
     """What is wrong with rank `rank`'s saved input position at `step` (None: intact or never saved)."""
-    return checkpoint_files.checkpoint_problem(_input_path(model_dir, rank, step))
+    path = _input_path(model_dir, rank, step) + ".json"
+    if not tf.io.gfile.exists(path):
+        return None
+    if read_input_meta(model_dir, rank=rank, step=step) is None:
+        return f"{path} is not a readable input position ({tf.io.gfile.stat(path).length} bytes)"
+    return None
 
 
-def restore_input_position(iterator, *, model_dir: str, rank: int, step: int) -> bool:
-    """Restores this rank's iterator to `step`; False (and a warning) when no position was saved for it."""
-    path = _input_path(model_dir, rank, step)
-    if not tf.io.gfile.exists(path + ".index"):
-        logging.warning("no saved input position for rank %d at step %d: the input restarts", rank, step)
-        return False
-    tf.train.Checkpoint(iterator=iterator).read(path).assert_consumed()
-    return True
+def restore_input_position(*, model_dir: str, rank: int, step: int, phase: int) -> int:
+    """The elements of phase `phase`'s stream this rank had consumed at `step`, where its input continues
+    (`input_pipeline.train_dataset`'s `start`); 0 (and a warning) when no usable position was saved."""
+    meta = read_input_meta(model_dir, rank=rank, step=step)
+    if meta is None or not meta.restorable or meta.phase != phase:
+        why = (
+            "no saved input position"
+            if meta is None
+            else "an input position of an earlier version"
+            if not meta.restorable
+            else f"the input position of phase {meta.phase}, not {phase},"
+        )
+        logging.warning("%s for rank %d at step %d: the input restarts", why, rank, step)
+        return 0
+    return meta.elements
 
 
 def _model_config(ckpt_path: str) -> dict[str, int]:

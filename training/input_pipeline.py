@@ -15,11 +15,13 @@ failure into `BadRecordError`.
 Determinism and resume: every random choice is a stateless function of the position. Each epoch's file
 order is a permutation drawn from (seed, epoch), the records are mixed in windows of `shuffle_buffer`
 permuted by (seed, window) (`window_shuffle`), and each element's augmentation is drawn from (run seed,
-rank, phase, element index). The pipeline uses tf.data's symbolic checkpointing, so
-`tf.train.Checkpoint(iterator=...)` saves where each stage's input stands (tens of KB per rank), not the
-buffers' contents (188 MB at the reference settings with a `tf.data.Dataset.shuffle` buffer of 1,024
-JPEGs: docs/BENCHMARKS.md), and a restore continues with exactly the next batch and exactly the same
-augmentation as an uninterrupted run.
+rank, phase, element index). A rank's saved input position is therefore one number, the elements of the
+phase's stream it has consumed (training/checkpoints.py, a JSON of a few hundred bytes), and
+`train_dataset(start=...)` builds the stream that begins there: whole epochs and files are skipped by
+arithmetic on the record counts (`RecordFiles.records`), only the files open at that point are read from
+their record offsets, and the same augmentation seeds follow, so a restore continues with exactly the next
+batch of an uninterrupted run. tf.data's own iterator checkpoints are not used: they hold the window and
+prefetch buffers' contents (188 MB per rank at the reference settings, docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -39,13 +41,7 @@ from data.records import record_files, schema
 from training import host_resources
 
 AUTOTUNE = tf.data.AUTOTUNE
-# tf.data's symbolic checkpointing (a saved input position of a few KB instead of the shuffle and prefetch
-# buffers' contents, ~188 MB per rank at the reference settings) is off: with it, TensorFlow 2.21 crashes
-# with a segmentation fault when an iterator is destroyed while its parallel maps are in flight (a bad
-# record's error, an early stop: tests/test_release_records.py and tests/test_benchmark.py's pipeline run
-# showed it). The order needs no buffer state either way (`window_shuffle`), so turning it on again changes
-# only the size of the saved position.
-SYMBOLIC_CHECKPOINT = False
+_CYCLE = 8  # record files a rank reads at once (the interleave's cycle length)
 _PARSE_BATCH = 64  # records parsed at a time by `RecordFiles.parse`
 
 
@@ -79,8 +75,14 @@ class Source(abc.ABC):
         return ()
 
     @abc.abstractmethod
-    def records(self, *, num_shards: int, shard_index: int, training: bool, seed: int) -> tf.data.Dataset:
-        """This rank's share, unparsed (training: endless, files in a seeded order per epoch)."""
+    def records(
+        self, *, num_shards: int, shard_index: int, training: bool, seed: int, start: int = 0
+    ) -> tf.data.Dataset:
+        """This rank's share, unparsed (training: endless, files in a seeded order per epoch).
+
+        `start` (training only): the stream begins at its `start`-th element, exactly as the stream from 0
+        continues after `start` elements.
+        """
 
     @abc.abstractmethod
     def parse(self, ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -99,6 +101,9 @@ class RecordFiles(Source):
 
     record_files: tuple[str, ...]
     record_label_format: str  # "dense" | "sparse" | "int64"
+    # Records per file, aligned with `record_files` (a manifest's counts); () when unknown (a release folder):
+    # a training stream that starts later then counts them (`record_files.count_records`).
+    record_counts: tuple[int, ...] = ()
 
     @property
     def label_format(self) -> str:
@@ -112,7 +117,9 @@ class RecordFiles(Source):
     def files(self) -> tuple[str, ...]:
         return self.record_files
 
-    def records(self, *, num_shards: int, shard_index: int, training: bool, seed: int) -> tf.data.Dataset:
+    def records(
+        self, *, num_shards: int, shard_index: int, training: bool, seed: int, start: int = 0
+    ) -> tf.data.Dataset:
         """This rank's records; no rank reads the whole split, every record is read by exactly one rank.
 
         With at least as many files as ranks, rank r reads files r, r + n, ... whole (the release's
@@ -124,6 +131,13 @@ class RecordFiles(Source):
         records (k: the ranks sharing that file, ``r // files`` this rank's turn). When the ranks do not
         divide by the files, some files are shared by one rank more, whose ranks then get fewer records
         per epoch (training) or per pass (evaluation); every record is still read once per pass.
+
+        Up to `_CYCLE` files are read at once, one record of each in turn. A training stream that begins at
+        `start` is built from where that reading stands after `start` records (`_interleave_position`, by
+        arithmetic on this rank's record counts per file): the epochs and files before are not opened, the
+        files open at that point are read from their record offsets, and the epochs go on from there.
+        Without record counts (a release folder on remote storage) the first `start` records are read and
+        dropped instead, never parsed.
         """
         count = len(self.files)
         if not count:
@@ -133,18 +147,46 @@ class RecordFiles(Source):
         else:
             ids = [shard_index % count]
             sharing, turn = len(range(shard_index % count, num_shards, count)), shard_index // count
-        files_and_ids = (tf.constant([self.files[i] for i in ids]), tf.constant(ids, tf.int64))
-        if training:
-            ds = _epochs_in_seeded_order(files_and_ids, seed=seed)
+        names = [self.files[i] for i in ids]
+        read = functools.partial(_read_with_origin, sharing=sharing, turn=turn)
+        cycle = min(_CYCLE, len(ids))
+        if not training:
+            files = tf.data.Dataset.from_tensor_slices((names, tf.constant(ids, tf.int64)))
+            return _interleave(files.map(_unskipped), read, cycle)
+        counts = self._rank_counts(ids, sharing=sharing, turn=turn) if start else None
+        if start and counts is None:
+            stream = _epochs_in_seeded_order((tf.constant(names), tf.constant(ids, tf.int64)), seed=seed)
+            return _interleave(stream.map(_unskipped), read, cycle).skip(start)
+        if counts is not None and not any(counts):
+            raise ValueError(f"rank {shard_index} of {num_shards} has no training records in {names[:3]}")
+        head, first = [], 0
+        if start:
+            head, first = _resume_files(counts, seed=seed, cycle=cycle, elements=start)
+        stream = _epochs_in_seeded_order(
+            (tf.constant(names), tf.constant(ids, tf.int64)), seed=seed, first=first
+        ).map(_unskipped)
+        if head:  # the files open at `start`, in the order the interleave visits them next
+            open_files = tf.data.Dataset.from_tensor_slices(
+                (
+                    tf.constant([names[i] for i, _ in head]),
+                    tf.constant([ids[i] for i, _ in head], tf.int64),
+                    tf.constant([done for _, done in head], tf.int64),
+                )
+            )
+            stream = open_files.concatenate(stream)
+        return _interleave(stream, read, cycle)
+
+    def _rank_counts(self, ids: list[int], *, sharing: int, turn: int) -> list[int] | None:
+        """This rank's records in each of its files `ids` (every `sharing`-th from `turn`), or None when the
+        files cannot be counted here (no manifest, and not on a local file system)."""
+        files = [self.files[i] for i in ids]
+        if self.record_counts:
+            totals = [self.record_counts[i] for i in ids]
+        elif all(os.path.isfile(f) for f in files):
+            totals = [record_files.count_records(f) for f in files]  # headers only: one pread per record
         else:
-            ds = tf.data.Dataset.from_tensor_slices(files_and_ids)
-        return ds.interleave(
-            functools.partial(_read_with_origin, sharing=sharing, turn=turn),
-            cycle_length=min(8, len(ids)),
-            block_length=1,
-            num_parallel_calls=AUTOTUNE if len(ids) > 1 else None,
-            deterministic=True if len(ids) > 1 else None,
-        )
+            return None
+        return [len(range(turn, total, sharing)) for total in totals]
 
     def parse(self, ds: tf.data.Dataset) -> tf.data.Dataset:
         """Parsed `_PARSE_BATCH` records at a time: `schema.parse_records` is vectorised, and one
@@ -213,6 +255,7 @@ def tfrecord_source(
             num_classes=num_classes,
             record_label_format=manifest.label_format,
             record_files=tuple(manifest.files),
+            record_counts=tuple(manifest.counts),
             num_records=manifest.num_records,
         )
     split = schema.read_release_split(data_dir, prefix)
@@ -313,7 +356,12 @@ class TfdsSplit(Source):
     def single_label(self) -> bool:
         return not self.sparse
 
-    def records(self, *, num_shards: int, shard_index: int, training: bool, seed: int) -> tf.data.Dataset:
+    def records(
+        self, *, num_shards: int, shard_index: int, training: bool, seed: int, start: int = 0
+    ) -> tf.data.Dataset:
+        """TFDS's stream of this rank's examples (images still encoded); a training stream that begins at
+        `start` reads and drops the first `start` examples (TFDS's order is a function of its seed, but its
+        files' record counts are TFDS's own business), so a deep position costs a read of what it skips."""
         import tensorflow_datasets as tfds
 
         download_config = tfds.download.DownloadConfig(manual_dir=self.manual_dir or None)
@@ -333,7 +381,7 @@ class TfdsSplit(Source):
             decoders={"image": tfds.decode.SkipDecoding()},
             download_and_prepare_kwargs={"download_config": download_config},
         )
-        return ds.repeat() if training else ds
+        return ds.repeat().skip(start) if training else ds
 
     def parse(self, ds: tf.data.Dataset) -> tf.data.Dataset:
         if self.sparse:
@@ -367,32 +415,109 @@ def _records(
     return source.records(num_shards=num_shards, shard_index=shard_index, training=training, seed=seed)
 
 
-def _epochs_in_seeded_order(elements: tuple[tf.Tensor, ...], *, seed: int) -> tf.data.Dataset:
+def _epoch_order(count: int, *, seed: int, epoch) -> tf.Tensor:
+    """The permutation of `count` files in epoch `epoch` (a stateless shuffle drawn from (`seed`, epoch))."""
+    return tf.random.experimental.stateless_shuffle(
+        tf.range(count), seed=tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    )
+
+
+def _epochs_in_seeded_order(elements: tuple[tf.Tensor, ...], *, seed: int, first: int = 0) -> tf.data.Dataset:
     """`elements` (sliced on their first axis) endlessly, each epoch in a stateless permutation drawn from
-    (`seed`, epoch): an order that is a function of the position alone, so that a saved position needs no
-    buffer (see `train_dataset`)."""
+    (`seed`, epoch) (`_epoch_order`): an order that is a function of the position alone, so that a stream
+    can start at its `first`-th element without the ones before (whole epochs are not built at all)."""
     count = int(elements[0].shape[0])
 
     def epoch(index):
-        order = tf.random.experimental.stateless_shuffle(
-            tf.range(count), seed=tf.stack([tf.constant(seed, tf.int64), index])
-        )
+        order = _epoch_order(count, seed=seed, epoch=index)
         return tf.data.Dataset.from_tensor_slices(tuple(tf.gather(e, order) for e in elements))
 
-    return tf.data.Dataset.range(_ENDLESS).flat_map(epoch)
+    return tf.data.Dataset.range(first // count, _ENDLESS).flat_map(epoch).skip(first % count)
 
 
 _ENDLESS = 1 << 62  # epochs (or windows): more than any run
 
 
-def window_shuffle(ds: tf.data.Dataset, window: int, *, seed: int) -> tf.data.Dataset:
+def _interleave(files: tf.data.Dataset, read, cycle: int) -> tf.data.Dataset:
+    """The records of `files` (``(name, id, records already read)``), `cycle` files at a time, one record of
+    each in turn (`_interleave_position` follows the same rule)."""
+    return files.interleave(
+        read,
+        cycle_length=cycle,
+        block_length=1,
+        num_parallel_calls=AUTOTUNE if cycle > 1 else None,
+        deterministic=True if cycle > 1 else None,
+    )
+
+
+def _interleave_position(count_at, *, cycle: int, elements: int) -> tuple[list[list[int] | None], int]:
+    """Where `_interleave`, reading a stream of files of which the q-th has `count_at(q)` records, stands
+    after giving `elements` records: tf.data's deterministic interleave (block length 1) visits its `cycle`
+    slots in turn; a visit gives the next record of the slot's file, or, at the file's end, empties the slot
+    and moves on; an empty slot takes the stream's next file when visited.
+
+    Arithmetic only (whole rounds at once between the ends of files): nothing is read.
+
+    Returns:
+      The slots in the order they are visited next, each ``[q, records given, records]`` or None (empty),
+      and the index in the stream of the next file to open.
+    """
+    slots: list[list[int] | None] = [None] * cycle
+    at = next_file = 0
+    left = elements
+    while left:
+        if all(s is not None for s in slots):
+            rounds = min(min(s[2] - s[1] for s in slots), left // cycle)
+            if rounds:  # every slot gives `rounds` records, the visits end where they began
+                for s in slots:
+                    s[1] += rounds
+                left -= rounds * cycle
+                continue
+        slot = slots[at]
+        if slot is None:
+            slot = slots[at] = [next_file, 0, count_at(next_file)]
+            next_file += 1
+        if slot[1] < slot[2]:
+            slot[1] += 1
+            left -= 1
+        else:
+            slots[at] = None
+        at = (at + 1) % cycle
+    return slots[at:] + slots[:at], next_file
+
+
+def _resume_files(
+    counts: list[int], *, seed: int, cycle: int, elements: int
+) -> tuple[list[tuple[int, int]], int]:
+    """The files an interleaved stream of this rank's files (`counts` records each, epochs in
+    `_epoch_order`) has open after `elements` records, as ``(index into counts, records read)`` in the
+    order they are read next, and the position in the file stream from which the epochs continue."""
+    orders: dict[int, list[int]] = {}
+
+    def local(q: int) -> int:
+        epoch = q // len(counts)
+        if epoch not in orders:
+            orders.clear()  # the stream goes forward: one epoch's order at a time
+            orders[epoch] = _epoch_order(len(counts), seed=seed, epoch=epoch).numpy().tolist()
+        return orders[epoch][q % len(counts)]
+
+    slots, next_file = _interleave_position(lambda q: counts[local(q)], cycle=cycle, elements=elements)
+    head = []
+    for slot in slots:
+        if slot is None:  # filled with the stream's next file when visited
+            slot, next_file = [next_file, 0], next_file + 1
+        head.append((local(slot[0]), slot[1]))
+    return head, next_file
+
+
+def window_shuffle(ds: tf.data.Dataset, window: int, *, seed: int, first_window: int = 0) -> tf.data.Dataset:
     """`ds` in consecutive windows of `window` elements, each in a stateless permutation drawn from
-    (`seed`, window index).
+    (`seed`, window index); `ds` begins with window `first_window` of the stream (a restored position).
 
     It mixes like a shuffle buffer of the same size (an element moves at most `window` - 1 places) but holds
-    no state of its own: with tf.data's symbolic checkpointing the saved position is where the input
-    stands (a few KB), where `tf.data.Dataset.shuffle` saves its whole buffer (1,024 encoded JPEGs).
-    Elements may be nested and of varying length (a sparse TFDS label): windows are ragged batches.
+    no state of its own, so a position in it is a number (`tf.data.Dataset.shuffle` would have to save its
+    whole buffer, 1,024 encoded JPEGs). Elements may be nested and of varying length (a sparse TFDS label):
+    windows are ragged batches.
     """
 
     def permute(index, block):
@@ -402,19 +527,27 @@ def window_shuffle(ds: tf.data.Dataset, window: int, *, seed: int) -> tf.data.Da
         )
         return tf.nest.map_structure(lambda t: tf.gather(t, order), block)
 
-    ds = ds.ragged_batch(window).enumerate().map(permute, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return ds.unbatch()
+    ds = ds.ragged_batch(window).enumerate(start=first_window)
+    return ds.map(permute, num_parallel_calls=AUTOTUNE, deterministic=True).unbatch()
 
 
 _ORIGIN_STRIDE = 1 << 40  # records per file are far fewer; files up to 2^23
 
 
-def _read_with_origin(file: tf.Tensor, file_id: tf.Tensor, *, sharing: int, turn: int) -> tf.data.Dataset:
+def _unskipped(name: tf.Tensor, file_id: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """A file of the stream, to be read from its first record."""
+    return name, file_id, tf.constant(0, tf.int64)
+
+
+def _read_with_origin(
+    file: tf.Tensor, file_id: tf.Tensor, done: tf.Tensor, *, sharing: int, turn: int
+) -> tf.data.Dataset:
     """One file's records as `(record, origin)`: every `sharing`-th from record `turn` (a file several ranks
-    share, see `RecordFiles.records`)."""
-    records = tf.data.TFRecordDataset(file).enumerate()
+    share, see `RecordFiles.records`), after the first `done` of those (a restored position)."""
+    first = turn + tf.cast(done, tf.int64) * sharing
+    records = tf.data.TFRecordDataset(file).skip(first).enumerate(start=first)
     if sharing > 1:
-        records = records.shard(sharing, turn)
+        records = records.shard(sharing, 0)
     return records.map(lambda index, record: (record, file_id * _ORIGIN_STRIDE + index))
 
 
@@ -450,8 +583,15 @@ def train_dataset(
     shuffle_buffer: int = 1024,
     distort: bool = True,
     threads: int = 0,
+    start: int = 0,
 ) -> tf.data.Dataset:
     """Endless training batches `(images[B, S, S, 3] in [-1, 1], labels)` for one rank.
+
+    `start`: the stream begins after its first `start` elements (a multiple of `batch_size`: the position a
+    resume restores, `training.checkpoints.restore_input_position`), with exactly the batches, in exactly
+    the augmentation, that the stream from 0 gives from there. The records are taken up at the window
+    that holds element `start` (`Source.records` with that window's first record), the window is permuted
+    as before and its first elements dropped unparsed, and the augmentation seeds go on from `start`.
 
     `distort=False` trains with the crop and the flip only (see `preprocessing.train_transform`).
 
@@ -461,9 +601,21 @@ def train_dataset(
     `phase` (the index of the image-size phase) and `shard_index` enter the augmentation seeds, so phases
     and ranks draw different augmentations while each stays reproducible.
     """
-    ds = source.records(num_shards=num_shards, shard_index=shard_index, training=True, seed=seed + phase)
+    if start < 0 or start % batch_size:
+        raise ValueError(f"an input position must be a whole number of batches of {batch_size}, got {start}")
+    window = max(shuffle_buffer, 1)
+    first_window, inside = divmod(start, window)
+    ds = source.records(
+        num_shards=num_shards,
+        shard_index=shard_index,
+        training=True,
+        seed=seed + phase,
+        start=first_window * window,
+    )
     if shuffle_buffer > 1:
-        ds = window_shuffle(ds, shuffle_buffer, seed=seed + 7919 * (phase + 1))
+        ds = window_shuffle(ds, shuffle_buffer, seed=seed + 7919 * (phase + 1), first_window=first_window)
+    if inside:
+        ds = ds.skip(inside)  # records, before parsing: nothing decoded
     ds = source.parse(ds)
     stream = tf.constant([seed, shard_index * 1000 + phase], tf.int64)
 
@@ -479,7 +631,7 @@ def train_dataset(
         )
         return image, label
 
-    ds = ds.enumerate().map(
+    ds = ds.enumerate(start=start).map(
         lambda index, element: transform(index, *element), num_parallel_calls=AUTOTUNE, deterministic=True
     )
     ds = ds.batch(batch_size, drop_remainder=True)
@@ -499,9 +651,6 @@ def _pipeline_options(threads: int = 0) -> tf.data.Options:
     so that it does not queue behind the training step's inter-op work.
     """
     options = tf.data.Options()
-    # With symbolic checkpointing the saved position is where each stage's input stands, not the buffers'
-    # contents (`window_shuffle`): see SYMBOLIC_CHECKPOINT for why it is off.
-    options.experimental_symbolic_checkpoint = SYMBOLIC_CHECKPOINT
     options.threading.max_intra_op_parallelism = 1
     options.threading.private_threadpool_size = threads or host_resources.cpu_count()
     return options

@@ -16,8 +16,9 @@
    `init_checkpoint`) leaves the run directory as it was, so the next run has no stale configuration
    to compare with;
 3. the steps run phase by phase (one phase per training image size); each phase builds its own input
-   pipeline, and a resumed run restores this rank's iterator to the exact next batch (or, when the saved
-   positions belong to another number of ranks, restarts the input with a new permutation and says so);
+   pipeline, and a resumed run builds this rank's pipeline from its saved position (a count of elements) to
+   give the exact next batch (or, when the saved positions belong to another number of ranks, restarts
+   the input with a new permutation and says so);
 4. every `log_every` steps the chief logs loss, lr, global images/s and ETA, to absl logging, to
    TensorBoard (`train/`, with a few input images at each phase's first logged step, and the resolved
    config as hparams: training/summaries.py) and to `metrics.jsonl`; every `checkpoint_every` steps each
@@ -241,8 +242,9 @@ def _write(run: _Run, writer: str, step: int, values: dict[str, float]) -> None:
         f.write(json.dumps({"kind": writer, "step": step, **values}) + "\n")
 
 
-def _save(run: _Run, iterator, step: int) -> None:
-    """Each rank's input position first, then (chief) the run state that makes `step` the latest.
+def _save(run: _Run, step: int, *, phase: int, elements: int) -> None:
+    """Each rank's input position first (`elements` of phase `phase`'s stream consumed), then (chief) the run
+    state that makes `step` the latest.
 
     Raises:
       CheckpointWriteError: a rank could not write (a full disk); the previous checkpoint stays the latest.
@@ -253,12 +255,12 @@ def _save(run: _Run, iterator, step: int) -> None:
         num_ranks=dist.size,
         global_batch=config.global_batch,
         input_seed=run.input_seed,
-        saved=True,
+        phase=phase,
+        elements=elements,
     )
     failure = None
     try:
         checkpoints.save_input_position(
-            iterator,
             model_dir=config.model_dir,
             rank=dist.rank,
             step=step,
@@ -326,9 +328,10 @@ def evaluate(run: _Run, step: int) -> dict[str, float]:
     return results
 
 
-def _phase_dataset(run: _Run, phase: int) -> tf.data.Dataset:
+def _phase_dataset(run: _Run, phase: int, start: int = 0) -> tf.data.Dataset:
+    """This rank's batches of phase `phase`, from element `start` of its stream (a restored position)."""
     config = run.config
-    start, size = config.image_sizes[phase]
+    size = config.image_sizes[phase][1]
     return input_pipeline.train_dataset(
         run.train_source,
         batch_size=config.per_rank_batch,
@@ -342,6 +345,7 @@ def _phase_dataset(run: _Run, phase: int) -> tf.data.Dataset:
         shuffle_buffer=config.data.shuffle_buffer,
         distort=config.data.distort,
         threads=run.data_threads,
+        start=start,
     )
 
 
@@ -536,11 +540,12 @@ def _train(
                 run.input_seed,
                 run.input_note,
             )
-        iterator = iter(_phase_dataset(run, phase))
+        consumed = 0  # elements of this phase's stream taken by this rank: its input position
         if step > phase_start and run.restore_input:  # resuming inside this phase: continue its input exactly
-            checkpoints.restore_input_position(
-                iterator, model_dir=config.model_dir, rank=dist.rank, step=step
+            consumed = checkpoints.restore_input_position(
+                model_dir=config.model_dir, rank=dist.rank, step=step, phase=phase
             )
+        iterator = iter(_phase_dataset(run, phase, consumed))
         run.restore_input = True  # a later phase starts afresh
         images_shown = False  # a few of this phase's inputs go to TensorBoard at its first logged step
         logging.info(
@@ -550,6 +555,7 @@ def _train(
             if profiler is not None:
                 profiler.before(step + 1)
             images, labels = input_pipeline.next_batch(iterator, run.train_source)  # bad record: one line
+            consumed += config.per_rank_batch
             # Dispatched: no per-step host wait. The stop flag rides in the step's own all-reduce.
             logs = run.step(images, labels, check_finite=False, stop_requested=stop.requested)
             stop_votes = logs.pop("stop_votes")
@@ -587,11 +593,11 @@ def _train(
                 profiler.after(step)
             saved = step % config.checkpoint_every == 0 or step == config.train_steps
             if saved:
-                _save(run, iterator, step)
+                _save(run, step, phase=phase, elements=consumed)
             if _stop_requested(dist, stop, step=step, saved=saved, votes=stop_votes):
                 if not saved:
                     _raise_if_non_finite(run)  # never save the state of a discarded step as step `step`
-                    _save(run, iterator, step)
+                    _save(run, step, phase=phase, elements=consumed)
                 raise preemption.Preempted(
                     signal_name=stop.signal_name or "a signal on another rank",
                     step=step,

@@ -31,7 +31,7 @@ class Resume:
     num_ranks: int  # of the run that saved it; 0: not recorded (a run directory from before the record)
     global_batch: int  # idem
     input_seed: int
-    input_saved: bool
+    input_saved: bool  # the positions can be restored (False: saved by an earlier version)
 
 
 def announce(dist: distributed.Distributed, values: list[int]) -> list[int]:
@@ -94,7 +94,13 @@ def agreed_resume(config: TrainConfig, dist: distributed.Distributed) -> Resume 
                 meta = checkpoints.read_input_meta(config.model_dir, rank=0, step=step)
                 announced = [step, 0, 0, config.seed, 1]
                 if meta is not None:
-                    announced = [step, meta.num_ranks, meta.global_batch, meta.input_seed, int(meta.saved)]
+                    announced = [
+                        step,
+                        meta.num_ranks,
+                        meta.global_batch,
+                        meta.input_seed,
+                        int(meta.restorable),
+                    ]
             elif candidates:
                 announced[0] = -2
         step, num_ranks, global_batch, input_seed, saved = announce(dist, announced)
@@ -107,12 +113,11 @@ def agreed_resume(config: TrainConfig, dist: distributed.Distributed) -> Resume 
             return None
         problem = None
         if num_ranks in (0, dist.size) and saved:
-            meta = checkpoints.read_input_meta(config.model_dir, rank=dist.rank, step=step)
             prefix = f"{checkpoints.input_checkpoint_prefix(config.model_dir, dist.rank)}-{step}"
-            if num_ranks and meta is None:
-                problem = f"{prefix}.json is missing or unreadable"
-            elif (meta is None or meta.saved) and (num_ranks or tf.io.gfile.exists(prefix + ".index")):
-                problem = checkpoints.input_position_problem(config.model_dir, rank=dist.rank, step=step)
+            problem = checkpoints.input_position_problem(config.model_dir, rank=dist.rank, step=step)
+            if problem is None and num_ranks:
+                if checkpoints.read_input_meta(config.model_dir, rank=dist.rank, step=step) is None:
+                    problem = f"{prefix}.json is missing"
             if problem:
                 logging.warning("rank %d: the input position %s is damaged: %s", dist.rank, prefix, problem)
         # Horovod: every rank learns whether any rank's input position at this step is damaged.
@@ -199,9 +204,8 @@ def restore(
         note = f"its input positions were saved by {resume.num_ranks} rank(s) and cannot be mapped onto {dist.size}"
         plan = InputPlan(seed=config.seed + resume.step, restore=False, note=note)
     elif not resume.input_saved:
-        plan = InputPlan(
-            seed=config.seed + resume.step, restore=False, note="its input position could not be saved"
-        )
+        note = "its input positions were saved by an earlier version, as tf.data iterator states that are no longer read"
+        plan = InputPlan(seed=config.seed + resume.step, restore=False, note=note)
     if resume.global_batch and resume.global_batch != config.global_batch:
         # The schedule is in images seen: the step is re-counted in the new global batch.
         step = round(resume.step * resume.global_batch / config.global_batch)
