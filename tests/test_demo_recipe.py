@@ -77,7 +77,7 @@ def test_train_py_refuses_a_user_data_dir_in_one_line(repo_root, tmp_path):
         timeout=300,
     )
     assert proc.returncode != 0
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("train.py: error:")]
     assert len(errors) == 1 and "not a demo set" in errors[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert os.listdir(mine) == ["photo.jpg"]
