@@ -547,13 +547,13 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, data,
 def test_nan_labels_are_blamed_on_the_data_not_the_learning_rate(tmp_path, data, monkeypatch):
     phase_dataset = loop._phase_dataset
 
-    def with_nan_labels(run, phase):
+    def with_nan_labels(run, phase, start=0):
         def poison(index, batch):
             images, labels = batch
             bad = tf.where(index == 2, tf.fill(tf.shape(labels), float("nan")), labels)
             return images, bad
 
-        return phase_dataset(run, phase).enumerate().map(poison)
+        return phase_dataset(run, phase, start).enumerate().map(poison)
 
     monkeypatch.setattr(loop, "_phase_dataset", with_nan_labels)
     with pytest.raises(train_step.NonFiniteLossError) as info:
