@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import re
 import tarfile
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import IO
 
 from data.pixels import images
@@ -39,6 +39,25 @@ def parse_id(name: str) -> tuple[str, str]:
     if not match or not match.group(2).startswith(match.group(1)):
         raise images.BadImage("not an ImageNet ID (nXXXXXXXX/nXXXXXXXX_N.JPEG)")
     return match.group(1), match.group(2)
+
+
+def member_bytes(
+    members: Mapping[str, bytes | images.BadImage], member: str, synset_error: images.BadImage | None = None
+) -> bytes:
+    """The bytes of `member` among its synset's `members` (`ImageNetArchive.synset`).
+
+    Raises:
+      images.BadImage: `synset_error` (the synset itself could not be read), `MISSING_IMAGE`, or the member's
+        own refusal.
+    """
+    if synset_error is not None:
+        raise synset_error
+    data = members.get(member)
+    if data is None:
+        raise images.BadImage(MISSING_IMAGE)
+    if isinstance(data, images.BadImage):
+        raise data
+    return data
 
 
 class _Range:

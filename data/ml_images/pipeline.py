@@ -212,13 +212,8 @@ def prepare_synset(
         synset_error = e
     for line_no, name, member, labels in lines:
         try:
-            data = members.get(member) if synset_error is None else synset_error
-            if data is None:
-                raise images.BadImage(imagenet.MISSING_IMAGE)
-            if isinstance(data, images.BadImage):
-                raise data
             image = images.prepare_image(
-                data,
+                imagenet.member_bytes(members, member, synset_error),
                 jpeg_quality=settings.jpeg_quality,
                 verify=settings.verify,
                 max_pixels=settings.max_pixels,

@@ -319,17 +319,10 @@ def _archive_results(task: ShardTask) -> Iterator[LineResult]:
                 try:
                     members = archive.synset(entry.synset, wanted[entry.synset])
                 except images.BadImage as e:
-                    synset_error = e.reason
+                    synset_error = e
             try:
-                if synset_error:
-                    raise images.BadImage(synset_error)
-                data = members.get(entry.member)
-                if data is None:
-                    raise images.BadImage(imagenet.MISSING_IMAGE)
-                if isinstance(data, images.BadImage):
-                    raise data
                 image = images.prepare_image(
-                    data,
+                    imagenet.member_bytes(members, entry.member, synset_error),
                     jpeg_quality=task.jpeg_quality,
                     verify=task.verify,
                     max_pixels=task.max_pixels,
