@@ -54,7 +54,7 @@ from absl import app, flags
 from data import command_line
 from data.pixels import images
 from data.records.manifest import join_manifests, merge_manifests
-from data.shards import split_flags, worker_pool
+from data.shards import archive_feed, split_flags, worker_pool
 from data.shards.dataset_writer import write_dataset
 
 
@@ -71,8 +71,20 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "imagenet_archive",
         None,
         "The ImageNet part: read the list's ImageNet IDs (nXXXXXXXX/nXXXXXXXX_N.JPEG) straight from this "
-        "archive instead of --image_root: a folder of per-synset tars, the uncompressed outer tar of them "
-        "(fall11_whole.tar), or an extracted tree. IDs it lacks are skipped with the reason.",
+        "archive instead of --image_root: a folder of per-synset tars, the outer tar of them (fall11_whole.tar), "
+        "the gzipped outer tar (winter21_whole.tar.gz: read front to back once by one reader that feeds the "
+        "workers; its synset tars must be in sorted order and the list grouped by synset in that order, see "
+        "--imagenet_gz_max_held_mb), or an extracted tree. IDs it lacks are skipped with the reason.",
+        **fv,
+    )
+    flags.DEFINE_integer(
+        "imagenet_gz_max_held_mb",
+        archive_feed.DEFAULT_MAX_HELD_MB,
+        "With a gzipped --imagenet_archive: the most image bytes (MB) held for shards that wait for synsets "
+        "further on in the archive (when the list's synset order is not the archive's). Past it the run stops "
+        "in one line (sort the list by synset, or unpack the outer layer); finished shards are kept. Each "
+        "shard handed to a worker is held once more: about (--workers + 1) shards' images beside this.",
+        lower_bound=1,
         **fv,
     )
     flags.DEFINE_string(
@@ -190,6 +202,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> No
             progress=f.progress,
             imagenet_archive=f.imagenet_archive or "",
             max_side=f.max_side,
+            imagenet_gz_max_held_bytes=f.imagenet_gz_max_held_mb * 1_000_000,
         )
 
 

@@ -1,7 +1,8 @@
 """The ImageNet part of ML-Images straight from the archives: a folder of per-synset tars, the outer tar of
-them, or an extracted tree give the same records as data/tfrecord.py on the extracted files; IDs the archive
-lacks are skipped with the reason."""
+them (gzipped or not), or an extracted tree give the same records as data/tfrecord.py on the extracted files;
+IDs the archive lacks are skipped with the reason."""
 
+import gzip
 import io
 import os
 import pathlib
@@ -74,10 +75,13 @@ def archives(tmp_path_factory) -> dict[str, pathlib.Path]:
             (tree / synset / name).write_bytes(data)
         (tars / f"{synset}.tar").write_bytes(_tar_bytes(members))
     (root / "fall11_whole.tar").write_bytes(outer_tar(members_by_synset))
+    (root / "winter21_whole.tar.gz").write_bytes(gzip.compress(outer_tar(members_by_synset)))
     lines = []
     for k, (synset, count) in enumerate(SYNSETS.items()):
         for i in range(count):
             lines.append(f"{synset}/{synset}_{100 + i}.JPEG\t{k}:1\t{10 + i}:0.9")
+        if synset == "n01440764":
+            lines.append("n02000000/n02000000_5.JPEG\t3:1")  # a removed synset between two present ones
         if synset == "n02102040":
             lines.append(f"{synset}/{synset}_999.JPEG\t{k}:1")  # an image the archive lacks
     lines.append("n09999999/n09999999_1.JPEG\t7:1")  # a synset later releases removed
@@ -87,6 +91,7 @@ def archives(tmp_path_factory) -> dict[str, pathlib.Path]:
         "tree": tree,
         "tars": tars,
         "outer": root / "fall11_whole.tar",
+        "gz": root / "winter21_whole.tar.gz",
         "list": root / "ids.txt",
     }
 
@@ -108,17 +113,24 @@ def _shard_bytes(out: pathlib.Path) -> list[bytes]:
     return [pathlib.Path(f).read_bytes() for f in schema.list_record_files(out)]
 
 
-@pytest.mark.parametrize("source", ["tars", "outer", "tree"])
-def test_records_from_an_archive_equal_those_from_the_extracted_files(archives, tmp_path, source):
-    extracted = _write(archives, tmp_path / "extracted")
+@pytest.mark.parametrize("source, workers", [("tars", 1), ("outer", 1), ("tree", 1), ("gz", 1), ("gz", 2)])
+def test_records_from_an_archive_equal_those_from_the_extracted_files(archives, tmp_path, source, workers):
+    extracted = _write(archives, tmp_path / "extracted", shards=3)
     from_archive = _write(
-        archives, tmp_path / source, image_root="/nonexistent", imagenet_archive=str(archives[source])
+        archives,
+        tmp_path / source,
+        image_root="/nonexistent",
+        imagenet_archive=str(archives[source]),
+        workers=workers,
+        shards=3,
     )
+    assert _shard_bytes(tmp_path / "extracted") != []
     assert _shard_bytes(tmp_path / source) == _shard_bytes(tmp_path / "extracted")
     assert from_archive["num_records"] == extracted["num_records"] == sum(SYNSETS.values())
     reasons = {(s["path"], s["reason"]) for s in from_archive["skipped"]}
     assert reasons == {
         ("n09999999/n09999999_1.JPEG", imagenet.MISSING_SYNSET),
+        ("n02000000/n02000000_5.JPEG", imagenet.MISSING_SYNSET),
         ("n02102040/n02102040_999.JPEG", imagenet.MISSING_IMAGE),
     }
 
@@ -132,18 +144,94 @@ def test_each_synset_tar_is_read_once_per_shard(archives, tmp_path, monkeypatch)
         lambda self, wnid, wanted: reads.append(wnid) or original(self, wnid, wanted),
     )
     _write(archives, tmp_path / "out", imagenet_archive=str(archives["outer"]), shards=1)
-    assert reads == [*SYNSETS, "n09999999"]  # the ID list is grouped by synset: each tar read once
+    assert reads == [
+        "n01440764",
+        "n02000000",
+        "n02102040",
+        "n03000134",
+        "n09999999",
+    ]  # the ID list is grouped by synset: each tar read once
 
 
-def test_a_gzipped_or_missing_archive_is_one_line(archives, tmp_path):
-    gz = tmp_path / "winter21_whole.tar.gz"
-    with tarfile.open(gz, "w:gz") as tar:
-        tar.add(archives["tars"] / "n01440764.tar", arcname="n01440764.tar")
-    with pytest.raises(ValueError, match="is gzipped: .* unpack its outer layer"):
-        _write(archives, tmp_path / "gz", imagenet_archive=str(gz))
+def test_a_missing_or_non_tar_archive_is_one_line(archives, tmp_path):
+    not_a_tar = tmp_path / "winter21_whole.tar.gz"
+    not_a_tar.write_bytes(gzip.compress(b"not a tar" * 200))
+    with pytest.raises(ValueError, match="winter21_whole.tar.gz is not a tar gzipped file"):
+        _write(archives, tmp_path / "gz", imagenet_archive=str(not_a_tar))
     with pytest.raises(ValueError, match="not found"):
         _write(archives, tmp_path / "missing", imagenet_archive=str(tmp_path / "nowhere"))
     assert not os.path.exists(tmp_path / "gz" / "train-manifest.json")
+
+
+def test_a_truncated_gz_stops_in_one_line_and_a_rerun_writes_the_same_records(archives, tmp_path):
+    """The reader stops at the cut naming the file, the shards finished before it are kept, and the run
+    repeated on the whole archive keeps them and writes the same records as a run without a stop."""
+    whole = archives["gz"].read_bytes()
+    gz = tmp_path / "winter21_whole.tar.gz"
+    gz.write_bytes(whole[: len(whole) * 3 // 4])
+    out = tmp_path / "out"
+    with pytest.raises(imagenet.ArchiveUnreadable) as stop:
+        _write(archives, out, imagenet_archive=str(gz), shards=3)
+    assert str(gz) in str(stop.value) and "\n" not in str(stop.value)
+    assert "the shards finished so far are kept" in str(stop.value)
+    finished = sorted(out.glob("train-*.done.json"))
+    assert finished and not (out / "train-manifest.json").exists()  # the first synsets' shard is kept
+    kept = {f: f.stat().st_mtime_ns for f in finished}
+    gz.write_bytes(whole)
+    _write(archives, out, imagenet_archive=str(gz), shards=3)
+    _write(archives, tmp_path / "clean", imagenet_archive=str(archives["gz"]), shards=3)
+    assert _shard_bytes(out) == _shard_bytes(tmp_path / "clean")
+    assert {f: f.stat().st_mtime_ns for f in finished} == kept
+
+
+def test_a_corrupt_gz_stops_in_one_line(archives, tmp_path):
+    whole = bytearray(archives["gz"].read_bytes())
+    whole[len(whole) // 2 : len(whole) // 2 + 64] = bytes(64)  # deflate data overwritten
+    gz = tmp_path / "winter21_whole.tar.gz"
+    gz.write_bytes(bytes(whole))
+    with pytest.raises(imagenet.ArchiveUnreadable, match="winter21_whole.tar.gz: unreadable gzipped archive"):
+        _write(archives, tmp_path / "out", imagenet_archive=str(gz), shards=3)
+
+
+def test_a_list_in_another_synset_order_than_the_gz_stops_at_the_bound(archives, tmp_path):
+    """A shard waits for its synsets; when the list's order is not the archive's, what is held grows: past the
+    bound, one line that says what to do (and the same list from a folder of tars is fine)."""
+    reversed_list = tmp_path / "ids.txt"
+    reversed_list.write_text("".join(reversed(archives["list"].read_text().splitlines(keepends=True))))
+    with pytest.raises(ValueError, match="not in the archive's synset order; sort it by synset"):
+        _write(
+            archives,
+            tmp_path / "gz",
+            image_list=str(reversed_list),
+            imagenet_archive=str(archives["gz"]),
+            shards=1,
+            imagenet_gz_max_held_bytes=1000,
+        )
+    from_gz = _write(
+        archives,
+        tmp_path / "gz_ok",
+        image_list=str(reversed_list),
+        imagenet_archive=str(archives["gz"]),
+        shards=1,
+    )
+    _write(
+        archives,
+        tmp_path / "tars",
+        image_list=str(reversed_list),
+        imagenet_archive=str(archives["tars"]),
+        shards=1,
+    )
+    assert _shard_bytes(tmp_path / "gz_ok") == _shard_bytes(tmp_path / "tars")
+    assert from_gz["num_records"] == sum(SYNSETS.values())
+
+
+def test_a_gz_whose_synsets_are_not_sorted_is_one_line(archives, tmp_path):
+    members = synset_members()
+    unsorted = {synset: members[synset] for synset in reversed(members)}
+    gz = tmp_path / "winter21_whole.tar.gz"
+    gz.write_bytes(gzip.compress(outer_tar(unsorted)))
+    with pytest.raises(ValueError, match=r"not in sorted order \(n02102040.tar after n03000134.tar\)"):
+        _write(archives, tmp_path / "out", imagenet_archive=str(gz))
 
 
 def test_a_rerun_rewrites_only_the_unfinished_shards_from_the_archive(archives, tmp_path):

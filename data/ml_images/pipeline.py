@@ -414,7 +414,13 @@ def read_archive_examples(
       ``(examples, report)`` as `read_examples`; the keys are ``imagenet:<line number>``.
     """
     beam = tfds.core.lazy_imports.apache_beam
-    imagenet.ImageNetArchive(settings.imagenet_archive).close()  # not an archive: one line, now
+    with imagenet.ImageNetArchive(settings.imagenet_archive) as archive:  # not an archive: one line, now
+        if archive.kind == "outer_tar_gz":
+            raise ValueError(
+                f"{archive.path} is gzipped: Beam workers read synsets in parallel, and a gzipped tar can only "
+                "be read front to back; unpack its outer layer (tar xzf) and give the folder of per-synset "
+                "tars, or write the ImageNet part with data/tfrecord.py --imagenet_archive, which reads it"
+            )
     index, chunks = list_chunks(settings.list_path, chunk_bytes=chunk_bytes)
     logging.info(
         "%s (%s, from %s): %d lines, %d bytes, sha256 %s, %d blocks",

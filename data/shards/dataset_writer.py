@@ -5,12 +5,14 @@ data/tfrecord.py is its command line; the module docstring there says how a 17.6
 
 from __future__ import annotations
 
+import functools
 import os
 
+from data.archives import imagenet
 from data.pixels import images
 from data.pixels.images import DEFAULT_JPEG_QUALITY, VERIFY_MODES, prepare_image
 from data.records.manifest import merge_manifests
-from data.shards import shard_writer
+from data.shards import archive_feed, shard_writer
 from data.shards.list_index import index_list
 
 # The writer's API: other code calls `tfrecord.write_dataset` and `tfrecord.merge_manifests`;
@@ -39,6 +41,7 @@ def write_dataset(
     progress: bool = True,
     imagenet_archive: str = "",
     max_side: int = 0,
+    imagenet_gz_max_held_bytes: int = archive_feed.DEFAULT_MAX_HELD_MB * 1_000_000,
 ) -> dict:
     """Writes (or finishes writing) this task's shards of an image list and its manifest.
 
@@ -68,10 +71,15 @@ def write_dataset(
       tfds_metadata: Also write TFDS's dataset_info.json/features.json (single-task runs; else at merge).
       progress: Show a tqdm progress bar with rate and ETA.
       imagenet_archive: The list names ImageNet IDs (``nXXXXXXXX/nXXXXXXXX_N.JPEG``) to read from this
-        archive (a folder of per-synset tars, the outer tar of them, or an extracted tree;
-        `data.archives.imagenet`) instead of files under `image_root`; the records are the same.
+        archive (a folder of per-synset tars, the outer tar of them, gzipped or not, or an extracted tree;
+        `data.archives.imagenet`) instead of files under `image_root`; the records are the same. A gzipped
+        outer tar is read front to back by one reader in this process that feeds the workers
+        (`data.shards.archive_feed`).
       max_side: Store images whose longer side exceeds it scaled down to it (`images.prepare_image`); 0
         (the default) keeps every image's bytes.
+      imagenet_gz_max_held_bytes: From a gzipped outer tar: the most image bytes the reader may hold for
+        shards that wait for synsets further on in the archive; past it the run stops in one line (the ID
+        list is not in the archive's synset order: `archive_feed`).
 
     Returns:
       The manifest that was written: the final ``{prefix}-manifest.json`` when ``num_tasks == 1``, else
@@ -105,6 +113,14 @@ def write_dataset(
             imagenet_archive=imagenet_archive,
             max_side=max_side,
         )
+        if imagenet_gz_max_held_bytes < 1:
+            raise ValueError(f"imagenet_gz_max_held_bytes must be >= 1, got {imagenet_gz_max_held_bytes}")
+        from_gz = {}
+        if settings["imagenet_archive"] and imagenet.is_gzipped(settings["imagenet_archive"]):
+            from_gz = {
+                "write_fn": archive_feed.write_shard,
+                "jobs": functools.partial(archive_feed.shard_jobs, max_held_bytes=imagenet_gz_max_held_bytes),
+            }
         return shard_writer.write_split(
             settings,
             index=shard_writer.index_for_shards(settings["image_list"], shards),
@@ -113,4 +129,5 @@ def write_dataset(
             workers=workers,
             progress=progress,
             tfds_metadata=tfds_metadata,
+            **from_gz,
         )

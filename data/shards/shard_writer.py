@@ -250,7 +250,7 @@ def first_field(raw: bytes) -> str:
 def _file_results(task: ShardTask) -> Iterator[LineResult]:
     """The writer's lines: each image read from `image_root` (or the ImageNet archive) and prepared."""
     if task.imagenet_archive:
-        yield from _archive_results(task)
+        yield from archive_results(task)
         return
     kind = label_kind(task.label_format)
     image_paths = ImagePaths(task.image_root, allow_outside_root=task.allow_outside_root)
@@ -276,7 +276,7 @@ def _file_results(task: ShardTask) -> Iterator[LineResult]:
 
 
 class _ArchiveLine(NamedTuple):
-    """One parsed line of `_archive_results`: its image is `member` of `synset`'s tar, or it is a blank line
+    """One parsed line of `archive_results`: its image is `member` of `synset`'s tar, or it is a blank line
     (`raw` blank) or a skip (`reason`)."""
 
     line: int
@@ -288,11 +288,8 @@ class _ArchiveLine(NamedTuple):
     reason: str = ""
 
 
-def _archive_results(task: ShardTask) -> Iterator[LineResult]:
-    """The writer's lines from an ImageNet archive: the shard's lines are parsed first, then each synset's
-    tar is read once, front to back, keeping only this shard's members of it (the ID lists are grouped by
-    synset, so a shard holds a few synsets' runs; a synset that comes back later in the block is read
-    again), and the lines are yielded in list order."""
+def parse_archive_lines(task: ShardTask) -> tuple[list[_ArchiveLine], dict[str, set[str]]]:
+    """The shard's lines parsed, and the members each synset must give them: ``(lines, {synset: members})``."""
     kind = label_kind(task.label_format)
     parsed: list[_ArchiveLine] = []
     wanted: dict[str, set[str]] = {}
@@ -308,30 +305,58 @@ def _archive_results(task: ShardTask) -> Iterator[LineResult]:
             continue
         wanted.setdefault(synset, set()).add(member)
         parsed.append(_ArchiveLine(line_no, raw, name, labels, synset, member))
-    with imagenet.ImageNetArchive(task.imagenet_archive) as archive:
-        loaded_synset, members, synset_error = None, {}, None
-        for entry in parsed:
-            if not entry.synset:
-                yield LineResult(entry.line, entry.name, reason=entry.reason)
-                continue
-            if entry.synset != loaded_synset:
-                loaded_synset, members, synset_error = entry.synset, {}, None
-                try:
-                    members = archive.synset(entry.synset, wanted[entry.synset])
-                except images.BadImage as e:
-                    synset_error = e
+    return parsed, wanted
+
+
+SynsetFn = Callable[[str, set[str]], Mapping[str, "bytes | images.BadImage"]]
+
+
+def archive_results(task: ShardTask, synset_fn: SynsetFn | None = None) -> Iterator[LineResult]:
+    """The writer's lines from an ImageNet archive: the shard's lines are parsed first, then each synset's
+    tar is read once, front to back, keeping only this shard's members of it (the ID lists are grouped by
+    synset, so a shard holds a few synsets' runs; a synset that comes back later in the block is read
+    again), and the lines are yielded in list order.
+
+    Args:
+      task: The shard.
+      synset_fn: ``synset_fn(synset, members)``: the members of the synset, as `ImageNetArchive.synset`
+        gives them (raises `images.BadImage` for a missing or unreadable synset); by default read from
+        `task.imagenet_archive` here (a gzipped one is read by `data.shards.archive_feed` instead, which
+        hands each shard its members).
+    """
+    parsed, wanted = parse_archive_lines(task)
+    with contextlib.ExitStack() as stack:
+        if synset_fn is None:
+            synset_fn = stack.enter_context(imagenet.ImageNetArchive(task.imagenet_archive)).synset
+        yield from _archive_lines(task, parsed, wanted, synset_fn)
+
+
+def _archive_lines(
+    task: ShardTask, parsed: list[_ArchiveLine], wanted: dict[str, set[str]], synset_fn: SynsetFn
+) -> Iterator[LineResult]:
+    loaded_synset, members, synset_error = None, {}, None
+    for entry in parsed:
+        if not entry.synset:
+            yield LineResult(entry.line, entry.name, reason=entry.reason)
+            continue
+        if entry.synset != loaded_synset:
+            loaded_synset, members, synset_error = entry.synset, {}, None
             try:
-                image = images.prepare_image(
-                    imagenet.member_bytes(members, entry.member, synset_error),
-                    jpeg_quality=task.jpeg_quality,
-                    verify=task.verify,
-                    max_pixels=task.max_pixels,
-                    max_side=task.max_side,
-                )
-            except ValueError as e:
-                yield LineResult(entry.line, entry.name, reason=skip_reason(e))
-                continue
-            yield LineResult(entry.line, entry.name, entry.labels, image)
+                members = synset_fn(entry.synset, wanted[entry.synset])
+            except images.BadImage as e:
+                synset_error = e
+        try:
+            image = images.prepare_image(
+                imagenet.member_bytes(members, entry.member, synset_error),
+                jpeg_quality=task.jpeg_quality,
+                verify=task.verify,
+                max_pixels=task.max_pixels,
+                max_side=task.max_side,
+            )
+        except ValueError as e:
+            yield LineResult(entry.line, entry.name, reason=skip_reason(e))
+            continue
+        yield LineResult(entry.line, entry.name, entry.labels, image)
 
 
 def write_shard(task: ShardTask, report: Callable[[int], None] | None = None) -> dict:
@@ -583,6 +608,7 @@ def write_split(
     tfds_metadata: bool = False,
     write_fn: worker_pool.TaskFn = write_shard,
     job: Callable[[ShardTask], Any] | None = None,
+    jobs: Callable[[Sequence[ShardTask]], Iterable[Any]] | None = None,
 ) -> dict:
     """Writes (or finishes writing) this task's shards of an indexed list and its manifest.
 
@@ -599,6 +625,8 @@ def write_split(
       tfds_metadata: Also write TFDS's metadata files (single-task runs).
       write_fn: ``write_fn(job(task), report) -> sidecar``, a module-level function run in the workers.
       job: What `write_fn` gets for a task (default: the task itself).
+      jobs: Instead of `job`: ``jobs(tasks)`` gives what `write_fn` gets for the tasks still to write, as
+        they become ready (drawn as workers free up: `worker_pool.run_tasks`).
 
     Returns:
       The manifest that was written: the final ``{prefix}-manifest.json`` when ``num_tasks == 1``, else
@@ -637,7 +665,12 @@ def write_split(
             len(pending),
         )
     sidecars += _write_shards(
-        pending, index=index, workers=workers, progress=progress, write_fn=write_fn, job=job
+        pending,
+        index=index,
+        workers=workers,
+        progress=progress,
+        write_fn=write_fn,
+        jobs=jobs(pending) if jobs else [job(task) for task in pending] if job else list(pending),
     )
     header = {
         **{key: settings[key] for key in manifest.HEADER_KEYS if key in settings and key != "image_list"},
@@ -679,7 +712,7 @@ def _write_shards(
     workers: int,
     progress: bool,
     write_fn: worker_pool.TaskFn,
-    job: Callable[[ShardTask], Any] | None,
+    jobs: Iterable[Any],
 ) -> list[dict]:
     """Writes the shards (see `worker_pool.run_tasks`), logging each; returns their compact sidecars."""
     results: list[dict] = []
@@ -700,7 +733,7 @@ def _write_shards(
 
     worker_pool.run_tasks(
         write_fn,
-        [job(task) for task in tasks] if job else list(tasks),
+        jobs,
         workers=workers,
         total=sum(index.num_lines_of(task.index) for task in tasks),
         on_result=log_shard,

@@ -23,7 +23,7 @@ import select
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 from typing import Any, TypeVar
 
@@ -33,6 +33,7 @@ Task = TypeVar("Task")
 # fn(task, report) -> result; `report(n)` says that n more units of work are done and raises `Stopped` when
 # another task failed. Must be a module-level function (it is pickled by reference).
 TaskFn = Callable[[Task, Callable[[int], None]], Any]
+_END = object()  # the end of `run_tasks`' tasks
 
 
 class Stopped(RuntimeError):
@@ -138,7 +139,7 @@ def start_workers_early(module: str) -> None:
 
 def run_tasks(
     fn: TaskFn,
-    tasks: Sequence[Any],
+    tasks: Iterable[Any],
     *,
     workers: int,
     total: int,
@@ -151,7 +152,10 @@ def run_tasks(
 
     Args:
       fn: A module-level function; its module is what the forkserver preloads.
-      tasks: Picklable tasks.
+      tasks: Picklable tasks. A sequence is handed to the pool at once; any other iterable is drawn from
+        as the workers need tasks (at most ``workers + 1`` given out and not finished), so that a producer
+        that reads its tasks' data as it goes (`data.shards.archive_feed`) overlaps with the workers and
+        never runs ahead of them.
       workers: Processes at once; 1 runs the tasks here, in order.
       total: Units of work of all tasks together (the progress bar's 100 %).
       on_result: Called in this process with each task's result, in completion order.
@@ -162,7 +166,7 @@ def run_tasks(
     Raises:
       Whatever a task raised (the other tasks are stopped first), or `BrokenProcessPool` if a worker died.
     """
-    if not tasks:
+    if isinstance(tasks, Sequence) and not tasks:
         return
     bar = tqdm(total=total, unit=unit, desc=desc, disable=not progress, smoothing=0.05)
     try:
@@ -173,15 +177,21 @@ def run_tasks(
         module = fn.__module__
         context = _pool_context(module)
         counter, stop = context.Value("q", 0), context.Event()
+        given = iter(tasks)
+        in_flight = len(tasks) if isinstance(tasks, Sequence) else workers + 1
         with futures.ProcessPoolExecutor(
-            min(workers, len(tasks)),
+            min(workers, len(tasks)) if isinstance(tasks, Sequence) else workers,
             mp_context=context,
             initializer=_init_worker,
             initargs=(counter, stop, os.getpid()),
         ) as executor:
-            running = {executor.submit(_call_in_worker, fn, task) for task in tasks}
+            running: set[futures.Future] = set()
             try:
-                while running:
+                while True:
+                    while len(running) < in_flight and (task := next(given, _END)) is not _END:
+                        running.add(executor.submit(_call_in_worker, fn, task))
+                    if not running:
+                        break
                     done, running = futures.wait(running, timeout=0.5, return_when=futures.FIRST_COMPLETED)
                     for future in done:
                         on_result(future.result())
