@@ -2,11 +2,16 @@
 them (gzipped or not), or an extracted tree give the same records as data/tfrecord.py on the extracted files;
 IDs the archive lacks are skipped with the reason."""
 
+import glob
 import gzip
 import io
 import os
 import pathlib
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 
 import numpy as np
 import pytest
@@ -247,3 +252,75 @@ def test_a_rerun_rewrites_only_the_unfinished_shards_from_the_archive(archives, 
     (out / "train-manifest.json").unlink()
     _write(archives, out, imagenet_archive=str(archives["outer"]), shards=3)
     assert _shard_bytes(out) == before and first.stat().st_mtime_ns == kept_mtime
+
+
+# Loaded by every interpreter of the killed run (main process and pool workers) through PYTHONPATH: shard 1's
+# second record waits while the file MLIMAGES_TEST_GATE names exists (a deterministic "mid-run").
+_BLOCK_IN_SHARD_1 = """
+import os, time
+gate = os.environ.get("MLIMAGES_TEST_GATE", "")
+if gate:
+    from data.shards import shard_writer
+
+    write_records = shard_writer.write_records
+
+    def blocking(task, results, report=None):
+        def gated():
+            for i, result in enumerate(results):
+                while task.index == 1 and i == 1 and os.path.exists(gate):
+                    time.sleep(0.05)
+                yield result
+
+        return write_records(task, gated(), report)
+
+    shard_writer.write_records = blocking
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_from_a_gz_then_rerun_gives_the_same_records(archives, tmp_path, repo_root):
+    """data/tfrecord.py on the gzipped archive, killed (-9, the whole process group) while it writes shard 1
+    of 3, then run again: shard 0 is kept as it was, the records are those of a run that was not stopped."""
+    gate, site, out = tmp_path / "gate", tmp_path / "site", tmp_path / "out"
+    gate.touch()
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_BLOCK_IN_SHARD_1)
+    env = {**os.environ, "PYTHONPATH": str(repo_root), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    command = [
+        sys.executable,
+        str(repo_root / "data" / "tfrecord.py"),
+        f"--image_list={archives['list']}",
+        f"--imagenet_archive={archives['gz']}",
+        f"--output_dir={out}",
+        "--label_format=sparse",
+        f"--num_classes={NUM_CLASSES}",
+        "--shards=3",
+        "--workers=2",
+    ]
+    blocking_env = {**env, "PYTHONPATH": f"{site}{os.pathsep}{repo_root}", "MLIMAGES_TEST_GATE": str(gate)}
+    process = subprocess.Popen(
+        command, env=blocking_env, cwd=repo_root, start_new_session=True, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (
+            (out / "train-00000-of-00003.done.json").exists()
+            and glob.glob(str(out / ".train-00001-of-00003.tfrecord.*.tmp"))
+        ):
+            assert time.monotonic() < deadline and process.poll() is None, (
+                "the writer did not block in shard 1"
+            )
+            time.sleep(0.1)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    assert not (out / "train-manifest.json").exists()
+    inode = os.stat(out / "train-00000-of-00003.tfrecord").st_ino
+
+    gate.unlink()
+    rerun = subprocess.run(command, capture_output=True, text=True, env=env, cwd=repo_root, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert os.stat(out / "train-00000-of-00003.tfrecord").st_ino == inode  # not rewritten
+    _write(archives, tmp_path / "clean", imagenet_archive=str(archives["gz"]), shards=3)
+    assert _shard_bytes(out) == _shard_bytes(tmp_path / "clean")
+    assert not glob.glob(str(out / ".*.tmp"))

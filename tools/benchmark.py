@@ -55,8 +55,8 @@ commands that produced them.
   ``_o.jpg`` files): per size and writer ``--max_side`` (``--max_sides``), the writer's and the training
   input's CPU ms per image, the records' bytes, and the CPU cores per GPU the input needs at
   ``--gpu_images_per_s`` (tools/benchmarks/photo_sizes.py).
-- ``archive``: the writer reading the ImageNet part from per-synset tars and from an outer tar of them
-  (``--imagenet_archive``) against the same images extracted: records/s, CPU ms per record, and the records
+- ``archive``: the writer reading the ImageNet part from per-synset tars and from an outer tar of them,
+  plain and gzipped (``--imagenet_archive``), against the same images extracted: records/s, CPU ms per record, and the records
   checked identical (tools/benchmarks/archive.py).
 - ``input_position``: bytes, save and restore time of one rank's saved input position at the reference
   settings (restored 10 epochs deep); ``--compare`` adds the same pipeline saved as tf.data's iterator state

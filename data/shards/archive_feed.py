@@ -26,6 +26,7 @@ then are kept.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from absl import logging
@@ -36,6 +37,7 @@ from data.shards import shard_writer
 from data.shards.shard_writer import ShardTask
 
 DEFAULT_MAX_HELD_MB = 4096
+_LOG_EVERY_S = 60.0
 Members = Mapping[str, "bytes | images.BadImage"]
 # What a worker gets: the shard, and for each synset its lines name that the archive holds, the members of
 # it the shard asks for (or the refusal of the synset's tar).
@@ -148,8 +150,19 @@ def shard_jobs(tasks: Sequence[ShardTask], *, max_held_bytes: int) -> Iterator[J
 
     try:
         with imagenet.ImageNetArchive(path) as archive:
+            logged = time.monotonic()
             for synset, found in archive.stream_synsets(members_to_keep):
                 found_synsets += 1
+                if time.monotonic() - logged > _LOG_EVERY_S:
+                    logged = time.monotonic()
+                    logging.info(
+                        "%s: at %s.tar, %d of the %d synsets the unfinished shards name passed, %.0f MB held",
+                        path,
+                        synset,
+                        settled,
+                        len(order),
+                        held_bytes / 1e6,
+                    )
                 yield from passed_before(synset)
                 yield from passed(synset, found)
                 if held_bytes > max_held_bytes:

@@ -670,7 +670,7 @@ def write_split(
         workers=workers,
         progress=progress,
         write_fn=write_fn,
-        jobs=jobs(pending) if jobs else [job(task) for task in pending] if job else list(pending),
+        jobs=jobs(pending) if jobs and pending else [job(task) for task in pending] if job else list(pending),
     )
     header = {
         **{key: settings[key] for key in manifest.HEADER_KEYS if key in settings and key != "image_list"},

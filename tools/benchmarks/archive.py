@@ -2,18 +2,21 @@
 extracted.
 
 The benchmark JPEGs (`photos.benchmark_images`) are laid out as ImageNet is, in synsets of `SYNSET_IMAGES`
-images: (a) an extracted tree ``nXXXXXXXX/nXXXXXXXX_N.JPEG``, (b) a folder of per-synset tars and (c) one
-outer tar of those tars, like ``fall11_whole.tar``; with an ID list in the release's format, each synset's
+images: (a) an extracted tree ``nXXXXXXXX/nXXXXXXXX_N.JPEG``, (b) a folder of per-synset tars, (c) one
+outer tar of those tars, like ``fall11_whole.tar``, and (d) that outer tar gzipped, like
+``winter21_whole.tar.gz`` (read front to back by one reader that feeds the workers); with an ID list in the release's format, each synset's
 lines together, as in ``train_image_id_from_imagenet.txt``. The layout is built once into ``--image_cache``.
 data/tfrecord.py's writer (`write_dataset`, ``verify=full``, sparse labels) then writes the records from
 each source in turn, ``--rounds`` times, and the benchmark prints per source and round the records per
 second (wall) and the process CPU ms per record (``--workers=1`` keeps the writer in this process, so all
 of its work is counted), then each archive against the tree (``archive/ratio``, medians over the rounds).
-The records of the three sources are checked to be the same bytes.
+The records of the four sources are checked to be the same bytes. (The gzipped tar is compressed at level 6,
+gzip's default; JPEGs hardly shrink.)
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import shutil
@@ -28,7 +31,7 @@ from tools.benchmarks.common import Timer, emit, emit_machine
 
 FLAGS_USED: tuple[str, ...] = (*photos.IMAGE_FLAGS, "shards", "workers", "rounds")
 SYNSET_IMAGES = 100  # images per synset (the Fall 2011 release averages ~650 over its 21,841 synsets)
-SOURCES = ("tree", "synset_tars", "outer_tar")
+SOURCES = ("tree", "synset_tars", "outer_tar", "outer_tar_gz")
 
 
 def _synset(index: int) -> str:
@@ -36,15 +39,18 @@ def _synset(index: int) -> str:
 
 
 def build_layout(list_path: str, image_root: str, folder: str) -> dict[str, str]:
-    """The benchmark images as an extracted tree, per-synset tars and an outer tar, plus their ID list, in
-    `folder` (reused when complete); returns the ID list and each source's path."""
+    """The benchmark images as an extracted tree, per-synset tars and an outer tar (also gzipped), plus their
+    ID list, in `folder` (reused when complete); returns the ID list and each source's path."""
     paths = {
         "id_list": os.path.join(folder, "ids.txt"),
         "tree": os.path.join(folder, "tree"),
         "synset_tars": os.path.join(folder, "tars"),
         "outer_tar": os.path.join(folder, "whole.tar"),
+        "outer_tar_gz": os.path.join(folder, "whole.tar.gz"),
     }
     if os.path.exists(paths["id_list"]):
+        if not os.path.exists(paths["outer_tar_gz"]):  # a layout built before the gzipped source
+            _gzip(paths["outer_tar"], paths["outer_tar_gz"])
         return paths
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(paths["synset_tars"])
@@ -65,10 +71,17 @@ def build_layout(list_path: str, image_root: str, folder: str) -> dict[str, str]
     with tarfile.open(paths["outer_tar"], "w") as outer:
         for synset in by_synset:
             outer.add(os.path.join(paths["synset_tars"], f"{synset}.tar"), arcname=f"{synset}.tar")
+    _gzip(paths["outer_tar"], paths["outer_tar_gz"])
     with open(paths["id_list"] + ".tmp", "w", encoding="utf-8") as ids:
         ids.writelines(id_lines)
     os.replace(paths["id_list"] + ".tmp", paths["id_list"])  # last: marks the layout complete
     return paths
+
+
+def _gzip(source: str, target: str) -> None:
+    with open(source, "rb") as plain, gzip.open(target + ".tmp", "wb", compresslevel=6) as packed:
+        shutil.copyfileobj(plain, packed, 1 << 20)
+    os.replace(target + ".tmp", target)
 
 
 def _shard_digests(out_dir: str) -> list[str]:
@@ -81,7 +94,8 @@ def _shard_digests(out_dir: str) -> list[str]:
 
 
 def run(f: flags.FlagValues) -> None:
-    """Records/s and CPU ms per record of the writer from the tree, the synset tars and the outer tar."""
+    """Records/s and CPU ms per record of the writer from the tree, the synset tars and the outer tar, plain
+    and gzipped."""
     from data.shards import dataset_writer
 
     emit_machine("archive")
@@ -93,6 +107,7 @@ def run(f: flags.FlagValues) -> None:
         images=len(names),
         synsets=-(-len(names) // SYNSET_IMAGES),
         outer_tar_mb=round(os.path.getsize(paths["outer_tar"]) / 1e6, 1),
+        outer_tar_gz_mb=round(os.path.getsize(paths["outer_tar_gz"]) / 1e6, 1),
     )
     output_root = tempfile.mkdtemp(prefix="mlimages_archive_benchmark_")
     rates: dict[str, list[float]] = {s: [] for s in SOURCES}
