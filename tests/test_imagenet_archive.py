@@ -168,6 +168,16 @@ def test_a_missing_or_non_tar_archive_is_one_line(archives, tmp_path):
     assert not os.path.exists(tmp_path / "gz" / "train-manifest.json")
 
 
+def test_the_tfds_builder_refuses_a_gz_in_one_line(archives):
+    from data.ml_images import pipeline
+
+    settings = pipeline.PrepareSettings(
+        list_path=str(archives["list"]), image_root="", imagenet_archive=str(archives["gz"])
+    )
+    with pytest.raises(ValueError, match="is gzipped: Beam workers .* unpack its outer layer"):
+        pipeline.read_archive_examples(None, split="train", settings=settings)
+
+
 def test_a_truncated_gz_stops_in_one_line_and_a_rerun_writes_the_same_records(archives, tmp_path):
     """The reader stops at the cut naming the file, the shards finished before it are kept, and the run
     repeated on the whole archive keeps them and writes the same records as a run without a stop."""

@@ -413,7 +413,6 @@ def read_archive_examples(
     Returns:
       ``(examples, report)`` as `read_examples`; the keys are ``imagenet:<line number>``.
     """
-    beam = tfds.core.lazy_imports.apache_beam
     with imagenet.ImageNetArchive(settings.imagenet_archive) as archive:  # not an archive: one line, now
         if archive.kind == "outer_tar_gz":
             raise ValueError(
@@ -421,6 +420,7 @@ def read_archive_examples(
                 "be read front to back; unpack its outer layer (tar xzf) and give the folder of per-synset "
                 "tars, or write the ImageNet part with data/tfrecord.py --imagenet_archive, which reads it"
             )
+    beam = tfds.core.lazy_imports.apache_beam
     index, chunks = list_chunks(settings.list_path, chunk_bytes=chunk_bytes)
     logging.info(
         "%s (%s, from %s): %d lines, %d bytes, sha256 %s, %d blocks",
