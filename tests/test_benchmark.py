@@ -144,11 +144,11 @@ def test_archive(tmp_path, capsys):
     _check_machine(lines, "archive")
     named = _by_name(lines)
     assert named["archive/layout"]["synsets"] == 2
-    for source in ("tree", "synset_tars", "outer_tar"):
+    for source in ("tree", "synset_tars", "outer_tar", "outer_tar_gz"):
         assert named[f"archive/{source}"]["records_per_s"] > 0
         assert named[f"archive/{source}"]["cpu_ms_per_record"] > 0
     ratio = named["archive/ratio"]
-    assert ratio["identical_records"] and ratio["outer_tar_vs_tree"]["records_per_s"] > 0
+    assert ratio["identical_records"] and ratio["outer_tar_gz_vs_tree"]["records_per_s"] > 0
     members = tarfile.open(tmp_path / "imagenet-150-64x48" / "tars" / "n10000001.tar").getnames()
     assert members == [f"n10000001_{i}.JPEG" for i in range(100, 150)]
 
