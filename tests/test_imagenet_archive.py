@@ -19,7 +19,7 @@ from PIL import Image
 
 from data.archives import imagenet
 from data.records import schema
-from data.shards import dataset_writer
+from data.shards import archive_feed, dataset_writer, shard_writer
 
 NUM_CLASSES = 20
 # synset -> its images in the archive (the list asks for more: see _id_list)
@@ -238,6 +238,56 @@ def test_a_list_in_another_synset_order_than_the_gz_stops_at_the_bound(archives,
     )
     assert _shard_bytes(tmp_path / "gz_ok") == _shard_bytes(tmp_path / "tars")
     assert from_gz["num_records"] == sum(SYNSETS.values())
+
+
+def test_a_shard_waiting_only_for_a_synset_the_gz_lacks_goes_out_when_the_stream_passes_it(
+    archives, tmp_path, monkeypatch
+):
+    """Later releases dropped synsets: a shard that names one must not wait (holding its images) for the end
+    of the archive, but go to a worker as soon as a synset sorting after the missing one has passed."""
+    id_list = tmp_path / "ids.txt"  # four shards of two lines each: one synset a shard, n02000000 missing
+    synsets = ["n01440764", "n02000000", "n02102040", "n03000134"]
+    id_list.write_text("".join(f"{s}/{s}_{100 + i}.JPEG\t1:1\n" for s in synsets for i in range(2)))
+    settings = shard_writer.split_settings(
+        image_list=str(id_list),
+        image_root="",
+        output_dir=tmp_path / "out",
+        prefix="train",
+        label_format="sparse",
+        num_classes=NUM_CLASSES,
+        shards=4,
+        workers=1,
+        on_error="skip",
+        task_index=0,
+        num_tasks=1,
+        jpeg_quality=95,
+        verify="full",
+        max_pixels=0,
+        allow_outside_root=False,
+        imagenet_archive=str(archives["gz"]),
+    )
+    tasks = shard_writer.shard_tasks(
+        shard_writer.index_for_shards(str(id_list), 4), task_index=0, num_tasks=1, **settings
+    )
+    stream_at = []
+    original = imagenet.ImageNetArchive.stream_synsets
+
+    def recording(self, wanted):
+        for synset, found in original(self, wanted):
+            stream_at.append(synset)
+            yield synset, found
+
+    monkeypatch.setattr(imagenet.ImageNetArchive, "stream_synsets", recording)
+    handed_out = [
+        (task.index, stream_at[-1], sorted(members))
+        for task, members in archive_feed.shard_jobs(tasks, max_held_bytes=10**9)
+    ]
+    assert handed_out == [
+        (0, "n01440764", ["n01440764"]),
+        (1, "n02102040", []),  # before n02102040's own shard, long before the end
+        (2, "n02102040", ["n02102040"]),
+        (3, "n03000134", ["n03000134"]),
+    ]
 
 
 def test_a_gz_whose_synsets_are_not_sorted_is_one_line(archives, tmp_path):

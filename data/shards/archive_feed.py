@@ -8,6 +8,12 @@ passed, the members it needs; a worker then writes it as from any other archive 
 draws the next shard only when a worker is free (at most ``workers + 1`` handed out), so decompression
 overlaps the writing and never runs ahead of it. With ``workers=1`` reading and writing alternate.
 
+Synsets the archive lacks (later releases dropped synsets; ``winter21`` has fewer than ``fall11``) are told
+as the stream passes: the archive's synset tars are in sorted order (what ``tar`` of a folder's sorted
+listing gives; checked as they pass, and an archive out of order stops the run in one line before it could
+mislead), so once a synset sorting after ``nX`` has passed, ``nX`` is absent, and the shards that wait only
+for it go out at once instead of holding their images to the end of the archive.
+
 Memory. The reader holds the members of the shards that wait for synsets still to come. The release's ID
 lists are grouped by synset (each synset's lines together; no sample of them is at hand, so their synset
 order is assumed to be the archive's: both sorted by synset ID). Then a shard is complete as soon as the
