@@ -10,9 +10,11 @@ overlaps the writing and never runs ahead of it. With ``workers=1`` reading and 
 
 Synsets the archive lacks (later releases dropped synsets; ``winter21`` has fewer than ``fall11``) are told
 as the stream passes: the archive's synset tars are in sorted order (what ``tar`` of a folder's sorted
-listing gives; checked as they pass, and an archive out of order stops the run in one line before it could
-mislead), so once a synset sorting after ``nX`` has passed, ``nX`` is absent, and the shards that wait only
-for it go out at once instead of holding their images to the end of the archive.
+listing gives), so once a synset sorting after ``nX`` has passed, ``nX`` is absent, and the shards that
+wait only for it go out at once instead of holding their images to the end of the archive. The order is
+checked as the synsets pass: a synset out of order stops the run in one line, which says to write into a
+new ``--output_dir`` from the unpacked folder of tars (shards written before it may have counted that
+synset as absent).
 
 Memory. The reader holds the members of the shards that wait for synsets still to come. The release's ID
 lists are grouped by synset (each synset's lines together; no sample of them is at hand, so their synset
