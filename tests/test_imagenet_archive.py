@@ -178,15 +178,17 @@ def test_the_tfds_builder_refuses_a_gz_in_one_line(archives):
         pipeline.read_archive_examples(None, split="train", settings=settings)
 
 
-def test_a_truncated_gz_stops_in_one_line_and_a_rerun_writes_the_same_records(archives, tmp_path):
-    """The reader stops at the cut naming the file, the shards finished before it are kept, and the run
-    repeated on the whole archive keeps them and writes the same records as a run without a stop."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_truncated_gz_stops_in_one_line_and_a_rerun_writes_the_same_records(archives, tmp_path, workers):
+    """The reader stops at the cut naming the file, the shards it had handed out are finished and kept (also
+    those still in a worker when the cut came), and the run repeated on the whole archive keeps them and
+    writes the same records as a run without a stop."""
     whole = archives["gz"].read_bytes()
     gz = tmp_path / "winter21_whole.tar.gz"
     gz.write_bytes(whole[: len(whole) * 3 // 4])
     out = tmp_path / "out"
     with pytest.raises(imagenet.ArchiveUnreadable) as stop:
-        _write(archives, out, imagenet_archive=str(gz), shards=3)
+        _write(archives, out, imagenet_archive=str(gz), shards=3, workers=workers)
     assert str(gz) in str(stop.value) and "\n" not in str(stop.value)
     assert "the shards finished so far are kept" in str(stop.value)
     finished = sorted(out.glob("train-*.done.json"))

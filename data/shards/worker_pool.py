@@ -155,7 +155,8 @@ def run_tasks(
       tasks: Picklable tasks. A sequence is handed to the pool at once; any other iterable is drawn from
         as the workers need tasks (at most ``workers + 1`` given out and not finished), so that a producer
         that reads its tasks' data as it goes (`data.shards.archive_feed`) overlaps with the workers and
-        never runs ahead of them.
+        never runs ahead of them. When drawing a task raises, the tasks given out still finish (their results
+        are kept), then the error is raised.
       workers: Processes at once; 1 runs the tasks here, in order.
       total: Units of work of all tasks together (the progress bar's 100 %).
       on_result: Called in this process with each task's result, in completion order.
@@ -186,16 +187,22 @@ def run_tasks(
             initargs=(counter, stop, os.getpid()),
         ) as executor:
             running: set[futures.Future] = set()
+            producer_error: Exception | None = None
             try:
                 while True:
-                    while len(running) < in_flight and (task := next(given, _END)) is not _END:
-                        running.add(executor.submit(_call_in_worker, fn, task))
+                    try:
+                        while len(running) < in_flight and (task := next(given, _END)) is not _END:
+                            running.add(executor.submit(_call_in_worker, fn, task))
+                    except Exception as e:  # noqa: BLE001 (raised below, once the tasks given out are done)
+                        producer_error, given = e, iter(())
                     if not running:
                         break
                     done, running = futures.wait(running, timeout=0.5, return_when=futures.FIRST_COMPLETED)
                     for future in done:
                         on_result(future.result())
                     bar.update(counter.value - bar.n)
+                if producer_error is not None:
+                    raise producer_error
             except BaseException:
                 stop.set()
                 for future in running:
