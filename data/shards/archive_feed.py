@@ -28,6 +28,8 @@ it: about ``(workers + 1) x`` one shard's image bytes (10.7M images in 1,024 sha
 
 Resuming. Only the unfinished shards are fed; the reader still decompresses the archive from its start
 (a gzip stream has no index), passing by the synsets that only finished shards need without keeping them.
+Likewise each task of a several-machine write (``--num_tasks``) decompresses the whole archive for its own
+shards.
 A truncated or corrupt archive stops the run with one line naming the file; the shards finished until
 then are kept.
 """
