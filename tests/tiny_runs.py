@@ -36,7 +36,7 @@ def config(data: Any, model_dir: Any, **overrides: Any) -> config_lib.TrainConfi
         model_dir=str(model_dir),
     )
     fields.update(overrides)
-    return dataclasses.replace(recipes.PRETRAIN, **fields)
+    return config_lib.replace(recipes.PRETRAIN, **fields)
 
 
 def nan_at_step_5_config(data: Any, model_dir: Any, **overrides: Any) -> config_lib.TrainConfig:
