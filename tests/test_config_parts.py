@@ -11,7 +11,7 @@ import pytest
 from models import input_contract
 from tests import entry_points
 from training import config as config_lib
-from training import recipes, run_dir
+from training import recipes, run_dir, schedules
 
 PARTS = ("model", "data", "schedule", "loss", "runtime")
 
@@ -110,6 +110,8 @@ def test_replace_takes_each_field_by_its_name():
     assert (both.model.depth, both.model.base_width) == (50, 8)
     with pytest.raises(TypeError, match="no field 'no_such_field'"):
         config_lib.replace(base, no_such_field=1)
+    with pytest.raises(TypeError, match="schedule must be a ScheduleConfig, got StaircaseSchedule"):
+        config_lib.replace(base, schedule=schedules.StaircaseSchedule())  # the learning rate is a field of it
 
 
 def test_dry_run_prints_the_parts():

@@ -169,7 +169,7 @@ def replace(config: TrainConfig, **changes: Any) -> TrainConfig:
     Each name is a field of TrainConfig (a whole part included) or of one of its parts.
 
     Raises:
-      TypeError: a name that is neither.
+      TypeError: a name that is neither, or a part given as something else.
     """
     top: dict[str, Any] = {}
     parts: dict[str, dict[str, Any]] = {}
@@ -180,6 +180,9 @@ def replace(config: TrainConfig, **changes: Any) -> TrainConfig:
             parts.setdefault(GROUP_OF[name], {})[name] = value
         else:
             raise TypeError(f"TrainConfig has no field {name!r}")
+    for group, cls in zip(GROUPS, _GROUP_TYPES, strict=True):
+        if group in top and not isinstance(top[group], cls):
+            raise TypeError(f"{group} must be a {cls.__name__}, got {type(top[group]).__name__}")
     for group, fields in parts.items():
         top[group] = dataclasses.replace(top.get(group, getattr(config, group)), **fields)
     return dataclasses.replace(config, **top)
