@@ -148,10 +148,16 @@ def from_run_dir(folder: str, *, step: int | None = None) -> InputContract | Non
     """
     path = os.path.join(folder, RUN_CONFIG_FILE)
     config = fileio.read_json(path)
-    if not isinstance(config, dict) or "image_sizes" not in config:
+    if not isinstance(config, dict):
+        return None
+    # Grouped (training/config.py's parts) or, written before they were, at the top.
+    image_sizes = (config.get("schedule") if isinstance(config.get("schedule"), dict) else {}).get(
+        "image_sizes", config.get("image_sizes")
+    )
+    if image_sizes is None:
         return None
     try:
-        sizes = sorted((int(start), int(size)) for start, size in config["image_sizes"])
+        sizes = sorted((int(start), int(size)) for start, size in image_sizes)
         # As the loop evaluates: ckpt-N was trained on steps 0..N-1, so its size is the one of step N - 1.
         trained = [size for start, size in sizes if step is None or start <= max(step - 1, 0)]
         transform = str(config.get("data", {}).get("eval_transform", RELEASE.transform))

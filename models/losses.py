@@ -103,7 +103,7 @@ class AdaptiveMultiLabelLoss(tf.Module):
     run with equal per-rank batches gives exactly the loss and gradient of one process on the concatenated
     batch. Without `sum_across_ranks` each rank decides the status on its own batch and keeps its own
     counters: the release's model_fn run once per GPU (docs/REFERENCE.md section 4 leaves open which of the two the
-    reference run did; `TrainConfig.class_status` chooses).
+    reference run did; `TrainConfig.loss.class_status` chooses).
     """
 
     def __init__(

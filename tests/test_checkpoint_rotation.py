@@ -9,7 +9,6 @@ demo's report says "not evaluated" instead of failing on the missing evaluation 
 training curves drawn, training/plots.py).
 """
 
-import dataclasses
 import logging
 import threading
 
@@ -20,6 +19,7 @@ import tensorflow as tf
 from models import architecture, checkpoint_files, pretrained, resnet
 from tests import datasets, tiny_runs
 from tests.test_pictures import assert_picture
+from training import config as config_lib
 from training import demo, distributed, plots
 
 NUM_CLASSES = 5
@@ -161,7 +161,7 @@ def test_readers_while_a_run_saves_every_step(run):
 def test_eval_every_0_means_no_evaluation(tmp_path, monkeypatch, capsys):
     """`train.py --recipe=demo --eval_every=0` used to train, save, then end with KeyError: 'eval'."""
     data = datasets.multilabel(tmp_path / "data", num_train=16, num_val=8)
-    config = dataclasses.replace(
+    config = config_lib.replace(
         tiny_runs.config(data, tmp_path / "run", train_steps=2, eval_every=0),
         recipe="demo",
         topk=(1, 3),

@@ -104,17 +104,18 @@ def _step_for(class_status):
 
 
 def test_config_validation():
-    base = dataclasses.replace(recipes.PRETRAIN, class_status="local")
+    base = config_lib.replace(recipes.PRETRAIN, class_status="local")
     config_lib.validate(base)
     with pytest.raises(ValueError, match="class_status must be one of"):
-        config_lib.validate(dataclasses.replace(base, class_status="per_gpu"))
+        config_lib.validate(config_lib.replace(base, class_status="per_gpu"))
     with pytest.raises(ValueError, match="class_status=local needs accum_steps=1"):
-        config_lib.validate(dataclasses.replace(base, accum_steps=2))
+        config_lib.validate(config_lib.replace(base, accum_steps=2))
 
 
 def test_train_py_flag():
-    assert json.loads(entry_points.run(["--dry_run", "--class_status=local"]))["class_status"] == "local"
-    assert recipes.PRETRAIN.class_status == "global"  # the default: today's behaviour
+    report = json.loads(entry_points.run(["--dry_run", "--class_status=local"]))
+    assert report["loss"]["class_status"] == "local"
+    assert recipes.PRETRAIN.loss.class_status == "global"  # the default: today's behaviour
 
 
 def test_rank_state_round_trip_and_reset(tmp_path, caplog):
@@ -146,11 +147,11 @@ def test_local_resume_restores_the_counters_in_one_process(tmp_path_factory):
     data = datasets.multilabel(tmp_path_factory.mktemp("data"))
 
     def config(model_dir, train_steps):
-        return dataclasses.replace(
+        return config_lib.replace(
             recipes.PRETRAIN,
             model=config_lib.ModelConfig(depth=14, base_width=4, num_classes=data.num_classes),
             data=dataclasses.replace(recipes.PRETRAIN.data, data_dir=data.data_dir, shuffle_buffer=8),
-            schedule=schedules.StaircaseSchedule(base_lr=0.01, decay=1.0, decay_every=100),
+            learning_rate=schedules.StaircaseSchedule(base_lr=0.01, decay=1.0, decay_every=100),
             train_steps=train_steps,
             per_rank_batch=4,
             reference_global_batch=4,

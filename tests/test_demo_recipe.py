@@ -9,12 +9,13 @@ import sys
 import pytest
 
 from data.synthetic import demo_scenes
+from training import config as config_lib
 from training import demo, distributed, recipes
 
 
 def _config(tmp_path, *, data_dir=None, num_classes=0):
     config = recipes.get("demo")
-    return dataclasses.replace(
+    return config_lib.replace(
         config,
         model_dir=str(tmp_path / "run"),
         model=dataclasses.replace(config.model, num_classes=num_classes),

@@ -5,7 +5,6 @@ A run directory's `config.json` (as training writes it) and `class_names.txt` gi
 warn when asked for another size; an export stores it in `model.keras`, `export.json` and the SavedModel.
 """
 
-import dataclasses
 import json
 import logging
 import zipfile
@@ -21,6 +20,7 @@ from tests.scripts import run_in_process
 from tests.test_evaluate import tiny_model
 from tests.test_pretrained import write_release_checkpoint
 from tools import export, image_classification
+from training import config as config_lib
 from training import recipes
 
 NAMES = ("circle", "square", "red", "blue", "two", "three", "thing")
@@ -30,7 +30,7 @@ SIZE = 32
 def write_run(folder, model, *, image_sizes=((0, SIZE),), step=1, names=NAMES):
     """A run directory as training leaves it: `config.json` (the demo recipe's layout), a checkpoint
     `ckpt-{step}` with its state file, and `class_names.txt`."""
-    config = dataclasses.replace(recipes.get("demo"), image_sizes=image_sizes, model_dir=str(folder))
+    config = config_lib.replace(recipes.get("demo"), image_sizes=image_sizes, model_dir=str(folder))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / input_contract.RUN_CONFIG_FILE).write_text(config.to_json())
     if names is not None:

@@ -209,7 +209,7 @@ def test_only_the_chief_reads_the_run_state_on_resume(tmp_path, monkeypatch, ran
     monkeypatch.setattr(tf.train.Checkpoint, "read", lambda self, p: counted.append(p) or real_read(self, p))
     real_mismatch = checkpoints.model_mismatch
     monkeypatch.setattr(checkpoints, "model_mismatch", lambda *a: counted.append(a[0]) or real_mismatch(*a))
-    found = resume.Resume(path, 2, 2, config.per_rank_batch * 2, config.seed, True)
+    found = resume.Resume(path, 2, 2, config.schedule.per_rank_batch * 2, config.runtime.seed, True)
     plan = resume.restore(
         found,
         checkpoint=tf.train.Checkpoint(model=model),
@@ -225,7 +225,7 @@ def test_the_other_ranks_stop_when_the_chief_cannot_read_the_run_state(tmp_path)
     fake_data = types.SimpleNamespace(num_classes=3, data_dir=str(tmp_path))
     config = tiny_runs.config(fake_data, tmp_path, per_rank_batch=4)
     model = resnet.build_resnet(14, 3, base_width=4)
-    found = resume.Resume(str(tmp_path / "ckpt-2"), 2, 2, 8, config.seed, True)
+    found = resume.Resume(str(tmp_path / "ckpt-2"), 2, 2, 8, config.runtime.seed, True)
     kw = dict(checkpoint=tf.train.Checkpoint(model=model), model=model, config=config)
     with pytest.raises(ValueError, match=r"ckpt-2: the chief could not read it"):
         resume.restore(found, global_step=tf.Variable(2, tf.int64), dist=_FakeRank(1, chief_refused=1), **kw)

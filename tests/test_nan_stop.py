@@ -17,6 +17,6 @@ def test_nan_between_logs_stops_at_the_next_log_or_save_with_the_last_good_check
     )
     with pytest.raises(train_step.NonFiniteLossError, match=r"at step 5 .*last good checkpoint is .*ckpt-4"):
         loop.train(config)
-    latest = tf.train.latest_checkpoint(config.model_dir)
+    latest = tf.train.latest_checkpoint(config.runtime.model_dir)
     assert latest.endswith("ckpt-4")  # step 8's save never happened
     tiny_runs.assert_all_finite(latest)

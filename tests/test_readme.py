@@ -140,4 +140,5 @@ def test_training_commands_resolve_with_dry_run(script, args):
     report = json.loads(entry_points.run([*args, "--dry_run"], finetune=script == "finetune.py"))
     assert isinstance(report, dict)
     if "--lr_probe_steps" in " ".join(args):  # shown as the published values: resolved at the recipe's batch
-        assert report["global_batch"] == report["reference_global_batch"], "add --simulate_workers"
+        schedule = report["schedule"]
+        assert schedule["global_batch"] == schedule["reference_global_batch"], "add --simulate_workers"

@@ -290,12 +290,16 @@ def test_dry_runs_print_the_published_values(tmp_path):
     (pretrain, e1), (ckpt3, e2) = scenario_lines("dry_run")
     cwd = clone_layout(tmp_path / "clone")
     report = json.loads(run(pretrain, e1, cwd).stdout)
-    assert report["reference_global_batch"] == 4096 and report["train_steps"] == 440_000
+    assert (
+        report["schedule"]["reference_global_batch"] == 4096 and report["schedule"]["train_steps"] == 440_000
+    )
     lr = {int(k): v for k, v in report["lr"].items()}
     assert lr[0] == lr[4399] == 0.01 and lr[4400] == pytest.approx(0.01 * 1.297)
     assert lr[35200] == 0.08 and lr[35199] < 0.08  # the reference's jump at the end of the warm-up
     report = json.loads(run(ckpt3, e2, cwd).stdout)
-    assert report["reference_global_batch"] == 256 and report["train_steps"] == 600_000
+    assert (
+        report["schedule"]["reference_global_batch"] == 256 and report["schedule"]["train_steps"] == 600_000
+    )
     lr = {int(k): v for k, v in report["lr"].items()}
     assert lr == {0: 0.1, 150_000: pytest.approx(0.01), 300_000: pytest.approx(0.001)}
     sizes = {int(k): v for k, v in report["image_size"].items()}

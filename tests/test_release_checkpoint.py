@@ -208,7 +208,7 @@ def _config(release, demo_data, model_dir, **overrides):
             depth=14, base_width=meta["base_width"], num_classes=meta["num_classes"]
         ),
         data=dataclasses.replace(recipes.PRETRAIN.data, data_dir=demo_data.data_dir, shuffle_buffer=8),
-        schedule=schedules.StaircaseSchedule(base_lr=meta["learning_rate"], decay=1.0, decay_every=1000),
+        learning_rate=schedules.StaircaseSchedule(base_lr=meta["learning_rate"], decay=1.0, decay_every=1000),
         train_steps=3,
         per_rank_batch=4,
         reference_global_batch=4,
@@ -223,7 +223,7 @@ def _config(release, demo_data, model_dir, **overrides):
         model_dir=str(model_dir),
         init_checkpoint=_pretrain(release),
     )
-    config = dataclasses.replace(recipes.PRETRAIN, **{**fields, **overrides})
+    config = config_lib.replace(recipes.PRETRAIN, **{**fields, **overrides})
     config_lib.validate(config)
     return config
 
@@ -287,7 +287,7 @@ def test_train_py_continues_from_the_release_step(release, demo_data, tmp_path, 
     with caplog.at_level(logging.INFO, logger="absl"):
         result = loop.train(config)
     assert result["step"] == 3  # steps 2 -> 3: one step run, after the release's two
-    assert checkpoints.latest_step(config.model_dir) == 3
+    assert checkpoints.latest_step(config.runtime.model_dir) == 3
     assert "initialised from TF1 checkpoint" in "\n".join(r.getMessage() for r in caplog.records)
 
 

@@ -355,7 +355,7 @@ def test_reference_sample_records_read_as_a_release_folder(reference_dir, tmp_pa
 
 
 def _tiny_config(data_dir, model_dir, **changes):
-    return dataclasses.replace(
+    return config_lib.replace(
         recipes.PRETRAIN,
         model=config_lib.ModelConfig(
             depth=14, base_width=4, num_classes=changes.pop("num_classes", NUM_CLASSES)

@@ -1,7 +1,6 @@
 """The run directory under faults: a second run, a changed configuration, preemption, damaged checkpoints,
 another number of ranks, a full disk, and the one-line errors that replace tracebacks (issue #12)."""
 
-import dataclasses
 import errno
 import json
 import logging
@@ -198,8 +197,8 @@ def _copy(run, tmp_path):
 @pytest.mark.parametrize(
     ("change", "fields"),
     [
-        ({"per_rank_batch": 4}, "per_rank_batch"),
-        ({"image_sizes": ((0, 48),)}, "image_sizes"),
+        ({"per_rank_batch": 4}, "schedule.per_rank_batch"),
+        ({"image_sizes": ((0, 48),)}, "schedule.image_sizes"),
         ({"task": "softmax"}, "task"),
     ],
 )
@@ -208,7 +207,7 @@ def test_a_change_that_cannot_resume_is_refused_and_leaves_the_directory_untouch
 ):
     model_dir = _copy(finished_run, tmp_path)
     before = {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()}
-    config = dataclasses.replace(_config(data, model_dir), train_steps=6, **change)
+    config = config_lib.replace(_config(data, model_dir), train_steps=6, **change)
     with pytest.raises(run_dir.RunDirError, match=f"cannot resume under this one: {fields} ") as info:
         loop.train(config)
     assert "\n" not in str(info.value)
@@ -219,19 +218,21 @@ def test_a_change_that_cannot_resume_is_refused_and_leaves_the_directory_untouch
 def test_a_change_that_can_resume_is_allowed_and_the_original_config_is_kept(finished_run, tmp_path, data):
     model_dir = _copy(finished_run, tmp_path)
     original = json.loads((model_dir / "config.json").read_text())
-    config = dataclasses.replace(_config(data, model_dir), train_steps=5, log_every=5)
+    config = config_lib.replace(_config(data, model_dir), train_steps=5, log_every=5)
     assert loop.train(config)["step"] == 5
     history = [json.loads(x) for x in (model_dir / "config_history.jsonl").read_text().splitlines()]
     assert history[0]["config"] == original
-    assert history[-1]["resumed"] and history[-1]["changed"] == ["log_every", "model_dir", "train_steps"]
-    assert json.loads((model_dir / "config.json").read_text())["train_steps"] == 5
+    assert history[-1]["resumed"] and history[-1]["changed"] == [
+        "runtime.model_dir",
+        "schedule.log_every",
+        "schedule.train_steps",
+    ]
+    assert json.loads((model_dir / "config.json").read_text())["schedule"]["train_steps"] == 5
 
 
 def test_another_models_checkpoint_is_named_in_our_words(finished_run, tmp_path, data, caplog):
     model_dir = _copy(finished_run, tmp_path)
-    config = dataclasses.replace(
-        _config(data, model_dir), model=dataclasses.replace(_config(data, "").model, base_width=8)
-    )
+    config = config_lib.replace(_config(data, model_dir), base_width=8)
     with pytest.raises(run_dir.RunDirError, match="model.base_width 4 -> 8"):
         loop.train(config)
     # Without its config.json (checkpoints copied in by hand), the checkpoint itself is compared.
@@ -295,7 +296,7 @@ def _signal_at_step(monkeypatch, step, signum=signal.SIGTERM):
 
 def test_sigterm_saves_the_current_step_everywhere_and_the_run_resumes_from_it(tmp_path, data, monkeypatch):
     model_dir = tmp_path / "run"
-    config = dataclasses.replace(_config(data, model_dir), train_steps=6, checkpoint_every=4)
+    config = config_lib.replace(_config(data, model_dir), train_steps=6, checkpoint_every=4)
     previous = signal.getsignal(signal.SIGTERM)
     _signal_at_step(monkeypatch, 3)
     with pytest.raises(preemption.Preempted, match=r"stopped by SIGTERM at step 3: saved .*ckpt-3"):
@@ -374,7 +375,7 @@ def test_a_second_signal_during_the_save_aborts_at_once_leaving_the_previous_che
         _latest(model_dir) == "ckpt-4"
         and checkpoint_files.checkpoint_problem(str(model_dir / "ckpt-4")) is None
     )
-    config = dataclasses.replace(_config(data, model_dir), train_steps=6)
+    config = config_lib.replace(_config(data, model_dir), train_steps=6)
     assert loop.train(config)["step"] == 6
 
 
@@ -389,7 +390,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(
     _truncate(model_dir / damage)
     original = (model_dir / damage).read_bytes()
     with caplog.at_level(logging.WARNING):
-        result = loop.train(dataclasses.replace(_config(data, model_dir), train_steps=5))
+        result = loop.train(config_lib.replace(_config(data, model_dir), train_steps=5))
     assert "ckpt-4" in caplog.text and "damaged" in caplog.text
     assert result["step"] == 5 and _latest(model_dir) == "ckpt-5"
     # Resumed from ckpt-2: steps 3 and 4 ran again after the first run's 1-4.
@@ -442,7 +443,7 @@ def test_a_file_that_is_not_a_checkpoint_says_so(tmp_path, data, finished_run):
     # One of a checkpoint's own files stands for the checkpoint.
     index = finished_run / "ckpt-2.index"
     assert checkpoint_files.resolve_checkpoint(str(index)) == str(finished_run / "ckpt-2")
-    config = dataclasses.replace(_config(data, tmp_path / "run"), init_checkpoint=str(notes), train_steps=1)
+    config = config_lib.replace(_config(data, tmp_path / "run"), init_checkpoint=str(notes), train_steps=1)
     with pytest.raises(ValueError, match="is not a checkpoint"):
         loop.train(config)
 
@@ -460,7 +461,7 @@ def test_a_resume_on_another_number_of_ranks_recounts_the_step_and_restarts_the_
     meta.update(num_ranks=2, global_batch=16)
     (model_dir / "input" / "rank-0" / "ckpt-4.json").write_text(json.dumps(meta))
     with caplog.at_level(logging.WARNING):
-        result = loop.train(dataclasses.replace(_config(data, model_dir), train_steps=10))
+        result = loop.train(config_lib.replace(_config(data, model_dir), train_steps=10))
     assert result["step"] == 10
     assert "step 4 is step 8 here (the same 64 images seen)" in caplog.text
     assert "new permutation (seed 8)" in caplog.text and "saved by 2 rank(s)" in caplog.text
@@ -570,7 +571,7 @@ def test_too_small_image_sizes_name_the_minimum(value, sizes):
     with pytest.raises(app.UsageError, match=f"the minimum is {config_lib.MIN_IMAGE_SIZE}"):
         cli.parse_image_sizes(value.split(","))
     with pytest.raises(ValueError, match="image sizes must be >= 32"):
-        config_lib.validate(dataclasses.replace(recipes.PRETRAIN, image_sizes=sizes))
+        config_lib.validate(config_lib.replace(recipes.PRETRAIN, image_sizes=sizes))
 
 
 def test_the_config_check_reads_the_history_when_config_json_is_damaged(tmp_path, data):
@@ -578,7 +579,7 @@ def test_the_config_check_reads_the_history_when_config_json_is_damaged(tmp_path
     model_dir.mkdir()
     run_dir.check_config(_config(data, model_dir), resuming=False).write()
     _truncate(model_dir / "config.json")
-    smaller = dataclasses.replace(_config(data, model_dir), per_rank_batch=4)
+    smaller = config_lib.replace(_config(data, model_dir), per_rank_batch=4)
     with pytest.raises(run_dir.RunDirError, match="per_rank_batch 8 -> 4"):
         run_dir.check_config(smaller, resuming=True)
 
@@ -586,8 +587,8 @@ def test_the_config_check_reads_the_history_when_config_json_is_damaged(tmp_path
 def test_on_another_number_of_ranks_only_what_resolve_cannot_change_is_compared(data):
     two = json.loads(config_lib.resolve(_config(data, "run"), num_ranks=2).to_json())
     one = json.loads(_config(data, "run").to_json())
-    assert (two["num_ranks"], two["global_batch"]) == (2, 16)
+    assert (two["schedule"]["num_ranks"], two["schedule"]["global_batch"]) == (2, 16)
     refused, allowed = run_dir.config_changes(two, one)
-    assert refused == [] and "num_ranks" in allowed
-    bigger = json.loads(dataclasses.replace(_config(data, "run"), image_sizes=((0, 48),)).to_json())
-    assert run_dir.config_changes(two, bigger)[0] == ["image_sizes"]
+    assert refused == [] and "schedule.num_ranks" in allowed
+    bigger = json.loads(config_lib.replace(_config(data, "run"), image_sizes=((0, 48),)).to_json())
+    assert run_dir.config_changes(two, bigger)[0] == ["schedule.image_sizes"]

@@ -107,16 +107,15 @@ def test_segments_need_one_micro_batch():
 
 
 def test_config_rejects_bf16_wire_and_segments_with_micro_batches():
-    import dataclasses
 
     from training import config as config_lib
     from training import recipes
 
     with pytest.raises(ValueError, match="no bf16"):
-        config_lib.validate(dataclasses.replace(recipes.DEMO, allreduce_dtype="bf16"))
+        config_lib.validate(config_lib.replace(recipes.DEMO, allreduce_dtype="bf16"))
     with pytest.raises(ValueError, match="backward_segments"):
-        config_lib.validate(dataclasses.replace(recipes.DEMO, backward_segments=4, accum_steps=2))
-    config_lib.validate(dataclasses.replace(recipes.DEMO, backward_segments=4, allreduce_dtype="fp16"))
+        config_lib.validate(config_lib.replace(recipes.DEMO, backward_segments=4, accum_steps=2))
+    config_lib.validate(config_lib.replace(recipes.DEMO, backward_segments=4, allreduce_dtype="fp16"))
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])

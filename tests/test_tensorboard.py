@@ -29,8 +29,8 @@ def test_flatten_config_gives_one_scalar_per_field():
     flat = summaries.flatten_config(recipes.PRETRAIN)
     assert flat["model/depth"] == recipes.PRETRAIN.model.depth
     assert flat["data/shuffle_buffer"] == recipes.PRETRAIN.data.shuffle_buffer
-    assert flat["schedule/kind"] == type(recipes.PRETRAIN.schedule).__name__
-    assert flat["image_sizes"] == str(recipes.PRETRAIN.image_sizes)
+    assert flat["schedule/learning_rate/kind"] == type(recipes.PRETRAIN.schedule.learning_rate).__name__
+    assert flat["schedule/image_sizes"] == str(recipes.PRETRAIN.schedule.image_sizes)
     assert all(isinstance(v, bool | int | float | str) for v in flat.values())
 
 
@@ -65,14 +65,14 @@ def tiny_run(tmp_path_factory):
 
 
 def test_train_scalars_include_lr_and_images_per_s(tiny_run):
-    acc = _events(os.path.join(tiny_run.model_dir, "train"))
+    acc = _events(os.path.join(tiny_run.runtime.model_dir, "train"))
     for tag in ("loss", "lr", "images_per_s"):
         assert [e.step for e in acc.Tensors(tag)] == [1, 2, 3], tag
     assert all(float(tf.make_ndarray(e.tensor_proto)) > 0 for e in acc.Tensors("images_per_s"))
 
 
 def test_input_images_once_per_phase(tiny_run):
-    acc = _events(os.path.join(tiny_run.model_dir, "train"))
+    acc = _events(os.path.join(tiny_run.runtime.model_dir, "train"))
     image_tags = sorted(t for t in acc.Tags()["tensors"] if t.startswith("input/"))
     assert image_tags == ["input/phase_0_32px", "input/phase_1_40px"]
     for tag, step, size in (("input/phase_0_32px", 1, 32), ("input/phase_1_40px", 2, 40)):
@@ -86,7 +86,7 @@ def test_input_images_once_per_phase(tiny_run):
 
 
 def test_hparams_hold_the_resolved_config(tiny_run):
-    acc = _events(tiny_run.model_dir)
+    acc = _events(tiny_run.runtime.model_dir)
     contents = {
         tag: plugin_data_pb2.HParamsPluginData.FromString(acc.SummaryMetadata(tag).plugin_data.content)
         for tag in acc.Tags()["tensors"]
@@ -94,14 +94,16 @@ def test_hparams_hold_the_resolved_config(tiny_run):
     }
     session = next(c.session_start_info for c in contents.values() if c.HasField("session_start_info"))
     assert session.hparams["model/depth"].number_value == 14
-    assert session.hparams["train_steps"].number_value == 3
-    assert session.hparams["image_sizes"].string_value == str(tiny_run.image_sizes)
+    assert session.hparams["schedule/train_steps"].number_value == 3
+    assert session.hparams["schedule/image_sizes"].string_value == str(tiny_run.schedule.image_sizes)
     experiment = next(c.experiment for c in contents.values() if c.HasField("experiment"))
     metrics = {(m.name.group, m.name.tag) for m in experiment.metric_infos}
     assert metrics >= {("train", "loss"), ("train", "lr"), ("eval", "mAP")}
-    eval_tags = _events(os.path.join(tiny_run.model_dir, "eval")).Tags()["tensors"]
+    eval_tags = _events(os.path.join(tiny_run.runtime.model_dir, "eval")).Tags()["tensors"]
     assert "mAP" in eval_tags  # the metric the hparams table shows exists under that name
 
 
 def test_profile_of_the_chosen_steps_is_written(tiny_run):
-    assert glob.glob(os.path.join(tiny_run.model_dir, "train", "plugins", "profile", "*", "*.xplane.pb"))
+    assert glob.glob(
+        os.path.join(tiny_run.runtime.model_dir, "train", "plugins", "profile", "*", "*.xplane.pb")
+    )

@@ -84,7 +84,7 @@ def runs(tmp_path_factory):
 def test_horovodrun_train_py_checkpoints_and_resumes_on_both_ranks(runs):
     parts, _, logs = runs
     config = json.loads((parts / "config.json").read_text())
-    assert (config["num_ranks"], config["global_batch"]) == (2, 8)
+    assert (config["schedule"]["num_ranks"], config["schedule"]["global_batch"]) == (2, 8)
     assert logs["first_checkpoint"].endswith(
         "ckpt-3"
     )  # the final step is saved, off the checkpoint_every grid

@@ -72,7 +72,8 @@ def test_train_py_runs_logs_checkpoints_and_finishes(repo_root, tmp_path, multil
     )
     config = json.loads((model_dir / "config.json").read_text())
     assert config["recipe"] == "pretrain_mlimages" and config["model"]["num_classes"] == 30
-    assert (config["intra_op_threads"], config["inter_op_threads"], config["data_threads"]) == (1, 2, 3)
+    runtime = config["runtime"]
+    assert (runtime["intra_op_threads"], runtime["inter_op_threads"], runtime["data_threads"]) == (1, 2, 3)
     assert "thread pools of this rank: ThreadPlan(data=3, intra_op=1, inter_op=2)" in proc.stderr
     lines = [json.loads(x) for x in (model_dir / "metrics.jsonl").read_text().splitlines()]
     train = [x for x in lines if x["kind"] == "train"]
@@ -193,7 +194,7 @@ def test_finetune_from_a_pretraining_run_with_a_new_head(
         )
     assert "loaded" in caplog.text and "head skipped" in caplog.text
     config = json.loads((ft / "config.json").read_text())
-    assert (config["recipe"], config["frozen_stages"], config["task"]) == ("ckpt3", 2, "softmax")
+    assert (config["recipe"], config["model"]["frozen_stages"], config["task"]) == ("ckpt3", 2, "softmax")
     pre_model, ft_model = resnet.build_resnet(14, 30, base_width=4), resnet.build_resnet(14, 10, base_width=4)
     checkpoints.load_model_weights(pre_model, str(pre))
     checkpoints.load_model_weights(ft_model, str(ft))
@@ -210,8 +211,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, multilabel_
     config = tiny_runs.nan_at_step_5_config(multilabel_data, tmp_path / "run")
     with pytest.raises(train_step.NonFiniteLossError, match="last good checkpoint is .*ckpt-4"):
         loop.train(config)
-    assert tf.train.latest_checkpoint(config.model_dir).endswith("ckpt-4")
-    tiny_runs.assert_all_finite(tf.train.latest_checkpoint(config.model_dir))
+    assert tf.train.latest_checkpoint(config.runtime.model_dir).endswith("ckpt-4")
+    tiny_runs.assert_all_finite(tf.train.latest_checkpoint(config.runtime.model_dir))
 
 
 def test_finetune_py_on_imagenet_through_tfds(tmp_path, caplog):
@@ -239,4 +240,4 @@ def test_finetune_py_on_imagenet_through_tfds(tmp_path, caplog):
     assert 0.0 <= next(x for x in lines if x["kind"] == "eval")["top5"] <= 1.0
     # The position of a TFDS stream is a count like any other (the mock's Python generator included).
     position = json.loads((model_dir / "input" / "rank-0" / "ckpt-2.json").read_text())
-    assert (position["phase"], position["elements"]) == (0, 2 * config["per_rank_batch"])
+    assert (position["phase"], position["elements"]) == (0, 2 * config["schedule"]["per_rank_batch"])

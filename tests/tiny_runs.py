@@ -36,7 +36,7 @@ def config(data: Any, model_dir: Any, **overrides: Any) -> config_lib.TrainConfi
         model_dir=str(model_dir),
     )
     fields.update(overrides)
-    return dataclasses.replace(recipes.PRETRAIN, **fields)
+    return config_lib.replace(recipes.PRETRAIN, **fields)
 
 
 def nan_at_step_5_config(data: Any, model_dir: Any, **overrides: Any) -> config_lib.TrainConfig:
@@ -45,7 +45,7 @@ def nan_at_step_5_config(data: Any, model_dir: Any, **overrides: Any) -> config_
     schedule = schedules.ReferencePretrainSchedule(
         warmup_steps=0, boundaries=(3,), values=(0.01, float("inf"))
     )
-    return config(data, model_dir, **{"schedule": schedule, "train_steps": 50, **overrides})
+    return config(data, model_dir, **{"learning_rate": schedule, "train_steps": 50, **overrides})
 
 
 def train_args(data: Any, model_dir: Any, *extra: str) -> list[str]:

@@ -13,7 +13,6 @@ steps, after the same number of images). The step flags below (--train_steps, --
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -359,8 +358,18 @@ def inference_settings(
     }
 
 
-_MODEL_FIELDS = ("depth", "base_width", "num_classes")
-_DATA_FIELDS = (
+# The flags that set a config field of the same name (`config.replace` finds its part), applied before
+# `config.resolve`; _STEP_FIELDS are step counts as run, applied after it.
+_FIELDS = (
+    # model
+    "depth",
+    "base_width",
+    "num_classes",
+    "init_checkpoint",
+    "skip_head",
+    "init_optimizer_state",
+    "frozen_stages",
+    # data
     "data_dir",
     "train_prefix",
     "eval_prefix",
@@ -368,29 +377,26 @@ _DATA_FIELDS = (
     "tfds_data_dir",
     "tfds_manual_dir",
     "shuffle_buffer",
-)
-_RUN_FIELDS = (
+    # schedule
+    "per_rank_batch",
+    "keep_checkpoints",
+    "eval_steps",
+    # loss
+    "class_status",
+    "mask_thres",
+    "neg_select",
+    # runtime
     "model_dir",
     "deterministic",
     "intra_op_threads",
     "inter_op_threads",
     "data_threads",
-    "per_rank_batch",
     "accum_steps",
     "backward_segments",
     "allreduce_dtype",
     "precision",
     "xla",
     "seed",
-    "init_checkpoint",
-    "skip_head",
-    "init_optimizer_state",
-    "class_status",
-    "frozen_stages",
-    "mask_thres",
-    "neg_select",
-    "keep_checkpoints",
-    "eval_steps",
 )
 _STEP_FIELDS = ("train_steps", "log_every", "checkpoint_every", "eval_every")  # as run: applied after scaling
 
@@ -428,16 +434,13 @@ def _user_paths(config: config_lib.TrainConfig) -> config_lib.TrainConfig:
         return fileio.user_path(path) if path else path
 
     data = config.data
-    return dataclasses.replace(
+    return config_lib.replace(
         config,
-        model_dir=absolute(config.model_dir),
-        init_checkpoint=absolute(config.init_checkpoint),
-        data=dataclasses.replace(
-            data,
-            data_dir=absolute(data.data_dir),
-            tfds_data_dir=absolute(data.tfds_data_dir),
-            tfds_manual_dir=absolute(data.tfds_manual_dir),
-        ),
+        model_dir=absolute(config.runtime.model_dir),
+        init_checkpoint=absolute(config.model.init_checkpoint),
+        data_dir=absolute(data.data_dir),
+        tfds_data_dir=absolute(data.tfds_data_dir),
+        tfds_manual_dir=absolute(data.tfds_manual_dir),
     )
 
 
@@ -445,22 +448,16 @@ def resolve_config(
     flag_values: flags.FlagValues, *, recipe_name: str, num_ranks: int
 ) -> config_lib.TrainConfig:
     """The recipe with the given flags applied, resolved for `num_ranks` ranks."""
-    config = recipes.get(recipe_name)
-    config = dataclasses.replace(
-        config,
-        model=dataclasses.replace(config.model, **_given(flag_values, _MODEL_FIELDS)),
-        data=dataclasses.replace(config.data, **_given(flag_values, _DATA_FIELDS)),
-        **_given(flag_values, _RUN_FIELDS),
-    )
+    config = config_lib.replace(recipes.get(recipe_name), **_given(flag_values, _FIELDS))
     config = _user_paths(config)
     if flag_values["topk"].value:
-        config = dataclasses.replace(config, topk=tuple(int(k) for k in flag_values["topk"].value))
+        config = config_lib.replace(config, topk=tuple(int(k) for k in flag_values["topk"].value))
     if not flag_values["scale_schedule"].value:
-        config = dataclasses.replace(config, reference_global_batch=config.per_rank_batch * num_ranks)
+        config = config_lib.replace(config, reference_global_batch=config.schedule.per_rank_batch * num_ranks)
     config = config_lib.resolve(config, num_ranks=num_ranks)
-    config = dataclasses.replace(config, **_given(flag_values, _STEP_FIELDS))
+    config = config_lib.replace(config, **_given(flag_values, _STEP_FIELDS))
     if flag_values["image_sizes"].value:
-        config = dataclasses.replace(config, image_sizes=parse_image_sizes(flag_values["image_sizes"].value))
+        config = config_lib.replace(config, image_sizes=parse_image_sizes(flag_values["image_sizes"].value))
     config_lib.validate(config)
     return config
 
@@ -484,7 +481,7 @@ def dry_run_report(config: config_lib.TrainConfig, probe_steps: list[str], *, wi
     if steps:
         # 12 significant digits: the same float32 learning rate the optimizer receives, without float64 noise
         # (0.01 x 1.297 prints as 0.01297, not 0.012969999999999999).
-        report["lr"] = {str(s): float(f"{config.schedule(s):.12g}") for s in steps}
+        report["lr"] = {str(s): float(f"{config.schedule.learning_rate(s):.12g}") for s in steps}
         if with_image_size:
             report["image_size"] = {str(s): config.image_size_at(s) for s in steps}
     return _json_text(report)

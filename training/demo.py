@@ -14,7 +14,6 @@ layer (data/ never imports training/).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -26,6 +25,7 @@ from data import fileio
 from data.synthetic import demo_scenes
 from data.synthetic import demo_set as demo_data
 from models import input_contract
+from training import config as config_lib
 from training import distributed, loop
 from training.config import TrainConfig
 from training.metrics import MultiLabelMetrics
@@ -95,7 +95,7 @@ def check_config(config: TrainConfig) -> str:
             f"--num_classes={config.model.num_classes} disagrees with the demo data, which has "
             f"{demo_scenes.NUM_CLASSES} classes; leave --num_classes out for the demo recipe"
         )
-    data_dir = config.data.data_dir or os.path.join(config.model_dir, "data")
+    data_dir = config.data.data_dir or os.path.join(config.runtime.model_dir, "data")
     demo_data.check_output_dir(data_dir)
     return data_dir
 
@@ -116,12 +116,8 @@ def prepare(config: TrainConfig, dist: distributed.Distributed) -> TrainConfig:
         dataset = demo_data.make_demo_dataset(data_dir)  # finds the finished set and returns it
     if dist.is_chief:  # the class names of the run's input contract (models/input_contract.py)
         names = "".join(name + "\n" for name in dataset.class_names)
-        fileio.write_text(os.path.join(config.model_dir, input_contract.CLASS_NAMES_FILE), names)
-    return dataclasses.replace(
-        config,
-        model=dataclasses.replace(config.model, num_classes=dataset.num_classes),
-        data=dataclasses.replace(config.data, data_dir=dataset.data_dir),
-    )
+        fileio.write_text(os.path.join(config.runtime.model_dir, input_contract.CLASS_NAMES_FILE), names)
+    return config_lib.replace(config, num_classes=dataset.num_classes, data_dir=dataset.data_dir)
 
 
 def report(config: TrainConfig, result: dict[str, Any]) -> dict[str, Any]:
@@ -132,9 +128,9 @@ def report(config: TrainConfig, result: dict[str, Any]) -> dict[str, Any]:
     """
     if "eval" not in result:
         return {"steps": result["step"], "final_loss": result.get("loss"), "validation": None}
-    baseline = most_frequent_baseline(config.data.data_dir, topk=config.topk)
+    baseline = most_frequent_baseline(config.data.data_dir, topk=config.schedule.topk)
     rows = {}
-    for k in config.topk:
+    for k in config.schedule.topk:
         rows[f"f1@{k}"] = {"model": result["eval"][f"f1@{k}"], "most_frequent": baseline[f"f1@{k}"]}
     rows["mAP"] = {"model": result["eval"]["mAP"], "most_frequent": baseline["mAP"]}
     return {"steps": result["step"], "final_loss": result.get("loss"), "validation": rows}
@@ -156,7 +152,7 @@ def run(config: TrainConfig, *, dist: distributed.Distributed) -> dict[str, Any]
     result = loop.train(config, dist=dist)  # ends with an evaluation unless --eval_every=0
     summary = report(config, result)
     if dist.is_chief:
-        path = os.path.join(config.model_dir, REPORT_FILENAME)
+        path = os.path.join(config.runtime.model_dir, REPORT_FILENAME)
         fileio.write_json(path, summary, indent=2)
         logging.info("wrote %s", path)
         print(format_report(summary))

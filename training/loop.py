@@ -1,6 +1,6 @@
 """The training orchestration shared by train.py and finetune.py: state, resume, phases, logs, checkpoints.
 
-`train(config, dist=...)` runs a resolved `TrainConfig` to `config.train_steps`:
+`train(config, dist=...)` runs a resolved `TrainConfig` to `config.schedule.train_steps`:
 
 1. the chief locks the run directory (one run at a time) and checks the configuration against the saved
    `config.json` before writing anything: a change the checkpoint cannot take is refused on every rank,
@@ -94,7 +94,7 @@ class _Run:
 def _sources(config: TrainConfig) -> tuple[input_pipeline.Source, input_pipeline.Source | None]:
     """The training source and (with periodic validation) the validation source."""
     data, num_classes = config.data, config.model.num_classes
-    want_eval = config.eval_every > 0
+    want_eval = config.schedule.eval_every > 0
     if data.tfds_name:
         kwargs = dict(num_classes=num_classes, data_dir=data.tfds_data_dir, manual_dir=data.tfds_manual_dir)
         train = input_pipeline.tfds_source(data.tfds_name, "train", **kwargs)
@@ -114,41 +114,44 @@ def _sources(config: TrainConfig) -> tuple[input_pipeline.Source, input_pipeline
 
 
 def _build(config: TrainConfig, dist: distributed.Distributed) -> _Run:
-    train_step.set_precision(config.precision)
-    if config.deterministic:
+    train_step.set_precision(config.runtime.precision)
+    if config.runtime.deterministic:
         tf.config.experimental.enable_op_determinism()  # bit-exact reruns (and resumes) on CPU
-    keras.utils.set_random_seed(config.seed)  # the initial weights (rank 0's are broadcast)
+    keras.utils.set_random_seed(config.runtime.seed)  # the initial weights (rank 0's are broadcast)
     model = resnet.build_resnet(
         config.model.depth,
         config.model.num_classes,
         base_width=config.model.base_width,
         bn_momentum=config.model.bn_momentum,
     )
-    optimizer = train_step.make_optimizer(momentum=config.momentum, precision=config.precision)
+    optimizer = train_step.make_optimizer(
+        momentum=config.schedule.momentum, precision=config.runtime.precision
+    )
     loss = None
     if config.task == "multilabel":
         loss = losses.AdaptiveMultiLabelLoss(
             config.model.num_classes,
-            mask_thres=config.mask_thres,
-            neg_select=config.neg_select,
-            pos_weight=config.pos_weight,
-            seed=config.seed,  # Horovod: the same seed on every rank, so the same negative draw.
+            mask_thres=config.loss.mask_thres,
+            neg_select=config.loss.neg_select,
+            pos_weight=config.loss.pos_weight,
+            seed=config.runtime.seed,  # Horovod: the same seed on every rank, so the same negative draw.
         )
     step = train_step.TrainStep(
         model,
         optimizer,
         task=config.task,
-        schedule=config.schedule,
+        schedule=config.schedule.learning_rate,
         dist=dist,
         loss=loss,
-        weight_decay=config.weight_decay,
-        bn_weight_decay_scale=config.bn_weight_decay_scale,
-        frozen_stages=config.frozen_stages,
-        xla=config.xla,
-        accum_steps=config.accum_steps,
-        class_status=config.class_status,
-        backward_segments=config.backward_segments or (4 if dist.size > 1 and config.accum_steps == 1 else 1),
-        allreduce_dtype=config.allreduce_dtype,
+        weight_decay=config.loss.weight_decay,
+        bn_weight_decay_scale=config.loss.bn_weight_decay_scale,
+        frozen_stages=config.model.frozen_stages,
+        xla=config.runtime.xla,
+        accum_steps=config.runtime.accum_steps,
+        class_status=config.loss.class_status,
+        backward_segments=config.runtime.backward_segments
+        or (4 if dist.size > 1 and config.runtime.accum_steps == 1 else 1),
+        allreduce_dtype=config.runtime.allreduce_dtype,
     )
     state = {"model": model, "optimizer": optimizer, "global_step": step.global_step}
     if loss is not None:
@@ -166,7 +169,7 @@ def _build(config: TrainConfig, dist: distributed.Distributed) -> _Run:
         train_source,
         eval_source,
         None,
-        input_seed=config.seed,
+        input_seed=config.runtime.seed,
     )
 
 
@@ -178,30 +181,34 @@ def _init_from_checkpoint(run: _Run) -> None:
     The log says what was taken over.
     """
     config = run.config
-    contents = checkpoints.load_model_weights(run.model, config.init_checkpoint, skip_head=config.skip_head)
+    contents = checkpoints.load_model_weights(
+        run.model, config.model.init_checkpoint, skip_head=config.model.skip_head
+    )
     if contents is None:
-        if config.init_optimizer_state:
+        if config.model.init_optimizer_state:
             raise ValueError(
                 "--init_optimizer_state takes the optimizer state of a released TF1 checkpoint; to continue "
-                f"one of this project's runs ({config.init_checkpoint}), use its --model_dir (resume)"
+                f"one of this project's runs ({config.model.init_checkpoint}), use its --model_dir (resume)"
             )
         return
-    taken = [f"weights ({len(contents.model)} variables, head {'skipped' if config.skip_head else 'loaded'})"]
+    taken = [
+        f"weights ({len(contents.model)} variables, head {'skipped' if config.model.skip_head else 'loaded'})"
+    ]
     state: dict[str, Any] = {}
-    if run.step.loss is not None and config.skip_head:
+    if run.step.loss is not None and config.model.skip_head:
         taken.append("loss counters NOT taken: the head is new (skip_head)")
     elif run.step.loss is not None:
         state.update(pos_count=run.step.loss.pos_count, neg_count=run.step.loss.neg_count)
-    if config.init_optimizer_state:
+    if config.model.init_optimizer_state:
         names = {id(v): n for n, v in tf1_checkpoint.tf1_variable_map(run.model).items()}
         state["momentum"] = {
             names[id(v)]: m
             for v, m in zip(run.step.train_variables, run.step.momentum_variables(), strict=True)
-            if not (config.skip_head and names[id(v)].startswith(tf1_checkpoint.HEAD_PREFIX))
+            if not (config.model.skip_head and names[id(v)].startswith(tf1_checkpoint.HEAD_PREFIX))
         }
         state["global_step"] = run.step.global_step
     taken += tf1_checkpoint.restore_release_state(contents, **state)
-    if not config.init_optimizer_state:
+    if not config.model.init_optimizer_state:
         taken.append("NOT the Momentum slots and step (--init_optimizer_state)")
     logging.info("initialised from TF1 checkpoint %s: %s", contents.path, "; ".join(taken))
 
@@ -223,12 +230,12 @@ def _initialise(run: _Run) -> int:
         if run.step.rank_local_variables():  # class_status=local: this rank's own loss counters
             checkpoints.restore_rank_state(
                 run.step.rank_local_variables(),
-                model_dir=config.model_dir,
+                model_dir=config.runtime.model_dir,
                 rank=dist.rank,
                 num_ranks=dist.size,
                 step=resume.step,
             )
-    elif config.init_checkpoint:
+    elif config.model.init_checkpoint:
         _init_from_checkpoint(run)
     # Horovod: every rank starts from rank 0's state (identical after a restore; rank 0's random init else).
     dist.broadcast_variables(run.step.state_variables(), root_rank=0)
@@ -238,7 +245,7 @@ def _initialise(run: _Run) -> int:
 def _write(run: _Run, writer: str, step: int, values: dict[str, float]) -> None:
     """Chief only: scalars to TensorBoard and a JSON line to metrics.jsonl."""
     run.summaries.scalars(writer, step, values)
-    with open(os.path.join(run.config.model_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
+    with open(os.path.join(run.config.runtime.model_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
         f.write(json.dumps({"kind": writer, "step": step, **values}) + "\n")
 
 
@@ -261,20 +268,20 @@ def _save(run: _Run, step: int, *, phase: int, elements: int) -> None:
     failure = None
     try:
         checkpoints.save_input_position(
-            model_dir=config.model_dir,
+            model_dir=config.runtime.model_dir,
             rank=dist.rank,
             step=step,
-            keep=config.keep_checkpoints + 1,
+            keep=config.schedule.keep_checkpoints + 1,
             meta=meta,
         )
         if run.step.rank_local_variables():  # class_status=local: each rank's own loss counters
             checkpoints.save_rank_state(
                 run.step.rank_local_variables(),
-                model_dir=config.model_dir,
+                model_dir=config.runtime.model_dir,
                 rank=dist.rank,
                 num_ranks=dist.size,
                 step=step,
-                keep=config.keep_checkpoints + 1,
+                keep=config.schedule.keep_checkpoints + 1,
             )
     except checkpoints.CheckpointWriteError as e:
         failure = e
@@ -282,7 +289,7 @@ def _save(run: _Run, step: int, *, phase: int, elements: int) -> None:
     _agree_saved(dist, failure, f"an input position of step {step}")
     if run.manager is not None:
         try:
-            path = checkpoints.save_run_state(run.manager, model_dir=config.model_dir, step=step)
+            path = checkpoints.save_run_state(run.manager, model_dir=config.runtime.model_dir, step=step)
             logging.info("saved %s", path)
         except checkpoints.CheckpointWriteError as e:
             failure = e
@@ -304,12 +311,12 @@ def evaluate(run: _Run, step: int) -> dict[str, float]:
     size = config.image_size_at(max(step - 1, 0))
     dataset = input_pipeline.eval_dataset(
         run.eval_source,
-        batch_size=config.per_rank_batch,
+        batch_size=config.schedule.per_rank_batch,
         image_size=size,
         num_shards=run.dist.size,
         shard_index=run.dist.rank,
         transform=config.data.eval_transform,
-        max_batches=config.eval_steps,
+        max_batches=config.schedule.eval_steps,
     )
     task = evaluation.SINGLE_LABEL if run.eval_source.single_label else evaluation.MULTILABEL
     results = evaluation.evaluate_model(
@@ -317,7 +324,7 @@ def evaluate(run: _Run, step: int) -> dict[str, float]:
         dataset,
         task=task,
         num_classes=config.model.num_classes,
-        settings=evaluation.EvalSettings(topk=config.topk),
+        settings=evaluation.EvalSettings(topk=config.schedule.topk),
         dist=run.dist,
         show_progress=False,
         source=run.eval_source,
@@ -331,10 +338,10 @@ def evaluate(run: _Run, step: int) -> dict[str, float]:
 def _phase_dataset(run: _Run, phase: int, start: int = 0) -> tf.data.Dataset:
     """This rank's batches of phase `phase`, from element `start` of its stream (a restored position)."""
     config = run.config
-    size = config.image_sizes[phase][1]
+    size = config.schedule.image_sizes[phase][1]
     return input_pipeline.train_dataset(
         run.train_source,
-        batch_size=config.per_rank_batch,
+        batch_size=config.schedule.per_rank_batch,
         image_size=size,
         seed=run.input_seed,
         num_shards=run.dist.size,
@@ -369,8 +376,8 @@ def _prepare_run_dir(
     lock, record, refusal = None, None, None
     if dist.is_chief:
         try:
-            lock = run_dir.RunLock(config.model_dir).acquire()
-            resuming = bool(checkpoint_files.checkpoint_paths(config.model_dir))
+            lock = run_dir.RunLock(config.runtime.model_dir).acquire()
+            resuming = bool(checkpoint_files.checkpoint_paths(config.runtime.model_dir))
             record = run_dir.check_config(config, resuming=resuming)
         except run_dir.RunDirError as e:
             if lock is not None:
@@ -381,7 +388,7 @@ def _prepare_run_dir(
     if refusal is not None:
         raise refusal
     if refused:
-        raise run_dir.RunDirError(f"the chief refused to start in {config.model_dir} (see its error)")
+        raise run_dir.RunDirError(f"the chief refused to start in {config.runtime.model_dir} (see its error)")
     return lock, record
 
 
@@ -391,7 +398,7 @@ def _start(run: _Run, record: run_dir.ConfigRecord | None) -> None:
     if record is not None:
         record.write()
     if run.dist.is_chief:
-        run.summaries = summaries_lib.Writers(run.config.model_dir)
+        run.summaries = summaries_lib.Writers(run.config.runtime.model_dir)
 
 
 def train(
@@ -415,21 +422,23 @@ def train(
     threads = host_resources.plan_threads(
         host_resources.cpu_count(),
         dist.local_size,
-        intra_op_threads=config.intra_op_threads,
-        inter_op_threads=config.inter_op_threads,
-        data_threads=config.data_threads,
+        intra_op_threads=config.runtime.intra_op_threads,
+        inter_op_threads=config.runtime.inter_op_threads,
+        data_threads=config.runtime.data_threads,
     )
-    given = tuple(name for name in ("intra_op", "inter_op") if getattr(config, f"{name}_threads"))
+    given = tuple(name for name in ("intra_op", "inter_op") if getattr(config.runtime, f"{name}_threads"))
     host_resources.apply_op_pools(threads, given=given)
     lock, record = _prepare_run_dir(config, dist)
     profiler = None
     if profile_steps is not None and dist.is_chief:
-        profiler = summaries_lib.StepProfiler(*profile_steps, logdir=os.path.join(config.model_dir, "train"))
+        profiler = summaries_lib.StepProfiler(
+            *profile_steps, logdir=os.path.join(config.runtime.model_dir, "train")
+        )
     try:
         with preemption.StopRequest() as stop:
             result = _train(config, dist, stop, profiler, record)
         if dist.is_chief:
-            _draw_training_curves(config.model_dir)
+            _draw_training_curves(config.runtime.model_dir)
         return result
     finally:
         if profiler is not None:
@@ -473,9 +482,9 @@ def _raise_if_non_finite(run: _Run) -> None:
 def _non_finite(run: _Run, error: train_step.NonFiniteLossError) -> Exception:
     """The error for a NaN/Inf loss: the labels' fault when the bad step's batch held non-finite labels."""
     config = run.config
-    latest = checkpoints.latest_step(config.model_dir)
+    latest = checkpoints.latest_step(config.runtime.model_dir)
     last_good = (
-        f"The last good checkpoint is {config.model_dir}/ckpt-{latest}."
+        f"The last good checkpoint is {config.runtime.model_dir}/ckpt-{latest}."
         if latest is not None
         else "The last good checkpoint is none (no step saved)."
     )
@@ -499,17 +508,22 @@ def _train(
 ) -> dict[str, Any]:
     run = _build(config, dist)
     run.data_threads = host_resources.plan_threads(
-        host_resources.cpu_count(), dist.local_size, data_threads=config.data_threads
+        host_resources.cpu_count(), dist.local_size, data_threads=config.runtime.data_threads
     ).data
     step = _initialise(run)
     if dist.is_chief:
         run.manager = tf.train.CheckpointManager(
-            run.checkpoint, config.model_dir, max_to_keep=config.keep_checkpoints, checkpoint_name="ckpt"
+            run.checkpoint,
+            config.runtime.model_dir,
+            max_to_keep=config.schedule.keep_checkpoints,
+            checkpoint_name="ckpt",
         )
     _start(run, record)
     result: dict[str, Any] = {"step": step}
-    if step >= config.train_steps:
-        logging.info("training already finished at step %d (train_steps %d)", step, config.train_steps)
+    if step >= config.schedule.train_steps:
+        logging.info(
+            "training already finished at step %d (train_steps %d)", step, config.schedule.train_steps
+        )
         if run.eval_source is not None:
             result["eval"] = evaluate(run, step)
         return result
@@ -517,7 +531,7 @@ def _train(
         "training %s from step %d to %d on %d rank(s), global batch %d",
         config.recipe,
         step,
-        config.train_steps,
+        config.schedule.train_steps,
         dist.size,
         config.global_batch,
     )
@@ -525,14 +539,16 @@ def _train(
         run.summaries.hparams(config)
     iterator = None
     last_log_time, last_log_step = time.perf_counter(), step
-    while step < config.train_steps:
+    while step < config.schedule.train_steps:
         phase = config.phase_at(step)
-        phase_start = config.image_sizes[phase][0]
+        phase_start = config.schedule.image_sizes[phase][0]
         phase_end = (
-            config.image_sizes[phase + 1][0] if phase + 1 < len(config.image_sizes) else config.train_steps
+            config.schedule.image_sizes[phase + 1][0]
+            if phase + 1 < len(config.schedule.image_sizes)
+            else config.schedule.train_steps
         )
         if step > phase_start and not run.restore_input:  # resuming inside a phase without its position
-            run.input_seed = config.seed + step
+            run.input_seed = config.runtime.seed + step
             logging.warning(
                 "rank %d: the input restarts at step %d with a new permutation (seed %d): %s",
                 dist.rank,
@@ -543,29 +559,33 @@ def _train(
         consumed = 0  # elements of this phase's stream taken by this rank: its input position
         if step > phase_start and run.restore_input:  # resuming inside this phase: continue its input exactly
             consumed = checkpoints.restore_input_position(
-                model_dir=config.model_dir, rank=dist.rank, step=step, phase=phase
+                model_dir=config.runtime.model_dir, rank=dist.rank, step=step, phase=phase
             )
         iterator = iter(_phase_dataset(run, phase, consumed))
         run.restore_input = True  # a later phase starts afresh
         images_shown = False  # a few of this phase's inputs go to TensorBoard at its first logged step
         logging.info(
-            "phase %d: image size %d, steps %d-%d", phase, config.image_sizes[phase][1], step, phase_end
+            "phase %d: image size %d, steps %d-%d",
+            phase,
+            config.schedule.image_sizes[phase][1],
+            step,
+            phase_end,
         )
-        while step < min(phase_end, config.train_steps):
+        while step < min(phase_end, config.schedule.train_steps):
             if profiler is not None:
                 profiler.before(step + 1)
             images, labels = input_pipeline.next_batch(iterator, run.train_source)  # bad record: one line
-            consumed += config.per_rank_batch
+            consumed += config.schedule.per_rank_batch
             # Dispatched: no per-step host wait. The stop flag rides in the step's own all-reduce.
             logs = run.step(images, labels, check_finite=False, stop_requested=stop.requested)
             stop_votes = logs.pop("stop_votes")
             step += 1
             # A NaN/Inf step (and every one after it) was discarded on the device; look before anything is
             # logged, saved or evaluated, so the run stops within log_every steps with nothing written.
-            every = (config.log_every, config.checkpoint_every, config.eval_every)
-            if step == config.train_steps or any(n and step % n == 0 for n in every):
+            every = (config.schedule.log_every, config.schedule.checkpoint_every, config.schedule.eval_every)
+            if step == config.schedule.train_steps or any(n and step % n == 0 for n in every):
                 _raise_if_non_finite(run)
-            if step % config.log_every == 0 or step == config.train_steps:
+            if step % config.schedule.log_every == 0 or step == config.schedule.train_steps:
                 now = time.perf_counter()
                 rate = config.global_batch * (step - last_log_step) / max(now - last_log_time, 1e-9)
                 values = {k: float(v) for k, v in logs.items()}
@@ -575,23 +595,23 @@ def _train(
                     logging.info(
                         "step %d/%d loss %.4f lr %.6g %.1f images/s eta %s",
                         step,
-                        config.train_steps,
+                        config.schedule.train_steps,
                         values["loss"],
                         values["lr"],
                         rate,
-                        _format_eta((config.train_steps - step) * config.global_batch / rate),
+                        _format_eta((config.schedule.train_steps - step) * config.global_batch / rate),
                     )
                     _write(run, "train", step, values)
                     if not images_shown:
                         run.summaries.input_images(
-                            images, phase=phase, size=config.image_sizes[phase][1], step=step
+                            images, phase=phase, size=config.schedule.image_sizes[phase][1], step=step
                         )
                         images_shown = True
                 last_log_time, last_log_step = now, step
             paused = time.perf_counter()  # saving and evaluating do not count against images/s
             if profiler is not None:
                 profiler.after(step)
-            saved = step % config.checkpoint_every == 0 or step == config.train_steps
+            saved = step % config.schedule.checkpoint_every == 0 or step == config.schedule.train_steps
             if saved:
                 _save(run, step, phase=phase, elements=consumed)
             if _stop_requested(dist, stop, step=step, saved=saved, votes=stop_votes):
@@ -601,9 +621,11 @@ def _train(
                 raise preemption.Preempted(
                     signal_name=stop.signal_name or "a signal on another rank",
                     step=step,
-                    model_dir=config.model_dir,
+                    model_dir=config.runtime.model_dir,
                 )
-            if run.eval_source is not None and (step % config.eval_every == 0 or step == config.train_steps):
+            if run.eval_source is not None and (
+                step % config.schedule.eval_every == 0 or step == config.schedule.train_steps
+            ):
                 result["eval"] = evaluate(run, step)
             last_log_time += time.perf_counter() - paused
     return result

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from training import config as config_lib
 from training import schedules
-from training.config import DataConfig, ModelConfig, TrainConfig
+from training.config import DataConfig, LossConfig, ModelConfig, RuntimeConfig, ScheduleConfig, TrainConfig
 
 PRETRAIN = TrainConfig(
     recipe="pretrain_mlimages",
@@ -23,11 +24,14 @@ PRETRAIN = TrainConfig(
     ),
     model=ModelConfig(depth=101, num_classes=11166),
     data=DataConfig(area_cover=0.7, object_cover=0.7),
-    schedule=schedules.ReferencePretrainSchedule(),
-    train_steps=440000,
-    reference_global_batch=4096,
-    per_rank_batch=32,
-    checkpoint_every=4400,
+    schedule=ScheduleConfig(
+        learning_rate=schedules.ReferencePretrainSchedule(),
+        train_steps=440000,
+        reference_global_batch=4096,
+        per_rank_batch=32,
+        checkpoint_every=4400,
+    ),
+    loss=LossConfig(mask_thres=0.7, neg_select=0.1, pos_weight=12.0, weight_decay=1e-4),
 )
 
 _FINETUNE_BASE = TrainConfig(
@@ -39,20 +43,20 @@ _FINETUNE_BASE = TrainConfig(
         "FixBlock2 (stem and stages 0-1 frozen), restore all but global_step, Momentum and logits (new head), "
         "224 throughout. Crop: object_cover 0.0, area_cover 0.05 (docs/REFERENCE.md section 6)."
     ),
-    model=ModelConfig(depth=101, num_classes=1000),
+    model=ModelConfig(depth=101, num_classes=1000, frozen_stages=2, skip_head=True),
     data=DataConfig(tfds_name="", area_cover=0.05, object_cover=0.0, eval_prefix="val"),
-    schedule=schedules.StaircaseSchedule(base_lr=0.1, decay=0.1, decay_every=150000),
-    train_steps=600000,
-    reference_global_batch=256,
-    per_rank_batch=64,
-    bn_weight_decay_scale=0.1,
-    frozen_stages=2,
-    skip_head=True,
-    checkpoint_every=10000,
+    schedule=ScheduleConfig(
+        learning_rate=schedules.StaircaseSchedule(base_lr=0.1, decay=0.1, decay_every=150000),
+        train_steps=600000,
+        reference_global_batch=256,
+        per_rank_batch=64,
+        checkpoint_every=10000,
+    ),
+    loss=LossConfig(weight_decay=1e-4, bn_weight_decay_scale=0.1),
 )
 
 FINETUNE: dict[str, TrainConfig] = {
-    "ckpt1": dataclasses.replace(
+    "ckpt1": config_lib.replace(
         _FINETUNE_BASE,
         recipe="ckpt1",
         provenance=(
@@ -65,7 +69,7 @@ FINETUNE: dict[str, TrainConfig] = {
         skip_head=False,
     ),
     "ckpt2": _FINETUNE_BASE,
-    "ckpt3": dataclasses.replace(
+    "ckpt3": config_lib.replace(
         _FINETUNE_BASE,
         recipe="ckpt3",
         provenance=(
@@ -75,13 +79,13 @@ FINETUNE: dict[str, TrainConfig] = {
         ),
         image_sizes=((0, 224), (300000, 299)),
     ),
-    "ckpt4": dataclasses.replace(
+    "ckpt4": config_lib.replace(
         _FINETUNE_BASE,
         recipe="ckpt4",
         provenance="RECONSTRUCTED: ckpt2's published recipe at 299 throughout (the paper's ckpt4).",
         image_sizes=((0, 299),),
     ),
-    "ckpt5": dataclasses.replace(
+    "ckpt5": config_lib.replace(
         _FINETUNE_BASE,
         recipe="ckpt5",
         provenance=(
@@ -89,7 +93,7 @@ FINETUNE: dict[str, TrainConfig] = {
             "specifying it. We use linear warm-up (5,000 steps) and cosine decay of lr 0.1 over 600,000 steps "
             "with the 224 -> 299 switch at 400,000 steps; every number here is our choice."
         ),
-        schedule=schedules.WarmupCosineSchedule(base_lr=0.1, warmup_steps=5000, total_steps=600000),
+        learning_rate=schedules.WarmupCosineSchedule(base_lr=0.1, warmup_steps=5000, total_steps=600000),
         image_sizes=((0, 224), (400000, 299)),
     ),
 }
@@ -111,18 +115,22 @@ DEMO = dataclasses.replace(
     data=DataConfig(
         area_cover=1.0, object_cover=1.0, distort=False, eval_transform="full", shuffle_buffer=512
     ),
-    schedule=schedules.scale(
-        schedules.ReferencePretrainSchedule(), lr_factor=1.0, step_factor=DEMO_STEPS / PRETRAIN.train_steps
+    schedule=ScheduleConfig(
+        learning_rate=schedules.scale(
+            schedules.ReferencePretrainSchedule(),
+            lr_factor=1.0,
+            step_factor=DEMO_STEPS / PRETRAIN.schedule.train_steps,
+        ),
+        train_steps=DEMO_STEPS,
+        image_sizes=((0, 64),),
+        reference_global_batch=32,
+        per_rank_batch=32,
+        checkpoint_every=500,
+        log_every=250,
+        eval_every=1000,
+        topk=(3, 5, 10),
     ),
-    train_steps=DEMO_STEPS,
-    image_sizes=((0, 64),),
-    reference_global_batch=32,
-    per_rank_batch=32,
-    checkpoint_every=500,
-    log_every=250,
-    eval_every=1000,
-    topk=(3, 5, 10),
-    model_dir="demo_run",
+    runtime=RuntimeConfig(model_dir="demo_run"),
 )
 
 PRETRAIN_RECIPES = ["demo", "pretrain_mlimages"]

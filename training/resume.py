@@ -77,7 +77,7 @@ def agreed_resume(config: TrainConfig, dist: distributed.Distributed) -> Resume 
     Raises:
       ValueError: the directory has checkpoints and every one is damaged.
     """
-    candidates = checkpoint_paths(config.model_dir) if dist.is_chief else []
+    candidates = checkpoint_paths(config.runtime.model_dir) if dist.is_chief else []
     bad: list[str] = []
     index = 0
     while True:
@@ -91,8 +91,8 @@ def agreed_resume(config: TrainConfig, dist: distributed.Distributed) -> Resume 
                 index += 1
             if index < len(candidates):
                 step = checkpoints.step_of(candidates[index])
-                meta = checkpoints.read_input_meta(config.model_dir, rank=0, step=step)
-                announced = [step, 0, 0, config.seed, 1]
+                meta = checkpoints.read_input_meta(config.runtime.model_dir, rank=0, step=step)
+                announced = [step, 0, 0, config.runtime.seed, 1]
                 if meta is not None:
                     announced = [
                         step,
@@ -106,27 +106,27 @@ def agreed_resume(config: TrainConfig, dist: distributed.Distributed) -> Resume 
         step, num_ranks, global_batch, input_seed, saved = announce(dist, announced)
         if step == -2:
             raise ValueError(
-                f"every checkpoint in {config.model_dir} is damaged (see the warnings; the files are kept): "
+                f"every checkpoint in {config.runtime.model_dir} is damaged (see the warnings; the files are kept): "
                 "move them away to start afresh"
             )
         if step < 0:
             return None
         problem = None
         if num_ranks in (0, dist.size) and saved:
-            prefix = f"{checkpoints.input_checkpoint_prefix(config.model_dir, dist.rank)}-{step}"
-            problem = checkpoints.input_position_problem(config.model_dir, rank=dist.rank, step=step)
+            prefix = f"{checkpoints.input_checkpoint_prefix(config.runtime.model_dir, dist.rank)}-{step}"
+            problem = checkpoints.input_position_problem(config.runtime.model_dir, rank=dist.rank, step=step)
             if problem is None and num_ranks:
-                if checkpoints.read_input_meta(config.model_dir, rank=dist.rank, step=step) is None:
+                if checkpoints.read_input_meta(config.runtime.model_dir, rank=dist.rank, step=step) is None:
                     problem = f"{prefix}.json is missing"
             if problem:
                 logging.warning("rank %d: the input position %s is damaged: %s", dist.rank, prefix, problem)
         # Horovod: every rank learns whether any rank's input position at this step is damaged.
         if int(dist.allreduce_sum(tf.constant(int(problem is not None), tf.int64)).numpy()) == 0:
-            path = os.path.join(config.model_dir, f"ckpt-{step}")
+            path = os.path.join(config.runtime.model_dir, f"ckpt-{step}")
             if dist.is_chief and bad:
-                _forget(config.model_dir, bad, path)
+                _forget(config.runtime.model_dir, bad, path)
                 for b in bad:
-                    _set_aside(config.model_dir, checkpoints.step_of(b), max(num_ranks, dist.size))
+                    _set_aside(config.runtime.model_dir, checkpoints.step_of(b), max(num_ranks, dist.size))
                 logging.warning("resuming from the older intact checkpoint %s", path)
             return Resume(path, step, num_ranks, global_batch, input_seed, bool(saved))
         if dist.is_chief:
@@ -163,7 +163,7 @@ def read_run_state(
     }
     mismatch = checkpoints.model_mismatch(path, model, expected)
     if mismatch:
-        return f"cannot resume in {config.model_dir}: {mismatch}"
+        return f"cannot resume in {config.runtime.model_dir}: {mismatch}"
     try:
         checkpoint.read(path).assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as e:
@@ -202,10 +202,10 @@ def restore(
     plan = InputPlan(seed=resume.input_seed, restore=True)
     if resume.num_ranks not in (0, dist.size):
         note = f"its input positions were saved by {resume.num_ranks} rank(s) and cannot be mapped onto {dist.size}"
-        plan = InputPlan(seed=config.seed + resume.step, restore=False, note=note)
+        plan = InputPlan(seed=config.runtime.seed + resume.step, restore=False, note=note)
     elif not resume.input_saved:
         note = "its input positions were saved by an earlier version, as tf.data iterator states that are no longer read"
-        plan = InputPlan(seed=config.seed + resume.step, restore=False, note=note)
+        plan = InputPlan(seed=config.runtime.seed + resume.step, restore=False, note=note)
     if resume.global_batch and resume.global_batch != config.global_batch:
         # The schedule is in images seen: the step is re-counted in the new global batch.
         step = round(resume.step * resume.global_batch / config.global_batch)

@@ -36,44 +36,45 @@ LOCK_FILE = ".lock"
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "config_history.jsonl"
 
-# Fields (dotted for nested ones) a resume may change: they do not touch the saved state or its meaning.
+# Fields (part.field, as `_flatten` names them) a resume may change: they do not touch the saved state or its
+# meaning.
 RESUMABLE_FIELDS = frozenset(
     {
         "provenance",
-        "train_steps",
-        "log_every",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "eval_every",
-        "eval_steps",
-        "topk",
-        "model_dir",
-        "init_checkpoint",  # not read on resume: the run's own checkpoint wins
-        "skip_head",
-        "xla",
-        "deterministic",
-        "intra_op_threads",
-        "inter_op_threads",
-        "data_threads",
-        "accum_steps",  # the same global batch, in other micro-batches
+        "model.init_checkpoint",  # not read on resume: the run's own checkpoint wins
+        "model.skip_head",
         "data.data_dir",  # the same data, moved
         "data.tfds_data_dir",
         "data.tfds_manual_dir",
         "data.eval_prefix",
         "data.eval_transform",
+        "schedule.train_steps",
+        "schedule.log_every",
+        "schedule.checkpoint_every",
+        "schedule.keep_checkpoints",
+        "schedule.eval_every",
+        "schedule.eval_steps",
+        "schedule.topk",
+        "runtime.model_dir",
+        "runtime.xla",
+        "runtime.deterministic",
+        "runtime.intra_op_threads",
+        "runtime.inter_op_threads",
+        "runtime.data_threads",
+        "runtime.accum_steps",  # the same global batch, in other micro-batches
     }
 )
 # Fields that follow the number of ranks (config.resolve): on another number of ranks they are re-resolved
 # for the new global batch, and the restored step is re-counted in it (training/loop.py).
 RANK_FIELDS = frozenset(
     {
-        "num_ranks",
-        "reference_global_batch",
-        "train_steps",
-        "log_every",
-        "checkpoint_every",
-        "eval_every",
-        "schedule",
+        "schedule.num_ranks",
+        "schedule.reference_global_batch",
+        "schedule.train_steps",
+        "schedule.log_every",
+        "schedule.checkpoint_every",
+        "schedule.eval_every",
+        "schedule.learning_rate",
     }
 )
 
@@ -89,13 +90,15 @@ class RunLock(fileio.DirectoryLock):
         super().__init__(model_dir, name=LOCK_FILE, flag="--model_dir", error=RunDirError)
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def _flatten(d: dict[str, Any]) -> dict[str, Any]:
+    """{"runtime": {"xla": true}, ...} -> {"runtime.xla": true, ...} (the learning-rate schedule stays whole);
+    a config.json of before the parts were grouped is read in today's layout."""
     out = {}
-    for key, value in d.items():
-        if isinstance(value, dict) and key in ("model", "data"):
-            out.update(_flatten(value, f"{key}."))
+    for key, value in config_lib.upgrade_dict(d).items():
+        if key in config_lib.GROUPS and isinstance(value, dict):
+            out.update({f"{key}.{field}": v for field, v in value.items()})
         else:
-            out[prefix + key] = value
+            out[key] = value
     return out
 
 
@@ -106,16 +109,19 @@ def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> tuple[list[str
     what they cannot change is compared: the schedule's kind and the image sizes (not their switch steps).
     """
     saved, new = _flatten(saved), _flatten(new)
-    other_ranks = saved.get("num_ranks") != new.get("num_ranks")
+    other_ranks = saved.get("schedule.num_ranks") != new.get("schedule.num_ranks")
     refused, allowed = [], []
-    for field in sorted((set(saved) | set(new)) - {"global_batch"}):  # derived: per_rank_batch x num_ranks
+    derived = {"schedule.global_batch"}  # per_rank_batch x num_ranks
+    for field in sorted((set(saved) | set(new)) - derived):
         before, after = saved.get(field), new.get(field)
         if before == after:
             continue
         resumable = field in RESUMABLE_FIELDS
-        if other_ranks and field == "schedule":  # re-resolved: the same kind of schedule, other numbers
+        if other_ranks and field == "schedule.learning_rate":  # re-resolved: the same kind, other numbers
             resumable = (before or {}).get("kind") == (after or {}).get("kind")
-        elif other_ranks and field == "image_sizes":  # re-resolved: the same sizes, other switch steps
+        elif (
+            other_ranks and field == "schedule.image_sizes"
+        ):  # re-resolved: the same sizes, other switch steps
             resumable = [s for _, s in before or []] == [s for _, s in after or []]
         elif other_ranks and field in RANK_FIELDS:
             resumable = True
@@ -148,7 +154,7 @@ class ConfigRecord:
 
     def write(self) -> None:
         """Appends the start to `config_history.jsonl` (when new) and writes `config.json`; chief only."""
-        model_dir = self.config.model_dir
+        model_dir = self.config.runtime.model_dir
         if self.changed:
             logging.warning(
                 "configuration changed since the last start: %s (recorded in %s)", self.changed, HISTORY_FILE
@@ -176,7 +182,7 @@ def check_config(config: config_lib.TrainConfig, *, resuming: bool) -> ConfigRec
       RunDirError: `resuming` and a field the checkpoint cannot take changed.
     """
     new = json.loads(config.to_json())  # as it reads back (tuples become lists)
-    saved = _saved_config(config.model_dir)
+    saved = _saved_config(config.runtime.model_dir)
     changed: list[str] = []
     if isinstance(saved, dict):
         refused, changed = config_changes(saved, new)
@@ -187,7 +193,7 @@ def check_config(config: config_lib.TrainConfig, *, resuming: bool) -> ConfigRec
             )
             more = f" (and {len(refused) - 4} more)" if len(refused) > 4 else ""
             raise RunDirError(
-                f"{config.model_dir} holds a checkpoint of another configuration, which cannot resume under "
+                f"{config.runtime.model_dir} holds a checkpoint of another configuration, which cannot resume under "
                 f"this one: {shown}{more}. Use the original flags, or another --model_dir"
             )
         changed = changed + ([] if resuming else refused)

@@ -25,7 +25,7 @@ _EVAL_METRICS = {"multilabel": ("mAP",), "softmax": ("top1", "top5")}  # the hea
 
 
 def flatten_config(config: config_lib.TrainConfig) -> dict[str, bool | int | float | str]:
-    """The resolved config as {"model/depth": 101, "schedule/kind": ..., ...}: hparams take scalars only.
+    """The resolved config as {"model/depth": 101, "schedule/learning_rate/kind": ...}: hparams take scalars only.
 
     Tuples, lists and None (image_sizes, topk, an unset init_checkpoint) become their text.
     """
@@ -65,11 +65,11 @@ class Writers:
         """The resolved config as one hparams session, with the train (and eval) scalars as its metrics."""
         flat = flatten_config(config)
         metrics = [hp.Metric(tag, group=group) for group, tag in _METRICS]
-        if config.eval_every:
+        if config.schedule.eval_every:
             metrics += [hp.Metric(tag, group="eval") for tag in _EVAL_METRICS[config.task]]
         with self._writers["hparams"].as_default():
             hp.hparams_config(hparams=[hp.HParam(name) for name in flat], metrics=metrics)
-            hp.hparams(flat, trial_id=os.path.basename(os.path.normpath(config.model_dir)))
+            hp.hparams(flat, trial_id=os.path.basename(os.path.normpath(config.runtime.model_dir)))
         self._writers["hparams"].flush()
 
     def input_images(self, images: tf.Tensor, *, phase: int, size: int, step: int) -> None:
