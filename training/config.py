@@ -77,6 +77,7 @@ class TrainConfig:
     # With a released TF1 init_checkpoint: also take over its Momentum slots and global_step (continue it).
     init_optimizer_state: bool = False
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 with dynamic loss scaling)
+    image_transport: str = "uint8"  # uint8 (to [-1, 1] on the device) | float32 (the release's numbers)
     xla: bool = False
     deterministic: bool = False  # TF op determinism: bit-exact reruns on CPU (slower on GPU)
     # TF's intra-op thread pool (0: this rank's share of its host's cores, training/host_resources.py). 1

@@ -51,6 +51,9 @@ RESUMABLE_FIELDS = frozenset(
         "init_checkpoint",  # not read on resume: the run's own checkpoint wins
         "skip_head",
         "xla",
+        # The same images to 1/255 (8 bits or float32 to the device): the numbers move slightly, as with xla;
+        # the saved state and input position keep their meaning.
+        "image_transport",
         "deterministic",
         "intra_op_threads",
         "inter_op_threads",
