@@ -150,3 +150,38 @@ def test_a_uint8_run_is_finite_reruns_bit_for_bit_and_differs_from_float32(demo_
 def test_a_run_may_resume_with_the_other_transport():
     refused, allowed = run_dir.config_changes({"image_transport": "float32"}, {"image_transport": "uint8"})
     assert (refused, allowed) == ([], ["image_transport"])
+
+
+def test_the_pipeline_benchmark_times_both_transports_and_reports_their_bytes(tmp_path, capsys):
+    from tools import benchmark
+
+    benchmark.run(
+        [
+            "pipeline",
+            "--num_images=8",
+            "--image_width=64",
+            "--image_height=48",
+            "--num_classes=50",
+            "--tags=3",
+            "--image_size=32",
+            "--batch_size=4",
+            "--steps=1",
+            "--warmup=0",
+            "--shards=1",
+            "--workers=1",
+            "--shuffle_buffer=8",
+            "--image_transport=uint8,float32",
+            f"--image_cache={tmp_path}",
+        ]
+    )
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    named = {line["benchmark"]: line for line in lines}
+    as_uint8, as_float = (
+        named["pipeline/transfer/ours_sparse"],
+        named["pipeline/transfer/ours_sparse_float32"],
+    )
+    assert (as_uint8["image_dtype"], as_uint8["bytes_per_image"]) == ("uint8", 32 * 32 * 3)
+    assert (as_float["image_dtype"], as_float["bytes_per_image"]) == ("float32", 4 * 32 * 32 * 3)
+    assert as_float["image_bytes_per_batch"] == 4 * as_float["bytes_per_image"]
+    for name in ("ours_sparse", "ours_sparse_float32"):
+        assert named[f"pipeline/{name}"]["images"] == 4
