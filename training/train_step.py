@@ -321,9 +321,8 @@ class TrainStep:
         x = images
         for segment, forward in zip(self.segments, self._segment_forward, strict=True):
             with tf.GradientTape() as tape:
-                if (
-                    x.dtype.is_floating
-                ):  # uint8 images: no gradient (nor any needed, the first segment's input)
+                # uint8 images have no gradient, and none is needed: they are the first segment's input.
+                if x.dtype.is_floating:
                     tape.watch(x)
                 y = forward(x)
                 if len(tapes) == len(self.segments) - 1:
