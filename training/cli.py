@@ -185,6 +185,15 @@ def define_flags(
         "299 from step 300000. Default: the recipe's.",
     )
     f.DEFINE_enum("precision", None, sorted(config_lib.PRECISIONS), "fp32, bf16 or fp16 (loss scaling).")
+    f.DEFINE_enum(
+        "image_transport",
+        None,
+        list(preprocessing.IMAGE_TRANSPORTS),
+        "How training images travel from the input pipeline to the device. uint8 (default): 4x fewer bytes "
+        "than float32; the augmented [0, 1] image is rounded to 8 bits (half to even), which "
+        "moves each value by <= 0.5/255 (<= 1/255 in the model's [-1, 1] range), and the step maps it to "
+        "[-1, 1] on the device. float32: the release's float numbers exactly. Evaluation stays float32.",
+    )
     f.DEFINE_bool("xla", None, "XLA-compile the forward/backward (default: the recipe's, off).")
     f.DEFINE_bool(
         "deterministic",
@@ -395,6 +404,7 @@ _FIELDS = (
     "backward_segments",
     "allreduce_dtype",
     "precision",
+    "image_transport",
     "xla",
     "seed",
 )

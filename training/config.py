@@ -15,6 +15,7 @@ import types
 from collections.abc import Mapping
 from typing import Any, Final
 
+from data.pixels import preprocessing
 from training import schedules
 
 TASKS = ("multilabel", "softmax")
@@ -103,10 +104,12 @@ class LossConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RuntimeConfig:
-    """How the run executes, none of it changing what is learned beyond float rounding: numerics, compiling,
-    threads, micro-batches, the all-reduce, the seed and the run directory."""
+    """How the run executes, none of it changing what is learned beyond rounding (float rounding, and the 8-bit
+    images of `image_transport`): numerics, compiling, threads, micro-batches, the all-reduce, the seed and
+    the run directory."""
 
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 with dynamic loss scaling)
+    image_transport: str = "uint8"  # uint8 (to [-1, 1] on the device) | float32 (the release's numbers)
     xla: bool = False
     deterministic: bool = False  # TF op determinism: bit-exact reruns on CPU (slower on GPU)
     # TF's intra-op thread pool (0: this rank's share of its host's cores, training/host_resources.py). 1
@@ -264,6 +267,10 @@ def validate(config: TrainConfig) -> None:
         problems.append(f"task must be one of {TASKS}, got {config.task!r}")
     if runtime.precision not in PRECISIONS:
         problems.append(f"precision must be one of {PRECISIONS}, got {runtime.precision!r}")
+    if runtime.image_transport not in preprocessing.IMAGE_TRANSPORTS:
+        problems.append(
+            f"image_transport must be one of {preprocessing.IMAGE_TRANSPORTS}, got {runtime.image_transport!r}"
+        )
     if schedule.per_rank_batch % runtime.accum_steps:
         problems.append(
             f"per_rank_batch {schedule.per_rank_batch} is not a multiple of accum_steps {runtime.accum_steps}"

@@ -584,8 +584,14 @@ def train_dataset(
     distort: bool = True,
     threads: int = 0,
     start: int = 0,
+    transport: str = "float32",
 ) -> tf.data.Dataset:
-    """Endless training batches `(images[B, S, S, 3] in [-1, 1], labels)` for one rank.
+    """Endless training batches `(images[B, S, S, 3], labels)` for one rank.
+
+    `transport` "float32": float32 in [-1, 1] (`preprocessing.train_transform`, the release's numbers
+    exactly). "uint8" (what training runs by default, `TrainConfig.runtime.image_transport`): the images as uint8
+    (`preprocessing.train_transform_uint8`), a quarter of the bytes on their way to the device, where the
+    train step maps them to [-1, 1] (`train_step.model_input`, within 1/255 of the float numbers).
 
     `start`: the stream begins after its first `start` elements (a multiple of `batch_size`: the position a
     resume restores, `training.checkpoints.restore_input_position`), with exactly the batches, in exactly
@@ -603,6 +609,11 @@ def train_dataset(
     """
     if start < 0 or start % batch_size:
         raise ValueError(f"an input position must be a whole number of batches of {batch_size}, got {start}")
+    if transport not in preprocessing.IMAGE_TRANSPORTS:
+        raise ValueError(
+            f"image transport must be one of {preprocessing.IMAGE_TRANSPORTS}, got {transport!r}"
+        )
+    augment = preprocessing.train_transform_uint8 if transport == "uint8" else preprocessing.train_transform
     window = max(shuffle_buffer, 1)
     first_window, inside = divmod(start, window)
     ds = source.records(
@@ -621,7 +632,7 @@ def train_dataset(
 
     def transform(index, image_bytes, label):
         element_seed = tf.random.experimental.stateless_fold_in(stream, index)
-        image = preprocessing.train_transform(
+        image = augment(
             image_bytes,
             element_seed,
             image_size=image_size,

@@ -353,6 +353,7 @@ def _phase_dataset(run: _Run, phase: int, start: int = 0) -> tf.data.Dataset:
         distort=config.data.distort,
         threads=run.data_threads,
         start=start,
+        transport=config.runtime.image_transport,
     )
 
 

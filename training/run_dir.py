@@ -57,6 +57,9 @@ RESUMABLE_FIELDS = frozenset(
         "schedule.topk",
         "runtime.model_dir",
         "runtime.xla",
+        # The same images to 1/255 (8 bits or float32 to the device): the numbers move slightly, as with xla;
+        # the saved state and input position keep their meaning.
+        "runtime.image_transport",
         "runtime.deterministic",
         "runtime.intra_op_threads",
         "runtime.inter_op_threads",

@@ -73,8 +73,10 @@ class Writers:
         self._writers["hparams"].flush()
 
     def input_images(self, images: tf.Tensor, *, phase: int, size: int, step: int) -> None:
-        """The first `NUM_IMAGES` of a batch in [-1, 1] (the model's input), shown in [0, 1]."""
-        shown = tf.clip_by_value((tf.cast(images[:NUM_IMAGES], tf.float32) + 1.0) / 2.0, 0.0, 1.0)
+        """The first `NUM_IMAGES` of a batch, uint8 or in [-1, 1] (the model's input), shown in [0, 1]."""
+        shown = images[:NUM_IMAGES]  # uint8 (the default image transport) is shown as it is
+        if shown.dtype != tf.uint8:
+            shown = tf.clip_by_value((tf.cast(shown, tf.float32) + 1.0) / 2.0, 0.0, 1.0)
         with self._writers["train"].as_default(step=step):
             tf.summary.image(f"input/phase_{phase}_{size}px", shown, max_outputs=NUM_IMAGES)
 

@@ -22,6 +22,11 @@ The step is split because Horovod ops cannot be XLA-compiled:
   the loop when it logs, saves or evaluates anyway, raises `NonFiniteLossError`, so the run stops within
   `log_every` steps with its last good checkpoint intact.
 
+Images: uint8 (the input pipeline's default transport, a quarter of float32's bytes to the device) are mapped
+to the model's float32 [-1, 1] inside the first compiled function that receives them (`_gradients`, or the
+first segment's forward), by `preprocessing.uint8_to_model_range`: bit-identical to mapping them on the host.
+Float images pass unchanged. The model itself takes [-1, 1] (the inference tools and exports do not change).
+
 Backward segments (`backward_segments = K > 1`): the model is cut into K chained sub-models sharing its
 layers (`resnet.split_segments`: ..., stage 3, the 11,166-way head). `_step` runs their forwards one by one
 (each its own XLA function) under one tape each, then differentiates them head first, passing each
@@ -48,6 +53,7 @@ import math
 import keras
 import tensorflow as tf
 
+from data.pixels import preprocessing
 from models import losses, resnet
 from training import distributed
 from training.config import CLASS_STATUSES, TASKS
@@ -132,8 +138,19 @@ def batch_norm_statistics(model: keras.Model) -> list[keras.Variable]:
     return stats
 
 
+def model_input(images: tf.Tensor) -> tf.Tensor:
+    """The model's float [-1, 1] input from a training batch: uint8 images (the default image transport) are
+    mapped on the device (`preprocessing.uint8_to_model_range`); float images pass unchanged. A mixed
+    precision model casts this float32 input to its compute dtype in its first layer, as before."""
+    if images.dtype == tf.uint8:
+        return preprocessing.uint8_to_model_range(images)
+    return images
+
+
 class TrainStep:
     """A callable training step `step(images, labels) -> dict of scalar tensors`.
+
+    `images` are uint8 (mapped to [-1, 1] inside the compiled step, `model_input`) or float in [-1, 1].
 
     Owns the step counter (`global_step`); the model, optimizer and loss state are the caller's and are
     what a checkpoint saves together with `global_step`.
@@ -257,7 +274,7 @@ class TrainStep:
         """This rank's gradients of the (scaled) cross-entropy in the wire format, the loss, and the moving
         statistics the forward left."""
         with tf.GradientTape() as tape:
-            logits = self.model(images, training=True)
+            logits = self.model(model_input(images), training=True)
             ce = self._cross_entropy(labels, logits, class_weights)
             scaled = self.optimizer.scale_loss(ce) if self.loss_scaling else ce
         gradients = tape.gradient(scaled, self.train_variables)
@@ -274,7 +291,7 @@ class TrainStep:
 
     @staticmethod
     def _segment_call(segment: keras.Model):
-        return lambda x: segment(x, training=True)
+        return lambda x: segment(model_input(x), training=True)  # uint8 reaches only the first segment
 
     def _cross_entropy(self, labels, logits, class_weights):
         if self.task == "multilabel":
@@ -304,7 +321,9 @@ class TrainStep:
         x = images
         for segment, forward in zip(self.segments, self._segment_forward, strict=True):
             with tf.GradientTape() as tape:
-                tape.watch(x)
+                # uint8 images have no gradient, and none is needed: they are the first segment's input.
+                if x.dtype.is_floating:
+                    tape.watch(x)
                 y = forward(x)
                 if len(tapes) == len(self.segments) - 1:
                     ce = self._compiled_head_loss(y, labels, class_weights)

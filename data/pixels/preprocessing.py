@@ -22,6 +22,9 @@ Training (`train_transform`) reproduces `data_processing/image_preprocessing.py`
    values, not four), colour distortion with probability 2/3 (its docstring says 1/2), and each colour order
    with probability 1/3. Brightness +-32/255, saturation [0.5, 1.5], hue +-0.2, contrast [0.5, 1.5].
 6. Clip to [0, 1]; x <- (x - 0.5) * 2.
+   (`train_transform_uint8`, the training pipeline's default, stops before the last mapping: it returns the
+   clipped image x 255 rounded to uint8, a quarter of the bytes to the device, where the train step maps it
+   to [-1, 1] with `uint8_to_model_range`; within 1/255 of these numbers.)
 
 Unlike the release, every random choice is STATELESS and derived from a per-element seed (`_augment_decisions`),
 so a resumed input pipeline reproduces exactly the augmentation of an uninterrupted run.
@@ -85,6 +88,9 @@ EVAL_CENTRAL_FRACTION: Final = 0.8
 DEMO_CROP_FRACTION: Final = 224.0 / 256.0
 
 EvalTransform = Callable[..., tf.Tensor]
+# How training images leave the input pipeline: `train_transform_uint8`'s 8 bits, normalised on the device
+# by `uint8_to_model_range`, or `train_transform`'s float32 [-1, 1] (the release's numbers exactly).
+IMAGE_TRANSPORTS: Final = ("uint8", "float32")
 
 
 # --------------------------------------------------------------------------------------------- decisions
@@ -345,9 +351,13 @@ def _start(crop: tf.Tensor, flip: tf.Tensor) -> tf.Tensor:
     return tf.where(flip, tf.reverse(image, axis=[1]), image)
 
 
-def _finish(image: tf.Tensor) -> tf.Tensor:
-    """Clip to [0, 1] (the random colour ops do not clamp; the release clips once, at the end), to [-1, 1]."""
-    return (tf.clip_by_value(image, 0.0, 1.0) - 0.5) * 2.0
+def _finish(image: tf.Tensor, output: str) -> tf.Tensor:
+    """Clip to [0, 1] (the random colour ops do not clamp; the release clips once, at the end), then to the
+    model's [-1, 1] (`output` "float32") or to 8 bits (`output` "uint8": x 255, rounded half to even)."""
+    unit = tf.clip_by_value(image, 0.0, 1.0)
+    if output == "uint8":
+        return tf.cast(tf.round(unit * 255.0), tf.uint8)
+    return (unit - 0.5) * 2.0
 
 
 def _planes(image: tf.Tensor) -> tf.Tensor:
@@ -364,13 +374,15 @@ _rotation_source_xla = tf.function(_rotation_source, jit_compile=True)
 
 
 @tf.function(jit_compile=True)
-def _augment_branch_0(crop: tf.Tensor, flip: tf.Tensor, source: tf.Tensor, color: tf.Tensor) -> tf.Tensor:
+def _augment_branch_0(
+    crop: tf.Tensor, flip: tf.Tensor, source: tf.Tensor, color: tf.Tensor, output: str = "float32"
+) -> tf.Tensor:
     """Flip, rotation (`_rotation_source`), colour order 0: brightness, saturation, hue, contrast."""
     image = _start(crop, flip)
     pixels = tf.concat([tf.reshape(image, [-1, 3]), tf.zeros([1, 3])], axis=0)  # the last one is the fill
     planes = _planes(tf.gather(pixels, source)) + color[0]
     planes = _saturation_and_hue(planes, color[1], color[2])
-    return _finish(_pixels(_adjust_contrast(planes, color[3])))
+    return _finish(_pixels(_adjust_contrast(planes, color[3])), output)
 
 
 # Branch 1 is two XLA computations, the contrast and then the saturation and hue. As one, XLA's CPU backend
@@ -387,20 +399,22 @@ def _augment_branch_1_contrast(crop: tf.Tensor, flip: tf.Tensor, color: tf.Tenso
 
 
 @tf.function(jit_compile=True)
-def _augment_branch_1_saturation_hue(planes: tf.Tensor, color: tf.Tensor) -> tf.Tensor:
+def _augment_branch_1_saturation_hue(planes: tf.Tensor, color: tf.Tensor, output: str) -> tf.Tensor:
     """Saturation and hue of colour order 1 on planes, then clip and scale to [S, S, 3]."""
-    return _finish(_pixels(_saturation_and_hue(planes, color[1], color[2])))
+    return _finish(_pixels(_saturation_and_hue(planes, color[1], color[2])), output)
 
 
-def _augment_branch_1(crop: tf.Tensor, flip: tf.Tensor, color: tf.Tensor) -> tf.Tensor:
+def _augment_branch_1(
+    crop: tf.Tensor, flip: tf.Tensor, color: tf.Tensor, output: str = "float32"
+) -> tf.Tensor:
     """Flip, colour order 1: brightness, contrast, saturation, hue (two XLA computations, see above)."""
-    return _augment_branch_1_saturation_hue(_augment_branch_1_contrast(crop, flip, color), color)
+    return _augment_branch_1_saturation_hue(_augment_branch_1_contrast(crop, flip, color), color, output)
 
 
 @tf.function(jit_compile=True)
-def _augment_branch_2(crop: tf.Tensor, flip: tf.Tensor) -> tf.Tensor:
+def _augment_branch_2(crop: tf.Tensor, flip: tf.Tensor, output: str = "float32") -> tf.Tensor:
     """Flip only."""
-    return _finish(_start(crop, flip))
+    return _finish(_start(crop, flip), output)
 
 
 def _train_crop(
@@ -456,13 +470,76 @@ def train_transform(
     Returns:
       float32[S, S, 3] in [-1, 1].
     """
+    return _train_augment(
+        image_bytes,
+        seed,
+        image_size=image_size,
+        area_cover=area_cover,
+        object_cover=object_cover,
+        distort=distort,
+        output="float32",
+    )
+
+
+def train_transform_uint8(
+    image_bytes: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    image_size: int,
+    area_cover: float,
+    object_cover: float,
+    distort: bool = True,
+) -> tf.Tensor:
+    """`train_transform`'s image in 8 bits, for a quarter of the bytes on the way to the device.
+
+    The same augmentation up to its last step: the clipped [0, 1] image is scaled by 255 and rounded (half to
+    even, `tf.round`) instead of being mapped to [-1, 1]. `uint8_to_model_range` on the device then gives
+    the model's input, within 1/255 of `train_transform`'s (a rounding moves each value by at most 0.5/255
+    in [0, 1]). Arguments as `train_transform`'s.
+
+    Returns:
+      uint8[S, S, 3].
+    """
+    return _train_augment(
+        image_bytes,
+        seed,
+        image_size=image_size,
+        area_cover=area_cover,
+        object_cover=object_cover,
+        distort=distort,
+        output="uint8",
+    )
+
+
+def uint8_to_model_range(images: tf.Tensor) -> tf.Tensor:
+    """uint8 pixels (`train_transform_uint8`) -> the model's float32 [-1, 1], on the device inside the step.
+
+    ``(x - 127.5) * (2 / 255)``: the subtraction is exact (a half-integer), so the result is one float32
+    rounding of the exact value, whatever compiles it. The form ``(x * (1 / 255) - 0.5) * 2`` of
+    `train_transform`'s own scaling is not: XLA contracts it into a fused multiply-add, which rounds once
+    less and differs in the last bit for some grey levels, so host and device would disagree.
+    """
+    return (tf.cast(images, tf.float32) - 127.5) * (2.0 / 255.0)
+
+
+def _train_augment(
+    image_bytes: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    image_size: int,
+    area_cover: float,
+    object_cover: float,
+    distort: bool,
+    output: str,
+) -> tf.Tensor:
+    """`train_transform` (`output` "float32") or `train_transform_uint8` (`output` "uint8")."""
     decisions = _augment_decisions(seed)
     crop = _train_crop(
         image_bytes, decisions, image_size=image_size, area_cover=area_cover, object_cover=object_cover
     )
     flip = decisions["flip"]
     if not distort:
-        return _augment_branch_2(crop, flip)
+        return _augment_branch_2(crop, flip, output)
     color = tf.stack(
         [decisions[k] for k in ("brightness_delta", "saturation_factor", "hue_delta", "contrast_factor")]
     )
@@ -470,9 +547,13 @@ def train_transform(
     def rotated() -> tf.Tensor:
         transform = _rotation_transform(image_size, decisions["angle"])
         source = _rotation_source_xla(transform, image_size, image_size)
-        return _augment_branch_0(crop, flip, source, color)
+        return _augment_branch_0(crop, flip, source, color, output)
 
-    branches = [rotated, lambda: _augment_branch_1(crop, flip, color), lambda: _augment_branch_2(crop, flip)]
+    branches = [
+        rotated,
+        lambda: _augment_branch_1(crop, flip, color, output),
+        lambda: _augment_branch_2(crop, flip, output),
+    ]
     image = tf.switch_case(decisions["branch"], branches)
     return tf.ensure_shape(image, [image_size, image_size, 3])
 

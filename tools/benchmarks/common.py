@@ -315,6 +315,15 @@ FLAG_DEFINITIONS: dict[str, Callable[[flags.FlagValues], object]] = {
         "only), to show where its time goes.",
         flag_values=fv,
     ),
+    "image_transport": lambda fv: flags.DEFINE_list(
+        "image_transport",
+        ["float32"],
+        "pipeline: how our pipeline hands over its images (training's --image_transport): uint8 and/or "
+        "float32, each a variant timed in the same interleaved rounds, with its bytes per image and per "
+        "batch to the device. The first is `ours_<label_format>` (float32 by default, as the original "
+        "pipeline's); further ones are `ours_<label_format>_<transport>`.",
+        flag_values=fv,
+    ),
     "intra_op_threads": lambda fv: flags.DEFINE_integer(
         "intra_op_threads",
         0,

@@ -1,7 +1,9 @@
 """``pipeline``: training images/s of `training.input_pipeline.train_dataset` on records written by our
 writer from the benchmark JPEGs; ``--compare`` adds the port of the original input pipeline
 (release_pipeline.py) and the decode-only limit (parallel ``decode_jpeg`` of the same bytes and nothing
-else); ``--stages`` cuts our pipeline after each stage to show where its time goes.
+else); ``--stages`` cuts our pipeline after each stage to show where its time goes; ``--image_transport``
+times our pipeline handing over uint8 and/or float32 images (training's ``--image_transport``) and reports
+each one's bytes per image and per batch to the device.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 import numpy as np
-from absl import flags
+from absl import app, flags
 
 from tools.benchmarks import photos
 from tools.benchmarks.common import Timer, emit, emit_machine
@@ -29,6 +31,7 @@ FLAGS_USED: tuple[str, ...] = (
     "label_format",
     "shuffle_buffer",
     "stages",
+    "image_transport",
 )
 
 PIPELINE_STAGES: Final = ("parse", "draws", "decode", "crop")
@@ -75,6 +78,21 @@ def pipeline_prefix(source, stage: str, *, batch_size: int, image_size: int, shu
     return ds.prefetch(tf.data.AUTOTUNE).with_options(input_pipeline._pipeline_options())
 
 
+def batch_bytes(dataset) -> dict:
+    """What one batch of `dataset` moves to the device: its images' dtype, bytes per image and per batch
+    (from the dataset's element spec), and the labels' bytes per batch."""
+    images, labels = dataset.element_spec
+    image_bytes = images.shape[1:].num_elements() * images.dtype.size
+    label_values = labels.shape.num_elements()
+    return {
+        "image_dtype": images.dtype.name,
+        "image_shape": images.shape.as_list(),
+        "bytes_per_image": image_bytes,
+        "image_bytes_per_batch": image_bytes * images.shape[0],
+        "label_bytes_per_batch": None if label_values is None else label_values * labels.dtype.size,
+    }
+
+
 def time_batches(dataset, *, batch_size: int, warmup: int, steps: int) -> dict:
     """Images/s (wall) and CPU ms per image of `steps` batches after `warmup` batches."""
     iterator = iter(dataset)
@@ -94,6 +112,7 @@ def time_batches(dataset, *, batch_size: int, warmup: int, steps: int) -> dict:
 
 def run(f: flags.FlagValues) -> None:
     """Training images/s of our input pipeline and, with --compare, of the original one and of decoding."""
+    from data.pixels import preprocessing
     from training import input_pipeline
 
     emit_machine("pipeline")
@@ -114,12 +133,21 @@ def run(f: flags.FlagValues) -> None:
         records = photos.cached_records(list_path, label_format, f=f)
         return input_pipeline.tfrecord_source(records, "train", num_classes=f.num_classes)
 
-    def ours(label_format: str):
+    transports = list(dict.fromkeys(f.image_transport))
+    unknown = [t for t in transports if t not in preprocessing.IMAGE_TRANSPORTS]
+    if unknown or not transports:
+        raise app.UsageError(
+            f"--image_transport: {unknown or transports} is not a list of {preprocessing.IMAGE_TRANSPORTS}"
+        )
+
+    def ours(label_format: str, transport: str = transports[0]):
         return input_pipeline.train_dataset(
-            source_of(label_format), seed=0, shuffle_buffer=f.shuffle_buffer, **common
+            source_of(label_format), seed=0, shuffle_buffer=f.shuffle_buffer, transport=transport, **common
         )
 
     variants: dict[str, Callable[[], object]] = {f"ours_{f.label_format}": lambda: ours(f.label_format)}
+    for transport in transports[1:]:
+        variants[f"ours_{f.label_format}_{transport}"] = lambda t=transport: ours(f.label_format, t)
     if f.stages:
         stage_source = source_of(f.label_format)
         for stage in PIPELINE_STAGES:
@@ -138,6 +166,8 @@ def run(f: flags.FlagValues) -> None:
         )
         variants["decode_only"] = lambda: decode_only(jpegs, batch_size=f.batch_size)
     datasets = {name: build() for name, build in variants.items()}  # all records written before timing
+    for name in [f"ours_{f.label_format}", *(f"ours_{f.label_format}_{t}" for t in transports[1:])]:
+        emit(f"pipeline/transfer/{name}", **batch_bytes(datasets[name]))
     results: dict[str, list[dict]] = {name: [] for name in datasets}
     for round_index in range(f.rounds):
         order = list(datasets) if round_index % 2 == 0 else list(datasets)[::-1]
