@@ -126,13 +126,16 @@ def test_dry_run_prints_the_parts():
 
 
 def test_a_config_json_written_before_the_parts_reads_in_todays_layout():
-    today = json.loads(config_lib.replace(recipes.DEMO, provenance="OURS: the built-in demo").to_json())
-    assert config_lib.upgrade_dict(DEMO_CONFIG_BEFORE_PARTS) == today
+    # Such a run sent float32 images to the device (`image_transport` came later).
+    then = config_lib.replace(recipes.DEMO, provenance="OURS: the built-in demo", image_transport="float32")
+    assert config_lib.upgrade_dict(DEMO_CONFIG_BEFORE_PARTS) == json.loads(then.to_json())
+    today = json.loads(config_lib.replace(then, image_transport="uint8").to_json())
     assert config_lib.upgrade_dict(today) == today
-    assert run_dir.config_changes(DEMO_CONFIG_BEFORE_PARTS, today) == ([], [])
+    assert run_dir.config_changes(DEMO_CONFIG_BEFORE_PARTS, today) == ([], ["runtime.image_transport"])
     bigger = json.loads(config_lib.replace(recipes.DEMO, per_rank_batch=64, xla=True).to_json())
     refused, allowed = run_dir.config_changes(DEMO_CONFIG_BEFORE_PARTS, bigger)
-    assert (refused, allowed) == (["schedule.per_rank_batch"], ["provenance", "runtime.xla"])
+    assert refused == ["schedule.per_rank_batch"]
+    assert allowed == ["provenance", "runtime.image_transport", "runtime.xla"]
 
 
 def test_a_run_directory_written_before_the_parts_resumes_and_keeps_its_input_contract(tmp_path):
@@ -142,7 +145,7 @@ def test_a_run_directory_written_before_the_parts_resumes_and_keeps_its_input_co
         recipes.DEMO, provenance=old["provenance"], model_dir=str(tmp_path), image_sizes=((0, 64), (10, 96))
     )
     record = run_dir.check_config(config, resuming=True)
-    assert record.changed == []
+    assert record.changed == ["runtime.image_transport"]  # float32 then, uint8 now: allowed, and recorded
     with pytest.raises(run_dir.RunDirError, match="schedule.per_rank_batch 32 -> 16"):
         run_dir.check_config(config_lib.replace(config, per_rank_batch=16), resuming=True)
     contract = input_contract.from_run_dir(str(tmp_path), step=5)

@@ -205,24 +205,34 @@ def to_dict(config: TrainConfig) -> dict[str, Any]:
     return d
 
 
+# Fields added after runs were saved, with the value such runs ran with (not today's default).
+_VALUES_BEFORE_THE_FIELD: Final[Mapping[str, Mapping[str, Any]]] = types.MappingProxyType(
+    {"runtime": {"image_transport": "float32"}}
+)
+
+
 def upgrade_dict(saved: dict[str, Any]) -> dict[str, Any]:
-    """A config.json written before the fields were grouped (every field but model and data at the top),
-    in today's layout; a grouped one as it is."""
-    if "runtime" in saved or "train_steps" not in saved:
+    """A saved config.json in today's layout: one written before the fields were grouped (every field but
+    model and data at the top) regrouped, and fields it predates set to what that run used."""
+    if "runtime" not in saved and "train_steps" in saved:
+        grouped: dict[str, Any] = {group: {} for group in GROUPS}
+        for key, value in saved.items():
+            if key in ("model", "data") and isinstance(value, dict):
+                grouped[key].update(value)
+            elif key == "schedule":
+                grouped["schedule"]["learning_rate"] = value
+            elif key == "global_batch":
+                grouped["schedule"]["global_batch"] = value
+            elif key in GROUP_OF:
+                grouped[GROUP_OF[key]][key] = value
+            else:
+                grouped[key] = value
+        saved = grouped
+    if not isinstance(saved.get("runtime"), dict):
         return saved
-    grouped: dict[str, Any] = {group: {} for group in GROUPS}
-    for key, value in saved.items():
-        if key in ("model", "data") and isinstance(value, dict):
-            grouped[key].update(value)
-        elif key == "schedule":
-            grouped["schedule"]["learning_rate"] = value
-        elif key == "global_batch":
-            grouped["schedule"]["global_batch"] = value
-        elif key in GROUP_OF:
-            grouped[GROUP_OF[key]][key] = value
-        else:
-            grouped[key] = value
-    return grouped
+    for group, values in _VALUES_BEFORE_THE_FIELD.items():
+        saved = {**saved, group: {**values, **saved[group]}}
+    return saved
 
 
 def resolve(config: TrainConfig, *, num_ranks: int) -> TrainConfig:
