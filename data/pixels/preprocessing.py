@@ -452,6 +452,7 @@ def train_transform(
     area_cover: float,
     object_cover: float,
     distort: bool = True,
+    output: str = "float32",
 ) -> tf.Tensor:
     """The reference training augmentation of one encoded image, fully determined by `seed`.
 
@@ -466,73 +467,11 @@ def train_transform(
       object_cover: `min_object_covered` of the crop (pre-training 0.7, fine-tuning 0.0).
       distort: False keeps only the crop and the flip (no rotation, no colour distortion), for data whose
         labels ARE colours or positions, such as the built-in demo's; True is the reference.
+      output: "float32" (the reference) or "uint8" (`train_transform_uint8`).
 
     Returns:
-      float32[S, S, 3] in [-1, 1].
+      float32[S, S, 3] in [-1, 1]; uint8[S, S, 3] for `output` "uint8".
     """
-    return _train_augment(
-        image_bytes,
-        seed,
-        image_size=image_size,
-        area_cover=area_cover,
-        object_cover=object_cover,
-        distort=distort,
-        output="float32",
-    )
-
-
-def train_transform_uint8(
-    image_bytes: tf.Tensor,
-    seed: tf.Tensor,
-    *,
-    image_size: int,
-    area_cover: float,
-    object_cover: float,
-    distort: bool = True,
-) -> tf.Tensor:
-    """`train_transform`'s image in 8 bits, for a quarter of the bytes on the way to the device.
-
-    The same augmentation up to its last step: the clipped [0, 1] image is scaled by 255 and rounded (half to
-    even, `tf.round`) instead of being mapped to [-1, 1]. `uint8_to_model_range` on the device then gives
-    the model's input, within 1/255 of `train_transform`'s (a rounding moves each value by at most 0.5/255
-    in [0, 1]). Arguments as `train_transform`'s.
-
-    Returns:
-      uint8[S, S, 3].
-    """
-    return _train_augment(
-        image_bytes,
-        seed,
-        image_size=image_size,
-        area_cover=area_cover,
-        object_cover=object_cover,
-        distort=distort,
-        output="uint8",
-    )
-
-
-def uint8_to_model_range(images: tf.Tensor) -> tf.Tensor:
-    """uint8 pixels (`train_transform_uint8`) -> the model's float32 [-1, 1], on the device inside the step.
-
-    ``(x - 127.5) * (2 / 255)``: the subtraction is exact (a half-integer), so the result is one float32
-    rounding of the exact value, whatever compiles it. The form ``(x * (1 / 255) - 0.5) * 2`` of
-    `train_transform`'s own scaling is not: XLA contracts it into a fused multiply-add, which rounds once
-    less and differs in the last bit for some grey levels, so host and device would disagree.
-    """
-    return (tf.cast(images, tf.float32) - 127.5) * (2.0 / 255.0)
-
-
-def _train_augment(
-    image_bytes: tf.Tensor,
-    seed: tf.Tensor,
-    *,
-    image_size: int,
-    area_cover: float,
-    object_cover: float,
-    distort: bool,
-    output: str,
-) -> tf.Tensor:
-    """`train_transform` (`output` "float32") or `train_transform_uint8` (`output` "uint8")."""
     decisions = _augment_decisions(seed)
     crop = _train_crop(
         image_bytes, decisions, image_size=image_size, area_cover=area_cover, object_cover=object_cover
@@ -556,6 +495,28 @@ def _train_augment(
     ]
     image = tf.switch_case(decisions["branch"], branches)
     return tf.ensure_shape(image, [image_size, image_size, 3])
+
+
+def train_transform_uint8(image_bytes: tf.Tensor, seed: tf.Tensor, **kwargs) -> tf.Tensor:
+    """`train_transform`'s image in 8 bits (uint8[S, S, 3]), a quarter of the bytes on the way to the device.
+
+    The same augmentation up to its last step: the clipped [0, 1] image is scaled by 255 and rounded (half to
+    even, `tf.round`) instead of being mapped to [-1, 1]. `uint8_to_model_range` on the device then gives
+    the model's input, within 1/255 of `train_transform`'s (a rounding moves each value by at most 0.5/255
+    in [0, 1]). Keyword arguments as `train_transform`'s.
+    """
+    return train_transform(image_bytes, seed, output="uint8", **kwargs)
+
+
+def uint8_to_model_range(images: tf.Tensor) -> tf.Tensor:
+    """uint8 pixels (`train_transform_uint8`) -> the model's float32 [-1, 1], on the device inside the step.
+
+    ``(x - 127.5) * (2 / 255)``: the subtraction is exact (a half-integer), so the result is one float32
+    rounding of the exact value, whatever compiles it. The form ``(x * (1 / 255) - 0.5) * 2`` of
+    `train_transform`'s own scaling is not: XLA contracts it into a fused multiply-add, which rounds once
+    less and differs in the last bit for some grey levels, so host and device would disagree.
+    """
+    return (tf.cast(images, tf.float32) - 127.5) * (2.0 / 255.0)
 
 
 # --------------------------------------------------------------------------------- evaluation transforms
