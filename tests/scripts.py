@@ -5,6 +5,7 @@ for the rest."""
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -36,3 +37,44 @@ def run_in_process(script: ModuleType, args: Sequence[str]) -> None:
     flag_values = flags.FlagValues()
     script.define_flags(flag_values)
     script.main(flag_values([os.path.basename(script.__file__), *args]), flag_values)
+
+
+# Loaded by every interpreter of a run (main process and pool workers) through PYTHONPATH: reading the file
+# whose name ends in MLIMAGES_TEST_BLOCK_READ's first part blocks while its second part exists.
+_BLOCK_ON_READ = """
+import os, time
+name, _, gate = os.environ.get("MLIMAGES_TEST_BLOCK_READ", "").partition("::")
+if name:
+    from data.pixels import images
+
+    read_file = images.read_file
+
+    def blocking(path, **kwargs):
+        while path.endswith(name) and os.path.exists(gate):
+            time.sleep(0.05)
+        return read_file(path, **kwargs)
+
+    images.read_file = blocking
+"""
+
+
+def blocking_read_env(site: Path, repo_root: Path, name: str, gate: Path) -> dict[str, str]:
+    """Environment entries for a script run whose every process blocks reading the image file named `name`
+    while the file `gate` exists (a deterministic "mid-run" to kill or signal): a `sitecustomize.py` in the
+    new folder `site`, put first on PYTHONPATH."""
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_BLOCK_ON_READ)
+    return {"PYTHONPATH": f"{site}{os.pathsep}{repo_root}", "MLIMAGES_TEST_BLOCK_READ": f"{name}::{gate}"}
+
+
+def full_disk_on_rename(monkeypatch, name_end: str) -> None:
+    """`os.replace` onto a path ending in `name_end` fails with ENOSPC (a disk that fills as a shard is put
+    in place); every other rename works. Undone by `monkeypatch.undo()`."""
+    real_replace = os.replace
+
+    def full_disk(src, dst, **kwargs):
+        if os.fspath(dst).endswith(name_end):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(src))
+        return real_replace(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "replace", full_disk)

@@ -26,7 +26,7 @@ from data.fetch import to_files, to_records, transport
 from data.fetch.transport import DownloadConfig
 from data.records import manifest, schema
 from data.shards import dataset_writer
-from tests import local_http
+from tests import local_http, scripts
 from tests.test_download import _png_bomb
 
 FAST = DownloadConfig(
@@ -508,17 +508,10 @@ def test_a_full_disk_ends_the_one_pass_in_one_line_keeping_the_finished_shards(s
     """ENOSPC when shard 1 of 2 is renamed into place: `download.py: error: ...` (no traceback), shard 0
     and its sidecar kept, no temporary file; the re-run fetches only shard 1."""
     from data import download
-    from tests import scripts
 
     names = [f"good{i}.jpg" for i in range(4)]
     (tmp_path / "urls.txt").write_text("".join(f"{server.url(n)}\t1:1\n" for n in names))
     out = tmp_path / "out"
-    real_replace = os.replace
-
-    def full_disk(src, dst, **kwargs):
-        if os.fspath(dst).endswith("train-00001-of-00002.tfrecord"):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(src))
-        return real_replace(src, dst, **kwargs)
 
     args = [
         f"--url_list={tmp_path / 'urls.txt'}",
@@ -530,7 +523,7 @@ def test_a_full_disk_ends_the_one_pass_in_one_line_keeping_the_finished_shards(s
         "--noprogress",
         "--allow_private_addresses",
     ]
-    monkeypatch.setattr(os, "replace", full_disk)
+    scripts.full_disk_on_rename(monkeypatch, "train-00001-of-00002.tfrecord")
     with pytest.raises(SystemExit) as info:
         scripts.run_in_process(download, args)
     monkeypatch.undo()

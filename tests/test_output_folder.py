@@ -145,25 +145,6 @@ def test_the_lock_names_cannot_be_records_or_lists():
     assert shard_writer.lock_name("train", 0, 2) != shard_writer.lock_name("train", 1, 2)  # tasks write apart
 
 
-# Loaded by every interpreter of the run (main process and pool workers) through PYTHONPATH: reading the file
-# whose name ends in MLIMAGES_TEST_BLOCK_READ's first part blocks while its second part exists.
-_BLOCK_ON_READ = """
-import os, time
-name, _, gate = os.environ.get("MLIMAGES_TEST_BLOCK_READ", "").partition("::")
-if name:
-    from data.pixels import images
-
-    read_file = images.read_file
-
-    def blocking(path, **kwargs):
-        while path.endswith(name) and os.path.exists(gate):
-            time.sleep(0.05)
-        return read_file(path, **kwargs)
-
-    images.read_file = blocking
-"""
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc")
 def test_a_running_writer_refuses_a_second_run_and_ends_in_one_line_on_sigterm(tmp_path, repo_root):
     """A writer (2 worker processes) blocks in shard 2 of 4. A second writer and a one-pass download into
@@ -172,10 +153,8 @@ def test_a_running_writer_refuses_a_second_run_and_ends_in_one_line_on_sigterm(t
     _corpus(tmp_path, 8)
     gate = tmp_path / "gate"
     gate.touch()
-    (tmp_path / "site").mkdir()
-    (tmp_path / "site" / "sitecustomize.py").write_text(_BLOCK_ON_READ)
-    env = _env(repo_root, MLIMAGES_TEST_BLOCK_READ=f"im_0004.jpg::{gate}")  # line 5: shard 2 of 4
-    env["PYTHONPATH"] = f"{tmp_path / 'site'}{os.pathsep}{repo_root}"
+    # Reading line 5 blocks: shard 2 of 4.
+    env = _env(repo_root, **scripts.blocking_read_env(tmp_path / "site", repo_root, "im_0004.jpg", gate))
     out = tmp_path / "out"
     args = _writer_args(tmp_path, out, "--shards=4", "--workers=2")
     proc = subprocess.Popen(

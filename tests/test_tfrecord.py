@@ -26,6 +26,7 @@ from data.pixels import images
 from data.records import manifest as manifest_files
 from data.records import schema
 from data.shards import dataset_writer
+from tests import scripts
 
 NUM_CLASSES = 50
 SIZE = (24, 16)  # (width, height) of the test images.
@@ -980,26 +981,6 @@ def _wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
-# Loaded by every interpreter of the killed run (main process and pool workers) through PYTHONPATH: reading
-# the file whose name ends in MLIMAGES_TEST_BLOCK_READ's first part blocks while its second part exists. (A
-# FIFO blocked the run before; the writer now refuses FIFOs without opening them for reading.)
-_BLOCK_ON_READ = """
-import os, time
-name, _, gate = os.environ.get("MLIMAGES_TEST_BLOCK_READ", "").partition("::")
-if name:
-    from data.pixels import images
-
-    read_file = images.read_file
-
-    def blocking(path, **kwargs):
-        while path.endswith(name) and os.path.exists(gate):
-            time.sleep(0.05)
-        return read_file(path, **kwargs)
-
-    images.read_file = blocking
-"""
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc")
 @pytest.mark.parametrize("workers, kill, label_format", [(1, "group", "dense"), (2, "main", "sparse")])
@@ -1012,12 +993,11 @@ def test_kill_9_mid_run_then_rerun_gives_the_same_records(tmp_path, repo_root, w
     image_list = _make_corpus(tmp_path / "img", 24)
     gate = tmp_path / "gate"
     gate.touch()
-    (tmp_path / "site").mkdir()
-    (tmp_path / "site" / "sitecustomize.py").write_text(_BLOCK_ON_READ)
+    # Reading line 14 of 24 blocks: in shard 2 of 4 (lines 13-18). (A FIFO blocked the run before; the writer
+    # now refuses FIFOs without opening them for reading.)
     blocking_env = {
         **_cli_env(repo_root),
-        "PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{repo_root}",
-        "MLIMAGES_TEST_BLOCK_READ": f"im_0013.jpg::{gate}",  # line 14 of 24: in shard 2 of 4 (lines 13-18)
+        **scripts.blocking_read_env(tmp_path / "site", repo_root, "im_0013.jpg", gate),
     }
     out = tmp_path / "out"
     command = _cli(
@@ -1128,16 +1108,9 @@ def test_a_full_disk_ends_the_writer_in_one_line_keeping_the_finished_shards(tmp
     """ENOSPC when shard 1 of 2 is renamed into place: `tfrecord.py: error: ...` (no traceback), shard 0 and
     its sidecar kept, no temporary file left; the re-run keeps shard 0 and writes shard 1."""
     from data import tfrecord
-    from tests import scripts
 
     image_list = _make_corpus(tmp_path / "img", 4)
     out = tmp_path / "out"
-    real_replace = os.replace
-
-    def full_disk(src, dst, **kwargs):
-        if os.fspath(dst).endswith("train-00001-of-00002.tfrecord"):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(src))
-        return real_replace(src, dst, **kwargs)
 
     args = [
         f"--image_list={image_list}",
@@ -1148,7 +1121,7 @@ def test_a_full_disk_ends_the_writer_in_one_line_keeping_the_finished_shards(tmp
         "--workers=1",
         "--noprogress",
     ]
-    monkeypatch.setattr(os, "replace", full_disk)
+    scripts.full_disk_on_rename(monkeypatch, "train-00001-of-00002.tfrecord")
     with pytest.raises(SystemExit) as info:
         scripts.run_in_process(tfrecord, args)
     monkeypatch.undo()
