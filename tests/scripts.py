@@ -6,9 +6,11 @@ for the rest."""
 from __future__ import annotations
 
 import errno
+import glob
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -78,3 +80,25 @@ def full_disk_on_rename(monkeypatch, name_end: str) -> None:
         return real_replace(src, dst, **kwargs)
 
     monkeypatch.setattr(os, "replace", full_disk)
+
+
+def process_states(pgid: int) -> list[str]:
+    """States of the live (non-zombie) processes of a process group, from /proc."""
+    states = []
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            states.append(fields[0])
+    return states
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    """Polls `condition()` until it is true; AssertionError naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)

@@ -65,26 +65,6 @@ def _env(repo_root: pathlib.Path, **extra: str) -> dict[str, str]:
     return {**env, "PYTHONPATH": str(repo_root), "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether a live (non-zombie) process of the process group is left, from /proc."""
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            fields = pathlib.Path(stat).read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
-
-
-def _wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def _temp_files(folder: pathlib.Path) -> list[str]:
     return sorted(p.name for p in folder.rglob("*") if ".tmp" in p.name)
 
@@ -167,7 +147,7 @@ def test_a_running_writer_refuses_a_second_run_and_ends_in_one_line_on_sigterm(t
         start_new_session=True,
     )
     try:
-        _wait_for(
+        scripts.wait_for(
             lambda: glob.glob(str(out / ".train-00002-of-00004.tfrecord.*.tmp")) or proc.poll() is not None,
             timeout=120,
             what="the writer to block in shard 2",
@@ -185,9 +165,9 @@ def test_a_running_writer_refuses_a_second_run_and_ends_in_one_line_on_sigterm(t
             )
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=30)
-        _wait_for(lambda: not _group_alive(proc.pid), timeout=30, what="the workers to exit")
+        scripts.wait_for(lambda: not scripts.process_states(proc.pid), timeout=30, what="the workers to exit")
     finally:
-        if _group_alive(proc.pid):
+        if scripts.process_states(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     busy = f"{out} is in use by another run (host {socket.gethostname()}, PID {proc.pid}, started "
@@ -296,7 +276,9 @@ def test_a_second_download_into_a_folder_being_written_is_refused_naming_it(
     args += [f"--num_classes={NUM_CLASSES}", "--workers=1", "--noprogress", "--allow_private_addresses"]
     first = _download(repo_root, *args)
     try:
-        _wait_for(lambda: {"good0.jpg", "slow0.jpg"} <= server.hits, timeout=60, what="the first download")
+        scripts.wait_for(
+            lambda: {"good0.jpg", "slow0.jpg"} <= server.hits, timeout=60, what="the first download"
+        )
         with pytest.raises(SystemExit) as info:
             scripts.run_in_process(download, args)
     finally:
@@ -328,15 +310,15 @@ def test_sigterm_ends_the_one_pass_at_once_in_one_line(server, tmp_path, repo_ro
         "--deadline=60",
     )
     try:
-        _wait_for(lambda: {"slow0.jpg", "slow1.jpg"} <= server.hits, timeout=60, what="both slow URLs")
+        scripts.wait_for(lambda: {"slow0.jpg", "slow1.jpg"} <= server.hits, timeout=60, what="both slow URLs")
         time.sleep(0.3)
         proc.send_signal(signal.SIGTERM)
         start = time.monotonic()
         _, stderr = proc.communicate(timeout=30)
         elapsed = time.monotonic() - start
-        _wait_for(lambda: not _group_alive(proc.pid), timeout=30, what="the workers to exit")
+        scripts.wait_for(lambda: not scripts.process_states(proc.pid), timeout=30, what="the workers to exit")
     finally:
-        if _group_alive(proc.pid):
+        if scripts.process_states(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert proc.returncode == 143, stderr
@@ -357,7 +339,7 @@ def test_sigterm_stops_the_download_into_files_listing_what_it_stored(server, tm
     )
     try:
         stored = [out / transport.filename_for_url(urls[i]) for i in (0, 1, 3)]
-        _wait_for(
+        scripts.wait_for(
             lambda: all(p.exists() for p in stored) and "slow0.jpg" in server.hits,
             timeout=60,
             what="the good images",
@@ -387,7 +369,7 @@ def test_kill_9_of_the_download_into_files_leaves_every_stored_image_listed(serv
     )
     try:
         stored = [out / transport.filename_for_url(urls[i]) for i in (0, 2, 3, 4)]
-        _wait_for(lambda: all(p.exists() for p in stored), timeout=60, what="the good images")
+        scripts.wait_for(lambda: all(p.exists() for p in stored), timeout=60, what="the good images")
         time.sleep(0.3)
         proc.send_signal(signal.SIGKILL)
     finally:

@@ -960,27 +960,6 @@ def test_progress_bar_shows_rate_and_eta(tmp_path, capsys):
     assert re.search(rf"writing: 100%.*40/40 {PROGRESS_RATE_ETA}", err), err
 
 
-def _process_states(pgid: int) -> list[str]:
-    """States of the live (non-zombie) processes of a process group, from /proc."""
-    states = []
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            fields = pathlib.Path(stat).read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            states.append(fields[0])
-    return states
-
-
-def _wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc")
 @pytest.mark.parametrize("workers, kill, label_format", [(1, "group", "dense"), (2, "main", "sparse")])
@@ -1019,7 +998,7 @@ def test_kill_9_mid_run_then_rerun_gives_the_same_records(tmp_path, repo_root, w
             command, stdout=log, stderr=log, env=blocking_env, cwd=repo_root, start_new_session=True
         )
     try:
-        _wait_for(
+        scripts.wait_for(
             lambda: (
                 all((out / f"{s}.done.json").exists() for s in finished)
                 and glob.glob(str(out / ".train-00002-of-00004.tfrecord.*.tmp"))
@@ -1033,9 +1012,11 @@ def test_kill_9_mid_run_then_rerun_gives_the_same_records(tmp_path, repo_root, w
         else:
             os.kill(process.pid, signal.SIGKILL)
         assert process.wait(timeout=30) == -signal.SIGKILL
-        _wait_for(lambda: not _process_states(process.pid), timeout=30, what="the orphaned workers to exit")
+        scripts.wait_for(
+            lambda: not scripts.process_states(process.pid), timeout=30, what="the orphaned workers to exit"
+        )
     finally:
-        if _process_states(process.pid):
+        if scripts.process_states(process.pid):
             os.killpg(process.pid, signal.SIGKILL)
     assert not (out / "train-manifest.json").exists()
     assert glob.glob(str(out / ".train-00002-of-00004.tfrecord.*.tmp"))  # Killed mid-shard.
